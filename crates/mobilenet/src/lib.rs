@@ -1,0 +1,42 @@
+//! MobileNet v1 (Howard et al. 2017, "MobileNets: Efficient Convolutional Neural Networks for
+//! Mobile Vision Applications") in Rust.
+//!
+//! This crate holds the model's configuration (width multiplier α, input resolution, classes,
+//! conventions), the paper's Table 1 as a layer table, and exact cost accounting.
+//!
+//! ```
+//! use mobilenet::{MobileNetConfig, ModelCost, Preset};
+//!
+//! let config = MobileNetConfig::from_preset("0.5_160".parse::<Preset>()?)?;
+//! let cost = ModelCost::of(&config);
+//! println!("{config}: {:.1} M Mult-Adds, {:.2} M parameters",
+//!          cost.total.mult_adds as f64 / 1e6, cost.total.params() as f64 / 1e6);
+//! for (layer, c) in &cost.layers {
+//!     println!("{:<20} {:?} → {:?} {:>12}", layer.name, layer.input, layer.output, c.mult_adds);
+//! }
+//! assert_eq!(cost.total.mult_adds, 76_524_800); // the paper's Table 9: "76"
+//! # Ok::<(), mobilenet::ConfigError>(())
+//! ```
+
+mod config;
+mod cost;
+mod error;
+mod layers;
+pub mod paper;
+
+pub use config::{
+    format_alpha, Activation, ClassifierHead, MobileNetConfig, Padding, Preset, Variant,
+    DEFAULT_DROPOUT, DEFAULT_MIN_DEPTH, IMAGENET_CLASSES, MAX_ALPHA, MAX_RESOLUTION,
+    MIN_RESOLUTION, PRESET_ALPHAS, PRESET_RESOLUTIONS,
+};
+pub use cost::{LayerCost, ModelCost};
+pub use error::ConfigError;
+pub use layers::{
+    conv_output_size, BlockKind, BlockSpec, Hwc, Layer, LayerKind, KERNEL, MOBILENET_V1_BODY,
+    SHALLOW_REMOVED_BLOCKS,
+};
+
+// The README's Rust example is compiled and run as a doctest so that it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
