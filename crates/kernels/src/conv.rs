@@ -1,0 +1,411 @@
+//! Direct k×k convolution in NHWC with HWIO weights, vectorised over output channels.
+//!
+//! Used for MobileNet's stem (3×3, stride 2, 3 input channels), where a GEMM would waste
+//! most of its tile on a K of 27, and for the full-conv comparison network of the paper.
+
+use crate::simd::{Scalar, SimdF32};
+use crate::{ConvGeometry, Epilogue, Isa};
+
+/// Shape of a direct convolution: kernel size and channel counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Kernel height and width.
+    pub k: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+}
+
+/// k×k convolution of one image, writing output rows `row0 .. row0 + n`.
+///
+/// - `input`: `[in_h, in_w, cin]`
+/// - `weights`: `[k, k, cin, cout]` (HWIO, TensorFlow's layout)
+/// - `output`: rows `row0 ..` of `[out_h, out_w, cout]`
+///
+/// # Panics
+///
+/// If a slice is shorter than its shape says or the band reaches past `out_h`.
+#[allow(clippy::too_many_arguments)] // the geometry of a conv is this many numbers
+pub fn conv2d(
+    isa: Isa,
+    g: &ConvGeometry,
+    shape: ConvShape,
+    input: &[f32],
+    weights: &[f32],
+    epi: &Epilogue,
+    output: &mut [f32],
+    row0: usize,
+) {
+    let ConvShape { k, cin, cout } = shape;
+    let row_len = g.out_w * cout;
+    assert!(
+        row_len > 0 && output.len().is_multiple_of(row_len),
+        "output is not whole rows"
+    );
+    let rows = output.len() / row_len;
+    assert!(row0 + rows <= g.out_h, "output rows past out_h");
+    assert!(
+        input.len() >= g.in_h * g.in_w * cin,
+        "input shorter than in_h·in_w·cin"
+    );
+    assert!(
+        weights.len() >= k * k * cin * cout,
+        "weights shorter than k·k·cin·cout"
+    );
+    if let Some(b) = epi.bias {
+        assert!(b.len() >= cout, "bias shorter than cout");
+    }
+    // Safety: slices are as long as their shapes (checked above); variants run only where
+    // the CPU supports them.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if isa.is_supported() => {
+                conv_avx512(g, shape, input, weights, epi, output, row0, rows)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma if isa.is_supported() => {
+                conv_avx2(g, shape, input, weights, epi, output, row0, rows)
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => conv_rows::<_, 4>(
+                crate::simd::Neon,
+                g,
+                shape,
+                input,
+                weights,
+                epi,
+                output,
+                row0,
+                rows,
+            ),
+            _ => conv_rows::<_, 4>(Scalar, g, shape, input, weights, epi, output, row0, rows),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_avx512(
+    g: &ConvGeometry,
+    shape: ConvShape,
+    input: &[f32],
+    weights: &[f32],
+    epi: &Epilogue,
+    output: &mut [f32],
+    row0: usize,
+    rows: usize,
+) {
+    // Safety: AVX-512 F is enabled here and the caller checked the CPU.
+    unsafe {
+        conv_rows::<_, 8>(
+            crate::simd::Avx512,
+            g,
+            shape,
+            input,
+            weights,
+            epi,
+            output,
+            row0,
+            rows,
+        )
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_avx2(
+    g: &ConvGeometry,
+    shape: ConvShape,
+    input: &[f32],
+    weights: &[f32],
+    epi: &Epilogue,
+    output: &mut [f32],
+    row0: usize,
+    rows: usize,
+) {
+    // Safety: AVX2 and FMA are enabled here and the caller checked the CPU.
+    unsafe {
+        conv_rows::<_, 4>(
+            crate::simd::Avx2Fma,
+            g,
+            shape,
+            input,
+            weights,
+            epi,
+            output,
+            row0,
+            rows,
+        )
+    }
+}
+
+/// Output columns `[lo, hi)` whose k input columns all lie inside the image.
+fn interior(g: &ConvGeometry, k: usize) -> (usize, usize) {
+    let lo = g.pad_left.div_ceil(g.stride).min(g.out_w);
+    let hi = if g.in_w + g.pad_left >= k {
+        ((g.in_w + g.pad_left - k) / g.stride + 1).clamp(lo, g.out_w)
+    } else {
+        lo
+    };
+    (lo, hi)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_rows<S: SimdF32, const P: usize>(
+    s: S,
+    g: &ConvGeometry,
+    shape: ConvShape,
+    input: &[f32],
+    weights: &[f32],
+    epi: &Epilogue,
+    output: &mut [f32],
+    row0: usize,
+    rows: usize,
+) {
+    let ConvShape { k, cin, cout } = shape;
+    let lanes = S::LANES;
+    let (x_lo, x_hi) = interior(g, k);
+    // Safety: every index below is inside the slices: taps are bounds-checked against the
+    // image (or lie in the interior range), channel blocks against cout, rows against `rows`.
+    unsafe {
+        let (lo, hi) = (s.splat(epi.min), s.splat(epi.max));
+        let inp = input.as_ptr();
+        let wp = weights.as_ptr();
+        let out = output.as_mut_ptr();
+        // Macros rather than closures: closures do not inherit #[target_feature].
+        macro_rules! ld {
+            ($p:expr, $n:expr) => {
+                if $n == lanes {
+                    s.load($p)
+                } else {
+                    s.load_partial($p, $n)
+                }
+            };
+        }
+        macro_rules! st {
+            ($p:expr, $v:expr, $n:expr) => {{
+                let v = s.min(s.max($v, lo), hi);
+                if $n == lanes {
+                    s.store($p, v)
+                } else {
+                    s.store_partial($p, v, $n)
+                }
+            }};
+        }
+        for r in 0..rows {
+            let oy = row0 + r;
+            let iy0 = (oy * g.stride) as isize - g.pad_top as isize;
+            let ky_lo = (-iy0).max(0) as usize;
+            let ky_hi = (g.in_h as isize - iy0).clamp(0, k as isize) as usize;
+            let out_row = out.add(r * g.out_w * cout);
+            let mut cb = 0;
+            while cb < cout {
+                let n = (cout - cb).min(lanes);
+                let bias = match epi.bias {
+                    Some(b) => ld!(b.as_ptr().add(cb), n),
+                    None => s.zero(),
+                };
+                // One output column, any position: taps checked against the image.
+                macro_rules! one {
+                    ($ox:expr) => {{
+                        let ix0 = ($ox * g.stride) as isize - g.pad_left as isize;
+                        let kx_lo = (-ix0).max(0) as usize;
+                        let kx_hi = (g.in_w as isize - ix0).clamp(0, k as isize) as usize;
+                        let mut acc = bias;
+                        for ky in ky_lo..ky_hi {
+                            let iy = (iy0 + ky as isize) as usize;
+                            for kx in kx_lo..kx_hi {
+                                let ix = (ix0 + kx as isize) as usize;
+                                let px = inp.add((iy * g.in_w + ix) * cin);
+                                let wrow = wp.add((ky * k + kx) * cin * cout + cb);
+                                for ci in 0..cin {
+                                    let wv = ld!(wrow.add(ci * cout), n);
+                                    acc = s.fma(s.splat(*px.add(ci)), wv, acc);
+                                }
+                            }
+                        }
+                        st!(out_row.add($ox * cout + cb), acc, n);
+                    }};
+                }
+                for ox in 0..x_lo {
+                    one!(ox);
+                }
+                // Interior columns, P at a time: P independent accumulator chains.
+                let mut ox = x_lo;
+                while ox + P <= x_hi {
+                    let ix0 = ox * g.stride - g.pad_left;
+                    let mut acc = [bias; P];
+                    for ky in ky_lo..ky_hi {
+                        let iy = (iy0 + ky as isize) as usize;
+                        for kx in 0..k {
+                            let px = inp.add((iy * g.in_w + ix0 + kx) * cin);
+                            let wrow = wp.add((ky * k + kx) * cin * cout + cb);
+                            for ci in 0..cin {
+                                let wv = ld!(wrow.add(ci * cout), n);
+                                for (p, a) in acc.iter_mut().enumerate() {
+                                    let x = *px.add(p * g.stride * cin + ci);
+                                    *a = s.fma(s.splat(x), wv, *a);
+                                }
+                            }
+                        }
+                    }
+                    for (p, &a) in acc.iter().enumerate() {
+                        st!(out_row.add((ox + p) * cout + cb), a, n);
+                    }
+                    ox += P;
+                }
+                for ox in ox..g.out_w {
+                    one!(ox);
+                }
+                cb += lanes;
+            }
+        }
+    }
+}
+
+/// The obviously-correct definition of [`conv2d`], for tests.
+pub fn conv2d_reference(
+    g: &ConvGeometry,
+    shape: ConvShape,
+    input: &[f32],
+    weights: &[f32],
+    epi: &Epilogue,
+) -> Vec<f32> {
+    let ConvShape { k, cin, cout } = shape;
+    let mut out = vec![0.0; g.out_h * g.out_w * cout];
+    for oy in 0..g.out_h {
+        for ox in 0..g.out_w {
+            for co in 0..cout {
+                let mut acc = 0.0f32;
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let iy = (oy * g.stride + ky) as isize - g.pad_top as isize;
+                        let ix = (ox * g.stride + kx) as isize - g.pad_left as isize;
+                        if iy < 0 || ix < 0 || iy >= g.in_h as isize || ix >= g.in_w as isize {
+                            continue;
+                        }
+                        for ci in 0..cin {
+                            let x = input[(iy as usize * g.in_w + ix as usize) * cin + ci];
+                            acc += x * weights[((ky * k + kx) * cin + ci) * cout + co];
+                        }
+                    }
+                }
+                out[(oy * g.out_w + ox) * cout + co] = epi.apply(co, acc);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, Rng};
+
+    fn check(in_h: usize, in_w: usize, shape: ConvShape, stride: usize, same: bool) {
+        let g = if same {
+            ConvGeometry::tf_same(in_h, in_w, shape.k, stride)
+        } else {
+            ConvGeometry::symmetric(in_h, in_w, shape.k, stride, shape.k / 2)
+        };
+        let mut rng = Rng::new((in_h * 31 + in_w * 7 + shape.cout) as u64);
+        let input = rng.vec(in_h * in_w * shape.cin);
+        let weights = rng.vec(shape.k * shape.k * shape.cin * shape.cout);
+        let bias = rng.vec(shape.cout);
+        let epi = Epilogue::new(Some(&bias), 0.0, 6.0);
+        let expected = conv2d_reference(&g, shape, &input, &weights, &epi);
+        for isa in Isa::available() {
+            let mut out = vec![f32::NAN; expected.len()];
+            conv2d(isa, &g, shape, &input, &weights, &epi, &mut out, 0);
+            let what = format!("{isa} {in_h}x{in_w} {shape:?} s{stride} same={same}");
+            assert_close(&out, &expected, 1e-5, &what);
+        }
+    }
+
+    #[test]
+    fn every_isa_matches_reference() {
+        for cout in [1, 7, 8, 15, 16, 17, 32, 33] {
+            for stride in [1, 2] {
+                for same in [true, false] {
+                    for (h, w) in [(1, 1), (2, 3), (5, 5), (8, 7)] {
+                        check(h, w, ConvShape { k: 3, cin: 3, cout }, stride, same);
+                    }
+                }
+            }
+        }
+        check(
+            9,
+            9,
+            ConvShape {
+                k: 3,
+                cin: 13,
+                cout: 24,
+            },
+            1,
+            true,
+        );
+        check(
+            6,
+            6,
+            ConvShape {
+                k: 1,
+                cin: 5,
+                cout: 9,
+            },
+            1,
+            true,
+        );
+    }
+
+    #[test]
+    fn mobilenet_stem() {
+        check(
+            224,
+            224,
+            ConvShape {
+                k: 3,
+                cin: 3,
+                cout: 32,
+            },
+            2,
+            true,
+        );
+        check(
+            33,
+            33,
+            ConvShape {
+                k: 3,
+                cin: 3,
+                cout: 8,
+            },
+            2,
+            false,
+        );
+    }
+
+    #[test]
+    fn bands_of_rows_equal_the_whole() {
+        let g = ConvGeometry::tf_same(10, 10, 3, 2);
+        let shape = ConvShape {
+            k: 3,
+            cin: 3,
+            cout: 16,
+        };
+        let mut rng = Rng::new(9);
+        let input = rng.vec(300);
+        let weights = rng.vec(27 * 16);
+        let epi = Epilogue::linear();
+        let expected = conv2d_reference(&g, shape, &input, &weights, &epi);
+        let isa = Isa::detect();
+        let mut out = vec![0.0; expected.len()];
+        for (i, band) in out.chunks_mut(g.out_w * 16).enumerate() {
+            conv2d(isa, &g, shape, &input, &weights, &epi, band, i);
+        }
+        assert_close(&out, &expected, 1e-5, "bands");
+    }
+}

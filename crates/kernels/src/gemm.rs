@@ -1,0 +1,376 @@
+//! f32 matrix multiply `C = epilogue(A · B)` with B packed once, for 1×1 convolutions and
+//! fully connected layers.
+//!
+//! In NHWC a 1×1 convolution is a GEMM of `[pixels, Cin] × [Cin, Cout]`. The weights (B) are
+//! packed at load time into column panels of `NR = 2·LANES` columns, each stored as K rows of
+//! NR contiguous values (zero padded on the right), so the microkernel reads B with aligned
+//! full-vector loads and never repacks. A is read in place (rows of one pixel's channels).
+//!
+//! The microkernel computes an `MR × NR` tile of C in registers, then adds the bias, clamps and
+//! stores it: the epilogue costs no extra pass over memory. Register budget: AVX-512 has 32
+//! vector registers, so MR = 12 rows × 2 vectors = 24 accumulators + 2 B vectors + a broadcast;
+//! AVX2 and NEON (16/32 registers) use MR = 6 and 8.
+
+use crate::simd::{Scalar, SimdF32};
+use crate::{Epilogue, Isa};
+
+/// B (`[k, n]`, row-major) packed into column panels for one instruction set's microkernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedB {
+    isa: Isa,
+    k: usize,
+    n: usize,
+    nr: usize,
+    data: Vec<f32>,
+}
+
+impl PackedB {
+    /// Packs row-major `b` (`[k, n]`) for `isa`'s microkernel.
+    ///
+    /// # Panics
+    ///
+    /// If `b.len() != k · n`.
+    pub fn new(isa: Isa, b: &[f32], k: usize, n: usize) -> PackedB {
+        assert_eq!(b.len(), k * n, "B must be k·n = {k}·{n} values");
+        let nr = panel_width(isa);
+        let panels = n.div_ceil(nr);
+        let mut data = vec![0.0; panels * k * nr];
+        for p in 0..panels {
+            let cols = (n - p * nr).min(nr);
+            for kk in 0..k {
+                let dst = &mut data[(p * k + kk) * nr..][..cols];
+                dst.copy_from_slice(&b[kk * n + p * nr..][..cols]);
+            }
+        }
+        PackedB {
+            isa,
+            k,
+            n,
+            nr,
+            data,
+        }
+    }
+
+    /// Rows of B (the shared dimension).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Columns of B (and of C).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// The instruction set this packing is for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+}
+
+/// Columns per packed panel: two vectors of the instruction set.
+pub fn panel_width(isa: Isa) -> usize {
+    2 * isa.f32_lanes()
+}
+
+/// `C[m, n] = epilogue(A[m, k] · B[k, n])`, with row strides `lda` and `ldc`.
+///
+/// Runs on the calling thread; callers split the rows of A and C between threads.
+///
+/// # Panics
+///
+/// If a slice is shorter than its shape says, or `lda < k`, `ldc < n`.
+pub fn gemm(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: &Epilogue,
+) {
+    let (k, n) = (b.k, b.n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(lda >= k && ldc >= n, "row strides shorter than rows");
+    assert!(a.len() >= (m - 1) * lda + k, "A shorter than m rows");
+    assert!(c.len() >= (m - 1) * ldc + n, "C shorter than m rows");
+    if let Some(bias) = epi.bias {
+        assert!(bias.len() >= n, "bias shorter than n");
+    }
+    let args = Args {
+        m,
+        k,
+        n,
+        a: a.as_ptr(),
+        lda,
+        b: b.data.as_ptr(),
+        c: c.as_mut_ptr(),
+        ldc,
+        bias: epi.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+        min: epi.min,
+        max: epi.max,
+    };
+    // Safety: the pointers cover the shapes checked above; the packing matches `b.isa`,
+    // which was supported when it was packed (PackedB::new is only called with a detected
+    // or scalar ISA by the callers; we re-check support below).
+    unsafe {
+        match b.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if b.isa.is_supported() => gemm_avx512(&args),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma if b.isa.is_supported() => gemm_avx2(&args),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => gemm_panels::<_, 8>(crate::simd::Neon, &args),
+            Isa::Scalar => gemm_panels::<_, 4>(Scalar, &args),
+            other => panic!("B was packed for {other}, which this CPU does not support"),
+        }
+    }
+}
+
+/// Raw arguments of one GEMM call, checked by [`gemm`].
+struct Args {
+    m: usize,
+    k: usize,
+    n: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    bias: *const f32,
+    min: f32,
+    max: f32,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gemm_avx512(args: &Args) {
+    // Safety: AVX-512 F is enabled here and the caller checked the CPU.
+    unsafe { gemm_panels::<_, 12>(crate::simd::Avx512, args) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_avx2(args: &Args) {
+    // Safety: AVX2 and FMA are enabled here and the caller checked the CPU.
+    unsafe { gemm_panels::<_, 6>(crate::simd::Avx2Fma, args) }
+}
+
+/// Loops over panels of B and tiles of MR rows; the last rows use a smaller tile.
+#[inline(always)]
+unsafe fn gemm_panels<S: SimdF32, const MR: usize>(s: S, x: &Args) {
+    let nr = 2 * S::LANES;
+    let panels = x.n.div_ceil(nr);
+    // Safety: tiles stay inside the m×n of C and the m×k of A; panel p starts at p·k·nr in
+    // the packed data, which holds `panels` of them.
+    unsafe {
+        for p in 0..panels {
+            let cols = (x.n - p * nr).min(nr);
+            let bp = x.b.add(p * x.k * nr);
+            let bias = if x.bias.is_null() {
+                x.bias
+            } else {
+                x.bias.add(p * nr)
+            };
+            let c0 = x.c.add(p * nr);
+            let mut i = 0;
+            while i + MR <= x.m {
+                tile::<S, MR>(s, x, x.a.add(i * x.lda), bp, c0.add(i * x.ldc), cols, bias);
+                i += MR;
+            }
+            let rest = x.m - i;
+            if rest > 0 {
+                let (a, c) = (x.a.add(i * x.lda), c0.add(i * x.ldc));
+                tail_tile::<S, MR>(s, x, a, bp, c, cols, bias, rest);
+            }
+        }
+    }
+}
+
+/// Dispatches the last `rows < MR` rows to a tile of exactly that height.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tail_tile<S: SimdF32, const MR: usize>(
+    s: S,
+    x: &Args,
+    a: *const f32,
+    bp: *const f32,
+    c: *mut f32,
+    cols: usize,
+    bias: *const f32,
+    rows: usize,
+) {
+    // Safety: forwarded from gemm_panels; `rows` rows remain in A and C.
+    unsafe {
+        match rows {
+            1 => tile::<S, 1>(s, x, a, bp, c, cols, bias),
+            2 => tile::<S, 2>(s, x, a, bp, c, cols, bias),
+            3 => tile::<S, 3>(s, x, a, bp, c, cols, bias),
+            4 => tile::<S, 4>(s, x, a, bp, c, cols, bias),
+            5 => tile::<S, 5>(s, x, a, bp, c, cols, bias),
+            6 => tile::<S, 6>(s, x, a, bp, c, cols, bias),
+            7 => tile::<S, 7>(s, x, a, bp, c, cols, bias),
+            8 => tile::<S, 8>(s, x, a, bp, c, cols, bias),
+            9 => tile::<S, 9>(s, x, a, bp, c, cols, bias),
+            10 => tile::<S, 10>(s, x, a, bp, c, cols, bias),
+            11 => tile::<S, 11>(s, x, a, bp, c, cols, bias),
+            _ => {
+                // MR ≤ 12 for every instruction set, so rows < 12 always matched above.
+                debug_assert!(rows < MR && MR <= 12);
+            }
+        }
+    }
+}
+
+/// One `R × NR` tile of C: accumulate over all of K in registers, then bias, clamp, store.
+#[inline(always)]
+unsafe fn tile<S: SimdF32, const R: usize>(
+    s: S,
+    x: &Args,
+    a: *const f32,
+    bp: *const f32,
+    c: *mut f32,
+    cols: usize,
+    bias: *const f32,
+) {
+    let lanes = S::LANES;
+    let nr = 2 * lanes;
+    // Safety: A rows a..a+R·lda hold k values each; the panel holds k·nr values; C rows hold
+    // `cols` writable values each (partial stores below `nr`).
+    unsafe {
+        let mut acc0 = [s.zero(); R];
+        let mut acc1 = [s.zero(); R];
+        for kk in 0..x.k {
+            let b0 = s.load(bp.add(kk * nr));
+            let b1 = s.load(bp.add(kk * nr + lanes));
+            for i in 0..R {
+                let av = s.splat(*a.add(i * x.lda + kk));
+                acc0[i] = s.fma(av, b0, acc0[i]);
+                acc1[i] = s.fma(av, b1, acc1[i]);
+            }
+        }
+        let (lo, hi) = (s.splat(x.min), s.splat(x.max));
+        let n0 = cols.min(lanes);
+        let n1 = cols - n0;
+        let (bias0, bias1) = if bias.is_null() {
+            (s.zero(), s.zero())
+        } else if cols == nr {
+            (s.load(bias), s.load(bias.add(lanes)))
+        } else {
+            let b0 = if n0 == lanes {
+                s.load(bias)
+            } else {
+                s.load_partial(bias, n0)
+            };
+            let b1 = if n1 > 0 {
+                s.load_partial(bias.add(lanes), n1)
+            } else {
+                s.zero()
+            };
+            (b0, b1)
+        };
+        for i in 0..R {
+            let v0 = s.min(s.max(s.add(acc0[i], bias0), lo), hi);
+            let v1 = s.min(s.max(s.add(acc1[i], bias1), lo), hi);
+            let row = c.add(i * x.ldc);
+            if cols == nr {
+                s.store(row, v0);
+                s.store(row.add(lanes), v1);
+            } else {
+                if n0 == lanes {
+                    s.store(row, v0);
+                } else {
+                    s.store_partial(row, v0, n0);
+                }
+                if n1 > 0 {
+                    s.store_partial(row.add(lanes), v1, n1);
+                }
+            }
+        }
+    }
+}
+
+/// The obviously-correct definition: `C[m, n] = epilogue(A[m, k] · B[k, n])`, B row-major.
+pub fn gemm_reference(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b: &[f32],
+    epi: &Epilogue,
+) -> Vec<f32> {
+    let mut c = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f32;
+            for kk in 0..k {
+                acc += a[i * k + kk] * b[kk * n + j];
+            }
+            c[i * n + j] = epi.apply(j, acc);
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, Rng};
+
+    fn check(m: usize, k: usize, n: usize) {
+        let mut rng = Rng::new((m * 7919 + k * 31 + n) as u64);
+        let a = rng.vec(m * k);
+        let b = rng.vec(k * n);
+        let bias = rng.vec(n);
+        let epi = Epilogue::new(Some(&bias), -1.0, 2.0);
+        let expected = gemm_reference(m, k, n, &a, &b, &epi);
+        for isa in Isa::available() {
+            let packed = PackedB::new(isa, &b, k, n);
+            let mut c = vec![f32::NAN; m * n];
+            gemm(m, &a, k, &packed, &mut c, n, &epi);
+            assert_close(&c, &expected, 1e-4, &format!("{isa} m{m} k{k} n{n}"));
+        }
+    }
+
+    #[test]
+    fn every_isa_matches_reference_on_edge_sizes() {
+        // Rows around MR (4, 6, 8, 12), columns around NR (2, 8, 16, 32), small and odd K.
+        for m in [1, 2, 5, 6, 7, 11, 12, 13, 25] {
+            for n in [1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 65] {
+                for k in [1, 3, 8, 17] {
+                    check(m, k, n);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mobilenet_shapes() {
+        check(49, 1024, 1024); // conv_13/pointwise at 224
+        check(196, 256, 512); // conv_6/pointwise
+        check(1, 1024, 1001); // the classifier at batch 1
+        check(16, 8, 16); // α = 0.25 conv_1/pointwise, a few rows
+    }
+
+    #[test]
+    fn strided_rows_and_no_bias() {
+        let (m, k, n) = (9, 5, 20);
+        let (lda, ldc) = (7, 23);
+        let mut rng = Rng::new(11);
+        let a_full = rng.vec(m * lda);
+        let b = rng.vec(k * n);
+        let a: Vec<f32> = (0..m)
+            .flat_map(|i| a_full[i * lda..][..k].to_vec())
+            .collect();
+        let epi = Epilogue::linear();
+        let expected = gemm_reference(m, k, n, &a, &b, &epi);
+        for isa in Isa::available() {
+            let packed = PackedB::new(isa, &b, k, n);
+            let mut c = vec![7.0; m * ldc];
+            gemm(m, &a_full, lda, &packed, &mut c, ldc, &epi);
+            let got: Vec<f32> = (0..m).flat_map(|i| c[i * ldc..][..n].to_vec()).collect();
+            assert_close(&got, &expected, 1e-5, isa.name());
+            // Columns past n in each row are untouched.
+            assert!((0..m).all(|i| c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 7.0)));
+        }
+    }
+}
