@@ -19,6 +19,12 @@ struct Cli {
 enum Command {
     /// Print the layer table with shapes, Mult-Adds and parameters (or the paper's tables)
     Arch(commands::arch::ArchArgs),
+    /// Convert TF-slim or Keras weights into a mobilenet model file
+    Import(commands::import::ImportArgs),
+    /// Classify images with a model file
+    Classify(commands::classify::ClassifyArgs),
+    /// Measure inference latency, throughput and memory
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +34,9 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Arch(args) => commands::arch::run(&args),
+        Command::Import(args) => commands::import::run(&args),
+        Command::Classify(args) => commands::classify::run(&args),
+        Command::Bench(args) => commands::bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

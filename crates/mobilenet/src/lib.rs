@@ -2,7 +2,8 @@
 //! Mobile Vision Applications") in Rust.
 //!
 //! This crate holds the model's configuration (width multiplier α, input resolution, classes,
-//! conventions), the paper's Table 1 as a layer table, and exact cost accounting.
+//! conventions), the paper's Table 1 as a layer table, exact cost accounting, the model file
+//! format, weight import and the inference engine.
 //!
 //! ```
 //! use mobilenet::{MobileNetConfig, ModelCost, Preset};
@@ -18,11 +19,16 @@
 //! # Ok::<(), mobilenet::ConfigError>(())
 //! ```
 
+pub mod classify;
 mod config;
 mod cost;
+pub mod engine;
 mod error;
+pub mod import;
 mod layers;
 pub mod paper;
+pub mod preprocess;
+pub mod weights;
 
 pub use config::{
     format_alpha, Activation, ClassifierHead, MobileNetConfig, Padding, Preset, Variant,
@@ -30,11 +36,13 @@ pub use config::{
     MIN_RESOLUTION, PRESET_ALPHAS, PRESET_RESOLUTIONS,
 };
 pub use cost::{LayerCost, ModelCost};
-pub use error::ConfigError;
+pub use engine::{InferenceModel, Session};
+pub use error::{ConfigError, ImageError, ModelError};
 pub use layers::{
     conv_output_size, BlockKind, BlockSpec, Hwc, Layer, LayerKind, KERNEL, MOBILENET_V1_BODY,
     SHALLOW_REMOVED_BLOCKS,
 };
+pub use weights::ModelFile;
 
 // The README's Rust example is compiled and run as a doctest so that it cannot go stale.
 #[cfg(doctest)]

@@ -1,1 +1,4 @@
 pub mod arch;
+pub mod bench;
+pub mod classify;
+pub mod import;

@@ -1,0 +1,303 @@
+//! Converting other weight files into our model format, with explicit name mapping.
+//!
+//! Supported sources (detected from the tensor names):
+//! - **TF-slim** (`MobilenetV1/Conv2d_0/weights`, …): Google's checkpoints as safetensors, as in
+//!   `../shared/data/mobilenet_v1/float/`. 1001 classes (index 0 = background), TF SAME
+//!   padding, ReLU6, BN ε 1e-3, input `x/127.5 − 1`.
+//! - **Keras** (`conv1.kernel`, `conv_dw_1.depthwise_kernel`, …, `conv_preds.kernel`): the
+//!   layout `keras.applications.MobileNet` saves (used by the peer benchmark's models).
+//!
+//! Every tensor the network needs is looked up by the name the layer table gives it; a missing,
+//! extra or mis-shaped tensor is an error naming it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::config::{Activation, MobileNetConfig, Padding};
+use crate::error::ModelError;
+use crate::layers::{Layer, LayerKind};
+use crate::preprocess::{PixelNorm, Preprocessing};
+use crate::weights::{read_safetensors, ModelFile, Tensor, DEFAULT_BN_EPSILON};
+
+/// The weight layouts `import` understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// Our own format (nothing to convert).
+    Native,
+    /// TF-slim names (`MobilenetV1/...`).
+    TfSlim,
+    /// Keras `applications.MobileNet` names.
+    Keras,
+}
+
+/// Options that the source file cannot tell.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// Input resolution (the weights fit any; default 224).
+    pub resolution: Option<usize>,
+    /// Class labels, one per output.
+    pub labels: Option<Vec<String>>,
+}
+
+/// Reads a labels file: one label per line; blank lines at the end are ignored.
+pub fn read_labels(path: &Path) -> Result<Vec<String>, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let labels: Vec<String> = text
+        .trim_end()
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect();
+    if labels.is_empty() || labels.iter().all(String::is_empty) {
+        return Err(ModelError::Labels {
+            path: path.to_path_buf(),
+            reason: "the labels file is empty".to_string(),
+        });
+    }
+    Ok(labels)
+}
+
+/// Converts the weight file at `path` into a [`ModelFile`].
+pub fn import(
+    path: &Path,
+    options: &ImportOptions,
+) -> Result<(ModelFile, SourceFormat), ModelError> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (tensors, metadata) = read_safetensors(&bytes, path)?;
+    let format = if metadata.get("format").map(String::as_str) == Some(crate::weights::FORMAT) {
+        SourceFormat::Native
+    } else if tensors.keys().any(|k| k.starts_with("MobilenetV1/")) {
+        SourceFormat::TfSlim
+    } else if tensors.contains_key("conv1.kernel") {
+        SourceFormat::Keras
+    } else {
+        return Err(ModelError::Metadata {
+            path: path.to_path_buf(),
+            reason: "unrecognised weight names: expected TF-slim (MobilenetV1/...), Keras \
+                     (conv1.kernel, ...) or a mobilenet model file"
+                .to_string(),
+        });
+    };
+    let mut model = match format {
+        SourceFormat::Native => ModelFile::from_bytes(&bytes, path)?,
+        SourceFormat::TfSlim => convert(path, tensors, &TF_SLIM, options)?,
+        SourceFormat::Keras => convert(path, tensors, &KERAS, options)?,
+    };
+    if let Some(labels) = &options.labels {
+        model.labels = Some(labels.clone());
+    }
+    if let Some(res) = options.resolution {
+        model.config =
+            rebuild_with_resolution(&model.config, res).map_err(|source| ModelError::Config {
+                path: path.to_path_buf(),
+                source,
+            })?;
+    }
+    model.validate(path)?;
+    Ok((model, format))
+}
+
+fn rebuild_with_resolution(
+    c: &MobileNetConfig,
+    resolution: usize,
+) -> Result<MobileNetConfig, crate::ConfigError> {
+    let mut n = MobileNetConfig::new(c.alpha(), resolution)?
+        .with_min_depth(c.min_depth())?
+        .with_activation(c.activation())
+        .with_padding(c.padding())
+        .with_variant(c.variant());
+    n = match c.head() {
+        Some(h) => n.with_classes(h.classes)?.with_dropout(h.dropout)?,
+        None => n.without_head(),
+    };
+    Ok(n)
+}
+
+/// How a source names and lays out the tensors of each layer.
+struct Naming {
+    /// Weight tensor name of a layer.
+    weight: fn(&Layer) -> Option<String>,
+    /// Batch-norm tensor name of a layer for one of gamma/beta/moving_mean/moving_variance.
+    bn: fn(&Layer, &str) -> Option<String>,
+    /// FC weight and bias names.
+    fc: (&'static str, &'static str),
+    /// The name of the stem weight, from which α is inferred.
+    stem: &'static str,
+    /// Output of the last pointwise layer, from which α is inferred.
+    last_pointwise: &'static str,
+    /// Conventions of models in this format.
+    padding: Padding,
+    activation: Activation,
+    preprocessing: Preprocessing,
+}
+
+const TF_SLIM: Naming = Naming {
+    weight: |l| {
+        let scope = l.tf_slim_scope()?;
+        Some(match l.kind {
+            LayerKind::Depthwise => format!("{scope}/depthwise_weights"),
+            _ => format!("{scope}/weights"),
+        })
+    },
+    bn: |l, p| Some(format!("{}/BatchNorm/{p}", l.tf_slim_scope()?)),
+    fc: (
+        "MobilenetV1/Logits/Conv2d_1c_1x1/weights",
+        "MobilenetV1/Logits/Conv2d_1c_1x1/biases",
+    ),
+    stem: "MobilenetV1/Conv2d_0/weights",
+    last_pointwise: "MobilenetV1/Conv2d_13_pointwise/weights",
+    padding: Padding::TfSame,
+    activation: Activation::Relu6,
+    preprocessing: Preprocessing {
+        crop: 0.875,
+        norm: PixelNorm::MinusOneToOne,
+    },
+};
+
+fn keras_scope(l: &Layer) -> Option<String> {
+    let i = l.block?;
+    match l.kind {
+        LayerKind::Conv if i == 0 => Some("conv1".to_string()),
+        LayerKind::Depthwise => Some(format!("conv_dw_{i}")),
+        LayerKind::Pointwise => Some(format!("conv_pw_{i}")),
+        _ => None,
+    }
+}
+
+const KERAS: Naming = Naming {
+    weight: |l| {
+        let scope = keras_scope(l)?;
+        Some(match l.kind {
+            LayerKind::Depthwise => format!("{scope}.depthwise_kernel"),
+            _ => format!("{scope}.kernel"),
+        })
+    },
+    bn: |l, p| Some(format!("{}_bn.{p}", keras_scope(l)?)),
+    fc: ("conv_preds.kernel", "conv_preds.bias"),
+    stem: "conv1.kernel",
+    last_pointwise: "conv_pw_13.kernel",
+    padding: Padding::TfSame,
+    activation: Activation::Relu6,
+    preprocessing: Preprocessing {
+        crop: 0.875,
+        norm: PixelNorm::MinusOneToOne,
+    },
+};
+
+fn convert(
+    path: &Path,
+    mut source: BTreeMap<String, Tensor>,
+    naming: &Naming,
+    options: &ImportOptions,
+) -> Result<ModelFile, ModelError> {
+    let missing = |name: &str, shape: Vec<usize>| ModelError::MissingTensor {
+        path: path.to_path_buf(),
+        name: name.to_string(),
+        shape,
+    };
+    // α from the width of the last pointwise layer (1024·α); classes from the classifier.
+    let last = source
+        .get(naming.last_pointwise)
+        .ok_or_else(|| missing(naming.last_pointwise, vec![1, 1, 0, 0]))?;
+    let width = *last.shape.last().unwrap_or(&0);
+    let alpha = width as f64 / 1024.0;
+    let fc = source
+        .get(naming.fc.0)
+        .ok_or_else(|| missing(naming.fc.0, vec![1, 1, width, 0]))?;
+    let classes = *fc.shape.last().unwrap_or(&0);
+    let resolution = options.resolution.unwrap_or(224);
+    let config = MobileNetConfig::new(alpha, resolution)
+        .and_then(|c| c.with_classes(classes))
+        .map_err(|source| ModelError::Config {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .with_padding(naming.padding)
+        .with_activation(naming.activation);
+    if source.get(naming.stem).map(|t| t.shape.last().copied()) != Some(Some(config.depth(32))) {
+        return Err(ModelError::Metadata {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{} does not have the {} channels α = {alpha} implies",
+                naming.stem,
+                config.depth(32)
+            ),
+        });
+    }
+
+    let mut tensors = BTreeMap::new();
+    let mut take = |from: &str, to: String, shape: Vec<usize>| -> Result<(), ModelError> {
+        let t = source
+            .remove(from)
+            .ok_or_else(|| missing(from, shape.clone()))?;
+        let count: usize = shape.iter().product();
+        if t.data.len() != count {
+            return Err(ModelError::Shape {
+                path: path.to_path_buf(),
+                name: from.to_string(),
+                expected: shape,
+                found: t.shape,
+            });
+        }
+        // Only unit dimensions differ between the source layout and ours
+        // ([1,1,cin,cout] → [cin,cout], [3,3,c,1] → [3,3,c]); check the rest match.
+        let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+        if squeeze(&t.shape) != squeeze(&shape) {
+            return Err(ModelError::Shape {
+                path: path.to_path_buf(),
+                name: from.to_string(),
+                expected: shape,
+                found: t.shape,
+            });
+        }
+        tensors.insert(to, Tensor::new(shape, t.data));
+        Ok(())
+    };
+    for layer in config.layers() {
+        let cout = layer.output[2];
+        match layer.kind {
+            LayerKind::AvgPool => continue,
+            LayerKind::Fc => {
+                take(naming.fc.0, "fc/weight".into(), vec![layer.input[2], cout])?;
+                take(naming.fc.1, "fc/bias".into(), vec![cout])?;
+                continue;
+            }
+            _ => {}
+        }
+        let spec = crate::weights::tensor_specs(&config)
+            .into_iter()
+            .find(|s| s.name == format!("{}/weight", layer.name))
+            .map(|s| s.shape)
+            .unwrap_or_default();
+        let name = (naming.weight)(&layer).unwrap_or_default();
+        take(&name, format!("{}/weight", layer.name), spec)?;
+        for (theirs, ours) in [
+            ("gamma", "gamma"),
+            ("beta", "beta"),
+            ("moving_mean", "moving_mean"),
+            ("moving_variance", "moving_variance"),
+        ] {
+            let name = (naming.bn)(&layer, theirs).unwrap_or_default();
+            take(&name, format!("{}/bn/{ours}", layer.name), vec![cout])?;
+        }
+    }
+    if let Some(extra) = source.keys().next() {
+        return Err(ModelError::UnexpectedTensor {
+            path: path.to_path_buf(),
+            name: extra.clone(),
+            config: config.to_string(),
+        });
+    }
+    Ok(ModelFile {
+        config,
+        bn_epsilon: DEFAULT_BN_EPSILON,
+        preprocessing: naming.preprocessing,
+        labels: options.labels.clone(),
+        tensors,
+    })
+}

@@ -1,0 +1,168 @@
+//! Image loading and the model's preprocessing: crop, resize, pixel normalisation.
+
+use std::path::Path;
+
+use image::imageops::FilterType;
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ImageError;
+
+/// How 8-bit pixel values become network inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PixelNorm {
+    /// `x / 127.5 − 1`, in [−1, 1] (TF-slim and Keras "tf" mode, Google's checkpoints).
+    MinusOneToOne,
+    /// `x / 255`, in [0, 1] (the Visual Wake Words model).
+    Unit,
+    /// `(x / 255 − mean) / std` per RGB channel (torchvision/timm style).
+    MeanStd {
+        /// Per-channel mean of `x / 255`.
+        mean: [f32; 3],
+        /// Per-channel standard deviation of `x / 255`.
+        std: [f32; 3],
+    },
+}
+
+impl PixelNorm {
+    /// Scale and offset per channel: `input = x · scale[c] + offset[c]` for 8-bit `x`.
+    pub fn affine(&self) -> ([f32; 3], [f32; 3]) {
+        match *self {
+            PixelNorm::MinusOneToOne => ([1.0 / 127.5; 3], [-1.0; 3]),
+            PixelNorm::Unit => ([1.0 / 255.0; 3], [0.0; 3]),
+            PixelNorm::MeanStd { mean, std } => {
+                let scale = [0, 1, 2].map(|c| 1.0 / (255.0 * std[c]));
+                let offset = [0, 1, 2].map(|c| -mean[c] / std[c]);
+                (scale, offset)
+            }
+        }
+    }
+}
+
+/// What a model does to an image before the network sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessing {
+    /// Fraction of the shorter side kept by the central crop (TF-slim evaluation: 0.875);
+    /// 1.0 keeps the whole image.
+    pub crop: f32,
+    /// Pixel normalisation.
+    pub norm: PixelNorm,
+}
+
+impl Default for Preprocessing {
+    /// TF-slim's ImageNet evaluation: central crop of 87.5%, resize, scale to [−1, 1].
+    fn default() -> Self {
+        Preprocessing {
+            crop: 0.875,
+            norm: PixelNorm::MinusOneToOne,
+        }
+    }
+}
+
+/// Decodes an image file (JPEG, PNG, BMP, WebP) to 8-bit RGB; grayscale is replicated to
+/// three channels and alpha is dropped.
+pub fn load_image(path: &Path) -> Result<RgbImage, ImageError> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|source| ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .with_guessed_format()
+        .map_err(|source| ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let img = reader.decode().map_err(|e| ImageError::Decode {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err(ImageError::Decode {
+            path: path.to_path_buf(),
+            reason: "image has no pixels".to_string(),
+        });
+    }
+    Ok(img.to_rgb8())
+}
+
+impl Preprocessing {
+    /// Central crop of `self.crop`, resize to `resolution`² (antialiased bilinear, like PIL's
+    /// BILINEAR), normalise; writes `resolution² · 3` values (HWC) into `out`.
+    ///
+    /// An image already `resolution`² with `crop = 1.0` is used without resampling.
+    pub fn apply(&self, img: &RgbImage, resolution: usize, out: &mut [f32]) {
+        let res = resolution as u32;
+        let (w, h) = img.dimensions();
+        let fraction = self.crop.clamp(0.0, 1.0);
+        let cropped;
+        let src = if fraction < 1.0 {
+            // TF's central_crop: the same fraction of each side, centred.
+            let cw = ((w as f32 * fraction).round() as u32).max(1);
+            let ch = ((h as f32 * fraction).round() as u32).max(1);
+            cropped = image::imageops::crop_imm(img, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image();
+            &cropped
+        } else {
+            img
+        };
+        let resized;
+        let src = if src.dimensions() == (res, res) {
+            src
+        } else {
+            resized = image::imageops::resize(src, res, res, FilterType::Triangle);
+            &resized
+        };
+        let (scale, offset) = self.norm.affine();
+        for (o, px) in out.chunks_exact_mut(3).zip(src.pixels()) {
+            for c in 0..3 {
+                o[c] = px.0[c] as f32 * scale[c] + offset[c];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn norms_map_0_and_255_to_their_ranges() {
+        for (norm, lo, hi) in [
+            (PixelNorm::MinusOneToOne, -1.0, 1.0),
+            (PixelNorm::Unit, 0.0, 1.0),
+            (
+                PixelNorm::MeanStd {
+                    mean: [0.5; 3],
+                    std: [0.5; 3],
+                },
+                -1.0,
+                1.0,
+            ),
+        ] {
+            let (s, o) = norm.affine();
+            assert!((o[0] - lo).abs() < 1e-6 && (255.0 * s[0] + o[0] - hi).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn exact_size_without_crop_is_not_resampled() {
+        let img = RgbImage::from_fn(4, 4, |x, y| image::Rgb([(x * 60) as u8, (y * 60) as u8, 7]));
+        let p = Preprocessing {
+            crop: 1.0,
+            norm: PixelNorm::Unit,
+        };
+        let mut out = vec![0.0; 48];
+        p.apply(&img, 4, &mut out);
+        assert_eq!(out[3 * 5], 60.0 / 255.0); // pixel (1, 1), red
+        assert_eq!(out[3 * 5 + 1], 60.0 / 255.0);
+        assert_eq!(out[2], 7.0 / 255.0);
+    }
+
+    #[test]
+    fn crop_and_resize_give_the_resolution() {
+        let img = RgbImage::from_pixel(300, 200, image::Rgb([255, 0, 128]));
+        let mut out = vec![f32::NAN; 32 * 32 * 3];
+        Preprocessing::default().apply(&img, 32, &mut out);
+        assert!(out.chunks(3).all(|p| p[0] == 1.0 && p[1] == -1.0));
+    }
+}

@@ -1,0 +1,566 @@
+//! The model file: safetensors with our layer-table names and the configuration, bn epsilon,
+//! preprocessing and class labels in the metadata, so that a file is all `classify` needs.
+//!
+//! Tensors (all f32, unfolded: batch norm is folded when the model is loaded for inference):
+//!
+//! | name | shape |
+//! |---|---|
+//! | `conv_0/weight` (and full-conv `conv_<i>/weight`) | `[3, 3, cin, cout]` (HWIO) |
+//! | `conv_<i>/depthwise/weight` | `[3, 3, c]` |
+//! | `conv_<i>/pointwise/weight` | `[cin, cout]` |
+//! | `<layer>/bias` (optional) | `[cout]`, added before batch norm |
+//! | `<layer>/bn/{gamma,beta,moving_mean,moving_variance}` | `[cout]` |
+//! | `fc/weight`, `fc/bias` | `[cin, classes]`, `[classes]` |
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Activation, MobileNetConfig, Padding, Variant};
+use crate::error::ModelError;
+use crate::layers::LayerKind;
+use crate::preprocess::Preprocessing;
+
+/// Value of the `format` metadata key.
+pub const FORMAT: &str = "mobilenet-v1";
+/// Version of the file layout; bumped when names or layouts change.
+pub const FORMAT_VERSION: u32 = 1;
+/// TF-slim's batch-norm epsilon.
+pub const DEFAULT_BN_EPSILON: f32 = 1e-3;
+
+/// A dense f32 tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    /// A tensor from its shape and values.
+    ///
+    /// # Panics
+    ///
+    /// If the number of values does not match the shape.
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "tensor shape/data mismatch"
+        );
+        Tensor { shape, data }
+    }
+}
+
+/// One weight the network needs: name, shape, and whether it may be absent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Name in the model file.
+    pub name: String,
+    /// Required shape.
+    pub shape: Vec<usize>,
+    /// Conv biases are optional (batch norm makes them redundant); everything else is required.
+    pub optional: bool,
+}
+
+/// Every tensor a configuration's model file holds, derived from the layer table.
+pub fn tensor_specs(config: &MobileNetConfig) -> Vec<TensorSpec> {
+    let mut specs = Vec::new();
+    let spec = |name: String, shape: Vec<usize>, optional: bool| TensorSpec {
+        name,
+        shape,
+        optional,
+    };
+    for layer in config.layers() {
+        let [_, _, cin] = layer.input;
+        let cout = layer.output[2];
+        let k = layer.kernel;
+        let weight = match layer.kind {
+            LayerKind::Conv => vec![k, k, cin, cout],
+            LayerKind::Depthwise => vec![k, k, cin],
+            LayerKind::Pointwise => vec![cin, cout],
+            LayerKind::Fc => {
+                specs.push(spec("fc/weight".into(), vec![cin, cout], false));
+                specs.push(spec("fc/bias".into(), vec![cout], false));
+                continue;
+            }
+            LayerKind::AvgPool => continue,
+        };
+        specs.push(spec(format!("{}/weight", layer.name), weight, false));
+        specs.push(spec(format!("{}/bias", layer.name), vec![cout], true));
+        for bn in ["gamma", "beta", "moving_mean", "moving_variance"] {
+            specs.push(spec(format!("{}/bn/{bn}", layer.name), vec![cout], false));
+        }
+    }
+    specs
+}
+
+/// The configuration as stored in the metadata.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ConfigJson {
+    alpha: f64,
+    resolution: usize,
+    classes: Option<usize>,
+    dropout: f64,
+    min_depth: usize,
+    activation: Activation,
+    padding: Padding,
+    variant: Variant,
+}
+
+impl ConfigJson {
+    fn from_config(c: &MobileNetConfig) -> ConfigJson {
+        ConfigJson {
+            alpha: c.alpha(),
+            resolution: c.resolution(),
+            classes: c.classes(),
+            dropout: c
+                .head()
+                .map_or(crate::config::DEFAULT_DROPOUT, |h| h.dropout),
+            min_depth: c.min_depth(),
+            activation: c.activation(),
+            padding: c.padding(),
+            variant: c.variant(),
+        }
+    }
+
+    fn to_config(&self) -> Result<MobileNetConfig, crate::ConfigError> {
+        let mut c = MobileNetConfig::new(self.alpha, self.resolution)?
+            .with_min_depth(self.min_depth)?
+            .with_activation(self.activation)
+            .with_padding(self.padding)
+            .with_variant(self.variant);
+        c = match self.classes {
+            Some(n) => c.with_classes(n)?.with_dropout(self.dropout)?,
+            None => c.without_head(),
+        };
+        Ok(c)
+    }
+}
+
+/// A complete model: configuration, conventions, labels and weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelFile {
+    /// The network.
+    pub config: MobileNetConfig,
+    /// Batch-norm epsilon.
+    pub bn_epsilon: f32,
+    /// What to do to an image before the network.
+    pub preprocessing: Preprocessing,
+    /// One label per output class (index 0 is "background" in Google's 1001-class models).
+    pub labels: Option<Vec<String>>,
+    /// Weights by name (see [`tensor_specs`]).
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+impl ModelFile {
+    /// Checks that the tensors are exactly those the configuration needs, with the right
+    /// shapes and finite values, and that the labels match the class count.
+    pub fn validate(&self, path: &Path) -> Result<(), ModelError> {
+        let specs = tensor_specs(&self.config);
+        for spec in &specs {
+            match self.tensors.get(&spec.name) {
+                None if spec.optional => {}
+                None => {
+                    return Err(ModelError::MissingTensor {
+                        path: path.to_path_buf(),
+                        name: spec.name.clone(),
+                        shape: spec.shape.clone(),
+                    })
+                }
+                Some(t) if t.shape != spec.shape => {
+                    return Err(ModelError::Shape {
+                        path: path.to_path_buf(),
+                        name: spec.name.clone(),
+                        expected: spec.shape.clone(),
+                        found: t.shape.clone(),
+                    })
+                }
+                Some(t) => {
+                    if let Some(index) = t.data.iter().position(|v| !v.is_finite()) {
+                        return Err(ModelError::NonFinite {
+                            path: path.to_path_buf(),
+                            name: spec.name.clone(),
+                            index,
+                        });
+                    }
+                }
+            }
+        }
+        for name in self.tensors.keys() {
+            if !specs.iter().any(|s| &s.name == name) {
+                return Err(ModelError::UnexpectedTensor {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                    config: self.config.to_string(),
+                });
+            }
+        }
+        if let (Some(labels), Some(classes)) = (&self.labels, self.config.classes()) {
+            if labels.len() != classes {
+                return Err(ModelError::Metadata {
+                    path: path.to_path_buf(),
+                    reason: format!("{} labels for {classes} classes", labels.len()),
+                });
+            }
+        }
+        if !(self.bn_epsilon.is_finite() && self.bn_epsilon >= 0.0) {
+            return Err(ModelError::Metadata {
+                path: path.to_path_buf(),
+                reason: format!("invalid bn_epsilon {}", self.bn_epsilon),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads and validates a model file.
+    pub fn load(path: &Path) -> Result<ModelFile, ModelError> {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        ModelFile::from_bytes(&bytes, path)
+    }
+
+    /// Parses and validates a model file held in memory (`path` is used in messages).
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<ModelFile, ModelError> {
+        let (tensors, metadata) = read_safetensors(bytes, path)?;
+        let meta = |key: &str| -> Result<&String, ModelError> {
+            metadata.get(key).ok_or_else(|| ModelError::Metadata {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "no {key:?} in the metadata: not a mobilenet model file \
+                     (use `mobilenet import` to convert other weights)"
+                ),
+            })
+        };
+        let bad = |reason: String| ModelError::Metadata {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if meta("format")? != FORMAT {
+            return Err(bad(format!(
+                "format is {:?}, expected {FORMAT:?}",
+                meta("format")?
+            )));
+        }
+        let version: u32 = meta("format_version")?
+            .parse()
+            .map_err(|_| bad("format_version is not a number".into()))?;
+        if version != FORMAT_VERSION {
+            return Err(bad(format!(
+                "format_version {version} is not supported (this build reads {FORMAT_VERSION})"
+            )));
+        }
+        let config: ConfigJson = serde_json::from_str(meta("config")?)
+            .map_err(|e| bad(format!("invalid config metadata: {e}")))?;
+        let config = config.to_config().map_err(|source| ModelError::Config {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bn_epsilon: f32 = meta("bn_epsilon")?
+            .parse()
+            .map_err(|_| bad("bn_epsilon is not a number".into()))?;
+        let preprocessing: Preprocessing = serde_json::from_str(meta("preprocessing")?)
+            .map_err(|e| bad(format!("invalid preprocessing metadata: {e}")))?;
+        let labels = match metadata.get("labels") {
+            Some(text) => Some(
+                serde_json::from_str::<Vec<String>>(text)
+                    .map_err(|e| bad(format!("invalid labels metadata: {e}")))?,
+            ),
+            None => None,
+        };
+        let model = ModelFile {
+            config,
+            bn_epsilon,
+            preprocessing,
+            labels,
+            tensors,
+        };
+        model.validate(path)?;
+        Ok(model)
+    }
+
+    /// The safetensors bytes of this model.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert("format".to_string(), FORMAT.to_string());
+        metadata.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+        metadata.insert(
+            "config".to_string(),
+            to_json(&ConfigJson::from_config(&self.config)),
+        );
+        metadata.insert("bn_epsilon".to_string(), self.bn_epsilon.to_string());
+        metadata.insert("preprocessing".to_string(), to_json(&self.preprocessing));
+        if let Some(labels) = &self.labels {
+            metadata.insert("labels".to_string(), to_json(labels));
+        }
+        let views: Vec<(String, TensorView<'_>)> = self
+            .tensors
+            .iter()
+            .map(|(name, t)| {
+                let bytes: &[u8] = bytemuck_f32(&t.data);
+                // The shape and byte length agree by construction of Tensor.
+                let view = TensorView::new(Dtype::F32, t.shape.clone(), bytes).map_err(|e| {
+                    ModelError::Format {
+                        path: PathBuf::from(name),
+                        reason: e.to_string(),
+                    }
+                })?;
+                Ok((name.clone(), view))
+            })
+            .collect::<Result<_, ModelError>>()?;
+        safetensors::serialize(views, Some(metadata)).map_err(|e| ModelError::Format {
+            path: PathBuf::from("<memory>"),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Writes the model atomically: to a temporary file beside `path`, synced, then renamed,
+    /// so a crash leaves either the old file or the new one, never half of one.
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        let bytes = self.to_bytes()?;
+        write_atomic(path, &bytes)
+    }
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+/// Tensors by name, and the string metadata of a safetensors file.
+pub(crate) type RawSafetensors = (
+    BTreeMap<String, Tensor>,
+    std::collections::HashMap<String, String>,
+);
+
+/// Reads every tensor of a safetensors file as f32, with its metadata.
+pub(crate) fn read_safetensors(bytes: &[u8], path: &Path) -> Result<RawSafetensors, ModelError> {
+    let format = |e: safetensors::SafeTensorError| ModelError::Format {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(format)?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let st = SafeTensors::deserialize(bytes).map_err(format)?;
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(ModelError::Dtype {
+                path: path.to_path_buf(),
+                name,
+                found: format!("{:?}", view.dtype()),
+            });
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        tensors.insert(name, Tensor::new(view.shape().to_vec(), data));
+    }
+    Ok((tensors, metadata))
+}
+
+/// The little-endian bytes of an f32 slice, without copying.
+fn bytemuck_f32(data: &[f32]) -> &[u8] {
+    #[cfg(target_endian = "big")]
+    compile_error!("model files are little-endian; big-endian hosts are not supported");
+    // Safety: f32 has no padding and any byte pattern is a valid u8; the length is exact.
+    unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
+}
+
+/// Metadata values are plain data (numbers, strings, enums), which always serialise.
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+impl ModelFile {
+    /// A model with seeded random weights (He-scaled uniform convs, identity batch norm,
+    /// small FC): for benchmarks and as the starting point of training from scratch.
+    pub fn random(config: MobileNetConfig, seed: u64) -> ModelFile {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut uniform = move || {
+            // xorshift64*: uniform in [-1, 1).
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let x = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let mut tensors = BTreeMap::new();
+        for spec in tensor_specs(&config) {
+            if spec.optional {
+                continue;
+            }
+            let n: usize = spec.shape.iter().product();
+            let leaf = spec.name.rsplit('/').next().unwrap_or("");
+            let data: Vec<f32> = match leaf {
+                "gamma" | "moving_variance" => vec![1.0; n],
+                "beta" | "moving_mean" | "bias" => vec![0.0; n],
+                _ => {
+                    // Fan-in: everything but the output-channel axis (depthwise: the 3×3 taps).
+                    let fan_in = if spec.shape.len() == 3 {
+                        spec.shape[0] * spec.shape[1]
+                    } else {
+                        n / spec.shape.last().copied().unwrap_or(1)
+                    };
+                    // Uniform on [-a, a] has variance a²/3; He: variance 2 / fan_in.
+                    let a = (6.0 / fan_in.max(1) as f32).sqrt();
+                    (0..n).map(|_| a * uniform()).collect()
+                }
+            };
+            tensors.insert(spec.name, Tensor::new(spec.shape, data));
+        }
+        ModelFile {
+            config,
+            bn_epsilon: DEFAULT_BN_EPSILON,
+            preprocessing: Preprocessing::default(),
+            labels: None,
+            tensors,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> ModelFile {
+        let config = MobileNetConfig::new(0.25, 32)
+            .unwrap()
+            .with_classes(3)
+            .unwrap();
+        let mut m = ModelFile::random(config, 1);
+        m.labels = Some(vec!["a".into(), "b".into(), "c".into()]);
+        m
+    }
+
+    #[test]
+    fn round_trip_through_bytes() {
+        let m = small();
+        let bytes = m.to_bytes().unwrap();
+        let back = ModelFile::from_bytes(&bytes, Path::new("m.safetensors")).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let bytes = small().to_bytes().unwrap();
+        for len in (0..bytes.len()).step_by(97).chain([bytes.len() - 1]) {
+            let err = ModelFile::from_bytes(&bytes[..len], Path::new("t.safetensors")).unwrap_err();
+            assert!(err.to_string().starts_with("t.safetensors: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn wrong_shape_missing_and_extra_tensors_are_named() {
+        let path = Path::new("m.safetensors");
+        let mut m = small();
+        m.tensors.insert(
+            "conv_1/depthwise/weight".into(),
+            Tensor::new(vec![3, 3, 9], vec![0.0; 81]),
+        );
+        let err = m.validate(path).unwrap_err().to_string();
+        assert!(
+            err.contains("\"conv_1/depthwise/weight\" has shape [3, 3, 9], expected [3, 3, 8]"),
+            "{err}"
+        );
+
+        let mut m = small();
+        m.tensors.remove("conv_5/pointwise/bn/gamma");
+        let err = m.validate(path).unwrap_err().to_string();
+        assert!(
+            err.contains("missing tensor \"conv_5/pointwise/bn/gamma\""),
+            "{err}"
+        );
+
+        let mut m = small();
+        m.tensors
+            .insert("conv_99/weight".into(), Tensor::new(vec![1], vec![0.0]));
+        let err = m.validate(path).unwrap_err().to_string();
+        assert!(
+            err.contains("unexpected tensor \"conv_99/weight\""),
+            "{err}"
+        );
+
+        let mut m = small();
+        m.tensors.get_mut("fc/bias").unwrap().data[1] = f32::NAN;
+        let err = m.validate(path).unwrap_err().to_string();
+        assert!(
+            err.contains("\"fc/bias\" holds a non-finite value at index 1"),
+            "{err}"
+        );
+
+        let mut m = small();
+        m.labels = Some(vec!["only one".into()]);
+        assert!(m
+            .validate(path)
+            .unwrap_err()
+            .to_string()
+            .contains("1 labels for 3 classes"));
+    }
+
+    #[test]
+    fn wrong_dtype_is_named() {
+        let data = [0u8; 8];
+        let view = TensorView::new(Dtype::F64, vec![1], &data).unwrap();
+        let bytes = safetensors::serialize([("x", view)], None).unwrap();
+        let err = ModelFile::from_bytes(&bytes, Path::new("d.safetensors")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "d.safetensors: tensor \"x\" has dtype F64, expected F32"
+        );
+    }
+
+    #[test]
+    fn foreign_safetensors_say_to_import() {
+        let view = TensorView::new(Dtype::F32, vec![1], &[0u8; 4]).unwrap();
+        let bytes = safetensors::serialize([("x", view)], None).unwrap();
+        let err = ModelFile::from_bytes(&bytes, Path::new("f.safetensors")).unwrap_err();
+        assert!(err.to_string().contains("mobilenet import"), "{err}");
+    }
+
+    #[test]
+    fn atomic_save_leaves_no_temporary_file() {
+        let dir = std::env::temp_dir().join(format!("mobilenet-save-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.safetensors");
+        let m = small();
+        m.save(&path).unwrap();
+        assert_eq!(ModelFile::load(&path).unwrap(), m);
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
