@@ -153,9 +153,10 @@ mod tests {
         };
         let mut out = vec![0.0; 48];
         p.apply(&img, 4, &mut out);
-        assert_eq!(out[3 * 5], 60.0 / 255.0); // pixel (1, 1), red
-        assert_eq!(out[3 * 5 + 1], 60.0 / 255.0);
-        assert_eq!(out[2], 7.0 / 255.0);
+        let unit = |x: f32| x * (1.0 / 255.0);
+        assert_eq!(out[3 * 5], unit(60.0)); // pixel (1, 1), red
+        assert_eq!(out[3 * 5 + 1], unit(60.0));
+        assert_eq!(out[2], unit(7.0));
     }
 
     #[test]
