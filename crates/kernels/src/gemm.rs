@@ -86,20 +86,52 @@ pub fn gemm(
     ldc: usize,
     epi: &Epilogue,
 ) {
+    gemm_cols(m, a, lda, b, 0..b.n, c, ldc, epi);
+}
+
+/// Columns `cols` of `C = epilogue(A · B)`, written to `c` as an `m × cols.len()` matrix with
+/// row stride `ldc` (`c[i·ldc + j − cols.start]`). Threads that split a GEMM by columns each
+/// call this with their own range and buffer.
+///
+/// # Panics
+///
+/// If `cols.start` is not a multiple of [`panel_width`], `cols` reaches past `n`, or a slice
+/// is shorter than its shape says.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_cols(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    cols: std::ops::Range<usize>,
+    c: &mut [f32],
+    ldc: usize,
+    epi: &Epilogue,
+) {
     let (k, n) = (b.k, b.n);
-    if m == 0 || n == 0 {
+    assert!(
+        cols.start <= cols.end && cols.end <= n,
+        "column range past n"
+    );
+    assert!(
+        cols.start.is_multiple_of(b.nr),
+        "column range must start on a panel"
+    );
+    let width = cols.end - cols.start;
+    if m == 0 || width == 0 {
         return;
     }
-    assert!(lda >= k && ldc >= n, "row strides shorter than rows");
+    assert!(lda >= k && ldc >= width, "row strides shorter than rows");
     assert!(a.len() >= (m - 1) * lda + k, "A shorter than m rows");
-    assert!(c.len() >= (m - 1) * ldc + n, "C shorter than m rows");
+    assert!(c.len() >= (m - 1) * ldc + width, "C shorter than m rows");
     if let Some(bias) = epi.bias {
         assert!(bias.len() >= n, "bias shorter than n");
     }
     let args = Args {
         m,
         k,
-        n,
+        n: cols.end,
+        p0: cols.start / b.nr,
         a: a.as_ptr(),
         lda,
         b: b.data.as_ptr(),
@@ -130,7 +162,10 @@ pub fn gemm(
 struct Args {
     m: usize,
     k: usize,
+    /// One past the last column computed.
     n: usize,
+    /// First panel computed; C points at its first column.
+    p0: usize,
     a: *const f32,
     lda: usize,
     b: *const f32,
@@ -155,32 +190,117 @@ unsafe fn gemm_avx2(args: &Args) {
     unsafe { gemm_panels::<_, 6>(crate::simd::Avx2Fma, args) }
 }
 
-/// Loops over panels of B and tiles of MR rows; the last rows use a smaller tile.
+/// Bytes of packed B one block of panels may take: about half of a 2 MB L2, so a block stays
+/// in L2 while every row tile of A streams past it.
+const B_BLOCK_BYTES: usize = 1 << 20;
+
+thread_local! {
+    /// Packed A tile (`k × MR`, k-major), reused across calls on this thread.
+    static A_TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Loops: blocks of B panels that fit in L2 → tiles of MR rows of A, packed k-major into a
+/// small buffer once per block → panels of the block. Packing A turns the microkernel's
+/// MR strided row reads into one sequential stream; blocking B keeps it in L2 across tiles.
 #[inline(always)]
 unsafe fn gemm_panels<S: SimdF32, const MR: usize>(s: S, x: &Args) {
+    if x.k >= PACK_A_MIN_K {
+        // Safety: forwarded from the caller.
+        unsafe { gemm_blocks::<S, MR, true>(s, x) }
+    } else {
+        // Safety: forwarded from the caller.
+        unsafe { gemm_blocks::<S, MR, false>(s, x) }
+    }
+}
+
+/// Shortest K for which A tiles are packed: below it the MR row streams are short enough for
+/// the prefetchers, and the scalar copy would cost more than it saves.
+const PACK_A_MIN_K: usize = 128;
+
+#[inline(always)]
+unsafe fn gemm_blocks<S: SimdF32, const MR: usize, const PACKED: bool>(s: S, x: &Args) {
     let nr = 2 * S::LANES;
     let panels = x.n.div_ceil(nr);
-    // Safety: tiles stay inside the m×n of C and the m×k of A; panel p starts at p·k·nr in
-    // the packed data, which holds `panels` of them.
-    unsafe {
-        for p in 0..panels {
-            let cols = (x.n - p * nr).min(nr);
-            let bp = x.b.add(p * x.k * nr);
-            let bias = if x.bias.is_null() {
-                x.bias
-            } else {
-                x.bias.add(p * nr)
-            };
-            let c0 = x.c.add(p * nr);
-            let mut i = 0;
-            while i + MR <= x.m {
-                tile::<S, MR>(s, x, x.a.add(i * x.lda), bp, c0.add(i * x.ldc), cols, bias);
-                i += MR;
+    let block = (B_BLOCK_BYTES / (x.k * nr * 4).max(1)).max(1);
+    // Only the buffer's pointer is taken inside the closure: a closure would not inherit the
+    // caller's #[target_feature]s, and the kernel inside it would lose its vector code.
+    let ap = if PACKED {
+        A_TILE.with_borrow_mut(|apack| {
+            if apack.len() < MR * x.k {
+                apack.resize(MR * x.k, 0.0);
             }
-            let rest = x.m - i;
-            if rest > 0 {
-                let (a, c) = (x.a.add(i * x.lda), c0.add(i * x.ldc));
-                tail_tile::<S, MR>(s, x, a, bp, c, cols, bias, rest);
+            apack.as_mut_ptr()
+        })
+    } else {
+        std::ptr::null_mut()
+    };
+    // Safety: tiles stay inside the m×n of C and the m×k of A; panel p starts at p·k·nr in
+    // the packed data, which holds `panels` of them; the A buffer holds MR·k values and is not
+    // touched by anything else on this thread until this function returns (the kernels never
+    // call back into gemm).
+    unsafe {
+        let mut p_start = x.p0;
+        while p_start < panels {
+            let p_end = (p_start + block).min(panels);
+            let mut i = 0;
+            while i < x.m {
+                let rows = (x.m - i).min(MR);
+                let (a, lda) = if PACKED {
+                    pack_a(x.a.add(i * x.lda), x.lda, rows, x.k, ap);
+                    (ap as *const f32, rows)
+                } else {
+                    (x.a.add(i * x.lda), x.lda)
+                };
+                for p in p_start..p_end {
+                    let cols = (x.n - p * nr).min(nr);
+                    let bp = x.b.add(p * x.k * nr);
+                    let bias = if x.bias.is_null() {
+                        x.bias
+                    } else {
+                        x.bias.add(p * nr)
+                    };
+                    let c = x.c.add(i * x.ldc + (p - x.p0) * nr);
+                    let t = Tile {
+                        a,
+                        lda,
+                        bp,
+                        c,
+                        cols,
+                        bias,
+                    };
+                    if rows == MR {
+                        tile::<S, MR, PACKED>(s, x, &t);
+                    } else {
+                        tail_tile::<S, MR, PACKED>(s, x, &t, rows);
+                    }
+                }
+                i += rows;
+            }
+            p_start = p_end;
+        }
+    }
+}
+
+/// Pointers of one microkernel call.
+struct Tile {
+    /// A rows: packed k-major (`a[kk·lda + i]`, lda = rows) or in place (`a[i·lda + kk]`).
+    a: *const f32,
+    lda: usize,
+    bp: *const f32,
+    c: *mut f32,
+    cols: usize,
+    bias: *const f32,
+}
+
+/// Copies `rows` rows of A (`k` values each, stride `lda`) into `dst` k-major: `dst[kk·rows + r]`.
+#[inline(always)]
+unsafe fn pack_a(a: *const f32, lda: usize, rows: usize, k: usize, dst: *mut f32) {
+    // Safety: the caller guarantees `rows` rows of `k` values at `a` and rows·k at `dst`.
+    unsafe {
+        for r in 0..rows {
+            let src = a.add(r * lda);
+            for kk in 0..k {
+                *dst.add(kk * rows + r) = *src.add(kk);
             }
         }
     }
@@ -188,31 +308,26 @@ unsafe fn gemm_panels<S: SimdF32, const MR: usize>(s: S, x: &Args) {
 
 /// Dispatches the last `rows < MR` rows to a tile of exactly that height.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tail_tile<S: SimdF32, const MR: usize>(
+unsafe fn tail_tile<S: SimdF32, const MR: usize, const PACKED: bool>(
     s: S,
     x: &Args,
-    a: *const f32,
-    bp: *const f32,
-    c: *mut f32,
-    cols: usize,
-    bias: *const f32,
+    t: &Tile,
     rows: usize,
 ) {
-    // Safety: forwarded from gemm_panels; `rows` rows remain in A and C.
+    // Safety: forwarded from gemm_blocks; `rows` rows remain in A and C.
     unsafe {
         match rows {
-            1 => tile::<S, 1>(s, x, a, bp, c, cols, bias),
-            2 => tile::<S, 2>(s, x, a, bp, c, cols, bias),
-            3 => tile::<S, 3>(s, x, a, bp, c, cols, bias),
-            4 => tile::<S, 4>(s, x, a, bp, c, cols, bias),
-            5 => tile::<S, 5>(s, x, a, bp, c, cols, bias),
-            6 => tile::<S, 6>(s, x, a, bp, c, cols, bias),
-            7 => tile::<S, 7>(s, x, a, bp, c, cols, bias),
-            8 => tile::<S, 8>(s, x, a, bp, c, cols, bias),
-            9 => tile::<S, 9>(s, x, a, bp, c, cols, bias),
-            10 => tile::<S, 10>(s, x, a, bp, c, cols, bias),
-            11 => tile::<S, 11>(s, x, a, bp, c, cols, bias),
+            1 => tile::<S, 1, PACKED>(s, x, t),
+            2 => tile::<S, 2, PACKED>(s, x, t),
+            3 => tile::<S, 3, PACKED>(s, x, t),
+            4 => tile::<S, 4, PACKED>(s, x, t),
+            5 => tile::<S, 5, PACKED>(s, x, t),
+            6 => tile::<S, 6, PACKED>(s, x, t),
+            7 => tile::<S, 7, PACKED>(s, x, t),
+            8 => tile::<S, 8, PACKED>(s, x, t),
+            9 => tile::<S, 9, PACKED>(s, x, t),
+            10 => tile::<S, 10, PACKED>(s, x, t),
+            11 => tile::<S, 11, PACKED>(s, x, t),
             _ => {
                 // MR ≤ 12 for every instruction set, so rows < 12 always matched above.
                 debug_assert!(rows < MR && MR <= 12);
@@ -223,19 +338,12 @@ unsafe fn tail_tile<S: SimdF32, const MR: usize>(
 
 /// One `R × NR` tile of C: accumulate over all of K in registers, then bias, clamp, store.
 #[inline(always)]
-unsafe fn tile<S: SimdF32, const R: usize>(
-    s: S,
-    x: &Args,
-    a: *const f32,
-    bp: *const f32,
-    c: *mut f32,
-    cols: usize,
-    bias: *const f32,
-) {
+unsafe fn tile<S: SimdF32, const R: usize, const PACKED: bool>(s: S, x: &Args, t: &Tile) {
     let lanes = S::LANES;
     let nr = 2 * lanes;
-    // Safety: A rows a..a+R·lda hold k values each; the panel holds k·nr values; C rows hold
-    // `cols` writable values each (partial stores below `nr`).
+    let (a, bp, c, cols, bias) = (t.a, t.bp, t.c, t.cols, t.bias);
+    // Safety: A holds R rows of k values (packed or in place); the panel holds k·nr values;
+    // C rows hold `cols` writable values each (partial stores below `nr`).
     unsafe {
         let mut acc0 = [s.zero(); R];
         let mut acc1 = [s.zero(); R];
@@ -243,7 +351,11 @@ unsafe fn tile<S: SimdF32, const R: usize>(
             let b0 = s.load(bp.add(kk * nr));
             let b1 = s.load(bp.add(kk * nr + lanes));
             for i in 0..R {
-                let av = s.splat(*a.add(i * x.lda + kk));
+                let av = if PACKED {
+                    s.splat(*a.add(kk * R + i))
+                } else {
+                    s.splat(*a.add(i * t.lda + kk))
+                };
                 acc0[i] = s.fma(av, b0, acc0[i]);
                 acc1[i] = s.fma(av, b1, acc1[i]);
             }
@@ -349,6 +461,38 @@ mod tests {
         check(196, 256, 512); // conv_6/pointwise
         check(1, 1024, 1001); // the classifier at batch 1
         check(16, 8, 16); // α = 0.25 conv_1/pointwise, a few rows
+    }
+
+    #[test]
+    fn column_ranges_compose_the_whole() {
+        let (m, k, n) = (3, 200, 70);
+        let mut rng = Rng::new(5);
+        let a = rng.vec(m * k);
+        let b = rng.vec(k * n);
+        let bias = rng.vec(n);
+        let epi = Epilogue::new(Some(&bias), f32::NEG_INFINITY, f32::INFINITY);
+        let expected = gemm_reference(m, k, n, &a, &b, &epi);
+        for isa in Isa::available() {
+            let packed = PackedB::new(isa, &b, k, n);
+            let nr = panel_width(isa);
+            let mut start = 0;
+            while start < n {
+                let end = (start + 2 * nr).min(n);
+                let w = end - start;
+                let mut c = vec![f32::NAN; m * w];
+                gemm_cols(m, &a, k, &packed, start..end, &mut c, w, &epi);
+                for i in 0..m {
+                    let want = &expected[i * n + start..i * n + end];
+                    assert_close(
+                        &c[i * w..(i + 1) * w],
+                        want,
+                        1e-4,
+                        &format!("{isa} {start}..{end}"),
+                    );
+                }
+                start = end;
+            }
+        }
     }
 
     #[test]

@@ -245,6 +245,8 @@ pub struct Session<'m> {
     pool: Option<rayon::ThreadPool>,
     ping: Vec<f32>,
     pong: Vec<f32>,
+    /// Per-thread outputs of layers split by columns (the classifier).
+    scratch: Vec<f32>,
     profile: Option<Vec<Duration>>,
 }
 
@@ -279,6 +281,7 @@ impl<'m> Session<'m> {
             pool,
             ping: vec![0.0; largest * batch],
             pong: vec![0.0; largest * batch],
+            scratch: vec![0.0; batch * model.output_len()],
             profile: None,
         }
     }
@@ -332,11 +335,12 @@ impl<'m> Session<'m> {
             let start = Instant::now();
             let out_len = batch * layer.output.iter().product::<usize>();
             let (src, dst) = (&self.ping[..cur_len], &mut self.pong[..out_len]);
+            let (threads, scratch) = (self.threads, &mut self.scratch[..]);
             match &self.pool {
                 Some(pool) => {
-                    pool.install(|| run_layer(model.isa, layer, batch, src, dst, self.threads))
+                    pool.install(|| run_layer(model.isa, layer, batch, src, dst, threads, scratch))
                 }
-                None => run_layer(model.isa, layer, batch, src, dst, 1),
+                None => run_layer(model.isa, layer, batch, src, dst, 1, scratch),
             }
             if let Some(p) = &mut self.profile {
                 p[i] += start.elapsed();
@@ -360,6 +364,7 @@ fn run_layer(
     src: &[f32],
     dst: &mut [f32],
     threads: usize,
+    scratch: &mut [f32],
 ) {
     let in_len: usize = layer.input.iter().product();
     let out_len: usize = layer.output.iter().product();
@@ -442,7 +447,14 @@ fn run_layer(
         }
         Op::Fc { weights, bias } => {
             let epi = Epilogue::new(Some(bias), layer.min, layer.max);
-            gemm(batch, src, layer.input[2], weights, dst, cout, &epi);
+            let cin = layer.input[2];
+            if threads <= 1 {
+                gemm(batch, src, cin, weights, dst, cout, &epi);
+            } else {
+                // At batch 1 there is one row: split the classes between threads instead
+                // (the layer is a stream of its 4 MB of weights).
+                fc_by_columns(batch, src, cin, weights, dst, &epi, threads, scratch);
+            }
         }
     }
 }
@@ -499,4 +511,42 @@ fn gemm_rows(
         .par_chunks_mut(rows * ldc)
         .zip(a[..m * lda].par_chunks(rows * lda))
         .for_each(|(c, a)| gemm(c.len() / ldc, a, lda, b, c, ldc, epi));
+}
+
+/// The classifier split by columns: each task computes a range of classes for the whole
+/// batch into its part of `scratch`, then the parts are copied into `dst` (`batch × n`).
+#[allow(clippy::too_many_arguments)]
+fn fc_by_columns(
+    batch: usize,
+    src: &[f32],
+    cin: usize,
+    weights: &PackedB,
+    dst: &mut [f32],
+    epi: &Epilogue,
+    threads: usize,
+    scratch: &mut [f32],
+) {
+    let n = weights.n();
+    let nr = mobilenet_kernels::gemm::panel_width(weights.isa());
+    let per = n.div_ceil(threads).div_ceil(nr) * nr;
+    let mut parts = Vec::with_capacity(threads);
+    let mut rest = &mut scratch[..batch * n];
+    let mut start = 0;
+    while start < n {
+        let end = (start + per).min(n);
+        let (part, tail) = rest.split_at_mut(batch * (end - start));
+        parts.push((start..end, part));
+        rest = tail;
+        start = end;
+    }
+    parts.par_iter_mut().for_each(|(cols, part)| {
+        let w = cols.len();
+        mobilenet_kernels::gemm::gemm_cols(batch, src, cin, weights, cols.clone(), part, w, epi);
+    });
+    for (cols, part) in &parts {
+        let w = cols.len();
+        for (i, row) in part.chunks_exact(w).enumerate() {
+            dst[i * n + cols.start..i * n + cols.end].copy_from_slice(row);
+        }
+    }
 }

@@ -68,7 +68,16 @@ pub fn import(
         path: path.to_path_buf(),
         source,
     })?;
-    let (tensors, metadata) = read_safetensors(&bytes, path)?;
+    import_bytes(&bytes, path, options)
+}
+
+/// Converts a weight file held in memory (`path` is used in messages).
+pub fn import_bytes(
+    bytes: &[u8],
+    path: &Path,
+    options: &ImportOptions,
+) -> Result<(ModelFile, SourceFormat), ModelError> {
+    let (tensors, metadata) = read_safetensors(bytes, path)?;
     let format = if metadata.get("format").map(String::as_str) == Some(crate::weights::FORMAT) {
         SourceFormat::Native
     } else if tensors.keys().any(|k| k.starts_with("MobilenetV1/")) {
@@ -84,7 +93,7 @@ pub fn import(
         });
     };
     let mut model = match format {
-        SourceFormat::Native => ModelFile::from_bytes(&bytes, path)?,
+        SourceFormat::Native => ModelFile::from_bytes(bytes, path)?,
         SourceFormat::TfSlim => convert(path, tensors, &TF_SLIM, options)?,
         SourceFormat::Keras => convert(path, tensors, &KERAS, options)?,
     };
@@ -205,7 +214,15 @@ fn convert(
         .get(naming.last_pointwise)
         .ok_or_else(|| missing(naming.last_pointwise, vec![1, 1, 0, 0]))?;
     let width = *last.shape.last().unwrap_or(&0);
-    let alpha = width as f64 / 1024.0;
+    // The width gives α up to rounding; prefer the two-decimal α that reproduces it
+    // (0.35, not 0.349609375) so that names and reports read as the checkpoint's.
+    let exact = width as f64 / 1024.0;
+    let rounded = (exact * 100.0).round() / 100.0;
+    let alpha = if rounded > 0.0 && (1024.0 * rounded) as usize == width {
+        rounded
+    } else {
+        exact
+    };
     let fc = source
         .get(naming.fc.0)
         .ok_or_else(|| missing(naming.fc.0, vec![1, 1, width, 0]))?;

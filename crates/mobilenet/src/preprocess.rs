@@ -63,16 +63,35 @@ impl Default for Preprocessing {
 /// Decodes an image file (JPEG, PNG, BMP, WebP) to 8-bit RGB; grayscale is replicated to
 /// three channels and alpha is dropped.
 pub fn load_image(path: &Path) -> Result<RgbImage, ImageError> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|source| ImageError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
+    let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    decode_image(&bytes, path)
+}
+
+/// Largest width or height accepted, so that a crafted header cannot ask for gigabytes.
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+
+/// Decodes an image held in memory (`path` is used in messages), as [`load_image`].
+pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|source| ImageError::Io {
             path: path.to_path_buf(),
             source,
         })?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(1 << 30);
+    reader.limits(limits);
+    if reader.format().is_none() {
+        return Err(ImageError::Decode {
+            path: path.to_path_buf(),
+            reason: "not a JPEG, PNG, BMP or WebP file".to_string(),
+        });
+    }
     let img = reader.decode().map_err(|e| ImageError::Decode {
         path: path.to_path_buf(),
         reason: e.to_string(),
