@@ -43,6 +43,14 @@ enum Op {
         weights: PackedB,
         bias: Vec<f32>,
     },
+    /// A depthwise layer and the pointwise layer after it, run band by band of output rows so
+    /// that the depthwise output stays in cache instead of going through memory.
+    Separable {
+        depthwise: Box<Op>,
+        pointwise: Box<Op>,
+        /// Output rows per band.
+        band_rows: usize,
+    },
 }
 
 /// One layer of the execution plan.
@@ -58,9 +66,69 @@ pub struct PlannedLayer {
     pub output: Hwc,
     /// Mult-Adds per image.
     pub mult_adds: u64,
+    /// Whether this step is a depthwise layer fused with the pointwise layer after it
+    /// (`kind` is then `Pointwise`, `input` the depthwise layer's input).
+    pub fused: bool,
     op: Op,
     min: f32,
     max: f32,
+}
+
+/// Which layers the plan fuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fusion {
+    /// Every layer runs on its own and writes its whole output.
+    None,
+    /// Depthwise + pointwise pairs whose pointwise weights fit in L2 run band by band.
+    Separable,
+}
+
+/// Largest pointwise weight matrix (bytes) fused with its depthwise layer: it must stay in
+/// L2 while the bands stream past it (blocks 1–5 at α = 1; later blocks have activations
+/// small enough to stay in cache without fusion, and weights too big to re-read per band).
+const FUSE_MAX_WEIGHT_BYTES: usize = 256 << 10;
+/// Bytes of depthwise output per band: comfortably inside L1/L2 next to the weights.
+const FUSE_BAND_BYTES: usize = 48 << 10;
+/// Fewest GEMM rows per band (a few MR = 12 tiles).
+const FUSE_MIN_BAND_PIXELS: usize = 48;
+
+fn fuse_separable(layers: Vec<PlannedLayer>) -> Vec<PlannedLayer> {
+    let mut out: Vec<PlannedLayer> = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let fusable = layer.kind == LayerKind::Pointwise
+            && layer.input[2] * layer.output[2] * 4 <= FUSE_MAX_WEIGHT_BYTES
+            && out.last().is_some_and(|dw| {
+                dw.kind == LayerKind::Depthwise && !dw.fused && dw.output == layer.input
+            });
+        if !fusable {
+            out.push(layer);
+            continue;
+        }
+        let Some(dw) = out.pop() else { unreachable!("checked above") };
+        let [_, ow, c] = dw.output;
+        let row_bytes = ow * c * 4;
+        let band_rows = (FUSE_BAND_BYTES / row_bytes)
+            .max(FUSE_MIN_BAND_PIXELS.div_ceil(ow))
+            .clamp(1, dw.output[0]);
+        // Both layers end in the same activation, so the step's clamp serves both.
+        debug_assert!(dw.min == layer.min && dw.max == layer.max);
+        out.push(PlannedLayer {
+            name: format!("{}+pointwise", dw.name),
+            kind: LayerKind::Pointwise,
+            input: dw.input,
+            output: layer.output,
+            mult_adds: dw.mult_adds + layer.mult_adds,
+            fused: true,
+            op: Op::Separable {
+                depthwise: Box::new(dw.op),
+                pointwise: Box::new(layer.op),
+                band_rows,
+            },
+            min: layer.min,
+            max: layer.max,
+        });
+    }
+    out
 }
 
 /// A model ready for inference: batch norm folded, weights packed for one instruction set.
@@ -124,6 +192,16 @@ impl InferenceModel {
     ///
     /// If `isa` is not supported by this CPU.
     pub fn with_isa(model: &ModelFile, isa: Isa) -> InferenceModel {
+        InferenceModel::with_options(model, isa, Fusion::Separable)
+    }
+
+    /// Plans `model` for `isa`, fusing layers as `fusion` says. Without fusion every layer's
+    /// output is materialised, which is what observers of per-layer activations need.
+    ///
+    /// # Panics
+    ///
+    /// If `isa` is not supported by this CPU.
+    pub fn with_options(model: &ModelFile, isa: Isa, fusion: Fusion) -> InferenceModel {
         assert!(isa.is_supported(), "{isa} is not supported on this CPU");
         let config = model.config;
         let (min, max) = match config.activation() {
@@ -182,6 +260,7 @@ impl InferenceModel {
                 };
                 PlannedLayer {
                     mult_adds: layer.cost().mult_adds,
+                    fused: false,
                     name: layer.name,
                     kind: layer.kind,
                     input: layer.input,
@@ -192,6 +271,10 @@ impl InferenceModel {
                 }
             })
             .collect();
+        let layers = match fusion {
+            Fusion::None => layers,
+            Fusion::Separable => fuse_separable(layers),
+        };
         InferenceModel {
             config,
             isa,
@@ -353,6 +436,11 @@ impl<'m> Session<'m> {
     }
 }
 
+thread_local! {
+    /// Depthwise output of one band of a fused separable step, per thread.
+    static BAND: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Bands per thread for row-split layers: a few, so work stealing can even out the load.
 const BANDS_PER_THREAD: usize = 4;
 
@@ -444,6 +532,41 @@ fn run_layer(
             for (img, out) in src.chunks_exact(in_len).zip(dst.chunks_exact_mut(c)) {
                 global_avg_pool(img, pixels, c, out);
             }
+        }
+        Op::Separable {
+            depthwise,
+            pointwise,
+            band_rows,
+        } => {
+            let (
+                Op::Depthwise {
+                    geometry,
+                    weights: dw_weights,
+                    bias: dw_bias,
+                },
+                Op::Pointwise {
+                    weights: pw_weights,
+                    bias: pw_bias,
+                },
+            ) = (&**depthwise, &**pointwise)
+            else {
+                unreachable!("fuse_separable only pairs a depthwise with a pointwise op")
+            };
+            let c = layer.input[2];
+            let dw_epi = Epilogue::new(Some(dw_bias), layer.min, layer.max);
+            let pw_epi = Epilogue::new(Some(pw_bias), layer.min, layer.max);
+            let band_len = band_rows * row_len;
+            for_each_band(src, dst, in_len, out_len, band_len, threads, |img, band, b| {
+                let pixels = band.len() / cout;
+                BAND.with_borrow_mut(|tmp| {
+                    if tmp.len() < pixels * c {
+                        tmp.resize(pixels * c, 0.0);
+                    }
+                    let tmp = &mut tmp[..pixels * c];
+                    dwconv3x3(isa, geometry, c, img, dw_weights, &dw_epi, tmp, b * band_rows);
+                    gemm(pixels, tmp, c, pw_weights, band, cout, &pw_epi);
+                });
+            });
         }
         Op::Fc { weights, bias } => {
             let epi = Epilogue::new(Some(bias), layer.min, layer.max);

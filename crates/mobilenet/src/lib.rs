@@ -36,7 +36,7 @@ pub use config::{
     MIN_RESOLUTION, PRESET_ALPHAS, PRESET_RESOLUTIONS,
 };
 pub use cost::{LayerCost, ModelCost};
-pub use engine::{InferenceModel, Session};
+pub use engine::{Fusion, InferenceModel, Session};
 pub use error::{ConfigError, ImageError, ModelError};
 pub use layers::{
     conv_output_size, BlockKind, BlockSpec, Hwc, Layer, LayerKind, KERNEL, MOBILENET_V1_BODY,

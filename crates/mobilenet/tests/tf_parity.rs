@@ -10,7 +10,7 @@ use std::path::Path;
 
 use mobilenet::import::{import, read_labels, ImportOptions, SourceFormat};
 use mobilenet::preprocess::{load_image, PixelNorm, Preprocessing};
-use mobilenet::{InferenceModel, LayerKind, ModelFile};
+use mobilenet::{Fusion, InferenceModel, LayerKind, ModelFile};
 use mobilenet_kernels::Isa;
 
 /// Largest allowed |ours − TensorFlow| over the 1001 logits.
@@ -63,8 +63,10 @@ fn logits_match_tensorflow_for_every_isa() {
     let model = float_model(&data);
     let cases = float_cases(&expected);
     assert_eq!(cases.len(), 6, "six float reference cases");
-    for isa in Isa::available() {
-        let plan = InferenceModel::with_isa(&model, isa);
+    let plans = Isa::available().into_iter().flat_map(|isa| {
+        [Fusion::Separable, Fusion::None].map(|f| (isa, f, InferenceModel::with_options(&model, isa, f)))
+    });
+    for (isa, fusion, plan) in plans {
         let mut session = plan.session(1, 1);
         for case in &cases {
             let png = case["input"].as_str().expect("input");
@@ -85,7 +87,7 @@ fn logits_match_tensorflow_for_every_isa() {
                 .iter()
                 .map(|t| t["index"].as_u64().expect("index") as usize)
                 .collect();
-            assert_eq!(top5(&got), want_top5, "{isa} {png}: top-5");
+            assert_eq!(top5(&got), want_top5, "{isa} {fusion:?} {png}: top-5");
         }
     }
 }
@@ -130,7 +132,8 @@ fn grace_hopper_activations_match_tensorflow() {
         .expect("the case with activation stats");
     let stats = case["activation_stats"].as_array().expect("stats");
     assert_eq!(stats.len(), 27);
-    let model = InferenceModel::new(&float_model(&data));
+    // Unfused, so that every depthwise output is materialised and observed.
+    let model = InferenceModel::with_options(&float_model(&data), Isa::detect(), Fusion::None);
     let mut session = model.session(1, 1);
     let mut seen = 0;
     session.run_observed(

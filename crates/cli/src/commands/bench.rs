@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
-use mobilenet::{InferenceModel, LayerKind, MobileNetConfig, ModelFile, Preset};
+use mobilenet::{InferenceModel, MobileNetConfig, ModelFile, Preset};
 use serde::Serialize;
 
 use crate::table::{thousands, Align, Table};
@@ -59,7 +59,8 @@ struct BenchJson {
 #[derive(Serialize)]
 struct LayerJson {
     name: String,
-    kind: LayerKind,
+    /// conv, depthwise, pointwise, avgpool, fc, or dw+pw for a fused depthwise + pointwise pair.
+    kind: &'static str,
     ms: f64,
     gflops: f64,
 }
@@ -141,7 +142,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                         let per_run = t.as_secs_f64() / runs as f64;
                         LayerJson {
                             name: l.name.clone(),
-                            kind: l.kind,
+                            kind: if l.fused { "dw+pw" } else { l.kind.name() },
                             ms: per_run * 1e3,
                             gflops: 2.0 * (l.mult_adds * batch as u64) as f64 / per_run / 1e9,
                         }
@@ -184,7 +185,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         for l in &result.layers {
             t.row([
                 l.name.clone(),
-                l.kind.name().to_string(),
+                l.kind.to_string(),
                 format!("{:.3}", l.ms),
                 format!("{:.1}%", 100.0 * l.ms / total),
                 format!("{:.1}", l.gflops),
@@ -197,24 +198,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             ("ms", Align::Right),
             ("share", Align::Right),
         ]);
-        for kind in [
-            LayerKind::Conv,
-            LayerKind::Depthwise,
-            LayerKind::Pointwise,
-            LayerKind::AvgPool,
-            LayerKind::Fc,
-        ] {
-            let sum: f64 = result
-                .layers
-                .iter()
-                .filter(|l| l.kind == kind)
-                .map(|l| l.ms)
-                .sum();
-            k.row([
-                kind.name().to_string(),
-                format!("{sum:.3}"),
-                format!("{:.1}%", 100.0 * sum / total),
-            ]);
+        for kind in ["conv", "dw+pw", "depthwise", "pointwise", "avgpool", "fc"] {
+            let sum: f64 = result.layers.iter().filter(|l| l.kind == kind).map(|l| l.ms).sum();
+            if sum > 0.0 {
+                let share = format!("{:.1}%", 100.0 * sum / total);
+                k.row([kind.to_string(), format!("{sum:.3}"), share]);
+            }
         }
         print!("{}", k.render());
     }
