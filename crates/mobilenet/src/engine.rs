@@ -104,7 +104,9 @@ fn fuse_separable(layers: Vec<PlannedLayer>) -> Vec<PlannedLayer> {
             out.push(layer);
             continue;
         }
-        let Some(dw) = out.pop() else { unreachable!("checked above") };
+        let Some(dw) = out.pop() else {
+            unreachable!("checked above")
+        };
         let [_, ow, c] = dw.output;
         let row_bytes = ow * c * 4;
         let band_rows = (FUSE_BAND_BYTES / row_bytes)
@@ -556,17 +558,34 @@ fn run_layer(
             let dw_epi = Epilogue::new(Some(dw_bias), layer.min, layer.max);
             let pw_epi = Epilogue::new(Some(pw_bias), layer.min, layer.max);
             let band_len = band_rows * row_len;
-            for_each_band(src, dst, in_len, out_len, band_len, threads, |img, band, b| {
-                let pixels = band.len() / cout;
-                BAND.with_borrow_mut(|tmp| {
-                    if tmp.len() < pixels * c {
-                        tmp.resize(pixels * c, 0.0);
-                    }
-                    let tmp = &mut tmp[..pixels * c];
-                    dwconv3x3(isa, geometry, c, img, dw_weights, &dw_epi, tmp, b * band_rows);
-                    gemm(pixels, tmp, c, pw_weights, band, cout, &pw_epi);
-                });
-            });
+            for_each_band(
+                src,
+                dst,
+                in_len,
+                out_len,
+                band_len,
+                threads,
+                |img, band, b| {
+                    let pixels = band.len() / cout;
+                    BAND.with_borrow_mut(|tmp| {
+                        if tmp.len() < pixels * c {
+                            tmp.resize(pixels * c, 0.0);
+                        }
+                        let tmp = &mut tmp[..pixels * c];
+                        dwconv3x3(
+                            isa,
+                            geometry,
+                            c,
+                            img,
+                            dw_weights,
+                            &dw_epi,
+                            tmp,
+                            b * band_rows,
+                        );
+                        gemm(pixels, tmp, c, pw_weights, band, cout, &pw_epi);
+                    });
+                },
+            );
         }
         Op::Fc { weights, bias } => {
             let epi = Epilogue::new(Some(bias), layer.min, layer.max);

@@ -13,13 +13,24 @@ use mobilenet::InferenceModel;
 /// Reads a little-endian f32 `.npy` file (format 1.0/2.0, C order).
 fn read_npy_f32(path: &Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}: not an npy file", path.display());
+    assert_eq!(
+        &bytes[..6],
+        b"\x93NUMPY",
+        "{}: not an npy file",
+        path.display()
+    );
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
     };
     let header = std::str::from_utf8(&bytes[start..start + header_len]).expect("ascii header");
-    assert!(header.contains("'<f4'") && header.contains("'fortran_order': False"), "{header}");
+    assert!(
+        header.contains("'<f4'") && header.contains("'fortran_order': False"),
+        "{header}"
+    );
     bytes[start + header_len..]
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -55,8 +66,15 @@ fn keras_weights_match_keras_logits() {
         let plan = InferenceModel::new(&model);
         let got = plan.session(1, 1).run(&input).to_vec();
         assert_eq!(got.len(), want.len(), "{name}: class count");
-        let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let max_err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
-        assert!(max_err <= 1e-4 * scale.max(1.0), "{name}: max |Δlogit| {max_err} (max |logit| {scale})");
+        assert!(
+            max_err <= 1e-4 * scale.max(1.0),
+            "{name}: max |Δlogit| {max_err} (max |logit| {scale})"
+        );
     }
 }

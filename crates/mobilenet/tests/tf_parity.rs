@@ -64,7 +64,8 @@ fn logits_match_tensorflow_for_every_isa() {
     let cases = float_cases(&expected);
     assert_eq!(cases.len(), 6, "six float reference cases");
     let plans = Isa::available().into_iter().flat_map(|isa| {
-        [Fusion::Separable, Fusion::None].map(|f| (isa, f, InferenceModel::with_options(&model, isa, f)))
+        [Fusion::Separable, Fusion::None]
+            .map(|f| (isa, f, InferenceModel::with_options(&model, isa, f)))
     });
     for (isa, fusion, plan) in plans {
         let mut session = plan.session(1, 1);

@@ -199,7 +199,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             ("share", Align::Right),
         ]);
         for kind in ["conv", "dw+pw", "depthwise", "pointwise", "avgpool", "fc"] {
-            let sum: f64 = result.layers.iter().filter(|l| l.kind == kind).map(|l| l.ms).sum();
+            let sum: f64 = result
+                .layers
+                .iter()
+                .filter(|l| l.kind == kind)
+                .map(|l| l.ms)
+                .sum();
             if sum > 0.0 {
                 let share = format!("{:.1}%", 100.0 * sum / total);
                 k.row([kind.to_string(), format!("{sum:.3}"), share]);

@@ -1,0 +1,250 @@
+//! Bad input to `import`, `classify` and `bench`: one line on stderr naming the file and what is
+//! wrong, a non-zero exit, no panic. Uses small random-weight models written by the test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mobilenet::{MobileNetConfig, ModelFile};
+
+fn mobilenet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mobilenet"))
+        .args(args)
+        .output()
+        .expect("run mobilenet")
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("mobilenet-cli-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tiny_model(path: &Path) {
+    let config = MobileNetConfig::new(0.25, 32)
+        .and_then(|c| c.with_classes(3))
+        .expect("valid config");
+    let mut model = ModelFile::random(config, 3);
+    model.labels = Some(vec!["red".into(), "green".into(), "blue".into()]);
+    model.save(path).expect("save model");
+}
+
+fn png(path: &Path, w: u32, h: u32) {
+    image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, 99]))
+        .save(path)
+        .expect("save png");
+}
+
+fn one_error_line(out: &Output, must_contain: &[&str]) {
+    assert!(!out.status.success(), "should fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert!(!lines.is_empty(), "no error line: {stderr}");
+    for needle in must_contain {
+        assert!(
+            stderr.contains(needle),
+            "stderr should name {needle:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn classify_reports_bad_images_and_classifies_the_rest() {
+    let dir = TempDir::new("classify");
+    let model = dir.path("m.safetensors");
+    tiny_model(&model);
+    let good = dir.path("good.png");
+    png(&good, 40, 30);
+    let empty = dir.path("empty.jpg");
+    std::fs::write(&empty, b"").expect("write");
+    let text = dir.path("notes.png");
+    std::fs::write(&text, b"this is not an image").expect("write");
+    let gray = dir.path("gray.png");
+    image::GrayImage::from_pixel(32, 32, image::Luma([200]))
+        .save(&gray)
+        .expect("gray");
+    let out = mobilenet(&[
+        "classify",
+        "--model",
+        model.to_str().expect("utf-8"),
+        good.to_str().expect("utf-8"),
+        empty.to_str().expect("utf-8"),
+        text.to_str().expect("utf-8"),
+        gray.to_str().expect("utf-8"),
+        "missing.png",
+        "--json",
+    ]);
+    one_error_line(
+        &out,
+        &["empty.jpg", "notes.png", "missing.png", "3 of 5 images"],
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "the two decodable images are classified: {stdout}"
+    );
+    assert!(lines[0]["image"]
+        .as_str()
+        .expect("image")
+        .ends_with("good.png"));
+    let top = lines[0]["top"].as_array().expect("top");
+    assert_eq!(top.len(), 3, "top-5 of a 3-class model is 3 entries");
+    let sum: f64 = top
+        .iter()
+        .map(|p| p["probability"].as_f64().expect("p"))
+        .sum();
+    assert!(
+        (sum - 1.0).abs() < 1e-5,
+        "probabilities of all classes sum to 1: {sum}"
+    );
+    assert!(["red", "green", "blue"].contains(&top[0]["label"].as_str().expect("label")));
+}
+
+#[test]
+fn corrupt_and_truncated_model_files_are_named() {
+    let dir = TempDir::new("model");
+    let model = dir.path("m.safetensors");
+    tiny_model(&model);
+    let bytes = std::fs::read(&model).expect("read");
+    let img = dir.path("x.png");
+    png(&img, 32, 32);
+    let truncated = dir.path("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
+    let garbage = dir.path("garbage.safetensors");
+    std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\x7fnope").expect("write");
+    for (path, what) in [
+        (truncated.as_path(), "not a valid safetensors file"),
+        (garbage.as_path(), "not a valid safetensors file"),
+        (Path::new("no-such-model.safetensors"), "No such file"),
+    ] {
+        let out = mobilenet(&[
+            "classify",
+            "--model",
+            path.to_str().expect("utf-8"),
+            img.to_str().expect("utf-8"),
+        ]);
+        let name = path.file_name().and_then(|n| n.to_str()).expect("name");
+        one_error_line(&out, &[name, what]);
+        let out = mobilenet(&[
+            "bench",
+            "--model",
+            path.to_str().expect("utf-8"),
+            "--runs",
+            "1",
+        ]);
+        one_error_line(&out, &[name, what]);
+    }
+}
+
+#[test]
+fn import_errors_name_the_file() {
+    let dir = TempDir::new("import");
+    let model = dir.path("m.safetensors");
+    tiny_model(&model);
+    let out_path = dir.path("out.safetensors");
+    let out = mobilenet(&[
+        "import",
+        model.to_str().expect("utf-8"),
+        "-o",
+        out_path.to_str().expect("utf-8"),
+        "--labels",
+        "no-such-labels.txt",
+    ]);
+    one_error_line(&out, &["no-such-labels.txt"]);
+    assert!(!out_path.exists(), "nothing written on error");
+
+    let wrong_labels = dir.path("labels.txt");
+    std::fs::write(&wrong_labels, "one\ntwo\n").expect("write");
+    let out = mobilenet(&[
+        "import",
+        model.to_str().expect("utf-8"),
+        "-o",
+        out_path.to_str().expect("utf-8"),
+        "--labels",
+        wrong_labels.to_str().expect("utf-8"),
+    ]);
+    one_error_line(&out, &["2 labels for 3 classes"]);
+
+    let empty = dir.path("empty.safetensors");
+    std::fs::write(&empty, b"").expect("write");
+    let out = mobilenet(&[
+        "import",
+        empty.to_str().expect("utf-8"),
+        "-o",
+        out_path.to_str().expect("utf-8"),
+    ]);
+    one_error_line(&out, &["empty.safetensors"]);
+
+    // A native file imports as itself.
+    let out = mobilenet(&[
+        "import",
+        model.to_str().expect("utf-8"),
+        "-o",
+        out_path.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        ModelFile::load(&out_path).expect("load"),
+        ModelFile::load(&model).expect("load")
+    );
+}
+
+#[test]
+fn classify_with_crop_one_and_text_output() {
+    let dir = TempDir::new("text");
+    let model = dir.path("m.safetensors");
+    tiny_model(&model);
+    let img = dir.path("x.png");
+    png(&img, 32, 32);
+    let out = mobilenet(&[
+        "classify",
+        "--model",
+        model.to_str().expect("utf-8"),
+        img.to_str().expect("utf-8"),
+        "--crop",
+        "1.0",
+        "--top",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(text.lines().count(), 3, "{text}");
+    let out = mobilenet(&[
+        "classify",
+        "--model",
+        model.to_str().expect("utf-8"),
+        img.to_str().expect("utf-8"),
+        "--crop",
+        "0",
+    ]);
+    one_error_line(&out, &["--crop 0"]);
+}
