@@ -235,11 +235,24 @@ unsafe fn conv_rows<S: SimdF32, const P: usize>(
                 for ox in 0..x_lo {
                     one!(ox);
                 }
-                // Interior columns, P at a time: P independent accumulator chains.
+                // Interior columns, P at a time: P independent accumulator chains. When two
+                // full channel blocks remain they are done together, so each input value
+                // broadcast feeds two FMAs (the stem has 3 input channels and 32 outputs: the
+                // broadcasts, not the FMAs, would otherwise bound it).
+                let pair = n == lanes && cb + 2 * lanes <= cout;
+                let bias2 = if pair {
+                    match epi.bias {
+                        Some(b) => s.load(b.as_ptr().add(cb + lanes)),
+                        None => s.zero(),
+                    }
+                } else {
+                    s.zero()
+                };
                 let mut ox = x_lo;
                 while ox + P <= x_hi {
                     let ix0 = ox * g.stride - g.pad_left;
                     let mut acc = [bias; P];
+                    let mut acc2 = [bias2; P];
                     for ky in ky_lo..ky_hi {
                         let iy = (iy0 + ky as isize) as usize;
                         for kx in 0..k {
@@ -247,22 +260,62 @@ unsafe fn conv_rows<S: SimdF32, const P: usize>(
                             let wrow = wp.add((ky * k + kx) * cin * cout + cb);
                             for ci in 0..cin {
                                 let wv = ld!(wrow.add(ci * cout), n);
-                                for (p, a) in acc.iter_mut().enumerate() {
-                                    let x = *px.add(p * g.stride * cin + ci);
-                                    *a = s.fma(s.splat(x), wv, *a);
+                                if pair {
+                                    let wv2 = s.load(wrow.add(ci * cout + lanes));
+                                    for p in 0..P {
+                                        let x = s.splat(*px.add(p * g.stride * cin + ci));
+                                        acc[p] = s.fma(x, wv, acc[p]);
+                                        acc2[p] = s.fma(x, wv2, acc2[p]);
+                                    }
+                                } else {
+                                    for (p, a) in acc.iter_mut().enumerate() {
+                                        let x = *px.add(p * g.stride * cin + ci);
+                                        *a = s.fma(s.splat(x), wv, *a);
+                                    }
                                 }
                             }
                         }
                     }
-                    for (p, &a) in acc.iter().enumerate() {
-                        st!(out_row.add((ox + p) * cout + cb), a, n);
+                    for p in 0..P {
+                        st!(out_row.add((ox + p) * cout + cb), acc[p], n);
+                        if pair {
+                            st!(out_row.add((ox + p) * cout + cb + lanes), acc2[p], lanes);
+                        }
                     }
                     ox += P;
+                }
+                if pair {
+                    // The second block's edge and leftover columns, one at a time.
+                    let (cb, bias, n) = (cb + lanes, bias2, lanes);
+                    macro_rules! one2 {
+                        ($ox:expr) => {{
+                            let ix0 = ($ox * g.stride) as isize - g.pad_left as isize;
+                            let kx_lo = (-ix0).max(0) as usize;
+                            let kx_hi = (g.in_w as isize - ix0).clamp(0, k as isize) as usize;
+                            let mut acc = bias;
+                            for ky in ky_lo..ky_hi {
+                                let iy = (iy0 + ky as isize) as usize;
+                                for kx in kx_lo..kx_hi {
+                                    let ix = (ix0 + kx as isize) as usize;
+                                    let px = inp.add((iy * g.in_w + ix) * cin);
+                                    let wrow = wp.add((ky * k + kx) * cin * cout + cb);
+                                    for ci in 0..cin {
+                                        let wv = s.load(wrow.add(ci * cout));
+                                        acc = s.fma(s.splat(*px.add(ci)), wv, acc);
+                                    }
+                                }
+                            }
+                            st!(out_row.add($ox * cout + cb), acc, n);
+                        }};
+                    }
+                    for ox2 in (0..x_lo).chain(ox..g.out_w) {
+                        one2!(ox2);
+                    }
                 }
                 for ox in ox..g.out_w {
                     one!(ox);
                 }
-                cb += lanes;
+                cb += if pair { 2 * lanes } else { lanes };
             }
         }
     }
