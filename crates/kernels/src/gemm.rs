@@ -3,8 +3,8 @@
 //!
 //! In NHWC a 1×1 convolution is a GEMM of `[pixels, Cin] × [Cin, Cout]`. The weights (B) are
 //! packed at load time into column panels of `NR = 2·LANES` columns, each stored as K rows of
-//! NR contiguous values (zero padded on the right), so the microkernel reads B with aligned
-//! full-vector loads and never repacks. A is read in place (rows of one pixel's channels).
+//! NR contiguous values (zero padded on the right), so the microkernel reads B with full-vector
+//! loads and never repacks. A is read in place (rows of one pixel's channels).
 //!
 //! The microkernel computes an `MR × NR` tile of C in registers, then adds the bias, clamps and
 //! stores it: the epilogue costs no extra pass over memory. Register budget: AVX-512 has 32
@@ -190,54 +190,21 @@ unsafe fn gemm_avx2(args: &Args) {
     unsafe { gemm_panels::<_, 6>(crate::simd::Avx2Fma, args) }
 }
 
-/// Bytes of packed B one block of panels may take: about half of a 2 MB L2, so a block stays
-/// in L2 while every row tile of A streams past it.
-const B_BLOCK_BYTES: usize = 1 << 20;
+/// Bytes of packed B in one block of panels: the block stays in L2 while every row tile of A
+/// passes over it. Measured on the 1.0-224 shapes (AVX-512, 2 MB L2): 256 KB beat 1 MB (which
+/// lost 8% at K = 1024) and one panel per block (which re-reads A per panel and lost 30% at
+/// K = 32). Packing A tiles k-major was tried too and lost up to 15%: the copy cost more than
+/// the sequential reads saved.
+const B_BLOCK_BYTES: usize = 256 << 10;
 
-thread_local! {
-    /// Packed A tile (`k × MR`, k-major), reused across calls on this thread.
-    static A_TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Loops: blocks of B panels that fit in L2 → tiles of MR rows of A, packed k-major into a
-/// small buffer once per block → panels of the block. Packing A turns the microkernel's
-/// MR strided row reads into one sequential stream; blocking B keeps it in L2 across tiles.
+/// Loops: blocks of B panels that fit in L2 → tiles of MR rows of A → panels of the block.
 #[inline(always)]
 unsafe fn gemm_panels<S: SimdF32, const MR: usize>(s: S, x: &Args) {
-    if x.k >= PACK_A_MIN_K {
-        // Safety: forwarded from the caller.
-        unsafe { gemm_blocks::<S, MR, true>(s, x) }
-    } else {
-        // Safety: forwarded from the caller.
-        unsafe { gemm_blocks::<S, MR, false>(s, x) }
-    }
-}
-
-/// Shortest K for which A tiles are packed: below it the MR row streams are short enough for
-/// the prefetchers, and the scalar copy would cost more than it saves.
-const PACK_A_MIN_K: usize = 128;
-
-#[inline(always)]
-unsafe fn gemm_blocks<S: SimdF32, const MR: usize, const PACKED: bool>(s: S, x: &Args) {
     let nr = 2 * S::LANES;
     let panels = x.n.div_ceil(nr);
     let block = (B_BLOCK_BYTES / (x.k * nr * 4).max(1)).max(1);
-    // Only the buffer's pointer is taken inside the closure: a closure would not inherit the
-    // caller's #[target_feature]s, and the kernel inside it would lose its vector code.
-    let ap = if PACKED {
-        A_TILE.with_borrow_mut(|apack| {
-            if apack.len() < MR * x.k {
-                apack.resize(MR * x.k, 0.0);
-            }
-            apack.as_mut_ptr()
-        })
-    } else {
-        std::ptr::null_mut()
-    };
     // Safety: tiles stay inside the m×n of C and the m×k of A; panel p starts at p·k·nr in
-    // the packed data, which holds `panels` of them; the A buffer holds MR·k values and is not
-    // touched by anything else on this thread until this function returns (the kernels never
-    // call back into gemm).
+    // the packed data, which holds `panels` of them.
     unsafe {
         let mut p_start = x.p0;
         while p_start < panels {
@@ -245,12 +212,7 @@ unsafe fn gemm_blocks<S: SimdF32, const MR: usize, const PACKED: bool>(s: S, x: 
             let mut i = 0;
             while i < x.m {
                 let rows = (x.m - i).min(MR);
-                let (a, lda) = if PACKED {
-                    pack_a(x.a.add(i * x.lda), x.lda, rows, x.k, ap);
-                    (ap as *const f32, rows)
-                } else {
-                    (x.a.add(i * x.lda), x.lda)
-                };
+                let a = x.a.add(i * x.lda);
                 for p in p_start..p_end {
                     let cols = (x.n - p * nr).min(nr);
                     let bp = x.b.add(p * x.k * nr);
@@ -262,16 +224,15 @@ unsafe fn gemm_blocks<S: SimdF32, const MR: usize, const PACKED: bool>(s: S, x: 
                     let c = x.c.add(i * x.ldc + (p - x.p0) * nr);
                     let t = Tile {
                         a,
-                        lda,
                         bp,
                         c,
                         cols,
                         bias,
                     };
                     if rows == MR {
-                        tile::<S, MR, PACKED>(s, x, &t);
+                        tile::<S, MR>(s, x, &t);
                     } else {
-                        tail_tile::<S, MR, PACKED>(s, x, &t, rows);
+                        tail_tile::<S, MR>(s, x, &t, rows);
                     }
                 }
                 i += rows;
@@ -283,51 +244,31 @@ unsafe fn gemm_blocks<S: SimdF32, const MR: usize, const PACKED: bool>(s: S, x: 
 
 /// Pointers of one microkernel call.
 struct Tile {
-    /// A rows: packed k-major (`a[kk·lda + i]`, lda = rows) or in place (`a[i·lda + kk]`).
+    /// First of the tile's rows of A (row stride `Args::lda`).
     a: *const f32,
-    lda: usize,
     bp: *const f32,
     c: *mut f32,
     cols: usize,
     bias: *const f32,
 }
 
-/// Copies `rows` rows of A (`k` values each, stride `lda`) into `dst` k-major: `dst[kk·rows + r]`.
-#[inline(always)]
-unsafe fn pack_a(a: *const f32, lda: usize, rows: usize, k: usize, dst: *mut f32) {
-    // Safety: the caller guarantees `rows` rows of `k` values at `a` and rows·k at `dst`.
-    unsafe {
-        for r in 0..rows {
-            let src = a.add(r * lda);
-            for kk in 0..k {
-                *dst.add(kk * rows + r) = *src.add(kk);
-            }
-        }
-    }
-}
-
 /// Dispatches the last `rows < MR` rows to a tile of exactly that height.
 #[inline(always)]
-unsafe fn tail_tile<S: SimdF32, const MR: usize, const PACKED: bool>(
-    s: S,
-    x: &Args,
-    t: &Tile,
-    rows: usize,
-) {
+unsafe fn tail_tile<S: SimdF32, const MR: usize>(s: S, x: &Args, t: &Tile, rows: usize) {
     // Safety: forwarded from gemm_blocks; `rows` rows remain in A and C.
     unsafe {
         match rows {
-            1 => tile::<S, 1, PACKED>(s, x, t),
-            2 => tile::<S, 2, PACKED>(s, x, t),
-            3 => tile::<S, 3, PACKED>(s, x, t),
-            4 => tile::<S, 4, PACKED>(s, x, t),
-            5 => tile::<S, 5, PACKED>(s, x, t),
-            6 => tile::<S, 6, PACKED>(s, x, t),
-            7 => tile::<S, 7, PACKED>(s, x, t),
-            8 => tile::<S, 8, PACKED>(s, x, t),
-            9 => tile::<S, 9, PACKED>(s, x, t),
-            10 => tile::<S, 10, PACKED>(s, x, t),
-            11 => tile::<S, 11, PACKED>(s, x, t),
+            1 => tile::<S, 1>(s, x, t),
+            2 => tile::<S, 2>(s, x, t),
+            3 => tile::<S, 3>(s, x, t),
+            4 => tile::<S, 4>(s, x, t),
+            5 => tile::<S, 5>(s, x, t),
+            6 => tile::<S, 6>(s, x, t),
+            7 => tile::<S, 7>(s, x, t),
+            8 => tile::<S, 8>(s, x, t),
+            9 => tile::<S, 9>(s, x, t),
+            10 => tile::<S, 10>(s, x, t),
+            11 => tile::<S, 11>(s, x, t),
             _ => {
                 // MR ≤ 12 for every instruction set, so rows < 12 always matched above.
                 debug_assert!(rows < MR && MR <= 12);
@@ -338,11 +279,11 @@ unsafe fn tail_tile<S: SimdF32, const MR: usize, const PACKED: bool>(
 
 /// One `R × NR` tile of C: accumulate over all of K in registers, then bias, clamp, store.
 #[inline(always)]
-unsafe fn tile<S: SimdF32, const R: usize, const PACKED: bool>(s: S, x: &Args, t: &Tile) {
+unsafe fn tile<S: SimdF32, const R: usize>(s: S, x: &Args, t: &Tile) {
     let lanes = S::LANES;
     let nr = 2 * lanes;
     let (a, bp, c, cols, bias) = (t.a, t.bp, t.c, t.cols, t.bias);
-    // Safety: A holds R rows of k values (packed or in place); the panel holds k·nr values;
+    // Safety: A holds R rows of k values at stride lda; the panel holds k·nr values;
     // C rows hold `cols` writable values each (partial stores below `nr`).
     unsafe {
         let mut acc0 = [s.zero(); R];
@@ -351,11 +292,7 @@ unsafe fn tile<S: SimdF32, const R: usize, const PACKED: bool>(s: S, x: &Args, t
             let b0 = s.load(bp.add(kk * nr));
             let b1 = s.load(bp.add(kk * nr + lanes));
             for i in 0..R {
-                let av = if PACKED {
-                    s.splat(*a.add(kk * R + i))
-                } else {
-                    s.splat(*a.add(i * t.lda + kk))
-                };
+                let av = s.splat(*a.add(i * x.lda + kk));
                 acc0[i] = s.fma(av, b0, acc0[i]);
                 acc1[i] = s.fma(av, b1, acc1[i]);
             }
