@@ -141,18 +141,116 @@ pub fn gemm_cols(
         min: epi.min,
         max: epi.max,
     };
-    // Safety: the pointers cover the shapes checked above; the packing matches `b.isa`,
-    // which was supported when it was packed (PackedB::new is only called with a detected
-    // or scalar ISA by the callers; we re-check support below).
+    // Safety: the pointers cover the shapes checked above.
+    unsafe { dispatch(b.isa, &args) }
+}
+
+/// A block of whole columns of C, to be computed by one thread while others compute the other
+/// blocks of the same rows. Made by [`column_blocks`], which hands out disjoint blocks.
+#[derive(Debug)]
+pub struct ColumnBlock<'a> {
+    c: *mut f32,
+    m: usize,
+    ldc: usize,
+    cols: std::ops::Range<usize>,
+    _c: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// Safety: a block only writes its own columns of its own rows, and column_blocks gives each
+// column to exactly one block, so blocks on different threads never touch the same element.
+unsafe impl Send for ColumnBlock<'_> {}
+
+/// Splits the `m × n` matrix `c` (row stride `ldc`) into at most `parts` blocks of whole
+/// columns, each a multiple of `panel_width(isa)` wide (but the last), for column-parallel GEMMs.
+///
+/// # Panics
+///
+/// If `c` is shorter than `m` rows of `n` or `ldc < n`.
+pub fn column_blocks(
+    c: &mut [f32],
+    m: usize,
+    n: usize,
+    ldc: usize,
+    isa: Isa,
+    parts: usize,
+) -> Vec<ColumnBlock<'_>> {
+    assert!(ldc >= n, "row stride shorter than a row");
+    assert!(m == 0 || c.len() >= (m - 1) * ldc + n, "C shorter than m rows");
+    let nr = panel_width(isa);
+    let per = n.div_ceil(parts.max(1)).div_ceil(nr) * nr;
+    let ptr = c.as_mut_ptr();
+    (0..n)
+        .step_by(per.max(1))
+        .map(|start| ColumnBlock {
+            // Safety: start < n ≤ row length, inside the slice.
+            c: unsafe { ptr.add(start) },
+            m,
+            ldc,
+            cols: start..(start + per).min(n),
+            _c: std::marker::PhantomData,
+        })
+        .collect()
+}
+
+impl ColumnBlock<'_> {
+    /// The columns of C this block covers.
+    pub fn columns(&self) -> std::ops::Range<usize> {
+        self.cols.clone()
+    }
+
+    /// Computes this block's columns of `C = epilogue(A · B)`.
+    ///
+    /// # Panics
+    ///
+    /// If A is shorter than `m` rows, `b` does not have the block's columns, or `b` was packed
+    /// for a panel width the block does not start on.
+    pub fn gemm(self, a: &[f32], lda: usize, b: &PackedB, epi: &Epilogue) {
+        let (k, n) = (b.k, b.n);
+        assert!(self.cols.end <= n, "column block past n");
+        assert!(self.cols.start.is_multiple_of(b.nr), "column block must start on a panel");
+        if self.m == 0 || self.cols.is_empty() {
+            return;
+        }
+        assert!(lda >= k && a.len() >= (self.m - 1) * lda + k, "A shorter than m rows");
+        if let Some(bias) = epi.bias {
+            assert!(bias.len() >= n, "bias shorter than n");
+        }
+        let args = Args {
+            m: self.m,
+            k,
+            n: self.cols.end,
+            p0: self.cols.start / b.nr,
+            a: a.as_ptr(),
+            lda,
+            b: b.data.as_ptr(),
+            c: self.c,
+            ldc: self.ldc,
+            bias: epi.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+            min: epi.min,
+            max: epi.max,
+        };
+        // Safety: the block's pointer covers its columns of m rows (column_blocks checked the
+        // matrix), A and B are checked above, and support of b.isa is checked in dispatch.
+        unsafe { dispatch(b.isa, &args) }
+    }
+}
+
+/// Runs the GEMM for the instruction set B was packed for.
+///
+/// # Safety
+///
+/// The pointers in `args` must cover the shapes it states.
+unsafe fn dispatch(isa: Isa, args: &Args) {
+    // Safety: forwarded; each variant runs only where the CPU supports it.
     unsafe {
-        match b.isa {
+        match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if b.isa.is_supported() => gemm_avx512(&args),
+            Isa::Avx512 if isa.is_supported() => gemm_avx512(args),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma if b.isa.is_supported() => gemm_avx2(&args),
+            Isa::Avx2Fma if isa.is_supported() => gemm_avx2(args),
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon => gemm_panels::<_, 8>(crate::simd::Neon, &args),
-            Isa::Scalar => gemm_panels::<_, 4>(Scalar, &args),
+            Isa::Neon => gemm_panels::<_, 8>(crate::simd::Neon, args),
+            Isa::Scalar => gemm_panels::<_, 4>(Scalar, args),
             other => panic!("B was packed for {other}, which this CPU does not support"),
         }
     }
@@ -428,6 +526,30 @@ mod tests {
                     );
                 }
                 start = end;
+            }
+        }
+    }
+
+    #[test]
+    fn column_blocks_on_threads_compose_the_whole() {
+        let (m, k, n) = (5, 64, 100);
+        let mut rng = Rng::new(8);
+        let a = rng.vec(m * k);
+        let b = rng.vec(k * n);
+        let bias = rng.vec(n);
+        let epi = Epilogue::new(Some(&bias), 0.0, 6.0);
+        let expected = gemm_reference(m, k, n, &a, &b, &epi);
+        for isa in Isa::available() {
+            let packed = PackedB::new(isa, &b, k, n);
+            for parts in [1, 2, 3, 7] {
+                let mut c = vec![f32::NAN; m * n];
+                std::thread::scope(|scope| {
+                    for block in column_blocks(&mut c, m, n, n, isa, parts) {
+                        let (a, packed, epi) = (&a, &packed, &epi);
+                        scope.spawn(move || block.gemm(a, k, packed, epi));
+                    }
+                });
+                assert_close(&c, &expected, 1e-4, &format!("{isa} {parts} parts"));
             }
         }
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use mobilenet_kernels::conv::{conv2d, ConvShape};
 use mobilenet_kernels::dwconv::dwconv3x3;
-use mobilenet_kernels::gemm::{gemm, PackedB};
+use mobilenet_kernels::gemm::{column_blocks, gemm, PackedB};
 use mobilenet_kernels::pool::global_avg_pool;
 use mobilenet_kernels::{ConvGeometry, Epilogue, Isa};
 use rayon::prelude::*;
@@ -330,8 +330,6 @@ pub struct Session<'m> {
     pool: Option<rayon::ThreadPool>,
     ping: Vec<f32>,
     pong: Vec<f32>,
-    /// Per-thread outputs of layers split by columns (the classifier).
-    scratch: Vec<f32>,
     profile: Option<Vec<Duration>>,
 }
 
@@ -366,7 +364,6 @@ impl<'m> Session<'m> {
             pool,
             ping: vec![0.0; largest * batch],
             pong: vec![0.0; largest * batch],
-            scratch: vec![0.0; batch * model.output_len()],
             profile: None,
         }
     }
@@ -405,7 +402,7 @@ impl<'m> Session<'m> {
     pub fn run_observed(
         &mut self,
         input: &[f32],
-        observe: &mut dyn FnMut(&PlannedLayer, &[f32]),
+        observe: &mut (dyn FnMut(&PlannedLayer, &[f32]) + Send),
     ) -> &[f32] {
         let batch = self.batch;
         assert_eq!(
@@ -416,23 +413,26 @@ impl<'m> Session<'m> {
         let mut cur_len = input.len();
         self.ping[..cur_len].copy_from_slice(input);
         let model = self.model;
-        for (i, layer) in model.layers.iter().enumerate() {
-            let start = Instant::now();
-            let out_len = batch * layer.output.iter().product::<usize>();
-            let (src, dst) = (&self.ping[..cur_len], &mut self.pong[..out_len]);
-            let (threads, scratch) = (self.threads, &mut self.scratch[..]);
-            match &self.pool {
-                Some(pool) => {
-                    pool.install(|| run_layer(model.isa, layer, batch, src, dst, threads, scratch))
+        let threads = self.threads;
+        let (ping, pong, profile) = (&mut self.ping, &mut self.pong, &mut self.profile);
+        // The whole pass runs inside the pool: one hand-off to the workers per call, not one
+        // per layer (a cross-thread wake-up costs microseconds, and there are 29 layers).
+        let mut forward = || {
+            for (i, layer) in model.layers.iter().enumerate() {
+                let start = Instant::now();
+                let out_len = batch * layer.output.iter().product::<usize>();
+                run_layer(model.isa, layer, batch, &ping[..cur_len], &mut pong[..out_len], threads);
+                if let Some(p) = profile.as_mut() {
+                    p[i] += start.elapsed();
                 }
-                None => run_layer(model.isa, layer, batch, src, dst, 1, scratch),
+                std::mem::swap(ping, pong);
+                cur_len = out_len;
+                observe(layer, &ping[..cur_len]);
             }
-            if let Some(p) = &mut self.profile {
-                p[i] += start.elapsed();
-            }
-            std::mem::swap(&mut self.ping, &mut self.pong);
-            cur_len = out_len;
-            observe(layer, &self.ping[..cur_len]);
+        };
+        match &self.pool {
+            Some(pool) => pool.install(forward),
+            None => forward(),
         }
         &self.ping[..cur_len]
     }
@@ -454,7 +454,6 @@ fn run_layer(
     src: &[f32],
     dst: &mut [f32],
     threads: usize,
-    scratch: &mut [f32],
 ) {
     let in_len: usize = layer.input.iter().product();
     let out_len: usize = layer.output.iter().product();
@@ -526,7 +525,13 @@ fn run_layer(
             let epi = Epilogue::new(Some(bias), layer.min, layer.max);
             let m = batch * out_h * out_w;
             let cin = layer.input[2];
-            gemm_rows(m, src, cin, weights, dst, cout, &epi, threads);
+            // Split where it reads least: by rows every task streams all of B, by columns
+            // every task reads all of A. Late layers (7×7×1024: A 200 KB, B 4 MB) go by columns.
+            if cout >= m {
+                gemm_by_columns(m, src, cin, weights, dst, cout, &epi, threads);
+            } else {
+                gemm_rows(m, src, cin, weights, dst, cout, &epi, threads);
+            }
         }
         Op::AvgPool => {
             let pixels = layer.input[0] * layer.input[1];
@@ -590,13 +595,9 @@ fn run_layer(
         Op::Fc { weights, bias } => {
             let epi = Epilogue::new(Some(bias), layer.min, layer.max);
             let cin = layer.input[2];
-            if threads <= 1 {
-                gemm(batch, src, cin, weights, dst, cout, &epi);
-            } else {
-                // At batch 1 there is one row: split the classes between threads instead
-                // (the layer is a stream of its 4 MB of weights).
-                fc_by_columns(batch, src, cin, weights, dst, &epi, threads, scratch);
-            }
+            // At batch 1 there is one row: split the classes between threads (the layer is a
+            // stream of its 4 MB of weights).
+            gemm_by_columns(batch, src, cin, weights, dst, cout, &epi, threads);
         }
     }
 }
@@ -655,40 +656,23 @@ fn gemm_rows(
         .for_each(|(c, a)| gemm(c.len() / ldc, a, lda, b, c, ldc, epi));
 }
 
-/// The classifier split by columns: each task computes a range of classes for the whole
-/// batch into its part of `scratch`, then the parts are copied into `dst` (`batch × n`).
+/// GEMM split into one block of columns per thread, written in place.
 #[allow(clippy::too_many_arguments)]
-fn fc_by_columns(
-    batch: usize,
-    src: &[f32],
-    cin: usize,
-    weights: &PackedB,
-    dst: &mut [f32],
+fn gemm_by_columns(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
     epi: &Epilogue,
     threads: usize,
-    scratch: &mut [f32],
 ) {
-    let n = weights.n();
-    let nr = mobilenet_kernels::gemm::panel_width(weights.isa());
-    let per = n.div_ceil(threads).div_ceil(nr) * nr;
-    let mut parts = Vec::with_capacity(threads);
-    let mut rest = &mut scratch[..batch * n];
-    let mut start = 0;
-    while start < n {
-        let end = (start + per).min(n);
-        let (part, tail) = rest.split_at_mut(batch * (end - start));
-        parts.push((start..end, part));
-        rest = tail;
-        start = end;
+    if threads <= 1 {
+        gemm(m, a, lda, b, c, ldc, epi);
+        return;
     }
-    parts.par_iter_mut().for_each(|(cols, part)| {
-        let w = cols.len();
-        mobilenet_kernels::gemm::gemm_cols(batch, src, cin, weights, cols.clone(), part, w, epi);
-    });
-    for (cols, part) in &parts {
-        let w = cols.len();
-        for (i, row) in part.chunks_exact(w).enumerate() {
-            dst[i * n + cols.start..i * n + cols.end].copy_from_slice(row);
-        }
-    }
+    column_blocks(c, m, b.n(), ldc, b.isa(), threads)
+        .into_par_iter()
+        .for_each(|block| block.gemm(a, lda, b, epi));
 }
