@@ -46,6 +46,9 @@ pub unsafe trait SimdF32: Copy {
     unsafe fn min(self, a: Self::V, b: Self::V) -> Self::V;
     /// Sum of all lanes.
     unsafe fn reduce_sum(self, v: Self::V) -> f32;
+    /// Hints the cache line holding `p` into L1 (no effect where unsupported). Never faults.
+    #[inline(always)]
+    unsafe fn prefetch(self, _p: *const f32) {}
 }
 
 /// One lane, portable Rust. Used by the scalar variants (and as a test of the kernels' logic).
@@ -191,6 +194,10 @@ mod x86 {
                 _mm_cvtss_f32(s)
             }
         }
+        #[inline(always)]
+        unsafe fn prefetch(self, p: *const f32) {
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+        }
     }
 
     /// AVX-512 F, 16 lanes.
@@ -254,6 +261,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn reduce_sum(self, v: __m512) -> f32 {
             unsafe { _mm512_reduce_add_ps(v) }
+        }
+        #[inline(always)]
+        unsafe fn prefetch(self, p: *const f32) {
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
         }
     }
 }
