@@ -175,7 +175,10 @@ pub fn column_blocks(
     parts: usize,
 ) -> Vec<ColumnBlock<'_>> {
     assert!(ldc >= n, "row stride shorter than a row");
-    assert!(m == 0 || c.len() >= (m - 1) * ldc + n, "C shorter than m rows");
+    assert!(
+        m == 0 || c.len() >= (m - 1) * ldc + n,
+        "C shorter than m rows"
+    );
     let nr = panel_width(isa);
     let per = n.div_ceil(parts.max(1)).div_ceil(nr) * nr;
     let ptr = c.as_mut_ptr();
@@ -207,11 +210,17 @@ impl ColumnBlock<'_> {
     pub fn gemm(self, a: &[f32], lda: usize, b: &PackedB, epi: &Epilogue) {
         let (k, n) = (b.k, b.n);
         assert!(self.cols.end <= n, "column block past n");
-        assert!(self.cols.start.is_multiple_of(b.nr), "column block must start on a panel");
+        assert!(
+            self.cols.start.is_multiple_of(b.nr),
+            "column block must start on a panel"
+        );
         if self.m == 0 || self.cols.is_empty() {
             return;
         }
-        assert!(lda >= k && a.len() >= (self.m - 1) * lda + k, "A shorter than m rows");
+        assert!(
+            lda >= k && a.len() >= (self.m - 1) * lda + k,
+            "A shorter than m rows"
+        );
         if let Some(bias) = epi.bias {
             assert!(bias.len() >= n, "bias shorter than n");
         }

@@ -8,12 +8,12 @@
 
 use std::time::{Duration, Instant};
 
+use crate::pool::{split, Parts, SpinPool};
 use mobilenet_kernels::conv::{conv2d, ConvShape};
 use mobilenet_kernels::dwconv::dwconv3x3;
-use mobilenet_kernels::gemm::{column_blocks, gemm, PackedB};
+use mobilenet_kernels::gemm::{column_blocks, gemm, ColumnBlock, PackedB};
 use mobilenet_kernels::pool::global_avg_pool;
 use mobilenet_kernels::{ConvGeometry, Epilogue, Isa};
-use rayon::prelude::*;
 
 use crate::config::{Activation, MobileNetConfig, Padding};
 use crate::layers::{Hwc, Layer, LayerKind, KERNEL};
@@ -326,8 +326,7 @@ impl InferenceModel {
 pub struct Session<'m> {
     model: &'m InferenceModel,
     batch: usize,
-    threads: usize,
-    pool: Option<rayon::ThreadPool>,
+    pool: SpinPool,
     ping: Vec<f32>,
     pong: Vec<f32>,
     profile: Option<Vec<Duration>>,
@@ -341,15 +340,8 @@ impl<'m> Session<'m> {
         } else {
             threads
         };
-        // With one thread everything runs on the caller's thread: no pool, no hand-offs.
-        let pool = (threads > 1)
-            .then(|| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .ok()
-            })
-            .flatten();
+        // With one thread everything runs on the caller's thread: the pool has no workers.
+        let pool = SpinPool::new(threads);
         let largest = model
             .layers
             .iter()
@@ -360,7 +352,6 @@ impl<'m> Session<'m> {
         Session {
             model,
             batch,
-            threads: if pool.is_some() { threads } else { 1 },
             pool,
             ping: vec![0.0; largest * batch],
             pong: vec![0.0; largest * batch],
@@ -374,7 +365,7 @@ impl<'m> Session<'m> {
     }
     /// Threads used.
     pub fn threads(&self) -> usize {
-        self.threads
+        self.pool.threads()
     }
 
     /// Starts recording the time spent in each layer (summed over calls).
@@ -402,7 +393,7 @@ impl<'m> Session<'m> {
     pub fn run_observed(
         &mut self,
         input: &[f32],
-        observe: &mut (dyn FnMut(&PlannedLayer, &[f32]) + Send),
+        observe: &mut dyn FnMut(&PlannedLayer, &[f32]),
     ) -> &[f32] {
         let batch = self.batch;
         assert_eq!(
@@ -413,26 +404,17 @@ impl<'m> Session<'m> {
         let mut cur_len = input.len();
         self.ping[..cur_len].copy_from_slice(input);
         let model = self.model;
-        let threads = self.threads;
-        let (ping, pong, profile) = (&mut self.ping, &mut self.pong, &mut self.profile);
-        // The whole pass runs inside the pool: one hand-off to the workers per call, not one
-        // per layer (a cross-thread wake-up costs microseconds, and there are 29 layers).
-        let mut forward = || {
-            for (i, layer) in model.layers.iter().enumerate() {
-                let start = Instant::now();
-                let out_len = batch * layer.output.iter().product::<usize>();
-                run_layer(model.isa, layer, batch, &ping[..cur_len], &mut pong[..out_len], threads);
-                if let Some(p) = profile.as_mut() {
-                    p[i] += start.elapsed();
-                }
-                std::mem::swap(ping, pong);
-                cur_len = out_len;
-                observe(layer, &ping[..cur_len]);
+        for (i, layer) in model.layers.iter().enumerate() {
+            let start = Instant::now();
+            let out_len = batch * layer.output.iter().product::<usize>();
+            let (src, dst) = (&self.ping[..cur_len], &mut self.pong[..out_len]);
+            run_layer(model.isa, layer, batch, src, dst, &mut self.pool);
+            if let Some(p) = &mut self.profile {
+                p[i] += start.elapsed();
             }
-        };
-        match &self.pool {
-            Some(pool) => pool.install(forward),
-            None => forward(),
+            std::mem::swap(&mut self.ping, &mut self.pong);
+            cur_len = out_len;
+            observe(layer, &self.ping[..cur_len]);
         }
         &self.ping[..cur_len]
     }
@@ -443,28 +425,17 @@ thread_local! {
     static BAND: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Bands per thread for row-split layers: a few, so work stealing can even out the load.
-const BANDS_PER_THREAD: usize = 4;
-
-#[allow(clippy::too_many_arguments)]
 fn run_layer(
     isa: Isa,
     layer: &PlannedLayer,
     batch: usize,
     src: &[f32],
     dst: &mut [f32],
-    threads: usize,
+    pool: &mut SpinPool,
 ) {
     let in_len: usize = layer.input.iter().product();
-    let out_len: usize = layer.output.iter().product();
     let [out_h, out_w, cout] = layer.output;
     let row_len = out_w * cout;
-    let bands = if threads > 1 {
-        threads * BANDS_PER_THREAD
-    } else {
-        1
-    };
-    let band_rows = out_h.div_ceil(bands).max(1);
     match &layer.op {
         Op::Conv {
             geometry,
@@ -473,26 +444,9 @@ fn run_layer(
             bias,
         } => {
             let epi = Epilogue::new(Some(bias), layer.min, layer.max);
-            for_each_band(
-                src,
-                dst,
-                in_len,
-                out_len,
-                band_rows * row_len,
-                threads,
-                |img, band, row0| {
-                    conv2d(
-                        isa,
-                        geometry,
-                        *shape,
-                        img,
-                        weights,
-                        &epi,
-                        band,
-                        row0 * band_rows,
-                    )
-                },
-            );
+            by_rows(pool, src, dst, in_len, out_h, row_len, &|img, out, row0| {
+                conv2d(isa, geometry, *shape, img, weights, &epi, out, row0)
+            });
         }
         Op::Depthwise {
             geometry,
@@ -500,44 +454,41 @@ fn run_layer(
             bias,
         } => {
             let epi = Epilogue::new(Some(bias), layer.min, layer.max);
-            for_each_band(
-                src,
-                dst,
-                in_len,
-                out_len,
-                band_rows * row_len,
-                threads,
-                |img, band, row0| {
-                    dwconv3x3(
-                        isa,
-                        geometry,
-                        cout,
-                        img,
-                        weights,
-                        &epi,
-                        band,
-                        row0 * band_rows,
-                    )
-                },
-            );
+            by_rows(pool, src, dst, in_len, out_h, row_len, &|img, out, row0| {
+                dwconv3x3(isa, geometry, cout, img, weights, &epi, out, row0)
+            });
         }
         Op::Pointwise { weights, bias } => {
             let epi = Epilogue::new(Some(bias), layer.min, layer.max);
             let m = batch * out_h * out_w;
             let cin = layer.input[2];
-            // Split where it reads least: by rows every task streams all of B, by columns
-            // every task reads all of A. Late layers (7×7×1024: A 200 KB, B 4 MB) go by columns.
+            // Split where it reads least: by rows every part streams all of B, by columns
+            // every part reads all of A. Late layers (7×7×1024: A 200 KB, B 4 MB) go by columns.
             if cout >= m {
-                gemm_by_columns(m, src, cin, weights, dst, cout, &epi, threads);
+                gemm_by_columns(pool, m, src, cin, weights, dst, cout, &epi);
             } else {
-                gemm_rows(m, src, cin, weights, dst, cout, &epi, threads);
-            }
-        }
-        Op::AvgPool => {
-            let pixels = layer.input[0] * layer.input[1];
-            let c = layer.input[2];
-            for (img, out) in src.chunks_exact(in_len).zip(dst.chunks_exact_mut(c)) {
-                global_avg_pool(img, pixels, c, out);
+                let ranges = split(m, pool.threads(), 1);
+                let parts = Parts::new(
+                    dst,
+                    ranges
+                        .iter()
+                        .map(|r| r.start * cout..r.end * cout)
+                        .collect(),
+                );
+                pool.run(&|t| {
+                    // Safety: part t takes range t only.
+                    let (start, c) = unsafe { parts.get(t) };
+                    let row = start / cout;
+                    gemm(
+                        c.len() / cout,
+                        &src[row * cin..],
+                        cin,
+                        weights,
+                        c,
+                        cout,
+                        &epi,
+                    );
+                });
             }
         }
         Op::Separable {
@@ -562,103 +513,78 @@ fn run_layer(
             let c = layer.input[2];
             let dw_epi = Epilogue::new(Some(dw_bias), layer.min, layer.max);
             let pw_epi = Epilogue::new(Some(pw_bias), layer.min, layer.max);
-            let band_len = band_rows * row_len;
-            for_each_band(
-                src,
-                dst,
-                in_len,
-                out_len,
-                band_len,
-                threads,
-                |img, band, b| {
-                    let pixels = band.len() / cout;
-                    BAND.with_borrow_mut(|tmp| {
+            by_rows(pool, src, dst, in_len, out_h, row_len, &|img, out, row0| {
+                BAND.with_borrow_mut(|tmp| {
+                    let band_len = band_rows * row_len;
+                    for (b, band) in out.chunks_mut(band_len).enumerate() {
+                        let pixels = band.len() / cout;
                         if tmp.len() < pixels * c {
                             tmp.resize(pixels * c, 0.0);
                         }
                         let tmp = &mut tmp[..pixels * c];
-                        dwconv3x3(
-                            isa,
-                            geometry,
-                            c,
-                            img,
-                            dw_weights,
-                            &dw_epi,
-                            tmp,
-                            b * band_rows,
-                        );
+                        let first = row0 + b * band_rows;
+                        dwconv3x3(isa, geometry, c, img, dw_weights, &dw_epi, tmp, first);
                         gemm(pixels, tmp, c, pw_weights, band, cout, &pw_epi);
-                    });
-                },
-            );
+                    }
+                });
+            });
+        }
+        Op::AvgPool => {
+            let pixels = layer.input[0] * layer.input[1];
+            let c = layer.input[2];
+            for (img, out) in src.chunks_exact(in_len).zip(dst.chunks_exact_mut(c)) {
+                global_avg_pool(img, pixels, c, out);
+            }
         }
         Op::Fc { weights, bias } => {
             let epi = Epilogue::new(Some(bias), layer.min, layer.max);
-            let cin = layer.input[2];
             // At batch 1 there is one row: split the classes between threads (the layer is a
             // stream of its 4 MB of weights).
-            gemm_by_columns(batch, src, cin, weights, dst, cout, &epi, threads);
+            gemm_by_columns(pool, batch, src, layer.input[2], weights, dst, cout, &epi);
         }
     }
 }
 
-/// Calls `f(image, output band, band index)` for every band of output rows of every image,
-/// in parallel when `threads > 1`.
-fn for_each_band<F>(
+/// Splits the output rows of all images (`batch · out_h` of them) into one contiguous range per
+/// thread and calls `f(image, rows, first row)` for each image's share of a range.
+#[allow(clippy::too_many_arguments)]
+fn by_rows(
+    pool: &mut SpinPool,
     src: &[f32],
     dst: &mut [f32],
     in_len: usize,
-    out_len: usize,
-    band_len: usize,
-    threads: usize,
-    f: F,
-) where
-    F: Fn(&[f32], &mut [f32], usize) + Sync,
-{
-    if threads > 1 {
-        dst.par_chunks_mut(out_len)
-            .zip(src.par_chunks(in_len))
-            .for_each(|(out, img)| {
-                out.par_chunks_mut(band_len)
-                    .enumerate()
-                    .for_each(|(b, band)| f(img, band, b));
-            });
-    } else {
-        for (out, img) in dst.chunks_mut(out_len).zip(src.chunks(in_len)) {
-            for (b, band) in out.chunks_mut(band_len).enumerate() {
-                f(img, band, b);
-            }
-        }
-    }
-}
-
-/// GEMM over `m` rows, split into one contiguous band of rows per task.
-#[allow(clippy::too_many_arguments)]
-fn gemm_rows(
-    m: usize,
-    a: &[f32],
-    lda: usize,
-    b: &PackedB,
-    c: &mut [f32],
-    ldc: usize,
-    epi: &Epilogue,
-    threads: usize,
+    out_h: usize,
+    row_len: usize,
+    f: &(dyn Fn(&[f32], &mut [f32], usize) + Sync),
 ) {
-    if threads <= 1 {
-        gemm(m, a, lda, b, c, ldc, epi);
-        return;
-    }
-    // At least 12 rows (one AVX-512 tile) per task.
-    let rows = m.div_ceil(threads * BANDS_PER_THREAD).max(12);
-    c[..m * ldc]
-        .par_chunks_mut(rows * ldc)
-        .zip(a[..m * lda].par_chunks(rows * lda))
-        .for_each(|(c, a)| gemm(c.len() / ldc, a, lda, b, c, ldc, epi));
+    let rows = dst.len() / row_len;
+    let ranges = split(rows, pool.threads(), 1);
+    let parts = Parts::new(
+        dst,
+        ranges
+            .iter()
+            .map(|r| r.start * row_len..r.end * row_len)
+            .collect(),
+    );
+    pool.run(&|t| {
+        // Safety: part t takes range t only.
+        let (start, mut out) = unsafe { parts.get(t) };
+        let mut row = start / row_len;
+        while !out.is_empty() {
+            let (image, row0) = (row / out_h, row % out_h);
+            let n = (out_h - row0).min(out.len() / row_len);
+            let (mine, rest) = std::mem::take(&mut out).split_at_mut(n * row_len);
+            f(&src[image * in_len..(image + 1) * in_len], mine, row0);
+            out = rest;
+            row += n;
+        }
+    });
 }
 
 /// GEMM split into one block of columns per thread, written in place.
 #[allow(clippy::too_many_arguments)]
 fn gemm_by_columns(
+    pool: &mut SpinPool,
     m: usize,
     a: &[f32],
     lda: usize,
@@ -666,13 +592,20 @@ fn gemm_by_columns(
     c: &mut [f32],
     ldc: usize,
     epi: &Epilogue,
-    threads: usize,
 ) {
-    if threads <= 1 {
+    if pool.threads() == 1 {
         gemm(m, a, lda, b, c, ldc, epi);
         return;
     }
-    column_blocks(c, m, b.n(), ldc, b.isa(), threads)
-        .into_par_iter()
-        .for_each(|block| block.gemm(a, lda, b, epi));
+    let blocks: Vec<std::sync::Mutex<Option<ColumnBlock<'_>>>> =
+        column_blocks(c, m, b.n(), ldc, b.isa(), pool.threads())
+            .into_iter()
+            .map(|block| std::sync::Mutex::new(Some(block)))
+            .collect();
+    pool.run(&|t| {
+        let block = blocks.get(t).and_then(|b| b.lock().ok()?.take());
+        if let Some(block) = block {
+            block.gemm(a, lda, b, epi);
+        }
+    });
 }

@@ -27,6 +27,7 @@ mod error;
 pub mod import;
 mod layers;
 pub mod paper;
+mod pool;
 pub mod preprocess;
 pub mod weights;
 
