@@ -545,6 +545,9 @@ fn run_layer(
     }
 }
 
+/// Computes output rows `first ..` of one image into the slice given: `f(image, rows, first)`.
+type RowsFn<'a> = dyn Fn(&[f32], &mut [f32], usize) + Sync + 'a;
+
 /// Splits the output rows of all images (`batch · out_h` of them) into one contiguous range per
 /// thread and calls `f(image, rows, first row)` for each image's share of a range.
 #[allow(clippy::too_many_arguments)]
@@ -555,7 +558,7 @@ fn by_rows(
     in_len: usize,
     out_h: usize,
     row_len: usize,
-    f: &(dyn Fn(&[f32], &mut [f32], usize) + Sync),
+    f: &RowsFn,
 ) {
     let rows = dst.len() / row_len;
     let ranges = split(rows, pool.threads(), 1);
