@@ -321,6 +321,10 @@ impl InferenceModel {
     }
 }
 
+/// Per-image output size (values) from which a leading layer runs image by image in a batch:
+/// 128 K values (512 KB), a quarter of L2.
+const IMAGE_MAJOR_MIN_OUTPUT: usize = 128 << 10;
+
 /// Runs an [`InferenceModel`] on batches of images, reusing its buffers between calls.
 #[derive(Debug)]
 pub struct Session<'m> {
@@ -329,6 +333,11 @@ pub struct Session<'m> {
     pool: SpinPool,
     ping: Vec<f32>,
     pong: Vec<f32>,
+    /// Number of leading layers run one image at a time (0 for batch 1).
+    image_major: usize,
+    /// Buffers for one image, for those layers.
+    small_ping: Vec<f32>,
+    small_pong: Vec<f32>,
     profile: Option<Vec<Duration>>,
 }
 
@@ -349,12 +358,27 @@ impl<'m> Session<'m> {
             .map(|s| s.iter().product::<usize>())
             .max()
             .unwrap_or(0);
+        // Image-major prefix: the leading layers whose output per image is larger than their
+        // weights (at 1.0-224: blocks 0–5, 0.8–3.2 MB of activations per image).
+        let image_major = if batch > 1 {
+            model
+                .layers
+                .iter()
+                .take_while(|l| l.output.iter().product::<usize>() >= IMAGE_MAJOR_MIN_OUTPUT)
+                .count()
+        } else {
+            0
+        };
+        let small = if image_major > 0 { largest } else { 0 };
         Session {
             model,
             batch,
             pool,
             ping: vec![0.0; largest * batch],
             pong: vec![0.0; largest * batch],
+            image_major,
+            small_ping: vec![0.0; small],
+            small_pong: vec![0.0; small],
             profile: None,
         }
     }
@@ -389,7 +413,8 @@ impl<'m> Session<'m> {
     }
 
     /// Like [`Session::run`], calling `observe(layer, output)` after every layer with that
-    /// layer's output for the whole batch.
+    /// layer's output for the whole batch (for batches of more than one image, the first
+    /// layers run image by image and are observed once per image).
     pub fn run_observed(
         &mut self,
         input: &[f32],
@@ -401,10 +426,40 @@ impl<'m> Session<'m> {
             batch * self.model.input_len(),
             "input must be batch × resolution² × 3 values"
         );
-        let mut cur_len = input.len();
-        self.ping[..cur_len].copy_from_slice(input);
         let model = self.model;
-        for (i, layer) in model.layers.iter().enumerate() {
+        let prefix = self.image_major;
+        // Layers with large activations and small weights run one image at a time, so that
+        // each image's activations stay in cache between layers; the rest run on the batch,
+        // so that each weight matrix is read once per batch.
+        if prefix > 0 {
+            let in_len = model.input_len();
+            let out_len: usize = model.layers[prefix - 1].output.iter().product();
+            for image in 0..batch {
+                let mut cur_len = in_len;
+                self.small_ping[..in_len].copy_from_slice(&input[image * in_len..][..in_len]);
+                for (i, layer) in model.layers[..prefix].iter().enumerate() {
+                    let start = Instant::now();
+                    let len: usize = layer.output.iter().product();
+                    let (src, dst) = (&self.small_ping[..cur_len], &mut self.small_pong[..len]);
+                    run_layer(model.isa, layer, 1, src, dst, &mut self.pool);
+                    if let Some(p) = &mut self.profile {
+                        p[i] += start.elapsed();
+                    }
+                    std::mem::swap(&mut self.small_ping, &mut self.small_pong);
+                    cur_len = len;
+                    observe(layer, &self.small_ping[..cur_len]);
+                }
+                self.ping[image * out_len..][..out_len]
+                    .copy_from_slice(&self.small_ping[..out_len]);
+            }
+        } else {
+            self.ping[..input.len()].copy_from_slice(input);
+        }
+        let mut cur_len = match prefix {
+            0 => input.len(),
+            n => batch * model.layers[n - 1].output.iter().product::<usize>(),
+        };
+        for (i, layer) in model.layers.iter().enumerate().skip(prefix) {
             let start = Instant::now();
             let out_len = batch * layer.output.iter().product::<usize>();
             let (src, dst) = (&self.ping[..cur_len], &mut self.pong[..out_len]);

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
-use mobilenet::{InferenceModel, MobileNetConfig, ModelFile, Preset};
+use mobilenet::{Fusion, InferenceModel, MobileNetConfig, ModelFile, Preset};
+use mobilenet_kernels::Isa;
 use serde::Serialize;
 
 use crate::table::{thousands, Align, Table};
@@ -36,6 +37,9 @@ pub struct BenchArgs {
     /// One JSON object on stdout
     #[arg(long)]
     json: bool,
+    /// Run every layer on its own instead of fusing depthwise+pointwise pairs (for comparison)
+    #[arg(long)]
+    no_fusion: bool,
 }
 
 #[derive(Serialize)]
@@ -92,7 +96,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             )
         }
     };
-    let model = InferenceModel::new(&file);
+    let fusion = if args.no_fusion {
+        Fusion::None
+    } else {
+        Fusion::Separable
+    };
+    let model = InferenceModel::with_options(&file, Isa::detect(), fusion);
     drop(file);
     let batch = args.batch.max(1);
     let mut session = model.session(batch, args.threads);
