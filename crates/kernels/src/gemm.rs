@@ -51,6 +51,29 @@ impl PackedB {
         }
     }
 
+    /// Packs `B = btᵀ` for `isa`, where `bt` is `[n, k]` row-major (so B is `[k, n]`): the
+    /// backward pass multiplies by transposed weights (`dX = dY · Wᵀ`).
+    ///
+    /// # Panics
+    ///
+    /// If `bt.len() != k · n`.
+    pub fn from_transposed(isa: Isa, bt: &[f32], k: usize, n: usize) -> PackedB {
+        assert_eq!(bt.len(), k * n, "Bᵀ must be n·k = {n}·{k} values");
+        let nr = panel_width(isa);
+        let panels = n.div_ceil(nr);
+        let mut data = vec![0.0; panels * k * nr];
+        for p in 0..panels {
+            let cols = (n - p * nr).min(nr);
+            for kk in 0..k {
+                let dst = &mut data[(p * k + kk) * nr..][..cols];
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = bt[(p * nr + j) * k + kk];
+                }
+            }
+        }
+        PackedB { isa, k, n, nr, data }
+    }
+
     /// Rows of B (the shared dimension).
     pub fn k(&self) -> usize {
         self.k
@@ -140,6 +163,7 @@ pub fn gemm_cols(
         bias: epi.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
         min: epi.min,
         max: epi.max,
+        accumulate: epi.accumulate,
     };
     // Safety: the pointers cover the shapes checked above.
     unsafe { dispatch(b.isa, &args) }
@@ -237,6 +261,7 @@ impl ColumnBlock<'_> {
             bias: epi.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
             min: epi.min,
             max: epi.max,
+            accumulate: epi.accumulate,
         };
         // Safety: the block's pointer covers its columns of m rows (column_blocks checked the
         // matrix), A and B are checked above, and support of b.isa is checked in dispatch.
@@ -281,6 +306,7 @@ struct Args {
     bias: *const f32,
     min: f32,
     max: f32,
+    accumulate: bool,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -433,9 +459,26 @@ unsafe fn tile<S: SimdF32, const R: usize>(s: S, x: &Args, t: &Tile) {
             (b0, b1)
         };
         for i in 0..R {
-            let v0 = s.min(s.max(s.add(acc0[i], bias0), lo), hi);
-            let v1 = s.min(s.max(s.add(acc1[i], bias1), lo), hi);
             let row = c.add(i * x.ldc);
+            let (mut a0, mut a1) = (acc0[i], acc1[i]);
+            if x.accumulate {
+                if cols == nr {
+                    a0 = s.add(a0, s.load(row));
+                    a1 = s.add(a1, s.load(row.add(lanes)));
+                } else {
+                    let old0 = if n0 == lanes {
+                        s.load(row)
+                    } else {
+                        s.load_partial(row, n0)
+                    };
+                    a0 = s.add(a0, old0);
+                    if n1 > 0 {
+                        a1 = s.add(a1, s.load_partial(row.add(lanes), n1));
+                    }
+                }
+            }
+            let v0 = s.min(s.max(s.add(a0, bias0), lo), hi);
+            let v1 = s.min(s.max(s.add(a1, bias1), lo), hi);
             if cols == nr {
                 s.store(row, v0);
                 s.store(row.add(lanes), v1);
@@ -469,7 +512,7 @@ pub fn gemm_reference(
             for kk in 0..k {
                 acc += a[i * k + kk] * b[kk * n + j];
             }
-            c[i * n + j] = epi.apply(j, acc);
+            c[i * n + j] = epi.apply_to(j, acc, 0.0);
         }
     }
     c
@@ -567,6 +610,25 @@ mod tests {
                     }
                 });
                 assert_close(&c, &expected, 1e-4, &format!("{isa} {parts} parts"));
+            }
+        }
+    }
+
+    #[test]
+    fn accumulate_adds_to_c_and_transposed_packing_matches() {
+        let (m, k, n) = (13, 9, 37);
+        let mut rng = Rng::new(21);
+        let a = rng.vec(m * k);
+        let b = rng.vec(k * n);
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let c0 = rng.vec(m * n);
+        let plain = gemm_reference(m, k, n, &a, &b, &Epilogue::linear());
+        let expected: Vec<f32> = plain.iter().zip(&c0).map(|(x, y)| x + y).collect();
+        for isa in Isa::available() {
+            for packed in [PackedB::new(isa, &b, k, n), PackedB::from_transposed(isa, &bt, k, n)] {
+                let mut c = c0.clone();
+                gemm(m, &a, k, &packed, &mut c, n, &Epilogue::accumulating());
+                assert_close(&c, &expected, 1e-5, isa.name());
             }
         }
     }
