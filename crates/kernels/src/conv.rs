@@ -56,7 +56,10 @@ pub fn conv2d(
     if let Some(b) = epi.bias {
         assert!(b.len() >= cout, "bias shorter than cout");
     }
-    assert!(!epi.accumulate, "accumulating epilogues are only supported by gemm");
+    assert!(
+        !epi.accumulate,
+        "accumulating epilogues are only supported by gemm"
+    );
     // Safety: slices are as long as their shapes (checked above); variants run only where
     // the CPU supports them.
     unsafe {

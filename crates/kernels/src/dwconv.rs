@@ -49,7 +49,10 @@ pub fn dwconv3x3(
     if let Some(b) = epi.bias {
         assert!(b.len() >= c, "bias shorter than c");
     }
-    assert!(!epi.accumulate, "accumulating epilogues are only supported by gemm");
+    assert!(
+        !epi.accumulate,
+        "accumulating epilogues are only supported by gemm"
+    );
     assert!(
         g.pad_top < K && g.pad_left < K,
         "padding larger than the kernel"

@@ -71,7 +71,13 @@ impl PackedB {
                 }
             }
         }
-        PackedB { isa, k, n, nr, data }
+        PackedB {
+            isa,
+            k,
+            n,
+            nr,
+            data,
+        }
     }
 
     /// Rows of B (the shared dimension).
@@ -625,7 +631,10 @@ mod tests {
         let plain = gemm_reference(m, k, n, &a, &b, &Epilogue::linear());
         let expected: Vec<f32> = plain.iter().zip(&c0).map(|(x, y)| x + y).collect();
         for isa in Isa::available() {
-            for packed in [PackedB::new(isa, &b, k, n), PackedB::from_transposed(isa, &bt, k, n)] {
+            for packed in [
+                PackedB::new(isa, &b, k, n),
+                PackedB::from_transposed(isa, &bt, k, n),
+            ] {
                 let mut c = c0.clone();
                 gemm(m, &a, k, &packed, &mut c, n, &Epilogue::accumulating());
                 assert_close(&c, &expected, 1e-5, isa.name());

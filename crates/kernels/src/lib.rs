@@ -15,6 +15,7 @@
 //! | [`conv::conv2d`] | direct k×k conv, NHWC/HWIO: the stem |
 //! | [`pool::global_avg_pool`], [`pool::softmax`] | the head |
 
+pub mod backward;
 pub mod conv;
 pub mod dwconv;
 mod epilogue;

@@ -29,6 +29,7 @@ mod layers;
 pub mod paper;
 mod pool;
 pub mod preprocess;
+pub mod train;
 pub mod weights;
 
 pub use config::{

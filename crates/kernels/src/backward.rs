@@ -1,0 +1,474 @@
+//! Gradients of the convolutions for training: depthwise 3×3 (input and weights) and the direct
+//! k×k convolution (weights; the stem's input needs no gradient).
+//!
+//! All NHWC, one image per call, vectorised over channels. The 1×1 convolutions' gradients are
+//! GEMMs (`dX = dY·Wᵀ`, `dW = Xᵀ·dY`) and use [`crate::gemm`]. Each kernel has a scalar
+//! reference below and tests comparing every instruction set with it.
+
+use crate::conv::ConvShape;
+use crate::simd::{Scalar, SimdF32};
+use crate::{ConvGeometry, Isa};
+
+/// Kernel size of the depthwise convolution.
+const K: usize = 3;
+
+/// One backward computation, so that one `#[target_feature]` wrapper per instruction set
+/// serves all of them.
+enum Job<'a> {
+    DwInput {
+        g: &'a ConvGeometry,
+        c: usize,
+        dy: &'a [f32],
+        w: &'a [f32],
+        dx: &'a mut [f32],
+    },
+    DwWeights {
+        g: &'a ConvGeometry,
+        c: usize,
+        x: &'a [f32],
+        dy: &'a [f32],
+        dw: &'a mut [f32],
+    },
+    ConvWeights {
+        g: &'a ConvGeometry,
+        shape: ConvShape,
+        x: &'a [f32],
+        dy: &'a [f32],
+        dw: &'a mut [f32],
+    },
+}
+
+/// Gradient of a depthwise 3×3 convolution with respect to its input, for one image:
+/// `dx[iy, ix, c] = Σ dy[oy, ox, c] · w[ky, kx, c]` over the taps that read `(iy, ix)`.
+/// `dx` (`[in_h, in_w, c]`) is overwritten.
+///
+/// # Panics
+///
+/// If a slice is shorter than its shape.
+pub fn dwconv3x3_backward_input(
+    isa: Isa,
+    g: &ConvGeometry,
+    c: usize,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+) {
+    assert!(
+        dy.len() >= g.out_h * g.out_w * c,
+        "dy shorter than out_h·out_w·c"
+    );
+    assert!(w.len() >= K * K * c, "w shorter than 3·3·c");
+    assert!(
+        dx.len() >= g.in_h * g.in_w * c,
+        "dx shorter than in_h·in_w·c"
+    );
+    run(isa, Job::DwInput { g, c, dy, w, dx });
+}
+
+/// Gradient of a depthwise 3×3 convolution with respect to its weights, for one image, added
+/// to `dw` (`[3, 3, c]`): `dw[ky, kx, c] += Σ dy[oy, ox, c] · x[iy, ix, c]`.
+///
+/// # Panics
+///
+/// If a slice is shorter than its shape.
+pub fn dwconv3x3_backward_weights(
+    isa: Isa,
+    g: &ConvGeometry,
+    c: usize,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+) {
+    assert!(x.len() >= g.in_h * g.in_w * c, "x shorter than in_h·in_w·c");
+    assert!(
+        dy.len() >= g.out_h * g.out_w * c,
+        "dy shorter than out_h·out_w·c"
+    );
+    assert!(dw.len() >= K * K * c, "dw shorter than 3·3·c");
+    run(isa, Job::DwWeights { g, c, x, dy, dw });
+}
+
+/// Gradient of a direct k×k convolution with respect to its weights (`[k, k, cin, cout]`),
+/// for one image, added to `dw`.
+///
+/// # Panics
+///
+/// If a slice is shorter than its shape.
+pub fn conv2d_backward_weights(
+    isa: Isa,
+    g: &ConvGeometry,
+    shape: ConvShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+) {
+    let ConvShape { k, cin, cout } = shape;
+    assert!(
+        x.len() >= g.in_h * g.in_w * cin,
+        "x shorter than in_h·in_w·cin"
+    );
+    assert!(
+        dy.len() >= g.out_h * g.out_w * cout,
+        "dy shorter than out_h·out_w·cout"
+    );
+    assert!(
+        dw.len() >= k * k * cin * cout,
+        "dw shorter than k·k·cin·cout"
+    );
+    run(
+        isa,
+        Job::ConvWeights {
+            g,
+            shape,
+            x,
+            dy,
+            dw,
+        },
+    );
+}
+
+fn run(isa: Isa, mut job: Job<'_>) {
+    // Safety: the slices were checked against their shapes by the public functions; each
+    // variant runs only where the CPU supports it.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if isa.is_supported() => run_avx512(&mut job),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma if isa.is_supported() => run_avx2(&mut job),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => run_generic(crate::simd::Neon, &mut job),
+            _ => run_generic(Scalar, &mut job),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn run_avx512(job: &mut Job<'_>) {
+    // Safety: AVX-512 F is enabled here and the caller checked the CPU.
+    unsafe { run_generic(crate::simd::Avx512, job) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2(job: &mut Job<'_>) {
+    // Safety: AVX2 and FMA are enabled here and the caller checked the CPU.
+    unsafe { run_generic(crate::simd::Avx2Fma, job) }
+}
+
+/// `acc[0..n] += a[0..n] · b[0..n]`.
+#[inline(always)]
+unsafe fn fma_into<S: SimdF32>(s: S, acc: *mut f32, a: *const f32, b: *const f32, n: usize) {
+    let lanes = S::LANES;
+    // Safety: the caller guarantees n values at each pointer.
+    unsafe {
+        let mut i = 0;
+        while i + lanes <= n {
+            let v = s.fma(s.load(a.add(i)), s.load(b.add(i)), s.load(acc.add(i)));
+            s.store(acc.add(i), v);
+            i += lanes;
+        }
+        if i < n {
+            let r = n - i;
+            let v = s.fma(
+                s.load_partial(a.add(i), r),
+                s.load_partial(b.add(i), r),
+                s.load_partial(acc.add(i), r),
+            );
+            s.store_partial(acc.add(i), v, r);
+        }
+    }
+}
+
+/// `acc[0..n] += alpha · b[0..n]`.
+#[inline(always)]
+unsafe fn axpy<S: SimdF32>(s: S, acc: *mut f32, alpha: f32, b: *const f32, n: usize) {
+    let lanes = S::LANES;
+    // Safety: the caller guarantees n values at each pointer.
+    unsafe {
+        let av = s.splat(alpha);
+        let mut i = 0;
+        while i + lanes <= n {
+            s.store(acc.add(i), s.fma(av, s.load(b.add(i)), s.load(acc.add(i))));
+            i += lanes;
+        }
+        if i < n {
+            let r = n - i;
+            let v = s.fma(
+                av,
+                s.load_partial(b.add(i), r),
+                s.load_partial(acc.add(i), r),
+            );
+            s.store_partial(acc.add(i), v, r);
+        }
+    }
+}
+
+/// The input row and column a tap reads for output `(o, k)`, if inside the image.
+#[inline(always)]
+fn tap(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
+    let i = (o * stride + k).checked_sub(pad)?;
+    (i < size).then_some(i)
+}
+
+#[inline(always)]
+unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
+    // Safety: every index is bounds-checked by `tap` against the image, and channel runs stay
+    // inside rows of c (or cin/cout) values; slice lengths were checked by the callers.
+    unsafe {
+        match job {
+            Job::DwInput { g, c, dy, w, dx } => {
+                let c = *c;
+                dx[..g.in_h * g.in_w * c].fill(0.0);
+                // Scatter each output's gradient to the inputs it read (per output pixel the
+                // channel vectors are contiguous, so this vectorises over channels).
+                for oy in 0..g.out_h {
+                    for ky in 0..K {
+                        let Some(iy) = tap(oy, ky, g.stride, g.pad_top, g.in_h) else {
+                            continue;
+                        };
+                        for ox in 0..g.out_w {
+                            let d = dy.as_ptr().add((oy * g.out_w + ox) * c);
+                            for kx in 0..K {
+                                let Some(ix) = tap(ox, kx, g.stride, g.pad_left, g.in_w) else {
+                                    continue;
+                                };
+                                let dst = dx.as_mut_ptr().add((iy * g.in_w + ix) * c);
+                                fma_into(s, dst, d, w.as_ptr().add((ky * K + kx) * c), c);
+                            }
+                        }
+                    }
+                }
+            }
+            Job::DwWeights { g, c, x, dy, dw } => {
+                let c = *c;
+                for oy in 0..g.out_h {
+                    for ky in 0..K {
+                        let Some(iy) = tap(oy, ky, g.stride, g.pad_top, g.in_h) else {
+                            continue;
+                        };
+                        for ox in 0..g.out_w {
+                            let d = dy.as_ptr().add((oy * g.out_w + ox) * c);
+                            for kx in 0..K {
+                                let Some(ix) = tap(ox, kx, g.stride, g.pad_left, g.in_w) else {
+                                    continue;
+                                };
+                                let xi = x.as_ptr().add((iy * g.in_w + ix) * c);
+                                fma_into(s, dw.as_mut_ptr().add((ky * K + kx) * c), d, xi, c);
+                            }
+                        }
+                    }
+                }
+            }
+            Job::ConvWeights {
+                g,
+                shape,
+                x,
+                dy,
+                dw,
+            } => {
+                let ConvShape { k, cin, cout } = *shape;
+                for oy in 0..g.out_h {
+                    for ky in 0..k {
+                        let Some(iy) = tap(oy, ky, g.stride, g.pad_top, g.in_h) else {
+                            continue;
+                        };
+                        for ox in 0..g.out_w {
+                            let d = dy.as_ptr().add((oy * g.out_w + ox) * cout);
+                            for kx in 0..k {
+                                let Some(ix) = tap(ox, kx, g.stride, g.pad_left, g.in_w) else {
+                                    continue;
+                                };
+                                let xi = x.as_ptr().add((iy * g.in_w + ix) * cin);
+                                for ci in 0..cin {
+                                    let row =
+                                        dw.as_mut_ptr().add(((ky * k + kx) * cin + ci) * cout);
+                                    axpy(s, row, *xi.add(ci), d, cout);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Scalar reference of [`dwconv3x3_backward_input`].
+pub fn dwconv3x3_backward_input_reference(
+    g: &ConvGeometry,
+    c: usize,
+    dy: &[f32],
+    w: &[f32],
+) -> Vec<f32> {
+    let mut dx = vec![0.0; g.in_h * g.in_w * c];
+    for oy in 0..g.out_h {
+        for ox in 0..g.out_w {
+            for ky in 0..K {
+                for kx in 0..K {
+                    let (Some(iy), Some(ix)) = (
+                        tap(oy, ky, g.stride, g.pad_top, g.in_h),
+                        tap(ox, kx, g.stride, g.pad_left, g.in_w),
+                    ) else {
+                        continue;
+                    };
+                    for ch in 0..c {
+                        dx[(iy * g.in_w + ix) * c + ch] +=
+                            dy[(oy * g.out_w + ox) * c + ch] * w[(ky * K + kx) * c + ch];
+                    }
+                }
+            }
+        }
+    }
+    dx
+}
+
+/// Scalar reference of [`dwconv3x3_backward_weights`] (starting from zero).
+pub fn dwconv3x3_backward_weights_reference(
+    g: &ConvGeometry,
+    c: usize,
+    x: &[f32],
+    dy: &[f32],
+) -> Vec<f32> {
+    let mut dw = vec![0.0; K * K * c];
+    for oy in 0..g.out_h {
+        for ox in 0..g.out_w {
+            for ky in 0..K {
+                for kx in 0..K {
+                    let (Some(iy), Some(ix)) = (
+                        tap(oy, ky, g.stride, g.pad_top, g.in_h),
+                        tap(ox, kx, g.stride, g.pad_left, g.in_w),
+                    ) else {
+                        continue;
+                    };
+                    for ch in 0..c {
+                        dw[(ky * K + kx) * c + ch] +=
+                            dy[(oy * g.out_w + ox) * c + ch] * x[(iy * g.in_w + ix) * c + ch];
+                    }
+                }
+            }
+        }
+    }
+    dw
+}
+
+/// Scalar reference of [`conv2d_backward_weights`] (starting from zero).
+pub fn conv2d_backward_weights_reference(
+    g: &ConvGeometry,
+    shape: ConvShape,
+    x: &[f32],
+    dy: &[f32],
+) -> Vec<f32> {
+    let ConvShape { k, cin, cout } = shape;
+    let mut dw = vec![0.0; k * k * cin * cout];
+    for oy in 0..g.out_h {
+        for ox in 0..g.out_w {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let (Some(iy), Some(ix)) = (
+                        tap(oy, ky, g.stride, g.pad_top, g.in_h),
+                        tap(ox, kx, g.stride, g.pad_left, g.in_w),
+                    ) else {
+                        continue;
+                    };
+                    for ci in 0..cin {
+                        for co in 0..cout {
+                            dw[((ky * k + kx) * cin + ci) * cout + co] += x
+                                [(iy * g.in_w + ix) * cin + ci]
+                                * dy[(oy * g.out_w + ox) * cout + co];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dwconv::dwconv3x3_reference;
+    use crate::testing::{assert_close, Rng};
+    use crate::Epilogue;
+
+    fn geometries() -> Vec<ConvGeometry> {
+        let mut out = Vec::new();
+        for (h, w) in [(1, 1), (2, 3), (5, 5), (8, 7), (13, 10)] {
+            for stride in [1, 2] {
+                out.push(ConvGeometry::tf_same(h, w, 3, stride));
+                out.push(ConvGeometry::symmetric(h, w, 3, stride, 1));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn depthwise_gradients_match_reference_for_every_isa() {
+        for g in geometries() {
+            for c in [1, 5, 8, 16, 17, 33] {
+                let mut rng = Rng::new((g.in_h * 100 + g.in_w * 10 + c + g.stride) as u64);
+                let x = rng.vec(g.in_h * g.in_w * c);
+                let dy = rng.vec(g.out_h * g.out_w * c);
+                let w = rng.vec(9 * c);
+                let want_dx = dwconv3x3_backward_input_reference(&g, c, &dy, &w);
+                let want_dw = dwconv3x3_backward_weights_reference(&g, c, &x, &dy);
+                for isa in Isa::available() {
+                    let mut dx = vec![f32::NAN; want_dx.len()];
+                    dwconv3x3_backward_input(isa, &g, c, &dy, &w, &mut dx);
+                    assert_close(&dx, &want_dx, 1e-5, &format!("{isa} dx {g:?} c{c}"));
+                    let mut dw = vec![0.0; want_dw.len()];
+                    dwconv3x3_backward_weights(isa, &g, c, &x, &dy, &mut dw);
+                    assert_close(&dw, &want_dw, 1e-5, &format!("{isa} dw {g:?} c{c}"));
+                }
+            }
+        }
+    }
+
+    /// The input gradient is the adjoint of the forward pass: ⟨conv(x), dy⟩ = ⟨x, conv_backward(dy)⟩.
+    #[test]
+    fn depthwise_input_gradient_is_the_adjoint_of_the_forward_pass() {
+        for g in geometries() {
+            let c = 7;
+            let mut rng = Rng::new(g.in_h as u64 * 31 + g.stride as u64);
+            let x = rng.vec(g.in_h * g.in_w * c);
+            let dy = rng.vec(g.out_h * g.out_w * c);
+            let w = rng.vec(9 * c);
+            let y = dwconv3x3_reference(&g, c, &x, &w, &Epilogue::linear());
+            let dx = dwconv3x3_backward_input_reference(&g, c, &dy, &w);
+            let lhs: f64 = y
+                .iter()
+                .zip(&dy)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum();
+            let rhs: f64 = x
+                .iter()
+                .zip(&dx)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
+                "{g:?}: {lhs} vs {rhs}"
+            );
+        }
+    }
+
+    #[test]
+    fn conv_weight_gradient_matches_reference_for_every_isa() {
+        for g in geometries() {
+            for cout in [1, 8, 17, 32] {
+                let shape = ConvShape { k: 3, cin: 3, cout };
+                let mut rng = Rng::new((g.in_w * 7 + cout) as u64);
+                let x = rng.vec(g.in_h * g.in_w * 3);
+                let dy = rng.vec(g.out_h * g.out_w * cout);
+                let want = conv2d_backward_weights_reference(&g, shape, &x, &dy);
+                for isa in Isa::available() {
+                    let mut dw = vec![0.0; want.len()];
+                    conv2d_backward_weights(isa, &g, shape, &x, &dy, &mut dw);
+                    assert_close(&dw, &want, 1e-5, &format!("{isa} {g:?} cout{cout}"));
+                }
+            }
+        }
+    }
+}
