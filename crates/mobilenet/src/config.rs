@@ -65,6 +65,54 @@ pub enum Variant {
     Shallow,
 }
 
+/// The stride of the first convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stem {
+    /// Stride 2, as in the paper: 224×224 → 112×112.
+    #[default]
+    Standard,
+    /// Stride 1, for CIFAR-sized inputs: the paper's network would shrink a 32×32 image to 1×1
+    /// (five stride-2 layers); with a stride-1 stem it ends at 2×2 and the first layers see the
+    /// whole image. Block 1's depthwise layer is stride 1 already. The common CIFAR adaptation
+    /// of MobileNet v1; it costs what the standard network costs at twice the resolution.
+    SmallInput,
+}
+
+impl Stem {
+    /// Stride of the stem convolution.
+    pub fn stride(self) -> usize {
+        match self {
+            Stem::Standard => 2,
+            Stem::SmallInput => 1,
+        }
+    }
+}
+
+impl fmt::Display for Stem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stem::Standard => "standard",
+            Stem::SmallInput => "small-input",
+        })
+    }
+}
+
+impl FromStr for Stem {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "standard" => Ok(Stem::Standard),
+            "small-input" => Ok(Stem::SmallInput),
+            _ => Err(ConfigError::UnknownName {
+                what: "stem",
+                value: s.to_string(),
+                expected: "standard, small-input",
+            }),
+        }
+    }
+}
+
 impl Variant {
     /// All variants, in the order the paper introduces them.
     pub const ALL: [Variant; 3] = [Variant::Standard, Variant::FullConv, Variant::Shallow];
@@ -241,6 +289,7 @@ pub struct MobileNetConfig {
     activation: Activation,
     padding: Padding,
     variant: Variant,
+    stem: Stem,
 }
 
 impl MobileNetConfig {
@@ -267,6 +316,7 @@ impl MobileNetConfig {
             activation: Activation::default(),
             padding: Padding::default(),
             variant: Variant::default(),
+            stem: Stem::default(),
         })
     }
 
@@ -339,6 +389,17 @@ impl MobileNetConfig {
         self
     }
 
+    /// Sets the stride of the first convolution (see [`Stem`]).
+    pub fn with_stem(mut self, stem: Stem) -> Self {
+        self.stem = stem;
+        self
+    }
+
+    /// The stem's stride option.
+    pub fn stem(&self) -> Stem {
+        self.stem
+    }
+
     /// Width multiplier α.
     pub fn alpha(&self) -> f64 {
         self.alpha
@@ -395,6 +456,7 @@ impl Default for MobileNetConfig {
             activation: Activation::default(),
             padding: Padding::default(),
             variant: Variant::default(),
+            stem: Stem::default(),
         }
     }
 }
@@ -404,6 +466,9 @@ impl fmt::Display for MobileNetConfig {
         write!(f, "MobileNet v1 {}", self.preset())?;
         if self.variant != Variant::Standard {
             write!(f, " {}", self.variant)?;
+        }
+        if self.stem != Stem::Standard {
+            write!(f, " ({} stem)", self.stem)?;
         }
         match self.head {
             Some(head) => write!(f, ", {} classes", head.classes)?,

@@ -119,7 +119,8 @@ fn rebuild_with_resolution(
         .with_min_depth(c.min_depth())?
         .with_activation(c.activation())
         .with_padding(c.padding())
-        .with_variant(c.variant());
+        .with_variant(c.variant())
+        .with_stem(c.stem());
     n = match c.head() {
         Some(h) => n.with_classes(h.classes)?.with_dropout(h.dropout)?,
         None => n.without_head(),

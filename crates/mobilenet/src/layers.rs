@@ -198,15 +198,24 @@ impl MobileNetConfig {
             .filter(|(i, _)| {
                 self.variant() != Variant::Shallow || !SHALLOW_REMOVED_BLOCKS.contains(i)
             })
-            .map(|(i, block)| match self.variant() {
-                Variant::FullConv => (
+            .map(|(i, block)| {
+                let stride = if i == 0 {
+                    self.stem().stride()
+                } else {
+                    block.stride
+                };
+                let kind = match self.variant() {
+                    Variant::FullConv => BlockKind::Conv3x3,
+                    _ => block.kind,
+                };
+                (
                     i,
                     BlockSpec {
-                        kind: BlockKind::Conv3x3,
+                        kind,
+                        stride,
                         ..block
                     },
-                ),
-                _ => (i, block),
+                )
             })
     }
 
@@ -376,6 +385,18 @@ mod tests {
         assert_eq!(shallow.len(), 29 - 10);
         assert!(!shallow.iter().any(|l| l.name.starts_with("conv_9/")));
         assert_eq!(shallow.last().unwrap().input, [1, 1, 1024]);
+    }
+
+    #[test]
+    fn small_input_stem_keeps_cifar_images_at_2x2() {
+        let standard = config(0.5, 32).without_head();
+        assert_eq!(standard.feature_shape(), [1, 1, 512]);
+        let small = standard.with_stem(crate::Stem::SmallInput);
+        assert_eq!(small.layers()[0].output, [32, 32, 16]);
+        assert_eq!(small.feature_shape(), [2, 2, 512]);
+        // Exactly the standard network at twice the resolution (same maps after the stem).
+        let cost = |c: &MobileNetConfig| crate::ModelCost::of(c).total.mult_adds;
+        assert_eq!(cost(&small), cost(&config(0.5, 64).without_head()));
     }
 
     #[test]

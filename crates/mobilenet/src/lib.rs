@@ -33,7 +33,7 @@ pub mod train;
 pub mod weights;
 
 pub use config::{
-    format_alpha, Activation, ClassifierHead, MobileNetConfig, Padding, Preset, Variant,
+    format_alpha, Activation, ClassifierHead, MobileNetConfig, Padding, Preset, Stem, Variant,
     DEFAULT_DROPOUT, DEFAULT_MIN_DEPTH, IMAGENET_CLASSES, MAX_ALPHA, MAX_RESOLUTION,
     MIN_RESOLUTION, PRESET_ALPHAS, PRESET_RESOLUTIONS,
 };

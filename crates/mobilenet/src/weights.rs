@@ -20,7 +20,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Activation, MobileNetConfig, Padding, Variant};
+use crate::config::{Activation, MobileNetConfig, Padding, Stem, Variant};
 use crate::error::ModelError;
 use crate::layers::LayerKind;
 use crate::preprocess::Preprocessing;
@@ -111,6 +111,8 @@ struct ConfigJson {
     activation: Activation,
     padding: Padding,
     variant: Variant,
+    #[serde(default)]
+    stem: Stem,
 }
 
 impl ConfigJson {
@@ -126,6 +128,7 @@ impl ConfigJson {
             activation: c.activation(),
             padding: c.padding(),
             variant: c.variant(),
+            stem: c.stem(),
         }
     }
 
@@ -134,7 +137,8 @@ impl ConfigJson {
             .with_min_depth(self.min_depth)?
             .with_activation(self.activation)
             .with_padding(self.padding)
-            .with_variant(self.variant);
+            .with_variant(self.variant)
+            .with_stem(self.stem);
         c = match self.classes {
             Some(n) => c.with_classes(n)?.with_dropout(self.dropout)?,
             None => c.without_head(),

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use mobilenet::paper::{self, Quantity};
 use mobilenet::{
-    Activation, LayerCost, LayerKind, MobileNetConfig, ModelCost, Padding, Preset, Variant,
+    Activation, LayerCost, LayerKind, MobileNetConfig, ModelCost, Padding, Preset, Stem, Variant,
     DEFAULT_MIN_DEPTH, IMAGENET_CLASSES,
 };
 use serde::Serialize;
@@ -42,6 +42,9 @@ pub struct ArchArgs {
     /// tf-same or symmetric
     #[arg(long, default_value = "tf-same")]
     padding: Padding,
+    /// standard (stride 2) or small-input (stride 1, for CIFAR-sized images)
+    #[arg(long, default_value = "standard")]
+    stem: Stem,
     /// Print one JSON object instead of the table
     #[arg(long)]
     json: bool,
@@ -61,7 +64,8 @@ impl ArchArgs {
             .with_min_depth(self.min_depth)?
             .with_variant(self.variant)
             .with_activation(self.activation)
-            .with_padding(self.padding);
+            .with_padding(self.padding)
+            .with_stem(self.stem);
         if self.no_head {
             config = config.without_head();
         }
@@ -94,6 +98,7 @@ struct ArchJson {
     min_depth: usize,
     activation: Activation,
     padding: Padding,
+    stem: Stem,
     mult_adds: u64,
     params: u64,
     bn_params: u64,
@@ -152,6 +157,7 @@ impl ArchJson {
             min_depth: config.min_depth(),
             activation: config.activation(),
             padding: config.padding(),
+            stem: config.stem(),
             mult_adds: cost.total.mult_adds,
             params: cost.total.params(),
             bn_params: cost.total.bn_params,
