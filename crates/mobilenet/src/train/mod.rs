@@ -1,5 +1,6 @@
 //! Training: explicit forward/backward ops, the trainable network, optimisers.
 
+pub mod net;
 pub mod ops;
 
 /// Seeded generator for training (dropout masks, shuffling, augmentation, initialisation):
