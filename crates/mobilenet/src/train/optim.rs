@@ -1,0 +1,268 @@
+//! Optimisers and learning-rate schedules.
+//!
+//! | optimiser | update (per element; `g` already includes weight decay) |
+//! |---|---|
+//! | RMSprop, TensorFlow form (the paper's) | `ms ← ρ·ms + (1−ρ)·g²`; `mom ← μ·mom + lr·g/√(ms + ε)`; `θ ← θ − mom`; `ms` starts at 1 (TF1's `RMSPropOptimizer`) |
+//! | RMSprop, PyTorch form | `v ← α·v + (1−α)·g²`; `buf ← μ·buf + g/(√v + ε)`; `θ ← θ − lr·buf`; `v` starts at 0 |
+//! | SGD with momentum (PyTorch form) | `buf ← μ·buf + g`; `θ ← θ − lr·buf` |
+//!
+//! Weight decay is L2 as in TF-slim (`λ/2·‖w‖²`, gradient `λ·w`), applied only to the
+//! parameters marked `decay` (conv, pointwise and FC weights; never depthwise filters).
+
+use serde::{Deserialize, Serialize};
+
+use super::net::Param;
+
+/// Which RMSprop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RmsPropVariant {
+    /// TensorFlow 1 (`tf.train.RMSPropOptimizer`, used for the paper): ε inside the square root,
+    /// learning rate folded into the momentum, mean square initialised to 1.
+    Tf,
+    /// PyTorch (`torch.optim.RMSprop`): ε outside the square root, learning rate applied after the
+    /// momentum, mean square initialised to 0.
+    Torch,
+}
+
+/// An optimiser and its hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// RMSprop with momentum.
+    RmsProp {
+        /// Which formula.
+        variant: RmsPropVariant,
+        /// Decay ρ of the mean square (paper: 0.9).
+        decay: f32,
+        /// Momentum μ (paper: 0.9).
+        momentum: f32,
+        /// ε (paper: 1.0).
+        epsilon: f32,
+    },
+    /// SGD with momentum.
+    Sgd {
+        /// Momentum μ.
+        momentum: f32,
+    },
+}
+
+impl OptimizerKind {
+    /// The paper's RMSprop: TensorFlow form, decay 0.9, momentum 0.9, ε 1.0.
+    pub fn paper() -> OptimizerKind {
+        OptimizerKind::RmsProp {
+            variant: RmsPropVariant::Tf,
+            decay: 0.9,
+            momentum: 0.9,
+            epsilon: 1.0,
+        }
+    }
+}
+
+/// Optimiser state: one or two buffers per parameter, and the step count.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Optimizer {
+    /// The update rule.
+    pub kind: OptimizerKind,
+    /// L2 weight decay λ on the parameters marked `decay`.
+    pub weight_decay: f32,
+    /// Updates applied so far.
+    pub step: u64,
+    /// Mean squares (RMSprop), one per parameter.
+    pub mean_square: Vec<Vec<f32>>,
+    /// Momentum buffers, one per parameter.
+    pub momentum: Vec<Vec<f32>>,
+}
+
+impl Optimizer {
+    /// Fresh state for `params`.
+    pub fn new(kind: OptimizerKind, weight_decay: f32, params: &[Param]) -> Optimizer {
+        let init_ms = match kind {
+            OptimizerKind::RmsProp {
+                variant: RmsPropVariant::Tf,
+                ..
+            } => 1.0,
+            _ => 0.0,
+        };
+        let rms = matches!(kind, OptimizerKind::RmsProp { .. });
+        Optimizer {
+            kind,
+            weight_decay,
+            step: 0,
+            mean_square: params
+                .iter()
+                .map(|p| {
+                    if rms {
+                        vec![init_ms; p.value.len()]
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect(),
+            momentum: params.iter().map(|p| vec![0.0; p.value.len()]).collect(),
+        }
+    }
+
+    /// Applies one update with learning rate `lr`.
+    ///
+    /// # Panics
+    ///
+    /// If `grads` does not match `params`.
+    pub fn update(&mut self, params: &mut [Param], grads: &[Vec<f32>], lr: f32) {
+        assert_eq!(params.len(), grads.len(), "one gradient per parameter");
+        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            let wd = if p.decay { self.weight_decay } else { 0.0 };
+            let mom = &mut self.momentum[i];
+            match self.kind {
+                OptimizerKind::RmsProp {
+                    variant,
+                    decay,
+                    momentum,
+                    epsilon,
+                } => {
+                    let ms = &mut self.mean_square[i];
+                    for j in 0..p.value.len() {
+                        let grad = g[j] + wd * p.value[j];
+                        ms[j] = decay * ms[j] + (1.0 - decay) * grad * grad;
+                        match variant {
+                            RmsPropVariant::Tf => {
+                                mom[j] = momentum * mom[j] + lr * grad / (ms[j] + epsilon).sqrt();
+                                p.value[j] -= mom[j];
+                            }
+                            RmsPropVariant::Torch => {
+                                mom[j] = momentum * mom[j] + grad / (ms[j].sqrt() + epsilon);
+                                p.value[j] -= lr * mom[j];
+                            }
+                        }
+                    }
+                }
+                OptimizerKind::Sgd { momentum } => {
+                    for j in 0..p.value.len() {
+                        let grad = g[j] + wd * p.value[j];
+                        mom[j] = momentum * mom[j] + grad;
+                        p.value[j] -= lr * mom[j];
+                    }
+                }
+            }
+        }
+        self.step += 1;
+    }
+}
+
+/// How the learning rate changes over training.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Schedule {
+    /// The same rate throughout.
+    Constant,
+    /// TF-slim's staircase decay: `lr · rate^⌊epoch / every⌋` (e.g. ×0.94 every 2.5 epochs).
+    Exponential {
+        /// Factor per period.
+        rate: f32,
+        /// Period in epochs (may be fractional).
+        every_epochs: f32,
+    },
+    /// Linear warm-up from 0 over `warmup_epochs`, then cosine decay to 0 at the end of training.
+    Cosine {
+        /// Warm-up length in epochs.
+        warmup_epochs: f32,
+    },
+}
+
+impl Schedule {
+    /// The learning rate at a (fractional) `epoch` of `total_epochs`, for base rate `lr`.
+    pub fn rate(&self, lr: f32, epoch: f32, total_epochs: f32) -> f32 {
+        match *self {
+            Schedule::Constant => lr,
+            Schedule::Exponential { rate, every_epochs } => {
+                lr * rate.powf((epoch / every_epochs.max(1e-6)).floor())
+            }
+            Schedule::Cosine { warmup_epochs } => {
+                if epoch < warmup_epochs {
+                    lr * epoch / warmup_epochs
+                } else {
+                    let span = (total_epochs - warmup_epochs).max(1e-6);
+                    let t = ((epoch - warmup_epochs) / span).clamp(0.0, 1.0);
+                    lr * 0.5 * (1.0 + (std::f32::consts::PI * t).cos())
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param(values: &[f32], decay: bool) -> Param {
+        Param {
+            name: "p".into(),
+            shape: vec![values.len()],
+            value: values.to_vec(),
+            decay,
+        }
+    }
+
+    #[test]
+    fn tf_rmsprop_matches_the_formula_by_hand() {
+        let mut params = vec![param(&[1.0, -2.0], false)];
+        let mut opt = Optimizer::new(OptimizerKind::paper(), 0.0, &params);
+        opt.update(&mut params, &[vec![0.5, -1.0]], 0.1);
+        // ms = 0.9·1 + 0.1·g²; mom = 0.1·g/√(ms + 1).
+        let ms0 = 0.9 + 0.1 * 0.25f32;
+        let ms1 = 0.9 + 0.1 * 1.0f32;
+        let m0 = 0.1 * 0.5 / (ms0 + 1.0).sqrt();
+        let m1 = 0.1 * -1.0 / (ms1 + 1.0).sqrt();
+        assert!((params[0].value[0] - (1.0 - m0)).abs() < 1e-7);
+        assert!((params[0].value[1] - (-2.0 - m1)).abs() < 1e-7);
+        opt.update(&mut params, &[vec![0.5, -1.0]], 0.1);
+        let ms0b = 0.9 * ms0 + 0.1 * 0.25;
+        let m0b = 0.9 * m0 + 0.1 * 0.5 / (ms0b + 1.0).sqrt();
+        assert!((params[0].value[0] - (1.0 - m0 - m0b)).abs() < 1e-6);
+        assert_eq!(opt.step, 2);
+    }
+
+    #[test]
+    fn torch_rmsprop_and_sgd_and_weight_decay() {
+        let kind = OptimizerKind::RmsProp {
+            variant: RmsPropVariant::Torch,
+            decay: 0.99,
+            momentum: 0.0,
+            epsilon: 1e-8,
+        };
+        let mut params = vec![param(&[1.0], false)];
+        let mut opt = Optimizer::new(kind, 0.0, &params);
+        opt.update(&mut params, &[vec![2.0]], 0.01);
+        // v = 0.01·4 = 0.04; step = lr·g/(√v + ε) = 0.01·2/0.2 = 0.1.
+        assert!((params[0].value[0] - 0.9).abs() < 1e-6);
+
+        let mut params = vec![param(&[1.0], true), param(&[1.0], false)];
+        let mut opt = Optimizer::new(OptimizerKind::Sgd { momentum: 0.5 }, 0.1, &params);
+        opt.update(&mut params, &[vec![1.0], vec![1.0]], 0.1);
+        // Decayed: g = 1 + 0.1·1 = 1.1 → 0.89; not decayed: 0.9.
+        assert!((params[0].value[0] - 0.89).abs() < 1e-6);
+        assert!((params[1].value[0] - 0.9).abs() < 1e-6);
+        opt.update(&mut params, &[vec![0.0], vec![0.0]], 0.1);
+        // Momentum carries on: buf = 0.5·1.1 + 0.1·0.89 = 0.639.
+        assert!((params[0].value[0] - (0.89 - 0.1 * 0.639)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn schedules() {
+        let exp = Schedule::Exponential {
+            rate: 0.94,
+            every_epochs: 2.5,
+        };
+        assert_eq!(exp.rate(0.045, 0.0, 10.0), 0.045);
+        assert_eq!(exp.rate(0.045, 2.4, 10.0), 0.045);
+        assert!((exp.rate(0.045, 2.5, 10.0) - 0.045 * 0.94).abs() < 1e-9);
+        assert!((exp.rate(0.045, 5.1, 10.0) - 0.045 * 0.94 * 0.94).abs() < 1e-9);
+        let cos = Schedule::Cosine { warmup_epochs: 1.0 };
+        assert_eq!(cos.rate(0.1, 0.0, 11.0), 0.0);
+        assert!((cos.rate(0.1, 0.5, 11.0) - 0.05).abs() < 1e-7);
+        assert!((cos.rate(0.1, 1.0, 11.0) - 0.1).abs() < 1e-7);
+        assert!((cos.rate(0.1, 6.0, 11.0) - 0.05).abs() < 1e-6);
+        assert!(cos.rate(0.1, 11.0, 11.0).abs() < 1e-7);
+        assert_eq!(Schedule::Constant.rate(0.3, 7.0, 9.0), 0.3);
+    }
+}
