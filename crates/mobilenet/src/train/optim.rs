@@ -212,7 +212,7 @@ mod tests {
         let ms0 = 0.9 + 0.1 * 0.25f32;
         let ms1 = 0.9 + 0.1 * 1.0f32;
         let m0 = 0.1 * 0.5 / (ms0 + 1.0).sqrt();
-        let m1 = 0.1 * -1.0 / (ms1 + 1.0).sqrt();
+        let m1 = -0.1 / (ms1 + 1.0).sqrt(); // lr · g with g = −1
         assert!((params[0].value[0] - (1.0 - m0)).abs() < 1e-7);
         assert!((params[0].value[1] - (-2.0 - m1)).abs() < 1e-7);
         opt.update(&mut params, &[vec![0.5, -1.0]], 0.1);
