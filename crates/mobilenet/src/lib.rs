@@ -22,6 +22,7 @@
 pub mod classify;
 mod config;
 mod cost;
+pub mod data;
 pub mod engine;
 mod error;
 pub mod import;
