@@ -1,6 +1,7 @@
 //! `mobilenet`: the command-line tool of the mobilenet project.
 
 mod commands;
+mod plot;
 mod table;
 
 use std::process::ExitCode;
@@ -11,8 +12,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "mobilenet", version)]
 struct Cli {
+    /// Without a command: train on the built-in Fashion-MNIST demo data (as `train` with no
+    /// options), then classify held-out images with the result
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -25,6 +28,10 @@ enum Command {
     Classify(commands::classify::ClassifyArgs),
     /// Measure inference latency, throughput and memory
     Bench(commands::bench::BenchArgs),
+    /// Train or fine-tune on an image data set (default: built-in Fashion-MNIST)
+    Train(Box<commands::train::TrainArgs>),
+    /// Top-1/top-5, per-class accuracy and confusion matrix of a model on labelled data
+    Eval(commands::eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,11 +39,23 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
-    let result = match cli.command {
+    let command = match cli.command {
+        Some(c) => c,
+        None => {
+            println!("mobilenet: no command given, running the built-in demo (`mobilenet --help` lists the commands)");
+            let default = Cli::parse_from(["mobilenet", "train"]);
+            default
+                .command
+                .unwrap_or_else(|| unreachable!("train parses"))
+        }
+    };
+    let result = match command {
         Command::Arch(args) => commands::arch::run(&args),
         Command::Import(args) => commands::import::run(&args),
         Command::Classify(args) => commands::classify::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
+        Command::Train(args) => commands::train::run(&args),
+        Command::Eval(args) => commands::eval::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,6 +25,7 @@ mod cost;
 pub mod data;
 pub mod engine;
 mod error;
+pub mod eval;
 pub mod import;
 mod layers;
 pub mod paper;

@@ -234,6 +234,35 @@ impl ModelFile {
     /// Parses and validates a model file held in memory (`path` is used in messages).
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<ModelFile, ModelError> {
         let (tensors, metadata) = read_safetensors(bytes, path)?;
+        ModelFile::from_parts(tensors, &metadata, path)
+    }
+
+    /// Parses a model file with extra tensors (names starting with `extra_prefix`) and returns
+    /// them and the metadata as well: the reading side of [`ModelFile::to_bytes_with`].
+    pub fn from_bytes_with(
+        bytes: &[u8],
+        path: &Path,
+        extra_prefix: &str,
+    ) -> Result<WithExtras, ModelError> {
+        let (mut tensors, metadata) = read_safetensors(bytes, path)?;
+        let extra_names: Vec<String> = tensors
+            .keys()
+            .filter(|k| k.starts_with(extra_prefix))
+            .cloned()
+            .collect();
+        let extra = extra_names
+            .into_iter()
+            .filter_map(|k| tensors.remove(&k).map(|t| (k, t)))
+            .collect();
+        let model = ModelFile::from_parts(tensors, &metadata, path)?;
+        Ok((model, extra, metadata))
+    }
+
+    fn from_parts(
+        tensors: BTreeMap<String, Tensor>,
+        metadata: &std::collections::HashMap<String, String>,
+        path: &Path,
+    ) -> Result<ModelFile, ModelError> {
         let meta = |key: &str| -> Result<&String, ModelError> {
             metadata.get(key).ok_or_else(|| ModelError::Metadata {
                 path: path.to_path_buf(),
@@ -292,7 +321,16 @@ impl ModelFile {
 
     /// The safetensors bytes of this model.
     pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
-        let mut metadata = std::collections::HashMap::new();
+        self.to_bytes_with(&BTreeMap::new(), std::collections::HashMap::new())
+    }
+
+    /// The safetensors bytes of this model plus `extra` tensors and metadata (a training
+    /// checkpoint adds its optimiser state this way; [`ModelFile::from_bytes_with`] reads it).
+    pub fn to_bytes_with(
+        &self,
+        extra: &BTreeMap<String, Tensor>,
+        mut metadata: std::collections::HashMap<String, String>,
+    ) -> Result<Vec<u8>, ModelError> {
         metadata.insert("format".to_string(), FORMAT.to_string());
         metadata.insert("format_version".to_string(), FORMAT_VERSION.to_string());
         metadata.insert(
@@ -307,6 +345,7 @@ impl ModelFile {
         let views: Vec<(String, TensorView<'_>)> = self
             .tensors
             .iter()
+            .chain(extra.iter())
             .map(|(name, t)| {
                 let bytes: &[u8] = bytemuck_f32(&t.data);
                 // The shape and byte length agree by construction of Tensor.
@@ -358,6 +397,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     }
     result.map_err(io)
 }
+
+/// A model file, the extra tensors stored with it, and the file's metadata.
+pub type WithExtras = (
+    ModelFile,
+    BTreeMap<String, Tensor>,
+    std::collections::HashMap<String, String>,
+);
 
 /// Tensors by name, and the string metadata of a safetensors file.
 pub(crate) type RawSafetensors = (

@@ -1,4 +1,6 @@
 pub mod arch;
 pub mod bench;
 pub mod classify;
+pub mod eval;
 pub mod import;
+pub mod train;

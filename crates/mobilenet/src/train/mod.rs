@@ -3,6 +3,7 @@
 pub mod net;
 pub mod ops;
 pub mod optim;
+pub mod trainer;
 
 /// Seeded generator for training (dropout masks, shuffling, augmentation, initialisation):
 /// xorshift64*, with its whole state in one `u64` so checkpoints can store and restore it.

@@ -1,0 +1,103 @@
+//! `mobilenet eval`: top-1/top-5, per-class accuracy and the confusion matrix of a model on a
+//! labelled data set.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use mobilenet::data::Dataset;
+use mobilenet::eval::evaluate;
+use mobilenet::{InferenceModel, ModelFile};
+
+use crate::plot;
+use crate::table::{Align, Table};
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Model file
+    #[arg(long)]
+    model: PathBuf,
+    /// Labelled data: image folder, CIFAR-10 .bin folder or IDX files (see `train --help`)
+    #[arg(long)]
+    data: PathBuf,
+    /// Images per forward pass
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Compute threads (default: all cores)
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Where to draw the confusion matrix (PNG)
+    #[arg(long)]
+    confusion_png: Option<PathBuf>,
+    /// One JSON object on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let file = ModelFile::load(&args.model)?;
+    if file.config.classes().is_none() {
+        bail!("{}: the model has no classifier head", args.model.display());
+    }
+    let data = Dataset::open(&args.data)?;
+    if let Some(labels) = &file.labels {
+        if labels.len() >= data.classes().len() && labels[..data.classes().len()] != *data.classes()
+        {
+            eprintln!("warning: the model's labels differ from the data set's class folders; comparing by index");
+        }
+    }
+    let model = InferenceModel::new(&file);
+    let report = evaluate(&model, &data, args.batch, args.threads, 2)?;
+    if let Some(png) = &args.confusion_png {
+        let title = format!(
+            "{} on {}: top-1 {:.2}%",
+            args.model.display(),
+            args.data.display(),
+            100.0 * report.top1
+        );
+        plot::confusion_matrix(png, &report.classes, &report.confusion, &title)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{} images: top-1 {:.2}%, top-5 {:.2}%, loss {:.4}",
+        report.images,
+        100.0 * report.top1,
+        100.0 * report.top5,
+        report.loss
+    );
+    let k = report.classes.len();
+    let mut t = Table::new(&[
+        ("class", Align::Left),
+        ("images", Align::Right),
+        ("accuracy", Align::Right),
+    ]);
+    for (c, name) in report.classes.iter().enumerate() {
+        let n: usize = report.confusion[c].iter().sum();
+        t.row([
+            name.clone(),
+            n.to_string(),
+            format!("{:.1}%", 100.0 * report.per_class[c]),
+        ]);
+    }
+    print!("{}", t.render());
+    if k <= 20 {
+        println!("\nconfusion matrix (rows: true class, columns: predicted):");
+        let mut columns = vec![("".to_string(), Align::Left)];
+        columns.extend((0..k).map(|c| (c.to_string(), Align::Right)));
+        let cols: Vec<(&str, Align)> = columns.iter().map(|(s, a)| (s.as_str(), *a)).collect();
+        let mut m = Table::new(&cols);
+        for (c, row) in report.confusion.iter().enumerate() {
+            let mut cells = vec![format!("{c} {}", report.classes[c])];
+            cells.extend(row.iter().take(k).map(|n| n.to_string()));
+            m.row(cells);
+        }
+        print!("{}", m.render());
+    }
+    if let Some(png) = &args.confusion_png {
+        println!("confusion matrix drawn to {}", png.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! Evaluation of a model on a labelled data set: top-1, top-5, loss, per-class accuracy and the
+//! confusion matrix.
+
+use serde::Serialize;
+
+use crate::data::{Augment, DataError, Dataset, Loader};
+use crate::engine::InferenceModel;
+
+/// The result of evaluating a model on a data set.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EvalReport {
+    /// Images evaluated.
+    pub images: usize,
+    /// Fraction whose most probable class is the label.
+    pub top1: f32,
+    /// Fraction whose label is among the five most probable classes.
+    pub top5: f32,
+    /// Mean cross-entropy.
+    pub loss: f32,
+    /// Class names (from the data set).
+    pub classes: Vec<String>,
+    /// Accuracy per true class (NaN where the class has no images).
+    pub per_class: Vec<f32>,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Evaluates `model` on `data` with the model's preprocessing, `batch` images at a time on
+/// `threads` threads, decoding on `workers` loader threads.
+///
+/// # Errors
+///
+/// An image that does not decode; a data set with more classes than the model.
+pub fn evaluate(
+    model: &InferenceModel,
+    data: &Dataset,
+    batch: usize,
+    threads: usize,
+    workers: usize,
+) -> Result<EvalReport, DataError> {
+    let classes = model.output_len();
+    let k = data.classes().len();
+    if k > classes {
+        return Err(DataError::Format {
+            path: "<data set>".into(),
+            reason: format!("the data set has {k} classes, the model only {classes}"),
+        });
+    }
+    let res = model.config().resolution();
+    let batch = batch.clamp(1, data.len().max(1));
+    let mut session = model.session(batch, threads);
+    let mut confusion = vec![vec![0usize; classes]; k];
+    let (mut top1, mut top5, mut loss) = (0usize, 0usize, 0.0f64);
+    let order: Vec<usize> = (0..data.len()).collect();
+    let pre = *model.preprocessing();
+    let loader = Loader::new(data, order, batch, 0, res, Augment::None, pre, 0, workers);
+    let mut probs = vec![0.0f32; classes];
+    for b in loader {
+        let b = b?;
+        let n = b.labels.len();
+        let mut input = b.images;
+        input.resize(batch * res * res * 3, 0.0);
+        let logits = session.run(&input);
+        for (row, &label) in logits.chunks(classes).zip(&b.labels).take(n) {
+            mobilenet_kernels::pool::softmax(row, &mut probs);
+            loss -= (probs[label].max(1e-30) as f64).ln();
+            let rank = probs.iter().filter(|&&p| p > probs[label]).count();
+            top1 += usize::from(rank == 0);
+            top5 += usize::from(rank < 5);
+            let predicted = crate::classify::top_k(&probs, 1, None)[0].class;
+            confusion[label][predicted] += 1;
+        }
+    }
+    let images = data.len();
+    let per_class = confusion
+        .iter()
+        .enumerate()
+        .map(|(c, row)| row[c] as f32 / row.iter().sum::<usize>() as f32)
+        .collect();
+    Ok(EvalReport {
+        images,
+        top1: top1 as f32 / images.max(1) as f32,
+        top5: top5 as f32 / images.max(1) as f32,
+        loss: (loss / images.max(1) as f64) as f32,
+        classes: data.classes().to_vec(),
+        per_class,
+        confusion,
+    })
+}

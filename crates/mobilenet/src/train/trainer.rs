@@ -1,0 +1,448 @@
+//! The training loop: epochs of shuffled, augmented batches, the optimiser and schedule,
+//! evaluation after each epoch, metrics, and checkpoints that resume a run exactly.
+//!
+//! A run directory holds:
+//! - `checkpoint.safetensors`: weights, batch-norm statistics, optimiser state and the trainer's
+//!   state (position, options, metrics so far) — everything a resume needs; written atomically
+//!   after every epoch and on interruption.
+//! - `model-last.safetensors`, `model-best.safetensors`: plain model files for `classify`/`eval`.
+//! - `metrics.jsonl`: one JSON object per epoch (rewritten from the checkpointed history).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::net::{StepOptions, TrainNet};
+use super::optim::{Optimizer, OptimizerKind, Schedule};
+use super::Rng;
+use crate::data::{shuffle, Augment, DataError, Dataset, Loader};
+use crate::engine::InferenceModel;
+use crate::error::ModelError;
+use crate::eval::evaluate;
+use crate::weights::{write_atomic, ModelFile, Tensor};
+
+/// Everything that defines a training run besides the model and the data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Base learning rate.
+    pub lr: f32,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Optimiser.
+    pub optimizer: OptimizerKind,
+    /// L2 weight decay on conv, pointwise and FC weights (never depthwise filters).
+    pub weight_decay: f32,
+    /// Label smoothing (0: off, as in the paper).
+    pub label_smoothing: f32,
+    /// Batch-norm moving-average decay.
+    pub bn_decay: f32,
+    /// Training augmentation.
+    pub augment: Augment,
+    /// Seed of shuffling, augmentation and dropout.
+    pub seed: u64,
+    /// Compute threads (0: all cores).
+    pub threads: usize,
+    /// Threads decoding and augmenting images ahead of the steps.
+    pub loader_workers: usize,
+}
+
+/// Metrics of one epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's steps.
+    pub train_loss: f32,
+    /// Training accuracy over the epoch (with augmentation and batch statistics).
+    pub train_accuracy: f32,
+    /// Held-out loss (moving statistics, no augmentation).
+    pub val_loss: f32,
+    /// Held-out top-1 accuracy.
+    pub val_accuracy: f32,
+    /// Held-out top-5 accuracy.
+    pub val_top5: f32,
+    /// Learning rate at the end of the epoch.
+    pub lr: f32,
+    /// Training images per second (steps only, evaluation excluded).
+    pub images_per_second: f32,
+    /// Wall-clock seconds of the epoch, evaluation included.
+    pub seconds: f32,
+}
+
+/// Sums over the steps of the current epoch so far.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    loss_sum: f64,
+    correct: usize,
+    seen: usize,
+    step_seconds: f64,
+    steps: usize,
+}
+
+/// The trainer's position and history, stored in checkpoints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// The run's options.
+    pub options: TrainOptions,
+    /// Epoch in progress (0-based).
+    pub epoch: usize,
+    /// Next batch of that epoch.
+    pub batch: usize,
+    /// Steps taken in the whole run.
+    pub step: u64,
+    /// The epoch in progress so far.
+    pub partial: PartialEpoch,
+    /// Finished epochs.
+    pub history: Vec<EpochMetrics>,
+    /// Best held-out accuracy so far.
+    pub best_val_accuracy: f32,
+}
+
+/// How a call to [`Trainer::run`] ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunEnd {
+    /// All epochs done.
+    Finished,
+    /// Stopped on request; a checkpoint of the exact position was written.
+    Interrupted,
+}
+
+/// Why training stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainFailure {
+    /// A batch could not be loaded.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A file could not be read or written.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The loss became NaN or infinite; the last checkpoint was kept.
+    #[error("the loss became {loss} at epoch {epoch}, step {batch}: stopping; the last good checkpoint is kept (lower the learning rate?)")]
+    NonFinite {
+        /// The loss.
+        loss: f32,
+        /// Epoch (from 1).
+        epoch: usize,
+        /// Batch within the epoch.
+        batch: usize,
+    },
+    /// The model cannot be trained.
+    #[error(transparent)]
+    Train(#[from] super::net::TrainError),
+    /// The checkpoint's trainer state is unreadable.
+    #[error("{path}: {reason}")]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Progress reports during a run.
+pub trait Progress {
+    /// After every step: epoch (0-based), batch, batches in the epoch, running loss and
+    /// accuracy of the epoch, images per second.
+    fn step(
+        &mut self,
+        epoch: usize,
+        batch: usize,
+        batches: usize,
+        loss: f32,
+        accuracy: f32,
+        images_per_second: f32,
+    );
+    /// After every epoch, once its checkpoint and metrics are written.
+    fn epoch(&mut self, metrics: &EpochMetrics, history: &[EpochMetrics]);
+    /// Polled between steps: true to stop (the position is checkpointed).
+    fn stop_requested(&self) -> bool {
+        false
+    }
+}
+
+/// A training run in progress.
+#[derive(Debug)]
+pub struct Trainer {
+    /// The network.
+    pub net: TrainNet,
+    /// The optimiser and its state.
+    pub optimizer: Optimizer,
+    /// Position and history.
+    pub state: TrainerState,
+    dir: PathBuf,
+}
+
+/// File names in a run directory.
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+/// The last model, for classify and eval.
+pub const MODEL_LAST: &str = "model-last.safetensors";
+/// The model with the best held-out accuracy.
+pub const MODEL_BEST: &str = "model-best.safetensors";
+/// Per-epoch metrics.
+pub const METRICS: &str = "metrics.jsonl";
+
+impl Trainer {
+    /// A new run from `model` writing to `dir`.
+    pub fn new(
+        model: &ModelFile,
+        options: TrainOptions,
+        dir: &Path,
+    ) -> Result<Trainer, TrainFailure> {
+        let net = TrainNet::from_model(model, options.threads)?;
+        let optimizer = Optimizer::new(options.optimizer, options.weight_decay, &net.params);
+        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Trainer {
+            net,
+            optimizer,
+            state: TrainerState {
+                options,
+                epoch: 0,
+                batch: 0,
+                step: 0,
+                partial: PartialEpoch::default(),
+                history: Vec::new(),
+                best_val_accuracy: f32::NEG_INFINITY,
+            },
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Resumes the run in `dir` from its checkpoint.
+    pub fn resume(dir: &Path) -> Result<Trainer, TrainFailure> {
+        let path = dir.join(CHECKPOINT);
+        let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let (model, extra, metadata) = ModelFile::from_bytes_with(&bytes, &path, "optimizer/")?;
+        let bad = |reason: String| TrainFailure::Checkpoint {
+            path: path.clone(),
+            reason,
+        };
+        let state: TrainerState = serde_json::from_str(
+            metadata
+                .get("trainer")
+                .ok_or_else(|| bad("no trainer state".into()))?,
+        )
+        .map_err(|e| bad(format!("invalid trainer state: {e}")))?;
+        let optimizer_meta: Optimizer = serde_json::from_str(
+            metadata
+                .get("optimizer")
+                .ok_or_else(|| bad("no optimiser state".into()))?,
+        )
+        .map_err(|e| bad(format!("invalid optimiser state: {e}")))?;
+        let net = TrainNet::from_model(&model, state.options.threads)?;
+        let mut optimizer = Optimizer::new(
+            optimizer_meta.kind,
+            optimizer_meta.weight_decay,
+            &net.params,
+        );
+        optimizer.step = optimizer_meta.step;
+        for (i, p) in net.params.iter().enumerate() {
+            for (prefix, target) in [
+                ("optimizer/mean_square/", &mut optimizer.mean_square[i]),
+                ("optimizer/momentum/", &mut optimizer.momentum[i]),
+            ] {
+                if target.is_empty() {
+                    continue;
+                }
+                let t = extra
+                    .get(&format!("{prefix}{}", p.name))
+                    .ok_or_else(|| bad(format!("missing {prefix}{}", p.name)))?;
+                if t.data.len() != target.len() {
+                    return Err(bad(format!(
+                        "{prefix}{} has {} values, expected {}",
+                        p.name,
+                        t.data.len(),
+                        target.len()
+                    )));
+                }
+                target.copy_from_slice(&t.data);
+            }
+        }
+        Ok(Trainer {
+            net,
+            optimizer,
+            state,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes the checkpoint (atomically).
+    pub fn save_checkpoint(&self) -> Result<(), TrainFailure> {
+        let model = self.net.to_model();
+        let mut extra = BTreeMap::new();
+        for (i, p) in self.net.params.iter().enumerate() {
+            if !self.optimizer.mean_square[i].is_empty() {
+                extra.insert(
+                    format!("optimizer/mean_square/{}", p.name),
+                    Tensor::new(p.shape.clone(), self.optimizer.mean_square[i].clone()),
+                );
+            }
+            extra.insert(
+                format!("optimizer/momentum/{}", p.name),
+                Tensor::new(p.shape.clone(), self.optimizer.momentum[i].clone()),
+            );
+        }
+        let mut metadata = std::collections::HashMap::new();
+        let json = |v: serde_json::Result<String>| v.unwrap_or_default();
+        metadata.insert(
+            "trainer".to_string(),
+            json(serde_json::to_string(&self.state)),
+        );
+        let opt_meta = Optimizer {
+            mean_square: Vec::new(),
+            momentum: Vec::new(),
+            ..self.optimizer.clone()
+        };
+        metadata.insert(
+            "optimizer".to_string(),
+            json(serde_json::to_string(&opt_meta)),
+        );
+        let bytes = model.to_bytes_with(&extra, metadata)?;
+        write_atomic(&self.dir.join(CHECKPOINT), &bytes)?;
+        Ok(())
+    }
+
+    /// Trains until the last epoch or a stop request.
+    ///
+    /// # Errors
+    ///
+    /// Data that cannot be loaded, files that cannot be written, a non-finite loss (the last
+    /// checkpoint is left as it was).
+    pub fn run(
+        &mut self,
+        train: &Dataset,
+        val: &Dataset,
+        progress: &mut dyn Progress,
+    ) -> Result<RunEnd, TrainFailure> {
+        let o = self.state.options.clone();
+        let res = self.net.config().resolution();
+        let pre = self.net.to_model().preprocessing;
+        let batches = train.len().div_ceil(o.batch_size.max(1));
+        let step_options = StepOptions {
+            label_smoothing: o.label_smoothing,
+            bn_decay: o.bn_decay,
+            update_bn_stats: true,
+        };
+        let mut grads = self.net.zero_gradients();
+        while self.state.epoch < o.epochs {
+            let epoch = self.state.epoch;
+            let epoch_start = Instant::now();
+            let mut order: Vec<usize> = (0..train.len()).collect();
+            shuffle(
+                &mut order,
+                &mut Rng::new(o.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9)),
+            );
+            let loader_seed = o.seed ^ (epoch as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            let loader = Loader::new(
+                train,
+                order,
+                o.batch_size,
+                self.state.batch,
+                res,
+                o.augment,
+                pre,
+                loader_seed,
+                o.loader_workers,
+            );
+            for batch in loader {
+                let batch = batch?;
+                let t = Instant::now();
+                let frac = epoch as f32 + batch.index as f32 / batches as f32;
+                let lr = o.schedule.rate(o.lr, frac, o.epochs as f32);
+                let mut rng =
+                    Rng::new(o.seed ^ self.state.step.wrapping_mul(0xA076_1D64_78BD_642F));
+                let stats = self.net.step(
+                    &batch.images,
+                    &batch.labels,
+                    &mut rng,
+                    &step_options,
+                    &mut grads,
+                );
+                if !stats.loss.is_finite() {
+                    return Err(TrainFailure::NonFinite {
+                        loss: stats.loss,
+                        epoch: epoch + 1,
+                        batch: batch.index,
+                    });
+                }
+                self.optimizer.update(&mut self.net.params, &grads, lr);
+                let p = &mut self.state.partial;
+                let n = batch.labels.len();
+                p.loss_sum += stats.loss as f64 * n as f64;
+                p.correct += stats.correct;
+                p.seen += n;
+                p.step_seconds += t.elapsed().as_secs_f64();
+                p.steps += 1;
+                self.state.step += 1;
+                self.state.batch = batch.index + 1;
+                progress.step(
+                    epoch,
+                    batch.index,
+                    batches,
+                    (p.loss_sum / p.seen as f64) as f32,
+                    p.correct as f32 / p.seen as f32,
+                    (p.seen as f64 / p.step_seconds.max(1e-9)) as f32,
+                );
+                if progress.stop_requested() && self.state.batch < batches {
+                    self.save_checkpoint()?;
+                    return Ok(RunEnd::Interrupted);
+                }
+            }
+            // End of epoch: evaluate with the moving statistics, record, checkpoint.
+            let model = self.net.to_model();
+            let plan = InferenceModel::new(&model);
+            let report = evaluate(&plan, val, o.batch_size.max(1), o.threads, o.loader_workers)?;
+            let p = std::mem::take(&mut self.state.partial);
+            let metrics = EpochMetrics {
+                epoch: epoch + 1,
+                train_loss: (p.loss_sum / p.seen.max(1) as f64) as f32,
+                train_accuracy: p.correct as f32 / p.seen.max(1) as f32,
+                val_loss: report.loss,
+                val_accuracy: report.top1,
+                val_top5: report.top5,
+                lr: o.schedule.rate(o.lr, (epoch + 1) as f32, o.epochs as f32),
+                images_per_second: (p.seen as f64 / p.step_seconds.max(1e-9)) as f32,
+                seconds: epoch_start.elapsed().as_secs_f32(),
+            };
+            self.state.history.push(metrics.clone());
+            self.state.epoch += 1;
+            self.state.batch = 0;
+            // Rewritten whole from the history, so a run killed between this and its
+            // checkpoint never ends up with an epoch twice.
+            let lines: String = self
+                .state
+                .history
+                .iter()
+                .map(|m| serde_json::to_string(m).unwrap_or_default() + "\n")
+                .collect();
+            write_atomic(&self.dir.join(METRICS), lines.as_bytes())?;
+            model.save(&self.dir.join(MODEL_LAST))?;
+            if metrics.val_accuracy > self.state.best_val_accuracy {
+                self.state.best_val_accuracy = metrics.val_accuracy;
+                model.save(&self.dir.join(MODEL_BEST))?;
+            }
+            self.save_checkpoint()?;
+            progress.epoch(&metrics, &self.state.history);
+            if progress.stop_requested() && self.state.epoch < o.epochs {
+                return Ok(RunEnd::Interrupted);
+            }
+        }
+        Ok(RunEnd::Finished)
+    }
+}
