@@ -1,0 +1,234 @@
+//! Killing a training run mid-epoch (SIGKILL) and resuming it reproduces the uninterrupted run:
+//! the same per-epoch metrics, bit for bit (timings aside), and the same final weights.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mobilenet::data::Dataset;
+use mobilenet::ModelFile;
+
+fn mobilenet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mobilenet"))
+}
+
+/// Writes the first `n` built-in Fashion-MNIST images as IDX files (a small data set on disk).
+fn small_fashion_mnist(dir: &Path, n: usize) {
+    let data = Dataset::builtin_fashion_mnist();
+    let mut images = vec![0, 0, 8, 3];
+    for d in [n as u32, 28, 28] {
+        images.extend_from_slice(&d.to_be_bytes());
+    }
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend_from_slice(&(n as u32).to_be_bytes());
+    for i in 0..n {
+        images.extend(
+            data.image(i)
+                .expect("built-in image")
+                .pixels()
+                .map(|p| p.0[0]),
+        );
+        labels.push(data.label(i) as u8);
+    }
+    std::fs::create_dir_all(dir).expect("data dir");
+    std::fs::write(dir.join("small-images-idx3-ubyte"), images).expect("write images");
+    std::fs::write(dir.join("small-labels-idx1-ubyte"), labels).expect("write labels");
+}
+
+fn train_args(data: &Path, out: &Path) -> Vec<String> {
+    [
+        "train",
+        "--data",
+        data.to_str().expect("utf-8"),
+        "--holdout",
+        "100",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--threads",
+        "2",
+        "--show",
+        "0",
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// metrics.jsonl without the timing fields.
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .expect("metrics.jsonl")
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            let o = v.as_object_mut().expect("object");
+            o.remove("seconds");
+            o.remove("images_per_second");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn sigkill_mid_epoch_then_resume_reproduces_the_run() {
+    let root = std::env::temp_dir().join(format!("mobilenet-resume-{}", std::process::id()));
+    let data = root.join("data");
+    small_fashion_mnist(&data, 600);
+    let (whole, killed): (PathBuf, PathBuf) = (root.join("whole"), root.join("killed"));
+
+    let status = mobilenet()
+        .args(train_args(&data, &whole))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
+    assert!(status.success(), "uninterrupted run");
+
+    // Start again, wait for the first epoch's checkpoint, then kill during the second epoch.
+    let mut child = mobilenet()
+        .args(train_args(&data, &killed))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    while !killed.join("checkpoint.safetensors").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let partial = metrics(&killed);
+    assert!(
+        !partial.is_empty() && partial.len() < 3,
+        "killed during the run ({} epochs done)",
+        partial.len()
+    );
+
+    let status = mobilenet()
+        .args([
+            "train",
+            "--data",
+            data.to_str().expect("utf-8"),
+            "--holdout",
+            "100",
+            "--show",
+            "0",
+            "--resume",
+            killed.to_str().expect("utf-8"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("resume");
+    assert!(status.success(), "resumed run");
+    assert_eq!(
+        metrics(&killed),
+        metrics(&whole),
+        "resumed metrics equal the uninterrupted run's"
+    );
+    let a = ModelFile::load(&whole.join("model-last.safetensors")).expect("model");
+    let b = ModelFile::load(&killed.join("model-last.safetensors")).expect("model");
+    assert!(a == b, "final weights and statistics are identical");
+    std::fs::remove_dir_all(&root).expect("clean up");
+}
+
+#[test]
+fn ctrl_c_checkpoints_mid_epoch_and_resume_reproduces_the_run() {
+    let root = std::env::temp_dir().join(format!("mobilenet-sigint-{}", std::process::id()));
+    let data = root.join("data");
+    small_fashion_mnist(&data, 600);
+    let (whole, stopped): (PathBuf, PathBuf) = (root.join("whole"), root.join("stopped"));
+    let status = mobilenet()
+        .args(train_args(&data, &whole))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
+    assert!(status.success(), "uninterrupted run");
+
+    let mut child = mobilenet()
+        .args(train_args(&data, &stopped))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    while !stopped.join("checkpoint.safetensors").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(kill.success());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "exit code 130 after Ctrl-C: {stderr}"
+    );
+    assert!(stderr.contains("--resume"), "says how to resume: {stderr}");
+
+    let status = mobilenet()
+        .args([
+            "train",
+            "--data",
+            data.to_str().expect("utf-8"),
+            "--holdout",
+            "100",
+            "--show",
+            "0",
+            "--resume",
+            stopped.to_str().expect("utf-8"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("resume");
+    assert!(status.success(), "resumed run");
+    assert_eq!(
+        metrics(&stopped),
+        metrics(&whole),
+        "resumed metrics equal the uninterrupted run's"
+    );
+    let a = ModelFile::load(&whole.join("model-last.safetensors")).expect("model");
+    let b = ModelFile::load(&stopped.join("model-last.safetensors")).expect("model");
+    assert!(a == b, "final weights and statistics are identical");
+    std::fs::remove_dir_all(&root).expect("clean up");
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_message() {
+    let root = std::env::temp_dir().join(format!("mobilenet-nan-{}", std::process::id()));
+    let data = root.join("data");
+    small_fashion_mnist(&data, 200);
+    let out = root.join("run");
+    let mut args = train_args(&data, &out);
+    args.extend(["--lr", "1e38"].map(String::from));
+    let result = mobilenet()
+        .args(args)
+        .stdout(Stdio::null())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "a NaN loss fails the run");
+    assert!(stderr.contains("the loss became"), "{stderr}");
+    assert!(stderr.contains("last good checkpoint"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    std::fs::remove_dir_all(&root).expect("clean up");
+}

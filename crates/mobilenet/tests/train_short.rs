@@ -1,0 +1,75 @@
+//! A short real training run: a few hundred Fashion-MNIST images, two epochs. The loss must fall
+//! and held-out accuracy beat chance (10%) by a wide margin.
+
+use mobilenet::data::{Augment, Dataset};
+use mobilenet::train::optim::{OptimizerKind, Schedule};
+use mobilenet::train::trainer::{EpochMetrics, Progress, RunEnd, TrainOptions, Trainer};
+use mobilenet::weights::ModelFile;
+use mobilenet::{MobileNetConfig, Stem};
+
+struct Quiet(Vec<f32>);
+
+impl Progress for Quiet {
+    fn step(&mut self, _: usize, _: usize, _: usize, loss: f32, _: f32, _: f32) {
+        self.0.push(loss);
+    }
+    fn epoch(&mut self, _: &EpochMetrics, _: &[EpochMetrics]) {}
+}
+
+#[test]
+fn a_short_run_learns_fashion_mnist() {
+    let all = Dataset::builtin_fashion_mnist();
+    let train = all.subset(&(0..800).collect::<Vec<_>>());
+    let val = all.subset(&(9000..9300).collect::<Vec<_>>());
+    let config = MobileNetConfig::new(0.25, 32)
+        .and_then(|c| c.with_classes(10))
+        .expect("valid")
+        .with_stem(Stem::SmallInput);
+    let mut model = ModelFile::random(config, 3);
+    model.preprocessing.crop = 1.0;
+    let options = TrainOptions {
+        epochs: 3,
+        batch_size: 32,
+        lr: 0.1,
+        schedule: Schedule::Cosine { warmup_epochs: 0.5 },
+        optimizer: OptimizerKind::paper(),
+        weight_decay: 4e-5,
+        label_smoothing: 0.0,
+        bn_decay: 0.9,
+        augment: Augment::None,
+        seed: 1,
+        threads: 2,
+        loader_workers: 2,
+    };
+    let dir = std::env::temp_dir().join(format!("mobilenet-short-{}", std::process::id()));
+    let mut trainer = Trainer::new(&model, options, &dir).expect("trainer");
+    let mut progress = Quiet(Vec::new());
+    let end = trainer
+        .run(&train, &val, &mut progress)
+        .expect("training runs");
+    assert_eq!(end, RunEnd::Finished);
+    let h = &trainer.state.history;
+    assert_eq!(h.len(), 3);
+    let first_steps: f32 = progress.0[..5].iter().sum::<f32>() / 5.0;
+    assert!(
+        h[2].train_loss < 0.75 * first_steps,
+        "loss fell: {first_steps} → {}",
+        h[2].train_loss
+    );
+    assert!(
+        h[2].val_accuracy > 0.45,
+        "held-out accuracy {} (chance is 0.10)",
+        h[2].val_accuracy
+    );
+    for f in [
+        "checkpoint.safetensors",
+        "model-best.safetensors",
+        "model-last.safetensors",
+        "metrics.jsonl",
+    ] {
+        assert!(dir.join(f).exists(), "{f} written");
+    }
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).expect("metrics");
+    assert_eq!(metrics.lines().count(), 3);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
