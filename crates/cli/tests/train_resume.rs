@@ -155,7 +155,7 @@ fn ctrl_c_checkpoints_mid_epoch_and_resume_reproduces_the_run() {
         .expect("run");
     assert!(status.success(), "uninterrupted run");
 
-    let mut child = mobilenet()
+    let child = mobilenet()
         .args(train_args(&data, &stopped))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
