@@ -15,7 +15,7 @@ use mobilenet::train::trainer::{
     EpochMetrics, Progress, RunEnd, TrainOptions, Trainer, MODEL_BEST,
 };
 use mobilenet::weights::{tensor_specs, ModelFile};
-use mobilenet::{InferenceModel, MobileNetConfig, Preset, Stem};
+use mobilenet::{InferenceModel, MobileNetConfig, Padding, Preset, Stem};
 
 use crate::plot;
 
@@ -67,6 +67,9 @@ pub struct TrainArgs {
     /// Stem stride: standard (2) or small-input (1); default small-input at resolution ≤ 64
     #[arg(long)]
     stem: Option<Stem>,
+    /// Padding of the 3×3 convolutions: tf-same (Google's checkpoints) or symmetric (PyTorch's)
+    #[arg(long, default_value = "tf-same")]
+    padding: Padding,
     /// Passes over the training data
     #[arg(long)]
     epochs: Option<usize>,

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""The CIFAR-10 recipe of `mobilenet train` in PyTorch, for BENCHMARKS.md's training comparison.
+
+Same network, data, augmentation, optimiser and schedule as
+
+    mobilenet train --data ../shared/data/cifar10_jpeg --preset 0.5_32 --stem small-input \
+        --padding symmetric --epochs E --batch-size 64 --threads 2 --workers 2
+
+MobileNet v1 alpha 0.5 (min_depth 8), stride-1 stem, symmetric padding 1, BN eps 1e-3 and moving
+decay 0.99 (momentum 0.01), ReLU6, dropout 0.001, 10 classes; inputs x/127.5 - 1; training
+augmentation: zero-pad 4, random 32x32 crop, horizontal flip; RMSprop in TensorFlow's form
+(mean square starts at 1, eps 1.0 inside the root, lr folded into momentum 0.9, decay 0.9) at lr
+0.1 with one epoch of linear warm-up then cosine decay per step; L2 weight decay 4e-5 (gradient
+4e-5 * w) on conv, pointwise and FC weights only. Prints one JSON line per epoch (images/s over
+the training steps, held-out top-1 on test/).
+
+    python scripts/cifar_torch.py --data ../shared/data/cifar10_jpeg --epochs E --threads 2
+"""
+import argparse
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+BODY = [(1, 32), (1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512)] + [(1, 512)] * 5 + [
+    (2, 1024), (1, 1024)]
+
+
+def depth(c, alpha):
+    return max(int(c * alpha), 8)
+
+
+def conv_bn(cin, cout, stride, groups=1, k=3):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01), nn.ReLU6(inplace=True))
+
+
+class MobileNet(nn.Module):
+    def __init__(self, alpha=0.5, classes=10):
+        super().__init__()
+        layers = [conv_bn(3, depth(32, alpha), 1)]  # small-input stem: stride 1
+        cin = depth(32, alpha)
+        for stride, c in BODY[1:]:
+            layers.append(conv_bn(cin, cin, stride, groups=cin))
+            layers.append(conv_bn(cin, depth(c, alpha), 1, k=1))
+            cin = depth(c, alpha)
+        self.body = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(0.001)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        x = self.body(x).mean((2, 3))
+        return self.fc(self.dropout(x))
+
+
+class TfRmsProp(torch.optim.Optimizer):
+    """TF1's RMSPropOptimizer: ms starts at 1; mom = m*mom + lr*g/sqrt(ms+eps); w -= mom."""
+
+    def __init__(self, params, lr, decay=0.9, momentum=0.9, eps=1.0):
+        super().__init__(params, dict(lr=lr, decay=decay, momentum=momentum, eps=eps, wd=0.0))
+
+    @torch.no_grad()
+    def step(self):
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["ms"] = torch.ones_like(p)
+                    st["mom"] = torch.zeros_like(p)
+                grad = p.grad + g["wd"] * p
+                st["ms"].mul_(g["decay"]).addcmul_(grad, grad, value=1 - g["decay"])
+                st["mom"].mul_(g["momentum"]).add_(g["lr"] * grad / (st["ms"] + g["eps"]).sqrt())
+                p.sub_(st["mom"])
+
+
+class Folder(torch.utils.data.Dataset):
+    def __init__(self, root, train):
+        classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        self.items = [(os.path.join(root, c, f), i) for i, c in enumerate(classes)
+                      for f in sorted(os.listdir(os.path.join(root, c)))]
+        self.train = train
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        path, label = self.items[i]
+        x = np.asarray(Image.open(path).convert("RGB").resize((32, 32), Image.BILINEAR), np.float32)
+        if self.train:
+            x = np.pad(x, ((4, 4), (4, 4), (0, 0)))
+            dy, dx = np.random.randint(0, 9, 2)
+            x = x[dy:dy + 32, dx:dx + 32]
+            if np.random.rand() < 0.5:
+                x = x[:, ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(x / 127.5 - 1.0).transpose(2, 0, 1))
+        return x, label
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=0.1)
+    a = ap.parse_args()
+    torch.manual_seed(1)
+    np.random.seed(1)
+    torch.set_num_threads(a.threads)
+    model = MobileNet().to(memory_format=torch.channels_last)
+    # Weight decay on full and 1x1 convs and the FC weight; not on depthwise filters (in_channels
+    # per group = 1), batch norm or biases.
+    decayed = [p for p in model.parameters() if p.dim() > 1 and p.shape[1] != 1]
+    rest = [p for p in model.parameters() if not (p.dim() > 1 and p.shape[1] != 1)]
+    opt = TfRmsProp([{"params": decayed, "wd": 4e-5}, {"params": rest, "wd": 0.0}], lr=a.lr)
+    train = torch.utils.data.DataLoader(Folder(os.path.join(a.data, "train"), True), batch_size=64,
+                                        shuffle=True, num_workers=a.workers, drop_last=False)
+    test = torch.utils.data.DataLoader(Folder(os.path.join(a.data, "test"), False), batch_size=256,
+                                       num_workers=a.workers)
+    steps = len(train)
+    for epoch in range(a.epochs):
+        model.train()
+        seen, correct, loss_sum, busy = 0, 0, 0.0, 0.0
+        for b, (x, y) in enumerate(train):
+            t = time.perf_counter()
+            e = epoch + b / steps
+            lr = a.lr * e if e < 1 else a.lr * 0.5 * (1 + math.cos(math.pi * (e - 1) / (a.epochs - 1)))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            out = model(x.contiguous(memory_format=torch.channels_last))
+            loss = F.cross_entropy(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            busy += time.perf_counter() - t
+            seen += len(y)
+            correct += (out.argmax(1) == y).sum().item()
+            loss_sum += loss.item() * len(y)
+        model.eval()
+        right = total = 0
+        with torch.no_grad():
+            for x, y in test:
+                right += (model(x).argmax(1) == y).sum().item()
+                total += len(y)
+        print(json.dumps({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                          "test_accuracy": right / total, "images_per_second": seen / busy,
+                          "torch": torch.__version__}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
