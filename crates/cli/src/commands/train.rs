@@ -288,11 +288,13 @@ fn model_for(args: &TrainArgs, data: &Dataset) -> Result<ModelFile> {
     let config = MobileNetConfig::new(alpha, resolution)?
         .with_classes(classes)?
         .with_dropout(args.dropout)?
-        .with_stem(stem);
+        .with_stem(stem)
+        .with_padding(args.padding);
     let mut model = match &args.init {
         None => ModelFile::random(config, args.seed),
         Some(path) => {
             let init = ModelFile::load(path)?;
+            // The conventions the weights were trained with (activation, padding) are kept.
             let mut model = ModelFile::random(
                 config
                     .with_activation(init.config.activation())
