@@ -73,13 +73,13 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn sigkill_mid_epoch_then_resume_reproduces_the_run() {
-    let root = std::env::temp_dir().join(format!("mobilenet-resume-{}", std::process::id()));
+/// Runs the same training twice: once to the end, once interrupted by `interrupt` after the
+/// first epoch's checkpoint (during the second epoch) and then resumed; the two must agree.
+fn interrupted_then_resumed(name: &str, interrupt: impl FnOnce(std::process::Child)) {
+    let root = std::env::temp_dir().join(format!("mobilenet-{name}-{}", std::process::id()));
     let data = root.join("data");
     small_fashion_mnist(&data, 600);
-    let (whole, killed): (PathBuf, PathBuf) = (root.join("whole"), root.join("killed"));
-
+    let (whole, cut): (PathBuf, PathBuf) = (root.join("whole"), root.join("cut"));
     let status = mobilenet()
         .args(train_args(&data, &whole))
         .stdout(Stdio::null())
@@ -88,15 +88,14 @@ fn sigkill_mid_epoch_then_resume_reproduces_the_run() {
         .expect("run");
     assert!(status.success(), "uninterrupted run");
 
-    // Start again, wait for the first epoch's checkpoint, then kill during the second epoch.
-    let mut child = mobilenet()
-        .args(train_args(&data, &killed))
+    let child = mobilenet()
+        .args(train_args(&data, &cut))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
     let start = Instant::now();
-    while !killed.join("checkpoint.safetensors").exists() {
+    while !cut.join("checkpoint.safetensors").exists() {
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "no checkpoint after 2 minutes"
@@ -104,12 +103,11 @@ fn sigkill_mid_epoch_then_resume_reproduces_the_run() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
-    child.kill().expect("SIGKILL");
-    let _ = child.wait();
-    let partial = metrics(&killed);
+    interrupt(child);
+    let partial = metrics(&cut);
     assert!(
         !partial.is_empty() && partial.len() < 3,
-        "killed during the run ({} epochs done)",
+        "interrupted during the run ({} epochs done)",
         partial.len()
     );
 
@@ -122,94 +120,49 @@ fn sigkill_mid_epoch_then_resume_reproduces_the_run() {
             "100",
             "--show",
             "0",
-            "--resume",
-            killed.to_str().expect("utf-8"),
         ])
+        .args(["--resume", cut.to_str().expect("utf-8")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .expect("resume");
     assert!(status.success(), "resumed run");
     assert_eq!(
-        metrics(&killed),
+        metrics(&cut),
         metrics(&whole),
         "resumed metrics equal the uninterrupted run's"
     );
     let a = ModelFile::load(&whole.join("model-last.safetensors")).expect("model");
-    let b = ModelFile::load(&killed.join("model-last.safetensors")).expect("model");
+    let b = ModelFile::load(&cut.join("model-last.safetensors")).expect("model");
     assert!(a == b, "final weights and statistics are identical");
     std::fs::remove_dir_all(&root).expect("clean up");
 }
 
 #[test]
+fn sigkill_mid_epoch_then_resume_reproduces_the_run() {
+    interrupted_then_resumed("sigkill", |mut child| {
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+    });
+}
+
+#[test]
 fn ctrl_c_checkpoints_mid_epoch_and_resume_reproduces_the_run() {
-    let root = std::env::temp_dir().join(format!("mobilenet-sigint-{}", std::process::id()));
-    let data = root.join("data");
-    small_fashion_mnist(&data, 600);
-    let (whole, stopped): (PathBuf, PathBuf) = (root.join("whole"), root.join("stopped"));
-    let status = mobilenet()
-        .args(train_args(&data, &whole))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run");
-    assert!(status.success(), "uninterrupted run");
-
-    let child = mobilenet()
-        .args(train_args(&data, &stopped))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let start = Instant::now();
-    while !stopped.join("checkpoint.safetensors").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoint after 2 minutes"
+    interrupted_then_resumed("sigint", |child| {
+        let kill = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("kill -INT");
+        assert!(kill.success());
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "exit code 130 after Ctrl-C: {stderr}"
         );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill -INT");
-    assert!(kill.success());
-    let out = child.wait_with_output().expect("wait");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "exit code 130 after Ctrl-C: {stderr}"
-    );
-    assert!(stderr.contains("--resume"), "says how to resume: {stderr}");
-
-    let status = mobilenet()
-        .args([
-            "train",
-            "--data",
-            data.to_str().expect("utf-8"),
-            "--holdout",
-            "100",
-            "--show",
-            "0",
-            "--resume",
-            stopped.to_str().expect("utf-8"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("resume");
-    assert!(status.success(), "resumed run");
-    assert_eq!(
-        metrics(&stopped),
-        metrics(&whole),
-        "resumed metrics equal the uninterrupted run's"
-    );
-    let a = ModelFile::load(&whole.join("model-last.safetensors")).expect("model");
-    let b = ModelFile::load(&stopped.join("model-last.safetensors")).expect("model");
-    assert!(a == b, "final weights and statistics are identical");
-    std::fs::remove_dir_all(&root).expect("clean up");
+        assert!(stderr.contains("--resume"), "says how to resume: {stderr}");
+    });
 }
 
 #[test]

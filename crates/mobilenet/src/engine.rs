@@ -522,28 +522,7 @@ fn run_layer(
             if cout >= m {
                 gemm_by_columns(pool, m, src, cin, weights, dst, cout, &epi);
             } else {
-                let ranges = split(m, pool.threads(), 1);
-                let parts = Parts::new(
-                    dst,
-                    ranges
-                        .iter()
-                        .map(|r| r.start * cout..r.end * cout)
-                        .collect(),
-                );
-                pool.run(&|t| {
-                    // Safety: part t takes range t only.
-                    let (start, c) = unsafe { parts.get(t) };
-                    let row = start / cout;
-                    gemm(
-                        c.len() / cout,
-                        &src[row * cin..],
-                        cin,
-                        weights,
-                        c,
-                        cout,
-                        &epi,
-                    );
-                });
+                gemm_rows(pool, m, src, cin, weights, dst, cout, &epi);
             }
         }
         Op::Separable {
@@ -636,6 +615,31 @@ fn by_rows(
             out = rest;
             row += n;
         }
+    });
+}
+
+/// `C[m, n] = epilogue(A · B)` with the rows split between the pool's threads.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_rows(
+    pool: &mut SpinPool,
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: &Epilogue,
+) {
+    let ranges = split(m, pool.threads(), 1);
+    let parts = Parts::new(
+        &mut c[..m * ldc],
+        ranges.iter().map(|r| r.start * ldc..r.end * ldc).collect(),
+    );
+    pool.run(&|t| {
+        // Safety: part t takes range t only.
+        let (start, chunk) = unsafe { parts.get(t) };
+        let row = start / ldc;
+        gemm(chunk.len() / ldc, &a[row * lda..], lda, b, chunk, ldc, epi);
     });
 }
 

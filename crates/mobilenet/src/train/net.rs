@@ -19,6 +19,7 @@ use mobilenet_kernels::{ConvGeometry, Epilogue, Isa};
 use super::ops::{self, BnCache};
 use super::Rng;
 use crate::config::{MobileNetConfig, Padding, Variant};
+use crate::engine::gemm_rows;
 use crate::layers::{Hwc, Layer, LayerKind, KERNEL};
 use crate::pool::{split, Parts, SpinPool};
 use crate::weights::{ModelFile, Tensor};
@@ -551,12 +552,7 @@ impl TrainNet {
                         }
                     }
                 });
-                dw.fill(0.0);
-                for part in scratch.chunks_exact(wlen) {
-                    for (a, &b) in dw.iter_mut().zip(part) {
-                        *a += b;
-                    }
-                }
+                sum_partials(scratch, dw);
                 if let Some(dx) = dx {
                     assert!(
                         kind == LayerKind::Depthwise,
@@ -638,9 +634,14 @@ fn pointwise_weight_gradient(
             r += rows;
         }
     });
-    dw.fill(0.0);
-    for part in scratch.chunks_exact(wlen) {
-        for (a, &b) in dw.iter_mut().zip(part) {
+    sum_partials(scratch, dw);
+}
+
+/// `total = Σ` of the per-thread partial sums laid end to end in `partials`.
+fn sum_partials(partials: &[f32], total: &mut [f32]) {
+    total.fill(0.0);
+    for part in partials.chunks_exact(total.len()) {
+        for (a, &b) in total.iter_mut().zip(part) {
             *a += b;
         }
     }
@@ -666,31 +667,6 @@ fn per_image(
         for (j, img) in chunk.chunks_exact_mut(len).enumerate() {
             f(start / len + j, img);
         }
-    });
-}
-
-/// `C[m, n] = epilogue(A · B)` with the rows split between the pool's threads.
-#[allow(clippy::too_many_arguments)]
-fn gemm_rows(
-    pool: &mut SpinPool,
-    m: usize,
-    a: &[f32],
-    lda: usize,
-    b: &PackedB,
-    c: &mut [f32],
-    ldc: usize,
-    epi: &Epilogue,
-) {
-    let ranges = split(m, pool.threads(), 1);
-    let parts = Parts::new(
-        &mut c[..m * ldc],
-        ranges.iter().map(|r| r.start * ldc..r.end * ldc).collect(),
-    );
-    pool.run(&|t| {
-        // Safety: part t takes range t only.
-        let (start, chunk) = unsafe { parts.get(t) };
-        let row = start / ldc;
-        gemm(chunk.len() / ldc, &a[row * lda..], lda, b, chunk, ldc, epi);
     });
 }
 
