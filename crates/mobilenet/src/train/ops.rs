@@ -16,7 +16,7 @@ pub struct BnCache {
 }
 
 /// Per-channel sums over rows: `(Σx, Σx²)` in f64 (a batch of 32 at 112×112 has 401k rows).
-fn channel_moments(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn channel_moments(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     let mut sum = vec![0.0f64; c];
     let mut sq = vec![0.0f64; c];
     // Sum each block of rows in f32 (vectorises), then add the block to the f64 totals.
@@ -157,6 +157,40 @@ pub fn bn_backward(
             dxr[ch] = k[ch] * (dr[ch] - mean_dy[ch] - xhat * mean_dyx[ch]);
         }
     }
+}
+
+/// The sums batch norm's backward pass needs, over a block of rows, with the activation's
+/// derivative applied first: `dy = da · act'(a)` is written back into `da`, and the result is
+/// `(Σdy, Σdy·x̂)` per channel (x̂ recomputed from `z` and the cache).
+pub(crate) fn bn_act_backward_sums(
+    z: &[f32],
+    a: &[f32],
+    da: &mut [f32],
+    c: usize,
+    cache: &BnCache,
+    act: Activation,
+) -> (Vec<f64>, Vec<f64>) {
+    activation_backward(a, act, da);
+    let mut sum_dy = vec![0.0f64; c];
+    let mut sum_dyx = vec![0.0f64; c];
+    let mut b_dy = vec![0.0f32; c];
+    let mut b_dyx = vec![0.0f32; c];
+    for (zb, db) in z.chunks(256 * c).zip(da.chunks(256 * c)) {
+        b_dy.fill(0.0);
+        b_dyx.fill(0.0);
+        for (zr, dr) in zb.chunks_exact(c).zip(db.chunks_exact(c)) {
+            for ch in 0..c {
+                let xhat = (zr[ch] - cache.mean[ch]) * cache.inv_std[ch];
+                b_dy[ch] += dr[ch];
+                b_dyx[ch] += dr[ch] * xhat;
+            }
+        }
+        for ch in 0..c {
+            sum_dy[ch] += b_dy[ch] as f64;
+            sum_dyx[ch] += b_dyx[ch] as f64;
+        }
+    }
+    (sum_dy, sum_dyx)
 }
 
 /// Upper bound of the activation (∞ for ReLU).
