@@ -16,6 +16,7 @@
 //! | [`pool::global_avg_pool`], [`pool::softmax`] | the head |
 
 pub mod backward;
+pub mod bn;
 pub mod conv;
 pub mod dwconv;
 mod epilogue;

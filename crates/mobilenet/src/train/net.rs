@@ -629,15 +629,13 @@ fn bn_act_forward(
         .map(|ch| beta[ch] - cache.mean[ch] * scale[ch])
         .collect();
     let hi = ops::activation_max(act);
+    let isa = mobilenet_kernels::Isa::detect();
     let parts = Parts::new(a, ranges.iter().map(|r| r.start * c..r.end * c).collect());
     pool.run(&|t| {
         // Safety: part t takes range t only.
         let (start, out) = unsafe { parts.get(t) };
-        for (yr, xr) in out.chunks_exact_mut(c).zip(z[start..].chunks_exact(c)) {
-            for ch in 0..c {
-                yr[ch] = (xr[ch] * scale[ch] + shift[ch]).max(0.0).min(hi);
-            }
-        }
+        let x = &z[start..start + out.len()];
+        mobilenet_kernels::bn::affine_clamp(isa, x, c, &scale, &shift, 0.0, hi, out);
     });
     (cache, unbiased)
 }
@@ -687,22 +685,25 @@ fn bn_act_backward(
     let mean_dy: Vec<f32> = (0..c).map(|ch| (sum_dy[ch] / n) as f32).collect();
     let mean_dyx: Vec<f32> = (0..c).map(|ch| (sum_dyx[ch] / n) as f32).collect();
     let dy: &[f32] = da;
+    let isa = mobilenet_kernels::Isa::detect();
     let parts = Parts::new(dz, ranges.iter().map(|r| r.start * c..r.end * c).collect());
     pool.run(&|t| {
         // Safety: part t takes range t only.
         let (start, out) = unsafe { parts.get(t) };
         let len = out.len();
         let (zs, ds) = (&z[start..start + len], &dy[start..start + len]);
-        for ((o, zr), dr) in out
-            .chunks_exact_mut(c)
-            .zip(zs.chunks_exact(c))
-            .zip(ds.chunks_exact(c))
-        {
-            for ch in 0..c {
-                let xhat = (zr[ch] - cache.mean[ch]) * cache.inv_std[ch];
-                o[ch] = k[ch] * (dr[ch] - mean_dy[ch] - xhat * mean_dyx[ch]);
-            }
-        }
+        mobilenet_kernels::bn::backward_apply(
+            isa,
+            zs,
+            ds,
+            c,
+            &cache.mean,
+            &cache.inv_std,
+            &k,
+            &mean_dy,
+            &mean_dyx,
+            out,
+        );
     });
 }
 

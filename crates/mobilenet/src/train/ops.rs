@@ -22,15 +22,11 @@ pub(crate) fn channel_moments(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     // Sum each block of rows in f32 (vectorises), then add the block to the f64 totals.
     let mut bsum = vec![0.0f32; c];
     let mut bsq = vec![0.0f32; c];
+    let isa = mobilenet_kernels::Isa::detect();
     for block in x.chunks(256 * c) {
         bsum.fill(0.0);
         bsq.fill(0.0);
-        for row in block.chunks_exact(c) {
-            for ((s, q), &v) in bsum.iter_mut().zip(bsq.iter_mut()).zip(row) {
-                *s += v;
-                *q += v * v;
-            }
-        }
+        mobilenet_kernels::bn::channel_moments(isa, block, c, &mut bsum, &mut bsq);
         for ch in 0..c {
             sum[ch] += bsum[ch] as f64;
             sq[ch] += bsq[ch] as f64;
@@ -170,21 +166,32 @@ pub(crate) fn bn_act_backward_sums(
     cache: &BnCache,
     act: Activation,
 ) -> (Vec<f64>, Vec<f64>) {
-    activation_backward(a, act, da);
+    let isa = mobilenet_kernels::Isa::detect();
+    let hi = activation_max(act);
     let mut sum_dy = vec![0.0f64; c];
     let mut sum_dyx = vec![0.0f64; c];
     let mut b_dy = vec![0.0f32; c];
     let mut b_dyx = vec![0.0f32; c];
-    for (zb, db) in z.chunks(256 * c).zip(da.chunks(256 * c)) {
+    let block = 256 * c;
+    for ((zb, ab), db) in z
+        .chunks(block)
+        .zip(a.chunks(block))
+        .zip(da.chunks_mut(block))
+    {
         b_dy.fill(0.0);
         b_dyx.fill(0.0);
-        for (zr, dr) in zb.chunks_exact(c).zip(db.chunks_exact(c)) {
-            for ch in 0..c {
-                let xhat = (zr[ch] - cache.mean[ch]) * cache.inv_std[ch];
-                b_dy[ch] += dr[ch];
-                b_dyx[ch] += dr[ch] * xhat;
-            }
-        }
+        mobilenet_kernels::bn::backward_sums(
+            isa,
+            zb,
+            ab,
+            db,
+            c,
+            &cache.mean,
+            &cache.inv_std,
+            hi,
+            &mut b_dy,
+            &mut b_dyx,
+        );
         for ch in 0..c {
             sum_dy[ch] += b_dy[ch] as f64;
             sum_dyx[ch] += b_dyx[ch] as f64;
