@@ -610,20 +610,7 @@ fn bn_act_forward(
     let (sum, sq) = combine(&per_part(pool, &ranges, |_, r| {
         ops::channel_moments(&z[r.start * c..r.end * c], c)
     }));
-    let n = rows as f64;
-    let mut cache = BnCache::default();
-    let mut unbiased = Vec::with_capacity(c);
-    for ch in 0..c {
-        let mean = sum[ch] / n;
-        let var = (sq[ch] / n - mean * mean).max(0.0);
-        cache.mean.push(mean as f32);
-        cache.inv_std.push((1.0 / (var + eps as f64).sqrt()) as f32);
-        unbiased.push(if rows > 1 {
-            (var * n / (n - 1.0)) as f32
-        } else {
-            var as f32
-        });
-    }
+    let (cache, unbiased) = ops::bn_statistics(&sum, &sq, rows, eps);
     let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect();
     let shift: Vec<f32> = (0..c)
         .map(|ch| beta[ch] - cache.mean[ch] * scale[ch])

@@ -35,6 +35,26 @@ pub(crate) fn channel_moments(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     (sum, sq)
 }
 
+/// Batch statistics from per-channel `Σx` and `Σx²` over `rows` values: the cache (mean,
+/// `1/√(σ² + ε)`) and the unbiased variance (for the moving average).
+pub(crate) fn bn_statistics(sum: &[f64], sq: &[f64], rows: usize, eps: f32) -> (BnCache, Vec<f32>) {
+    let n = rows as f64;
+    let mut cache = BnCache::default();
+    let mut unbiased = Vec::with_capacity(sum.len());
+    for (&s, &q) in sum.iter().zip(sq) {
+        let mean = s / n;
+        let var = (q / n - mean * mean).max(0.0);
+        cache.mean.push(mean as f32);
+        cache.inv_std.push((1.0 / (var + eps as f64).sqrt()) as f32);
+        unbiased.push(if rows > 1 {
+            (var * n / (n - 1.0)) as f32
+        } else {
+            var as f32
+        });
+    }
+    (cache, unbiased)
+}
+
 /// Batch norm in training mode: normalise each channel of `x` (`[rows, c]`) by the batch
 /// statistics, then `y = γ·x̂ + β`. Returns the cache and the unbiased batch variance (for the
 /// moving average).
@@ -48,23 +68,7 @@ pub fn bn_forward_train(
 ) -> (BnCache, Vec<f32>) {
     let rows = x.len() / c;
     let (sum, sq) = channel_moments(x, c);
-    let n = rows as f64;
-    let mut cache = BnCache {
-        mean: Vec::with_capacity(c),
-        inv_std: Vec::with_capacity(c),
-    };
-    let mut unbiased = Vec::with_capacity(c);
-    for ch in 0..c {
-        let mean = sum[ch] / n;
-        let var = (sq[ch] / n - mean * mean).max(0.0);
-        cache.mean.push(mean as f32);
-        cache.inv_std.push((1.0 / (var + eps as f64).sqrt()) as f32);
-        unbiased.push(if rows > 1 {
-            (var * n / (n - 1.0)) as f32
-        } else {
-            var as f32
-        });
-    }
+    let (cache, unbiased) = bn_statistics(&sum, &sq, rows, eps);
     // y = x·scale + shift with scale = γ·inv_std, shift = β − mean·scale.
     let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect();
     let shift: Vec<f32> = (0..c)
