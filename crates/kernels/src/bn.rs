@@ -291,19 +291,18 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
                         ld!(sum_dy.as_ptr().add(cb), full, n),
                         ld!(sum_dyx.as_ptr().add(cb), full, n),
                     );
+                    let (lo, hi) = (s.zero(), s.splat(hi));
                     let rows = z.len() / c;
                     for r in 0..rows {
                         let o = r * c + cb;
-                        // The mask is scalar per element: vector compares would need mask types
-                        // the trait does not have; the clamp's flat regions are where a is 0 or hi.
                         let dp = d.as_mut_ptr().add(o);
-                        for i in 0..n {
-                            let av = *a.as_ptr().add(o + i);
-                            if !(av > 0.0 && av < hi) {
-                                *dp.add(i) = 0.0;
-                            }
-                        }
-                        let dv = ld!(dp, full, n);
+                        let dv = s.keep_inside(
+                            ld!(a.as_ptr().add(o), full, n),
+                            lo,
+                            hi,
+                            ld!(dp, full, n),
+                        );
+                        st!(dp, dv, full, n);
                         let xhat = s.mul(s.add(ld!(z.as_ptr().add(o), full, n), neg_mu), is);
                         sd = s.add(sd, dv);
                         sdx = s.fma(dv, xhat, sdx);

@@ -46,6 +46,8 @@ pub unsafe trait SimdF32: Copy {
     unsafe fn min(self, a: Self::V, b: Self::V) -> Self::V;
     /// Sum of all lanes.
     unsafe fn reduce_sum(self, v: Self::V) -> f32;
+    /// `d` where `lo < a < hi`, else 0, lane by lane (the derivative mask of a clamp).
+    unsafe fn keep_inside(self, a: Self::V, lo: Self::V, hi: Self::V, d: Self::V) -> Self::V;
     /// Hints the cache line holding `p` into L1 (no effect where unsupported). Never faults.
     #[inline(always)]
     unsafe fn prefetch(self, _p: *const f32) {}
@@ -108,6 +110,14 @@ unsafe impl SimdF32 for Scalar {
     #[inline(always)]
     unsafe fn reduce_sum(self, v: f32) -> f32 {
         v
+    }
+    #[inline(always)]
+    unsafe fn keep_inside(self, a: f32, lo: f32, hi: f32, d: f32) -> f32 {
+        if a > lo && a < hi {
+            d
+        } else {
+            0.0
+        }
     }
 }
 
@@ -198,6 +208,16 @@ mod x86 {
         unsafe fn prefetch(self, p: *const f32) {
             unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
         }
+        #[inline(always)]
+        unsafe fn keep_inside(self, a: __m256, lo: __m256, hi: __m256, d: __m256) -> __m256 {
+            unsafe {
+                let inside = _mm256_and_ps(
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(a, lo),
+                    _mm256_cmp_ps::<_CMP_LT_OQ>(a, hi),
+                );
+                _mm256_and_ps(inside, d)
+            }
+        }
     }
 
     /// AVX-512 F, 16 lanes.
@@ -261,6 +281,14 @@ mod x86 {
         #[inline(always)]
         unsafe fn reduce_sum(self, v: __m512) -> f32 {
             unsafe { _mm512_reduce_add_ps(v) }
+        }
+        #[inline(always)]
+        unsafe fn keep_inside(self, a: __m512, lo: __m512, hi: __m512, d: __m512) -> __m512 {
+            unsafe {
+                let inside = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(a, lo)
+                    & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, hi);
+                _mm512_maskz_mov_ps(inside, d)
+            }
         }
         #[inline(always)]
         unsafe fn prefetch(self, p: *const f32) {
@@ -340,6 +368,19 @@ mod arm {
         #[inline(always)]
         unsafe fn reduce_sum(self, v: float32x4_t) -> f32 {
             unsafe { vaddvq_f32(v) }
+        }
+        #[inline(always)]
+        unsafe fn keep_inside(
+            self,
+            a: float32x4_t,
+            lo: float32x4_t,
+            hi: float32x4_t,
+            d: float32x4_t,
+        ) -> float32x4_t {
+            unsafe {
+                let inside = vandq_u32(vcgtq_f32(a, lo), vcltq_f32(a, hi));
+                vreinterpretq_f32_u32(vandq_u32(inside, vreinterpretq_u32_f32(d)))
+            }
         }
     }
 }
