@@ -8,7 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::pool::{split, Parts, SpinPool};
 use mobilenet_kernels::conv::{conv2d, ConvShape};
 use mobilenet_kernels::dwconv::dwconv3x3;
 use mobilenet_kernels::gemm::{column_blocks, gemm, ColumnBlock, PackedB};
@@ -17,6 +16,7 @@ use mobilenet_kernels::{ConvGeometry, Epilogue, Isa};
 
 use crate::config::{Activation, MobileNetConfig, Padding};
 use crate::layers::{Hwc, Layer, LayerKind, KERNEL};
+use crate::pool::{split, Parts, SpinPool};
 use crate::preprocess::Preprocessing;
 use crate::weights::{ModelFile, Tensor};
 
@@ -173,7 +173,8 @@ fn scale_columns(w: &[f32], scale: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-fn geometry(padding: Padding, input: Hwc, stride: usize) -> ConvGeometry {
+/// The geometry of a 3×3 convolution of `input` with `stride` under a padding convention.
+pub(crate) fn geometry(padding: Padding, input: Hwc, stride: usize) -> ConvGeometry {
     match padding {
         Padding::TfSame => ConvGeometry::tf_same(input[0], input[1], KERNEL, stride),
         Padding::Symmetric => {

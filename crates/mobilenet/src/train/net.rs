@@ -18,9 +18,9 @@ use mobilenet_kernels::{ConvGeometry, Epilogue, Isa};
 
 use super::ops::{self, BnCache};
 use super::Rng;
-use crate::config::{MobileNetConfig, Padding, Variant};
-use crate::engine::gemm_rows;
-use crate::layers::{Hwc, Layer, LayerKind, KERNEL};
+use crate::config::{MobileNetConfig, Variant};
+use crate::engine::{gemm_rows, geometry};
+use crate::layers::{Layer, LayerKind};
 use crate::pool::{split, Parts, SpinPool};
 use crate::weights::{ModelFile, Tensor};
 
@@ -114,15 +114,6 @@ struct StepState {
     grad_a: Vec<f32>,
     grad_b: Vec<f32>,
     scratch: Vec<f32>,
-}
-
-fn geometry(padding: Padding, input: Hwc, stride: usize) -> ConvGeometry {
-    match padding {
-        Padding::TfSame => ConvGeometry::tf_same(input[0], input[1], KERNEL, stride),
-        Padding::Symmetric => {
-            ConvGeometry::symmetric(input[0], input[1], KERNEL, stride, KERNEL / 2)
-        }
-    }
 }
 
 /// Indices of a layer's parameters in `TrainNet::params`.
@@ -813,6 +804,7 @@ fn per_image(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Padding;
 
     /// α 0.25 at 64×64: the last maps are 2×2, so with a batch of 4 every batch norm sees at
     /// least 16 values per channel (with fewer it is too ill-conditioned for finite differences).
