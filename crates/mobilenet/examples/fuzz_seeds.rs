@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .nth(1)
             .unwrap_or_else(|| "fuzz/corpus".into()),
     );
-    for dir in ["model_file", "import", "image"] {
+    for dir in ["model_file", "import", "image", "tflite"] {
         std::fs::create_dir_all(root.join(dir))?;
     }
     // The smallest network: every layer at min_depth 8, 32×32 input, 2 classes.
@@ -57,6 +57,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("import/tf_slim.safetensors"),
         safetensors::serialize(tensors, None)?,
     )?;
+
+    // A minimal TFLite flatbuffer (one RESHAPE on two float tensors), for the TFLite reader.
+    let tflite = tiny_tflite();
+    std::fs::write(root.join("tflite/reshape.tflite"), &tflite)?;
+    std::fs::write(root.join("import/reshape.tflite"), &tflite)?;
 
     for (name, format) in [
         ("a.png", image::ImageFormat::Png),
@@ -103,4 +108,63 @@ fn tf_shape(ours: &str, shape: &[usize]) -> Vec<usize> {
         [cin, cout] if ours.ends_with("weight") => vec![1, 1, *cin, *cout],
         _ => shape.to_vec(),
     }
+}
+
+fn tiny_tflite() -> Vec<u8> {
+    use flatbuffers::FlatBufferBuilder;
+    let mut b = FlatBufferBuilder::new();
+    let data = b.create_vector(&[0u8; 16]);
+    let empty = {
+        let t = b.start_table();
+        b.end_table(t)
+    };
+    let buf = {
+        let t = b.start_table();
+        b.push_slot_always(4, data);
+        b.end_table(t)
+    };
+    let buffers = b.create_vector(&[empty, buf]);
+    let shape = b.create_vector(&[4i32]);
+    let mut tensor = |buffer: u32| {
+        let t = b.start_table();
+        b.push_slot_always(4, shape);
+        b.push_slot::<u32>(8, buffer, 0);
+        b.end_table(t)
+    };
+    let (t0, t1) = (tensor(1), tensor(0));
+    let tensors = b.create_vector(&[t0, t1]);
+    let (ins, outs) = (b.create_vector(&[0i32, 0]), b.create_vector(&[1i32]));
+    let operator = {
+        let t = b.start_table();
+        b.push_slot_always(6, ins);
+        b.push_slot_always(8, outs);
+        b.end_table(t)
+    };
+    let operators = b.create_vector(&[operator]);
+    let (g_in, g_out) = (b.create_vector(&[0i32]), b.create_vector(&[1i32]));
+    let subgraph = {
+        let t = b.start_table();
+        b.push_slot_always(4, tensors);
+        b.push_slot_always(6, g_in);
+        b.push_slot_always(8, g_out);
+        b.push_slot_always(10, operators);
+        b.end_table(t)
+    };
+    let subgraphs = b.create_vector(&[subgraph]);
+    let code = {
+        let t = b.start_table();
+        b.push_slot::<i32>(10, 22, 0);
+        b.end_table(t)
+    };
+    let codes = b.create_vector(&[code]);
+    let model = {
+        let t = b.start_table();
+        b.push_slot::<u32>(4, 3, 0);
+        b.push_slot_always(6, codes);
+        b.push_slot_always(8, subgraphs);
+        b.push_slot_always(12, buffers);
+        b.end_table(t)
+    };
+    b.finish(model, Some("TFL3"));
+    b.finished_data().to_vec()
 }

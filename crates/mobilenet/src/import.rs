@@ -6,6 +6,8 @@
 //!   padding, ReLU6, BN ε 1e-3, input `x/127.5 − 1`.
 //! - **Keras** (`conv1.kernel`, `conv_dw_1.depthwise_kernel`, …, `conv_preds.kernel`): the
 //!   layout `keras.applications.MobileNet` saves (used by the peer benchmark's models).
+//! - **TFLite** flatbuffers of MobileNet v1 graphs (see [`crate::tflite`]): float weights as
+//!   they are, 8-bit weights dequantized.
 //!
 //! Every tensor the network needs is looked up by the name the layer table gives it; a missing,
 //! extra or mis-shaped tensor is an error naming it.
@@ -28,6 +30,8 @@ pub enum SourceFormat {
     TfSlim,
     /// Keras `applications.MobileNet` names.
     Keras,
+    /// A TFLite flatbuffer (float weights, or 8-bit weights dequantized).
+    Tflite,
 }
 
 /// Options that the source file cannot tell.
@@ -77,6 +81,20 @@ pub fn import_bytes(
     path: &Path,
     options: &ImportOptions,
 ) -> Result<(ModelFile, SourceFormat), ModelError> {
+    if crate::tflite::is_tflite(bytes) {
+        let bad = |e: crate::tflite::TfliteError| ModelError::Metadata {
+            path: e.path,
+            reason: e.reason,
+        };
+        let graph = crate::tflite::read(bytes, path).map_err(bad)?;
+        let net = crate::tflite::MobileNetGraph::from_graph(&graph, path).map_err(bad)?;
+        let mut model = net.to_model_file(&graph, path).map_err(bad)?;
+        if let Some(labels) = &options.labels {
+            model.labels = Some(labels.clone());
+        }
+        model.validate(path)?;
+        return Ok((model, SourceFormat::Tflite));
+    }
     let (tensors, metadata) = read_safetensors(bytes, path)?;
     let format = if metadata.get("format").map(String::as_str) == Some(crate::weights::FORMAT) {
         SourceFormat::Native
@@ -96,6 +114,7 @@ pub fn import_bytes(
         SourceFormat::Native => ModelFile::from_bytes(bytes, path)?,
         SourceFormat::TfSlim => convert(path, tensors, &TF_SLIM, options)?,
         SourceFormat::Keras => convert(path, tensors, &KERAS, options)?,
+        SourceFormat::Tflite => unreachable!("TFLite files returned above"),
     };
     if let Some(labels) = &options.labels {
         model.labels = Some(labels.clone());

@@ -31,6 +31,7 @@ mod layers;
 pub mod paper;
 mod pool;
 pub mod preprocess;
+pub mod tflite;
 pub mod train;
 pub mod weights;
 

@@ -8,7 +8,8 @@ use mobilenet::import::{import, read_labels, ImportOptions, SourceFormat};
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// Weight file to convert (safetensors with TF-slim or Keras names; the format is detected)
+    /// Weight file to convert (safetensors with TF-slim or Keras names, or a .tflite MobileNet v1;
+    /// the format is detected)
     input: PathBuf,
     /// Where to write the model file
     #[arg(short, long)]
@@ -32,6 +33,7 @@ pub fn run(args: &ImportArgs) -> Result<()> {
         SourceFormat::Native => "mobilenet",
         SourceFormat::TfSlim => "TF-slim",
         SourceFormat::Keras => "Keras",
+        SourceFormat::Tflite => "TFLite",
     };
     let params: usize = model.tensors.values().map(|t| t.data.len()).sum();
     println!(
