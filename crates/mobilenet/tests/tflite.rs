@@ -9,7 +9,7 @@ use std::path::Path;
 use flatbuffers::FlatBufferBuilder;
 use mobilenet::import::{import, ImportOptions, SourceFormat};
 use mobilenet::preprocess::load_image;
-use mobilenet::tflite::{read, MobileNetGraph};
+use mobilenet::tflite::{read, MobileNetGraph, QuantModel};
 use mobilenet::{Activation, InferenceModel};
 
 #[test]
@@ -158,6 +158,115 @@ fn dequantized_uint8_models_give_litert_top1() {
         checked += 1;
     }
     assert_eq!(checked, 18);
+}
+
+fn quant_model(path: &Path) -> QuantModel {
+    let bytes = std::fs::read(path).expect("read model");
+    let graph = read(&bytes, path).unwrap_or_else(|e| panic!("{e}"));
+    let net = MobileNetGraph::from_graph(&graph, path).unwrap_or_else(|e| panic!("{e}"));
+    QuantModel::new(&graph, &net, path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The reference input PNG as quantized values `x − offset` (0 for uint8 models, 128 for int8).
+fn quant_input(data: &Path, case: &serde_json::Value, offset: i32) -> Vec<i32> {
+    let img = load_image(&data.join(case["input"].as_str().expect("input"))).expect("input");
+    img.pixels()
+        .flat_map(|p| p.0.map(|v| v as i32 - offset))
+        .collect()
+}
+
+fn ints(v: &serde_json::Value) -> Vec<i32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_i64().expect("integer") as i32)
+        .collect()
+}
+
+#[test]
+fn integer_engine_reproduces_litert_uint8_bytes() {
+    let Some(data) = common::shared_data("integer_engine_reproduces_litert_uint8_bytes") else {
+        return;
+    };
+    let expected = common::expected(&data);
+    let mut models = std::collections::HashMap::new();
+    let mut checked = 0;
+    for case in expected["cases"].as_array().expect("cases") {
+        let Some(want) = case.get("output_uint8") else {
+            continue;
+        };
+        let file = case["model"].as_str().expect("model");
+        let model = models
+            .entry(file.to_string())
+            .or_insert_with(|| quant_model(&data.join(file)));
+        let got = model.run(&quant_input(&data, case, 0), &mut |_, _| {});
+        let want = ints(want);
+        let differ = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+        assert_eq!(
+            (got.len(), differ),
+            (want.len(), 0),
+            "{file} {}: {differ} of {} bytes differ from LiteRT's reference kernels",
+            case["input"],
+            want.len()
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 24);
+}
+
+#[test]
+fn integer_engine_matches_every_litert_activation() {
+    let Some(data) = common::shared_data("integer_engine_matches_every_litert_activation") else {
+        return;
+    };
+    let expected = common::expected(&data);
+    let dump = &expected["quant_activation_dump"];
+    let model = quant_model(&data.join(dump["model"].as_str().expect("model")));
+    // Activations in graph order (the dump also lists weights, which have a batch of 1 and
+    // are skipped by name: activations end in Relu6, AvgPool or BiasAdd).
+    let reference: Vec<&serde_json::Value> = dump["tensors"]
+        .as_array()
+        .expect("tensors")
+        .iter()
+        .filter(|t| {
+            let name = t["tensor"].as_str().expect("name");
+            ["Relu6", "AvgPool", "BiasAdd"]
+                .iter()
+                .any(|end| name.ends_with(end))
+        })
+        .collect();
+    let mut outputs = Vec::new();
+    model.run(&quant_input(&data, dump, 0), &mut |_, x| {
+        outputs.push(x.to_vec())
+    });
+    assert!(outputs.len() > reference.len());
+    for (t, got) in reference.iter().zip(&outputs) {
+        let name = t["tensor"].as_str().expect("name");
+        let len: i64 = ints(&t["shape"]).iter().map(|&d| d as i64).product();
+        assert_eq!(got.len() as i64, len, "{name}: size");
+        let sum: i64 = got.iter().map(|&v| v as i64).sum();
+        assert_eq!(sum, t["sum"].as_i64().expect("sum"), "{name}: sum");
+        assert_eq!(got[..16], ints(&t["first16_nhwc"])[..], "{name}: first 16");
+    }
+}
+
+#[test]
+fn integer_engine_reproduces_litert_int8_vww() {
+    let Some(data) = common::shared_data("integer_engine_reproduces_litert_int8_vww") else {
+        return;
+    };
+    let expected = common::expected(&data);
+    let model = quant_model(&data.join("mobilenet_v1/vww/vww_96_int8.tflite"));
+    let mut checked = 0;
+    for case in expected["cases"].as_array().expect("cases") {
+        let Some(want) = case.get("int8_output") else {
+            continue;
+        };
+        let got = model.run(&quant_input(&data, case, 128), &mut |_, _| {});
+        assert_eq!(got, ints(want), "{}", case["input"]);
+        checked += 1;
+    }
+    assert_eq!(checked, 8);
 }
 
 /// A minimal TFLite flatbuffer: one operator of builtin code `op` on two float tensors of

@@ -133,9 +133,11 @@ impl MobileNetGraph {
         let variant = match pairs {
             13 => Variant::Standard,
             8 => Variant::Shallow,
-            other => return Err(bad(format!(
+            other => {
+                return Err(bad(format!(
                 "{other} depthwise-separable blocks, expected 13 (or 8 for the shallow variant)"
-            ))),
+            )))
+            }
         };
         let activation = match acts.iter().all(|a| *a == acts[0]).then_some(acts[0]) {
             Some(FusedActivation::Relu6) => Activation::Relu6,
@@ -182,9 +184,11 @@ impl MobileNetGraph {
                 padding: TfPadding::Valid,
                 ..
             } if *filter == feature_hw => {}
-            other => return Err(bad(format!(
+            other => {
+                return Err(bad(format!(
                 "operator {i} is {other:?}, expected a global AVERAGE_POOL_2D over {feature_hw:?}"
-            ))),
+            )))
+            }
         }
         let pooled = *pool
             .outputs

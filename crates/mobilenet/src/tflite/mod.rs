@@ -9,8 +9,12 @@
 
 mod convert;
 mod fb;
+mod quant;
 
 pub use convert::{ConvTensors, MobileNetGraph};
+pub use quant::{
+    rounding_divide_by_pot, saturating_rounding_doubling_high_mul, QuantModel, QuantizedMultiplier,
+};
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,571 @@
+//! Integer inference of quantized (uint8 per-tensor or int8 per-channel) MobileNet v1 TFLite
+//! graphs, reproducing the arithmetic of TFLite's reference kernels: int32 accumulation of
+//! `(x − x_zp)·(w − w_zp)` plus the int32 bias, requantization by a Q31 fixed-point multiplier
+//! and shift (`QuantizeMultiplier`, `MultiplyByQuantizedMultiplier` with two roundings:
+//! saturating rounding doubling high multiply, then rounding divide by a power of two),
+//! the output zero point, and the clamp of the fused activation.
+//!
+//! Out-of-image taps are skipped, which is what padding with the input's zero point amounts to.
+//! The average pool rounds half away from zero; the softmax uses TFLite's float lookup table
+//! of `exp(−s·β·d)` for the 256 possible differences `d` to the row's maximum.
+//!
+//! This is the reference path: scalar, one image at a time. Fast integer kernels are to be
+//! checked against it.
+
+use std::path::Path;
+
+use super::{ElementType, Graph, MobileNetGraph, OpKind, TfPadding, TfliteError};
+use crate::layers::LayerKind;
+
+/// A real multiplier as TFLite stores it: `m · 2^shift` with `m` a Q31 fixed-point number in
+/// [0.5, 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantizedMultiplier {
+    /// Q31 mantissa.
+    pub multiplier: i32,
+    /// Power-of-two exponent (positive: left shift).
+    pub shift: i32,
+}
+
+impl QuantizedMultiplier {
+    /// TFLite's `QuantizeMultiplier`: `frexp`, round the fraction to Q31 (half away from zero),
+    /// renormalise 2^31 to 2^30 with the exponent one higher, flush exponents below −31 to zero.
+    pub fn new(real: f64) -> QuantizedMultiplier {
+        if real == 0.0 || !real.is_finite() {
+            return QuantizedMultiplier {
+                multiplier: 0,
+                shift: 0,
+            };
+        }
+        let (fraction, mut shift) = frexp(real);
+        let mut q = (fraction * (1i64 << 31) as f64).round() as i64;
+        if q == 1i64 << 31 {
+            q /= 2;
+            shift += 1;
+        }
+        if shift < -31 {
+            return QuantizedMultiplier {
+                multiplier: 0,
+                shift: 0,
+            };
+        }
+        QuantizedMultiplier {
+            multiplier: q as i32,
+            shift,
+        }
+    }
+
+    /// TFLite's `MultiplyByQuantizedMultiplier(x, m, shift)`.
+    pub fn apply(self, x: i32) -> i32 {
+        let left = self.shift.max(0);
+        let right = (-self.shift).max(0);
+        rounding_divide_by_pot(
+            saturating_rounding_doubling_high_mul(x.wrapping_mul(1 << left), self.multiplier),
+            right,
+        )
+    }
+}
+
+/// `x = fraction · 2^exponent` with |fraction| in [0.5, 1), as C's `frexp`.
+fn frexp(x: f64) -> (f64, i32) {
+    if x == 0.0 || !x.is_finite() {
+        return (x, 0);
+    }
+    let bits = x.to_bits();
+    let exp = ((bits >> 52) & 0x7ff) as i32;
+    if exp == 0 {
+        // Subnormal: scale up first.
+        let (f, e) = frexp(x * (1u64 << 54) as f64);
+        return (f, e - 54);
+    }
+    let fraction = f64::from_bits((bits & !(0x7ffu64 << 52)) | (1022u64 << 52));
+    (fraction, exp - 1022)
+}
+
+/// gemmlowp's `SaturatingRoundingDoublingHighMul`: the high 32 bits of `2·a·b`, rounded to
+/// nearest (ties away from zero), saturating the single overflow case `a = b = i32::MIN`.
+pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
+    if a == i32::MIN && b == i32::MIN {
+        return i32::MAX;
+    }
+    let ab = a as i64 * b as i64;
+    let nudge = if ab >= 0 {
+        1i64 << 30
+    } else {
+        1 - (1i64 << 30)
+    };
+    // C's division truncates toward zero, as Rust's does.
+    ((ab + nudge) / (1i64 << 31)) as i32
+}
+
+/// gemmlowp's `RoundingDivideByPOT`: `x / 2^exponent` rounded to nearest, ties away from zero.
+pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
+    if exponent <= 0 {
+        return x;
+    }
+    let mask = (1i64 << exponent) - 1;
+    let remainder = (x as i64) & mask;
+    let threshold = (mask >> 1) + i64::from(x < 0);
+    (x >> exponent) + i32::from(remainder > threshold)
+}
+
+/// One quantized layer of the plan.
+#[derive(Clone, Debug)]
+enum QOp {
+    Conv {
+        depthwise: bool,
+        /// Weights as i32 with the zero point already subtracted: OHWI (conv) or HWC (depthwise).
+        weights: Vec<i32>,
+        bias: Vec<i32>,
+        k: usize,
+        stride: usize,
+        pad_top: usize,
+        pad_left: usize,
+        cin: usize,
+        cout: usize,
+        in_hw: (usize, usize),
+        out_hw: (usize, usize),
+        input_zp: i32,
+        multipliers: Vec<QuantizedMultiplier>,
+        output_zp: i32,
+        act: (i32, i32),
+    },
+    AvgPool {
+        hw: usize,
+        c: usize,
+        /// Round half away from zero (int8) or add half and truncate (uint8, values ≥ 0).
+        act: (i32, i32),
+    },
+    Softmax {
+        table: Vec<f32>,
+        output_scale: f32,
+        output_zp: i32,
+        /// Elements are int8 (indices offset by 128) rather than uint8.
+        signed: bool,
+    },
+}
+
+/// A quantized MobileNet ready to run with integer arithmetic.
+#[derive(Clone, Debug)]
+pub struct QuantModel {
+    ops: Vec<QOp>,
+    /// Element type of the activations (uint8 or int8).
+    pub kind: ElementType,
+    /// Input quantization `(scale, zero point)`.
+    pub input: (f32, i32),
+    /// Output quantization `(scale, zero point)`.
+    pub output: (f32, i32),
+    /// Values per input image.
+    pub input_len: usize,
+}
+
+fn qrange(kind: ElementType) -> (i32, i32) {
+    if kind == ElementType::I8 {
+        (-128, 127)
+    } else {
+        (0, 255)
+    }
+}
+
+impl QuantModel {
+    /// Plans the integer execution of a quantized MobileNet graph.
+    pub fn new(
+        graph: &Graph,
+        net: &MobileNetGraph,
+        path: &Path,
+    ) -> Result<QuantModel, TfliteError> {
+        let bad = |reason: String| TfliteError {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let t = |i: usize| &graph.tensors[i];
+        let kind = t(net.input).kind;
+        if kind != ElementType::U8 && kind != ElementType::I8 {
+            return Err(bad(format!(
+                "input is {kind:?}: the integer engine runs uint8 or int8 graphs"
+            )));
+        }
+        let (qmin, qmax) = qrange(kind);
+        let q = |i: usize| -> Result<(Vec<f32>, Vec<i64>), TfliteError> {
+            let qp = t(i)
+                .quantization
+                .as_ref()
+                .ok_or_else(|| bad(format!("tensor {:?} is not quantized", t(i).name)))?;
+            Ok((qp.scale.clone(), qp.zero_point.clone()))
+        };
+        let as_i32 = |i: usize| -> Vec<i32> {
+            let d = &t(i).data;
+            match t(i).kind {
+                ElementType::U8 => d.iter().map(|&b| b as i32).collect(),
+                ElementType::I8 => d.iter().map(|&b| b as i8 as i32).collect(),
+                _ => d
+                    .chunks_exact(4)
+                    .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            }
+        };
+        let table: Vec<_> = net
+            .config
+            .layers()
+            .into_iter()
+            .filter(|l| l.kind != LayerKind::AvgPool)
+            .collect();
+        // Map graph operators to layers: conv-like ops in order, then the pool, the head.
+        let mut ops = Vec::new();
+        let mut layer_iter = table.iter().zip(&net.layers);
+        for op in &graph.ops {
+            match &op.kind {
+                OpKind::Conv2d {
+                    activation,
+                    padding,
+                    stride,
+                }
+                | OpKind::Depthwise {
+                    activation,
+                    padding,
+                    stride,
+                    ..
+                } => {
+                    let (l, ct) = layer_iter
+                        .next()
+                        .ok_or_else(|| bad("more convolutions than layers".into()))?;
+                    let depthwise = matches!(op.kind, OpKind::Depthwise { .. });
+                    let (in_s, in_z) = q(ct.input)?;
+                    let (w_s, w_z) = q(ct.weights)?;
+                    let (out_s, out_z) = q(ct.output)?;
+                    let (cin, cout) = (l.input[2], l.output[2]);
+                    let k = if l.kind == LayerKind::Pointwise || l.kind == LayerKind::Fc {
+                        1
+                    } else {
+                        3
+                    };
+                    let raw = as_i32(ct.weights);
+                    let per_channel = w_s.len() > 1;
+                    let weights: Vec<i32> = raw
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &w)| {
+                            let ch = if depthwise {
+                                i % cout
+                            } else {
+                                i / (raw.len() / cout)
+                            };
+                            w - w_z[if per_channel { ch } else { 0 }] as i32
+                        })
+                        .collect();
+                    let bias = match ct.bias {
+                        Some(b) => as_i32(b),
+                        None => vec![0; cout],
+                    };
+                    let multipliers = (0..cout)
+                        .map(|ch| {
+                            let ws = w_s[if per_channel { ch } else { 0 }];
+                            QuantizedMultiplier::new(effective_scale(
+                                in_s[0],
+                                ws,
+                                out_s[0],
+                                kind == ElementType::U8,
+                            ))
+                        })
+                        .collect();
+                    let output_zp = out_z[0] as i32;
+                    let act = activation_range(activation, out_s[0], output_zp, qmin, qmax);
+                    let (ih, iw) = (l.input[0], l.input[1]);
+                    let (oh, ow) = (l.output[0], l.output[1]);
+                    let (pad_top, pad_left) = match padding {
+                        TfPadding::Same => {
+                            let total =
+                                |o: usize, i: usize, s: usize| ((o - 1) * s + k).saturating_sub(i);
+                            (total(oh, ih, stride.0) / 2, total(ow, iw, stride.1) / 2)
+                        }
+                        TfPadding::Valid => (0, 0),
+                    };
+                    ops.push(QOp::Conv {
+                        depthwise,
+                        weights,
+                        bias,
+                        k,
+                        stride: stride.0,
+                        pad_top,
+                        pad_left,
+                        cin,
+                        cout,
+                        in_hw: (ih, iw),
+                        out_hw: (oh, ow),
+                        input_zp: in_z[0] as i32,
+                        multipliers,
+                        output_zp,
+                        act,
+                    });
+                }
+                OpKind::FullyConnected { activation } => {
+                    let (l, ct) = layer_iter
+                        .next()
+                        .ok_or_else(|| bad("more layers than the table".into()))?;
+                    let (in_s, in_z) = q(ct.input)?;
+                    let (w_s, w_z) = q(ct.weights)?;
+                    let (out_s, out_z) = q(ct.output)?;
+                    let (cin, cout) = (l.input[2], l.output[2]);
+                    let weights = as_i32(ct.weights)
+                        .iter()
+                        .map(|&w| w - w_z[0] as i32)
+                        .collect();
+                    let bias = ct.bias.map_or(vec![0; cout], as_i32);
+                    let m =
+                        QuantizedMultiplier::new(effective_scale(in_s[0], w_s[0], out_s[0], true));
+                    ops.push(QOp::Conv {
+                        depthwise: false,
+                        weights,
+                        bias,
+                        k: 1,
+                        stride: 1,
+                        pad_top: 0,
+                        pad_left: 0,
+                        cin,
+                        cout,
+                        in_hw: (1, 1),
+                        out_hw: (1, 1),
+                        input_zp: in_z[0] as i32,
+                        multipliers: vec![m; cout],
+                        output_zp: out_z[0] as i32,
+                        act: activation_range(activation, out_s[0], out_z[0] as i32, qmin, qmax),
+                    });
+                }
+                OpKind::AvgPool { .. } => {
+                    let [h, w, c] = net.config.feature_shape();
+                    ops.push(QOp::AvgPool {
+                        hw: h * w,
+                        c,
+                        act: (qmin, qmax),
+                    });
+                }
+                OpKind::Reshape => {}
+                OpKind::Softmax { beta } => {
+                    let input = op
+                        .inputs
+                        .first()
+                        .copied()
+                        .flatten()
+                        .ok_or_else(|| bad("softmax without input".into()))?;
+                    let (in_s, _) = q(input)?;
+                    let (out_s, out_z) = q(op.outputs[0])?;
+                    let scale = -in_s[0] * beta;
+                    let mut table = vec![0.0f32; 256];
+                    for v in 0..=255i32 {
+                        table[(255 - v) as usize] = (scale * v as f32).exp();
+                    }
+                    ops.push(QOp::Softmax {
+                        table,
+                        output_scale: out_s[0],
+                        output_zp: out_z[0] as i32,
+                        signed: kind == ElementType::I8,
+                    });
+                }
+            }
+        }
+        let (is, iz) = q(net.input)?;
+        let (os, oz) = q(net.output)?;
+        let r = net.config.resolution();
+        Ok(QuantModel {
+            ops,
+            kind,
+            input: (is[0], iz[0] as i32),
+            output: (os[0], oz[0] as i32),
+            input_len: r * r * 3,
+        })
+    }
+
+    /// Runs one image (quantized input values: 0..255 for uint8, −128..127 for int8) and returns
+    /// the quantized outputs; `observe` sees every layer's output.
+    pub fn run(&self, input: &[i32], observe: &mut dyn FnMut(usize, &[i32])) -> Vec<i32> {
+        let mut x = input.to_vec();
+        for (i, op) in self.ops.iter().enumerate() {
+            x = match op {
+                QOp::Conv {
+                    depthwise,
+                    weights,
+                    bias,
+                    k,
+                    stride,
+                    pad_top,
+                    pad_left,
+                    cin,
+                    cout,
+                    in_hw,
+                    out_hw,
+                    input_zp,
+                    multipliers,
+                    output_zp,
+                    act,
+                } => {
+                    let (k, cin, cout) = (*k, *cin, *cout);
+                    let mut out = vec![0i32; out_hw.0 * out_hw.1 * cout];
+                    for oy in 0..out_hw.0 {
+                        for ox in 0..out_hw.1 {
+                            for co in 0..cout {
+                                let mut acc = bias[co];
+                                for ky in 0..k {
+                                    let Some(iy) = (oy * stride + ky)
+                                        .checked_sub(*pad_top)
+                                        .filter(|&v| v < in_hw.0)
+                                    else {
+                                        continue;
+                                    };
+                                    for kx in 0..k {
+                                        let Some(ix) = (ox * stride + kx)
+                                            .checked_sub(*pad_left)
+                                            .filter(|&v| v < in_hw.1)
+                                        else {
+                                            continue;
+                                        };
+                                        let px = &x[(iy * in_hw.1 + ix) * cin..][..cin];
+                                        if *depthwise {
+                                            acc += (px[co] - input_zp)
+                                                * weights[(ky * k + kx) * cout + co];
+                                        } else {
+                                            let w =
+                                                &weights[((co * k + ky) * k + kx) * cin..][..cin];
+                                            for ci in 0..cin {
+                                                acc += (px[ci] - input_zp) * w[ci];
+                                            }
+                                        }
+                                    }
+                                }
+                                let v = multipliers[co].apply(acc) + output_zp;
+                                out[(oy * out_hw.1 + ox) * cout + co] = v.clamp(act.0, act.1);
+                            }
+                        }
+                    }
+                    out
+                }
+                QOp::AvgPool { hw, c, act } => {
+                    let n = *hw as i32;
+                    (0..*c)
+                        .map(|ch| {
+                            let sum: i32 = (0..*hw).map(|p| x[p * c + ch]).sum();
+                            let avg = if sum > 0 {
+                                (sum + n / 2) / n
+                            } else {
+                                (sum - n / 2) / n
+                            };
+                            avg.clamp(act.0, act.1)
+                        })
+                        .collect()
+                }
+                QOp::Softmax {
+                    table,
+                    output_scale,
+                    output_zp,
+                    signed,
+                } => {
+                    let max = *x.iter().max().unwrap_or(&0);
+                    let at = |v: i32| table[(255 + v - max) as usize];
+                    let mut sum = 0.0f32;
+                    for &v in &x {
+                        sum += at(v);
+                    }
+                    let inv = 1.0 / (sum * output_scale);
+                    let (lo, hi) = if *signed { (-128, 127) } else { (0, 255) };
+                    x.iter()
+                        .map(|&v| {
+                            let p = at(v) * inv;
+                            let q = if *signed {
+                                p.round() as i32 + output_zp
+                            } else {
+                                // TFLite's uint8 output on x86: add ½ and truncate (zero point 0).
+                                (p + 0.5) as i32
+                            };
+                            q.clamp(lo, hi)
+                        })
+                        .collect()
+                }
+            };
+            observe(i, &x);
+        }
+        x
+    }
+}
+
+/// The real requantization multiplier `s_in·s_w / s_out` as TFLite derives it. The legacy
+/// path (uint8 convolutions, every fully connected layer: `GetQuantizedConvolutionMultipler`)
+/// multiplies `s_in·s_w` in single precision before widening; int8 convolutions widen each
+/// scale first. The difference moves the Q31 multiplier by a unit now and then, which is enough
+/// to change a rounding: with the double product, 1.0_224's 1024 outputs are off by up to 4.
+fn effective_scale(input: f32, weight: f32, output: f32, legacy: bool) -> f64 {
+    let product = if legacy {
+        (input * weight) as f64
+    } else {
+        input as f64 * weight as f64
+    };
+    product / output as f64
+}
+
+/// TFLite's `CalculateActivationRangeQuantized`: the fused activation's bounds in the output's
+/// quantized domain, intersected with the type's range.
+fn activation_range(
+    act: &super::FusedActivation,
+    scale: f32,
+    zp: i32,
+    qmin: i32,
+    qmax: i32,
+) -> (i32, i32) {
+    let quantize = |v: f32| zp + (v / scale).round() as i32;
+    match act {
+        super::FusedActivation::Relu => (qmin.max(quantize(0.0)), qmax),
+        super::FusedActivation::Relu6 => (qmin.max(quantize(0.0)), qmax.min(quantize(6.0))),
+        _ => (qmin, qmax),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_point_helpers_match_their_definitions() {
+        // 0.75 = 0.75·2^0 → Q31 0.75·2^31.
+        assert_eq!(
+            QuantizedMultiplier::new(0.75),
+            QuantizedMultiplier {
+                multiplier: 1_610_612_736,
+                shift: 0
+            }
+        );
+        assert_eq!(
+            QuantizedMultiplier::new(0.0),
+            QuantizedMultiplier {
+                multiplier: 0,
+                shift: 0
+            }
+        );
+        // 3.0 = 0.75·2^2.
+        assert_eq!(QuantizedMultiplier::new(3.0).shift, 2);
+        // A fraction that rounds up to 2^31 renormalises.
+        let m = QuantizedMultiplier::new(0.999_999_999_9);
+        assert_eq!((m.multiplier, m.shift), (1 << 30, 1));
+        assert_eq!(rounding_divide_by_pot(5, 1), 3);
+        assert_eq!(rounding_divide_by_pot(-5, 1), -3);
+        assert_eq!(rounding_divide_by_pot(4, 1), 2);
+        assert_eq!(
+            saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN),
+            i32::MAX
+        );
+        assert_eq!(
+            saturating_rounding_doubling_high_mul(1 << 30, 1 << 30),
+            1 << 29
+        );
+        // x · 0.5 with the multiplier 2^30 (shift 0): the doubling high multiply rounds ties
+        // upward (3.5 → 4, −3.5 → −3), unlike the power-of-two divide (−2.5 → −3 above).
+        let half = QuantizedMultiplier::new(0.5);
+        assert_eq!(half.apply(7), 4);
+        assert_eq!(half.apply(-7), -3);
+        for &(x, real) in &[(1000, 0.0123), (-777, 0.5), (123_456, 1.7), (5, 3e-5)] {
+            let got = QuantizedMultiplier::new(real).apply(x) as f64;
+            assert!((got - x as f64 * real).abs() <= 1.0, "{x}·{real}: {got}");
+        }
+        let (f, e) = frexp(10.0);
+        assert_eq!((f, e), (0.625, 4));
+        let (f, e) = frexp(f64::MIN_POSITIVE / 4.0);
+        assert!((f * 2f64.powi(e) - f64::MIN_POSITIVE / 4.0).abs() < 1e-320);
+    }
+}
