@@ -14,6 +14,7 @@
 //! | [`dwconv::dwconv3x3`] | depthwise 3×3, stride 1/2, any padding, NHWC |
 //! | [`conv::conv2d`] | direct k×k conv, NHWC/HWIO: the stem |
 //! | [`pool::global_avg_pool`], [`pool::softmax`] | the head |
+//! | [`int8`] | u8 × s8 GEMM (VNNI), depthwise, pool: quantized inference, bit-exact with TFLite |
 
 pub mod backward;
 pub mod bn;
@@ -21,6 +22,7 @@ pub mod conv;
 pub mod dwconv;
 mod epilogue;
 pub mod gemm;
+pub mod int8;
 mod isa;
 pub mod pool;
 pub mod simd;

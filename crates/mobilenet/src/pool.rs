@@ -194,23 +194,23 @@ impl Drop for SpinPool {
 }
 
 /// Splits `data` into disjoint mutable ranges, one per part of a [`SpinPool::run`].
-pub struct Parts<'a> {
-    ptr: *mut f32,
+pub struct Parts<'a, T = f32> {
+    ptr: *mut T,
     ranges: Vec<std::ops::Range<usize>>,
-    _data: std::marker::PhantomData<&'a mut [f32]>,
+    _data: std::marker::PhantomData<&'a mut [T]>,
 }
 
 // Safety: the ranges are disjoint (checked in `new`), and `get` hands out each range to the one
 // part with that index; SpinPool::run calls each part exactly once.
-unsafe impl Sync for Parts<'_> {}
+unsafe impl<T: Send> Sync for Parts<'_, T> {}
 
-impl<'a> Parts<'a> {
+impl<'a, T> Parts<'a, T> {
     /// `ranges` must be disjoint, increasing and inside `data`.
     ///
     /// # Panics
     ///
     /// If they are not.
-    pub fn new(data: &'a mut [f32], ranges: Vec<std::ops::Range<usize>>) -> Parts<'a> {
+    pub fn new(data: &'a mut [T], ranges: Vec<std::ops::Range<usize>>) -> Parts<'a, T> {
         let mut end = 0;
         for r in &ranges {
             assert!(
@@ -233,7 +233,7 @@ impl<'a> Parts<'a> {
     /// Each `i` may be taken once at a time: only the part numbered `i` of a [`SpinPool::run`]
     /// calls this with `i`.
     #[allow(clippy::mut_from_ref)] // disjointness is what makes the &mut sound
-    pub unsafe fn get(&self, i: usize) -> (usize, &mut [f32]) {
+    pub unsafe fn get(&self, i: usize) -> (usize, &mut [T]) {
         match self.ranges.get(i) {
             // Safety: the range is inside `data` and disjoint from every other part's.
             Some(r) => (r.start, unsafe {

@@ -9,8 +9,9 @@ use std::path::Path;
 use flatbuffers::FlatBufferBuilder;
 use mobilenet::import::{import, ImportOptions, SourceFormat};
 use mobilenet::preprocess::load_image;
-use mobilenet::tflite::{read, MobileNetGraph, QuantModel};
+use mobilenet::tflite::{read, MobileNetGraph, QuantEngine, QuantModel};
 use mobilenet::{Activation, InferenceModel};
+use mobilenet_kernels::int8::IntIsa;
 
 #[test]
 fn shared_tflite_files_are_recognised() {
@@ -183,6 +184,24 @@ fn ints(v: &serde_json::Value) -> Vec<i32> {
         .collect()
 }
 
+/// Every instruction set of the fast engine, on one and two threads, gives `want`.
+fn fast_engines_agree(model: &QuantModel, input: &[i32], want: &[i32], what: &str) {
+    for isa in IntIsa::available() {
+        let engine = QuantEngine::with_isa(model, isa).unwrap_or_else(|e| panic!("{e}"));
+        let bytes: Vec<u8> = input.iter().map(|&q| engine.to_byte(q)).collect();
+        for threads in [1, 2] {
+            let mut session = engine.session(threads);
+            let got = session.run(&bytes);
+            let differ = got.iter().zip(want).filter(|(g, w)| g != w).count();
+            assert_eq!(
+                (got.len(), differ),
+                (want.len(), 0),
+                "{what}: fast engine ({isa}, {threads} threads) differs in {differ} values"
+            );
+        }
+    }
+}
+
 #[test]
 fn integer_engine_reproduces_litert_uint8_bytes() {
     let Some(data) = common::shared_data("integer_engine_reproduces_litert_uint8_bytes") else {
@@ -199,8 +218,10 @@ fn integer_engine_reproduces_litert_uint8_bytes() {
         let model = models
             .entry(file.to_string())
             .or_insert_with(|| quant_model(&data.join(file)));
-        let got = model.run(&quant_input(&data, case, 0), &mut |_, _| {});
+        let input = quant_input(&data, case, 0);
+        let got = model.run(&input, &mut |_, _| {});
         let want = ints(want);
+        fast_engines_agree(model, &input, &want, file);
         let differ = got.iter().zip(&want).filter(|(g, w)| g != w).count();
         assert_eq!(
             (got.len(), differ),
@@ -262,8 +283,10 @@ fn integer_engine_reproduces_litert_int8_vww() {
         let Some(want) = case.get("int8_output") else {
             continue;
         };
-        let got = model.run(&quant_input(&data, case, 128), &mut |_, _| {});
+        let input = quant_input(&data, case, 128);
+        let got = model.run(&input, &mut |_, _| {});
         assert_eq!(got, ints(want), "{}", case["input"]);
+        fast_engines_agree(&model, &input, &got, "vww int8");
         checked += 1;
     }
     assert_eq!(checked, 8);

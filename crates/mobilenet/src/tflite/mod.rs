@@ -8,13 +8,13 @@
 //! α, resolution, classes and the activation.
 
 mod convert;
+mod fast;
 mod fb;
 mod quant;
 
 pub use convert::{ConvTensors, MobileNetGraph};
-pub use quant::{
-    rounding_divide_by_pot, saturating_rounding_doubling_high_mul, QuantModel, QuantizedMultiplier,
-};
+pub use fast::{QuantEngine, QuantSession, Unsupported};
+pub use quant::{QuantModel, QuantizedMultiplier};
 
 use std::path::{Path, PathBuf};
 

@@ -14,6 +14,8 @@
 
 use std::path::Path;
 
+use mobilenet_kernels::int8::requantize;
+
 use super::{ElementType, Graph, MobileNetGraph, OpKind, TfPadding, TfliteError};
 use crate::layers::LayerKind;
 
@@ -57,12 +59,7 @@ impl QuantizedMultiplier {
 
     /// TFLite's `MultiplyByQuantizedMultiplier(x, m, shift)`.
     pub fn apply(self, x: i32) -> i32 {
-        let left = self.shift.max(0);
-        let right = (-self.shift).max(0);
-        rounding_divide_by_pot(
-            saturating_rounding_doubling_high_mul(x.wrapping_mul(1 << left), self.multiplier),
-            right,
-        )
+        requantize(x, self.multiplier, self.shift)
     }
 }
 
@@ -82,40 +79,17 @@ fn frexp(x: f64) -> (f64, i32) {
     (fraction, exp - 1022)
 }
 
-/// gemmlowp's `SaturatingRoundingDoublingHighMul`: the high 32 bits of `2·a·b`, rounded to
-/// nearest (ties away from zero), saturating the single overflow case `a = b = i32::MIN`.
-pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
-    if a == i32::MIN && b == i32::MIN {
-        return i32::MAX;
-    }
-    let ab = a as i64 * b as i64;
-    let nudge = if ab >= 0 {
-        1i64 << 30
-    } else {
-        1 - (1i64 << 30)
-    };
-    // C's division truncates toward zero, as Rust's does.
-    ((ab + nudge) / (1i64 << 31)) as i32
-}
-
-/// gemmlowp's `RoundingDivideByPOT`: `x / 2^exponent` rounded to nearest, ties away from zero.
-pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
-    if exponent <= 0 {
-        return x;
-    }
-    let mask = (1i64 << exponent) - 1;
-    let remainder = (x as i64) & mask;
-    let threshold = (mask >> 1) + i64::from(x < 0);
-    (x >> exponent) + i32::from(remainder > threshold)
-}
-
 /// One quantized layer of the plan.
 #[derive(Clone, Debug)]
-enum QOp {
+pub(crate) enum QOp {
     Conv {
         depthwise: bool,
         /// Weights as i32 with the zero point already subtracted: OHWI (conv) or HWC (depthwise).
         weights: Vec<i32>,
+        /// The weights' zero point per output channel (one value: all channels).
+        weight_zp: Vec<i32>,
+        /// The weights are int8 (uint8 otherwise).
+        weight_signed: bool,
         bias: Vec<i32>,
         k: usize,
         stride: usize,
@@ -148,7 +122,7 @@ enum QOp {
 /// A quantized MobileNet ready to run with integer arithmetic.
 #[derive(Clone, Debug)]
 pub struct QuantModel {
-    ops: Vec<QOp>,
+    pub(crate) ops: Vec<QOp>,
     /// Element type of the activations (uint8 or int8).
     pub kind: ElementType,
     /// Input quantization `(scale, zero point)`.
@@ -283,6 +257,8 @@ impl QuantModel {
                     ops.push(QOp::Conv {
                         depthwise,
                         weights,
+                        weight_zp: w_z.iter().map(|&z| z as i32).collect(),
+                        weight_signed: t(ct.weights).kind == ElementType::I8,
                         bias,
                         k,
                         stride: stride.0,
@@ -316,6 +292,8 @@ impl QuantModel {
                     ops.push(QOp::Conv {
                         depthwise: false,
                         weights,
+                        weight_zp: vec![w_z[0] as i32],
+                        weight_signed: t(ct.weights).kind == ElementType::I8,
                         bias,
                         k: 1,
                         stride: 1,
@@ -385,6 +363,8 @@ impl QuantModel {
                     depthwise,
                     weights,
                     bias,
+                    weight_zp: _,
+                    weight_signed: _,
                     k,
                     stride,
                     pad_top,
@@ -457,33 +437,43 @@ impl QuantModel {
                     output_scale,
                     output_zp,
                     signed,
-                } => {
-                    let max = *x.iter().max().unwrap_or(&0);
-                    let at = |v: i32| table[(255 + v - max) as usize];
-                    let mut sum = 0.0f32;
-                    for &v in &x {
-                        sum += at(v);
-                    }
-                    let inv = 1.0 / (sum * output_scale);
-                    let (lo, hi) = if *signed { (-128, 127) } else { (0, 255) };
-                    x.iter()
-                        .map(|&v| {
-                            let p = at(v) * inv;
-                            let q = if *signed {
-                                p.round() as i32 + output_zp
-                            } else {
-                                // TFLite's uint8 output on x86: add ½ and truncate (zero point 0).
-                                (p + 0.5) as i32
-                            };
-                            q.clamp(lo, hi)
-                        })
-                        .collect()
-                }
+                } => softmax(table, *output_scale, *output_zp, *signed, &x),
             };
             observe(i, &x);
         }
         x
     }
+}
+
+/// TFLite's quantized softmax on x86: `table[255 − (max − v)] = exp(−s·β·(max − v))`, the sum
+/// in f32, probabilities scaled by `1 / (sum · s_out)`; uint8 adds ½ and truncates (zero point
+/// 0), int8 rounds and adds the zero point.
+pub(crate) fn softmax(
+    table: &[f32],
+    output_scale: f32,
+    output_zp: i32,
+    signed: bool,
+    x: &[i32],
+) -> Vec<i32> {
+    let max = *x.iter().max().unwrap_or(&0);
+    let at = |v: i32| table[(255 + v - max).clamp(0, 255) as usize];
+    let mut sum = 0.0f32;
+    for &v in x {
+        sum += at(v);
+    }
+    let inv = 1.0 / (sum * output_scale);
+    let (lo, hi) = if signed { (-128, 127) } else { (0, 255) };
+    x.iter()
+        .map(|&v| {
+            let p = at(v) * inv;
+            let q = if signed {
+                p.round() as i32 + output_zp
+            } else {
+                (p + 0.5) as i32
+            };
+            q.clamp(lo, hi)
+        })
+        .collect()
 }
 
 /// The real requantization multiplier `s_in·s_w / s_out` as TFLite derives it. The legacy
@@ -543,19 +533,8 @@ mod tests {
         // A fraction that rounds up to 2^31 renormalises.
         let m = QuantizedMultiplier::new(0.999_999_999_9);
         assert_eq!((m.multiplier, m.shift), (1 << 30, 1));
-        assert_eq!(rounding_divide_by_pot(5, 1), 3);
-        assert_eq!(rounding_divide_by_pot(-5, 1), -3);
-        assert_eq!(rounding_divide_by_pot(4, 1), 2);
-        assert_eq!(
-            saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN),
-            i32::MAX
-        );
-        assert_eq!(
-            saturating_rounding_doubling_high_mul(1 << 30, 1 << 30),
-            1 << 29
-        );
-        // x · 0.5 with the multiplier 2^30 (shift 0): the doubling high multiply rounds ties
-        // upward (3.5 → 4, −3.5 → −3), unlike the power-of-two divide (−2.5 → −3 above).
+        // x · 0.5 with the multiplier 2^30 (shift 0): ties round upward in the doubling high
+        // multiply (3.5 → 4, −3.5 → −3).
         let half = QuantizedMultiplier::new(0.5);
         assert_eq!(half.apply(7), 4);
         assert_eq!(half.apply(-7), -3);

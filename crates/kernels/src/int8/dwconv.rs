@@ -1,0 +1,424 @@
+//! Depthwise 3×3 convolution on u8 NHWC activations with i32 accumulation and requantization.
+//!
+//! `acc[c] = Σ_taps inside (x − x_zp)·w' + bias`, where `w' = w − w_zp` fits in 9 bits. The
+//! zero point is folded out of the inner loop: `Σ (x − x_zp)·w' = Σ x·w' − x_zp·Σ w'`, with
+//! `−x_zp·Σ_9 w'` precomputed per channel and `x_zp·w'` added back for each tap that falls
+//! outside the image (TFLite skips those taps, which is the same as reading `x_zp` there).
+//!
+//! The AVX-512 variant multiplies with VNNI's `vpdpwssd`: a zero-extended byte in each i32 lane
+//! (high half 0) against `w'` (high half its sign) adds exactly `x·w'`. Interior pixels go four
+//! at a time with the filter in registers.
+
+use super::{IntIsa, Requant};
+use crate::ConvGeometry;
+
+/// Depthwise weights prepared for [`qdwconv3x3`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct QDwWeights {
+    c: usize,
+    /// Channels padded to a multiple of 16.
+    cp: usize,
+    input_zp: i32,
+    /// `w'` as `[9][cp]`.
+    w: Vec<i32>,
+    /// `x_zp·w'` as `[9][cp]`: what a tap outside the image adds back.
+    zw: Vec<i32>,
+    /// `−x_zp·Σ_9 w'` per channel.
+    zsum: Vec<i32>,
+}
+
+impl QDwWeights {
+    /// `w`: `[3, 3, c]` weights with their zero point already subtracted; `input_zp`: the
+    /// input's zero point in the byte domain.
+    ///
+    /// # Panics
+    ///
+    /// If `w.len() != 9·c` or a weight does not fit in 16 bits.
+    pub fn new(w: &[i32], c: usize, input_zp: u8) -> QDwWeights {
+        assert_eq!(w.len(), 9 * c, "depthwise weights must be 3·3·c");
+        assert!(
+            w.iter().all(|v| (-32768..32768).contains(v)),
+            "depthwise weights must fit in 16 bits"
+        );
+        let cp = c.div_ceil(16) * 16;
+        let z = input_zp as i32;
+        let mut r = QDwWeights {
+            c,
+            cp,
+            input_zp: z,
+            w: vec![0; 9 * cp],
+            zw: vec![0; 9 * cp],
+            zsum: vec![0; cp],
+        };
+        for t in 0..9 {
+            for ch in 0..c {
+                let v = w[t * c + ch];
+                r.w[t * cp + ch] = v;
+                r.zw[t * cp + ch] = z * v;
+                r.zsum[ch] -= z * v;
+            }
+        }
+        r
+    }
+
+    /// Channels.
+    pub fn channels(&self) -> usize {
+        self.c
+    }
+}
+
+/// Valid filter taps `lo..hi` along one axis for output coordinate `o`.
+fn taps(o: usize, stride: usize, pad: usize, size: usize) -> (usize, usize) {
+    let start = (o * stride) as isize - pad as isize;
+    let lo = (-start).clamp(0, 3) as usize;
+    let hi = (size as isize - start).clamp(0, 3) as usize;
+    (lo, hi.max(lo))
+}
+
+/// Depthwise 3×3 of one image, writing output rows `row0 .. row0 + n` (`n` whole rows fill
+/// `output`): input `[in_h, in_w, c]` bytes, output `[out_h, out_w, c]` bytes.
+///
+/// # Panics
+///
+/// If a slice is shorter than its shape says, the band reaches past `out_h`, or `rq` has not
+/// `c` channels.
+pub fn qdwconv3x3(
+    isa: IntIsa,
+    g: &ConvGeometry,
+    input: &[u8],
+    w: &QDwWeights,
+    rq: &Requant,
+    output: &mut [u8],
+    row0: usize,
+) {
+    let c = w.c;
+    let row_len = g.out_w * c;
+    assert!(
+        row_len > 0 && output.len().is_multiple_of(row_len),
+        "output is not whole rows"
+    );
+    let rows = output.len() / row_len;
+    assert!(row0 + rows <= g.out_h, "output rows past out_h");
+    assert!(
+        input.len() >= g.in_h * g.in_w * c,
+        "input shorter than in_h·in_w·c"
+    );
+    assert_eq!(
+        rq.len(),
+        c,
+        "requantization for {} channels, not {c}",
+        rq.len()
+    );
+    assert!(
+        g.pad_top < 3 && g.pad_left < 3,
+        "padding larger than the kernel"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        IntIsa::Avx512Vnni if isa.is_supported() => {
+            // Safety: AVX-512 is present; shapes checked above.
+            unsafe { avx512::rows(g, input, w, rq, output, row0, rows) }
+        }
+        _ => scalar_rows(g, input, w, rq, output, row0, rows),
+    }
+}
+
+fn scalar_rows(
+    g: &ConvGeometry,
+    input: &[u8],
+    w: &QDwWeights,
+    rq: &Requant,
+    output: &mut [u8],
+    row0: usize,
+    rows: usize,
+) {
+    let c = w.c;
+    let mut acc = vec![0i32; c];
+    for r in 0..rows {
+        let oy = row0 + r;
+        let (ky0, ky1) = taps(oy, g.stride, g.pad_top, g.in_h);
+        for ox in 0..g.out_w {
+            let (kx0, kx1) = taps(ox, g.stride, g.pad_left, g.in_w);
+            acc.fill(0);
+            for ky in ky0..ky1 {
+                let iy = oy * g.stride + ky - g.pad_top;
+                for kx in kx0..kx1 {
+                    let ix = ox * g.stride + kx - g.pad_left;
+                    let px = &input[(iy * g.in_w + ix) * c..][..c];
+                    let wt = &w.w[(ky * 3 + kx) * w.cp..][..c];
+                    for ((a, &x), &wv) in acc.iter_mut().zip(px).zip(wt) {
+                        *a += (x as i32 - w.input_zp) * wv;
+                    }
+                }
+            }
+            let out = &mut output[(r * g.out_w + ox) * c..][..c];
+            rq.row(IntIsa::Scalar, &acc, 0, 0, out);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::super::x86::{finish16, requant16};
+    use super::{taps, QDwWeights, Requant};
+    use crate::ConvGeometry;
+
+    /// Output pixels per step of the interior loop.
+    const PX: usize = 4;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,avx512vnni")]
+    pub(super) unsafe fn rows(
+        g: &ConvGeometry,
+        input: &[u8],
+        w: &QDwWeights,
+        rq: &Requant,
+        output: &mut [u8],
+        row0: usize,
+        rows: usize,
+    ) {
+        let c = w.c;
+        // Output columns whose 3 taps all lie inside the image: `lo..hi`.
+        let lo = g.pad_left.div_ceil(g.stride).min(g.out_w);
+        let hi = if g.in_w + g.pad_left >= 3 {
+            ((g.in_w + g.pad_left - 3) / g.stride + 1).clamp(lo, g.out_w)
+        } else {
+            lo
+        };
+        let blocks = (hi - lo) / PX;
+        // Safety: every load reads channels < c of a pixel inside the image (masked past c) or
+        // the padded weight vectors; every store writes channels < c of an output pixel.
+        unsafe {
+            for r in 0..rows {
+                let oy = row0 + r;
+                let out_row = output.as_mut_ptr().add(r * g.out_w * c);
+                let (ky0, ky1) = taps(oy, g.stride, g.pad_top, g.in_h);
+                if ky0 != 0 || ky1 != 3 || blocks == 0 {
+                    for ox in 0..g.out_w {
+                        pixel(g, input, w, rq, out_row, oy, ox);
+                    }
+                    continue;
+                }
+                for ox in (0..lo).chain(lo + blocks * PX..g.out_w) {
+                    pixel(g, input, w, rq, out_row, oy, ox);
+                }
+                let iy = oy * g.stride - g.pad_top;
+                let ix = lo * g.stride - g.pad_left;
+                let top = input.as_ptr().add((iy * g.in_w + ix) * c);
+                let out = out_row.add(lo * c);
+                if g.stride == 1 {
+                    interior::<1>(top, g.in_w * c, c, w, rq, out, blocks);
+                } else {
+                    interior::<2>(top, g.in_w * c, c, w, rq, out, blocks);
+                }
+            }
+        }
+    }
+
+    /// `blocks·PX` interior output pixels of one row, each channel block's nine filter vectors
+    /// and requantization constants held in registers; input columns shared by neighbouring
+    /// outputs are loaded once. `top` is the input pixel under the first output's top-left tap.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,avx512vnni")]
+    unsafe fn interior<const S: usize>(
+        top: *const u8,
+        in_row: usize,
+        c: usize,
+        w: &QDwWeights,
+        rq: &Requant,
+        out: *mut u8,
+        blocks: usize,
+    ) {
+        // Safety: the caller guarantees `blocks·PX` outputs whose taps are inside the image.
+        unsafe {
+            let mut b = 0;
+            while b < c {
+                let n = (c - b).min(16);
+                let mask = if n == 16 {
+                    u16::MAX
+                } else {
+                    ((1u32 << n) - 1) as u16
+                };
+                let wv: [__m512i; 9] = std::array::from_fn(|t| {
+                    _mm512_loadu_si512(w.w.as_ptr().add(t * w.cp + b).cast())
+                });
+                let zsum = _mm512_loadu_si512(w.zsum.as_ptr().add(b).cast());
+                let bias = _mm512_loadu_si512(rq.bias.as_ptr().add(b).cast());
+                let m = _mm512_loadu_si512(rq.multiplier.as_ptr().add(b).cast());
+                let l = _mm512_loadu_si512(rq.left.as_ptr().add(b).cast());
+                let e = _mm512_loadu_si512(rq.right.as_ptr().add(b).cast());
+                let zp = _mm512_set1_epi32(rq.zero_point);
+                let (lo, hi) = (_mm512_set1_epi32(rq.min), _mm512_set1_epi32(rq.max));
+                let start = _mm512_add_epi32(zsum, bias);
+                for blk in 0..blocks {
+                    let base = top.add(blk * PX * S * c + b);
+                    let mut acc = [start; PX];
+                    for ky in 0..3 {
+                        let row = base.add(ky * in_row);
+                        for j in 0..(PX - 1) * S + 3 {
+                            let x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
+                                mask,
+                                row.add(j * c).cast(),
+                            ));
+                            for (p, a) in acc.iter_mut().enumerate() {
+                                if j >= p * S && j < p * S + 3 {
+                                    *a = _mm512_dpwssd_epi32(*a, x, wv[ky * 3 + j - p * S]);
+                                }
+                            }
+                        }
+                    }
+                    for (p, &a) in acc.iter().enumerate() {
+                        let v = _mm512_add_epi32(requant16(a, m, l, e), zp);
+                        let v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+                        let dst = out.add((blk * PX + p) * c + b);
+                        _mm512_mask_cvtepi32_storeu_epi8(dst.cast(), mask, v);
+                    }
+                }
+                b += 16;
+            }
+        }
+    }
+
+    /// One output pixel, any position (border taps skipped, their zero-point term added back).
+    #[inline(always)]
+    unsafe fn pixel(
+        g: &ConvGeometry,
+        input: &[u8],
+        w: &QDwWeights,
+        rq: &Requant,
+        out_row: *mut u8,
+        oy: usize,
+        ox: usize,
+    ) {
+        let (c, cp) = (w.c, w.cp);
+        let inp = input.as_ptr();
+        // Safety: as in `rows`.
+        unsafe {
+            let (ky0, ky1) = taps(oy, g.stride, g.pad_top, g.in_h);
+            let (kx0, kx1) = taps(ox, g.stride, g.pad_left, g.in_w);
+            let border = ky0 != 0 || ky1 != 3 || kx0 != 0 || kx1 != 3;
+            let out = out_row.add(ox * c);
+            let mut b = 0;
+            while b < c {
+                let n = (c - b).min(16);
+                let mask = if n == 16 {
+                    u16::MAX
+                } else {
+                    ((1u32 << n) - 1) as u16
+                };
+                let mut acc = _mm512_loadu_si512(w.zsum.as_ptr().add(b).cast());
+                if border {
+                    for t in 0..9 {
+                        let (ky, kx) = (t / 3, t % 3);
+                        if !(ky0..ky1).contains(&ky) || !(kx0..kx1).contains(&kx) {
+                            let zw = _mm512_loadu_si512(w.zw.as_ptr().add(t * cp + b).cast());
+                            acc = _mm512_add_epi32(acc, zw);
+                        }
+                    }
+                }
+                for ky in ky0..ky1 {
+                    let iy = oy * g.stride + ky - g.pad_top;
+                    for kx in kx0..kx1 {
+                        let ix = ox * g.stride + kx - g.pad_left;
+                        let px = inp.add((iy * g.in_w + ix) * c + b);
+                        let x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, px.cast()));
+                        let wv =
+                            _mm512_loadu_si512(w.w.as_ptr().add((ky * 3 + kx) * cp + b).cast());
+                        acc = _mm512_dpwssd_epi32(acc, x, wv);
+                    }
+                }
+                finish16(rq, acc, b, n, out.add(b));
+                b += 16;
+            }
+        }
+    }
+}
+
+/// The definition: `out = rq(Σ_taps inside (x − x_zp)·w')` for the whole image.
+pub fn qdwconv3x3_reference(
+    g: &ConvGeometry,
+    input: &[u8],
+    w: &QDwWeights,
+    rq: &Requant,
+    output: &mut [u8],
+) {
+    let c = w.c;
+    for oy in 0..g.out_h {
+        for ox in 0..g.out_w {
+            for ch in 0..c {
+                let mut acc = 0i32;
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let (iy, ix) = (oy * g.stride + ky, ox * g.stride + kx);
+                        let (Some(iy), Some(ix)) =
+                            (iy.checked_sub(g.pad_top), ix.checked_sub(g.pad_left))
+                        else {
+                            continue;
+                        };
+                        if iy < g.in_h && ix < g.in_w {
+                            let x = input[(iy * g.in_w + ix) * c + ch] as i32;
+                            acc += (x - w.input_zp) * w.w[(ky * 3 + kx) * w.cp + ch];
+                        }
+                    }
+                }
+                output[(oy * g.out_w + ox) * c + ch] = rq.apply(ch, acc);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(in_hw: usize, c: usize, stride: usize, zp: u8) {
+        let g = ConvGeometry::tf_same(in_hw, in_hw, 3, stride);
+        let mut s = 0x9e37_79b9u32 ^ (c as u32 * 31 + in_hw as u32);
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            s
+        };
+        let input: Vec<u8> = (0..in_hw * in_hw * c).map(|_| next() as u8).collect();
+        let wts: Vec<i32> = (0..9 * c).map(|_| (next() % 511) as i32 - 255).collect();
+        let w = QDwWeights::new(&wts, c, zp);
+        let bias: Vec<i32> = (0..c).map(|_| (next() % 4000) as i32 - 2000).collect();
+        let rq = Requant::new(&bias, &[(1 << 30) + 12345], &[-8], 3, 0, 255);
+        let mut want = vec![0u8; g.out_h * g.out_w * c];
+        qdwconv3x3_reference(&g, &input, &w, &rq, &mut want);
+        for isa in IntIsa::available() {
+            let mut got = vec![0u8; want.len()];
+            qdwconv3x3(isa, &g, &input, &w, &rq, &mut got, 0);
+            assert_eq!(got, want, "{isa} {in_hw}×{in_hw}×{c} stride {stride}");
+            // Bands of rows compose the whole.
+            let row = g.out_w * c;
+            let mut bands = vec![0u8; want.len()];
+            let split = g.out_h / 2;
+            let (top, bottom) = bands.split_at_mut(split * row);
+            qdwconv3x3(isa, &g, &input, &w, &rq, top, 0);
+            qdwconv3x3(isa, &g, &input, &w, &rq, bottom, split);
+            assert_eq!(bands, want, "{isa} bands");
+        }
+    }
+
+    #[test]
+    fn every_isa_matches_reference_on_edge_sizes() {
+        for &(hw, c, s) in &[
+            (1, 1, 1),
+            (2, 3, 2),
+            (5, 17, 1),
+            (7, 32, 2),
+            (8, 40, 2),
+            (9, 16, 1),
+            (13, 48, 1),
+            (20, 40, 2),
+            (21, 8, 2),
+            (23, 32, 1),
+        ] {
+            check(hw, c, s, 0);
+            check(hw, c, s, 128);
+            check(hw, c, s, 201);
+        }
+    }
+}

@@ -1,0 +1,554 @@
+//! u8 × s8 matrix multiply with requantization: `C = requant(A·B + c·rowsum(A))`.
+//!
+//! B (`[k, n]`, given as `[n, k]`: one output channel's weights per row, OHWI) is packed once
+//! into panels of [`NR`] = 32 columns; inside a panel, k runs in quads and each quad stores the
+//! 32 columns' four bytes contiguously — the operand layout of `vpdpbusd`, which adds four
+//! u8·s8 products into each i32 lane. A is read in place: one row per pixel, its four bytes of a
+//! quad broadcast to every lane. K is zero-padded to a multiple of 4 in B; A's last partial
+//! quad is assembled from the bytes that exist.
+//!
+//! AVX-512 VNNI computes a 12 × 32 tile in 24 registers and requantizes it in registers.
+//! AVX2 (16-bit multiply-adds) and scalar compute the tile into memory and requantize it there.
+
+use std::ops::Range;
+
+use super::{IntIsa, Requant};
+
+/// Columns per packed panel.
+pub const NR: usize = 32;
+
+/// Rows per AVX-512 tile.
+const MR: usize = 12;
+
+/// B packed for [`qgemm`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedQB {
+    k: usize,
+    n: usize,
+    quads: usize,
+    data: Vec<i8>,
+}
+
+impl PackedQB {
+    /// Packs `w`, `[n, k]` row-major (output channel `j`'s k weights at `w[j·k ..]`).
+    ///
+    /// # Panics
+    ///
+    /// If `w.len() != n · k`.
+    pub fn new(w: &[i8], k: usize, n: usize) -> PackedQB {
+        assert_eq!(w.len(), n * k, "weights must be n·k = {n}·{k} values");
+        let quads = k.div_ceil(4);
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0i8; panels * quads * NR * 4];
+        for col in 0..n {
+            let (p, j) = (col / NR, col % NR);
+            for kk in 0..k {
+                data[((p * quads + kk / 4) * NR + j) * 4 + kk % 4] = w[col * k + kk];
+            }
+        }
+        PackedQB { k, n, quads, data }
+    }
+
+    /// Depth (the summed dimension).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Output columns.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Number of [`NR`]-column panels.
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
+    /// The weight of column `col` at depth `kk`.
+    fn at(&self, kk: usize, col: usize) -> i32 {
+        self.data[((col / NR * self.quads + kk / 4) * NR + col % NR) * 4 + kk % 4] as i32
+    }
+}
+
+/// `C[i, j] = rq(Σ_k A[i, k]·B[k, j] + row_coeff·Σ_k A[i, k])` for rows `0..m` and the columns
+/// of panels `panels` (`C[i, j]` at `c[i·ldc + j]`: C's row holds every column).
+///
+/// # Panics
+///
+/// If a slice is shorter than its shape says, `rq` has not `b.n()` channels, or the panel
+/// range is past B's.
+#[allow(clippy::too_many_arguments)] // a GEMM's shape is this many numbers
+pub fn qgemm(
+    isa: IntIsa,
+    m: usize,
+    a: &[u8],
+    lda: usize,
+    b: &PackedQB,
+    row_coeff: i32,
+    rq: &Requant,
+    c: &mut [u8],
+    ldc: usize,
+    panels: Range<usize>,
+) {
+    let (k, n) = (b.k, b.n);
+    assert_eq!(
+        rq.len(),
+        n,
+        "requantization for {} channels, B has {n}",
+        rq.len()
+    );
+    assert!(
+        panels.end <= b.panels() && panels.start <= panels.end,
+        "panels past B"
+    );
+    if m == 0 || panels.is_empty() {
+        return;
+    }
+    assert!(
+        lda >= k && a.len() >= (m - 1) * lda + k,
+        "A shorter than m·lda"
+    );
+    assert!(
+        ldc >= n && c.len() >= (m - 1) * ldc + n,
+        "C shorter than m·ldc"
+    );
+    // Safety: C covers m rows of ldc bytes (checked above) and is borrowed mutably here.
+    unsafe {
+        qgemm_ptr(
+            isa,
+            m,
+            a,
+            lda,
+            b,
+            row_coeff,
+            rq,
+            c.as_mut_ptr(),
+            ldc,
+            panels,
+        )
+    }
+}
+
+/// [`qgemm`] writing through a pointer, for threads that share C and split its columns.
+///
+/// # Safety
+///
+/// `c` must be valid for writes of rows `0..m` (stride `ldc ≥ b.n()`) in the columns of
+/// `panels`, and nothing else may access those bytes during the call. The other checks of
+/// [`qgemm`] are made here too.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn qgemm_ptr(
+    isa: IntIsa,
+    m: usize,
+    a: &[u8],
+    lda: usize,
+    b: &PackedQB,
+    row_coeff: i32,
+    rq: &Requant,
+    c: *mut u8,
+    ldc: usize,
+    panels: Range<usize>,
+) {
+    let (k, n) = (b.k, b.n);
+    assert_eq!(
+        rq.len(),
+        n,
+        "requantization for {} channels, B has {n}",
+        rq.len()
+    );
+    assert!(
+        panels.end <= b.panels() && panels.start <= panels.end,
+        "panels past B"
+    );
+    if m == 0 || panels.is_empty() {
+        return;
+    }
+    assert!(
+        lda >= k && a.len() >= (m - 1) * lda + k,
+        "A shorter than m·lda"
+    );
+    assert!(ldc >= n, "ldc shorter than a row of C");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        IntIsa::Avx512Vnni if isa.is_supported() => {
+            // Safety: the CPU has AVX-512 VNNI; A checked above, C by the caller.
+            unsafe { vnni::gemm(m, a.as_ptr(), lda, b, row_coeff, rq, c, ldc, panels) }
+        }
+        // Safety: C by the caller.
+        _ => unsafe { portable(isa, m, a, lda, b, row_coeff, rq, c, ldc, panels) },
+    }
+}
+
+/// Scalar and AVX2: each 1 × 32 tile is accumulated into memory, then requantized.
+///
+/// # Safety
+///
+/// As [`qgemm_ptr`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable(
+    isa: IntIsa,
+    m: usize,
+    a: &[u8],
+    lda: usize,
+    b: &PackedQB,
+    row_coeff: i32,
+    rq: &Requant,
+    c: *mut u8,
+    ldc: usize,
+    panels: Range<usize>,
+) {
+    let k = b.k;
+    let mut acc = [0i32; NR];
+    for i in 0..m {
+        let row = &a[i * lda..][..k];
+        let add = if row_coeff == 0 {
+            0
+        } else {
+            row_coeff.wrapping_mul(row.iter().map(|&v| v as i32).sum::<i32>())
+        };
+        for p in panels.clone() {
+            let cols = (b.n - p * NR).min(NR);
+            let panel = &b.data[p * b.quads * NR * 4..][..b.quads * NR * 4];
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                IntIsa::Avx2 | IntIsa::Avx512Vnni if IntIsa::Avx2.is_supported() => {
+                    // Safety: AVX2 is present; the row holds k bytes, the panel quads·128.
+                    unsafe { avx2::tile(row, panel, b.quads, &mut acc) }
+                }
+                _ => scalar_tile(row, panel, &mut acc),
+            }
+            // Safety: row i's columns of panel p are the caller's to write.
+            let out = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc + p * NR), cols) };
+            rq.row(IntIsa::Scalar, &acc[..cols], add, p * NR, out);
+        }
+    }
+}
+
+fn scalar_tile(row: &[u8], panel: &[i8], acc: &mut [i32; NR]) {
+    acc.fill(0);
+    for (kk, &x) in row.iter().enumerate() {
+        let quad = &panel[kk / 4 * NR * 4..][..NR * 4];
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a += x as i32 * quad[j * 4 + kk % 4] as i32;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::NR;
+
+    /// One row × 32 columns with `vpmaddwd`: a quad of A (zero-extended to i16) against four
+    /// columns' quads of B (sign-extended) gives two partial sums per column, added at the end.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn tile(row: &[u8], panel: &[i8], quads: usize, out: &mut [i32; NR]) {
+        unsafe {
+            let mut acc = [_mm256_setzero_si256(); 8];
+            let k = row.len();
+            for q in 0..quads {
+                let mut four = [0u8; 4];
+                let have = (k - 4 * q).min(4);
+                four[..have].copy_from_slice(&row[4 * q..][..have]);
+                let a16 = _mm_cvtepu8_epi16(_mm_cvtsi32_si128(i32::from_le_bytes(four)));
+                let av = _mm256_broadcastq_epi64(a16);
+                let bq = panel.as_ptr().add(q * NR * 4);
+                for (v, a) in acc.iter_mut().enumerate() {
+                    let bw = _mm256_cvtepi8_epi16(_mm_loadu_si128(bq.add(16 * v).cast()));
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(av, bw));
+                }
+            }
+            let mut lanes = [0i32; 64];
+            for (v, a) in acc.iter().enumerate() {
+                _mm256_storeu_si256(lanes.as_mut_ptr().add(8 * v).cast(), *a);
+            }
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = lanes[2 * j] + lanes[2 * j + 1];
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::super::x86::finish16;
+    use super::super::Requant;
+    use super::{PackedQB, MR, NR};
+
+    /// Row tiles of MR rows (the rows' bytes stay in L1) × every panel of the range.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+    pub(super) unsafe fn gemm(
+        m: usize,
+        a: *const u8,
+        lda: usize,
+        b: &PackedQB,
+        row_coeff: i32,
+        rq: &Requant,
+        c: *mut u8,
+        ldc: usize,
+        panels: Range<usize>,
+    ) {
+        let k = b.k;
+        let mut i = 0;
+        while i < m {
+            let rows = (m - i).min(MR);
+            let mut add = [0i32; MR];
+            // Safety: rows i .. i + rows of A and C exist (checked by qgemm).
+            unsafe {
+                if row_coeff != 0 {
+                    for (r, s) in add.iter_mut().enumerate().take(rows) {
+                        *s = row_coeff.wrapping_mul(row_sum(a.add((i + r) * lda), k));
+                    }
+                }
+                let t = Tile {
+                    a: a.add(i * lda),
+                    lda,
+                    k,
+                    c: c.add(i * ldc),
+                    ldc,
+                    add: &add,
+                    rq,
+                };
+                for p in panels.clone() {
+                    let bp = b.data.as_ptr().add(p * b.quads * NR * 4);
+                    let cols = (b.n - p * NR).min(NR);
+                    match rows {
+                        12 => tile::<12>(&t, bp, p * NR, cols),
+                        11 => tile::<11>(&t, bp, p * NR, cols),
+                        10 => tile::<10>(&t, bp, p * NR, cols),
+                        9 => tile::<9>(&t, bp, p * NR, cols),
+                        8 => tile::<8>(&t, bp, p * NR, cols),
+                        7 => tile::<7>(&t, bp, p * NR, cols),
+                        6 => tile::<6>(&t, bp, p * NR, cols),
+                        5 => tile::<5>(&t, bp, p * NR, cols),
+                        4 => tile::<4>(&t, bp, p * NR, cols),
+                        3 => tile::<3>(&t, bp, p * NR, cols),
+                        2 => tile::<2>(&t, bp, p * NR, cols),
+                        _ => tile::<1>(&t, bp, p * NR, cols),
+                    }
+                }
+            }
+            i += rows;
+        }
+    }
+
+    /// Σ of `k` bytes.
+    #[inline(always)]
+    unsafe fn row_sum(p: *const u8, k: usize) -> i32 {
+        unsafe {
+            let mut acc = _mm512_setzero_si512();
+            let mut kk = 0;
+            while kk + 64 <= k {
+                let v = _mm512_loadu_si512(p.add(kk).cast());
+                acc = _mm512_add_epi64(acc, _mm512_sad_epu8(v, _mm512_setzero_si512()));
+                kk += 64;
+            }
+            let mut s = _mm512_reduce_add_epi64(acc) as i32;
+            while kk < k {
+                s += *p.add(kk) as i32;
+                kk += 1;
+            }
+            s
+        }
+    }
+
+    struct Tile<'a> {
+        a: *const u8,
+        lda: usize,
+        k: usize,
+        c: *mut u8,
+        ldc: usize,
+        add: &'a [i32; MR],
+        rq: &'a Requant,
+    }
+
+    /// Broadcast of A's quad `q` of row `i` (the bytes past k read as 0).
+    #[inline(always)]
+    unsafe fn quad(t: &Tile, i: usize, q: usize) -> __m512i {
+        unsafe {
+            let p = t.a.add(i * t.lda + 4 * q);
+            let v = if 4 * q + 4 <= t.k {
+                p.cast::<i32>().read_unaligned()
+            } else {
+                let mut four = [0u8; 4];
+                for (j, f) in four.iter_mut().enumerate().take(t.k - 4 * q) {
+                    *f = *p.add(j);
+                }
+                i32::from_le_bytes(four)
+            };
+            _mm512_set1_epi32(v)
+        }
+    }
+
+    /// An R × 32 tile: all of K in registers, then requantized and stored.
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(t: &Tile, bp: *const i8, j0: usize, cols: usize) {
+        unsafe {
+            let mut acc0 = [_mm512_setzero_si512(); R];
+            let mut acc1 = [_mm512_setzero_si512(); R];
+            let full = t.k / 4;
+            for q in 0..full {
+                let b0 = _mm512_loadu_si512(bp.add(q * NR * 4).cast());
+                let b1 = _mm512_loadu_si512(bp.add(q * NR * 4 + 64).cast());
+                for i in 0..R {
+                    let av = _mm512_set1_epi32(
+                        t.a.add(i * t.lda + 4 * q).cast::<i32>().read_unaligned(),
+                    );
+                    acc0[i] = _mm512_dpbusd_epi32(acc0[i], av, b0);
+                    acc1[i] = _mm512_dpbusd_epi32(acc1[i], av, b1);
+                }
+            }
+            if !t.k.is_multiple_of(4) {
+                let b0 = _mm512_loadu_si512(bp.add(full * NR * 4).cast());
+                let b1 = _mm512_loadu_si512(bp.add(full * NR * 4 + 64).cast());
+                for i in 0..R {
+                    let av = quad(t, i, full);
+                    acc0[i] = _mm512_dpbusd_epi32(acc0[i], av, b0);
+                    acc1[i] = _mm512_dpbusd_epi32(acc1[i], av, b1);
+                }
+            }
+            for i in 0..R {
+                let add = _mm512_set1_epi32(t.add[i]);
+                let row = t.c.add(i * t.ldc + j0);
+                finish16(t.rq, _mm512_add_epi32(acc0[i], add), j0, cols.min(16), row);
+                if cols > 16 {
+                    finish16(
+                        t.rq,
+                        _mm512_add_epi32(acc1[i], add),
+                        j0 + 16,
+                        cols - 16,
+                        row.add(16),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The definition: `C[i, j] = rq(Σ_k A[i, k]·B[k, j] + row_coeff·Σ_k A[i, k])`, all columns.
+#[allow(clippy::too_many_arguments)]
+pub fn qgemm_reference(
+    m: usize,
+    a: &[u8],
+    lda: usize,
+    b: &PackedQB,
+    row_coeff: i32,
+    rq: &Requant,
+    c: &mut [u8],
+    ldc: usize,
+) {
+    for i in 0..m {
+        let row = &a[i * lda..][..b.k];
+        let sum: i32 = row.iter().map(|&v| v as i32).sum();
+        for j in 0..b.n {
+            let dot: i32 = row
+                .iter()
+                .enumerate()
+                .map(|(kk, &x)| x as i32 * b.at(kk, j))
+                .sum();
+            c[i * ldc + j] = rq.apply(j, dot + row_coeff * sum);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(seed: u32, n: usize) -> Vec<u32> {
+        let mut s = seed.max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                s
+            })
+            .collect()
+    }
+
+    fn check(m: usize, k: usize, n: usize, row_coeff: i32) {
+        let a: Vec<u8> = noise(m as u32 * 7 + 1, m * (k + 3))
+            .iter()
+            .map(|&v| v as u8)
+            .collect();
+        let w: Vec<i8> = noise(k as u32 * 13 + n as u32, n * k)
+            .iter()
+            .map(|&v| v as i8)
+            .collect();
+        let b = PackedQB::new(&w, k, n);
+        let bias: Vec<i32> = noise(5, n)
+            .iter()
+            .map(|&v| (v % 20_000) as i32 - 10_000)
+            .collect();
+        let mult: Vec<i32> = noise(6, n)
+            .iter()
+            .map(|&v| (1 << 30) + (v >> 2) as i32)
+            .collect();
+        let shift: Vec<i32> = (0..n as i32).map(|j| -(j % 5) - 6).collect();
+        let rq = Requant::new(&bias, &mult, &shift, 11, 0, 255);
+        let lda = k + 3;
+        let mut want = vec![0u8; m * n];
+        qgemm_reference(m, &a, lda, &b, row_coeff, &rq, &mut want, n);
+        for isa in IntIsa::available() {
+            let mut got = vec![0u8; m * n];
+            qgemm(
+                isa,
+                m,
+                &a,
+                lda,
+                &b,
+                row_coeff,
+                &rq,
+                &mut got,
+                n,
+                0..b.panels(),
+            );
+            assert_eq!(got, want, "{isa} m {m} k {k} n {n} coeff {row_coeff}");
+            // The panels split across calls compose the whole.
+            let mut split = vec![0u8; m * n];
+            let half = b.panels() / 2;
+            qgemm(isa, m, &a, lda, &b, row_coeff, &rq, &mut split, n, 0..half);
+            qgemm(
+                isa,
+                m,
+                &a,
+                lda,
+                &b,
+                row_coeff,
+                &rq,
+                &mut split,
+                n,
+                half..b.panels(),
+            );
+            assert_eq!(split, want, "{isa} split m {m} k {k} n {n}");
+        }
+    }
+
+    #[test]
+    fn every_isa_matches_reference_on_edge_sizes() {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (13, 5, 33),
+            (12, 8, 32),
+            (25, 27, 8),
+            (3, 70, 17),
+            (30, 128, 65),
+        ] {
+            check(m, k, n, 0);
+            check(m, k, n, 23);
+        }
+    }
+
+    #[test]
+    fn mobilenet_shapes() {
+        check(49, 1024, 1024, 0);
+        check(196, 256, 512, -105);
+        check(1, 1024, 1001, 0);
+    }
+}

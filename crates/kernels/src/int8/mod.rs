@@ -1,0 +1,562 @@
+//! Integer kernels for quantized MobileNets, bit-exact with TFLite's reference kernels.
+//!
+//! Activations are unsigned bytes with a zero point (int8 models are shifted by 128 into this
+//! domain, which changes no product: `(x + 128) − (z + 128) = x − z`). Weights are signed bytes:
+//! uint8 weights are stored as `w − 128` and the missing `(128 − w_zp)·Σx` is added per row
+//! from the row sums of A. Accumulation is exact in i32; requantization follows gemmlowp's
+//! fixed-point arithmetic ([`requantize`]), so every variant gives the same bytes as the scalar
+//! definition — which the tests check on every instruction set this CPU has.
+//!
+//! | kernel | what |
+//! |---|---|
+//! | [`gemm::qgemm`] | `C = requant(A·B)`, u8 × s8 → i32, B packed once: 1×1 convs, FC, the stem after [`im2col3x3`] |
+//! | [`dwconv::qdwconv3x3`] | depthwise 3×3, stride 1/2, TF padding, NHWC |
+//! | [`avg_pool`] | global average pool with TFLite's rounding |
+
+pub mod dwconv;
+pub mod gemm;
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use crate::ConvGeometry;
+
+/// The instruction set of an integer kernel variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IntIsa {
+    /// Portable Rust.
+    Scalar,
+    /// x86-64 AVX2: 16-bit multiply-adds (`vpmaddwd`), 8 i32 lanes.
+    Avx2,
+    /// x86-64 AVX-512 with VNNI: `vpdpbusd` (four u8·s8 products per i32 lane), 16 lanes.
+    Avx512Vnni,
+}
+
+impl IntIsa {
+    /// The best variant this CPU runs, detected once.
+    pub fn detect() -> IntIsa {
+        static BEST: OnceLock<IntIsa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            [IntIsa::Avx512Vnni, IntIsa::Avx2]
+                .into_iter()
+                .find(|i| i.is_supported())
+                .unwrap_or(IntIsa::Scalar)
+        })
+    }
+
+    /// Every variant this CPU runs, scalar first.
+    pub fn available() -> Vec<IntIsa> {
+        [IntIsa::Scalar, IntIsa::Avx2, IntIsa::Avx512Vnni]
+            .into_iter()
+            .filter(|i| i.is_supported())
+            .collect()
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn is_supported(self) -> bool {
+        match self {
+            IntIsa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            IntIsa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            IntIsa::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            IntIsa::Avx2 | IntIsa::Avx512Vnni => false,
+        }
+    }
+
+    /// Short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            IntIsa::Scalar => "scalar",
+            IntIsa::Avx2 => "avx2",
+            IntIsa::Avx512Vnni => "avx512vnni",
+        }
+    }
+}
+
+impl fmt::Display for IntIsa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// gemmlowp's `SaturatingRoundingDoublingHighMul`: the high 32 bits of `2·a·b`, rounded to
+/// nearest with ties toward +∞ for positive products and toward zero for negative ones (the
+/// nudge is `2^30` or `1 − 2^30`, then C's truncating division), saturating the single
+/// overflow case `a = b = i32::MIN`.
+pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
+    if a == i32::MIN && b == i32::MIN {
+        return i32::MAX;
+    }
+    let ab = a as i64 * b as i64;
+    let nudge = if ab >= 0 {
+        1i64 << 30
+    } else {
+        1 - (1i64 << 30)
+    };
+    // Rust's integer division truncates toward zero, as C's does.
+    ((ab + nudge) / (1i64 << 31)) as i32
+}
+
+/// gemmlowp's `RoundingDivideByPOT`: `x / 2^exponent` rounded to nearest, ties away from zero.
+pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
+    if exponent <= 0 {
+        return x;
+    }
+    let mask = (1i64 << exponent) - 1;
+    let remainder = (x as i64) & mask;
+    let threshold = (mask >> 1) + i64::from(x < 0);
+    (x >> exponent) + i32::from(remainder > threshold)
+}
+
+/// TFLite's `MultiplyByQuantizedMultiplier(x, multiplier, shift)` (double rounding): scale
+/// `x` by `multiplier · 2^(shift − 31)`.
+pub fn requantize(x: i32, multiplier: i32, shift: i32) -> i32 {
+    let left = shift.max(0);
+    let right = (-shift).max(0);
+    rounding_divide_by_pot(
+        saturating_rounding_doubling_high_mul(x.wrapping_mul(1 << left), multiplier),
+        right,
+    )
+}
+
+/// Per-output-channel requantization: `clamp(requantize(acc + bias, m, shift) + zp, min, max)`.
+///
+/// Vectors are padded to a multiple of 16 channels so vector kernels load them whole.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Requant {
+    n: usize,
+    bias: Vec<i32>,
+    multiplier: Vec<i32>,
+    left: Vec<i32>,
+    right: Vec<i32>,
+    zero_point: i32,
+    min: i32,
+    max: i32,
+}
+
+impl Requant {
+    /// Parameters for `bias.len()` channels; `multiplier` and `shift` hold one value per
+    /// channel or one for all. `min ≤ max` are output bounds in 0..=255.
+    ///
+    /// # Panics
+    ///
+    /// If a multiplier is not a Q31 value in `[2^30, 2^31)` (or 0), a shift is outside
+    /// −31..=30, the per-channel lengths differ, or the bounds are not bytes.
+    pub fn new(
+        bias: &[i32],
+        multiplier: &[i32],
+        shift: &[i32],
+        zero_point: i32,
+        min: i32,
+        max: i32,
+    ) -> Requant {
+        let n = bias.len();
+        let pick = |v: &[i32], i: usize| if v.len() == 1 { v[0] } else { v[i] };
+        assert!(
+            multiplier.len() == n || multiplier.len() == 1,
+            "one multiplier or one per channel"
+        );
+        assert_eq!(multiplier.len(), shift.len(), "a shift per multiplier");
+        assert!(
+            0 <= min && min <= max && max <= 255,
+            "bounds {min}..={max} are not bytes"
+        );
+        let padded = n.div_ceil(16) * 16;
+        let mut r = Requant {
+            n,
+            bias: vec![0; padded],
+            multiplier: vec![0; padded],
+            left: vec![0; padded],
+            right: vec![0; padded],
+            zero_point,
+            min,
+            max,
+        };
+        for (i, &b) in bias.iter().enumerate() {
+            let (m, s) = (pick(multiplier, i), pick(shift, i));
+            assert!(
+                m == 0 || (1 << 30..=i32::MAX).contains(&m),
+                "multiplier {m} is not Q31 in [0.5, 1)"
+            );
+            assert!((-31..=30).contains(&s), "shift {s} out of range");
+            r.bias[i] = b;
+            r.multiplier[i] = m;
+            r.left[i] = s.max(0);
+            r.right[i] = (-s).max(0);
+        }
+        r
+    }
+
+    /// Number of channels.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether there are no channels.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The output byte of channel `j` for accumulator `acc` (bias not yet added).
+    #[inline]
+    pub fn apply(&self, j: usize, acc: i32) -> u8 {
+        let x = acc.wrapping_add(self.bias[j]);
+        let v = rounding_divide_by_pot(
+            saturating_rounding_doubling_high_mul(
+                x.wrapping_mul(1 << self.left[j]),
+                self.multiplier[j],
+            ),
+            self.right[j],
+        );
+        v.wrapping_add(self.zero_point).clamp(self.min, self.max) as u8
+    }
+
+    /// Requantizes `acc[j] + add` for channels `j0 .. j0 + acc.len()` into `out`.
+    pub fn row(&self, isa: IntIsa, acc: &[i32], add: i32, j0: usize, out: &mut [u8]) {
+        assert!(out.len() >= acc.len() && j0 + acc.len() <= self.n);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            IntIsa::Avx512Vnni if isa.is_supported() => {
+                // Safety: AVX-512 is present; the slices cover `acc.len()` values from j0.
+                unsafe {
+                    x86::requant_row(self, acc.as_ptr(), acc.len(), add, j0, out.as_mut_ptr())
+                }
+            }
+            _ => {
+                for (j, (&a, o)) in acc.iter().zip(out.iter_mut()).enumerate() {
+                    *o = self.apply(j0 + j, a.wrapping_add(add));
+                }
+            }
+        }
+    }
+}
+
+/// Gathers 3×3 patches of a `[in_h, in_w, cin]` u8 image for output rows `rows` into
+/// `[pixels, kp]` rows of `kp ≥ 9·cin` bytes (`ky, kx, c` order; taps outside the image read
+/// `pad`, the input's zero point; bytes past `9·cin` are 0), so a GEMM computes the stem.
+pub fn im2col3x3(
+    g: &ConvGeometry,
+    cin: usize,
+    input: &[u8],
+    pad: u8,
+    rows: std::ops::Range<usize>,
+    kp: usize,
+    out: &mut [u8],
+) {
+    assert!(kp >= 9 * cin && input.len() >= g.in_h * g.in_w * cin);
+    assert!(out.len() >= rows.len() * g.out_w * kp && rows.end <= g.out_h);
+    if cin == 3 {
+        im2col_rows::<3>(g, cin, input, pad, rows, kp, out);
+    } else {
+        im2col_rows::<0>(g, cin, input, pad, rows, kp, out);
+    }
+}
+
+/// [`im2col3x3`] with the channel count fixed at compile time (`CIN > 0`) or read from the
+/// argument (`CIN = 0`). A kernel row inside the image is one copy of `3·cin` bytes.
+fn im2col_rows<const CIN: usize>(
+    g: &ConvGeometry,
+    cin: usize,
+    input: &[u8],
+    pad: u8,
+    rows: std::ops::Range<usize>,
+    kp: usize,
+    out: &mut [u8],
+) {
+    let cin = if CIN > 0 { CIN } else { cin };
+    let span = 3 * cin;
+    for (r, oy) in rows.enumerate() {
+        for ox in 0..g.out_w {
+            let dst = &mut out[(r * g.out_w + ox) * kp..][..kp];
+            dst[9 * cin..].fill(0);
+            let x0 = (ox * g.stride)
+                .checked_sub(g.pad_left)
+                .filter(|&v| v + 3 <= g.in_w);
+            for ky in 0..3 {
+                let iy = (oy * g.stride + ky)
+                    .checked_sub(g.pad_top)
+                    .filter(|&v| v < g.in_h);
+                let d = &mut dst[ky * span..][..span];
+                match (iy, x0) {
+                    (Some(iy), Some(ix)) => {
+                        d.copy_from_slice(&input[(iy * g.in_w + ix) * cin..][..span])
+                    }
+                    (None, _) => d.fill(pad),
+                    (Some(iy), None) => {
+                        for kx in 0..3 {
+                            let ix = (ox * g.stride + kx)
+                                .checked_sub(g.pad_left)
+                                .filter(|&v| v < g.in_w);
+                            let d = &mut d[kx * cin..][..cin];
+                            match ix {
+                                Some(ix) => {
+                                    d.copy_from_slice(&input[(iy * g.in_w + ix) * cin..][..cin])
+                                }
+                                None => d.fill(pad),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Global average pool of `[pixels, c]` bytes with TFLite's rounding: the sum of the values
+/// in their native domain (`x − offset`: 0 for uint8 models, 128 for int8) divided by the
+/// count, rounded half away from zero, shifted back and clamped to `min..=max`.
+pub fn avg_pool(
+    input: &[u8],
+    pixels: usize,
+    c: usize,
+    offset: i32,
+    min: u8,
+    max: u8,
+    out: &mut [u8],
+) {
+    assert!(input.len() >= pixels * c && out.len() >= c && pixels > 0);
+    let mut sums = vec![0i32; c];
+    for px in input[..pixels * c].chunks_exact(c) {
+        for (s, &v) in sums.iter_mut().zip(px) {
+            *s += v as i32;
+        }
+    }
+    let n = pixels as i32;
+    for (o, s) in out.iter_mut().zip(sums) {
+        let s = s - offset * n;
+        let avg = if s > 0 {
+            (s + n / 2) / n
+        } else {
+            (s - n / 2) / n
+        };
+        *o = (avg + offset).clamp(min as i32, max as i32) as u8;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    //! AVX-512 requantization, exact: the Q31 products are formed in 64-bit lanes (even and
+    //! odd i32 lanes separately) and rounded to 32 bits, then divided by the power of two
+    //! with gemmlowp's rounding.
+
+    use std::arch::x86_64::*;
+
+    use super::Requant;
+
+    /// `RoundingDivideByPOT(SRDHM(x << l, m), e)` for 16 lanes; returns the i32 results before
+    /// the zero point.
+    ///
+    /// With `m` in `[2^30, 2^31)` the doubling high multiply's nudge-and-truncate equals
+    /// `floor((p + 2^30) / 2^31)` for the 64-bit product `p` (its saturating case needs
+    /// `m = −2^31`), so each half takes an add and a shift; the even lanes' quotients are
+    /// shifted down into the low halves, the odd lanes' up into the high halves, and the
+    /// power-of-two divide runs on 32-bit lanes: `(q >> e) + (rem > half + (q < 0))`.
+    #[inline(always)]
+    pub(crate) unsafe fn requant16(x: __m512i, m: __m512i, l: __m512i, e: __m512i) -> __m512i {
+        unsafe {
+            let x = _mm512_sllv_epi32(x, l);
+            let round = _mm512_set1_epi64(1 << 30);
+            let pe = _mm512_add_epi64(_mm512_mul_epi32(x, m), round);
+            let po = _mm512_add_epi64(
+                _mm512_mul_epi32(_mm512_srli_epi64(x, 32), _mm512_srli_epi64(m, 32)),
+                round,
+            );
+            let q = _mm512_mask_blend_epi32(
+                0xaaaa,
+                _mm512_srli_epi64(pe, 31),
+                _mm512_slli_epi64(po, 1),
+            );
+            let one = _mm512_set1_epi32(1);
+            let mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, e), one);
+            let rem = _mm512_and_si512(q, mask);
+            let thr = _mm512_sub_epi32(_mm512_srli_epi32(mask, 1), _mm512_srai_epi32(q, 31));
+            let r = _mm512_srav_epi32(q, e);
+            _mm512_mask_add_epi32(r, _mm512_cmpgt_epi32_mask(rem, thr), r, one)
+        }
+    }
+
+    /// Full requantization of 16 channels starting at `j` and the store of `n ≤ 16` bytes.
+    #[inline(always)]
+    pub(crate) unsafe fn finish16(rq: &Requant, acc: __m512i, j: usize, n: usize, out: *mut u8) {
+        unsafe {
+            let b = _mm512_loadu_si512(rq.bias.as_ptr().add(j).cast());
+            let m = _mm512_loadu_si512(rq.multiplier.as_ptr().add(j).cast());
+            let l = _mm512_loadu_si512(rq.left.as_ptr().add(j).cast());
+            let e = _mm512_loadu_si512(rq.right.as_ptr().add(j).cast());
+            let v = requant16(_mm512_add_epi32(acc, b), m, l, e);
+            let v = _mm512_add_epi32(v, _mm512_set1_epi32(rq.zero_point));
+            let v = _mm512_min_epi32(
+                _mm512_max_epi32(v, _mm512_set1_epi32(rq.min)),
+                _mm512_set1_epi32(rq.max),
+            );
+            if n == 16 {
+                _mm_storeu_si128(out.cast(), _mm512_cvtepi32_epi8(v));
+            } else {
+                _mm512_mask_cvtepi32_storeu_epi8(out.cast(), ((1u32 << n) - 1) as u16, v);
+            }
+        }
+    }
+
+    /// [`Requant::row`] for AVX-512.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+    pub(crate) unsafe fn requant_row(
+        rq: &Requant,
+        acc: *const i32,
+        n: usize,
+        add: i32,
+        j0: usize,
+        out: *mut u8,
+    ) {
+        unsafe {
+            let addv = _mm512_set1_epi32(add);
+            let mut j = 0;
+            while j < n {
+                let w = (n - j).min(16);
+                let a = if w == 16 {
+                    _mm512_loadu_si512(acc.add(j).cast())
+                } else {
+                    _mm512_maskz_loadu_epi32(((1u32 << w) - 1) as u16, acc.add(j).cast())
+                };
+                finish16(rq, _mm512_add_epi32(a, addv), j0 + j, w, out.add(j));
+                j += 16;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_point_helpers_match_their_definitions() {
+        assert_eq!(rounding_divide_by_pot(5, 1), 3);
+        assert_eq!(rounding_divide_by_pot(-5, 1), -3);
+        assert_eq!(rounding_divide_by_pot(4, 1), 2);
+        assert_eq!(
+            saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN),
+            i32::MAX
+        );
+        assert_eq!(
+            saturating_rounding_doubling_high_mul(1 << 30, 1 << 30),
+            1 << 29
+        );
+        // x · 0.5 with the multiplier 2^30: the doubling high multiply rounds ties upward
+        // (3.5 → 4, −3.5 → −3), unlike the power-of-two divide (−2.5 → −3 above).
+        assert_eq!(requantize(7, 1 << 30, 0), 4);
+        assert_eq!(requantize(-7, 1 << 30, 0), -3);
+    }
+
+    /// Accumulators that hit every rounding case: ties, negatives, extremes, large shifts.
+    fn hard_values() -> Vec<i32> {
+        let mut v = vec![
+            0,
+            1,
+            -1,
+            2,
+            -2,
+            3,
+            -3,
+            i32::MAX,
+            i32::MIN + 1,
+            1 << 20,
+            -(1 << 20),
+        ];
+        let mut s = 0x1234_5678u32;
+        for _ in 0..2000 {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            v.push((s as i32) >> (s % 20));
+        }
+        v
+    }
+
+    #[test]
+    fn requant_rows_equal_the_scalar_definition_on_every_isa() {
+        let values = hard_values();
+        let n = 37;
+        let bias: Vec<i32> = (0..n as i32).map(|i| i * 1001 - 17_000).collect();
+        let mults: Vec<i32> = (0..n as i32).map(|i| (1 << 30) + i * 19_999_999).collect();
+        let shifts: Vec<i32> = (0..n as i32).map(|i| (i % 14) - 11).collect();
+        let rq = Requant::new(&bias, &mults, &shifts, 7, 3, 250);
+        for isa in IntIsa::available() {
+            for (row, chunk) in values.chunks(n).enumerate() {
+                if chunk.len() < n {
+                    continue;
+                }
+                let add = row as i32 * 3 - 40;
+                let mut got = vec![0u8; n];
+                rq.row(isa, chunk, add, 0, &mut got);
+                for j in 0..n {
+                    let x = chunk[j].wrapping_add(add).wrapping_add(bias[j]);
+                    let want = (requantize(x, mults[j], shifts[j]) + 7).clamp(3, 250) as u8;
+                    assert_eq!(got[j], want, "{isa} acc {} ch {j}", chunk[j]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn im2col_matches_its_definition() {
+        for &(hw, cin, stride) in &[
+            (1, 3, 2),
+            (5, 3, 1),
+            (8, 3, 2),
+            (9, 3, 2),
+            (7, 4, 1),
+            (6, 1, 2),
+        ] {
+            let g = ConvGeometry::tf_same(hw, hw, 3, stride);
+            let input: Vec<u8> = (0..hw * hw * cin).map(|i| (i * 37 % 251) as u8).collect();
+            let kp = (9 * cin).div_ceil(4) * 4;
+            let mut got = vec![0xaa; g.out_h * g.out_w * kp];
+            im2col3x3(&g, cin, &input, 7, 0..g.out_h, kp, &mut got);
+            for oy in 0..g.out_h {
+                for ox in 0..g.out_w {
+                    for k in 0..kp {
+                        let want = if k >= 9 * cin {
+                            0
+                        } else {
+                            let (ky, kx, ch) = (k / (3 * cin), k / cin % 3, k % cin);
+                            let iy = (oy * stride + ky)
+                                .checked_sub(g.pad_top)
+                                .filter(|&v| v < hw);
+                            let ix = (ox * stride + kx)
+                                .checked_sub(g.pad_left)
+                                .filter(|&v| v < hw);
+                            match (iy, ix) {
+                                (Some(iy), Some(ix)) => input[(iy * hw + ix) * cin + ch],
+                                _ => 7,
+                            }
+                        };
+                        assert_eq!(
+                            got[(oy * g.out_w + ox) * kp + k],
+                            want,
+                            "{hw} {cin} {stride} ({oy},{ox}) {k}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn avg_pool_rounds_half_away_from_zero_in_the_native_domain() {
+        // int8 values −1, 0 (offset 128): sum −1 over 2 → −0.5 → −1.
+        let mut out = [0u8; 1];
+        avg_pool(&[127, 128], 2, 1, 128, 0, 255, &mut out);
+        assert_eq!(out[0], 127);
+        // uint8 values 1, 2 → 1.5 → 2.
+        avg_pool(&[1, 2], 2, 1, 0, 0, 255, &mut out);
+        assert_eq!(out[0], 2);
+    }
+}

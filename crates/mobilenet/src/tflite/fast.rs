@@ -1,0 +1,542 @@
+//! The fast integer engine: a [`QuantModel`] planned onto the `int8` kernels (VNNI GEMM for
+//! the 1×1 layers and the im2col'd stem, vectorised depthwise, integer pool), giving the same
+//! bytes as the reference interpreter — and so as TFLite's reference kernels.
+//!
+//! Activations live as bytes: uint8 models as they are, int8 models shifted by 128. Weights are
+//! signed bytes: int8 as they are, uint8 as `w − 128`, with `(128 − w_zp)·Σx` added per pixel
+//! (the GEMM's row-sum term) and `−x_zp·Σ_k w'` folded into the bias.
+
+use mobilenet_kernels::int8::dwconv::{qdwconv3x3, QDwWeights};
+use mobilenet_kernels::int8::gemm::{qgemm, qgemm_ptr, PackedQB};
+use mobilenet_kernels::int8::{avg_pool, im2col3x3, IntIsa, Requant};
+use mobilenet_kernels::ConvGeometry;
+use std::time::{Duration, Instant};
+
+use super::quant::{softmax, QOp};
+use super::{ElementType, QuantModel};
+use crate::pool::{split, Parts, SpinPool};
+
+/// Why a quantized model cannot run on the fast engine (the reference interpreter still can).
+#[derive(Debug, thiserror::Error)]
+#[error("the integer engine cannot run this model: {0}")]
+pub struct Unsupported(String);
+
+#[derive(Debug)]
+enum Step {
+    /// Full 3×3 convolution through im2col and the GEMM.
+    Stem {
+        g: ConvGeometry,
+        cin: usize,
+        /// Bytes per im2col row (9·cin rounded up to 4).
+        kp: usize,
+        pad: u8,
+        b: PackedQB,
+        row_coeff: i32,
+        rq: Requant,
+    },
+    /// 1×1 convolution or fully connected layer over `pixels` rows.
+    Gemm {
+        pixels: usize,
+        b: PackedQB,
+        row_coeff: i32,
+        rq: Requant,
+    },
+    Depthwise {
+        g: ConvGeometry,
+        w: QDwWeights,
+        rq: Requant,
+    },
+    Pool {
+        pixels: usize,
+        c: usize,
+        min: u8,
+        max: u8,
+    },
+    Softmax {
+        table: Vec<f32>,
+        output_scale: f32,
+        output_zp: i32,
+        signed: bool,
+    },
+}
+
+impl Step {
+    fn output_len(&self) -> usize {
+        match self {
+            Step::Stem { g, b, .. } => g.out_h * g.out_w * b.n(),
+            Step::Gemm { pixels, b, .. } => pixels * b.n(),
+            Step::Depthwise { g, w, .. } => g.out_h * g.out_w * w.channels(),
+            Step::Pool { c, .. } => *c,
+            Step::Softmax { table: _, .. } => 0,
+        }
+    }
+}
+
+/// A quantized MobileNet planned for the integer kernels of one instruction set.
+#[derive(Debug)]
+pub struct QuantEngine {
+    isa: IntIsa,
+    steps: Vec<Step>,
+    /// 128 for int8 models (bytes are `x + 128`), 0 for uint8.
+    offset: i32,
+    input_len: usize,
+    output_len: usize,
+    /// Largest activation in bytes.
+    max_len: usize,
+    /// Largest im2col buffer.
+    col_len: usize,
+}
+
+impl QuantEngine {
+    /// Plans `model` for the best integer kernels of this CPU.
+    pub fn new(model: &QuantModel) -> Result<QuantEngine, Unsupported> {
+        QuantEngine::with_isa(model, IntIsa::detect())
+    }
+
+    /// Plans `model` for `isa`'s kernels.
+    pub fn with_isa(model: &QuantModel, isa: IntIsa) -> Result<QuantEngine, Unsupported> {
+        let offset = if model.kind == ElementType::I8 {
+            128
+        } else {
+            0
+        };
+        let byte = |v: i32, what: &str| -> Result<u8, Unsupported> {
+            u8::try_from(v + offset).map_err(|_| Unsupported(format!("{what} {v} is not a byte")))
+        };
+        let mut steps = Vec::new();
+        let mut col_len = 0;
+        let mut last_c = 3;
+        for op in &model.ops {
+            let step = match op {
+                QOp::Conv {
+                    depthwise,
+                    weights,
+                    weight_zp,
+                    weight_signed,
+                    bias,
+                    k,
+                    stride,
+                    pad_top,
+                    pad_left,
+                    cin,
+                    cout,
+                    in_hw,
+                    out_hw,
+                    input_zp,
+                    multipliers,
+                    output_zp,
+                    act,
+                } => {
+                    let zp = byte(*input_zp, "input zero point")?;
+                    let rq = |bias: &[i32]| -> Result<Requant, Unsupported> {
+                        let (m, s): (Vec<i32>, Vec<i32>) =
+                            multipliers.iter().map(|q| (q.multiplier, q.shift)).unzip();
+                        if s.iter().any(|s| !(-31..=30).contains(s)) {
+                            return Err(Unsupported(
+                                "a requantization shift is out of range".into(),
+                            ));
+                        }
+                        Ok(Requant::new(
+                            bias,
+                            &m,
+                            &s,
+                            output_zp + offset,
+                            act.0 + offset,
+                            act.1 + offset,
+                        ))
+                    };
+                    let g = ConvGeometry {
+                        in_h: in_hw.0,
+                        in_w: in_hw.1,
+                        out_h: out_hw.0,
+                        out_w: out_hw.1,
+                        stride: *stride,
+                        pad_top: *pad_top,
+                        pad_left: *pad_left,
+                    };
+                    last_c = *cout;
+                    if *depthwise {
+                        if *k != 3 {
+                            return Err(Unsupported(format!("{k}×{k} depthwise")));
+                        }
+                        Step::Depthwise {
+                            g,
+                            w: QDwWeights::new(weights, *cout, zp),
+                            rq: rq(bias)?,
+                        }
+                    } else {
+                        let depth = k * k * cin;
+                        // Signed bytes for the GEMM and the per-row coefficient they leave out.
+                        let zps: Vec<i32> = (0..*cout)
+                            .map(|co| weight_zp[if weight_zp.len() == 1 { 0 } else { co }])
+                            .collect();
+                        let base = if *weight_signed { 0 } else { 128 };
+                        let coeff = base - zps[0];
+                        if zps.iter().any(|&z| base - z != coeff) {
+                            return Err(Unsupported(
+                                "per-channel weight zero points that differ".into(),
+                            ));
+                        }
+                        let mut w8 = Vec::with_capacity(weights.len());
+                        let mut bias_adj = bias.clone();
+                        for co in 0..*cout {
+                            let row = &weights[co * depth..][..depth];
+                            for &w in row {
+                                let v = w + zps[co] - base;
+                                w8.push(i8::try_from(v).map_err(|_| {
+                                    Unsupported(format!("weight {v} does not fit a signed byte"))
+                                })?);
+                            }
+                            bias_adj[co] -= zp as i32 * row.iter().sum::<i32>();
+                        }
+                        let rq = rq(&bias_adj)?;
+                        if *k == 1 {
+                            Step::Gemm {
+                                pixels: out_hw.0 * out_hw.1,
+                                b: PackedQB::new(&w8, depth, *cout),
+                                row_coeff: coeff,
+                                rq,
+                            }
+                        } else if *k == 3 {
+                            let kp = depth.div_ceil(4) * 4;
+                            // im2col rows padded with zero weights up to kp.
+                            let mut padded = vec![0i8; cout * kp];
+                            for co in 0..*cout {
+                                padded[co * kp..][..depth]
+                                    .copy_from_slice(&w8[co * depth..][..depth]);
+                            }
+                            col_len = col_len.max(out_hw.0 * out_hw.1 * kp);
+                            Step::Stem {
+                                g,
+                                cin: *cin,
+                                kp,
+                                pad: zp,
+                                b: PackedQB::new(&padded, kp, *cout),
+                                row_coeff: coeff,
+                                rq,
+                            }
+                        } else {
+                            return Err(Unsupported(format!("{k}×{k} convolution")));
+                        }
+                    }
+                }
+                QOp::AvgPool { hw, c, act } => Step::Pool {
+                    pixels: *hw,
+                    c: *c,
+                    min: byte(act.0, "pool bound")?,
+                    max: byte(act.1, "pool bound")?,
+                },
+                QOp::Softmax {
+                    table,
+                    output_scale,
+                    output_zp,
+                    signed,
+                } => Step::Softmax {
+                    table: table.clone(),
+                    output_scale: *output_scale,
+                    output_zp: *output_zp,
+                    signed: *signed,
+                },
+            };
+            if !matches!(step, Step::Softmax { .. }) {
+                last_c = step.output_len();
+            }
+            steps.push(step);
+        }
+        let max_len = steps
+            .iter()
+            .map(Step::output_len)
+            .chain([model.input_len])
+            .max()
+            .unwrap_or(0);
+        Ok(QuantEngine {
+            isa,
+            steps,
+            offset,
+            input_len: model.input_len,
+            output_len: last_c,
+            max_len,
+            col_len,
+        })
+    }
+
+    /// The kernels' instruction set.
+    pub fn isa(&self) -> IntIsa {
+        self.isa
+    }
+
+    /// Bytes per input image.
+    pub fn input_len(&self) -> usize {
+        self.input_len
+    }
+
+    /// Values per output.
+    pub fn output_len(&self) -> usize {
+        self.output_len
+    }
+
+    /// The byte for a quantized input value (`x` for uint8 models, `x + 128` for int8).
+    pub fn to_byte(&self, q: i32) -> u8 {
+        (q + self.offset).clamp(0, 255) as u8
+    }
+
+    /// A runner with its own buffers and `threads` threads (0: all cores).
+    /// A short name per step, e.g. `pw 7 112x112 64->128`, for profiles.
+    pub fn step_names(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .map(|s| match s {
+                Step::Stem { g, b, .. } => format!("stem {}x{} ->{}", g.out_h, g.out_w, b.n()),
+                Step::Gemm { pixels, b, .. } => format!("gemm {pixels}x{}->{}", b.k(), b.n()),
+                Step::Depthwise { g, w, .. } => {
+                    format!("dw s{} {}x{} {}", g.stride, g.out_h, g.out_w, w.channels())
+                }
+                Step::Pool { pixels, c, .. } => format!("avgpool {pixels}x{c}"),
+                Step::Softmax { .. } => "softmax".to_string(),
+            })
+            .collect()
+    }
+
+    pub fn session(&self, threads: usize) -> QuantSession<'_> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        QuantSession {
+            engine: self,
+            pool: SpinPool::new(threads),
+            a: vec![0; self.max_len],
+            b: vec![0; self.max_len],
+            col: vec![0; self.col_len],
+            out: vec![0; self.output_len],
+            profile: None,
+        }
+    }
+}
+
+/// Buffers and threads for running a [`QuantEngine`].
+#[derive(Debug)]
+pub struct QuantSession<'e> {
+    engine: &'e QuantEngine,
+    pool: SpinPool,
+    a: Vec<u8>,
+    b: Vec<u8>,
+    col: Vec<u8>,
+    out: Vec<i32>,
+    profile: Option<Vec<Duration>>,
+}
+
+impl QuantSession<'_> {
+    /// Starts accumulating the time spent in each step (see [`QuantSession::profile`]).
+    pub fn enable_profile(&mut self) {
+        self.profile = Some(vec![Duration::ZERO; self.engine.steps.len()]);
+    }
+
+    /// Time per step since [`QuantSession::enable_profile`], in the order of
+    /// [`QuantEngine::step_names`].
+    pub fn profile(&self) -> Option<&[Duration]> {
+        self.profile.as_deref()
+    }
+
+    /// Runs one image given as bytes (see [`QuantEngine::to_byte`]) and returns the quantized
+    /// outputs in the model's own domain (0..=255 for uint8, −128..=127 for int8).
+    ///
+    /// # Panics
+    ///
+    /// If `input.len()` is not [`QuantEngine::input_len`].
+    pub fn run(&mut self, input: &[u8]) -> &[i32] {
+        let e = self.engine;
+        assert_eq!(
+            input.len(),
+            e.input_len,
+            "input must be {} bytes",
+            e.input_len
+        );
+        let isa = e.isa;
+        self.a[..input.len()].copy_from_slice(input);
+        let mut len = input.len();
+        let mut native: Option<Vec<i32>> = None;
+        for (i, step) in e.steps.iter().enumerate() {
+            let started = self.profile.as_ref().map(|_| Instant::now());
+            let (src, dst) = (&self.a[..len], &mut self.b[..]);
+            let pool = &mut self.pool;
+            match step {
+                Step::Stem {
+                    g,
+                    cin,
+                    kp,
+                    pad,
+                    b,
+                    row_coeff,
+                    rq,
+                } => {
+                    let n = b.n();
+                    let col = &mut self.col[..g.out_h * g.out_w * kp];
+                    // im2col and GEMM on each thread's band of output rows.
+                    let ranges = split(g.out_h, pool.threads(), 1);
+                    let cols = Parts::new(
+                        col,
+                        ranges
+                            .iter()
+                            .map(|r| r.start * g.out_w * kp..r.end * g.out_w * kp)
+                            .collect(),
+                    );
+                    let outs = Parts::new(
+                        &mut dst[..g.out_h * g.out_w * n],
+                        ranges
+                            .iter()
+                            .map(|r| r.start * g.out_w * n..r.end * g.out_w * n)
+                            .collect(),
+                    );
+                    pool.run(&|t| {
+                        // Safety: part t takes range t only.
+                        let ((_, colt), (_, out)) = unsafe { (cols.get(t), outs.get(t)) };
+                        let Some(r) = ranges.get(t) else { return };
+                        if r.is_empty() {
+                            return;
+                        }
+                        im2col3x3(g, *cin, src, *pad, r.clone(), *kp, colt);
+                        qgemm(
+                            isa,
+                            r.len() * g.out_w,
+                            colt,
+                            *kp,
+                            b,
+                            *row_coeff,
+                            rq,
+                            out,
+                            n,
+                            0..b.panels(),
+                        );
+                    });
+                }
+                Step::Gemm {
+                    pixels,
+                    b,
+                    row_coeff,
+                    rq,
+                } => {
+                    gemm_split(pool, isa, *pixels, src, b, *row_coeff, rq, dst);
+                }
+                Step::Depthwise { g, w, rq } => {
+                    let row = g.out_w * w.channels();
+                    let ranges = split(g.out_h, pool.threads(), 1);
+                    let outs = Parts::new(
+                        &mut dst[..g.out_h * row],
+                        ranges.iter().map(|r| r.start * row..r.end * row).collect(),
+                    );
+                    pool.run(&|t| {
+                        // Safety: part t takes range t only.
+                        let (start, out) = unsafe { outs.get(t) };
+                        if !out.is_empty() {
+                            qdwconv3x3(isa, g, src, w, rq, out, start / row);
+                        }
+                    });
+                }
+                Step::Pool {
+                    pixels,
+                    c,
+                    min,
+                    max,
+                } => {
+                    avg_pool(src, *pixels, *c, e.offset, *min, *max, dst);
+                }
+                Step::Softmax {
+                    table,
+                    output_scale,
+                    output_zp,
+                    signed,
+                } => {
+                    let x: Vec<i32> = src.iter().map(|&v| v as i32 - e.offset).collect();
+                    native = Some(softmax(table, *output_scale, *output_zp, *signed, &x));
+                    if let (Some(p), Some(t)) = (&mut self.profile, started) {
+                        p[i] += t.elapsed();
+                    }
+                    continue;
+                }
+            }
+            if let (Some(p), Some(t)) = (&mut self.profile, started) {
+                p[i] += t.elapsed();
+            }
+            len = step.output_len();
+            std::mem::swap(&mut self.a, &mut self.b);
+        }
+        match native {
+            Some(v) => self.out.copy_from_slice(&v),
+            None => {
+                for (o, &v) in self.out.iter_mut().zip(&self.a[..len]) {
+                    *o = v as i32 - e.offset;
+                }
+            }
+        }
+        &self.out
+    }
+}
+
+/// The GEMM on the pool's threads: by rows when there are many, by column panels otherwise
+/// (the 7×7 layers, the classifier at batch 1).
+#[allow(clippy::too_many_arguments)]
+fn gemm_split(
+    pool: &mut SpinPool,
+    isa: IntIsa,
+    m: usize,
+    a: &[u8],
+    b: &PackedQB,
+    row_coeff: i32,
+    rq: &Requant,
+    c: &mut [u8],
+) {
+    let (k, n) = (b.k(), b.n());
+    let threads = pool.threads();
+    let c = &mut c[..m * n];
+    if threads == 1 {
+        qgemm(isa, m, a, k, b, row_coeff, rq, c, n, 0..b.panels());
+        return;
+    }
+    if m >= 12 * threads * 2 {
+        let ranges = split(m, threads, 1);
+        let outs = Parts::new(c, ranges.iter().map(|r| r.start * n..r.end * n).collect());
+        pool.run(&|t| {
+            // Safety: part t takes range t only.
+            let (start, out) = unsafe { outs.get(t) };
+            let rows = out.len() / n;
+            if rows > 0 {
+                let row0 = start / n;
+                qgemm(
+                    isa,
+                    rows,
+                    &a[row0 * k..],
+                    k,
+                    b,
+                    row_coeff,
+                    rq,
+                    out,
+                    n,
+                    0..b.panels(),
+                );
+            }
+        });
+    } else {
+        // Column panels per thread write interleaved parts of every row: share C by pointer.
+        let panels = split(b.panels(), threads, 1);
+        let ptr = SharedOut(c.as_mut_ptr());
+        pool.run(&|t| {
+            let Some(range) = panels.get(t) else { return };
+            // Safety: C holds m rows of n bytes, borrowed mutably for this call; each thread
+            // writes only the columns of its own panels, so the writes are disjoint.
+            unsafe { qgemm_ptr(isa, m, a, k, b, row_coeff, rq, ptr.get(), n, range.clone()) };
+        });
+    }
+}
+
+/// C shared between threads writing disjoint columns.
+struct SharedOut(*mut u8);
+// Safety: see gemm_split: each thread touches its own columns only.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn get(&self) -> *mut u8 {
+        self.0
+    }
+}
