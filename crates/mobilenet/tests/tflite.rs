@@ -419,3 +419,33 @@ fn shared_models_survive_truncation_and_corruption() {
         }
     }
 }
+
+/// The writer is the reader's inverse: every shared file, written back, reads as the same graph
+/// (tensors with data and quantization, operators, metadata) — so what `quantize` writes uses
+/// the schema the way LiteRT's own files do.
+#[test]
+fn shared_tflite_files_round_trip_through_the_writer() {
+    let Some(data) = common::shared_data("shared_tflite_files_round_trip_through_the_writer")
+    else {
+        return;
+    };
+    let mut checked = 0;
+    for dir in ["mobilenet_v1/quant_uint8", "mobilenet_v1/vww"] {
+        for entry in std::fs::read_dir(data.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("tflite") {
+                continue;
+            }
+            let graph = read(&std::fs::read(&path).unwrap(), &path).unwrap();
+            let bytes = mobilenet::tflite::write(&graph);
+            let again = read(&bytes, &path).unwrap();
+            assert!(
+                again == graph,
+                "{} changed in the round trip",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6);
+}

@@ -80,18 +80,52 @@ impl MobileNetGraph {
                 t(input).shape
             )));
         }
-        let ops = &graph.ops;
+        // PAD + VALID convolutions (how symmetric padding is written) are matched as one
+        // convolution; `pads[n]` records, per 3×3 layer, its explicit padding if any.
+        let ops: Vec<&super::OpInfo> = graph.ops.iter().collect();
         let mut layers = Vec::new();
         let mut acts = Vec::new();
         let mut strides = Vec::new();
-        let stem_stride = match ops.first().map(|o| &o.kind) {
+        let mut pads: Vec<(usize, Option<[(usize, usize); 2]>)> = Vec::new();
+        // The operator at `i`, seen through a PAD in front of it: (pad, index of the conv).
+        let through_pad = |i: usize| -> Result<(Option<[(usize, usize); 2]>, usize), TfliteError> {
+            match ops.get(i).map(|o| &o.kind) {
+                Some(OpKind::Pad { paddings }) => {
+                    if paddings[0] != (0, 0) || paddings[3] != (0, 0) {
+                        return Err(bad(format!(
+                            "operator {i} pads the batch or channel dimension ({paddings:?})"
+                        )));
+                    }
+                    let valid = matches!(
+                        ops.get(i + 1).map(|o| &o.kind),
+                        Some(OpKind::Conv2d {
+                            padding: TfPadding::Valid,
+                            ..
+                        }) | Some(OpKind::Depthwise {
+                            padding: TfPadding::Valid,
+                            ..
+                        })
+                    );
+                    if !valid {
+                        return Err(bad(format!(
+                            "operator {i} (PAD) is not followed by a VALID convolution"
+                        )));
+                    }
+                    Ok((Some([paddings[1], paddings[2]]), i + 1))
+                }
+                _ => Ok((None, i)),
+            }
+        };
+        let (stem_pad, s0) = through_pad(0)?;
+        let stem_stride = match ops.get(s0).map(|o| &o.kind) {
             Some(OpKind::Conv2d {
                 stride,
-                padding: TfPadding::Same,
+                padding,
                 activation,
-            }) if stride.0 == stride.1 => {
-                layers.push(conv(&ops[0], 0, &bad)?);
+            }) if stride.0 == stride.1 && (*padding == TfPadding::Same) == stem_pad.is_none() => {
+                layers.push(conv(ops[s0], s0, &bad)?);
                 acts.push(*activation);
+                pads.push((stride.0, stem_pad));
                 stride.0
             }
             other => {
@@ -100,13 +134,17 @@ impl MobileNetGraph {
                 )))
             }
         };
-        let mut i = 1;
-        while let (Some(a), Some(b)) = (ops.get(i), ops.get(i + 1)) {
+        let mut i = s0 + 1;
+        loop {
+            let (pad, d) = through_pad(i)?;
+            let (Some(a), Some(b)) = (ops.get(d), ops.get(d + 1)) else {
+                break;
+            };
             match (&a.kind, &b.kind) {
                 (
                     OpKind::Depthwise {
                         stride,
-                        padding: TfPadding::Same,
+                        padding,
                         activation: da,
                         multiplier: 1,
                     },
@@ -115,16 +153,20 @@ impl MobileNetGraph {
                         padding: TfPadding::Same,
                         activation: pa,
                     },
-                ) if stride.0 == stride.1 && !matches!(pa, FusedActivation::None) => {
-                    let pw = conv(b, i + 1, &bad)?;
+                ) if stride.0 == stride.1
+                    && (*padding == TfPadding::Same) == pad.is_none()
+                    && !matches!(pa, FusedActivation::None) =>
+                {
+                    let pw = conv(b, d + 1, &bad)?;
                     if t(pw.weights).shape.get(1..3) != Some(&[1, 1]) {
                         break;
                     }
-                    layers.push(conv(a, i, &bad)?);
+                    layers.push(conv(a, d, &bad)?);
                     layers.push(pw);
                     acts.extend([*da, *pa]);
                     strides.push(stride.0);
-                    i += 2;
+                    pads.push((stride.0, pad));
+                    i = d + 2;
                 }
                 _ => break,
             }
@@ -167,10 +209,45 @@ impl MobileNetGraph {
             1 => Stem::SmallInput,
             s => return Err(bad(format!("stem stride {s}"))),
         };
+        // Explicit pads must all be the symmetric convention's one pixel per side; then every
+        // SAME layer must coincide with it (stride 1, or an odd input at stride 2).
+        let symmetric = pads.iter().any(|(_, p)| p.is_some());
+        if symmetric {
+            let table = MobileNetConfig::new(alpha, h)
+                .map_err(|e| bad(e.to_string()))?
+                .with_variant(variant)
+                .with_stem(match stem_stride {
+                    1 => Stem::SmallInput,
+                    _ => Stem::Standard,
+                })
+                .layers();
+            let three: Vec<_> = table.iter().filter(|l| l.kernel == 3).collect();
+            for ((stride, pad), l) in pads.iter().zip(three) {
+                let ok = match pad {
+                    Some(p) => *p == [(1, 1), (1, 1)],
+                    None => {
+                        let g = mobilenet_kernels::ConvGeometry::tf_same(
+                            l.input[0], l.input[1], 3, *stride,
+                        );
+                        (g.pad_top, g.pad_left) == (1, 1) || *stride == 1
+                    }
+                };
+                if !ok {
+                    return Err(bad(format!(
+                        "layer {} pads {pad:?}: only TF SAME padding or one pixel on every side is supported",
+                        l.name
+                    )));
+                }
+            }
+        }
         let mut config = MobileNetConfig::new(alpha, h)
             .map_err(|e| bad(e.to_string()))?
             .with_activation(activation)
-            .with_padding(Padding::TfSame)
+            .with_padding(if symmetric {
+                Padding::Symmetric
+            } else {
+                Padding::TfSame
+            })
             .with_variant(variant)
             .with_stem(stem)
             .without_head();
@@ -217,6 +294,11 @@ impl MobileNetGraph {
                     output = fc.output;
                 }
                 OpKind::Reshape => output = *op.outputs.first().unwrap_or(&output),
+                OpKind::Pad { .. } => {
+                    return Err(bad(format!(
+                        "operator {n} (PAD) does not belong after the average pool"
+                    )))
+                }
                 OpKind::Softmax { beta } if *beta == 1.0 && n + 1 == ops.len() => {
                     softmax = true;
                     output = *op.outputs.first().unwrap_or(&output);

@@ -60,6 +60,7 @@ table!(DepthwiseConv2DOptions);
 table!(Pool2DOptions);
 table!(SoftmaxOptions);
 table!(FullyConnectedOptions);
+table!(Metadata);
 
 /// `BuiltinOptions` union tags used by MobileNet graphs.
 pub mod options_type {
@@ -78,6 +79,8 @@ impl Verifiable for Model<'_> {
             .visit_field::<Offsets<SubGraph>>("subgraphs", vt(2), false)?
             .visit_field::<ForwardsUOffset<&str>>("description", vt(3), false)?
             .visit_field::<Offsets<Buffer>>("buffers", vt(4), false)?
+            .visit_field::<ForwardsUOffset<Vector<i32>>>("metadata_buffer", vt(5), false)?
+            .visit_field::<Offsets<Metadata>>("metadata", vt(6), false)?
             .finish();
         Ok(())
     }
@@ -99,6 +102,13 @@ impl<'a> Model<'a> {
             self,
             ForwardsUOffset<Vector<'a, ForwardsUOffset<SubGraph>>>,
             2
+        )
+    }
+    pub fn metadata(&self) -> Option<Vector<'a, ForwardsUOffset<Metadata<'a>>>> {
+        get!(
+            self,
+            ForwardsUOffset<Vector<'a, ForwardsUOffset<Metadata>>>,
+            6
         )
     }
     pub fn buffers(&self) -> Option<Vector<'a, ForwardsUOffset<Buffer<'a>>>> {
@@ -437,6 +447,25 @@ impl FullyConnectedOptions<'_> {
     }
     pub fn weights_format(&self) -> i8 {
         get!(self, i8, 1, 0)
+    }
+}
+
+impl Verifiable for Metadata<'_> {
+    fn run_verifier(v: &mut Verifier, pos: usize) -> Result<(), InvalidFlatbuffer> {
+        v.visit_table(pos)?
+            .visit_field::<ForwardsUOffset<&str>>("name", vt(0), false)?
+            .visit_field::<u32>("buffer", vt(1), false)?
+            .finish();
+        Ok(())
+    }
+}
+
+impl<'a> Metadata<'a> {
+    pub fn name(&self) -> Option<&'a str> {
+        get!(self, ForwardsUOffset<&str>, 0)
+    }
+    pub fn buffer(&self) -> u32 {
+        get!(self, u32, 1, 0)
     }
 }
 

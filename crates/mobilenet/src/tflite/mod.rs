@@ -11,10 +11,12 @@ mod convert;
 mod fast;
 mod fb;
 mod quant;
+mod write;
 
 pub use convert::{ConvTensors, MobileNetGraph};
 pub use fast::{QuantEngine, QuantSession, Unsupported};
 pub use quant::{QuantModel, QuantizedMultiplier};
+pub use write::write;
 
 use std::path::{Path, PathBuf};
 
@@ -162,6 +164,12 @@ pub enum OpKind {
     },
     /// RESHAPE.
     Reshape,
+    /// PAD with constant paddings `[(before, after); 4]` per NHWC dimension (the pad value
+    /// is the zero point, i.e. real 0).
+    Pad {
+        /// (before, after) per dimension.
+        paddings: [(usize, usize); 4],
+    },
     /// SOFTMAX.
     Softmax {
         /// β.
@@ -191,6 +199,9 @@ pub struct Graph {
     pub inputs: Vec<usize>,
     /// Graph output tensors.
     pub outputs: Vec<usize>,
+    /// The model's named metadata buffers (labels and preprocessing written by this crate;
+    /// other producers' entries are kept as they are).
+    pub metadata: Vec<(String, Vec<u8>)>,
 }
 
 /// Schema codes of the builtin operators MobileNet uses.
@@ -200,6 +211,7 @@ mod builtin {
     pub const DEPTHWISE_CONV_2D: i32 = 4;
     pub const FULLY_CONNECTED: i32 = 9;
     pub const RESHAPE: i32 = 22;
+    pub const PAD: i32 = 34;
     pub const SOFTMAX: i32 = 25;
 }
 
@@ -413,12 +425,35 @@ pub fn read(bytes: &[u8], path: &Path) -> Result<Graph, TfliteError> {
                 }
             }
             builtin::RESHAPE => OpKind::Reshape,
+            builtin::PAD => {
+                let p = op
+                    .inputs()
+                    .and_then(|v| (v.len() == 2).then(|| v.get(1)))
+                    .and_then(|i| usize::try_from(i).ok())
+                    .and_then(|i| tensors.get(i))
+                    .ok_or_else(|| bad(format!("operator {n} (PAD) has no paddings tensor")))?;
+                if p.kind != ElementType::I32 || p.shape != [4, 2] || p.data.len() != 32 {
+                    return Err(bad(format!(
+                        "operator {n} (PAD): paddings must be a constant int32 [4, 2] tensor"
+                    )));
+                }
+                let v: Vec<usize> = p
+                    .data
+                    .chunks_exact(4)
+                    .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .map(|x| usize::try_from(x).ok().filter(|&x| x <= 16))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| bad(format!("operator {n} (PAD): paddings must be 0..=16")))?;
+                OpKind::Pad {
+                    paddings: [(v[0], v[1]), (v[2], v[3]), (v[4], v[5]), (v[6], v[7])],
+                }
+            }
             builtin::SOFTMAX => OpKind::Softmax {
                 beta: op.softmax().map_or(1.0, |o| o.beta()),
             },
             other => {
                 return Err(bad(format!(
-                    "operator {n} is builtin code {other}, which MobileNet v1 does not use (supported: CONV_2D, DEPTHWISE_CONV_2D, AVERAGE_POOL_2D, FULLY_CONNECTED, RESHAPE, SOFTMAX)"
+                    "operator {n} is builtin code {other}, which MobileNet v1 does not use (supported: CONV_2D, DEPTHWISE_CONV_2D, AVERAGE_POOL_2D, FULLY_CONNECTED, RESHAPE, PAD, SOFTMAX)"
                 )))
             }
         };
@@ -459,10 +494,29 @@ pub fn read(bytes: &[u8], path: &Path) -> Result<Graph, TfliteError> {
         };
     let inputs = list(sg.inputs(), "the graph input")?;
     let outputs = list(sg.outputs(), "the graph output")?;
+    let mut metadata = Vec::new();
+    for m in model
+        .metadata()
+        .map(|v| v.iter().collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        let name = m.name().unwrap_or("").to_string();
+        let data = match buffers.get(m.buffer() as usize) {
+            Some(b) if b.offset() == 0 => b.data().unwrap_or(&[]).to_vec(),
+            _ => {
+                return Err(bad(format!(
+                    "metadata {name:?} names a missing buffer {}",
+                    m.buffer()
+                )))
+            }
+        };
+        metadata.push((name, data));
+    }
     Ok(Graph {
         tensors,
         ops,
         inputs,
         outputs,
+        metadata,
     })
 }

@@ -187,8 +187,13 @@ impl QuantModel {
         // Map graph operators to layers: conv-like ops in order, then the pool, the head.
         let mut ops = Vec::new();
         let mut layer_iter = table.iter().zip(&net.layers);
+        // A PAD's (top, left), applied by the convolution after it.
+        let mut pending_pad: Option<(usize, usize)> = None;
         for op in &graph.ops {
             match &op.kind {
+                OpKind::Pad { paddings } => {
+                    pending_pad = Some((paddings[1].0, paddings[2].0));
+                }
                 OpKind::Conv2d {
                     activation,
                     padding,
@@ -246,13 +251,14 @@ impl QuantModel {
                     let act = activation_range(activation, out_s[0], output_zp, qmin, qmax);
                     let (ih, iw) = (l.input[0], l.input[1]);
                     let (oh, ow) = (l.output[0], l.output[1]);
-                    let (pad_top, pad_left) = match padding {
-                        TfPadding::Same => {
+                    let (pad_top, pad_left) = match (pending_pad.take(), padding) {
+                        (Some(p), _) => p,
+                        (None, TfPadding::Same) => {
                             let total =
                                 |o: usize, i: usize, s: usize| ((o - 1) * s + k).saturating_sub(i);
                             (total(oh, ih, stride.0) / 2, total(ow, iw, stride.1) / 2)
                         }
-                        TfPadding::Valid => (0, 0),
+                        (None, TfPadding::Valid) => (0, 0),
                     };
                     ops.push(QOp::Conv {
                         depthwise,
