@@ -32,6 +32,8 @@ enum Command {
     Train(Box<commands::train::TrainArgs>),
     /// Top-1/top-5, per-class accuracy and confusion matrix of a model on labelled data
     Eval(commands::eval::EvalArgs),
+    /// Post-training int8 quantization of a float model into a .tflite file
+    Quantize(commands::quantize::QuantizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(&args),
         Command::Train(args) => commands::train::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
+        Command::Quantize(args) => commands::quantize::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

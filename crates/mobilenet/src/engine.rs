@@ -149,7 +149,7 @@ fn tensor<'a>(model: &'a ModelFile, name: &str) -> &'a Tensor {
 }
 
 /// Folds the batch norm after `layer` into per-output-channel (scale, bias).
-fn fold_bn(model: &ModelFile, layer: &Layer) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn fold_bn(model: &ModelFile, layer: &Layer) -> (Vec<f32>, Vec<f32>) {
     let get = |n: &str| &tensor(model, &format!("{}/bn/{n}", layer.name)).data;
     let (gamma, beta) = (get("gamma"), get("beta"));
     let (mean, var) = (get("moving_mean"), get("moving_variance"));

@@ -5,6 +5,8 @@ use serde::Serialize;
 
 use crate::data::{Augment, DataError, Dataset, Loader};
 use crate::engine::InferenceModel;
+use crate::preprocess::{PixelNorm, Preprocessing};
+use crate::quantized::QuantizedModel;
 
 /// The result of evaluating a model on a data set.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -39,6 +41,86 @@ pub fn evaluate(
     workers: usize,
 ) -> Result<EvalReport, DataError> {
     let classes = model.output_len();
+    let res = model.config().resolution();
+    let batch = batch.clamp(1, data.len().max(1));
+    let mut session = model.session(batch, threads);
+    let mut probs = vec![0.0f32; classes];
+    tally(
+        data,
+        classes,
+        res,
+        *model.preprocessing(),
+        batch,
+        workers,
+        &mut |input, out| {
+            let logits = session.run(input);
+            for (row, o) in logits.chunks(classes).zip(out.chunks_mut(classes)) {
+                mobilenet_kernels::pool::softmax(row, &mut probs);
+                o.copy_from_slice(&probs);
+            }
+        },
+    )
+}
+
+/// [`evaluate`] for a quantized model: the integer engine on the 8-bit pixels, one image at
+/// a time on `threads` threads.
+///
+/// # Errors
+///
+/// As [`evaluate`]; a model without a classifier.
+pub fn evaluate_quantized(
+    model: &QuantizedModel,
+    data: &Dataset,
+    threads: usize,
+    workers: usize,
+) -> Result<EvalReport, DataError> {
+    let classes = model.classes().ok_or_else(|| DataError::Format {
+        path: "<model>".into(),
+        reason: "the model has no classifier head".into(),
+    })?;
+    let res = model.config().resolution();
+    // Pixels as they are (x·1 + 0): the engine's bytes.
+    let pre = Preprocessing {
+        crop: model.preprocessing().crop,
+        norm: PixelNorm::MeanStd {
+            mean: [0.0; 3],
+            std: [1.0 / 255.0; 3],
+        },
+    };
+    let mut session = model.session(threads);
+    let per = res * res * 3;
+    let mut bytes = vec![0u8; per];
+    let batch = 16.min(data.len().max(1));
+    tally(
+        data,
+        classes,
+        res,
+        pre,
+        batch,
+        workers,
+        &mut |input, out| {
+            for (img, o) in input.chunks(per).zip(out.chunks_mut(classes)) {
+                for (b, &x) in bytes.iter_mut().zip(img) {
+                    *b = x.round().clamp(0.0, 255.0) as u8;
+                }
+                o.copy_from_slice(&model.probabilities(session.run(&bytes)));
+            }
+        },
+    )
+}
+
+/// Runs `probabilities(batch input, batch × classes out)` over `data` in batches of `batch`
+/// (the last one padded with zeros) and tallies the report.
+#[allow(clippy::too_many_arguments)]
+fn tally(
+    data: &Dataset,
+    classes: usize,
+    res: usize,
+    pre: Preprocessing,
+    batch: usize,
+    workers: usize,
+    probabilities: &mut dyn FnMut(&[f32], &mut [f32]),
+) -> Result<EvalReport, DataError> {
     let k = data.classes().len();
     if k > classes {
         return Err(DataError::Format {
@@ -46,28 +128,23 @@ pub fn evaluate(
             reason: format!("the data set has {k} classes, the model only {classes}"),
         });
     }
-    let res = model.config().resolution();
-    let batch = batch.clamp(1, data.len().max(1));
-    let mut session = model.session(batch, threads);
     let mut confusion = vec![vec![0usize; classes]; k];
     let (mut top1, mut top5, mut loss) = (0usize, 0usize, 0.0f64);
     let order: Vec<usize> = (0..data.len()).collect();
-    let pre = *model.preprocessing();
     let loader = Loader::new(data, order, batch, 0, res, Augment::None, pre, 0, workers);
-    let mut probs = vec![0.0f32; classes];
+    let mut probs = vec![0.0f32; batch * classes];
     for b in loader {
         let b = b?;
         let n = b.labels.len();
         let mut input = b.images;
         input.resize(batch * res * res * 3, 0.0);
-        let logits = session.run(&input);
-        for (row, &label) in logits.chunks(classes).zip(&b.labels).take(n) {
-            mobilenet_kernels::pool::softmax(row, &mut probs);
-            loss -= (probs[label].max(1e-30) as f64).ln();
-            let rank = probs.iter().filter(|&&p| p > probs[label]).count();
+        probabilities(&input, &mut probs);
+        for (p, &label) in probs.chunks(classes).zip(&b.labels).take(n) {
+            loss -= (p[label].max(1e-30) as f64).ln();
+            let rank = p.iter().filter(|&&v| v > p[label]).count();
             top1 += usize::from(rank == 0);
             top5 += usize::from(rank < 5);
-            let predicted = crate::classify::top_k(&probs, 1, None)[0].class;
+            let predicted = crate::classify::top_k(p, 1, None)[0].class;
             confusion[label][predicted] += 1;
         }
     }

@@ -31,6 +31,8 @@ mod layers;
 pub mod paper;
 mod pool;
 pub mod preprocess;
+pub mod quantize;
+pub mod quantized;
 pub mod tflite;
 pub mod train;
 pub mod weights;

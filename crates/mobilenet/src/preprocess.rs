@@ -106,11 +106,9 @@ pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
 }
 
 impl Preprocessing {
-    /// Central crop of `self.crop`, resize to `resolution`² (antialiased bilinear, like PIL's
-    /// BILINEAR), normalise; writes `resolution² · 3` values (HWC) into `out`.
-    ///
-    /// An image already `resolution`² with `crop = 1.0` is used without resampling.
-    pub fn apply(&self, img: &RgbImage, resolution: usize, out: &mut [f32]) {
+    /// The central crop resized to `resolution`², as 8-bit RGB (what a quantized model takes);
+    /// `None` when `img` is already that image.
+    pub fn pixels(&self, img: &RgbImage, resolution: usize) -> Option<RgbImage> {
         let res = resolution as u32;
         let (w, h) = img.dimensions();
         let fraction = self.crop.clamp(0.0, 1.0);
@@ -120,17 +118,25 @@ impl Preprocessing {
             let cw = ((w as f32 * fraction).round() as u32).max(1);
             let ch = ((h as f32 * fraction).round() as u32).max(1);
             cropped = image::imageops::crop_imm(img, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image();
-            &cropped
+            Some(&cropped)
         } else {
-            img
+            None
         };
-        let resized;
-        let src = if src.dimensions() == (res, res) {
-            src
-        } else {
-            resized = image::imageops::resize(src, res, res, FilterType::Triangle);
-            &resized
-        };
+        match src {
+            Some(s) if s.dimensions() == (res, res) => Some(s.clone()),
+            Some(s) => Some(image::imageops::resize(s, res, res, FilterType::Triangle)),
+            None if img.dimensions() == (res, res) => None,
+            None => Some(image::imageops::resize(img, res, res, FilterType::Triangle)),
+        }
+    }
+
+    /// Central crop of `self.crop`, resize to `resolution`² (antialiased bilinear, like PIL's
+    /// BILINEAR), normalise; writes `resolution² · 3` values (HWC) into `out`.
+    ///
+    /// An image already `resolution`² with `crop = 1.0` is used without resampling.
+    pub fn apply(&self, img: &RgbImage, resolution: usize, out: &mut [f32]) {
+        let resized = self.pixels(img, resolution);
+        let src = resized.as_ref().unwrap_or(img);
         let (scale, offset) = self.norm.affine();
         for (o, px) in out.chunks_exact_mut(3).zip(src.pixels()) {
             for c in 0..3 {

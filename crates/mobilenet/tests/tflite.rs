@@ -431,14 +431,15 @@ fn shared_tflite_files_round_trip_through_the_writer() {
     };
     let mut checked = 0;
     for dir in ["mobilenet_v1/quant_uint8", "mobilenet_v1/vww"] {
-        for entry in std::fs::read_dir(data.join(dir)).unwrap() {
-            let path = entry.unwrap().path();
+        for entry in std::fs::read_dir(data.join(dir)).expect("shared file") {
+            let path = entry.expect("shared file").path();
             if path.extension().and_then(|e| e.to_str()) != Some("tflite") {
                 continue;
             }
-            let graph = read(&std::fs::read(&path).unwrap(), &path).unwrap();
+            let graph =
+                read(&std::fs::read(&path).expect("shared file"), &path).expect("shared file");
             let bytes = mobilenet::tflite::write(&graph);
-            let again = read(&bytes, &path).unwrap();
+            let again = read(&bytes, &path).expect("shared file");
             assert!(
                 again == graph,
                 "{} changed in the round trip",

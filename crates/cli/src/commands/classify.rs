@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 use mobilenet::classify::{top_k, Prediction};
+use mobilenet::import::read_labels;
 use mobilenet::preprocess::load_image;
+use mobilenet::quantized::QuantizedModel;
 use mobilenet::{InferenceModel, ModelFile};
 use mobilenet_kernels::pool::softmax;
 use rayon::prelude::*;
@@ -13,9 +15,13 @@ use serde::Serialize;
 
 #[derive(Debug, Args)]
 pub struct ClassifyArgs {
-    /// Model file (from `mobilenet import` or `mobilenet train`)
+    /// Model file (from `mobilenet import`, `train` or `quantize`), or a quantized .tflite
     #[arg(long)]
     model: PathBuf,
+    /// Class labels, one per line (overrides the model's; e.g. imagenet_labels_1001.txt for
+    /// Google's .tflite files)
+    #[arg(long)]
+    labels: Option<PathBuf>,
     /// Images to classify (JPEG, PNG, BMP, WebP)
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -49,7 +55,14 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
             bail!("--crop {crop} is out of range: it must be in (0, 1]");
         }
     }
-    let file = ModelFile::load(&args.model)?;
+    if QuantizedModel::is_quantized_file(&args.model) {
+        return run_quantized(args);
+    }
+    let mut file = ModelFile::load(&args.model)?;
+    if let Some(path) = &args.labels {
+        file.labels = Some(read_labels(path)?);
+        file.validate(&args.model)?;
+    }
     if file.config.classes().is_none() {
         bail!("{}: the model has no classifier head", args.model.display());
     }
@@ -98,23 +111,71 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
         let logits = session.run(&input);
         for (path, row) in good.iter().zip(logits.chunks(classes)) {
             softmax(row, &mut probs);
-            let top = top_k(&probs, args.top, model.labels());
-            if args.json {
-                let line = ImageJson {
-                    image: path.display().to_string(),
-                    top: &top,
-                };
-                println!("{}", serde_json::to_string(&line)?);
-            } else {
-                println!("{}", path.display());
-                for p in &top {
-                    println!(
-                        "  {:>6.2}%  {:>4}  {}",
-                        100.0 * p.probability,
-                        p.class,
-                        p.label
-                    );
-                }
+            print_top(path, &top_k(&probs, args.top, model.labels()), args.json)?;
+        }
+    }
+    if failures > 0 {
+        bail!(
+            "{failures} of {} images could not be classified",
+            args.images.len()
+        );
+    }
+    Ok(())
+}
+
+fn print_top(path: &std::path::Path, top: &[Prediction], json: bool) -> Result<()> {
+    if json {
+        let line = ImageJson {
+            image: path.display().to_string(),
+            top,
+        };
+        println!("{}", serde_json::to_string(&line)?);
+    } else {
+        println!("{}", path.display());
+        for p in top {
+            println!(
+                "  {:>6.2}%  {:>4}  {}",
+                100.0 * p.probability,
+                p.class,
+                p.label
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Quantized `.tflite` models: the integer engine, one image at a time on all threads.
+fn run_quantized(args: &ClassifyArgs) -> Result<()> {
+    let mut model = QuantizedModel::load(&args.model)?;
+    if model.classes().is_none() {
+        bail!("{}: the model has no classifier head", args.model.display());
+    }
+    if let Some(path) = &args.labels {
+        let labels = read_labels(path)?;
+        if Some(labels.len()) != model.classes() {
+            bail!(
+                "{}: {} labels for a model with {} classes",
+                path.display(),
+                labels.len(),
+                model.classes().unwrap_or(0)
+            );
+        }
+        model.set_labels(labels);
+    }
+    if let Some(crop) = args.crop {
+        model.set_crop(crop);
+    }
+    let mut session = model.session(args.threads);
+    let mut failures = 0usize;
+    for path in &args.images {
+        match load_image(path) {
+            Ok(img) => {
+                let probs = model.probabilities(session.run(&model.input_bytes(&img)));
+                print_top(path, &top_k(&probs, args.top, model.labels()), args.json)?;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                failures += 1;
             }
         }
     }

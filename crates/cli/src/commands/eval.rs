@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 use mobilenet::data::Dataset;
-use mobilenet::eval::evaluate;
+use mobilenet::eval::{evaluate, evaluate_quantized};
+use mobilenet::quantized::QuantizedModel;
 use mobilenet::{InferenceModel, ModelFile};
 
 use crate::plot;
@@ -14,7 +15,7 @@ use crate::table::{Align, Table};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// Model file
+    /// Model file, or a quantized .tflite
     #[arg(long)]
     model: PathBuf,
     /// Labelled data: image folder, CIFAR-10 .bin folder or IDX files (see `train --help`)
@@ -35,19 +36,32 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
-    let file = ModelFile::load(&args.model)?;
-    if file.config.classes().is_none() {
-        bail!("{}: the model has no classifier head", args.model.display());
-    }
     let data = Dataset::open(&args.data)?;
-    if let Some(labels) = &file.labels {
-        if labels.len() >= data.classes().len() && labels[..data.classes().len()] != *data.classes()
-        {
-            eprintln!("warning: the model's labels differ from the data set's class folders; comparing by index");
+    let warn_labels = |labels: Option<&[String]>| {
+        if let Some(labels) = labels {
+            if labels.len() >= data.classes().len()
+                && labels[..data.classes().len()] != *data.classes()
+            {
+                eprintln!("warning: the model's labels differ from the data set's class folders; comparing by index");
+            }
         }
-    }
-    let model = InferenceModel::new(&file);
-    let report = evaluate(&model, &data, args.batch, args.threads, 2)?;
+    };
+    let report = if QuantizedModel::is_quantized_file(&args.model) {
+        let model = QuantizedModel::load(&args.model)?;
+        if model.classes().is_none() {
+            bail!("{}: the model has no classifier head", args.model.display());
+        }
+        warn_labels(model.labels());
+        evaluate_quantized(&model, &data, args.threads, 2)?
+    } else {
+        let file = ModelFile::load(&args.model)?;
+        if file.config.classes().is_none() {
+            bail!("{}: the model has no classifier head", args.model.display());
+        }
+        warn_labels(file.labels.as_deref());
+        let model = InferenceModel::new(&file);
+        evaluate(&model, &data, args.batch, args.threads, 2)?
+    };
     if let Some(png) = &args.confusion_png {
         let title = format!(
             "{} on {}: top-1 {:.2}%",

@@ -3,4 +3,5 @@ pub mod bench;
 pub mod classify;
 pub mod eval;
 pub mod import;
+pub mod quantize;
 pub mod train;

@@ -23,6 +23,9 @@ pub struct ConvTensors {
     pub output: usize,
 }
 
+/// (before, after) padding of the height and width dimensions of a PAD.
+type HwPad = [(usize, usize); 2];
+
 /// A TFLite graph recognised as MobileNet v1.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MobileNetGraph {
@@ -86,9 +89,9 @@ impl MobileNetGraph {
         let mut layers = Vec::new();
         let mut acts = Vec::new();
         let mut strides = Vec::new();
-        let mut pads: Vec<(usize, Option<[(usize, usize); 2]>)> = Vec::new();
+        let mut pads: Vec<(usize, Option<HwPad>)> = Vec::new();
         // The operator at `i`, seen through a PAD in front of it: (pad, index of the conv).
-        let through_pad = |i: usize| -> Result<(Option<[(usize, usize); 2]>, usize), TfliteError> {
+        let through_pad = |i: usize| -> Result<(Option<HwPad>, usize), TfliteError> {
             match ops.get(i).map(|o| &o.kind) {
                 Some(OpKind::Pad { paddings }) => {
                     if paddings[0] != (0, 0) || paddings[3] != (0, 0) {

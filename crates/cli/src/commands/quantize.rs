@@ -1,0 +1,156 @@
+//! `mobilenet quantize`: post-training int8 quantization of a float model into a `.tflite`
+//! file that `classify`, `eval` and `bench` (and TFLite) run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use mobilenet::data::Dataset;
+use mobilenet::import::{import, read_labels, ImportOptions};
+use mobilenet::preprocess::load_image;
+use mobilenet::quantize::{quantize, Calibrator};
+use mobilenet::quantized::QuantizedModel;
+use mobilenet::InferenceModel;
+use rayon::prelude::*;
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// Float model: a model file, TF-slim/Keras safetensors or a float .tflite
+    #[arg(long)]
+    model: PathBuf,
+    /// Calibration images: a folder of images, an image-folder data set (class sub-folders),
+    /// CIFAR-10 .bin files or IDX files
+    #[arg(long)]
+    calibration: PathBuf,
+    /// Calibration images used (spread evenly over the set)
+    #[arg(long, default_value_t = 200)]
+    images: usize,
+    /// Where to write the int8 .tflite file
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Class labels, one per line (when the model has none)
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Use the observed min/max as activation ranges (TFLite's converter default) instead of
+    /// clipping post-ReLU ranges where that lowers the expected quantization error
+    #[arg(long)]
+    min_max: bool,
+    /// Compute threads (default: all cores)
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+/// Image files directly inside `dir`, sorted.
+fn flat_images(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                matches!(
+                    e.to_ascii_lowercase().as_str(),
+                    "jpg" | "jpeg" | "png" | "bmp" | "webp"
+                )
+            })
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn run(args: &QuantizeArgs) -> Result<()> {
+    if args.images == 0 {
+        bail!("--images 0: calibration needs at least one image");
+    }
+    let options = ImportOptions {
+        resolution: None,
+        labels: args.labels.as_deref().map(read_labels).transpose()?,
+    };
+    let (file, _) = import(&args.model, &options)?;
+    let res = file.config.resolution();
+    let pre = file.preprocessing;
+    // Calibration images: a flat folder of images, else anything `train` reads.
+    let flat = if args.calibration.is_dir() {
+        flat_images(&args.calibration)
+    } else {
+        Vec::new()
+    };
+    let data = if flat.is_empty() {
+        Some(Dataset::open(&args.calibration).with_context(|| {
+            format!(
+                "{}: no images to calibrate with (a folder of images, class folders, CIFAR .bin or IDX files)",
+                args.calibration.display()
+            )
+        })?)
+    } else {
+        None
+    };
+    let total = data.as_ref().map_or(flat.len(), |d| d.len());
+    let n = args.images.min(total);
+    let picks: Vec<usize> = (0..n).map(|i| i * total / n).collect();
+    let images: Vec<Vec<f32>> = picks
+        .par_iter()
+        .map(|&i| -> Result<Vec<f32>> {
+            let img = match &data {
+                Some(d) => d.image(i)?,
+                None => load_image(&flat[i])?,
+            };
+            let mut x = vec![0.0; res * res * 3];
+            pre.apply(&img, res, &mut x);
+            Ok(x)
+        })
+        .collect::<Result<_>>()?;
+    let mut cal = Calibrator::new(&file);
+    for chunk in images.chunks(16) {
+        cal.observe(&chunk.concat(), args.threads);
+    }
+    if !args.min_max {
+        for chunk in images.chunks(16) {
+            cal.observe_histogram(&chunk.concat(), args.threads);
+        }
+    }
+    let calibration = cal.finish();
+    let graph = quantize(&file, &calibration)?;
+    let bytes = mobilenet::tflite::write(&graph);
+    // Read what we wrote back through the same path `classify` uses, before writing it.
+    let q = QuantizedModel::from_bytes(&bytes, &args.output)
+        .context("the quantized graph does not read back (a bug: please report it)")?;
+    let tmp = args.output.with_extension("tflite.partial");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.output)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    println!(
+        "calibrated on {} image(s) from {}; wrote {} ({:.2} MB, int8, {} classes)",
+        calibration.images(),
+        args.calibration.display(),
+        args.output.display(),
+        bytes.len() as f64 / 1e6,
+        q.classes().map_or("no".to_string(), |c| c.to_string())
+    );
+    // How closely int8 follows float on the calibration images.
+    if q.classes().is_some() {
+        let float = InferenceModel::new(&file);
+        let mut fs = float.session(1, args.threads);
+        let mut qs = q.session(args.threads);
+        let mut agree = 0;
+        let checked = images.len().min(64);
+        for (x, &i) in images.iter().zip(&picks).take(checked) {
+            let f = fs.run(x).to_vec();
+            let img = match &data {
+                Some(d) => d.image(i)?,
+                None => load_image(&flat[i])?,
+            };
+            // The quantized model's metadata carries the float model's crop.
+            let p = q.probabilities(qs.run(&q.input_bytes(&img)));
+            let argmax = |v: &[f32]| {
+                (0..v.len())
+                    .max_by(|&a, &b| v[a].total_cmp(&v[b]))
+                    .unwrap_or(0)
+            };
+            agree += usize::from(argmax(&f) == argmax(&p));
+        }
+        println!("int8 top-1 equals float top-1 on {agree} of {checked} calibration images");
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Quantized `.tflite` MobileNets as classifiers: Google's uint8 files and what
+//! [`crate::quantize`] writes, run by the integer engine on raw 8-bit pixels.
+
+use std::path::Path;
+
+use image::RgbImage;
+
+use crate::error::ModelError;
+use crate::preprocess::{PixelNorm, Preprocessing};
+use crate::quantize::{LABELS_METADATA, PREPROCESSING_METADATA};
+use crate::tflite::{self, ElementType, MobileNetGraph, QuantEngine, QuantModel, QuantSession};
+
+/// A quantized MobileNet ready for the integer engine, with what it needs to take images.
+#[derive(Debug)]
+pub struct QuantizedModel {
+    graph: MobileNetGraph,
+    model: QuantModel,
+    engine: QuantEngine,
+    preprocessing: Preprocessing,
+    labels: Option<Vec<String>>,
+}
+
+impl QuantizedModel {
+    /// Whether the file at `path` is a quantized (uint8/int8) `.tflite` model; `false` for
+    /// float `.tflite` files and other formats, and when the file cannot be read.
+    pub fn is_quantized_file(path: &Path) -> bool {
+        let Ok(bytes) = std::fs::read(path) else {
+            return false;
+        };
+        tflite::is_tflite(&bytes)
+            && tflite::read(&bytes, path).is_ok_and(|g| {
+                g.inputs
+                    .first()
+                    .and_then(|&i| g.tensors.get(i))
+                    .is_some_and(|t| matches!(t.kind, ElementType::U8 | ElementType::I8))
+            })
+    }
+
+    /// Loads a quantized `.tflite` file.
+    ///
+    /// # Errors
+    ///
+    /// An unreadable or malformed file, a graph that is not a quantized MobileNet v1.
+    pub fn load(path: &Path) -> Result<QuantizedModel, ModelError> {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        QuantizedModel::from_bytes(&bytes, path)
+    }
+
+    /// Loads a quantized `.tflite` file held in memory (`path` is used in messages).
+    ///
+    /// # Errors
+    ///
+    /// As [`QuantizedModel::load`].
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<QuantizedModel, ModelError> {
+        let bad = |e: tflite::TfliteError| ModelError::Metadata {
+            path: e.path,
+            reason: e.reason,
+        };
+        let g = tflite::read(bytes, path).map_err(bad)?;
+        let graph = MobileNetGraph::from_graph(&g, path).map_err(bad)?;
+        let model = QuantModel::new(&g, &graph, path).map_err(bad)?;
+        let engine = QuantEngine::new(&model).map_err(|e| ModelError::Metadata {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let meta = |name: &str| g.metadata.iter().find(|(n, _)| n == name).map(|(_, d)| d);
+        let labels = match meta(LABELS_METADATA) {
+            Some(d) => Some(
+                String::from_utf8(d.clone())
+                    .map_err(|_| ModelError::Metadata {
+                        path: path.to_path_buf(),
+                        reason: "the labels metadata is not UTF-8".into(),
+                    })?
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
+            ),
+            None => None,
+        };
+        // The input quantization is the normalisation: real = s·(q − z), q the pixel (uint8)
+        // or pixel − 128 (int8). Only the crop comes from our metadata (else none).
+        let offset = if model.kind == ElementType::I8 {
+            128.0
+        } else {
+            0.0
+        };
+        let (s, z) = (model.input.0, model.input.1 as f32 + offset);
+        let mut preprocessing = Preprocessing {
+            crop: 1.0,
+            norm: PixelNorm::MeanStd {
+                mean: [z / 255.0; 3],
+                std: [1.0 / (255.0 * s); 3],
+            },
+        };
+        if let Some(d) = meta(PREPROCESSING_METADATA) {
+            let p: Preprocessing = serde_json::from_slice(d).map_err(|e| ModelError::Metadata {
+                path: path.to_path_buf(),
+                reason: format!("the preprocessing metadata does not parse: {e}"),
+            })?;
+            preprocessing.crop = p.crop;
+        }
+        let model = QuantizedModel {
+            graph,
+            model,
+            engine,
+            preprocessing,
+            labels,
+        };
+        if let (Some(l), Some(c)) = (&model.labels, model.classes()) {
+            if l.len() != c {
+                return Err(ModelError::Metadata {
+                    path: path.to_path_buf(),
+                    reason: format!("{} labels for {c} classes", l.len()),
+                });
+            }
+        }
+        Ok(model)
+    }
+
+    /// Configuration the graph matches.
+    pub fn config(&self) -> &crate::MobileNetConfig {
+        &self.graph.config
+    }
+
+    /// Classes, or `None` for a feature extractor.
+    pub fn classes(&self) -> Option<usize> {
+        self.graph.config.classes()
+    }
+
+    /// Crop and (informational) normalisation; the engine takes the pixels themselves.
+    pub fn preprocessing(&self) -> &Preprocessing {
+        &self.preprocessing
+    }
+
+    /// Class labels from the file's metadata.
+    pub fn labels(&self) -> Option<&[String]> {
+        self.labels.as_deref()
+    }
+
+    /// Sets the central-crop fraction.
+    pub fn set_crop(&mut self, crop: f32) {
+        self.preprocessing.crop = crop;
+    }
+
+    /// Replaces the labels (e.g. from a labels file for Google's models).
+    pub fn set_labels(&mut self, labels: Vec<String>) {
+        self.labels = Some(labels);
+    }
+
+    /// Activation type: uint8 or int8.
+    pub fn kind(&self) -> ElementType {
+        self.model.kind
+    }
+
+    /// The integer engine.
+    pub fn engine(&self) -> &QuantEngine {
+        &self.engine
+    }
+
+    /// The bit-exact reference interpreter.
+    pub fn reference(&self) -> &QuantModel {
+        &self.model
+    }
+
+    /// Engine input bytes for `img`: crop, resize, the 8-bit pixels (for int8 models the
+    /// engine's bytes are `q + 128`, which is again the pixel).
+    pub fn input_bytes(&self, img: &RgbImage) -> Vec<u8> {
+        let res = self.graph.config.resolution();
+        let resized = self.preprocessing.pixels(img, res);
+        resized.as_ref().unwrap_or(img).as_raw().clone()
+    }
+
+    /// Class probabilities from the engine's output: dequantized softmax outputs, or the
+    /// softmax of dequantized logits.
+    pub fn probabilities(&self, out: &[i32]) -> Vec<f32> {
+        let (s, z) = self.model.output;
+        let v: Vec<f32> = out.iter().map(|&q| s * (q - z) as f32).collect();
+        if self.graph.softmax {
+            v
+        } else {
+            let mut p = vec![0.0; v.len()];
+            mobilenet_kernels::pool::softmax(&v, &mut p);
+            p
+        }
+    }
+
+    /// A session on `threads` threads (0: all cores).
+    pub fn session(&self, threads: usize) -> QuantSession<'_> {
+        self.engine.session(threads)
+    }
+}

@@ -1,0 +1,111 @@
+//! Post-training quantization: a float model, calibrated and quantized, written as `.tflite`,
+//! read back and run by the integer engine. The engine must equal the bit-exact reference
+//! interpreter on every ISA, and its dequantized logits must track the float model's.
+
+use std::path::Path;
+
+use mobilenet::quantize::{quantize, Calibrator};
+use mobilenet::quantized::QuantizedModel;
+use mobilenet::{Activation, InferenceModel, MobileNetConfig, ModelFile, Padding, Stem};
+use mobilenet_kernels::int8::IntIsa;
+
+/// Deterministic "images": smooth colour gradients with noise, as 8-bit pixels.
+fn images(n: usize, res: usize, seed: u32) -> Vec<Vec<u8>> {
+    let mut s = seed | 1;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        s
+    };
+    (0..n)
+        .map(|_| {
+            let (a, b, c) = (next() % 7, next() % 5, next() % 255);
+            (0..res * res * 3)
+                .map(|i| {
+                    let (y, x, ch) = (i / (3 * res), i / 3 % res, i % 3);
+                    ((y * a as usize + x * b as usize + ch * 60 + c as usize) % 256) as u8
+                        ^ (next() % 24) as u8
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn normalise(px: &[u8]) -> Vec<f32> {
+    px.iter().map(|&p| p as f32 / 127.5 - 1.0).collect()
+}
+
+fn check(config: MobileNetConfig, what: &str) {
+    let res = config.resolution();
+    let mut file = ModelFile::random(config, 7);
+    file.labels = Some((0..10).map(|i| format!("class {i}")).collect());
+    let calib = images(16, res, 11);
+    let mut cal = Calibrator::new(&file);
+    let flat: Vec<f32> = calib.iter().flat_map(|p| normalise(p)).collect();
+    cal.observe(&flat, 2);
+    let graph = quantize(&file, &cal.finish()).expect("test setup");
+    let bytes = mobilenet::tflite::write(&graph);
+    let path = Path::new("ptq.tflite");
+    let q = QuantizedModel::from_bytes(&bytes, path).expect("test setup");
+    assert_eq!(q.classes(), Some(10), "{what}");
+    assert_eq!(q.config().padding(), file.config.padding(), "{what}");
+    assert_eq!(q.labels().expect("test setup")[3], "class 3");
+    let float = InferenceModel::new(&file);
+    let mut fs = float.session(1, 1);
+    let (mut agree, mut err, mut spread) = (0, 0.0f64, 0.0f64);
+    let test = images(12, res, 99);
+    for px in &test {
+        let want = q.reference().run(
+            &px.iter().map(|&p| p as i32 - 128).collect::<Vec<_>>(),
+            &mut |_, _| {},
+        );
+        for isa in IntIsa::available() {
+            let e =
+                mobilenet::tflite::QuantEngine::with_isa(q.reference(), isa).expect("test setup");
+            for threads in [1, 2] {
+                let mut s = e.session(threads);
+                assert_eq!(s.run(px), &want[..], "{what}: {isa}, {threads} threads");
+            }
+        }
+        let (s, z) = q.reference().output;
+        let logits: Vec<f32> = want.iter().map(|&v| s * (v - z) as f32).collect();
+        let f = fs.run(&normalise(px)).to_vec();
+        let argmax = |v: &[f32]| {
+            (0..v.len())
+                .max_by(|&a, &b| v[a].total_cmp(&v[b]))
+                .expect("test setup")
+        };
+        agree += usize::from(argmax(&f) == argmax(&logits));
+        for (a, b) in f.iter().zip(&logits) {
+            err += ((a - b) as f64).powi(2);
+            spread += (*a as f64).powi(2);
+        }
+    }
+    let rel = (err / spread).sqrt();
+    println!("{what}: top-1 agreement {agree}/12, relative logit error {rel:.4}");
+    assert!(
+        rel < 0.1,
+        "{what}: int8 logits are {rel:.3} (relative RMS) away from float"
+    );
+    assert!(agree >= 10, "{what}: top-1 agrees on {agree} of 12 images");
+}
+
+#[test]
+fn quantized_models_match_the_reference_interpreter_and_track_float() {
+    let base = MobileNetConfig::new(0.25, 32)
+        .expect("test setup")
+        .with_classes(10)
+        .expect("test setup");
+    check(base, "TF SAME, standard stem");
+    check(
+        base.with_padding(Padding::Symmetric)
+            .with_stem(Stem::SmallInput),
+        "symmetric padding, small-input stem",
+    );
+    check(
+        base.with_activation(Activation::Relu)
+            .with_padding(Padding::Symmetric),
+        "ReLU, symmetric",
+    );
+}
