@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
+use mobilenet::import::{import, ImportOptions};
+use mobilenet::quantized::QuantizedModel;
 use mobilenet::{Fusion, InferenceModel, MobileNetConfig, ModelFile, Preset};
 use mobilenet_kernels::Isa;
 use serde::Serialize;
@@ -16,7 +18,8 @@ pub struct BenchArgs {
     /// Benchmark a preset with random weights (default 1.0_224)
     #[arg(long, conflicts_with = "model")]
     preset: Option<Preset>,
-    /// Benchmark a model file
+    /// Benchmark a model file; for a quantized .tflite, the integer engine next to the f32
+    /// engine on the same weights dequantized
     #[arg(long)]
     model: Option<PathBuf>,
     /// Images per forward pass
@@ -82,6 +85,11 @@ fn ms(d: Duration) -> f64 {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(path) = &args.model {
+        if QuantizedModel::is_quantized_file(path) {
+            return run_quantized(args, path);
+        }
+    }
     let (file, name) = match (&args.model, args.preset) {
         (Some(path), _) => (ModelFile::load(path)?, path.display().to_string()),
         (None, preset) => {
@@ -220,6 +228,172 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
         }
         print!("{}", k.render());
+    }
+    Ok(())
+}
+
+/// Median-sorted timings of `runs` calls of `f` after `warmup` untimed ones.
+fn time_runs(warmup: usize, runs: usize, mut f: impl FnMut()) -> Vec<Duration> {
+    for _ in 0..warmup {
+        f();
+    }
+    let mut t: Vec<Duration> = (0..runs.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect();
+    t.sort();
+    t
+}
+
+#[derive(Serialize)]
+struct QuantBenchJson {
+    model: String,
+    precision: &'static str,
+    isa: String,
+    threads: usize,
+    runs: usize,
+    median_ms: f64,
+    p10_ms: f64,
+    p90_ms: f64,
+    min_ms: f64,
+    images_per_s: f64,
+    f32_isa: String,
+    f32_median_ms: f64,
+    speedup_vs_f32: f64,
+    peak_rss_mb: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    steps: Vec<StepJson>,
+}
+
+#[derive(Serialize)]
+struct StepJson {
+    name: String,
+    ms: f64,
+}
+
+/// A quantized .tflite: the integer engine at batch 1, then the f32 engine on the same weights
+/// dequantized, in the same process and run.
+fn run_quantized(args: &BenchArgs, path: &std::path::Path) -> Result<()> {
+    if args.batch > 1 {
+        anyhow::bail!(
+            "--batch {}: the integer engine runs one image at a time",
+            args.batch
+        );
+    }
+    let q = QuantizedModel::load(path)?;
+    let mut session = q.session(args.threads);
+    let input: Vec<u8> = (0..q.engine().input_len())
+        .map(|i| ((i * 7919) % 255) as u8)
+        .collect();
+    let times = time_runs(args.warmup, args.runs, || {
+        std::hint::black_box(session.run(&input));
+    });
+    let steps = if args.profile {
+        session.enable_profile();
+        for _ in 0..args.runs.max(1) {
+            session.run(&input);
+        }
+        let p = session
+            .profile()
+            .map(<[Duration]>::to_vec)
+            .unwrap_or_default();
+        q.engine()
+            .step_names()
+            .into_iter()
+            .zip(p)
+            .map(|(name, d)| StepJson {
+                name,
+                ms: ms(d) / args.runs.max(1) as f64,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    drop(session);
+    // The f32 engine on the dequantized weights.
+    let (file, _) = import(path, &ImportOptions::default())?;
+    let model = InferenceModel::new(&file);
+    drop(file);
+    let mut fs = model.session(1, args.threads);
+    let xf: Vec<f32> = (0..model.input_len())
+        .map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0)
+        .collect();
+    let ftimes = time_runs(args.warmup, args.runs, || {
+        std::hint::black_box(fs.run(&xf));
+    });
+    let runs = times.len();
+    let pct = |t: &[Duration], p: f64| t[((t.len() - 1) as f64 * p).round() as usize];
+    let median = pct(&times, 0.5);
+    let fmedian = pct(&ftimes, 0.5);
+    let result = QuantBenchJson {
+        model: path.display().to_string(),
+        precision: if q.kind() == mobilenet::tflite::ElementType::I8 {
+            "int8"
+        } else {
+            "uint8"
+        },
+        isa: q.engine().isa().to_string(),
+        threads: fs.threads(),
+        runs,
+        median_ms: ms(median),
+        p10_ms: ms(pct(&times, 0.1)),
+        p90_ms: ms(pct(&times, 0.9)),
+        min_ms: ms(times[0]),
+        images_per_s: 1.0 / median.as_secs_f64(),
+        f32_isa: model.isa().to_string(),
+        f32_median_ms: ms(fmedian),
+        speedup_vs_f32: fmedian.as_secs_f64() / median.as_secs_f64(),
+        peak_rss_mb: peak_rss_mb(),
+        steps,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(());
+    }
+    println!(
+        "{} — {}, batch 1, {} thread(s), {runs} runs after {} warm-up",
+        result.model, result.precision, result.threads, args.warmup
+    );
+    println!(
+        "{:>5} ({:<11}) median {:.3} ms  (p10 {:.3}, p90 {:.3}, min {:.3}), {:.1} images/s",
+        result.precision,
+        result.isa,
+        result.median_ms,
+        result.p10_ms,
+        result.p90_ms,
+        result.min_ms,
+        result.images_per_s
+    );
+    println!(
+        "{:>5} ({:<11}) median {:.3} ms  (same weights dequantized)",
+        "f32", result.f32_isa, result.f32_median_ms
+    );
+    println!(
+        "{} is {:.2}x faster than f32",
+        result.precision, result.speedup_vs_f32
+    );
+    if let Some(rss) = result.peak_rss_mb {
+        println!("peak memory  {rss:.1} MB resident");
+    }
+    if !result.steps.is_empty() {
+        println!();
+        let mut t = Table::new(&[
+            ("step", Align::Left),
+            ("ms", Align::Right),
+            ("share", Align::Right),
+        ]);
+        let total: f64 = result.steps.iter().map(|s| s.ms).sum();
+        for s in &result.steps {
+            t.row([
+                s.name.clone(),
+                format!("{:.3}", s.ms),
+                format!("{:.1}%", 100.0 * s.ms / total),
+            ]);
+        }
+        print!("{}", t.render());
     }
     Ok(())
 }

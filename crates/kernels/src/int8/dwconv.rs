@@ -115,7 +115,7 @@ pub fn qdwconv3x3(
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        IntIsa::Avx512Vnni if isa.is_supported() => {
+        _ if isa.avx512() => {
             // Safety: AVX-512 is present; shapes checked above.
             unsafe { avx512::rows(g, input, w, rq, output, row0, rows) }
         }
@@ -161,7 +161,7 @@ fn scalar_rows(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::x86::{finish16, requant16};
+    use super::super::x86::{finish16, Rq16};
     use super::{taps, QDwWeights, Requant};
     use crate::ConvGeometry;
 
@@ -243,13 +243,8 @@ mod avx512 {
                     _mm512_loadu_si512(w.w.as_ptr().add(t * w.cp + b).cast())
                 });
                 let zsum = _mm512_loadu_si512(w.zsum.as_ptr().add(b).cast());
-                let bias = _mm512_loadu_si512(rq.bias.as_ptr().add(b).cast());
-                let m = _mm512_loadu_si512(rq.multiplier.as_ptr().add(b).cast());
-                let l = _mm512_loadu_si512(rq.left.as_ptr().add(b).cast());
-                let e = _mm512_loadu_si512(rq.right.as_ptr().add(b).cast());
-                let zp = _mm512_set1_epi32(rq.zero_point);
-                let (lo, hi) = (_mm512_set1_epi32(rq.min), _mm512_set1_epi32(rq.max));
-                let start = _mm512_add_epi32(zsum, bias);
+                let r16 = Rq16::load(rq, b);
+                let start = zsum;
                 for blk in 0..blocks {
                     let base = top.add(blk * PX * S * c + b);
                     let mut acc = [start; PX];
@@ -268,10 +263,7 @@ mod avx512 {
                         }
                     }
                     for (p, &a) in acc.iter().enumerate() {
-                        let v = _mm512_add_epi32(requant16(a, m, l, e), zp);
-                        let v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
-                        let dst = out.add((blk * PX + p) * c + b);
-                        _mm512_mask_cvtepi32_storeu_epi8(dst.cast(), mask, v);
+                        r16.store(a, n, out.add((blk * PX + p) * c + b));
                     }
                 }
                 b += 16;

@@ -170,7 +170,13 @@ pub unsafe fn qgemm_ptr(
     assert!(ldc >= n, "ldc shorter than a row of C");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        IntIsa::Avx512Vnni if isa.is_supported() => {
+        IntIsa::Amx if isa.is_supported() => {
+            // Safety: the CPU has AMX and AVX-512 VNNI, the tile state is granted; A checked
+            // above, C by the caller.
+            unsafe { amx::gemm(m, a.as_ptr(), lda, b, row_coeff, rq, c, ldc, panels) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        _ if isa.avx512() => {
             // Safety: the CPU has AVX-512 VNNI; A checked above, C by the caller.
             unsafe { vnni::gemm(m, a.as_ptr(), lda, b, row_coeff, rq, c, ldc, panels) }
         }
@@ -211,7 +217,7 @@ unsafe fn portable(
             let panel = &b.data[p * b.quads * NR * 4..][..b.quads * NR * 4];
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                IntIsa::Avx2 | IntIsa::Avx512Vnni if IntIsa::Avx2.is_supported() => {
+                IntIsa::Avx2 | IntIsa::Avx512Vnni | IntIsa::Amx if IntIsa::Avx2.is_supported() => {
                     // Safety: AVX2 is present; the row holds k bytes, the panel quads·128.
                     unsafe { avx2::tile(row, panel, b.quads, &mut acc) }
                 }
@@ -275,7 +281,7 @@ mod vnni {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::super::x86::finish16;
+    use super::super::x86::Rq16;
     use super::super::Requant;
     use super::{PackedQB, MR, NR};
 
@@ -294,29 +300,33 @@ mod vnni {
         panels: Range<usize>,
     ) {
         let k = b.k;
-        let mut i = 0;
-        while i < m {
-            let rows = (m - i).min(MR);
-            let mut add = [0i32; MR];
-            // Safety: rows i .. i + rows of A and C exist (checked by qgemm).
-            unsafe {
-                if row_coeff != 0 {
-                    for (r, s) in add.iter_mut().enumerate().take(rows) {
-                        *s = row_coeff.wrapping_mul(row_sum(a.add((i + r) * lda), k));
+        // Row terms first; then panel by panel (its K×32 bytes stay in L1) over the row tiles
+        // (A streams from L2: 12 broadcasts per 24 multiply-adds, less than B's two vectors).
+        let mut sums = vec![0i32; if row_coeff != 0 { m } else { 0 }];
+        // Safety: rows 0 .. m of A and C exist (checked by qgemm).
+        unsafe {
+            for (r, s) in sums.iter_mut().enumerate() {
+                *s = row_coeff.wrapping_mul(row_sum(a.add(r * lda), k));
+            }
+            for p in panels {
+                let bp = b.data.as_ptr().add(p * b.quads * NR * 4);
+                let cols = (b.n - p * NR).min(NR);
+                let mut i = 0;
+                while i < m {
+                    let rows = (m - i).min(MR);
+                    let mut add = [0i32; MR];
+                    if row_coeff != 0 {
+                        add[..rows].copy_from_slice(&sums[i..i + rows]);
                     }
-                }
-                let t = Tile {
-                    a: a.add(i * lda),
-                    lda,
-                    k,
-                    c: c.add(i * ldc),
-                    ldc,
-                    add: &add,
-                    rq,
-                };
-                for p in panels.clone() {
-                    let bp = b.data.as_ptr().add(p * b.quads * NR * 4);
-                    let cols = (b.n - p * NR).min(NR);
+                    let t = Tile {
+                        a: a.add(i * lda),
+                        lda,
+                        k,
+                        c: c.add(i * ldc),
+                        ldc,
+                        add: &add,
+                        rq,
+                    };
                     match rows {
                         12 => tile::<12>(&t, bp, p * NR, cols),
                         11 => tile::<11>(&t, bp, p * NR, cols),
@@ -331,9 +341,9 @@ mod vnni {
                         2 => tile::<2>(&t, bp, p * NR, cols),
                         _ => tile::<1>(&t, bp, p * NR, cols),
                     }
+                    i += rows;
                 }
             }
-            i += rows;
         }
     }
 
@@ -412,20 +422,163 @@ mod vnni {
                     acc1[i] = _mm512_dpbusd_epi32(acc1[i], av, b1);
                 }
             }
+            let r0 = Rq16::load(t.rq, j0);
+            let r1 = Rq16::load(t.rq, j0 + 16);
             for i in 0..R {
                 let add = _mm512_set1_epi32(t.add[i]);
                 let row = t.c.add(i * t.ldc + j0);
-                finish16(t.rq, _mm512_add_epi32(acc0[i], add), j0, cols.min(16), row);
+                r0.store(_mm512_add_epi32(acc0[i], add), cols.min(16), row);
                 if cols > 16 {
-                    finish16(
-                        t.rq,
-                        _mm512_add_epi32(acc1[i], add),
-                        j0 + 16,
-                        cols - 16,
-                        row.add(16),
-                    );
+                    r1.store(_mm512_add_epi32(acc1[i], add), cols - 16, row.add(16));
                 }
             }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::super::x86::Rq16;
+    use super::super::Requant;
+    use super::{vnni, PackedQB, NR};
+
+    /// Rows of a block: two 16-row A tiles.
+    const MB: usize = 32;
+
+    /// Tile configuration (palette 1): tiles 0–3 hold C (16 rows × 16 i32), 4–5 A (16 rows
+    /// × 64 bytes), 6–7 B (16 quads × 16 columns × 4 bytes) — every tile 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    impl TileConfig {
+        fn new() -> TileConfig {
+            let mut c = [0u8; 64];
+            c[0] = 1;
+            for t in 0..8 {
+                c[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
+                c[48 + t] = 16;
+            }
+            TileConfig(c)
+        }
+    }
+
+    /// 32-row blocks of A by 32-column panels on the tiles while K is a multiple of 64
+    /// (MobileNet's 1×1 layers from block 2 on); the other rows and depths go to the VNNI
+    /// kernel. Each block's K·32 products land in four tiles, are stored to a 4 KB buffer and
+    /// requantized from there.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+    pub(super) unsafe fn gemm(
+        m: usize,
+        a: *const u8,
+        lda: usize,
+        b: &PackedQB,
+        row_coeff: i32,
+        rq: &Requant,
+        c: *mut u8,
+        ldc: usize,
+        panels: Range<usize>,
+    ) {
+        let k = b.k;
+        let blocks = if k.is_multiple_of(64) { m / MB } else { 0 };
+        let done = blocks * MB;
+        // Safety: as vnni::gemm for the rows past the blocks; for the blocks, every tile load
+        // reads 16 rows of 64 bytes inside A's first `done` rows (k a multiple of 64) or
+        // inside B's panel (quads·128 bytes, quads = k/4), every store writes `buf`.
+        unsafe {
+            if done < m {
+                vnni::gemm(
+                    m - done,
+                    a.add(done * lda),
+                    lda,
+                    b,
+                    row_coeff,
+                    rq,
+                    c.add(done * ldc),
+                    ldc,
+                    panels.clone(),
+                );
+            }
+            if blocks == 0 {
+                return;
+            }
+            let cfg = TileConfig::new();
+            asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+            #[repr(C, align(64))]
+            struct Buf([[i32; NR]; MB]);
+            let mut buf = Buf([[0; NR]; MB]);
+            let out = buf.0.as_mut_ptr().cast::<u8>();
+            let row_bytes = NR * 4;
+            let chunks = k / 64;
+            let mut adds = [0i32; MB];
+            for p in panels {
+                let bp = b.data.as_ptr().add(p * b.quads * NR * 4);
+                let j0 = p * NR;
+                let cols = (b.n - j0).min(NR);
+                for blk in 0..blocks {
+                    let a0 = a.add(blk * MB * lda);
+                    let a1 = a0.add(16 * lda);
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack, nomem)
+                    );
+                    for kc in 0..chunks {
+                        let bk = bp.add(kc * 16 * NR * 4);
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {lda}*1]",
+                            "tileloadd tmm5, [{a1} + {lda}*1]",
+                            "tileloadd tmm6, [{b0} + {ldb}*1]",
+                            "tileloadd tmm7, [{b1} + {ldb}*1]",
+                            "tdpbusd tmm0, tmm4, tmm6",
+                            "tdpbusd tmm1, tmm4, tmm7",
+                            "tdpbusd tmm2, tmm5, tmm6",
+                            "tdpbusd tmm3, tmm5, tmm7",
+                            a0 = in(reg) a0.add(kc * 64),
+                            a1 = in(reg) a1.add(kc * 64),
+                            b0 = in(reg) bk,
+                            b1 = in(reg) bk.add(64),
+                            lda = in(reg) lda,
+                            ldb = in(reg) row_bytes,
+                            options(nostack, readonly)
+                        );
+                    }
+                    asm!(
+                        "tilestored [{o0} + {ld}*1], tmm0",
+                        "tilestored [{o1} + {ld}*1], tmm1",
+                        "tilestored [{o2} + {ld}*1], tmm2",
+                        "tilestored [{o3} + {ld}*1], tmm3",
+                        o0 = in(reg) out,
+                        o1 = in(reg) out.add(64),
+                        o2 = in(reg) out.add(16 * row_bytes),
+                        o3 = in(reg) out.add(16 * row_bytes + 64),
+                        ld = in(reg) row_bytes,
+                        options(nostack)
+                    );
+                    if row_coeff != 0 {
+                        for (r, s) in adds.iter_mut().enumerate() {
+                            let row = std::slice::from_raw_parts(a.add((blk * MB + r) * lda), k);
+                            *s = row_coeff.wrapping_mul(row.iter().map(|&v| v as i32).sum::<i32>());
+                        }
+                    }
+                    for h in 0..cols.div_ceil(16) {
+                        let r16 = Rq16::load(rq, j0 + 16 * h);
+                        let n = (cols - 16 * h).min(16);
+                        for (r, &add) in adds.iter().enumerate() {
+                            let acc = _mm512_load_si512(buf.0[r].as_ptr().add(16 * h).cast());
+                            let dst = c.add((blk * MB + r) * ldc + j0 + 16 * h);
+                            r16.store(_mm512_add_epi32(acc, _mm512_set1_epi32(add)), n, dst);
+                        }
+                    }
+                }
+            }
+            asm!("tilerelease", options(nostack, nomem));
         }
     }
 }

@@ -30,6 +30,10 @@ pub enum IntIsa {
     Avx2,
     /// x86-64 AVX-512 with VNNI: `vpdpbusd` (four u8·s8 products per i32 lane), 16 lanes.
     Avx512Vnni,
+    /// AVX-512 VNNI plus AMX tiles (`tdpbusd`: a 16×64 by 64×16 byte product per
+    /// instruction) for the GEMMs whose depth is a multiple of 64; Linux only (the kernel
+    /// must grant the tile state).
+    Amx,
 }
 
 impl IntIsa {
@@ -37,7 +41,7 @@ impl IntIsa {
     pub fn detect() -> IntIsa {
         static BEST: OnceLock<IntIsa> = OnceLock::new();
         *BEST.get_or_init(|| {
-            [IntIsa::Avx512Vnni, IntIsa::Avx2]
+            [IntIsa::Amx, IntIsa::Avx512Vnni, IntIsa::Avx2]
                 .into_iter()
                 .find(|i| i.is_supported())
                 .unwrap_or(IntIsa::Scalar)
@@ -46,10 +50,15 @@ impl IntIsa {
 
     /// Every variant this CPU runs, scalar first.
     pub fn available() -> Vec<IntIsa> {
-        [IntIsa::Scalar, IntIsa::Avx2, IntIsa::Avx512Vnni]
-            .into_iter()
-            .filter(|i| i.is_supported())
-            .collect()
+        [
+            IntIsa::Scalar,
+            IntIsa::Avx2,
+            IntIsa::Avx512Vnni,
+            IntIsa::Amx,
+        ]
+        .into_iter()
+        .filter(|i| i.is_supported())
+        .collect()
     }
 
     /// Whether this CPU can run `self`.
@@ -66,9 +75,16 @@ impl IntIsa {
                     && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "x86_64")]
+            IntIsa::Amx => IntIsa::Avx512Vnni.is_supported() && amx_granted(),
             #[cfg(not(target_arch = "x86_64"))]
-            IntIsa::Avx2 | IntIsa::Avx512Vnni => false,
+            IntIsa::Avx2 | IntIsa::Avx512Vnni | IntIsa::Amx => false,
         }
+    }
+
+    /// Whether the AVX-512 kernels (VNNI, or AMX's companions) run.
+    pub(crate) fn avx512(self) -> bool {
+        matches!(self, IntIsa::Avx512Vnni | IntIsa::Amx) && self.is_supported()
     }
 
     /// Short name for reports.
@@ -77,8 +93,43 @@ impl IntIsa {
             IntIsa::Scalar => "scalar",
             IntIsa::Avx2 => "avx2",
             IntIsa::Avx512Vnni => "avx512vnni",
+            IntIsa::Amx => "amx",
         }
     }
+}
+
+/// Whether the CPU has AMX-INT8 tiles and the kernel lets this process use them (asked once:
+/// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`).
+#[cfg(target_arch = "x86_64")]
+fn amx_granted() -> bool {
+    static GRANTED: OnceLock<bool> = OnceLock::new();
+    *GRANTED.get_or_init(|| {
+        // CPUID.(7,0):EDX bit 24 AMX-TILE, bit 25 AMX-INT8.
+        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+        if edx & (1 << 24) == 0 || edx & (1 << 25) == 0 {
+            return false;
+        }
+        request_tile_state()
+    })
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_state() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // Safety: arch_prctl with these arguments only changes this process's permissions.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
+fn request_tile_state() -> bool {
+    false
 }
 
 impl fmt::Display for IntIsa {
@@ -137,6 +188,13 @@ pub struct Requant {
     multiplier: Vec<i32>,
     left: Vec<i32>,
     right: Vec<i32>,
+    /// Derived for the vector kernels: each odd channel's multiplier in the even slot before
+    /// it (the 64-bit lanes' low halves), `2^right − 1` and half of it.
+    mult_odd: Vec<i32>,
+    mask: Vec<i32>,
+    half: Vec<i32>,
+    /// Whether any channel shifts left (a multiplier above 1).
+    any_left: bool,
     zero_point: i32,
     min: i32,
     max: i32,
@@ -176,6 +234,10 @@ impl Requant {
             multiplier: vec![0; padded],
             left: vec![0; padded],
             right: vec![0; padded],
+            mult_odd: vec![0; padded],
+            mask: vec![0; padded],
+            half: vec![0; padded],
+            any_left: false,
             zero_point,
             min,
             max,
@@ -192,6 +254,14 @@ impl Requant {
             r.left[i] = s.max(0);
             r.right[i] = (-s).max(0);
         }
+        for j in 0..padded {
+            if j % 2 == 0 {
+                r.mult_odd[j] = r.multiplier[j + 1];
+            }
+            r.mask[j] = ((1i64 << r.right[j]) - 1) as i32;
+            r.half[j] = r.mask[j] >> 1;
+        }
+        r.any_left = r.left.iter().any(|&l| l > 0);
         r
     }
 
@@ -224,7 +294,7 @@ impl Requant {
         assert!(out.len() >= acc.len() && j0 + acc.len() <= self.n);
         match isa {
             #[cfg(target_arch = "x86_64")]
-            IntIsa::Avx512Vnni if isa.is_supported() => {
+            _ if isa.avx512() => {
                 // Safety: AVX-512 is present; the slices cover `acc.len()` values from j0.
                 unsafe {
                     x86::requant_row(self, acc.as_ptr(), acc.len(), add, j0, out.as_mut_ptr())
@@ -351,58 +421,101 @@ pub(crate) mod x86 {
 
     use super::Requant;
 
-    /// `RoundingDivideByPOT(SRDHM(x << l, m), e)` for 16 lanes; returns the i32 results before
-    /// the zero point.
-    ///
-    /// With `m` in `[2^30, 2^31)` the doubling high multiply's nudge-and-truncate equals
-    /// `floor((p + 2^30) / 2^31)` for the 64-bit product `p` (its saturating case needs
-    /// `m = −2^31`), so each half takes an add and a shift; the even lanes' quotients are
-    /// shifted down into the low halves, the odd lanes' up into the high halves, and the
-    /// power-of-two divide runs on 32-bit lanes: `(q >> e) + (rem > half + (q < 0))`.
-    #[inline(always)]
-    pub(crate) unsafe fn requant16(x: __m512i, m: __m512i, l: __m512i, e: __m512i) -> __m512i {
-        unsafe {
-            let x = _mm512_sllv_epi32(x, l);
-            let round = _mm512_set1_epi64(1 << 30);
-            let pe = _mm512_add_epi64(_mm512_mul_epi32(x, m), round);
-            let po = _mm512_add_epi64(
-                _mm512_mul_epi32(_mm512_srli_epi64(x, 32), _mm512_srli_epi64(m, 32)),
-                round,
-            );
-            let q = _mm512_mask_blend_epi32(
-                0xaaaa,
-                _mm512_srli_epi64(pe, 31),
-                _mm512_slli_epi64(po, 1),
-            );
-            let one = _mm512_set1_epi32(1);
-            let mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, e), one);
-            let rem = _mm512_and_si512(q, mask);
-            let thr = _mm512_sub_epi32(_mm512_srli_epi32(mask, 1), _mm512_srai_epi32(q, 31));
-            let r = _mm512_srav_epi32(q, e);
-            _mm512_mask_add_epi32(r, _mm512_cmpgt_epi32_mask(rem, thr), r, one)
+    /// The requantization constants of 16 channels, loaded once for many pixels.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Rq16 {
+        bias: __m512i,
+        m: __m512i,
+        m_odd: __m512i,
+        l: __m512i,
+        mask: __m512i,
+        half: __m512i,
+        e: __m512i,
+        zp: __m512i,
+        lo: __m512i,
+        hi: __m512i,
+        any_left: bool,
+    }
+
+    impl Rq16 {
+        /// Channels `j .. j + 16` of `rq` (padded past its end).
+        #[inline(always)]
+        pub(crate) unsafe fn load(rq: &Requant, j: usize) -> Rq16 {
+            let v = |x: &[i32]| unsafe { _mm512_loadu_si512(x.as_ptr().add(j).cast()) };
+            unsafe {
+                Rq16 {
+                    bias: v(&rq.bias),
+                    m: v(&rq.multiplier),
+                    m_odd: v(&rq.mult_odd),
+                    l: v(&rq.left),
+                    mask: v(&rq.mask),
+                    half: v(&rq.half),
+                    e: v(&rq.right),
+                    zp: _mm512_set1_epi32(rq.zero_point),
+                    lo: _mm512_set1_epi32(rq.min),
+                    hi: _mm512_set1_epi32(rq.max),
+                    any_left: rq.any_left,
+                }
+            }
+        }
+
+        /// `clamp(RoundingDivideByPOT(SRDHM((acc + bias) << l, m), e) + zp, min, max)`.
+        ///
+        /// With `m` in `[2^30, 2^31)` the doubling high multiply's nudge-and-truncate equals
+        /// `floor((p + 2^30) / 2^31)` for the 64-bit product `p` (its saturating case needs
+        /// `m = −2^31`), so each half takes an add and a shift; the even lanes' quotients are
+        /// shifted down into the low halves, the odd lanes' up into the high halves, and the
+        /// power-of-two divide runs on 32-bit lanes: `(q >> e) + (rem > half + (q < 0))`.
+        #[inline(always)]
+        pub(crate) unsafe fn apply(&self, acc: __m512i) -> __m512i {
+            unsafe {
+                let mut x = _mm512_add_epi32(acc, self.bias);
+                if self.any_left {
+                    x = _mm512_sllv_epi32(x, self.l);
+                }
+                let round = _mm512_set1_epi64(1 << 30);
+                let pe = _mm512_add_epi64(_mm512_mul_epi32(x, self.m), round);
+                let po = _mm512_add_epi64(
+                    _mm512_mul_epi32(_mm512_srli_epi64(x, 32), self.m_odd),
+                    round,
+                );
+                let q = _mm512_mask_blend_epi32(
+                    0xaaaa,
+                    _mm512_srli_epi64(pe, 31),
+                    _mm512_slli_epi64(po, 1),
+                );
+                let rem = _mm512_and_si512(q, self.mask);
+                let thr = _mm512_sub_epi32(self.half, _mm512_srai_epi32(q, 31));
+                let r = _mm512_srav_epi32(q, self.e);
+                let r = _mm512_mask_add_epi32(
+                    r,
+                    _mm512_cmpgt_epi32_mask(rem, thr),
+                    r,
+                    _mm512_set1_epi32(1),
+                );
+                let v = _mm512_add_epi32(r, self.zp);
+                _mm512_min_epi32(_mm512_max_epi32(v, self.lo), self.hi)
+            }
+        }
+
+        /// [`Rq16::apply`] and the store of `n ≤ 16` bytes.
+        #[inline(always)]
+        pub(crate) unsafe fn store(&self, acc: __m512i, n: usize, out: *mut u8) {
+            unsafe {
+                let v = self.apply(acc);
+                if n == 16 {
+                    _mm_storeu_si128(out.cast(), _mm512_cvtepi32_epi8(v));
+                } else {
+                    _mm512_mask_cvtepi32_storeu_epi8(out.cast(), ((1u32 << n) - 1) as u16, v);
+                }
+            }
         }
     }
 
     /// Full requantization of 16 channels starting at `j` and the store of `n ≤ 16` bytes.
     #[inline(always)]
     pub(crate) unsafe fn finish16(rq: &Requant, acc: __m512i, j: usize, n: usize, out: *mut u8) {
-        unsafe {
-            let b = _mm512_loadu_si512(rq.bias.as_ptr().add(j).cast());
-            let m = _mm512_loadu_si512(rq.multiplier.as_ptr().add(j).cast());
-            let l = _mm512_loadu_si512(rq.left.as_ptr().add(j).cast());
-            let e = _mm512_loadu_si512(rq.right.as_ptr().add(j).cast());
-            let v = requant16(_mm512_add_epi32(acc, b), m, l, e);
-            let v = _mm512_add_epi32(v, _mm512_set1_epi32(rq.zero_point));
-            let v = _mm512_min_epi32(
-                _mm512_max_epi32(v, _mm512_set1_epi32(rq.min)),
-                _mm512_set1_epi32(rq.max),
-            );
-            if n == 16 {
-                _mm_storeu_si128(out.cast(), _mm512_cvtepi32_epi8(v));
-            } else {
-                _mm512_mask_cvtepi32_storeu_epi8(out.cast(), ((1u32 << n) - 1) as u16, v);
-            }
-        }
+        unsafe { Rq16::load(rq, j).store(acc, n, out) }
     }
 
     /// [`Requant::row`] for AVX-512.

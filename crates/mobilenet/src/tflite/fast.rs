@@ -494,8 +494,10 @@ fn gemm_split(
         qgemm(isa, m, a, k, b, row_coeff, rq, c, n, 0..b.panels());
         return;
     }
-    if m >= 12 * threads * 2 {
-        let ranges = split(m, threads, 1);
+    // Rows per kernel block: AMX takes 32 at a time, the VNNI tile 12.
+    let block = if isa == IntIsa::Amx { 32 } else { 12 };
+    if m >= block * threads * 2 {
+        let ranges = split(m, threads, block);
         let outs = Parts::new(c, ranges.iter().map(|r| r.start * n..r.end * n).collect());
         pool.run(&|t| {
             // Safety: part t takes range t only.
