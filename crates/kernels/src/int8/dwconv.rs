@@ -161,7 +161,7 @@ fn scalar_rows(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::x86::{finish16, Rq16};
+    use super::super::x86::Rq16;
     use super::{taps, QDwWeights, Requant};
     use crate::ConvGeometry;
 
@@ -187,30 +187,72 @@ mod avx512 {
             lo
         };
         let blocks = (hi - lo) / PX;
+        // Bands of rows whose outputs fill about 32 KB; inside a band, channel block by
+        // channel block, so the block's filter and constants are loaded once per band.
+        let band = (32768 / (g.out_w * c).max(1)).clamp(1, rows.max(1));
         // Safety: every load reads channels < c of a pixel inside the image (masked past c) or
         // the padded weight vectors; every store writes channels < c of an output pixel.
         unsafe {
-            for r in 0..rows {
-                let oy = row0 + r;
-                let out_row = output.as_mut_ptr().add(r * g.out_w * c);
-                let (ky0, ky1) = taps(oy, g.stride, g.pad_top, g.in_h);
-                if ky0 != 0 || ky1 != 3 || blocks == 0 {
-                    for ox in 0..g.out_w {
-                        pixel(g, input, w, rq, out_row, oy, ox);
+            for r0 in (0..rows).step_by(band) {
+                let band_rows = r0..(r0 + band).min(rows);
+                let mut b = 0;
+                while b < c {
+                    let k = Block::load(w, rq, b);
+                    for r in band_rows.clone() {
+                        let oy = row0 + r;
+                        let out_row = output.as_mut_ptr().add(r * g.out_w * c);
+                        let (ky0, ky1) = taps(oy, g.stride, g.pad_top, g.in_h);
+                        if ky0 != 0 || ky1 != 3 || blocks == 0 {
+                            border(g, input, w, &k, out_row, oy, 0..g.out_w);
+                            continue;
+                        }
+                        border(g, input, w, &k, out_row, oy, 0..lo);
+                        border(g, input, w, &k, out_row, oy, lo + blocks * PX..g.out_w);
+                        let iy = oy * g.stride - g.pad_top;
+                        let ix = lo * g.stride - g.pad_left;
+                        let top = input.as_ptr().add((iy * g.in_w + ix) * c + b);
+                        let out = out_row.add(lo * c + b);
+                        if g.stride == 1 {
+                            interior::<1>(top, g.in_w * c, c, &k, out, blocks);
+                        } else {
+                            interior::<2>(top, g.in_w * c, c, &k, out, blocks);
+                        }
                     }
-                    continue;
+                    b += 16;
                 }
-                for ox in (0..lo).chain(lo + blocks * PX..g.out_w) {
-                    pixel(g, input, w, rq, out_row, oy, ox);
-                }
-                let iy = oy * g.stride - g.pad_top;
-                let ix = lo * g.stride - g.pad_left;
-                let top = input.as_ptr().add((iy * g.in_w + ix) * c);
-                let out = out_row.add(lo * c);
-                if g.stride == 1 {
-                    interior::<1>(top, g.in_w * c, c, w, rq, out, blocks);
-                } else {
-                    interior::<2>(top, g.in_w * c, c, w, rq, out, blocks);
+            }
+        }
+    }
+
+    /// One block of 16 channels: its filter, zero-point sum and requantization constants.
+    struct Block {
+        b: usize,
+        n: usize,
+        mask: u16,
+        wv: [__m512i; 9],
+        zsum: __m512i,
+        r16: Rq16,
+    }
+
+    impl Block {
+        #[inline(always)]
+        unsafe fn load(w: &QDwWeights, rq: &Requant, b: usize) -> Block {
+            let n = (w.c - b).min(16);
+            // Safety: the weight vectors are padded to a multiple of 16 channels.
+            unsafe {
+                Block {
+                    b,
+                    n,
+                    mask: if n == 16 {
+                        u16::MAX
+                    } else {
+                        ((1u32 << n) - 1) as u16
+                    },
+                    wv: std::array::from_fn(|t| {
+                        _mm512_loadu_si512(w.w.as_ptr().add(t * w.cp + b).cast())
+                    }),
+                    zsum: _mm512_loadu_si512(w.zsum.as_ptr().add(b).cast()),
+                    r16: Rq16::load(rq, b),
                 }
             }
         }
@@ -224,88 +266,145 @@ mod avx512 {
         top: *const u8,
         in_row: usize,
         c: usize,
-        w: &QDwWeights,
-        rq: &Requant,
+        k: &Block,
         out: *mut u8,
         blocks: usize,
     ) {
         // Safety: the caller guarantees `blocks·PX` outputs whose taps are inside the image.
         unsafe {
-            let mut b = 0;
-            while b < c {
-                let n = (c - b).min(16);
-                let mask = if n == 16 {
-                    u16::MAX
-                } else {
-                    ((1u32 << n) - 1) as u16
-                };
-                let wv: [__m512i; 9] = std::array::from_fn(|t| {
-                    _mm512_loadu_si512(w.w.as_ptr().add(t * w.cp + b).cast())
-                });
-                let zsum = _mm512_loadu_si512(w.zsum.as_ptr().add(b).cast());
-                let r16 = Rq16::load(rq, b);
-                let start = zsum;
-                for blk in 0..blocks {
-                    let base = top.add(blk * PX * S * c + b);
-                    let mut acc = [start; PX];
-                    for ky in 0..3 {
-                        let row = base.add(ky * in_row);
-                        for j in 0..(PX - 1) * S + 3 {
-                            let x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
-                                mask,
-                                row.add(j * c).cast(),
-                            ));
-                            for (p, a) in acc.iter_mut().enumerate() {
-                                if j >= p * S && j < p * S + 3 {
-                                    *a = _mm512_dpwssd_epi32(*a, x, wv[ky * 3 + j - p * S]);
-                                }
-                            }
-                        }
-                    }
-                    for (p, &a) in acc.iter().enumerate() {
-                        r16.store(a, n, out.add((blk * PX + p) * c + b));
+            for blk in 0..blocks {
+                let base = top.add(blk * PX * S * c);
+                // Two accumulator sets (filter rows 0–1, row 2) halve the dependency chains:
+                // nine dependent multiply-adds per output would leave the 5-cycle latency
+                // exposed.
+                let mut acc = [k.zsum; PX];
+                let mut acc2 = [_mm512_setzero_si512(); PX];
+                for ky in 0..3 {
+                    let w3 = [k.wv[3 * ky], k.wv[3 * ky + 1], k.wv[3 * ky + 2]];
+                    let row = base.add(ky * in_row);
+                    let a = if ky < 2 { &mut acc } else { &mut acc2 };
+                    if S == 1 {
+                        taps_s1(row, c, k.mask, w3, a);
+                    } else {
+                        taps_s2(row, c, k.mask, w3, a);
                     }
                 }
-                b += 16;
+                for p in 0..PX {
+                    k.r16.store(
+                        _mm512_add_epi32(acc[p], acc2[p]),
+                        k.n,
+                        out.add((blk * PX + p) * c),
+                    );
+                }
             }
         }
     }
 
-    /// One output pixel, any position (border taps skipped, their zero-point term added back).
-    #[inline(always)]
-    unsafe fn pixel(
+    /// `a + Σ pairs x·w` as one `vpdpwssd`. (Through the intrinsic, LLVM splits it into
+    /// `vpmaddwd` + `vpaddd`: two uops on the two 512-bit ports instead of one.)
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,avx512vnni")]
+    #[inline]
+    unsafe fn dp(a: __m512i, x: __m512i, w: __m512i) -> __m512i {
+        let mut a = a;
+        // Safety: the caller's target features include AVX-512 VNNI.
+        unsafe {
+            std::arch::asm!(
+                "vpdpwssd {a}, {x}, {w}",
+                a = inout(zmm_reg) a,
+                x = in(zmm_reg) x,
+                w = in(zmm_reg) w,
+                options(pure, nomem, nostack)
+            );
+        }
+        a
+    }
+
+    /// Widened bytes of input column `j` (channels of one pixel).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,avx512vnni")]
+    #[inline]
+    unsafe fn col(row: *const u8, c: usize, mask: u16, j: usize) -> __m512i {
+        unsafe { _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, row.add(j * c).cast())) }
+    }
+
+    /// One filter row for four stride-1 outputs: six input columns, each loaded once.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,avx512vnni")]
+    #[inline]
+    unsafe fn taps_s1(row: *const u8, c: usize, mask: u16, w: [__m512i; 3], a: &mut [__m512i; PX]) {
+        unsafe {
+            let x: [__m512i; 6] = [
+                col(row, c, mask, 0),
+                col(row, c, mask, 1),
+                col(row, c, mask, 2),
+                col(row, c, mask, 3),
+                col(row, c, mask, 4),
+                col(row, c, mask, 5),
+            ];
+            a[0] = dp(a[0], x[0], w[0]);
+            a[1] = dp(a[1], x[1], w[0]);
+            a[2] = dp(a[2], x[2], w[0]);
+            a[3] = dp(a[3], x[3], w[0]);
+            a[0] = dp(a[0], x[1], w[1]);
+            a[1] = dp(a[1], x[2], w[1]);
+            a[2] = dp(a[2], x[3], w[1]);
+            a[3] = dp(a[3], x[4], w[1]);
+            a[0] = dp(a[0], x[2], w[2]);
+            a[1] = dp(a[1], x[3], w[2]);
+            a[2] = dp(a[2], x[4], w[2]);
+            a[3] = dp(a[3], x[5], w[2]);
+        }
+    }
+
+    /// One filter row for four stride-2 outputs: nine input columns, each loaded once.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,avx512vnni")]
+    #[inline]
+    unsafe fn taps_s2(row: *const u8, c: usize, mask: u16, w: [__m512i; 3], a: &mut [__m512i; PX]) {
+        unsafe {
+            let x: [__m512i; 9] = [
+                col(row, c, mask, 0),
+                col(row, c, mask, 1),
+                col(row, c, mask, 2),
+                col(row, c, mask, 3),
+                col(row, c, mask, 4),
+                col(row, c, mask, 5),
+                col(row, c, mask, 6),
+                col(row, c, mask, 7),
+                col(row, c, mask, 8),
+            ];
+            for kx in 0..3 {
+                a[0] = dp(a[0], x[kx], w[kx]);
+                a[1] = dp(a[1], x[2 + kx], w[kx]);
+                a[2] = dp(a[2], x[4 + kx], w[kx]);
+                a[3] = dp(a[3], x[6 + kx], w[kx]);
+            }
+        }
+    }
+
+    /// Output pixels `xs` of row `oy`, any position (taps outside the image skipped, their
+    /// zero-point term added back), channel block by channel block with the block's
+    /// requantization constants loaded once.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,avx512vnni")]
+    unsafe fn border(
         g: &ConvGeometry,
         input: &[u8],
         w: &QDwWeights,
-        rq: &Requant,
+        k: &Block,
         out_row: *mut u8,
         oy: usize,
-        ox: usize,
+        xs: std::ops::Range<usize>,
     ) {
-        let (c, cp) = (w.c, w.cp);
+        let (c, cp, b) = (w.c, w.cp, k.b);
         let inp = input.as_ptr();
+        let (ky0, ky1) = taps(oy, g.stride, g.pad_top, g.in_h);
         // Safety: as in `rows`.
         unsafe {
-            let (ky0, ky1) = taps(oy, g.stride, g.pad_top, g.in_h);
-            let (kx0, kx1) = taps(ox, g.stride, g.pad_left, g.in_w);
-            let border = ky0 != 0 || ky1 != 3 || kx0 != 0 || kx1 != 3;
-            let out = out_row.add(ox * c);
-            let mut b = 0;
-            while b < c {
-                let n = (c - b).min(16);
-                let mask = if n == 16 {
-                    u16::MAX
-                } else {
-                    ((1u32 << n) - 1) as u16
-                };
-                let mut acc = _mm512_loadu_si512(w.zsum.as_ptr().add(b).cast());
-                if border {
-                    for t in 0..9 {
-                        let (ky, kx) = (t / 3, t % 3);
-                        if !(ky0..ky1).contains(&ky) || !(kx0..kx1).contains(&kx) {
-                            let zw = _mm512_loadu_si512(w.zw.as_ptr().add(t * cp + b).cast());
-                            acc = _mm512_add_epi32(acc, zw);
-                        }
+            for ox in xs {
+                let (kx0, kx1) = taps(ox, g.stride, g.pad_left, g.in_w);
+                let mut acc = k.zsum;
+                for t in 0..9 {
+                    let (ky, kx) = (t / 3, t % 3);
+                    if !(ky0..ky1).contains(&ky) || !(kx0..kx1).contains(&kx) {
+                        let zw = _mm512_loadu_si512(w.zw.as_ptr().add(t * cp + b).cast());
+                        acc = _mm512_add_epi32(acc, zw);
                     }
                 }
                 for ky in ky0..ky1 {
@@ -313,14 +412,11 @@ mod avx512 {
                     for kx in kx0..kx1 {
                         let ix = ox * g.stride + kx - g.pad_left;
                         let px = inp.add((iy * g.in_w + ix) * c + b);
-                        let x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, px.cast()));
-                        let wv =
-                            _mm512_loadu_si512(w.w.as_ptr().add((ky * 3 + kx) * cp + b).cast());
-                        acc = _mm512_dpwssd_epi32(acc, x, wv);
+                        let x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k.mask, px.cast()));
+                        acc = dp(acc, x, k.wv[ky * 3 + kx]);
                     }
                 }
-                finish16(rq, acc, b, n, out.add(b));
-                b += 16;
+                k.r16.store(acc, k.n, out_row.add(ox * c + b));
             }
         }
     }

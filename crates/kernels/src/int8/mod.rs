@@ -189,12 +189,19 @@ pub struct Requant {
     left: Vec<i32>,
     right: Vec<i32>,
     /// Derived for the vector kernels: each odd channel's multiplier in the even slot before
-    /// it (the 64-bit lanes' low halves), `2^right − 1` and half of it.
+    /// it (the 64-bit lanes' low halves).
     mult_odd: Vec<i32>,
-    mask: Vec<i32>,
-    half: Vec<i32>,
     /// Whether any channel shifts left (a multiplier above 1).
     any_left: bool,
+    /// The two roundings as one: `r = (p + c − [p < −2^30 and e > 0]·2^31) >> (31 + e)` for
+    /// the 64-bit product `p`, with `c = 2^30 + [e > 0]·2^(30+e) (+ zp·2^(31+e))`, split into
+    /// even and odd channels (64-bit lanes).
+    c_even: Vec<i64>,
+    c_odd: Vec<i64>,
+    s_even: Vec<i64>,
+    s_odd: Vec<i64>,
+    /// Whether `c` includes the zero point (every `e ≤ 20`, so that it cannot overflow).
+    zp_folded: bool,
     zero_point: i32,
     min: i32,
     max: i32,
@@ -235,9 +242,12 @@ impl Requant {
             left: vec![0; padded],
             right: vec![0; padded],
             mult_odd: vec![0; padded],
-            mask: vec![0; padded],
-            half: vec![0; padded],
             any_left: false,
+            c_even: vec![0; padded / 2],
+            c_odd: vec![0; padded / 2],
+            s_even: vec![0; padded / 2],
+            s_odd: vec![0; padded / 2],
+            zp_folded: false,
             zero_point,
             min,
             max,
@@ -258,10 +268,23 @@ impl Requant {
             if j % 2 == 0 {
                 r.mult_odd[j] = r.multiplier[j + 1];
             }
-            r.mask[j] = ((1i64 << r.right[j]) - 1) as i32;
-            r.half[j] = r.mask[j] >> 1;
         }
         r.any_left = r.left.iter().any(|&l| l > 0);
+        r.zp_folded = r.right.iter().all(|&e| e <= 20);
+        for j in 0..padded {
+            let e = r.right[j] as i64;
+            let mut c = (1i64 << 30) + if e > 0 { 1i64 << (30 + e) } else { 0 };
+            if r.zp_folded {
+                c += (zero_point as i64) << (31 + e);
+            }
+            let (cv, sv) = if j % 2 == 0 {
+                (&mut r.c_even, &mut r.s_even)
+            } else {
+                (&mut r.c_odd, &mut r.s_odd)
+            };
+            cv[j / 2] = c;
+            sv[j / 2] = 31 + e;
+        }
         r
     }
 
@@ -428,13 +451,20 @@ pub(crate) mod x86 {
         m: __m512i,
         m_odd: __m512i,
         l: __m512i,
-        mask: __m512i,
-        half: __m512i,
-        e: __m512i,
         zp: __m512i,
         lo: __m512i,
         hi: __m512i,
         any_left: bool,
+        c_even: __m512i,
+        c_odd: __m512i,
+        s_even: __m512i,
+        s_odd: __m512i,
+        /// Lanes (even, odd) whose exponent is above 0: they take the negative correction.
+        k_even: __mmask8,
+        k_odd: __mmask8,
+        zp_folded: bool,
+        /// Whether the upper bound is 255 (the narrowing store saturates there).
+        top: bool,
     }
 
     impl Rq16 {
@@ -448,24 +478,38 @@ pub(crate) mod x86 {
                     m: v(&rq.multiplier),
                     m_odd: v(&rq.mult_odd),
                     l: v(&rq.left),
-                    mask: v(&rq.mask),
-                    half: v(&rq.half),
-                    e: v(&rq.right),
                     zp: _mm512_set1_epi32(rq.zero_point),
                     lo: _mm512_set1_epi32(rq.min),
                     hi: _mm512_set1_epi32(rq.max),
                     any_left: rq.any_left,
+                    c_even: _mm512_loadu_si512(rq.c_even.as_ptr().add(j / 2).cast()),
+                    c_odd: _mm512_loadu_si512(rq.c_odd.as_ptr().add(j / 2).cast()),
+                    s_even: _mm512_loadu_si512(rq.s_even.as_ptr().add(j / 2).cast()),
+                    s_odd: _mm512_loadu_si512(rq.s_odd.as_ptr().add(j / 2).cast()),
+                    k_even: _mm512_cmpgt_epi64_mask(
+                        _mm512_loadu_si512(rq.s_even.as_ptr().add(j / 2).cast()),
+                        _mm512_set1_epi64(31),
+                    ),
+                    k_odd: _mm512_cmpgt_epi64_mask(
+                        _mm512_loadu_si512(rq.s_odd.as_ptr().add(j / 2).cast()),
+                        _mm512_set1_epi64(31),
+                    ),
+                    zp_folded: rq.zp_folded,
+                    top: rq.max == 255,
                 }
             }
         }
 
-        /// `clamp(RoundingDivideByPOT(SRDHM((acc + bias) << l, m), e) + zp, min, max)`.
+        /// `max(RoundingDivideByPOT(SRDHM((acc + bias) << l, m), e) + zp, min)` (the upper
+        /// bound is applied by [`Rq16::store`]).
         ///
         /// With `m` in `[2^30, 2^31)` the doubling high multiply's nudge-and-truncate equals
-        /// `floor((p + 2^30) / 2^31)` for the 64-bit product `p` (its saturating case needs
-        /// `m = −2^31`), so each half takes an add and a shift; the even lanes' quotients are
-        /// shifted down into the low halves, the odd lanes' up into the high halves, and the
-        /// power-of-two divide runs on 32-bit lanes: `(q >> e) + (rem > half + (q < 0))`.
+        /// `q = floor((p + 2^30) / 2^31)` for the 64-bit product `p` (its saturating case
+        /// needs `m = −2^31`), and the divide by `2^e` rounding half away from zero is
+        /// `floor((q + 2^(e−1) − [q < 0]) / 2^e)`; nested floors of integer sums merge, so
+        /// `r = floor((p + 2^30 + 2^(30+e) − [p < −2^30]·2^31) / 2^(31+e))`: one add, one
+        /// masked correction and one shift per 64-bit lane (see [`Requant`]'s `c_even`). The
+        /// even lanes' results sit in the low halves, the odd lanes' are shifted up.
         #[inline(always)]
         pub(crate) unsafe fn apply(&self, acc: __m512i) -> __m512i {
             unsafe {
@@ -473,28 +517,31 @@ pub(crate) mod x86 {
                 if self.any_left {
                     x = _mm512_sllv_epi32(x, self.l);
                 }
-                let round = _mm512_set1_epi64(1 << 30);
-                let pe = _mm512_add_epi64(_mm512_mul_epi32(x, self.m), round);
-                let po = _mm512_add_epi64(
-                    _mm512_mul_epi32(_mm512_srli_epi64(x, 32), self.m_odd),
-                    round,
+                let pe = _mm512_mul_epi32(x, self.m);
+                let po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), self.m_odd);
+                let thr = _mm512_set1_epi64(-(1 << 30));
+                let corr = _mm512_set1_epi64(1 << 31);
+                let te = _mm512_add_epi64(pe, self.c_even);
+                let te = _mm512_mask_sub_epi64(
+                    te,
+                    _mm512_mask_cmplt_epi64_mask(self.k_even, pe, thr),
+                    te,
+                    corr,
                 );
-                let q = _mm512_mask_blend_epi32(
-                    0xaaaa,
-                    _mm512_srli_epi64(pe, 31),
-                    _mm512_slli_epi64(po, 1),
+                let to = _mm512_add_epi64(po, self.c_odd);
+                let to = _mm512_mask_sub_epi64(
+                    to,
+                    _mm512_mask_cmplt_epi64_mask(self.k_odd, po, thr),
+                    to,
+                    corr,
                 );
-                let rem = _mm512_and_si512(q, self.mask);
-                let thr = _mm512_sub_epi32(self.half, _mm512_srai_epi32(q, 31));
-                let r = _mm512_srav_epi32(q, self.e);
-                let r = _mm512_mask_add_epi32(
-                    r,
-                    _mm512_cmpgt_epi32_mask(rem, thr),
-                    r,
-                    _mm512_set1_epi32(1),
-                );
-                let v = _mm512_add_epi32(r, self.zp);
-                _mm512_min_epi32(_mm512_max_epi32(v, self.lo), self.hi)
+                let re = _mm512_srav_epi64(te, self.s_even);
+                let ro = _mm512_srav_epi64(to, self.s_odd);
+                let mut v = _mm512_mask_blend_epi32(0xaaaa, re, _mm512_slli_epi64(ro, 32));
+                if !self.zp_folded {
+                    v = _mm512_add_epi32(v, self.zp);
+                }
+                _mm512_max_epi32(v, self.lo)
             }
         }
 
@@ -502,11 +549,22 @@ pub(crate) mod x86 {
         #[inline(always)]
         pub(crate) unsafe fn store(&self, acc: __m512i, n: usize, out: *mut u8) {
             unsafe {
+                // Clamped below by `apply`; above by the unsigned saturating narrow when the
+                // bound is 255 (ReLU and ReLU6 layers whose range fits the bytes).
                 let v = self.apply(acc);
-                if n == 16 {
-                    _mm_storeu_si128(out.cast(), _mm512_cvtepi32_epi8(v));
-                } else {
-                    _mm512_mask_cvtepi32_storeu_epi8(out.cast(), ((1u32 << n) - 1) as u16, v);
+                let mask = ((1u32 << n) - 1) as u16;
+                match (self.top, n) {
+                    (true, 16) => _mm_storeu_si128(out.cast(), _mm512_cvtusepi32_epi8(v)),
+                    (true, _) => _mm512_mask_cvtusepi32_storeu_epi8(out.cast(), mask, v),
+                    (false, 16) => _mm_storeu_si128(
+                        out.cast(),
+                        _mm512_cvtepi32_epi8(_mm512_min_epi32(v, self.hi)),
+                    ),
+                    (false, _) => _mm512_mask_cvtepi32_storeu_epi8(
+                        out.cast(),
+                        mask,
+                        _mm512_min_epi32(v, self.hi),
+                    ),
                 }
             }
         }
@@ -599,20 +657,29 @@ mod tests {
         let n = 37;
         let bias: Vec<i32> = (0..n as i32).map(|i| i * 1001 - 17_000).collect();
         let mults: Vec<i32> = (0..n as i32).map(|i| (1 << 30) + i * 19_999_999).collect();
-        let shifts: Vec<i32> = (0..n as i32).map(|i| (i % 14) - 11).collect();
-        let rq = Requant::new(&bias, &mults, &shifts, 7, 3, 250);
-        for isa in IntIsa::available() {
-            for (row, chunk) in values.chunks(n).enumerate() {
-                if chunk.len() < n {
-                    continue;
-                }
-                let add = row as i32 * 3 - 40;
-                let mut got = vec![0u8; n];
-                rq.row(isa, chunk, add, 0, &mut got);
-                for j in 0..n {
-                    let x = chunk[j].wrapping_add(add).wrapping_add(bias[j]);
-                    let want = (requantize(x, mults[j], shifts[j]) + 7).clamp(3, 250) as u8;
-                    assert_eq!(got[j], want, "{isa} acc {} ch {j}", chunk[j]);
+        // Exponents 0..=11 with left shifts, and 15..=31 (no zero-point folding).
+        for shifts in [
+            (0..n as i32).map(|i| (i % 14) - 11).collect::<Vec<_>>(),
+            (0..n as i32).map(|i| -15 - i % 17).collect(),
+        ] {
+            let rq = Requant::new(&bias, &mults, &shifts, 7, 3, 250);
+            for isa in IntIsa::available() {
+                for (row, chunk) in values.chunks(n).enumerate() {
+                    if chunk.len() < n {
+                        continue;
+                    }
+                    let add = row as i32 * 3 - 40;
+                    let mut got = vec![0u8; n];
+                    rq.row(isa, chunk, add, 0, &mut got);
+                    for j in 0..n {
+                        let x = chunk[j].wrapping_add(add).wrapping_add(bias[j]);
+                        let want = (requantize(x, mults[j], shifts[j]) + 7).clamp(3, 250) as u8;
+                        assert_eq!(
+                            got[j], want,
+                            "{isa} acc {} ch {j} shift {}",
+                            chunk[j], shifts[j]
+                        );
+                    }
                 }
             }
         }
