@@ -248,3 +248,137 @@ fn classify_with_crop_one_and_text_output() {
     ]);
     one_error_line(&out, &["--crop 0"]);
 }
+
+/// `quantize` end to end on a tiny model and a folder of images, then the int8 file through
+/// `classify` (labels from its metadata), `bench` (int8 next to f32) and `eval`; and its bad
+/// inputs: a missing calibration folder, a folder without images, a truncated .tflite.
+#[test]
+fn quantize_then_classify_bench_and_eval_the_int8_file() {
+    let dir = TempDir::new("quantize");
+    let model = dir.path("m.safetensors");
+    tiny_model(&model);
+    let images = dir.path("images");
+    for (c, name) in ["red", "green", "blue"].iter().enumerate() {
+        std::fs::create_dir_all(images.join(name)).expect("class dir");
+        for i in 0..4 {
+            png(
+                &images.join(name).join(format!("{i}.png")),
+                32 + 4 * i + c as u32,
+                32,
+            );
+        }
+    }
+    let q = dir.path("m_int8.tflite");
+    let (m, i, qs) = (
+        model.to_str().expect("utf-8"),
+        images.to_str().expect("utf-8"),
+        q.to_str().expect("utf-8"),
+    );
+    let out = mobilenet(&[
+        "quantize",
+        "--model",
+        m,
+        "--calibration",
+        i,
+        "--images",
+        "8",
+        "-o",
+        qs,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("calibrated on 8 image(s)"), "{stdout}");
+    let photo = images.join("green/1.png");
+    let out = mobilenet(&[
+        "classify",
+        "--model",
+        qs,
+        "--top",
+        "3",
+        "--json",
+        photo.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    let top = line["top"].as_array().expect("top");
+    assert_eq!(top.len(), 3);
+    let total: f64 = top
+        .iter()
+        .map(|p| p["probability"].as_f64().expect("p"))
+        .sum();
+    assert!(
+        (total - 1.0).abs() < 0.02,
+        "probabilities of all 3 classes sum to {total}"
+    );
+    assert!(["red", "green", "blue"].contains(&top[0]["label"].as_str().expect("label")));
+    let out = mobilenet(&[
+        "bench", "--model", qs, "--runs", "3", "--warmup", "1", "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench JSON");
+    assert_eq!(b["precision"], "int8");
+    assert!(
+        b["median_ms"].as_f64().expect("ms") > 0.0
+            && b["f32_median_ms"].as_f64().expect("ms") > 0.0
+    );
+    let out = mobilenet(&["eval", "--model", qs, "--data", i, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).expect("eval JSON");
+    assert_eq!(e["images"], 12);
+
+    let missing = dir.path("nowhere");
+    one_error_line(
+        &mobilenet(&[
+            "quantize",
+            "--model",
+            m,
+            "--calibration",
+            missing.to_str().expect("utf-8"),
+            "-o",
+            qs,
+        ]),
+        &["nowhere"],
+    );
+    let empty = dir.path("empty");
+    std::fs::create_dir_all(&empty).expect("dir");
+    one_error_line(
+        &mobilenet(&[
+            "quantize",
+            "--model",
+            m,
+            "--calibration",
+            empty.to_str().expect("utf-8"),
+            "-o",
+            qs,
+        ]),
+        &["empty", "no images"],
+    );
+    let bytes = std::fs::read(&q).expect("int8 file");
+    let cut = dir.path("cut.tflite");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    one_error_line(
+        &mobilenet(&[
+            "classify",
+            "--model",
+            cut.to_str().expect("utf-8"),
+            photo.to_str().expect("utf-8"),
+        ]),
+        &["cut.tflite"],
+    );
+}

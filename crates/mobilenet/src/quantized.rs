@@ -21,19 +21,25 @@ pub struct QuantizedModel {
 }
 
 impl QuantizedModel {
-    /// Whether the file at `path` is a quantized (uint8/int8) `.tflite` model; `false` for
-    /// float `.tflite` files and other formats, and when the file cannot be read.
+    /// Whether the file at `path` should be loaded as a quantized `.tflite` model: it carries
+    /// TFLite's identifier and its input is not float (a malformed one counts, so that its
+    /// error comes from the TFLite reader). `false` for float `.tflite` files, other formats
+    /// and unreadable files.
     pub fn is_quantized_file(path: &Path) -> bool {
         let Ok(bytes) = std::fs::read(path) else {
             return false;
         };
-        tflite::is_tflite(&bytes)
-            && tflite::read(&bytes, path).is_ok_and(|g| {
-                g.inputs
-                    .first()
-                    .and_then(|&i| g.tensors.get(i))
-                    .is_some_and(|t| matches!(t.kind, ElementType::U8 | ElementType::I8))
-            })
+        if !tflite::is_tflite(&bytes) {
+            return false;
+        }
+        match tflite::read(&bytes, path) {
+            Ok(g) => !g
+                .inputs
+                .first()
+                .and_then(|&i| g.tensors.get(i))
+                .is_some_and(|t| t.kind == ElementType::F32),
+            Err(_) => true,
+        }
     }
 
     /// Loads a quantized `.tflite` file.

@@ -109,3 +109,72 @@ fn quantized_models_match_the_reference_interpreter_and_track_float() {
         "ReLU, symmetric",
     );
 }
+
+mod common;
+
+/// The check on real weights: Google's float 1.0-224, calibrated on 64 COCO photos
+/// and quantized, keeps TensorFlow's top-1 class on all six reference images.
+#[test]
+fn quantized_official_float_model_keeps_the_reference_top1() {
+    let Some(data) = common::shared_data("quantized_official_float_model_keeps_the_reference_top1")
+    else {
+        return;
+    };
+    let options = mobilenet::import::ImportOptions {
+        resolution: None,
+        labels: None,
+    };
+    let path = data.join("mobilenet_v1/float/mobilenet_v1_1.0_224_imagenet_float.safetensors");
+    let (file, _) = mobilenet::import::import(&path, &options).expect("import");
+    let mut photos: Vec<_> = std::fs::read_dir(data.join("detection/coco128/images"))
+        .expect("coco128")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    photos.sort();
+    let mut cal = Calibrator::new(&file);
+    let batch: Vec<f32> = photos
+        .iter()
+        .step_by(2)
+        .take(64)
+        .flat_map(|p| {
+            let img = mobilenet::preprocess::load_image(p).expect("photo");
+            let mut x = vec![0.0; 224 * 224 * 3];
+            file.preprocessing.apply(&img, 224, &mut x);
+            x
+        })
+        .collect();
+    for chunk in batch.chunks(16 * 224 * 224 * 3) {
+        cal.observe(chunk, 0);
+    }
+    for chunk in batch.chunks(16 * 224 * 224 * 3) {
+        cal.observe_histogram(chunk, 0);
+    }
+    let graph = quantize(&file, &cal.finish()).expect("quantize");
+    let mut q =
+        QuantizedModel::from_bytes(&mobilenet::tflite::write(&graph), Path::new("q.tflite"))
+            .expect("read back");
+    // The reference inputs are already 224×224 and were fed uncropped.
+    q.set_crop(1.0);
+    let expected = common::expected(&data);
+    let mut session = q.session(0);
+    let mut checked = 0;
+    for case in expected["cases"].as_array().expect("cases") {
+        let Some(logits) = case.get("logits") else {
+            continue;
+        };
+        let want = common::f32s(logits);
+        let want_top1 = (0..want.len())
+            .max_by(|&a, &b| want[a].total_cmp(&want[b]))
+            .expect("classes");
+        let img =
+            mobilenet::preprocess::load_image(&data.join(case["input"].as_str().expect("input")))
+                .expect("reference image");
+        let p = q.probabilities(session.run(&q.input_bytes(&img)));
+        let got = (0..p.len())
+            .max_by(|&a, &b| p[a].total_cmp(&p[b]))
+            .expect("classes");
+        assert_eq!(got, want_top1, "{}", case["input"]);
+        checked += 1;
+    }
+    assert_eq!(checked, 6);
+}

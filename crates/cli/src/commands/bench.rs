@@ -91,7 +91,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     let (file, name) = match (&args.model, args.preset) {
-        (Some(path), _) => (ModelFile::load(path)?, path.display().to_string()),
+        (Some(path), _) => (super::load_float_model(path)?, path.display().to_string()),
         (None, preset) => {
             let preset = preset.unwrap_or(Preset {
                 alpha: 1.0,

@@ -8,7 +8,7 @@ use mobilenet::classify::{top_k, Prediction};
 use mobilenet::import::read_labels;
 use mobilenet::preprocess::load_image;
 use mobilenet::quantized::QuantizedModel;
-use mobilenet::{InferenceModel, ModelFile};
+use mobilenet::InferenceModel;
 use mobilenet_kernels::pool::softmax;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -58,7 +58,7 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
     if QuantizedModel::is_quantized_file(&args.model) {
         return run_quantized(args);
     }
-    let mut file = ModelFile::load(&args.model)?;
+    let mut file = super::load_float_model(&args.model)?;
     if let Some(path) = &args.labels {
         file.labels = Some(read_labels(path)?);
         file.validate(&args.model)?;

@@ -8,7 +8,7 @@ use clap::Args;
 use mobilenet::data::Dataset;
 use mobilenet::eval::{evaluate, evaluate_quantized};
 use mobilenet::quantized::QuantizedModel;
-use mobilenet::{InferenceModel, ModelFile};
+use mobilenet::InferenceModel;
 
 use crate::plot;
 use crate::table::{Align, Table};
@@ -54,7 +54,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         warn_labels(model.labels());
         evaluate_quantized(&model, &data, args.threads, 2)?
     } else {
-        let file = ModelFile::load(&args.model)?;
+        let file = super::load_float_model(&args.model)?;
         if file.config.classes().is_none() {
             bail!("{}: the model has no classifier head", args.model.display());
         }

@@ -77,10 +77,9 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         Vec::new()
     };
     let data = if flat.is_empty() {
-        Some(Dataset::open(&args.calibration).with_context(|| {
-            format!(
-                "{}: no images to calibrate with (a folder of images, class folders, CIFAR .bin or IDX files)",
-                args.calibration.display()
+        Some(Dataset::open(&args.calibration).map_err(|e| {
+            anyhow::anyhow!(
+                "no images to calibrate with ({e}); --calibration takes a folder of images, class folders, CIFAR .bin or IDX files"
             )
         })?)
     } else {

@@ -495,8 +495,10 @@ fn gemm_split(
         return;
     }
     // Rows per kernel block: AMX takes 32 at a time, the VNNI tile 12.
+    // Row bands when there are enough rows and A is the larger operand; else column panels,
+    // so that each thread reads only its share of the weights (the 14×14 and 7×7 layers).
     let block = if isa == IntIsa::Amx { 32 } else { 12 };
-    if m >= block * threads * 2 {
+    if m >= block * threads * 2 && (m >= n || b.panels() < threads) {
         let ranges = split(m, threads, block);
         let outs = Parts::new(c, ranges.iter().map(|r| r.start * n..r.end * n).collect());
         pool.run(&|t| {

@@ -243,8 +243,16 @@ pub fn read(bytes: &[u8], path: &Path) -> Result<Graph, TfliteError> {
         max_apparent_size: 1 << 31,
         ..Default::default()
     };
-    let model = flatbuffers::root_with_opts::<fb::Model>(&opts, bytes)
-        .map_err(|e| bad(format!("malformed flatbuffer: {e}")))?;
+    let model = flatbuffers::root_with_opts::<fb::Model>(&opts, bytes).map_err(|e| {
+        // The verifier's message spans lines (the error, then its trace): keep one line.
+        let text = e.to_string();
+        let parts: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        bad(format!("malformed flatbuffer: {}", parts.join("; ")))
+    })?;
     if model.version() > 3 {
         return Err(bad(format!(
             "schema version {} is newer than this reader's (3)",
