@@ -323,7 +323,16 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,avx512vnni")]
     #[inline]
     unsafe fn col(row: *const u8, c: usize, mask: u16, j: usize) -> __m512i {
-        unsafe { _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, row.add(j * c).cast())) }
+        // A whole block (every MobileNet layer from α·32 channels up) loads unmasked, which
+        // folds into one `vpmovzxbd` from memory.
+        unsafe {
+            let p = row.add(j * c);
+            if mask == u16::MAX {
+                _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()))
+            } else {
+                _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, p.cast()))
+            }
+        }
     }
 
     /// One filter row for four stride-1 outputs: six input columns, each loaded once.
@@ -412,8 +421,7 @@ mod avx512 {
                     for kx in kx0..kx1 {
                         let ix = ox * g.stride + kx - g.pad_left;
                         let px = inp.add((iy * g.in_w + ix) * c + b);
-                        let x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k.mask, px.cast()));
-                        acc = dp(acc, x, k.wv[ky * 3 + kx]);
+                        acc = dp(acc, col(px, c, k.mask, 0), k.wv[ky * 3 + kx]);
                     }
                 }
                 k.r16.store(acc, k.n, out_row.add(ox * c + b));
