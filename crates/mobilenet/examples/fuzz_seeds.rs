@@ -61,6 +61,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A minimal TFLite flatbuffer (one RESHAPE on two float tensors), for the TFLite reader.
     let tflite = tiny_tflite();
     std::fs::write(root.join("tflite/reshape.tflite"), &tflite)?;
+    // Whole MobileNets that the matcher and the integer engine accept: every layer at the
+    // minimum depth of 8 channels (α = 8/1024), 32×32, int8 through `quantize`, with symmetric
+    // padding (PAD ops) and with TF SAME.
+    for (name, padding) in [
+        ("int8_symmetric", mobilenet::Padding::Symmetric),
+        ("int8_same", mobilenet::Padding::TfSame),
+    ] {
+        let config = mobilenet::MobileNetConfig::new(8.0 / 1024.0, 32)?
+            .with_classes(3)?
+            .with_padding(padding);
+        let model = mobilenet::ModelFile::random(config, 5);
+        let mut cal = mobilenet::quantize::Calibrator::new(&model);
+        let images: Vec<f32> = (0..2 * cal.input_len())
+            .map(|i| ((i * 37) % 255) as f32 / 127.5 - 1.0)
+            .collect();
+        cal.observe(&images, 1);
+        let graph = mobilenet::quantize::quantize(&model, &cal.finish())?;
+        std::fs::write(
+            root.join(format!("tflite/{name}.tflite")),
+            mobilenet::tflite::write(&graph),
+        )?;
+    }
     std::fs::write(root.join("import/reshape.tflite"), &tflite)?;
 
     for (name, format) in [

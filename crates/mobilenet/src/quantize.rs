@@ -202,21 +202,31 @@ fn activation_params(min: f32, max: f32) -> (f32, i64) {
 }
 
 /// Symmetric per-channel int8 weights: `w` holds `channels` rows of equal length (channel
-/// `c`'s values at `index(c, i)`), returns the int8 bytes in the same order and the scales.
+/// `c`'s values where `channel_of(i) = c`); returns the int8 bytes in the same order and the
+/// scales. A channel's scale is at least `min_scale[c]` (so that its bias fits in int32), and
+/// positive even for a channel of zeros.
 fn quantize_weights(
     w: &[f32],
     channels: usize,
     channel_of: impl Fn(usize) -> usize,
+    min_scale: &[f32],
 ) -> (Vec<u8>, Vec<f32>) {
     let mut absmax = vec![0f32; channels];
     for (i, &v) in w.iter().enumerate() {
         let c = channel_of(i);
         absmax[c] = absmax[c].max(v.abs());
     }
-    // A channel of zeros still needs a positive scale.
     let scales: Vec<f32> = absmax
         .iter()
-        .map(|&m| if m > 0.0 { m / 127.0 } else { 1e-8 })
+        .zip(min_scale)
+        .map(|(&m, &floor)| {
+            let s = (m / 127.0).max(floor);
+            if s > 0.0 && s.is_finite() {
+                s
+            } else {
+                1.0
+            }
+        })
         .collect();
     let q = w
         .iter()
@@ -381,10 +391,17 @@ pub fn quantize(file: &ModelFile, calibration: &Calibration) -> Result<Graph, Qu
             }
         };
         let per = tflite_w.len() / cout;
+        // The int32 bias is b / (s_in·s_w): a channel with tiny (or no) weights but a real bias
+        // — batch norm's β of a near-dead channel — needs its weight scale raised until the
+        // bias fits with room to spare (2^30), as TFLite's converter does.
+        let min_scale: Vec<f32> = bias
+            .iter()
+            .map(|&b| (b.abs() as f64 / (cur_q.0 as f64 * (1u64 << 30) as f64)) as f32)
+            .collect();
         let (qw, w_scales) = if axis == 3 {
-            quantize_weights(&tflite_w, cout, |i| i % cout)
+            quantize_weights(&tflite_w, cout, |i| i % cout, &min_scale)
         } else {
-            quantize_weights(&tflite_w, cout, |i| i / per)
+            quantize_weights(&tflite_w, cout, |i| i / per, &min_scale)
         };
         let qbias: Vec<u8> = bias
             .iter()
@@ -545,11 +562,15 @@ mod tests {
     fn weights_use_the_full_int8_range_per_channel() {
         // Two channels interleaved (depthwise layout): channel 1 is 100× smaller.
         let w = [1.0, 0.01, -0.6, -0.006, 0.25, 0.0025];
-        let (q, s) = quantize_weights(&w, 2, |i| i % 2);
+        let (q, s) = quantize_weights(&w, 2, |i| i % 2, &[0.0, 0.0]);
         assert_eq!(s, vec![1.0 / 127.0, 0.01 / 127.0]);
         let q: Vec<i8> = q.into_iter().map(|b| b as i8).collect();
         assert_eq!(q, vec![127, 127, -76, -76, 32, 32]);
-        let (_, s) = quantize_weights(&[0.0, 0.0], 1, |_| 0);
+        let (_, s) = quantize_weights(&[0.0, 0.0], 1, |_| 0, &[0.0]);
         assert!(s[0] > 0.0);
+        // A bias that needs a larger scale gets it: weights shrink, the bias fits.
+        let (q, s) = quantize_weights(&[1e-6, -1e-6], 1, |_| 0, &[0.5]);
+        assert_eq!(s, vec![0.5]);
+        assert_eq!(q, vec![0, 0]);
     }
 }

@@ -178,3 +178,65 @@ fn quantized_official_float_model_keeps_the_reference_top1() {
     }
     assert_eq!(checked, 6);
 }
+
+/// Quantization parameters TFLite would refuse — a zero point outside the type, a negative or
+/// NaN scale, weights whose zero point pushes them past 16 bits — are errors naming the
+/// tensor, never a panic. (The fuzzer found the depthwise case.)
+#[test]
+fn impossible_quantization_parameters_are_errors() {
+    let config = MobileNetConfig::new(8.0 / 1024.0, 32)
+        .expect("config")
+        .with_classes(3)
+        .expect("classes");
+    let file = ModelFile::random(config, 5);
+    let mut cal = Calibrator::new(&file);
+    let images: Vec<f32> = (0..2 * cal.input_len())
+        .map(|i| ((i * 37) % 255) as f32 / 127.5 - 1.0)
+        .collect();
+    cal.observe(&images, 1);
+    let graph = quantize(&file, &cal.finish()).expect("quantize");
+    let path = Path::new("bad.tflite");
+    assert!(QuantizedModel::from_bytes(&mobilenet::tflite::write(&graph), path).is_ok());
+    let dw = graph
+        .tensors
+        .iter()
+        .position(|t| t.name == "conv_1/depthwise/weights")
+        .expect("depthwise weights");
+    let out = graph
+        .tensors
+        .iter()
+        .position(|t| t.name == "conv_0/output")
+        .expect("stem output");
+    type Corrupt = Box<dyn Fn(&mut mobilenet::tflite::Graph)>;
+    let cases: [(&str, Corrupt); 4] = [
+        (
+            "zero point 1000",
+            Box::new(move |g| g.tensors[dw].quantization.as_mut().expect("q").zero_point[0] = 1000),
+        ),
+        (
+            "zero point -129",
+            Box::new(move |g| {
+                g.tensors[out].quantization.as_mut().expect("q").zero_point[0] = -129
+            }),
+        ),
+        (
+            "scale -",
+            Box::new(move |g| g.tensors[out].quantization.as_mut().expect("q").scale[0] = -0.5),
+        ),
+        (
+            "scale NaN",
+            Box::new(move |g| g.tensors[dw].quantization.as_mut().expect("q").scale[0] = f32::NAN),
+        ),
+    ];
+    for (want, corrupt) in cases {
+        let mut g = graph.clone();
+        corrupt(&mut g);
+        let err = QuantizedModel::from_bytes(&mobilenet::tflite::write(&g), path)
+            .expect_err(want)
+            .to_string();
+        assert!(
+            err.contains(want) && err.contains("bad.tflite"),
+            "{want}: {err}"
+        );
+    }
+}

@@ -450,3 +450,35 @@ fn shared_tflite_files_round_trip_through_the_writer() {
     }
     assert_eq!(checked, 6);
 }
+
+/// A weight tensor whose size does not fit its layer (found by the fuzzer: an empty one) is an
+/// error naming the tensor, for the float import and the integer planner alike.
+#[test]
+fn weights_of_the_wrong_size_are_errors() {
+    let Some(data) = common::shared_data("weights_of_the_wrong_size_are_errors") else {
+        return;
+    };
+    for file in [
+        "mobilenet_v1/vww/vww_96_float.tflite",
+        "mobilenet_v1/vww/vww_96_int8.tflite",
+    ] {
+        let path = data.join(file);
+        let mut graph = read(&std::fs::read(&path).expect("shared file"), &path).expect("reads");
+        let net = MobileNetGraph::from_graph(&graph, &path).expect("matches");
+        let w = net.layers[1].weights;
+        graph.tensors[w].shape = vec![1, 3, 3, 0];
+        graph.tensors[w].data.clear();
+        let bytes = mobilenet::tflite::write(&graph);
+        let err = match mobilenet::import::import_bytes(&bytes, &path, &ImportOptions::default()) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{file}: imported a model with an empty depthwise filter"),
+        };
+        assert!(err.contains(&graph.tensors[w].name), "{file}: {err}");
+        if file.contains("int8") {
+            let err = mobilenet::quantized::QuantizedModel::from_bytes(&bytes, &path)
+                .expect_err("the integer planner refuses it too")
+                .to_string();
+            assert!(err.contains("weights"), "{err}");
+        }
+    }
+}

@@ -367,6 +367,19 @@ impl MobileNetGraph {
             let w = &graph.tensors[ct.weights];
             let v = dequantize(w).map_err(|r| bad(format!("tensor {:?}: {r}", w.name)))?;
             let [cin, cout] = [l.input[2], l.output[2]];
+            let want = match l.kind {
+                LayerKind::Conv => l.kernel * l.kernel * cin * cout,
+                LayerKind::Depthwise => 9 * cin,
+                _ => cin * cout,
+            };
+            if v.len() != want {
+                return Err(bad(format!(
+                    "tensor {:?} has {} values, layer {} needs {want}",
+                    w.name,
+                    v.len(),
+                    l.name
+                )));
+            }
             let (name, shape, data) = match l.kind {
                 // OHWI → HWIO.
                 LayerKind::Conv => {

@@ -136,6 +136,20 @@ impl QuantEngine {
                                 "a requantization shift is out of range".into(),
                             ));
                         }
+                        if m.iter().any(|&m| m != 0 && m < 1 << 30) {
+                            return Err(Unsupported("a negative requantization multiplier".into()));
+                        }
+                        let (lo, hi) = (act.0 + offset, act.1 + offset);
+                        if !(0 <= lo
+                            && lo <= hi
+                            && hi <= 255
+                            && (0..=255).contains(&(output_zp + offset)))
+                        {
+                            return Err(Unsupported(format!(
+                                "output range {}..={} or zero point {output_zp} outside the type",
+                                act.0, act.1
+                            )));
+                        }
                         Ok(Requant::new(
                             bias,
                             &m,
@@ -158,6 +172,9 @@ impl QuantEngine {
                     if *depthwise {
                         if *k != 3 {
                             return Err(Unsupported(format!("{k}×{k} depthwise")));
+                        }
+                        if weights.iter().any(|w| !(-32768..32768).contains(w)) {
+                            return Err(Unsupported("depthwise weights beyond 16 bits".into()));
                         }
                         Step::Depthwise {
                             g,
@@ -182,12 +199,14 @@ impl QuantEngine {
                         for co in 0..*cout {
                             let row = &weights[co * depth..][..depth];
                             for &w in row {
-                                let v = w + zps[co] - base;
+                                let v = w.wrapping_add(zps[co]).wrapping_sub(base);
                                 w8.push(i8::try_from(v).map_err(|_| {
                                     Unsupported(format!("weight {v} does not fit a signed byte"))
                                 })?);
                             }
-                            bias_adj[co] -= zp as i32 * row.iter().sum::<i32>();
+                            // Modulo 2^32, as the int32 accumulator it folds into.
+                            let sum = row.iter().fold(0i32, |a, &w| a.wrapping_add(w));
+                            bias_adj[co] = bias_adj[co].wrapping_sub((zp as i32).wrapping_mul(sum));
                         }
                         let rq = rq(&bias_adj)?;
                         if *k == 1 {

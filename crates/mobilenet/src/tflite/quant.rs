@@ -165,6 +165,28 @@ impl QuantModel {
                 .quantization
                 .as_ref()
                 .ok_or_else(|| bad(format!("tensor {:?} is not quantized", t(i).name)))?;
+            if qp.scale.is_empty() {
+                return Err(bad(format!(
+                    "tensor {:?} has no quantization scale",
+                    t(i).name
+                )));
+            }
+            // TFLite's own checks: positive finite scales, zero points inside the type.
+            if let Some(s) = qp.scale.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+                return Err(bad(format!("tensor {:?} has scale {s}", t(i).name)));
+            }
+            let range = match t(i).kind {
+                ElementType::U8 => 0..=255,
+                ElementType::I8 => -128..=127,
+                _ => 0..=0,
+            };
+            if let Some(z) = qp.zero_point.iter().find(|z| !range.contains(*z)) {
+                return Err(bad(format!(
+                    "tensor {:?} ({:?}) has zero point {z}",
+                    t(i).name,
+                    t(i).kind
+                )));
+            }
             Ok((qp.scale.clone(), qp.zero_point.clone()))
         };
         let as_i32 = |i: usize| -> Vec<i32> {
@@ -220,6 +242,20 @@ impl QuantModel {
                     };
                     let raw = as_i32(ct.weights);
                     let per_channel = w_s.len() > 1;
+                    let want = if depthwise {
+                        9 * cout
+                    } else {
+                        k * k * cin * cout
+                    };
+                    check_lengths(
+                        &bad,
+                        l.name.as_str(),
+                        raw.len(),
+                        want,
+                        w_s.len(),
+                        cout,
+                        ct.bias.map(|b| as_i32(b).len()),
+                    )?;
                     let weights: Vec<i32> = raw
                         .iter()
                         .enumerate()
@@ -288,6 +324,15 @@ impl QuantModel {
                     let (w_s, w_z) = q(ct.weights)?;
                     let (out_s, out_z) = q(ct.output)?;
                     let (cin, cout) = (l.input[2], l.output[2]);
+                    check_lengths(
+                        &bad,
+                        "fc",
+                        as_i32(ct.weights).len(),
+                        cin * cout,
+                        w_s.len().min(1),
+                        cout,
+                        ct.bias.map(|b| as_i32(b).len()),
+                    )?;
                     let weights = as_i32(ct.weights)
                         .iter()
                         .map(|&w| w - w_z[0] as i32)
@@ -332,7 +377,11 @@ impl QuantModel {
                         .flatten()
                         .ok_or_else(|| bad("softmax without input".into()))?;
                     let (in_s, _) = q(input)?;
-                    let (out_s, out_z) = q(op.outputs[0])?;
+                    let output = *op
+                        .outputs
+                        .first()
+                        .ok_or_else(|| bad("softmax without output".into()))?;
+                    let (out_s, out_z) = q(output)?;
                     let scale = -in_s[0] * beta;
                     let mut table = vec![0.0f32; 256];
                     for v in 0..=255i32 {
@@ -406,13 +455,18 @@ impl QuantModel {
                                         };
                                         let px = &x[(iy * in_hw.1 + ix) * cin..][..cin];
                                         if *depthwise {
-                                            acc += (px[co] - input_zp)
-                                                * weights[(ky * k + kx) * cout + co];
+                                            // Wrapping, as TFLite's int32 accumulators.
+                                            acc =
+                                                acc.wrapping_add((px[co] - input_zp).wrapping_mul(
+                                                    weights[(ky * k + kx) * cout + co],
+                                                ));
                                         } else {
                                             let w =
                                                 &weights[((co * k + ky) * k + kx) * cin..][..cin];
                                             for ci in 0..cin {
-                                                acc += (px[ci] - input_zp) * w[ci];
+                                                acc = acc.wrapping_add(
+                                                    (px[ci] - input_zp).wrapping_mul(w[ci]),
+                                                );
                                             }
                                         }
                                     }
@@ -494,6 +548,34 @@ fn effective_scale(input: f32, weight: f32, output: f32, legacy: bool) -> f64 {
         input as f64 * weight as f64
     };
     product / output as f64
+}
+
+/// A layer's weights, per-channel scales and bias hold as many values as its shape needs.
+fn check_lengths(
+    bad: &dyn Fn(String) -> TfliteError,
+    layer: &str,
+    weights: usize,
+    want: usize,
+    scales: usize,
+    cout: usize,
+    bias: Option<usize>,
+) -> Result<(), TfliteError> {
+    if weights != want {
+        return Err(bad(format!(
+            "layer {layer} has {weights} weights, its shape needs {want}"
+        )));
+    }
+    if scales != 1 && scales != cout {
+        return Err(bad(format!(
+            "layer {layer} has {scales} weight scales for {cout} channels"
+        )));
+    }
+    match bias {
+        Some(n) if n != cout => Err(bad(format!(
+            "layer {layer} has {n} biases for {cout} channels"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// TFLite's `CalculateActivationRangeQuantized`: the fused activation's bounds in the output's
