@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// MobileNet v1 (Howard et al. 2017): cost accounting, inference and training.
+/// MobileNet v1 (Howard et al. 2017): cost accounting, inference, training and int8 deployment.
 #[derive(Debug, Parser)]
 #[command(name = "mobilenet", version)]
 struct Cli {
@@ -22,11 +22,11 @@ struct Cli {
 enum Command {
     /// Print the layer table with shapes, Mult-Adds and parameters (or the paper's tables)
     Arch(commands::arch::ArchArgs),
-    /// Convert TF-slim or Keras weights into a mobilenet model file
+    /// Convert TF-slim, Keras or float .tflite weights into a mobilenet model file
     Import(commands::import::ImportArgs),
-    /// Classify images with a model file
+    /// Classify images with a model file or a quantized .tflite
     Classify(commands::classify::ClassifyArgs),
-    /// Measure inference latency, throughput and memory
+    /// Measure inference latency, throughput and memory (int8 next to f32 for a .tflite)
     Bench(commands::bench::BenchArgs),
     /// Train or fine-tune on an image data set (default: built-in Fashion-MNIST)
     Train(Box<commands::train::TrainArgs>),
