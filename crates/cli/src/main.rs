@@ -37,6 +37,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `mobilenet classify … | head` should end quietly when the reader goes away, as Unix tools
+    // do, instead of panicking on the broken pipe.
+    #[cfg(unix)]
+    // Safety: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
