@@ -123,15 +123,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         session.enable_profiling();
     }
     let runs = args.runs.max(1);
-    let mut times: Vec<Duration> = (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            std::hint::black_box(session.run(&input));
-            start.elapsed()
-        })
-        .collect();
-    times.sort();
-    let pct = |p: f64| times[((runs - 1) as f64 * p).round() as usize];
+    let times = time_runs(0, runs, || {
+        std::hint::black_box(session.run(&input));
+    });
+    let pct = |p: f64| percentile(&times, p);
     let median = pct(0.5);
     let macs: u64 = model.layers().iter().map(|l| l.mult_adds).sum();
     let flops = 2.0 * macs as f64 * batch as f64;
@@ -232,7 +227,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Median-sorted timings of `runs` calls of `f` after `warmup` untimed ones.
+/// The `p` quantile (0..=1) of sorted timings.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Sorted timings of `runs` calls of `f` after `warmup` untimed ones.
 fn time_runs(warmup: usize, runs: usize, mut f: impl FnMut()) -> Vec<Duration> {
     for _ in 0..warmup {
         f();
@@ -325,7 +325,7 @@ fn run_quantized(args: &BenchArgs, path: &std::path::Path) -> Result<()> {
         std::hint::black_box(fs.run(&xf));
     });
     let runs = times.len();
-    let pct = |t: &[Duration], p: f64| t[((t.len() - 1) as f64 * p).round() as usize];
+    let pct = percentile;
     let median = pct(&times, 0.5);
     let fmedian = pct(&ftimes, 0.5);
     let result = QuantBenchJson {
@@ -357,19 +357,16 @@ fn run_quantized(args: &BenchArgs, path: &std::path::Path) -> Result<()> {
         "{} — {}, batch 1, {} thread(s), {runs} runs after {} warm-up",
         result.model, result.precision, result.threads, args.warmup
     );
+    let int8_label = format!("{} ({})", result.precision, result.isa);
+    let f32_label = format!("f32 ({})", result.f32_isa);
+    let width = int8_label.len().max(f32_label.len());
     println!(
-        "{:>5} ({:<11}) median {:.3} ms  (p10 {:.3}, p90 {:.3}, min {:.3}), {:.1} images/s",
-        result.precision,
-        result.isa,
-        result.median_ms,
-        result.p10_ms,
-        result.p90_ms,
-        result.min_ms,
-        result.images_per_s
+        "{int8_label:<width$}  median {:.3} ms  (p10 {:.3}, p90 {:.3}, min {:.3}), {:.1} images/s",
+        result.median_ms, result.p10_ms, result.p90_ms, result.min_ms, result.images_per_s
     );
     println!(
-        "{:>5} ({:<11}) median {:.3} ms  (same weights dequantized)",
-        "f32", result.f32_isa, result.f32_median_ms
+        "{f32_label:<width$}  median {:.3} ms  (same weights dequantized)",
+        result.f32_median_ms
     );
     println!(
         "{} is {:.2}x faster than f32",

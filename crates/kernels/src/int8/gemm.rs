@@ -90,26 +90,10 @@ pub fn qgemm(
     ldc: usize,
     panels: Range<usize>,
 ) {
-    let (k, n) = (b.k, b.n);
-    assert_eq!(
-        rq.len(),
-        n,
-        "requantization for {} channels, B has {n}",
-        rq.len()
-    );
+    // The other checks are qgemm_ptr's; C's length is the one a pointer cannot carry.
+    let n = b.n;
     assert!(
-        panels.end <= b.panels() && panels.start <= panels.end,
-        "panels past B"
-    );
-    if m == 0 || panels.is_empty() {
-        return;
-    }
-    assert!(
-        lda >= k && a.len() >= (m - 1) * lda + k,
-        "A shorter than m·lda"
-    );
-    assert!(
-        ldc >= n && c.len() >= (m - 1) * ldc + n,
+        m == 0 || (ldc >= n && c.len() >= (m - 1) * ldc + n),
         "C shorter than m·ldc"
     );
     // Safety: C covers m rows of ldc bytes (checked above) and is borrowed mutably here.
