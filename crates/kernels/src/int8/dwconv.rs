@@ -283,11 +283,7 @@ mod avx512 {
                     let w3 = [k.wv[3 * ky], k.wv[3 * ky + 1], k.wv[3 * ky + 2]];
                     let row = base.add(ky * in_row);
                     let a = if ky < 2 { &mut acc } else { &mut acc2 };
-                    if S == 1 {
-                        taps_s1(row, c, k.mask, w3, a);
-                    } else {
-                        taps_s2(row, c, k.mask, w3, a);
-                    }
+                    filter_row::<S>(row, c, k.mask, w3, a);
                 }
                 for p in 0..PX {
                     k.r16.store(
@@ -335,55 +331,30 @@ mod avx512 {
         }
     }
 
-    /// One filter row for four stride-1 outputs: six input columns, each loaded once.
+    /// One filter row for four outputs at stride `S`: the `3·S + 3` input columns they cover
+    /// (six at stride 1, nine at stride 2), each loaded once.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,avx512vnni")]
     #[inline]
-    unsafe fn taps_s1(row: *const u8, c: usize, mask: u16, w: [__m512i; 3], a: &mut [__m512i; PX]) {
+    unsafe fn filter_row<const S: usize>(
+        row: *const u8,
+        c: usize,
+        mask: u16,
+        w: [__m512i; 3],
+        a: &mut [__m512i; PX],
+    ) {
+        // Safety: the caller's row holds the `(PX − 1)·S + 3` columns read.
         unsafe {
-            let x: [__m512i; 6] = [
-                col(row, c, mask, 0),
-                col(row, c, mask, 1),
-                col(row, c, mask, 2),
-                col(row, c, mask, 3),
-                col(row, c, mask, 4),
-                col(row, c, mask, 5),
-            ];
-            a[0] = dp(a[0], x[0], w[0]);
-            a[1] = dp(a[1], x[1], w[0]);
-            a[2] = dp(a[2], x[2], w[0]);
-            a[3] = dp(a[3], x[3], w[0]);
-            a[0] = dp(a[0], x[1], w[1]);
-            a[1] = dp(a[1], x[2], w[1]);
-            a[2] = dp(a[2], x[3], w[1]);
-            a[3] = dp(a[3], x[4], w[1]);
-            a[0] = dp(a[0], x[2], w[2]);
-            a[1] = dp(a[1], x[3], w[2]);
-            a[2] = dp(a[2], x[4], w[2]);
-            a[3] = dp(a[3], x[5], w[2]);
-        }
-    }
-
-    /// One filter row for four stride-2 outputs: nine input columns, each loaded once.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,avx512vnni")]
-    #[inline]
-    unsafe fn taps_s2(row: *const u8, c: usize, mask: u16, w: [__m512i; 3], a: &mut [__m512i; PX]) {
-        unsafe {
-            let x: [__m512i; 9] = [
-                col(row, c, mask, 0),
-                col(row, c, mask, 1),
-                col(row, c, mask, 2),
-                col(row, c, mask, 3),
-                col(row, c, mask, 4),
-                col(row, c, mask, 5),
-                col(row, c, mask, 6),
-                col(row, c, mask, 7),
-                col(row, c, mask, 8),
-            ];
+            let x: [__m512i; 9] = std::array::from_fn(|j| {
+                if j < (PX - 1) * S + 3 {
+                    col(row, c, mask, j)
+                } else {
+                    _mm512_setzero_si512()
+                }
+            });
             for kx in 0..3 {
-                a[0] = dp(a[0], x[kx], w[kx]);
-                a[1] = dp(a[1], x[2 + kx], w[kx]);
-                a[2] = dp(a[2], x[4 + kx], w[kx]);
-                a[3] = dp(a[3], x[6 + kx], w[kx]);
+                for (p, acc) in a.iter_mut().enumerate() {
+                    *acc = dp(*acc, x[p * S + kx], w[kx]);
+                }
             }
         }
     }

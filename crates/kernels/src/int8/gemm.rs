@@ -286,12 +286,9 @@ mod vnni {
         let k = b.k;
         // Row terms first; then panel by panel (its K×32 bytes stay in L1) over the row tiles
         // (A streams from L2: 12 broadcasts per 24 multiply-adds, less than B's two vectors).
-        let mut sums = vec![0i32; if row_coeff != 0 { m } else { 0 }];
         // Safety: rows 0 .. m of A and C exist (checked by qgemm).
         unsafe {
-            for (r, s) in sums.iter_mut().enumerate() {
-                *s = row_coeff.wrapping_mul(row_sum(a.add(r * lda), k));
-            }
+            let sums = row_terms(m, a, lda, k, row_coeff);
             for p in panels {
                 let bp = b.data.as_ptr().add(p * b.quads * NR * 4);
                 let cols = (b.n - p * NR).min(NR);
@@ -329,6 +326,28 @@ mod vnni {
                 }
             }
         }
+    }
+
+    /// `row_coeff · Σ A[r, ·]` for each of the `m` rows (empty when `row_coeff` is 0).
+    ///
+    /// # Safety
+    ///
+    /// A holds `m` rows of `lda ≥ k` bytes; the CPU has AVX-512 BW.
+    #[inline(always)]
+    pub(super) unsafe fn row_terms(
+        m: usize,
+        a: *const u8,
+        lda: usize,
+        k: usize,
+        row_coeff: i32,
+    ) -> Vec<i32> {
+        if row_coeff == 0 {
+            return Vec::new();
+        }
+        // Safety: as the caller's.
+        (0..m)
+            .map(|r| row_coeff.wrapping_mul(unsafe { row_sum(a.add(r * lda), k) }))
+            .collect()
     }
 
     /// Σ of `k` bytes.
@@ -499,12 +518,8 @@ mod amx {
                 tail[r * k..][..k].copy_from_slice(src);
             }
         }
-        let mut sums = vec![0i32; if row_coeff != 0 { m } else { 0 }];
-        for (r, s) in sums.iter_mut().enumerate() {
-            // Safety: as above.
-            let row = unsafe { std::slice::from_raw_parts(a.add(r * lda), k) };
-            *s = row_coeff.wrapping_mul(row.iter().map(|&v| v as i32).sum::<i32>());
-        }
+        // Safety: as above; AVX-512 BW is among this function's features.
+        let sums = unsafe { vnni::row_terms(m, a, lda, k, row_coeff) };
         #[repr(C, align(64))]
         struct Buf([[i32; NR]; MB]);
         let mut buf = Buf([[0; NR]; MB]);
