@@ -133,60 +133,23 @@ fn tf_shape(ours: &str, shape: &[usize]) -> Vec<usize> {
 }
 
 fn tiny_tflite() -> Vec<u8> {
-    use flatbuffers::FlatBufferBuilder;
-    let mut b = FlatBufferBuilder::new();
-    let data = b.create_vector(&[0u8; 16]);
-    let empty = {
-        let t = b.start_table();
-        b.end_table(t)
+    use mobilenet::tflite::{ElementType, Graph, OpInfo, OpKind, TensorInfo};
+    let tensor = |data: Vec<u8>| TensorInfo {
+        name: String::new(),
+        shape: vec![4],
+        kind: ElementType::F32,
+        data,
+        quantization: None,
     };
-    let buf = {
-        let t = b.start_table();
-        b.push_slot_always(4, data);
-        b.end_table(t)
-    };
-    let buffers = b.create_vector(&[empty, buf]);
-    let shape = b.create_vector(&[4i32]);
-    let mut tensor = |buffer: u32| {
-        let t = b.start_table();
-        b.push_slot_always(4, shape);
-        b.push_slot::<u32>(8, buffer, 0);
-        b.end_table(t)
-    };
-    let (t0, t1) = (tensor(1), tensor(0));
-    let tensors = b.create_vector(&[t0, t1]);
-    let (ins, outs) = (b.create_vector(&[0i32, 0]), b.create_vector(&[1i32]));
-    let operator = {
-        let t = b.start_table();
-        b.push_slot_always(6, ins);
-        b.push_slot_always(8, outs);
-        b.end_table(t)
-    };
-    let operators = b.create_vector(&[operator]);
-    let (g_in, g_out) = (b.create_vector(&[0i32]), b.create_vector(&[1i32]));
-    let subgraph = {
-        let t = b.start_table();
-        b.push_slot_always(4, tensors);
-        b.push_slot_always(6, g_in);
-        b.push_slot_always(8, g_out);
-        b.push_slot_always(10, operators);
-        b.end_table(t)
-    };
-    let subgraphs = b.create_vector(&[subgraph]);
-    let code = {
-        let t = b.start_table();
-        b.push_slot::<i32>(10, 22, 0);
-        b.end_table(t)
-    };
-    let codes = b.create_vector(&[code]);
-    let model = {
-        let t = b.start_table();
-        b.push_slot::<u32>(4, 3, 0);
-        b.push_slot_always(6, codes);
-        b.push_slot_always(8, subgraphs);
-        b.push_slot_always(12, buffers);
-        b.end_table(t)
-    };
-    b.finish(model, Some("TFL3"));
-    b.finished_data().to_vec()
+    mobilenet::tflite::write(&Graph {
+        tensors: vec![tensor(vec![0; 16]), tensor(Vec::new())],
+        ops: vec![OpInfo {
+            kind: OpKind::Reshape,
+            inputs: vec![Some(0), Some(0)],
+            outputs: vec![1],
+        }],
+        inputs: vec![0],
+        outputs: vec![1],
+        metadata: Vec::new(),
+    })
 }
