@@ -21,27 +21,6 @@ pub struct QuantizedModel {
 }
 
 impl QuantizedModel {
-    /// Whether the file at `path` should be loaded as a quantized `.tflite` model: it carries
-    /// TFLite's identifier and its input is not float (a malformed one counts, so that its
-    /// error comes from the TFLite reader). `false` for float `.tflite` files, other formats
-    /// and unreadable files.
-    pub fn is_quantized_file(path: &Path) -> bool {
-        let Ok(bytes) = std::fs::read(path) else {
-            return false;
-        };
-        if !tflite::is_tflite(&bytes) {
-            return false;
-        }
-        match tflite::read(&bytes, path) {
-            Ok(g) => !g
-                .inputs
-                .first()
-                .and_then(|&i| g.tensors.get(i))
-                .is_some_and(|t| t.kind == ElementType::F32),
-            Err(_) => true,
-        }
-    }
-
     /// Loads a quantized `.tflite` file.
     ///
     /// # Errors
@@ -65,9 +44,21 @@ impl QuantizedModel {
             path: e.path,
             reason: e.reason,
         };
-        let g = tflite::read(bytes, path).map_err(bad)?;
-        let graph = MobileNetGraph::from_graph(&g, path).map_err(bad)?;
-        let model = QuantModel::new(&g, &graph, path).map_err(bad)?;
+        QuantizedModel::from_graph(&tflite::read(bytes, path).map_err(bad)?, path)
+    }
+
+    /// A quantized model from a graph already read (`path` is used in messages).
+    ///
+    /// # Errors
+    ///
+    /// As [`QuantizedModel::load`].
+    pub fn from_graph(g: &tflite::Graph, path: &Path) -> Result<QuantizedModel, ModelError> {
+        let bad = |e: tflite::TfliteError| ModelError::Metadata {
+            path: e.path,
+            reason: e.reason,
+        };
+        let graph = MobileNetGraph::from_graph(g, path).map_err(bad)?;
+        let model = QuantModel::new(g, &graph, path).map_err(bad)?;
         let engine = QuantEngine::new(&model).map_err(|e| ModelError::Metadata {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -196,5 +187,46 @@ impl QuantizedModel {
     /// A session on `threads` threads (0: all cores).
     pub fn session(&self, threads: usize) -> QuantSession<'_> {
         self.engine.session(threads)
+    }
+}
+
+/// A model as `classify`, `eval` and `bench` take it: float (our model file, TF-slim/Keras
+/// weights or a float `.tflite`) or a quantized `.tflite`.
+#[derive(Debug)]
+pub enum AnyModel {
+    /// Runs on the f32 engine.
+    Float(crate::ModelFile),
+    /// Runs on the integer engine.
+    Quantized(QuantizedModel),
+}
+
+impl AnyModel {
+    /// Reads `path` once and loads it by its contents: a `.tflite` with an 8-bit input is
+    /// quantized, any other `.tflite` or weight file goes through [`crate::import`].
+    ///
+    /// # Errors
+    ///
+    /// An unreadable or malformed file; a graph or weights that are not a MobileNet v1.
+    pub fn load(path: &Path) -> Result<AnyModel, ModelError> {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if tflite::is_tflite(&bytes) {
+            let g = tflite::read(&bytes, path).map_err(|e| ModelError::Metadata {
+                path: e.path,
+                reason: e.reason,
+            })?;
+            let float_input = g
+                .inputs
+                .first()
+                .and_then(|&i| g.tensors.get(i))
+                .is_some_and(|t| t.kind == ElementType::F32);
+            if !float_input {
+                return QuantizedModel::from_graph(&g, path).map(AnyModel::Quantized);
+            }
+        }
+        let (model, _) = crate::import::import_bytes(&bytes, path, &Default::default())?;
+        Ok(AnyModel::Float(model))
     }
 }

@@ -82,6 +82,9 @@ fn check(config: MobileNetConfig, what: &str) {
             spread += (*a as f64).powi(2);
         }
     }
+    // Bounds: measured 0.044–0.048 relative RMS and 12/12 agreement for these three models
+    // (2026-11-28); 8-bit activations through 28 layers leave about 5%, so 10% and 10 of 12
+    // flag a broken scale, bias or padding without flaking on rounding.
     let rel = (err / spread).sqrt();
     println!("{what}: top-1 agreement {agree}/12, relative logit error {rel:.4}");
     assert!(

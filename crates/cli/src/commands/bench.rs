@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Args;
 use mobilenet::import::{import, ImportOptions};
-use mobilenet::quantized::QuantizedModel;
+use mobilenet::quantized::{AnyModel, QuantizedModel};
 use mobilenet::{Fusion, InferenceModel, MobileNetConfig, ModelFile, Preset};
 use mobilenet_kernels::Isa;
 use serde::Serialize;
@@ -85,13 +85,11 @@ fn ms(d: Duration) -> f64 {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if let Some(path) = &args.model {
-        if QuantizedModel::is_quantized_file(path) {
-            return run_quantized(args, path);
-        }
-    }
     let (file, name) = match (&args.model, args.preset) {
-        (Some(path), _) => (super::load_float_model(path)?, path.display().to_string()),
+        (Some(path), _) => match AnyModel::load(path)? {
+            AnyModel::Quantized(q) => return run_quantized(args, path, q),
+            AnyModel::Float(file) => (file, path.display().to_string()),
+        },
         (None, preset) => {
             let preset = preset.unwrap_or(Preset {
                 alpha: 1.0,
@@ -276,14 +274,13 @@ struct StepJson {
 
 /// A quantized .tflite: the integer engine at batch 1, then the f32 engine on the same weights
 /// dequantized, in the same process and run.
-fn run_quantized(args: &BenchArgs, path: &std::path::Path) -> Result<()> {
+fn run_quantized(args: &BenchArgs, path: &std::path::Path, q: QuantizedModel) -> Result<()> {
     if args.batch > 1 {
         anyhow::bail!(
             "--batch {}: the integer engine runs one image at a time",
             args.batch
         );
     }
-    let q = QuantizedModel::load(path)?;
     let mut session = q.session(args.threads);
     let input: Vec<u8> = (0..q.engine().input_len())
         .map(|i| ((i * 7919) % 255) as u8)

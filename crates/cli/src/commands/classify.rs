@@ -7,7 +7,7 @@ use clap::Args;
 use mobilenet::classify::{top_k, Prediction};
 use mobilenet::import::read_labels;
 use mobilenet::preprocess::load_image;
-use mobilenet::quantized::QuantizedModel;
+use mobilenet::quantized::{AnyModel, QuantizedModel};
 use mobilenet::InferenceModel;
 use mobilenet_kernels::pool::softmax;
 use rayon::prelude::*;
@@ -55,10 +55,10 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
             bail!("--crop {crop} is out of range: it must be in (0, 1]");
         }
     }
-    if QuantizedModel::is_quantized_file(&args.model) {
-        return run_quantized(args);
-    }
-    let mut file = super::load_float_model(&args.model)?;
+    let mut file = match AnyModel::load(&args.model)? {
+        AnyModel::Quantized(model) => return run_quantized(args, model),
+        AnyModel::Float(file) => file,
+    };
     if let Some(path) = &args.labels {
         file.labels = Some(read_labels(path)?);
         file.validate(&args.model)?;
@@ -145,8 +145,7 @@ fn print_top(path: &std::path::Path, top: &[Prediction], json: bool) -> Result<(
 }
 
 /// Quantized `.tflite` models: the integer engine, one image at a time on all threads.
-fn run_quantized(args: &ClassifyArgs) -> Result<()> {
-    let mut model = QuantizedModel::load(&args.model)?;
+fn run_quantized(args: &ClassifyArgs, mut model: QuantizedModel) -> Result<()> {
     if model.classes().is_none() {
         bail!("{}: the model has no classifier head", args.model.display());
     }

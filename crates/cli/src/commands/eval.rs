@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use mobilenet::data::Dataset;
 use mobilenet::eval::{evaluate, evaluate_quantized};
-use mobilenet::quantized::QuantizedModel;
+use mobilenet::quantized::AnyModel;
 use mobilenet::InferenceModel;
 
 use crate::plot;
@@ -46,21 +46,22 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             }
         }
     };
-    let report = if QuantizedModel::is_quantized_file(&args.model) {
-        let model = QuantizedModel::load(&args.model)?;
-        if model.classes().is_none() {
-            bail!("{}: the model has no classifier head", args.model.display());
+    let report = match AnyModel::load(&args.model)? {
+        AnyModel::Quantized(model) => {
+            if model.classes().is_none() {
+                bail!("{}: the model has no classifier head", args.model.display());
+            }
+            warn_labels(model.labels());
+            evaluate_quantized(&model, &data, args.threads, 2)?
         }
-        warn_labels(model.labels());
-        evaluate_quantized(&model, &data, args.threads, 2)?
-    } else {
-        let file = super::load_float_model(&args.model)?;
-        if file.config.classes().is_none() {
-            bail!("{}: the model has no classifier head", args.model.display());
+        AnyModel::Float(file) => {
+            if file.config.classes().is_none() {
+                bail!("{}: the model has no classifier head", args.model.display());
+            }
+            warn_labels(file.labels.as_deref());
+            let model = InferenceModel::new(&file);
+            evaluate(&model, &data, args.batch, args.threads, 2)?
         }
-        warn_labels(file.labels.as_deref());
-        let model = InferenceModel::new(&file);
-        evaluate(&model, &data, args.batch, args.threads, 2)?
     };
     if let Some(png) = &args.confusion_png {
         let title = format!(
