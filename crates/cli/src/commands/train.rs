@@ -14,7 +14,7 @@ use mobilenet::train::optim::{OptimizerKind, RmsPropVariant, Schedule};
 use mobilenet::train::trainer::{
     EpochMetrics, Progress, RunEnd, TrainOptions, Trainer, MODEL_BEST,
 };
-use mobilenet::weights::{tensor_specs, ModelFile};
+use mobilenet::weights::{tensor_specs, ModelFile, WeightInit};
 use mobilenet::{InferenceModel, MobileNetConfig, Padding, Preset, Stem};
 
 use crate::plot;
@@ -30,6 +30,21 @@ pub enum OptimizerArg {
     RmspropTorch,
     /// SGD with momentum
     Sgd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InitArg {
+    He,
+    Torch,
+}
+
+impl From<InitArg> for WeightInit {
+    fn from(a: InitArg) -> WeightInit {
+        match a {
+            InitArg::He => WeightInit::He,
+            InitArg::Torch => WeightInit::Torch,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -119,6 +134,10 @@ pub struct TrainArgs {
     /// Small images: zero padding of the random crop, in pixels (default resolution/8)
     #[arg(long)]
     pad: Option<u32>,
+    /// Starting weights of a run from scratch: he (U(±√(6/fan_in))) or torch (PyTorch's module
+    /// defaults, U(±1/√fan_in), FC bias too)
+    #[arg(long, value_enum, default_value_t = InitArg::He)]
+    weight_init: InitArg,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Compute threads (default: all cores)
@@ -291,7 +310,7 @@ fn model_for(args: &TrainArgs, data: &Dataset) -> Result<ModelFile> {
         .with_stem(stem)
         .with_padding(args.padding);
     let mut model = match &args.init {
-        None => ModelFile::random(config, args.seed),
+        None => ModelFile::random_with(config, args.seed, args.weight_init.into()),
         Some(path) => {
             let init = ModelFile::load(path)?;
             // The conventions the weights were trained with (activation, padding) are kept.
