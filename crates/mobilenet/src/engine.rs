@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use mobilenet_kernels::conv::{conv2d, ConvShape};
-use mobilenet_kernels::dwconv::dwconv3x3;
+use mobilenet_kernels::dwconv::{dwconv3x3, dwconv3x3_ring};
 use mobilenet_kernels::gemm::{column_blocks, gemm, ColumnBlock, PackedB};
 use mobilenet_kernels::pool::global_avg_pool;
 use mobilenet_kernels::{ConvGeometry, Epilogue, Isa};
@@ -51,6 +51,25 @@ enum Op {
         /// Output rows per band.
         band_rows: usize,
     },
+    /// Leading layers (the stem and separable pairs) run as a row pipeline: each stage keeps
+    /// only the last few rows of its output in a small ring, from which the next stage reads.
+    Pipeline(Vec<Stage>),
+}
+
+/// One step of an [`Op::Pipeline`].
+#[derive(Debug)]
+struct Stage {
+    /// `Op::Conv` (first stage only: it reads the whole image) or `Op::Separable`.
+    op: Op,
+    /// Geometry of the stage's 3×3 convolution (rows of input each output row needs).
+    geometry: ConvGeometry,
+    /// Output shape per image.
+    output: Hwc,
+    /// Output rows computed per call.
+    chunk: usize,
+    /// Rows of the output ring the next stage reads from (0 for the last stage, which writes
+    /// the pipeline's output).
+    ring: usize,
 }
 
 /// One layer of the execution plan.
@@ -66,12 +85,25 @@ pub struct PlannedLayer {
     pub output: Hwc,
     /// Mult-Adds per image.
     pub mult_adds: u64,
-    /// Whether this step is a depthwise layer fused with the pointwise layer after it
-    /// (`kind` is then `Pointwise`, `input` the depthwise layer's input).
+    /// Whether this step is several layers run together: a depthwise layer and the pointwise
+    /// layer after it, or a pipeline (`kind` is then `Pointwise`, `input` the first layer's
+    /// input).
     pub fused: bool,
     op: Op,
     min: f32,
     max: f32,
+}
+
+impl PlannedLayer {
+    /// What the step runs, for reports: a layer kind's name, `dw+pw` for a fused separable
+    /// pair, `pipeline` for a row pipeline.
+    pub fn step_kind(&self) -> &'static str {
+        match self.op {
+            Op::Pipeline(_) => "pipeline",
+            Op::Separable { .. } => "dw+pw",
+            _ => self.kind.name(),
+        }
+    }
 }
 
 /// Which layers the plan fuses.
@@ -81,6 +113,9 @@ pub enum Fusion {
     None,
     /// Depthwise + pointwise pairs whose pointwise weights fit in L2 run band by band.
     Separable,
+    /// As `Separable`, and the stem and the fused pairs after it run as one row pipeline, so
+    /// that their large activations never leave the cache (the default).
+    Pipeline,
 }
 
 /// Largest pointwise weight matrix (bytes) fused with its depthwise layer: it must stay in
@@ -130,6 +165,73 @@ fn fuse_separable(layers: Vec<PlannedLayer>) -> Vec<PlannedLayer> {
             max: layer.max,
         });
     }
+    out
+}
+
+/// Joins the stem and the fused separable pairs right after it into one row pipeline.
+fn fuse_pipeline(layers: Vec<PlannedLayer>) -> Vec<PlannedLayer> {
+    let lead = layers
+        .iter()
+        .enumerate()
+        .take_while(|&(i, l)| match l.op {
+            Op::Conv { .. } => i == 0,
+            Op::Separable { .. } => true,
+            _ => false,
+        })
+        .count();
+    if lead < 2 || !matches!(layers[0].op, Op::Conv { .. }) {
+        return layers;
+    }
+    let mut rest = layers;
+    let tail = rest.split_off(lead);
+    let (first, last) = (&rest[0], &rest[lead - 1]);
+    let name = format!("{}..{}", first.name, last.name);
+    let (input, output, min, max) = (first.input, last.output, last.min, last.max);
+    let mult_adds = rest.iter().map(|l| l.mult_adds).sum();
+    let mut stages: Vec<Stage> = rest
+        .into_iter()
+        .map(|l| {
+            let geometry = match &l.op {
+                Op::Conv { geometry, .. } => *geometry,
+                Op::Separable { depthwise, .. } => match &**depthwise {
+                    Op::Depthwise { geometry, .. } => *geometry,
+                    _ => unreachable!("a separable step starts with a depthwise op"),
+                },
+                _ => unreachable!("only conv and separable steps were taken"),
+            };
+            Stage {
+                chunk: FUSE_MIN_BAND_PIXELS
+                    .div_ceil(l.output[1])
+                    .clamp(1, l.output[0]),
+                op: l.op,
+                geometry,
+                output: l.output,
+                ring: 0,
+            }
+        })
+        .collect();
+    // Stage s − 1's ring must hold every input row of stage s's chunk (its 3×3 window over
+    // `(chunk − 1)·stride + 3` rows) plus the rows stage s − 1 computed past them in its last
+    // chunk (< its chunk); a multiple of the chunk so that chunks do not wrap around.
+    for s in 1..stages.len() {
+        let (chunk, stride) = (stages[s].chunk, stages[s].geometry.stride);
+        let prev = &mut stages[s - 1];
+        let rows = (chunk - 1) * stride + KERNEL + prev.chunk - 1;
+        prev.ring = rows.div_ceil(prev.chunk) * prev.chunk;
+    }
+    let mut out = Vec::with_capacity(tail.len() + 1);
+    out.push(PlannedLayer {
+        name,
+        kind: LayerKind::Pointwise,
+        input,
+        output,
+        mult_adds,
+        fused: true,
+        op: Op::Pipeline(stages),
+        min,
+        max,
+    });
+    out.extend(tail);
     out
 }
 
@@ -195,7 +297,7 @@ impl InferenceModel {
     ///
     /// If `isa` is not supported by this CPU.
     pub fn with_isa(model: &ModelFile, isa: Isa) -> InferenceModel {
-        InferenceModel::with_options(model, isa, Fusion::Separable)
+        InferenceModel::with_options(model, isa, Fusion::Pipeline)
     }
 
     /// Plans `model` for `isa`, fusing layers as `fusion` says. Without fusion every layer's
@@ -277,6 +379,7 @@ impl InferenceModel {
         let layers = match fusion {
             Fusion::None => layers,
             Fusion::Separable => fuse_separable(layers),
+            Fusion::Pipeline => fuse_pipeline(fuse_separable(layers)),
         };
         InferenceModel {
             config,
@@ -365,7 +468,12 @@ impl<'m> Session<'m> {
             model
                 .layers
                 .iter()
-                .take_while(|l| l.output.iter().product::<usize>() >= IMAGE_MAJOR_MIN_OUTPUT)
+                .take_while(|l| {
+                    // A pipeline keeps its activations in cache by itself, and run on the whole
+                    // batch its threads take whole images instead of sharing each one's rows.
+                    !matches!(l.op, Op::Pipeline(_))
+                        && l.output.iter().product::<usize>() >= IMAGE_MAJOR_MIN_OUTPUT
+                })
                 .count()
         } else {
             0
@@ -479,6 +587,8 @@ impl<'m> Session<'m> {
 thread_local! {
     /// Depthwise output of one band of a fused separable step, per thread.
     static BAND: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The rings and depthwise band of a pipeline, per thread.
+    static PIPE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn run_layer(
@@ -561,6 +671,13 @@ fn run_layer(
                         dwconv3x3(isa, geometry, c, img, dw_weights, &dw_epi, tmp, first);
                         gemm(pixels, tmp, c, pw_weights, band, cout, &pw_epi);
                     }
+                });
+            });
+        }
+        Op::Pipeline(stages) => {
+            by_rows(pool, src, dst, in_len, out_h, row_len, &|img, out, row0| {
+                PIPE.with_borrow_mut(|scratch| {
+                    run_pipeline(isa, stages, layer.min, layer.max, img, out, row0, scratch)
                 });
             });
         }
@@ -671,4 +788,228 @@ fn gemm_by_columns(
             block.gemm(a, lda, b, epi);
         }
     });
+}
+
+/// Rows `row0 ..` of a pipeline's output for one image (`out`: whole rows of the last stage).
+///
+/// Works backwards from the output rows to the first row each stage needs, then pulls: a stage
+/// computing a chunk of rows first makes the stage before it compute every input row the chunk
+/// reads. Each row of each stage is computed once (threads working on neighbouring bands
+/// recompute the few rows at their border).
+#[allow(clippy::too_many_arguments)]
+fn run_pipeline(
+    isa: Isa,
+    stages: &[Stage],
+    min: f32,
+    max: f32,
+    img: &[f32],
+    out: &mut [f32],
+    row0: usize,
+    scratch: &mut Vec<f32>,
+) {
+    let n = stages.len();
+    let row_len = |s: &Stage| s.output[1] * s.output[2];
+    let band_len = stages
+        .iter()
+        .map(|s| s.chunk * s.output[1] * s.depthwise_channels())
+        .max()
+        .unwrap_or(0);
+    let ring_total: usize = stages.iter().map(|s| s.ring * row_len(s)).sum();
+    if scratch.len() < ring_total + band_len {
+        scratch.resize(ring_total + band_len, 0.0);
+    }
+    let (mut rest, band) = scratch.split_at_mut(ring_total);
+    let mut rings: Vec<&mut [f32]> = Vec::with_capacity(n);
+    for s in stages {
+        let (ring, tail) = std::mem::take(&mut rest).split_at_mut(s.ring * row_len(s));
+        rings.push(ring);
+        rest = tail;
+    }
+    // First row each stage computes: the top of the window of the first row after it.
+    let mut next = vec![0; n];
+    next[n - 1] = row0;
+    for s in (1..n).rev() {
+        let g = &stages[s].geometry;
+        next[s - 1] = (next[s] * g.stride).saturating_sub(g.pad_top);
+    }
+    let mut p = Pipe {
+        isa,
+        stages,
+        min,
+        max,
+        img,
+        rings,
+        band,
+        next,
+        out,
+        row0,
+    };
+    let end = row0 + p.out.len() / row_len(&stages[n - 1]);
+    p.produce(n - 1, end);
+}
+
+impl Stage {
+    /// Channels of the depthwise output a separable stage keeps per row (0 for the stem).
+    fn depthwise_channels(&self) -> usize {
+        match &self.op {
+            Op::Separable { pointwise, .. } => match &**pointwise {
+                Op::Pointwise { weights, .. } => weights.k(),
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+}
+
+/// The state of one [`run_pipeline`] call.
+struct Pipe<'a, 'b> {
+    isa: Isa,
+    stages: &'a [Stage],
+    min: f32,
+    max: f32,
+    img: &'a [f32],
+    rings: Vec<&'b mut [f32]>,
+    band: &'b mut [f32],
+    /// Next row each stage computes.
+    next: Vec<usize>,
+    out: &'b mut [f32],
+    row0: usize,
+}
+
+impl Pipe<'_, '_> {
+    /// Computes stage `s`'s rows until `end` (exclusive), chunk by chunk.
+    fn produce(&mut self, s: usize, end: usize) {
+        let stage = &self.stages[s];
+        let [out_h, out_w, cout] = stage.output;
+        let row_len = out_w * cout;
+        let last = s + 1 == self.stages.len();
+        while self.next[s] < end {
+            let r0 = self.next[s];
+            let mut r1 = (r0 + stage.chunk).min(out_h);
+            if last {
+                r1 = r1.min(end);
+            } else {
+                // Stop at the end of the ring: a chunk's rows are contiguous.
+                r1 = r1.min(r0 - r0 % stage.ring + stage.ring);
+            }
+            let g = &stage.geometry;
+            if s > 0 {
+                // The last input row the chunk's bottom window reaches.
+                let bottom = ((r1 - 1) * g.stride + KERNEL).saturating_sub(g.pad_top);
+                self.produce(s - 1, bottom.min(g.in_h));
+                let prev = &self.stages[s - 1];
+                let top = (r0 * g.stride).saturating_sub(g.pad_top);
+                debug_assert!(
+                    top + prev.ring >= self.next[s - 1],
+                    "stage {s}: input row {top} has left the ring"
+                );
+            }
+            let (before, after) = self.rings.split_at_mut(s);
+            let dst: &mut [f32] = if last {
+                &mut self.out[(r0 - self.row0) * row_len..(r1 - self.row0) * row_len]
+            } else {
+                let slot = r0 % stage.ring;
+                &mut after[0][slot * row_len..(slot + r1 - r0) * row_len]
+            };
+            let (src, ring) = match before.last() {
+                Some(prev) => (&**prev, self.stages[s - 1].ring),
+                None => (self.img, 0),
+            };
+            match &stage.op {
+                Op::Conv {
+                    geometry,
+                    shape,
+                    weights,
+                    bias,
+                } => {
+                    debug_assert!(s == 0, "a conv stage reads the whole image");
+                    let epi = Epilogue::new(Some(bias), self.min, self.max);
+                    conv2d(self.isa, geometry, *shape, src, weights, &epi, dst, r0);
+                }
+                Op::Separable {
+                    depthwise,
+                    pointwise,
+                    ..
+                } => {
+                    let (
+                        Op::Depthwise {
+                            geometry,
+                            weights: dw_weights,
+                            bias: dw_bias,
+                        },
+                        Op::Pointwise {
+                            weights: pw_weights,
+                            bias: pw_bias,
+                        },
+                    ) = (&**depthwise, &**pointwise)
+                    else {
+                        unreachable!("fuse_separable only pairs a depthwise with a pointwise op")
+                    };
+                    let c = pw_weights.k();
+                    let pixels = (r1 - r0) * out_w;
+                    let tmp = &mut self.band[..pixels * c];
+                    let dw_epi = Epilogue::new(Some(dw_bias), self.min, self.max);
+                    if ring == 0 {
+                        dwconv3x3(self.isa, geometry, c, src, dw_weights, &dw_epi, tmp, r0);
+                    } else {
+                        let (isa, w) = (self.isa, dw_weights);
+                        dwconv3x3_ring(isa, geometry, c, src, ring, w, &dw_epi, tmp, r0);
+                    }
+                    let pw_epi = Epilogue::new(Some(pw_bias), self.min, self.max);
+                    gemm(pixels, tmp, c, pw_weights, dst, cout, &pw_epi);
+                }
+                _ => unreachable!("pipelines hold conv and separable stages"),
+            }
+            self.next[s] = r1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Stem;
+
+    /// Every fusion computes each value with the same kernels in the same order, so their
+    /// outputs are identical, for any batch, thread count and band split.
+    #[test]
+    fn fusions_give_identical_outputs() {
+        let configs = [
+            (0.25, 128, Stem::Standard, Padding::TfSame),
+            (0.5, 96, Stem::Standard, Padding::Symmetric),
+            (0.25, 37, Stem::Standard, Padding::TfSame),
+            (0.5, 32, Stem::SmallInput, Padding::Symmetric),
+            (0.75, 33, Stem::SmallInput, Padding::TfSame),
+        ];
+        for (alpha, res, stem, padding) in configs {
+            let config = MobileNetConfig::new(alpha, res)
+                .unwrap()
+                .with_classes(10)
+                .unwrap()
+                .with_stem(stem)
+                .with_padding(padding);
+            let file = ModelFile::random(config, 7);
+            let plain = InferenceModel::with_options(&file, Isa::detect(), Fusion::None);
+            for fusion in [Fusion::Separable, Fusion::Pipeline] {
+                let fused = InferenceModel::with_options(&file, Isa::detect(), fusion);
+                if fusion == Fusion::Pipeline {
+                    assert!(
+                        matches!(fused.layers[0].op, Op::Pipeline(_)),
+                        "{alpha} {res}: no pipeline planned"
+                    );
+                }
+                for (batch, threads) in [(1, 1), (1, 2), (1, 3), (3, 2)] {
+                    let input: Vec<f32> = (0..batch * plain.input_len())
+                        .map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0)
+                        .collect();
+                    let want = plain.session(batch, threads).run(&input).to_vec();
+                    let got = fused.session(batch, threads).run(&input).to_vec();
+                    assert_eq!(
+                        got, want,
+                        "{alpha} {res} {stem:?} {padding:?} {fusion:?} batch {batch} threads {threads}"
+                    );
+                }
+            }
+        }
+    }
 }

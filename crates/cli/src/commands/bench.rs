@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use mobilenet::import::{import, ImportOptions};
 use mobilenet::quantized::{AnyModel, QuantizedModel};
 use mobilenet::{Fusion, InferenceModel, MobileNetConfig, ModelFile, Preset};
@@ -40,9 +40,18 @@ pub struct BenchArgs {
     /// One JSON object on stdout
     #[arg(long)]
     json: bool,
-    /// Run every layer on its own instead of fusing depthwise+pointwise pairs (for comparison)
-    #[arg(long)]
-    no_fusion: bool,
+    /// Which layers run together: none (every layer on its own), separable (depthwise +
+    /// pointwise pairs band by band), pipeline (also the stem and the early pairs as one row
+    /// pipeline)
+    #[arg(long, value_enum, default_value_t = FusionArg::Pipeline)]
+    fusion: FusionArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FusionArg {
+    None,
+    Separable,
+    Pipeline,
 }
 
 #[derive(Serialize)]
@@ -66,7 +75,8 @@ struct BenchJson {
 #[derive(Serialize)]
 struct LayerJson {
     name: String,
-    /// conv, depthwise, pointwise, avgpool, fc, or dw+pw for a fused depthwise + pointwise pair.
+    /// conv, depthwise, pointwise, avgpool, fc; dw+pw for a fused depthwise + pointwise pair,
+    /// pipeline for the leading layers run as a row pipeline.
     kind: &'static str,
     ms: f64,
     gflops: f64,
@@ -102,10 +112,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             )
         }
     };
-    let fusion = if args.no_fusion {
-        Fusion::None
-    } else {
-        Fusion::Separable
+    let fusion = match args.fusion {
+        FusionArg::None => Fusion::None,
+        FusionArg::Separable => Fusion::Separable,
+        FusionArg::Pipeline => Fusion::Pipeline,
     };
     let model = InferenceModel::with_options(&file, Isa::detect(), fusion);
     drop(file);
@@ -152,7 +162,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                         let per_run = t.as_secs_f64() / runs as f64;
                         LayerJson {
                             name: l.name.clone(),
-                            kind: if l.fused { "dw+pw" } else { l.kind.name() },
+                            kind: l.step_kind(),
                             ms: per_run * 1e3,
                             gflops: 2.0 * (l.mult_adds * batch as u64) as f64 / per_run / 1e9,
                         }
@@ -208,7 +218,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             ("ms", Align::Right),
             ("share", Align::Right),
         ]);
-        for kind in ["conv", "dw+pw", "depthwise", "pointwise", "avgpool", "fc"] {
+        for kind in [
+            "pipeline",
+            "conv",
+            "dw+pw",
+            "depthwise",
+            "pointwise",
+            "avgpool",
+            "fc",
+        ] {
             let sum: f64 = result
                 .layers
                 .iter()
