@@ -59,12 +59,12 @@ enum Op {
 /// One step of an [`Op::Pipeline`].
 #[derive(Debug)]
 struct Stage {
-    /// `Op::Conv` (first stage only: it reads the whole image) or `Op::Separable`.
-    op: Op,
+    /// The step run on its own: `Op::Conv` (first stage only: it reads the whole image) or
+    /// `Op::Separable`. Sessions whose threads would share an image's rows run the stages
+    /// one after the other like this (see [`Session`]).
+    layer: PlannedLayer,
     /// Geometry of the stage's 3×3 convolution (rows of input each output row needs).
     geometry: ConvGeometry,
-    /// Output shape per image.
-    output: Hwc,
     /// Output rows computed per call.
     chunk: usize,
     /// Rows of the output ring the next stage reads from (0 for the last stage, which writes
@@ -168,8 +168,15 @@ fn fuse_separable(layers: Vec<PlannedLayer>) -> Vec<PlannedLayer> {
     out
 }
 
-/// Joins the stem and the fused separable pairs right after it into one row pipeline.
-fn fuse_pipeline(layers: Vec<PlannedLayer>) -> Vec<PlannedLayer> {
+/// Smallest activation traffic (bytes of input + output of one step, per image) for which the
+/// leading layers run as a pipeline: L2's size. Below it the activations stay in L2 anyway and
+/// the pipeline's per-row calls only cost (0.25-128 and 0.5-160: 3–10% slower at 1 thread);
+/// above it they went through L3 (1.0-224: block 1 reads 1.6 MB and writes 3.2 MB).
+const PIPELINE_MIN_BYTES: usize = 2 << 20;
+
+/// Joins the stem and the fused separable pairs right after it into one row pipeline, if one of
+/// them moves at least `min_bytes` of activations per image.
+fn fuse_pipeline(layers: Vec<PlannedLayer>, min_bytes: usize) -> Vec<PlannedLayer> {
     let lead = layers
         .iter()
         .enumerate()
@@ -179,7 +186,12 @@ fn fuse_pipeline(layers: Vec<PlannedLayer>) -> Vec<PlannedLayer> {
             _ => false,
         })
         .count();
-    if lead < 2 || !matches!(layers[0].op, Op::Conv { .. }) {
+    let traffic = layers[..lead]
+        .iter()
+        .map(|l| 4 * (l.input.iter().product::<usize>() + l.output.iter().product::<usize>()))
+        .max()
+        .unwrap_or(0);
+    if lead < 2 || !matches!(layers[0].op, Op::Conv { .. }) || traffic < min_bytes {
         return layers;
     }
     let mut rest = layers;
@@ -203,9 +215,8 @@ fn fuse_pipeline(layers: Vec<PlannedLayer>) -> Vec<PlannedLayer> {
                 chunk: FUSE_MIN_BAND_PIXELS
                     .div_ceil(l.output[1])
                     .clamp(1, l.output[0]),
-                op: l.op,
                 geometry,
-                output: l.output,
+                layer: l,
                 ring: 0,
             }
         })
@@ -307,6 +318,12 @@ impl InferenceModel {
     ///
     /// If `isa` is not supported by this CPU.
     pub fn with_options(model: &ModelFile, isa: Isa, fusion: Fusion) -> InferenceModel {
+        InferenceModel::plan(model, isa, fusion, PIPELINE_MIN_BYTES)
+    }
+
+    /// [`InferenceModel::with_options`] with the pipeline's size threshold as a parameter
+    /// (tests plan pipelines for small models).
+    fn plan(model: &ModelFile, isa: Isa, fusion: Fusion, pipeline_min_bytes: usize) -> Self {
         assert!(isa.is_supported(), "{isa} is not supported on this CPU");
         let config = model.config;
         let (min, max) = match config.activation() {
@@ -379,7 +396,7 @@ impl InferenceModel {
         let layers = match fusion {
             Fusion::None => layers,
             Fusion::Separable => fuse_separable(layers),
-            Fusion::Pipeline => fuse_pipeline(fuse_separable(layers)),
+            Fusion::Pipeline => fuse_pipeline(fuse_separable(layers), pipeline_min_bytes),
         };
         InferenceModel {
             config,
@@ -439,6 +456,10 @@ pub struct Session<'m> {
     pong: Vec<f32>,
     /// Number of leading layers run one image at a time (0 for batch 1).
     image_major: usize,
+    /// Whether pipelines stream rows (each thread takes whole images) or run their stages one
+    /// after the other (threads would share an image's rows and recompute the rows at their
+    /// borders in every stage: a third more work for 0.25-128 on 2 threads).
+    stream: bool,
     /// Buffers for one image, for those layers.
     small_ping: Vec<f32>,
     small_pong: Vec<f32>,
@@ -455,9 +476,14 @@ impl<'m> Session<'m> {
         };
         // With one thread everything runs on the caller's thread: the pool has no workers.
         let pool = SpinPool::new(threads);
+        let stream = batch.is_multiple_of(threads);
         let largest = model
             .layers
             .iter()
+            .flat_map(|l| match &l.op {
+                Op::Pipeline(stages) if !stream => stages.iter().map(|s| &s.layer).collect(),
+                _ => vec![l],
+            })
             .flat_map(|l| [l.input, l.output])
             .map(|s| s.iter().product::<usize>())
             .max()
@@ -486,6 +512,7 @@ impl<'m> Session<'m> {
             ping: vec![0.0; largest * batch],
             pong: vec![0.0; largest * batch],
             image_major,
+            stream,
             small_ping: vec![0.0; small],
             small_pong: vec![0.0; small],
             profile: None,
@@ -509,6 +536,16 @@ impl<'m> Session<'m> {
     /// Time per layer since profiling was enabled, in plan order.
     pub fn profile(&self) -> Option<&[Duration]> {
         self.profile.as_deref()
+    }
+
+    /// Runs `layer` on the batch in `ping` (`len` values), leaving its output there; returns
+    /// the output's length.
+    fn step(&mut self, layer: &PlannedLayer, len: usize) -> usize {
+        let out_len = self.batch * layer.output.iter().product::<usize>();
+        let (src, dst) = (&self.ping[..len], &mut self.pong[..out_len]);
+        run_layer(self.model.isa, layer, self.batch, src, dst, &mut self.pool);
+        std::mem::swap(&mut self.ping, &mut self.pong);
+        out_len
     }
 
     /// Runs the network on `input` (`batch` preprocessed images, NHWC) and returns the
@@ -570,14 +607,17 @@ impl<'m> Session<'m> {
         };
         for (i, layer) in model.layers.iter().enumerate().skip(prefix) {
             let start = Instant::now();
-            let out_len = batch * layer.output.iter().product::<usize>();
-            let (src, dst) = (&self.ping[..cur_len], &mut self.pong[..out_len]);
-            run_layer(model.isa, layer, batch, src, dst, &mut self.pool);
+            match &layer.op {
+                Op::Pipeline(stages) if !self.stream => {
+                    for stage in stages {
+                        cur_len = self.step(&stage.layer, cur_len);
+                    }
+                }
+                _ => cur_len = self.step(layer, cur_len),
+            }
             if let Some(p) = &mut self.profile {
                 p[i] += start.elapsed();
             }
-            std::mem::swap(&mut self.ping, &mut self.pong);
-            cur_len = out_len;
             observe(layer, &self.ping[..cur_len]);
         }
         &self.ping[..cur_len]
@@ -808,10 +848,10 @@ fn run_pipeline(
     scratch: &mut Vec<f32>,
 ) {
     let n = stages.len();
-    let row_len = |s: &Stage| s.output[1] * s.output[2];
+    let row_len = |s: &Stage| s.layer.output[1] * s.layer.output[2];
     let band_len = stages
         .iter()
-        .map(|s| s.chunk * s.output[1] * s.depthwise_channels())
+        .map(|s| s.chunk * s.layer.output[1] * s.depthwise_channels())
         .max()
         .unwrap_or(0);
     let ring_total: usize = stages.iter().map(|s| s.ring * row_len(s)).sum();
@@ -851,7 +891,7 @@ fn run_pipeline(
 impl Stage {
     /// Channels of the depthwise output a separable stage keeps per row (0 for the stem).
     fn depthwise_channels(&self) -> usize {
-        match &self.op {
+        match &self.layer.op {
             Op::Separable { pointwise, .. } => match &**pointwise {
                 Op::Pointwise { weights, .. } => weights.k(),
                 _ => 0,
@@ -880,7 +920,7 @@ impl Pipe<'_, '_> {
     /// Computes stage `s`'s rows until `end` (exclusive), chunk by chunk.
     fn produce(&mut self, s: usize, end: usize) {
         let stage = &self.stages[s];
-        let [out_h, out_w, cout] = stage.output;
+        let [out_h, out_w, cout] = stage.layer.output;
         let row_len = out_w * cout;
         let last = s + 1 == self.stages.len();
         while self.next[s] < end {
@@ -915,7 +955,7 @@ impl Pipe<'_, '_> {
                 Some(prev) => (&**prev, self.stages[s - 1].ring),
                 None => (self.img, 0),
             };
-            match &stage.op {
+            match &stage.layer.op {
                 Op::Conv {
                     geometry,
                     shape,
@@ -970,6 +1010,21 @@ mod tests {
     use super::*;
     use crate::config::Stem;
 
+    #[test]
+    fn pipelines_are_planned_where_activations_outgrow_l2() {
+        let kinds = |alpha, res| {
+            let config = MobileNetConfig::new(alpha, res).unwrap();
+            let plan = InferenceModel::new(&ModelFile::random(config, 1));
+            plan.layers
+                .iter()
+                .map(|l| l.step_kind())
+                .collect::<Vec<_>>()
+        };
+        // 1.0-224: block 1 reads 1.6 MB and writes 3.2 MB; 0.5-160 moves at most 1.2 MB.
+        assert_eq!(kinds(1.0, 224)[0], "pipeline");
+        assert!(!kinds(0.5, 160).contains(&"pipeline"));
+    }
+
     /// Every fusion computes each value with the same kernels in the same order, so their
     /// outputs are identical, for any batch, thread count and band split.
     #[test]
@@ -991,14 +1046,14 @@ mod tests {
             let file = ModelFile::random(config, 7);
             let plain = InferenceModel::with_options(&file, Isa::detect(), Fusion::None);
             for fusion in [Fusion::Separable, Fusion::Pipeline] {
-                let fused = InferenceModel::with_options(&file, Isa::detect(), fusion);
+                let fused = InferenceModel::plan(&file, Isa::detect(), fusion, 0);
                 if fusion == Fusion::Pipeline {
                     assert!(
                         matches!(fused.layers[0].op, Op::Pipeline(_)),
                         "{alpha} {res}: no pipeline planned"
                     );
                 }
-                for (batch, threads) in [(1, 1), (1, 2), (1, 3), (3, 2)] {
+                for (batch, threads) in [(1, 1), (1, 2), (1, 3), (3, 2), (4, 2)] {
                     let input: Vec<f32> = (0..batch * plain.input_len())
                         .map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0)
                         .collect();

@@ -258,7 +258,7 @@ impl ModelFile {
         Ok((model, extra, metadata))
     }
 
-    fn from_parts(
+    pub(crate) fn from_parts(
         tensors: BTreeMap<String, Tensor>,
         metadata: &std::collections::HashMap<String, String>,
         path: &Path,

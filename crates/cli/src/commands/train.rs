@@ -134,9 +134,9 @@ pub struct TrainArgs {
     /// Small images: zero padding of the random crop, in pixels (default resolution/8)
     #[arg(long)]
     pad: Option<u32>,
-    /// Starting weights of a run from scratch: he (U(±√(6/fan_in))) or torch (PyTorch's module
-    /// defaults, U(±1/√fan_in), FC bias too)
-    #[arg(long, value_enum, default_value_t = InitArg::He)]
+    /// Starting weights of a run from scratch (and of a replaced classifier): torch (PyTorch's
+    /// module defaults, U(±1/√fan_in), FC bias too) or he (U(±√(6/fan_in)), zero FC bias)
+    #[arg(long, value_enum, default_value_t = InitArg::Torch)]
     weight_init: InitArg,
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -314,11 +314,12 @@ fn model_for(args: &TrainArgs, data: &Dataset) -> Result<ModelFile> {
         Some(path) => {
             let init = ModelFile::load(path)?;
             // The conventions the weights were trained with (activation, padding) are kept.
-            let mut model = ModelFile::random(
+            let mut model = ModelFile::random_with(
                 config
                     .with_activation(init.config.activation())
                     .with_padding(init.config.padding()),
                 args.seed,
+                args.weight_init.into(),
             );
             let mut kept = 0;
             for spec in tensor_specs(&model.config) {
