@@ -168,6 +168,10 @@ fn fuse_separable(layers: Vec<PlannedLayer>) -> Vec<PlannedLayer> {
     out
 }
 
+/// Most stages in one pipeline (MobileNet v1 has the stem and 13 separable blocks): the
+/// per-call state of a pipeline lives in arrays of this size instead of allocations.
+const MAX_STAGES: usize = 14;
+
 /// Smallest activation traffic (bytes of input + output of one step, per image) for which the
 /// leading layers run as a pipeline: L2's size. Below it the activations stay in L2 anyway and
 /// the pipeline's per-row calls only cost (0.25-128 and 0.5-160: 3–10% slower at 1 thread);
@@ -185,7 +189,8 @@ fn fuse_pipeline(layers: Vec<PlannedLayer>, min_bytes: usize) -> Vec<PlannedLaye
             Op::Separable { .. } => true,
             _ => false,
         })
-        .count();
+        .count()
+        .min(MAX_STAGES);
     let traffic = layers[..lead]
         .iter()
         .map(|l| 4 * (l.input.iter().product::<usize>() + l.output.iter().product::<usize>()))
@@ -859,14 +864,14 @@ fn run_pipeline(
         scratch.resize(ring_total + band_len, 0.0);
     }
     let (mut rest, band) = scratch.split_at_mut(ring_total);
-    let mut rings: Vec<&mut [f32]> = Vec::with_capacity(n);
-    for s in stages {
-        let (ring, tail) = std::mem::take(&mut rest).split_at_mut(s.ring * row_len(s));
-        rings.push(ring);
+    let mut rings: [&mut [f32]; MAX_STAGES] = Default::default();
+    for (s, ring) in stages.iter().zip(&mut rings) {
+        let (mine, tail) = std::mem::take(&mut rest).split_at_mut(s.ring * row_len(s));
+        *ring = mine;
         rest = tail;
     }
     // First row each stage computes: the top of the window of the first row after it.
-    let mut next = vec![0; n];
+    let mut next = [0; MAX_STAGES];
     next[n - 1] = row0;
     for s in (1..n).rev() {
         let g = &stages[s].geometry;
@@ -908,10 +913,10 @@ struct Pipe<'a, 'b> {
     min: f32,
     max: f32,
     img: &'a [f32],
-    rings: Vec<&'b mut [f32]>,
+    rings: [&'b mut [f32]; MAX_STAGES],
     band: &'b mut [f32],
     /// Next row each stage computes.
-    next: Vec<usize>,
+    next: [usize; MAX_STAGES],
     out: &'b mut [f32],
     row0: usize,
 }
