@@ -686,23 +686,7 @@ fn run_layer(
             pointwise,
             band_rows,
         } => {
-            let (
-                Op::Depthwise {
-                    geometry,
-                    weights: dw_weights,
-                    bias: dw_bias,
-                },
-                Op::Pointwise {
-                    weights: pw_weights,
-                    bias: pw_bias,
-                },
-            ) = (&**depthwise, &**pointwise)
-            else {
-                unreachable!("fuse_separable only pairs a depthwise with a pointwise op")
-            };
             let c = layer.input[2];
-            let dw_epi = Epilogue::new(Some(dw_bias), layer.min, layer.max);
-            let pw_epi = Epilogue::new(Some(pw_bias), layer.min, layer.max);
             by_rows(pool, src, dst, in_len, out_h, row_len, &|img, out, row0| {
                 BAND.with_borrow_mut(|tmp| {
                     let band_len = band_rows * row_len;
@@ -711,10 +695,9 @@ fn run_layer(
                         if tmp.len() < pixels * c {
                             tmp.resize(pixels * c, 0.0);
                         }
-                        let tmp = &mut tmp[..pixels * c];
-                        let first = row0 + b * band_rows;
-                        dwconv3x3(isa, geometry, c, img, dw_weights, &dw_epi, tmp, first);
-                        gemm(pixels, tmp, c, pw_weights, band, cout, &pw_epi);
+                        let (first, (lo, hi)) = (row0 + b * band_rows, (layer.min, layer.max));
+                        let pair = (&**depthwise, &**pointwise);
+                        separable_rows(isa, pair, lo, hi, img, 0, tmp, band, first);
                     }
                 });
             });
@@ -740,6 +723,48 @@ fn run_layer(
             gemm_by_columns(pool, batch, src, layer.input[2], weights, dst, cout, &epi);
         }
     }
+}
+
+/// Output rows `row0 ..` (whole rows, `out`) of a depthwise + pointwise pair: the depthwise
+/// rows into `tmp`, then the 1×1 GEMM from there into `out`. `src` is the whole input image
+/// (`ring` 0) or a ring of `ring` input rows (see [`dwconv3x3_ring`]).
+#[allow(clippy::too_many_arguments)]
+fn separable_rows(
+    isa: Isa,
+    (depthwise, pointwise): (&Op, &Op),
+    min: f32,
+    max: f32,
+    src: &[f32],
+    ring: usize,
+    tmp: &mut [f32],
+    out: &mut [f32],
+    row0: usize,
+) {
+    let (
+        Op::Depthwise {
+            geometry,
+            weights: dw_weights,
+            bias: dw_bias,
+        },
+        Op::Pointwise {
+            weights: pw_weights,
+            bias: pw_bias,
+        },
+    ) = (depthwise, pointwise)
+    else {
+        unreachable!("fuse_separable only pairs a depthwise with a pointwise op")
+    };
+    let (c, cout) = (pw_weights.k(), pw_weights.n());
+    let pixels = out.len() / cout;
+    let tmp = &mut tmp[..pixels * c];
+    let dw_epi = Epilogue::new(Some(dw_bias), min, max);
+    if ring == 0 {
+        dwconv3x3(isa, geometry, c, src, dw_weights, &dw_epi, tmp, row0);
+    } else {
+        dwconv3x3_ring(isa, geometry, c, src, ring, dw_weights, &dw_epi, tmp, row0);
+    }
+    let pw_epi = Epilogue::new(Some(pw_bias), min, max);
+    gemm(pixels, tmp, c, pw_weights, out, cout, &pw_epi);
 }
 
 /// Computes output rows `first ..` of one image into the slice given: `f(image, rows, first)`.
@@ -976,32 +1001,9 @@ impl Pipe<'_, '_> {
                     pointwise,
                     ..
                 } => {
-                    let (
-                        Op::Depthwise {
-                            geometry,
-                            weights: dw_weights,
-                            bias: dw_bias,
-                        },
-                        Op::Pointwise {
-                            weights: pw_weights,
-                            bias: pw_bias,
-                        },
-                    ) = (&**depthwise, &**pointwise)
-                    else {
-                        unreachable!("fuse_separable only pairs a depthwise with a pointwise op")
-                    };
-                    let c = pw_weights.k();
-                    let pixels = (r1 - r0) * out_w;
-                    let tmp = &mut self.band[..pixels * c];
-                    let dw_epi = Epilogue::new(Some(dw_bias), self.min, self.max);
-                    if ring == 0 {
-                        dwconv3x3(self.isa, geometry, c, src, dw_weights, &dw_epi, tmp, r0);
-                    } else {
-                        let (isa, w) = (self.isa, dw_weights);
-                        dwconv3x3_ring(isa, geometry, c, src, ring, w, &dw_epi, tmp, r0);
-                    }
-                    let pw_epi = Epilogue::new(Some(pw_bias), self.min, self.max);
-                    gemm(pixels, tmp, c, pw_weights, dst, cout, &pw_epi);
+                    let pair = (&**depthwise, &**pointwise);
+                    let (isa, lo, hi) = (self.isa, self.min, self.max);
+                    separable_rows(isa, pair, lo, hi, src, ring, self.band, dst, r0);
                 }
                 _ => unreachable!("pipelines hold conv and separable stages"),
             }
