@@ -111,6 +111,11 @@ fn run(
         g.pad_top < K && g.pad_left < K,
         "padding larger than the kernel"
     );
+    // Every output row's window holds at least one input row (the kernel reads one there).
+    assert!(
+        g.out_h == 0 || (g.out_h - 1) * g.stride < g.in_h + g.pad_top,
+        "output rows past the input"
+    );
     // Safety: the slices are as long as the shapes say (checked above and by the callers);
     // each variant runs only where `isa` is supported, which the dispatcher checked at
     // detection.
