@@ -454,8 +454,7 @@ fn to_json<T: Serialize>(value: &T) -> String {
 
 /// How [`ModelFile::random_with`] draws the starting weights. Batch norm starts as the identity
 /// (γ 1, β 0, moving mean 0, variance 1) in both.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WeightInit {
     /// He-scaled uniform: U(±√(6/fan_in)), variance 2/fan_in, for convolutions and the FC; zero
     /// FC bias.
