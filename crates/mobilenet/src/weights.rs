@@ -544,6 +544,36 @@ mod tests {
     }
 
     #[test]
+    fn torch_init_draws_within_pytorchs_bounds() {
+        // PyTorch's Conv2d/Linear defaults: U(±1/√fan_in) for weights and the Linear bias.
+        let config = MobileNetConfig::new(0.5, 32)
+            .unwrap()
+            .with_classes(10)
+            .unwrap();
+        let m = ModelFile::random_with(config, 3, WeightInit::Torch);
+        let he = ModelFile::random_with(config, 3, WeightInit::He);
+        for (name, fan_in) in [
+            ("conv_0/weight", 27),
+            ("conv_1/depthwise/weight", 9),
+            ("conv_1/pointwise/weight", 16),
+            ("fc/weight", 512),
+            ("fc/bias", 512),
+        ] {
+            let data = &m.tensors[name].data;
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let max = data.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            assert!(
+                max <= bound && max > 0.9 * bound,
+                "{name}: max |w| {max}, bound {bound}"
+            );
+        }
+        // He-scaled weights are √6 times wider; its FC bias starts at zero.
+        let ratio = he.tensors["fc/weight"].data[0] / m.tensors["fc/weight"].data[0];
+        assert!((ratio - 6f32.sqrt()).abs() < 1e-4, "{ratio}");
+        assert!(he.tensors["fc/bias"].data.iter().all(|&b| b == 0.0));
+    }
+
+    #[test]
     fn round_trip_through_bytes() {
         let m = small();
         let bytes = m.to_bytes().unwrap();
