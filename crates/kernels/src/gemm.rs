@@ -11,6 +11,7 @@
 //! vector registers, so MR = 12 rows × 2 vectors = 24 accumulators + 2 B vectors + a broadcast;
 //! AVX2 and NEON (16/32 registers) use MR = 6 and 8.
 
+use crate::aligned::AlignedVec;
 use crate::simd::{Scalar, SimdF32};
 use crate::{Epilogue, Isa};
 
@@ -21,7 +22,7 @@ pub struct PackedB {
     k: usize,
     n: usize,
     nr: usize,
-    data: Vec<f32>,
+    data: AlignedVec,
 }
 
 impl PackedB {
@@ -34,7 +35,7 @@ impl PackedB {
         assert_eq!(b.len(), k * n, "B must be k·n = {k}·{n} values");
         let nr = panel_width(isa);
         let panels = n.div_ceil(nr);
-        let mut data = vec![0.0; panels * k * nr];
+        let mut data = AlignedVec::zeros(panels * k * nr);
         for p in 0..panels {
             let cols = (n - p * nr).min(nr);
             for kk in 0..k {
@@ -61,7 +62,7 @@ impl PackedB {
         assert_eq!(bt.len(), k * n, "Bᵀ must be n·k = {n}·{k} values");
         let nr = panel_width(isa);
         let panels = n.div_ceil(nr);
-        let mut data = vec![0.0; panels * k * nr];
+        let mut data = AlignedVec::zeros(panels * k * nr);
         for p in 0..panels {
             let cols = (n - p * nr).min(nr);
             for kk in 0..k {

@@ -16,6 +16,7 @@
 //! | [`pool::global_avg_pool`], [`pool::softmax`] | the head |
 //! | [`int8`] | u8 × s8 GEMM (VNNI), depthwise, pool: quantized inference, bit-exact with TFLite |
 
+pub mod aligned;
 pub mod backward;
 pub mod bn;
 pub mod conv;

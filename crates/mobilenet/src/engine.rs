@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use mobilenet_kernels::aligned::AlignedVec;
 use mobilenet_kernels::conv::{conv2d, ConvShape};
 use mobilenet_kernels::dwconv::{dwconv3x3, dwconv3x3_ring};
 use mobilenet_kernels::gemm::{column_blocks, gemm, ColumnBlock, PackedB};
@@ -31,8 +32,9 @@ enum Op {
     },
     Depthwise {
         geometry: ConvGeometry,
-        weights: Vec<f32>,
-        bias: Vec<f32>,
+        /// Aligned: the kernel loads each tap and bias vector once per group of columns.
+        weights: AlignedVec,
+        bias: AlignedVec,
     },
     Pointwise {
         weights: PackedB,
@@ -360,8 +362,8 @@ impl InferenceModel {
                         let (scale, bias) = fold_bn(model, &layer);
                         let op = Op::Depthwise {
                             geometry: geometry(config.padding(), layer.input, layer.stride),
-                            weights: scale_columns(weight(), &scale),
-                            bias,
+                            weights: AlignedVec::from_slice(&scale_columns(weight(), &scale)),
+                            bias: AlignedVec::from_slice(&bias),
                         };
                         (op, (min, max))
                     }
@@ -457,8 +459,8 @@ pub struct Session<'m> {
     model: &'m InferenceModel,
     batch: usize,
     pool: SpinPool,
-    ping: Vec<f32>,
-    pong: Vec<f32>,
+    ping: AlignedVec,
+    pong: AlignedVec,
     /// Number of leading layers run one image at a time (0 for batch 1).
     image_major: usize,
     /// Whether pipelines stream rows (each thread takes whole images) or run their stages one
@@ -466,8 +468,8 @@ pub struct Session<'m> {
     /// borders in every stage: a third more work for 0.25-128 on 2 threads).
     stream: bool,
     /// Buffers for one image, for those layers.
-    small_ping: Vec<f32>,
-    small_pong: Vec<f32>,
+    small_ping: AlignedVec,
+    small_pong: AlignedVec,
     profile: Option<Vec<Duration>>,
 }
 
@@ -514,12 +516,12 @@ impl<'m> Session<'m> {
             model,
             batch,
             pool,
-            ping: vec![0.0; largest * batch],
-            pong: vec![0.0; largest * batch],
+            ping: AlignedVec::zeros(largest * batch),
+            pong: AlignedVec::zeros(largest * batch),
             image_major,
             stream,
-            small_ping: vec![0.0; small],
-            small_pong: vec![0.0; small],
+            small_ping: AlignedVec::zeros(small),
+            small_pong: AlignedVec::zeros(small),
             profile: None,
         }
     }
@@ -631,9 +633,11 @@ impl<'m> Session<'m> {
 
 thread_local! {
     /// Depthwise output of one band of a fused separable step, per thread.
-    static BAND: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static BAND: std::cell::RefCell<AlignedVec> =
+        const { std::cell::RefCell::new(AlignedVec::new()) };
     /// The rings and depthwise band of a pipeline, per thread.
-    static PIPE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PIPE: std::cell::RefCell<AlignedVec> =
+        const { std::cell::RefCell::new(AlignedVec::new()) };
 }
 
 fn run_layer(
@@ -693,7 +697,7 @@ fn run_layer(
                     for (b, band) in out.chunks_mut(band_len).enumerate() {
                         let pixels = band.len() / cout;
                         if tmp.len() < pixels * c {
-                            tmp.resize(pixels * c, 0.0);
+                            tmp.grow(pixels * c);
                         }
                         let (first, (lo, hi)) = (row0 + b * band_rows, (layer.min, layer.max));
                         let pair = (&**depthwise, &**pointwise);
@@ -875,7 +879,7 @@ fn run_pipeline(
     img: &[f32],
     out: &mut [f32],
     row0: usize,
-    scratch: &mut Vec<f32>,
+    scratch: &mut AlignedVec,
 ) {
     let n = stages.len();
     let row_len = |s: &Stage| s.layer.output[1] * s.layer.output[2];
@@ -885,9 +889,7 @@ fn run_pipeline(
         .max()
         .unwrap_or(0);
     let ring_total: usize = stages.iter().map(|s| s.ring * row_len(s)).sum();
-    if scratch.len() < ring_total + band_len {
-        scratch.resize(ring_total + band_len, 0.0);
-    }
+    scratch.grow(ring_total + band_len);
     let (mut rest, band) = scratch.split_at_mut(ring_total);
     let mut rings: [&mut [f32]; MAX_STAGES] = Default::default();
     for (s, ring) in stages.iter().zip(&mut rings) {
