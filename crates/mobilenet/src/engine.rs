@@ -79,7 +79,8 @@ struct Stage {
 pub struct PlannedLayer {
     /// Layer-table name.
     pub name: String,
-    /// What it computes.
+    /// What it computes; `Pointwise` for several layers run together (a depthwise + pointwise
+    /// pair, a pipeline: see [`PlannedLayer::step_kind`]), whose `input` is the first layer's.
     pub kind: LayerKind,
     /// Input shape per image.
     pub input: Hwc,
@@ -87,10 +88,6 @@ pub struct PlannedLayer {
     pub output: Hwc,
     /// Mult-Adds per image.
     pub mult_adds: u64,
-    /// Whether this step is several layers run together: a depthwise layer and the pointwise
-    /// layer after it, or a pipeline (`kind` is then `Pointwise`, `input` the first layer's
-    /// input).
-    pub fused: bool,
     op: Op,
     min: f32,
     max: f32,
@@ -134,9 +131,9 @@ fn fuse_separable(layers: Vec<PlannedLayer>) -> Vec<PlannedLayer> {
     for layer in layers {
         let fusable = layer.kind == LayerKind::Pointwise
             && layer.input[2] * layer.output[2] * 4 <= FUSE_MAX_WEIGHT_BYTES
-            && out.last().is_some_and(|dw| {
-                dw.kind == LayerKind::Depthwise && !dw.fused && dw.output == layer.input
-            });
+            && out
+                .last()
+                .is_some_and(|dw| dw.kind == LayerKind::Depthwise && dw.output == layer.input);
         if !fusable {
             out.push(layer);
             continue;
@@ -157,7 +154,6 @@ fn fuse_separable(layers: Vec<PlannedLayer>) -> Vec<PlannedLayer> {
             input: dw.input,
             output: layer.output,
             mult_adds: dw.mult_adds + layer.mult_adds,
-            fused: true,
             op: Op::Separable {
                 depthwise: Box::new(dw.op),
                 pointwise: Box::new(layer.op),
@@ -244,7 +240,6 @@ fn fuse_pipeline(layers: Vec<PlannedLayer>, min_bytes: usize) -> Vec<PlannedLaye
         input,
         output,
         mult_adds,
-        fused: true,
         op: Op::Pipeline(stages),
         min,
         max,
@@ -389,7 +384,6 @@ impl InferenceModel {
                 };
                 PlannedLayer {
                     mult_adds: layer.cost().mult_adds,
-                    fused: false,
                     name: layer.name,
                     kind: layer.kind,
                     input: layer.input,
@@ -652,15 +646,9 @@ fn run_layer(
     let [out_h, out_w, cout] = layer.output;
     let row_len = out_w * cout;
     match &layer.op {
-        Op::Conv {
-            geometry,
-            shape,
-            weights,
-            bias,
-        } => {
-            let epi = Epilogue::new(Some(bias), layer.min, layer.max);
+        Op::Conv { .. } => {
             by_rows(pool, src, dst, in_len, out_h, row_len, &|img, out, row0| {
-                conv2d(isa, geometry, *shape, img, weights, &epi, out, row0)
+                conv_rows(isa, &layer.op, layer.min, layer.max, img, out, row0)
             });
         }
         Op::Depthwise {
@@ -727,6 +715,21 @@ fn run_layer(
             gemm_by_columns(pool, batch, src, layer.input[2], weights, dst, cout, &epi);
         }
     }
+}
+
+/// Output rows `row0 ..` (whole rows, `out`) of a full convolution (`Op::Conv`) of `img`.
+fn conv_rows(isa: Isa, op: &Op, min: f32, max: f32, img: &[f32], out: &mut [f32], row0: usize) {
+    let Op::Conv {
+        geometry,
+        shape,
+        weights,
+        bias,
+    } = op
+    else {
+        unreachable!("conv_rows runs conv steps")
+    };
+    let epi = Epilogue::new(Some(bias), min, max);
+    conv2d(isa, geometry, *shape, img, weights, &epi, out, row0);
 }
 
 /// Output rows `row0 ..` (whole rows, `out`) of a depthwise + pointwise pair: the depthwise
@@ -988,15 +991,9 @@ impl Pipe<'_, '_> {
                 None => (self.img, 0),
             };
             match &stage.layer.op {
-                Op::Conv {
-                    geometry,
-                    shape,
-                    weights,
-                    bias,
-                } => {
+                op @ Op::Conv { .. } => {
                     debug_assert!(s == 0, "a conv stage reads the whole image");
-                    let epi = Epilogue::new(Some(bias), self.min, self.max);
-                    conv2d(self.isa, geometry, *shape, src, weights, &epi, dst, r0);
+                    conv_rows(self.isa, op, self.min, self.max, src, dst, r0);
                 }
                 Op::Separable {
                     depthwise,

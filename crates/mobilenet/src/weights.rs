@@ -454,11 +454,10 @@ fn to_json<T: Serialize>(value: &T) -> String {
 
 /// How [`ModelFile::random_with`] draws the starting weights. Batch norm starts as the identity
 /// (γ 1, β 0, moving mean 0, variance 1) in both.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightInit {
     /// He-scaled uniform: U(±√(6/fan_in)), variance 2/fan_in, for convolutions and the FC; zero
     /// FC bias.
-    #[default]
     He,
     /// PyTorch's module defaults (`Conv2d`, `Linear`: Kaiming-uniform with a = √5):
     /// U(±1/√fan_in), variance 1/(3·fan_in), and the FC bias U(±1/√fan_in).
