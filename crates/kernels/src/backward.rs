@@ -6,7 +6,7 @@
 //! reference below and tests comparing every instruction set with it.
 
 use crate::conv::ConvShape;
-use crate::simd::{Scalar, SimdF32};
+use crate::simd::SimdF32;
 use crate::{ConvGeometry, Isa};
 
 /// Kernel size of the depthwise convolution.
@@ -128,36 +128,17 @@ pub fn conv2d_backward_weights(
 }
 
 fn run(isa: Isa, mut job: Job<'_>) {
-    // Safety: the slices were checked against their shapes by the public functions; each
-    // variant runs only where the CPU supports it.
-    unsafe {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if isa.is_supported() => run_avx512(&mut job),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma if isa.is_supported() => run_avx2(&mut job),
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => run_generic(crate::simd::Neon, &mut job),
-            _ => run_generic(Scalar, &mut job),
-        }
-    }
+    // Safety (of the variants): the slices were checked against their shapes by the public
+    // functions.
+    let job = &mut job;
+    crate::simd_dispatch!(isa, (job: &mut Job<'_>) {
+        avx512: run_generic,
+        avx2: run_generic,
+        neon: run_generic,
+        scalar: run_generic,
+    })
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn run_avx512(job: &mut Job<'_>) {
-    // Safety: AVX-512 F is enabled here and the caller checked the CPU.
-    unsafe { run_generic(crate::simd::Avx512, job) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn run_avx2(job: &mut Job<'_>) {
-    // Safety: AVX2 and FMA are enabled here and the caller checked the CPU.
-    unsafe { run_generic(crate::simd::Avx2Fma, job) }
-}
-
-/// `acc[0..n] += a[0..n] · b[0..n]`.
 #[inline(always)]
 unsafe fn fma_into<S: SimdF32>(s: S, acc: *mut f32, a: *const f32, b: *const f32, n: usize) {
     let lanes = S::LANES;

@@ -4,7 +4,7 @@
 //! Sums are f32 over the rows given; callers keep blocks short (a few hundred rows) and add the
 //! blocks in f64, so precision does not depend on the batch size.
 
-use crate::simd::{Scalar, SimdF32};
+use crate::simd::SimdF32;
 use crate::Isa;
 
 enum Job<'a> {
@@ -168,33 +168,15 @@ pub fn backward_apply(
 }
 
 fn run(isa: Isa, mut job: Job<'_>) {
-    // Safety: shapes were checked by the public functions; each variant runs only where the
-    // CPU supports it.
-    unsafe {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if isa.is_supported() => run_avx512(&mut job),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma if isa.is_supported() => run_avx2(&mut job),
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => run_generic(crate::simd::Neon, &mut job),
-            _ => run_generic(Scalar, &mut job),
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn run_avx512(job: &mut Job<'_>) {
-    // Safety: AVX-512 F is enabled here and the caller checked the CPU.
-    unsafe { run_generic(crate::simd::Avx512, job) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn run_avx2(job: &mut Job<'_>) {
-    // Safety: AVX2 and FMA are enabled here and the caller checked the CPU.
-    unsafe { run_generic(crate::simd::Avx2Fma, job) }
+    // Safety (of the variants): the slices were checked against their shapes by the public
+    // functions.
+    let job = &mut job;
+    crate::simd_dispatch!(isa, (job: &mut Job<'_>) {
+        avx512: run_generic,
+        avx2: run_generic,
+        neon: run_generic,
+        scalar: run_generic,
+    })
 }
 
 #[inline(always)]

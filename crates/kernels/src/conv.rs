@@ -3,7 +3,7 @@
 //! Used for MobileNet's stem (3×3, stride 2, 3 input channels), where a GEMM would waste
 //! most of its tile on a K of 27, and for the full-conv comparison network of the paper.
 
-use crate::simd::{Scalar, SimdF32};
+use crate::simd::SimdF32;
 use crate::{ConvGeometry, Epilogue, Isa};
 
 /// Shape of a direct convolution: kernel size and channel counts.
@@ -60,91 +60,22 @@ pub fn conv2d(
         !epi.accumulate,
         "accumulating epilogues are only supported by gemm"
     );
-    // Safety: slices are as long as their shapes (checked above); variants run only where
-    // the CPU supports them.
-    unsafe {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if isa.is_supported() => {
-                conv_avx512(g, shape, input, weights, epi, output, row0, rows)
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma if isa.is_supported() => {
-                conv_avx2(g, shape, input, weights, epi, output, row0, rows)
-            }
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => conv_rows::<_, 4>(
-                crate::simd::Neon,
-                g,
-                shape,
-                input,
-                weights,
-                epi,
-                output,
-                row0,
-                rows,
-            ),
-            _ => conv_rows::<_, 4>(Scalar, g, shape, input, weights, epi, output, row0, rows),
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn conv_avx512(
-    g: &ConvGeometry,
-    shape: ConvShape,
-    input: &[f32],
-    weights: &[f32],
-    epi: &Epilogue,
-    output: &mut [f32],
-    row0: usize,
-    rows: usize,
-) {
-    // Safety: AVX-512 F is enabled here and the caller checked the CPU.
-    unsafe {
-        conv_rows::<_, 8>(
-            crate::simd::Avx512,
-            g,
-            shape,
-            input,
-            weights,
-            epi,
-            output,
-            row0,
-            rows,
-        )
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn conv_avx2(
-    g: &ConvGeometry,
-    shape: ConvShape,
-    input: &[f32],
-    weights: &[f32],
-    epi: &Epilogue,
-    output: &mut [f32],
-    row0: usize,
-    rows: usize,
-) {
-    // Safety: AVX2 and FMA are enabled here and the caller checked the CPU.
-    unsafe {
-        conv_rows::<_, 4>(
-            crate::simd::Avx2Fma,
-            g,
-            shape,
-            input,
-            weights,
-            epi,
-            output,
-            row0,
-            rows,
-        )
-    }
+    // Safety (of the variants): slices are as long as their shapes (checked above).
+    crate::simd_dispatch!(isa, (
+        g: &ConvGeometry,
+        shape: ConvShape,
+        input: &[f32],
+        weights: &[f32],
+        epi: &Epilogue,
+        output: &mut [f32],
+        row0: usize,
+        rows: usize,
+    ) {
+        avx512: conv_rows::<_, 8>,
+        avx2: conv_rows::<_, 4>,
+        neon: conv_rows::<_, 4>,
+        scalar: conv_rows::<_, 4>,
+    })
 }
 
 /// Output columns `[lo, hi)` whose k input columns all lie inside the image.

@@ -11,7 +11,7 @@
 //! interior, which keeps the tap offsets few enough to stay in registers. No padded copy of
 //! the input is made.
 
-use crate::simd::{Scalar, SimdF32};
+use crate::simd::SimdF32;
 use crate::{ConvGeometry, Epilogue, Isa};
 
 /// Kernel size (3×3).
@@ -116,97 +116,24 @@ fn run(
         g.out_h == 0 || (g.out_h - 1) * g.stride < g.in_h + g.pad_top,
         "output rows past the input"
     );
-    // Safety: the slices are as long as the shapes say (checked above and by the callers);
-    // each variant runs only where `isa` is supported, which the dispatcher checked at
-    // detection.
-    unsafe {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if isa.is_supported() => {
-                dw_avx512(g, c, input, weights, epi, output, row0, rows, ring)
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma if isa.is_supported() => {
-                dw_avx2(g, c, input, weights, epi, output, row0, rows, ring)
-            }
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => dw_rows::<_, 4, 4>(
-                crate::simd::Neon,
-                g,
-                c,
-                input,
-                weights,
-                epi,
-                output,
-                row0,
-                rows,
-                ring,
-            ),
-            _ => dw_rows::<_, 4, 4>(Scalar, g, c, input, weights, epi, output, row0, rows, ring),
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dw_avx512(
-    g: &ConvGeometry,
-    c: usize,
-    input: &[f32],
-    weights: &[f32],
-    epi: &Epilogue,
-    output: &mut [f32],
-    row0: usize,
-    rows: usize,
-    ring: usize,
-) {
-    // Safety: AVX-512 F is enabled on this function and the caller checked the CPU has it.
-    unsafe {
-        dw_rows::<_, 8, 4>(
-            crate::simd::Avx512,
-            g,
-            c,
-            input,
-            weights,
-            epi,
-            output,
-            row0,
-            rows,
-            ring,
-        )
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dw_avx2(
-    g: &ConvGeometry,
-    c: usize,
-    input: &[f32],
-    weights: &[f32],
-    epi: &Epilogue,
-    output: &mut [f32],
-    row0: usize,
-    rows: usize,
-    ring: usize,
-) {
-    // Safety: AVX2 and FMA are enabled on this function and the caller checked the CPU.
-    unsafe {
-        dw_rows::<_, 4, 4>(
-            crate::simd::Avx2Fma,
-            g,
-            c,
-            input,
-            weights,
-            epi,
-            output,
-            row0,
-            rows,
-            ring,
-        )
-    }
+    // Safety (of the variants): the slices are as long as the shapes say (checked above and
+    // by the callers).
+    crate::simd_dispatch!(isa, (
+        g: &ConvGeometry,
+        c: usize,
+        input: &[f32],
+        weights: &[f32],
+        epi: &Epilogue,
+        output: &mut [f32],
+        row0: usize,
+        rows: usize,
+        ring: usize,
+    ) {
+        avx512: dw_rows::<_, 8, 4>,
+        avx2: dw_rows::<_, 4, 4>,
+        neon: dw_rows::<_, 4, 4>,
+        scalar: dw_rows::<_, 4, 4>,
+    })
 }
 
 #[inline(always)]

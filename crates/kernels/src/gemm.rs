@@ -12,7 +12,7 @@
 //! AVX2 and NEON (16/32 registers) use MR = 6 and 8.
 
 use crate::aligned::AlignedVec;
-use crate::simd::{Scalar, SimdF32};
+use crate::simd::SimdF32;
 use crate::{Epilogue, Isa};
 
 /// B (`[k, n]`, row-major) packed into column panels for one instruction set's microkernel.
@@ -282,19 +282,12 @@ impl ColumnBlock<'_> {
 ///
 /// The pointers in `args` must cover the shapes it states.
 unsafe fn dispatch(isa: Isa, args: &Args) {
-    // Safety: forwarded; each variant runs only where the CPU supports it.
-    unsafe {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if isa.is_supported() => gemm_avx512(args),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma if isa.is_supported() => gemm_avx2(args),
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => gemm_panels::<_, 8>(crate::simd::Neon, args),
-            Isa::Scalar => gemm_panels::<_, 4>(Scalar, args),
-            other => panic!("B was packed for {other}, which this CPU does not support"),
-        }
-    }
+    crate::simd_dispatch!(isa, (args: &Args) {
+        avx512: gemm_panels::<_, 12>,
+        avx2: gemm_panels::<_, 6>,
+        neon: gemm_panels::<_, 8>,
+        scalar: gemm_panels::<_, 4>,
+    })
 }
 
 /// Raw arguments of one GEMM call, checked by [`gemm`].
@@ -314,20 +307,6 @@ struct Args {
     min: f32,
     max: f32,
     accumulate: bool,
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn gemm_avx512(args: &Args) {
-    // Safety: AVX-512 F is enabled here and the caller checked the CPU.
-    unsafe { gemm_panels::<_, 12>(crate::simd::Avx512, args) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gemm_avx2(args: &Args) {
-    // Safety: AVX2 and FMA are enabled here and the caller checked the CPU.
-    unsafe { gemm_panels::<_, 6>(crate::simd::Avx2Fma, args) }
 }
 
 /// Bytes of packed B in one block of panels: the block stays in L2 while every row tile of A

@@ -1,14 +1,19 @@
-//! Run-time instruction-set detection.
+//! Run-time instruction-set detection, and the one rule that picks a kernel variant from it.
+//!
+//! An [`Isa`] value is proof that this CPU runs that instruction set: it cannot be built by
+//! hand, only obtained from [`Isa::detect`], [`Isa::available`] or [`Isa::SCALAR`]. So a kernel
+//! never meets an instruction set the CPU lacks, and there is no fallback to decide: every
+//! kernel family dispatches through [`simd_dispatch!`](crate::simd_dispatch), which maps each
+//! kind to its variant, compiled with that set's target features.
 
 use std::fmt;
 use std::sync::OnceLock;
 
-/// The vector instruction set a kernel variant is written for.
+/// The kinds of vector instruction set a kernel variant is written for.
 ///
-/// Ordered from least to most capable on each architecture, so `best >= Isa::Avx2Fma`
-/// reads as "AVX2 with FMA or better".
+/// Ordered from least to most capable on each architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Isa {
+pub enum IsaKind {
     /// Portable Rust, no explicit vector instructions (the reference path).
     Scalar,
     /// aarch64 Advanced SIMD, 4 f32 lanes (always present on aarch64).
@@ -19,58 +24,85 @@ pub enum Isa {
     Avx512,
 }
 
+impl IsaKind {
+    /// Whether this CPU can run code written for `self`.
+    pub fn is_supported(self) -> bool {
+        match self {
+            IsaKind::Scalar => true,
+            IsaKind::Neon => cfg!(target_arch = "aarch64"),
+            #[cfg(target_arch = "x86_64")]
+            IsaKind::Avx2Fma => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            IsaKind::Avx512 => {
+                IsaKind::Avx2Fma.is_supported() && std::arch::is_x86_feature_detected!("avx512f")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            IsaKind::Avx2Fma | IsaKind::Avx512 => false,
+        }
+    }
+}
+
+/// An instruction set this CPU supports (see the module docs).
+///
+/// Ordered like [`IsaKind`], so `best > Isa::SCALAR` reads as "some vector set".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Isa(IsaKind);
+
 impl Isa {
+    /// Portable Rust: every CPU runs it.
+    pub const SCALAR: Isa = Isa(IsaKind::Scalar);
+
     /// The best instruction set this CPU supports, detected once and cached.
     pub fn detect() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
-        *BEST.get_or_init(detect_uncached)
+        *BEST.get_or_init(|| Isa::available().into_iter().max().unwrap_or(Isa::SCALAR))
     }
 
     /// Every instruction set this CPU can run, from `Scalar` up to [`Isa::detect`].
     /// Tests iterate this list to check each variant against the scalar reference.
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Neon, Isa::Avx2Fma, Isa::Avx512]
-            .into_iter()
-            .filter(|isa| isa.is_supported())
-            .collect()
+        [
+            IsaKind::Scalar,
+            IsaKind::Neon,
+            IsaKind::Avx2Fma,
+            IsaKind::Avx512,
+        ]
+        .into_iter()
+        .filter(|kind| kind.is_supported())
+        .map(Isa)
+        .collect()
     }
 
-    /// Whether this CPU can run code written for `self`.
-    pub fn is_supported(self) -> bool {
-        match self {
-            Isa::Scalar => true,
-            Isa::Neon => cfg!(target_arch = "aarch64"),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => {
-                std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                Isa::Avx2Fma.is_supported() && std::arch::is_x86_feature_detected!("avx512f")
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2Fma | Isa::Avx512 => false,
-        }
+    /// The instruction set of a given kind, if this CPU runs it.
+    pub fn of_kind(kind: IsaKind) -> Option<Isa> {
+        kind.is_supported().then_some(Isa(kind))
+    }
+
+    /// Which instruction set this is.
+    pub fn kind(self) -> IsaKind {
+        self.0
     }
 
     /// Number of f32 lanes in one vector register of this instruction set.
     pub fn f32_lanes(self) -> usize {
-        match self {
-            Isa::Scalar => 1,
-            Isa::Neon => 4,
-            Isa::Avx2Fma => 8,
-            Isa::Avx512 => 16,
+        match self.0 {
+            IsaKind::Scalar => 1,
+            IsaKind::Neon => 4,
+            IsaKind::Avx2Fma => 8,
+            IsaKind::Avx512 => 16,
         }
     }
 
     /// Short lowercase name used in kernel names and reports (`avx512`, `avx2fma`, …).
     pub fn name(self) -> &'static str {
-        match self {
-            Isa::Scalar => "scalar",
-            Isa::Neon => "neon",
-            Isa::Avx2Fma => "avx2fma",
-            Isa::Avx512 => "avx512",
+        match self.0 {
+            IsaKind::Scalar => "scalar",
+            IsaKind::Neon => "neon",
+            IsaKind::Avx2Fma => "avx2fma",
+            IsaKind::Avx512 => "avx512",
         }
     }
 }
@@ -81,8 +113,56 @@ impl fmt::Display for Isa {
     }
 }
 
-fn detect_uncached() -> Isa {
-    Isa::available().into_iter().max().unwrap_or(Isa::Scalar)
+/// Calls the variant of an f32 kernel family that `isa` selects: the generic function for the
+/// instruction set, given its token ([`crate::simd`]) and `args`, inside a wrapper compiled
+/// with that set's target features (so the generic body, `#[inline(always)]`, is compiled for
+/// it). The per-set wrappers are generated here and nowhere else.
+///
+/// ```ignore
+/// simd_dispatch!(isa, (g: &ConvGeometry, out: &mut [f32]) {
+///     avx512: rows::<_, 8>, avx2: rows::<_, 4>, neon: rows::<_, 4>, scalar: rows::<_, 4>,
+/// })
+/// ```
+///
+/// The variants are `unsafe fn`s or safe ones; the caller's safety comment states what the
+/// arguments guarantee (slices as long as their shapes, pointers covering them).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! simd_dispatch {
+    ($isa:expr, ($($arg:ident: $ty:ty),* $(,)?) {
+        avx512: $f512:expr, avx2: $favx2:expr, neon: $fneon:expr, scalar: $fscalar:expr $(,)?
+    }) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        #[allow(clippy::too_many_arguments, unused_unsafe)]
+        unsafe fn avx512($($arg: $ty),*) {
+            // Safety: AVX-512 F is enabled here, and an `Isa` of this kind exists only on CPUs
+            // that have it; the arguments are the caller's, forwarded.
+            unsafe { $f512($crate::simd::Avx512, $($arg),*) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments, unused_unsafe)]
+        unsafe fn avx2($($arg: $ty),*) {
+            // Safety: AVX2 and FMA are enabled here, and the CPU has them (as above).
+            unsafe { $favx2($crate::simd::Avx2Fma, $($arg),*) }
+        }
+        #[allow(unused_unsafe)]
+        // Safety: the variant for `isa`'s kind runs on a CPU that has it (an `Isa` cannot be
+        // made otherwise); the arguments are the caller's, forwarded.
+        unsafe {
+            match $crate::Isa::kind($isa) {
+                #[cfg(target_arch = "x86_64")]
+                $crate::IsaKind::Avx512 => avx512($($arg),*),
+                #[cfg(target_arch = "x86_64")]
+                $crate::IsaKind::Avx2Fma => avx2($($arg),*),
+                #[cfg(target_arch = "aarch64")]
+                $crate::IsaKind::Neon => $fneon($crate::simd::Neon, $($arg),*),
+                // Kinds of the other architecture cannot occur (no `Isa` of them exists here).
+                _ => $fscalar($crate::simd::Scalar, $($arg),*),
+            }
+        }
+    }};
 }
 
 #[cfg(test)]
@@ -92,9 +172,9 @@ mod tests {
     #[test]
     fn detected_isa_is_supported_and_last_of_available() {
         let best = Isa::detect();
-        assert!(best.is_supported());
+        assert!(best.kind().is_supported());
         let available = Isa::available();
-        assert_eq!(available.first(), Some(&Isa::Scalar));
+        assert_eq!(available.first(), Some(&Isa::SCALAR));
         assert_eq!(available.last(), Some(&best));
     }
 
@@ -103,8 +183,24 @@ mod tests {
         let available = Isa::available();
         let has_x86 = available
             .iter()
-            .any(|i| matches!(i, Isa::Avx2Fma | Isa::Avx512));
-        let has_arm = available.contains(&Isa::Neon);
+            .any(|i| matches!(i.kind(), IsaKind::Avx2Fma | IsaKind::Avx512));
+        let has_arm = available.iter().any(|i| i.kind() == IsaKind::Neon);
         assert!(!(has_x86 && has_arm));
+    }
+
+    #[test]
+    fn only_supported_kinds_make_an_isa() {
+        for kind in [
+            IsaKind::Scalar,
+            IsaKind::Neon,
+            IsaKind::Avx2Fma,
+            IsaKind::Avx512,
+        ] {
+            assert_eq!(
+                Isa::of_kind(kind).is_some(),
+                kind.is_supported(),
+                "{kind:?}"
+            );
+        }
     }
 }

@@ -31,7 +31,7 @@ pub mod simd;
 mod testing;
 
 pub use epilogue::Epilogue;
-pub use isa::Isa;
+pub use isa::{Isa, IsaKind};
 
 /// Spatial geometry of a 2-D convolution on one image: sizes, stride and leading padding.
 ///

@@ -72,12 +72,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .with_classes(3)?
             .with_padding(padding);
         let model = mobilenet::ModelFile::random(config, 5);
-        let mut cal = mobilenet::quantize::Calibrator::new(&model);
+        let mut cal = mobilenet::int8::Calibrator::new(&model).expect("calibrator");
         let images: Vec<f32> = (0..2 * cal.input_len())
             .map(|i| ((i * 37) % 255) as f32 / 127.5 - 1.0)
             .collect();
         cal.observe(&images, 1);
-        let graph = mobilenet::quantize::quantize(&model, &cal.finish())?;
+        let graph = mobilenet::int8::quantize(&model, &cal.finish())?;
         std::fs::write(
             root.join(format!("tflite/{name}.tflite")),
             mobilenet::tflite::write(&graph),

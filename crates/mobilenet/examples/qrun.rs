@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [_, model, images] = &args[..] else {
         return Err("usage: qrun <model.tflite> <images.raw>".into());
     };
-    let q = mobilenet::quantized::QuantizedModel::load(Path::new(model))?;
+    let q = mobilenet::int8::QuantizedModel::load(Path::new(model))?;
     let raw = std::fs::read(images)?;
     let n = q.engine().input_len();
     if raw.is_empty() || raw.len() % n != 0 {

@@ -3,10 +3,9 @@
 
 use serde::Serialize;
 
+use crate::classifier::Classifier;
 use crate::data::{Augment, DataError, Dataset, Loader};
-use crate::engine::InferenceModel;
 use crate::preprocess::{PixelNorm, Preprocessing};
-use crate::quantized::QuantizedModel;
 
 /// The result of evaluating a model on a data set.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -27,50 +26,17 @@ pub struct EvalReport {
     pub confusion: Vec<Vec<usize>>,
 }
 
-/// Evaluates `model` on `data` with the model's preprocessing, `batch` images at a time on
-/// `threads` threads, decoding on `workers` loader threads.
+/// Evaluates `model` (any runtime) on `data` with the model's crop and resize, `batch` images
+/// at a time on `threads` threads, decoding on `workers` loader threads.
 ///
 /// # Errors
 ///
-/// An image that does not decode; a data set with more classes than the model.
+/// An image that does not decode; a model without a classifier; a data set with more classes
+/// than the model.
 pub fn evaluate(
-    model: &InferenceModel,
+    model: &dyn Classifier,
     data: &Dataset,
     batch: usize,
-    threads: usize,
-    workers: usize,
-) -> Result<EvalReport, DataError> {
-    let classes = model.output_len();
-    let res = model.config().resolution();
-    let batch = batch.clamp(1, data.len().max(1));
-    let mut session = model.session(batch, threads);
-    let mut probs = vec![0.0f32; classes];
-    tally(
-        data,
-        classes,
-        res,
-        *model.preprocessing(),
-        batch,
-        workers,
-        &mut |input, out| {
-            let logits = session.run(input);
-            for (row, o) in logits.chunks(classes).zip(out.chunks_mut(classes)) {
-                mobilenet_kernels::pool::softmax(row, &mut probs);
-                o.copy_from_slice(&probs);
-            }
-        },
-    )
-}
-
-/// [`evaluate`] for a quantized model: the integer engine on the 8-bit pixels, one image at
-/// a time on `threads` threads.
-///
-/// # Errors
-///
-/// As [`evaluate`]; a model without a classifier.
-pub fn evaluate_quantized(
-    model: &QuantizedModel,
-    data: &Dataset,
     threads: usize,
     workers: usize,
 ) -> Result<EvalReport, DataError> {
@@ -78,8 +44,10 @@ pub fn evaluate_quantized(
         path: "<model>".into(),
         reason: "the model has no classifier head".into(),
     })?;
-    let res = model.config().resolution();
-    // Pixels as they are (x·1 + 0): the engine's bytes.
+    let res = model.resolution();
+    let batch = batch.clamp(1, data.len().max(1));
+    // The loader's images as pixel values (x·1 + 0), turned back into the bytes every runtime
+    // takes.
     let pre = Preprocessing {
         crop: model.preprocessing().crop,
         norm: PixelNorm::MeanStd {
@@ -87,10 +55,8 @@ pub fn evaluate_quantized(
             std: [1.0 / 255.0; 3],
         },
     };
-    let mut session = model.session(threads);
-    let per = res * res * 3;
-    let mut bytes = vec![0u8; per];
-    let batch = 16.min(data.len().max(1));
+    let mut runner = model.runner(batch, threads);
+    let mut bytes = vec![0u8; batch * model.pixels_len()];
     tally(
         data,
         classes,
@@ -99,12 +65,12 @@ pub fn evaluate_quantized(
         batch,
         workers,
         &mut |input, out| {
-            for (img, o) in input.chunks(per).zip(out.chunks_mut(classes)) {
-                for (b, &x) in bytes.iter_mut().zip(img) {
-                    *b = x.round().clamp(0.0, 255.0) as u8;
-                }
-                o.copy_from_slice(&model.probabilities(session.run(&bytes)));
+            for (b, &x) in bytes.iter_mut().zip(input) {
+                *b = x.round().clamp(0.0, 255.0) as u8;
             }
+            runner.load(&bytes);
+            runner.run();
+            runner.probabilities(out);
         },
     )
 }

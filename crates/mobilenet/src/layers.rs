@@ -8,7 +8,9 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::config::{MobileNetConfig, Variant};
+use mobilenet_kernels::ConvGeometry;
+
+use crate::config::{MobileNetConfig, Padding, Variant};
 
 /// What a row of Table 1 is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +145,15 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// The geometry of this layer's 3×3 convolution under a padding convention.
+    pub fn geometry(&self, padding: Padding) -> ConvGeometry {
+        let [h, w, _] = self.input;
+        match padding {
+            Padding::TfSame => ConvGeometry::tf_same(h, w, KERNEL, self.stride),
+            Padding::Symmetric => ConvGeometry::symmetric(h, w, KERNEL, self.stride, KERNEL / 2),
+        }
+    }
+
     /// Whether batch norm and the activation follow this layer (every conv; not pool or FC).
     pub fn has_batch_norm(&self) -> bool {
         matches!(

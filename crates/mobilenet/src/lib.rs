@@ -19,32 +19,33 @@
 //! # Ok::<(), mobilenet::ConfigError>(())
 //! ```
 
+pub mod classifier;
 pub mod classify;
 mod config;
 mod cost;
 pub mod data;
-pub mod engine;
 mod error;
 pub mod eval;
+pub mod exec;
 pub mod import;
+pub mod infer;
+pub mod int8;
 mod layers;
 pub mod paper;
-mod pool;
 pub mod preprocess;
-pub mod quantize;
-pub mod quantized;
 pub mod tflite;
 pub mod train;
 pub mod weights;
 
+pub use classifier::{AnyModel, Classifier, Runner, StepInfo};
 pub use config::{
     format_alpha, Activation, ClassifierHead, MobileNetConfig, Padding, Preset, Stem, Variant,
     DEFAULT_DROPOUT, DEFAULT_MIN_DEPTH, IMAGENET_CLASSES, MAX_ALPHA, MAX_RESOLUTION,
     MIN_RESOLUTION, PRESET_ALPHAS, PRESET_RESOLUTIONS,
 };
 pub use cost::{LayerCost, ModelCost};
-pub use engine::{Fusion, InferenceModel, Session};
 pub use error::{ConfigError, ImageError, ModelError};
+pub use infer::{Fusion, InferenceModel, Session};
 pub use layers::{
     conv_output_size, BlockKind, BlockSpec, Hwc, Layer, LayerKind, KERNEL, MOBILENET_V1_BODY,
     SHALLOW_REMOVED_BLOCKS,

@@ -63,7 +63,7 @@ fn keras_weights_match_keras_logits() {
         assert_eq!(format, SourceFormat::Keras);
         let input = read_npy_f32(&dir.join(format!("ref/{name}.input_nhwc.npy")));
         let want = read_npy_f32(&dir.join(format!("ref/{name}.logits.npy")));
-        let plan = InferenceModel::new(&model);
+        let plan = InferenceModel::new(&model).expect("plan");
         let got = plan.session(1, 1).run(&input).to_vec();
         assert_eq!(got.len(), want.len(), "{name}: class count");
         let max_err = got

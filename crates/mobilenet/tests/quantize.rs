@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use mobilenet::quantize::{quantize, Calibrator};
-use mobilenet::quantized::QuantizedModel;
+use mobilenet::int8::QuantizedModel;
+use mobilenet::int8::{quantize, Calibrator};
 use mobilenet::{Activation, InferenceModel, MobileNetConfig, ModelFile, Padding, Stem};
 use mobilenet_kernels::int8::IntIsa;
 
@@ -41,7 +41,7 @@ fn check(config: MobileNetConfig, what: &str) {
     let mut file = ModelFile::random(config, 7);
     file.labels = Some((0..10).map(|i| format!("class {i}")).collect());
     let calib = images(16, res, 11);
-    let mut cal = Calibrator::new(&file);
+    let mut cal = Calibrator::new(&file).expect("calibrator");
     let flat: Vec<f32> = calib.iter().flat_map(|p| normalise(p)).collect();
     cal.observe(&flat, 2);
     let graph = quantize(&file, &cal.finish()).expect("test setup");
@@ -51,7 +51,7 @@ fn check(config: MobileNetConfig, what: &str) {
     assert_eq!(q.classes(), Some(10), "{what}");
     assert_eq!(q.config().padding(), file.config.padding(), "{what}");
     assert_eq!(q.labels().expect("test setup")[3], "class 3");
-    let float = InferenceModel::new(&file);
+    let float = InferenceModel::new(&file).expect("plan");
     let mut fs = float.session(1, 1);
     let (mut agree, mut err, mut spread) = (0, 0.0f64, 0.0f64);
     let test = images(12, res, 99);
@@ -61,8 +61,7 @@ fn check(config: MobileNetConfig, what: &str) {
             &mut |_, _| {},
         );
         for isa in IntIsa::available() {
-            let e =
-                mobilenet::tflite::QuantEngine::with_isa(q.reference(), isa).expect("test setup");
+            let e = mobilenet::int8::QuantEngine::with_isa(q.reference(), isa).expect("test setup");
             for threads in [1, 2] {
                 let mut s = e.session(threads);
                 assert_eq!(s.run(px), &want[..], "{what}: {isa}, {threads} threads");
@@ -134,7 +133,7 @@ fn quantized_official_float_model_keeps_the_reference_top1() {
         .map(|e| e.expect("entry").path())
         .collect();
     photos.sort();
-    let mut cal = Calibrator::new(&file);
+    let mut cal = Calibrator::new(&file).expect("calibrator");
     let batch: Vec<f32> = photos
         .iter()
         .step_by(2)
@@ -192,7 +191,7 @@ fn impossible_quantization_parameters_are_errors() {
         .with_classes(3)
         .expect("classes");
     let file = ModelFile::random(config, 5);
-    let mut cal = Calibrator::new(&file);
+    let mut cal = Calibrator::new(&file).expect("calibrator");
     let images: Vec<f32> = (0..2 * cal.input_len())
         .map(|i| ((i * 37) % 255) as f32 / 127.5 - 1.0)
         .collect();

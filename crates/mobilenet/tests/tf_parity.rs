@@ -64,8 +64,13 @@ fn logits_match_tensorflow_for_every_isa() {
     let cases = float_cases(&expected);
     assert_eq!(cases.len(), 6, "six float reference cases");
     let plans = Isa::available().into_iter().flat_map(|isa| {
-        [Fusion::Separable, Fusion::None]
-            .map(|f| (isa, f, InferenceModel::with_options(&model, isa, f)))
+        [Fusion::Separable, Fusion::None].map(|f| {
+            (
+                isa,
+                f,
+                InferenceModel::with_options(&model, isa, f).expect("plan"),
+            )
+        })
     });
     for (isa, fusion, plan) in plans {
         let mut session = plan.session(1, 1);
@@ -99,7 +104,7 @@ fn batched_and_threaded_runs_give_the_same_logits() {
         return;
     };
     let expected = common::expected(&data);
-    let model = InferenceModel::new(&float_model(&data));
+    let model = InferenceModel::new(&float_model(&data)).expect("plan");
     let cases = float_cases(&expected);
     let batch: Vec<f32> = cases
         .iter()
@@ -134,7 +139,8 @@ fn grace_hopper_activations_match_tensorflow() {
     let stats = case["activation_stats"].as_array().expect("stats");
     assert_eq!(stats.len(), 27);
     // Unfused, so that every depthwise output is materialised and observed.
-    let model = InferenceModel::with_options(&float_model(&data), Isa::detect(), Fusion::None);
+    let model = InferenceModel::with_options(&float_model(&data), Isa::detect(), Fusion::None)
+        .expect("plan");
     let mut session = model.session(1, 1);
     let mut seen = 0;
     session.run_observed(

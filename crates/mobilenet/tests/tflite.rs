@@ -8,8 +8,9 @@ use std::path::Path;
 
 use flatbuffers::FlatBufferBuilder;
 use mobilenet::import::{import, ImportOptions, SourceFormat};
+use mobilenet::int8::{QuantEngine, QuantModel};
 use mobilenet::preprocess::load_image;
-use mobilenet::tflite::{read, MobileNetGraph, QuantEngine, QuantModel};
+use mobilenet::tflite::{read, MobileNetGraph};
 use mobilenet::{Activation, InferenceModel};
 use mobilenet_kernels::int8::IntIsa;
 
@@ -93,7 +94,7 @@ fn vww_float_matches_litert() {
     let path = data.join("mobilenet_v1/vww/vww_96_float.tflite");
     let (model, format) = import(&path, &ImportOptions::default()).expect("import");
     assert_eq!(format, SourceFormat::Tflite);
-    let plan = InferenceModel::new(&model);
+    let plan = InferenceModel::new(&model).expect("plan");
     let mut session = plan.session(1, 1);
     let mut n = 0;
     for case in expected["cases"].as_array().expect("cases") {
@@ -134,7 +135,7 @@ fn dequantized_uint8_models_give_litert_top1() {
             continue;
         }
         let (model, _) = import(&data.join(file), &ImportOptions::default()).expect("import");
-        let plan = InferenceModel::new(&model);
+        let plan = InferenceModel::new(&model).expect("plan");
         let res = plan.config().resolution();
         let img = load_image(&data.join(case["input"].as_str().expect("input"))).expect("input");
         let mut x = vec![0.0; res * res * 3];
@@ -475,7 +476,7 @@ fn weights_of_the_wrong_size_are_errors() {
         };
         assert!(err.contains(&graph.tensors[w].name), "{file}: {err}");
         if file.contains("int8") {
-            let err = mobilenet::quantized::QuantizedModel::from_bytes(&bytes, &path)
+            let err = mobilenet::int8::QuantizedModel::from_bytes(&bytes, &path)
                 .expect_err("the integer planner refuses it too")
                 .to_string();
             assert!(err.contains("weights"), "{err}");

@@ -6,9 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use mobilenet::import::{import, ImportOptions};
-use mobilenet::quantized::{AnyModel, QuantizedModel};
-use mobilenet::{Fusion, InferenceModel, MobileNetConfig, ModelFile, Preset};
-use mobilenet_kernels::Isa;
+use mobilenet::int8::QuantizedModel;
+use mobilenet::{AnyModel, Classifier, Fusion, InferenceModel, MobileNetConfig, ModelFile, Preset};
 use serde::Serialize;
 
 use crate::table::{thousands, Align, Table};
@@ -117,32 +116,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         FusionArg::Separable => Fusion::Separable,
         FusionArg::Pipeline => Fusion::Pipeline,
     };
-    let model = InferenceModel::with_options(&file, Isa::detect(), fusion);
+    let model = InferenceModel::with_fusion(&file, fusion)?;
     drop(file);
     let batch = args.batch.max(1);
-    let mut session = model.session(batch, args.threads);
-    let input: Vec<f32> = (0..batch * model.input_len())
-        .map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0)
-        .collect();
-    for _ in 0..args.warmup {
-        session.run(&input);
-    }
-    if args.profile {
-        session.enable_profiling();
-    }
-    let runs = args.runs.max(1);
-    let times = time_runs(0, runs, || {
-        std::hint::black_box(session.run(&input));
-    });
-    let pct = |p: f64| percentile(&times, p);
+    let timed = time_model(&model, batch, args);
+    let times = &timed.times;
+    let runs = times.len();
+    let pct = |p: f64| percentile(times, p);
     let median = pct(0.5);
-    let macs: u64 = model.layers().iter().map(|l| l.mult_adds).sum();
+    let steps = model.steps();
+    let macs: u64 = steps.iter().map(|s| s.mult_adds).sum();
     let flops = 2.0 * macs as f64 * batch as f64;
     let result = BenchJson {
         model: name,
-        isa: model.isa().to_string(),
+        isa: Classifier::isa(&model),
         batch,
-        threads: session.threads(),
+        threads: timed.threads,
         runs,
         median_ms: ms(median),
         p10_ms: ms(pct(0.1)),
@@ -151,25 +140,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         images_per_s: batch as f64 / median.as_secs_f64(),
         gflops: flops / median.as_secs_f64() / 1e9,
         peak_rss_mb: peak_rss_mb(),
-        layers: session
-            .profile()
-            .map(|p| {
-                model
-                    .layers()
-                    .iter()
-                    .zip(p)
-                    .map(|(l, t)| {
-                        let per_run = t.as_secs_f64() / runs as f64;
-                        LayerJson {
-                            name: l.name.clone(),
-                            kind: l.step_kind(),
-                            ms: per_run * 1e3,
-                            gflops: 2.0 * (l.mult_adds * batch as u64) as f64 / per_run / 1e9,
-                        }
-                    })
-                    .collect()
+        layers: timed
+            .profile
+            .iter()
+            .flat_map(|p| steps.iter().zip(p))
+            .map(|(s, t)| {
+                let per_run = t.as_secs_f64() / runs as f64;
+                LayerJson {
+                    name: s.name.clone(),
+                    kind: s.kind,
+                    ms: per_run * 1e3,
+                    gflops: 2.0 * (s.mult_adds * batch as u64) as f64 / per_run / 1e9,
+                }
             })
-            .unwrap_or_default(),
+            .collect(),
     };
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
@@ -248,20 +232,46 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Sorted timings of `runs` calls of `f` after `warmup` untimed ones.
-fn time_runs(warmup: usize, runs: usize, mut f: impl FnMut()) -> Vec<Duration> {
-    for _ in 0..warmup {
-        f();
+/// What [`time_model`] measured.
+struct Timed {
+    /// Sorted time per run.
+    times: Vec<Duration>,
+    threads: usize,
+    /// Time per step summed over `runs` further runs, with `--profile`.
+    profile: Option<Vec<Duration>>,
+}
+
+/// Times `model` on `batch` fixed images: `--warmup` untimed runs, `--runs` timed ones, and with
+/// `--profile` as many again with the time per step recorded.
+fn time_model(model: &dyn Classifier, batch: usize, args: &BenchArgs) -> Timed {
+    let mut runner = model.runner(batch, args.threads);
+    let pixels: Vec<u8> = (0..batch * model.pixels_len())
+        .map(|i| ((i * 7919) % 255) as u8)
+        .collect();
+    runner.load(&pixels);
+    for _ in 0..args.warmup {
+        runner.run();
     }
-    let mut t: Vec<Duration> = (0..runs.max(1))
+    let mut times: Vec<Duration> = (0..args.runs.max(1))
         .map(|_| {
             let start = Instant::now();
-            f();
+            runner.run();
             start.elapsed()
         })
         .collect();
-    t.sort();
-    t
+    times.sort();
+    let profile = args.profile.then(|| {
+        runner.enable_profiling();
+        for _ in 0..args.runs.max(1) {
+            runner.run();
+        }
+        runner.profile().unwrap_or_default()
+    });
+    Timed {
+        times,
+        threads: runner.threads(),
+        profile,
+    }
 }
 
 #[derive(Serialize)]
@@ -299,66 +309,41 @@ fn run_quantized(args: &BenchArgs, path: &std::path::Path, q: QuantizedModel) ->
             args.batch
         );
     }
-    let mut session = q.session(args.threads);
-    let input: Vec<u8> = (0..q.engine().input_len())
-        .map(|i| ((i * 7919) % 255) as u8)
-        .collect();
-    let times = time_runs(args.warmup, args.runs, || {
-        std::hint::black_box(session.run(&input));
-    });
-    let steps = if args.profile {
-        session.enable_profile();
-        for _ in 0..args.runs.max(1) {
-            session.run(&input);
-        }
-        let p = session
-            .profile()
-            .map(<[Duration]>::to_vec)
-            .unwrap_or_default();
-        q.engine()
-            .step_names()
+    let timed = time_model(&q, 1, args);
+    let steps = match &timed.profile {
+        Some(p) => q
+            .steps()
             .into_iter()
             .zip(p)
-            .map(|(name, d)| StepJson {
-                name,
-                ms: ms(d) / args.runs.max(1) as f64,
+            .map(|(s, d)| StepJson {
+                name: s.name,
+                ms: ms(*d) / args.runs.max(1) as f64,
             })
-            .collect()
-    } else {
-        Vec::new()
+            .collect(),
+        None => Vec::new(),
     };
-    drop(session);
     // The f32 engine on the dequantized weights.
     let (file, _) = import(path, &ImportOptions::default())?;
-    let model = InferenceModel::new(&file);
+    let model = InferenceModel::new(&file)?;
     drop(file);
-    let mut fs = model.session(1, args.threads);
-    let xf: Vec<f32> = (0..model.input_len())
-        .map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0)
-        .collect();
-    let ftimes = time_runs(args.warmup, args.runs, || {
-        std::hint::black_box(fs.run(&xf));
-    });
+    let ftimed = time_model(&model, 1, args);
+    let (times, ftimes) = (&timed.times, &ftimed.times);
     let runs = times.len();
     let pct = percentile;
-    let median = pct(&times, 0.5);
-    let fmedian = pct(&ftimes, 0.5);
+    let median = pct(times, 0.5);
+    let fmedian = pct(ftimes, 0.5);
     let result = QuantBenchJson {
         model: path.display().to_string(),
-        precision: if q.kind() == mobilenet::tflite::ElementType::I8 {
-            "int8"
-        } else {
-            "uint8"
-        },
-        isa: q.engine().isa().to_string(),
-        threads: fs.threads(),
+        precision: q.precision(),
+        isa: Classifier::isa(&q),
+        threads: ftimed.threads,
         runs,
         median_ms: ms(median),
-        p10_ms: ms(pct(&times, 0.1)),
-        p90_ms: ms(pct(&times, 0.9)),
+        p10_ms: ms(pct(times, 0.1)),
+        p90_ms: ms(pct(times, 0.9)),
         min_ms: ms(times[0]),
         images_per_s: 1.0 / median.as_secs_f64(),
-        f32_isa: model.isa().to_string(),
+        f32_isa: Classifier::isa(&model),
         f32_median_ms: ms(fmedian),
         speedup_vs_f32: fmedian.as_secs_f64() / median.as_secs_f64(),
         peak_rss_mb: peak_rss_mb(),

@@ -7,9 +7,6 @@ use clap::Args;
 use mobilenet::classify::{top_k, Prediction};
 use mobilenet::import::read_labels;
 use mobilenet::preprocess::load_image;
-use mobilenet::quantized::{AnyModel, QuantizedModel};
-use mobilenet::InferenceModel;
-use mobilenet_kernels::pool::softmax;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -55,46 +52,40 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
             bail!("--crop {crop} is out of range: it must be in (0, 1]");
         }
     }
-    let mut file = match AnyModel::load(&args.model)? {
-        AnyModel::Quantized(model) => return run_quantized(args, model),
-        AnyModel::Float(file) => file,
+    let mut model = mobilenet::classifier::load(&args.model)?;
+    let Some(classes) = model.classes() else {
+        bail!("{}: the model has no classifier head", args.model.display());
     };
     if let Some(path) = &args.labels {
-        file.labels = Some(read_labels(path)?);
-        file.validate(&args.model)?;
+        let labels = read_labels(path)?;
+        if labels.len() != classes {
+            bail!(
+                "{}: {} labels for a model with {classes} classes",
+                path.display(),
+                labels.len()
+            );
+        }
+        model.set_labels(labels)?;
     }
-    if file.config.classes().is_none() {
-        bail!("{}: the model has no classifier head", args.model.display());
-    }
-    let model = InferenceModel::new(&file);
-    let mut pre = *model.preprocessing();
     if let Some(crop) = args.crop {
-        pre.crop = crop;
+        model.set_crop(crop);
     }
-    let res = model.config().resolution();
     let batch = args.batch.clamp(1, args.images.len().max(1));
-    let mut session = model.session(batch, args.threads);
-    let classes = model.output_len();
+    let mut runner = model.runner(batch, args.threads);
     let mut failures = 0usize;
-    let mut probs = vec![0.0; classes];
+    let mut probs = vec![0.0; batch * classes];
     for paths in args.images.chunks(batch) {
-        // Decode and preprocess in parallel; a bad file is reported and skipped.
+        // Decode, crop and resize in parallel; a bad file is reported and skipped.
         let decoded: Vec<_> = paths
             .par_iter()
-            .map(|path| {
-                load_image(path).map(|img| {
-                    let mut x = vec![0.0; model.input_len()];
-                    pre.apply(&img, res, &mut x);
-                    x
-                })
-            })
+            .map(|path| load_image(path).map(|img| model.pixels(&img)))
             .collect();
         let mut good = Vec::new();
-        let mut input = Vec::with_capacity(batch * model.input_len());
+        let mut pixels = Vec::with_capacity(batch * model.pixels_len());
         for (path, result) in paths.iter().zip(decoded) {
             match result {
                 Ok(x) => {
-                    input.extend_from_slice(&x);
+                    pixels.extend_from_slice(&x);
                     good.push(path);
                 }
                 Err(e) => {
@@ -106,12 +97,12 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
         if good.is_empty() {
             continue;
         }
-        // The session runs a fixed batch; pad a short last batch with zeros.
-        input.resize(batch * model.input_len(), 0.0);
-        let logits = session.run(&input);
-        for (path, row) in good.iter().zip(logits.chunks(classes)) {
-            softmax(row, &mut probs);
-            print_top(path, &top_k(&probs, args.top, model.labels()), args.json)?;
+        // The runner takes a fixed batch; a short last batch is padded.
+        runner.load(&pixels);
+        runner.run();
+        runner.probabilities(&mut probs);
+        for (path, row) in good.iter().zip(probs.chunks(classes)) {
+            print_top(path, &top_k(row, args.top, model.labels()), args.json)?;
         }
     }
     if failures > 0 {
@@ -140,49 +131,6 @@ fn print_top(path: &std::path::Path, top: &[Prediction], json: bool) -> Result<(
                 p.label
             );
         }
-    }
-    Ok(())
-}
-
-/// Quantized `.tflite` models: the integer engine, one image at a time on all threads.
-fn run_quantized(args: &ClassifyArgs, mut model: QuantizedModel) -> Result<()> {
-    if model.classes().is_none() {
-        bail!("{}: the model has no classifier head", args.model.display());
-    }
-    if let Some(path) = &args.labels {
-        let labels = read_labels(path)?;
-        if Some(labels.len()) != model.classes() {
-            bail!(
-                "{}: {} labels for a model with {} classes",
-                path.display(),
-                labels.len(),
-                model.classes().unwrap_or(0)
-            );
-        }
-        model.set_labels(labels);
-    }
-    if let Some(crop) = args.crop {
-        model.set_crop(crop);
-    }
-    let mut session = model.session(args.threads);
-    let mut failures = 0usize;
-    for path in &args.images {
-        match load_image(path) {
-            Ok(img) => {
-                let probs = model.probabilities(session.run(&model.input_bytes(&img)));
-                print_top(path, &top_k(&probs, args.top, model.labels()), args.json)?;
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                failures += 1;
-            }
-        }
-    }
-    if failures > 0 {
-        bail!(
-            "{failures} of {} images could not be classified",
-            args.images.len()
-        );
     }
     Ok(())
 }

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 use mobilenet::data::Dataset;
-use mobilenet::eval::{evaluate, evaluate_quantized};
-use mobilenet::quantized::AnyModel;
-use mobilenet::InferenceModel;
+use mobilenet::eval::evaluate;
 
 use crate::plot;
 use crate::table::{Align, Table};
@@ -46,23 +44,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             }
         }
     };
-    let report = match AnyModel::load(&args.model)? {
-        AnyModel::Quantized(model) => {
-            if model.classes().is_none() {
-                bail!("{}: the model has no classifier head", args.model.display());
-            }
-            warn_labels(model.labels());
-            evaluate_quantized(&model, &data, args.threads, 2)?
-        }
-        AnyModel::Float(file) => {
-            if file.config.classes().is_none() {
-                bail!("{}: the model has no classifier head", args.model.display());
-            }
-            warn_labels(file.labels.as_deref());
-            let model = InferenceModel::new(&file);
-            evaluate(&model, &data, args.batch, args.threads, 2)?
-        }
-    };
+    let model = mobilenet::classifier::load(&args.model)?;
+    if model.classes().is_none() {
+        bail!("{}: the model has no classifier head", args.model.display());
+    }
+    warn_labels(model.labels());
+    let report = evaluate(model.as_ref(), &data, args.batch, args.threads, 2)?;
     if let Some(png) = &args.confusion_png {
         let title = format!(
             "{} on {}: top-1 {:.2}%",

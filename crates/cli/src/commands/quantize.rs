@@ -7,10 +7,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use mobilenet::data::Dataset;
 use mobilenet::import::{import, read_labels, ImportOptions};
+use mobilenet::int8::{quantize, Calibrator, QuantizedModel};
 use mobilenet::preprocess::load_image;
-use mobilenet::quantize::{quantize, Calibrator};
-use mobilenet::quantized::QuantizedModel;
-use mobilenet::InferenceModel;
+use mobilenet::{Classifier, InferenceModel};
 use rayon::prelude::*;
 
 #[derive(Debug, Args)]
@@ -100,7 +99,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
             Ok(x)
         })
         .collect::<Result<_>>()?;
-    let mut cal = Calibrator::new(&file);
+    let mut cal = Calibrator::new(&file)?;
     for chunk in images.chunks(16) {
         cal.observe(&chunk.concat(), args.threads);
     }
@@ -129,25 +128,30 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     );
     // How closely int8 follows float on the calibration images.
     if q.classes().is_some() {
-        let float = InferenceModel::new(&file);
-        let mut fs = float.session(1, args.threads);
-        let mut qs = q.session(args.threads);
+        let float = InferenceModel::new(&file)?;
+        let classifiers: [&dyn Classifier; 2] = [&float, &q];
+        let mut runners = classifiers.map(|c| c.runner(1, args.threads));
+        let classes = float.output_len();
+        let mut probs = [vec![0.0; classes], vec![0.0; classes]];
         let mut agree = 0;
         let checked = images.len().min(64);
-        for (x, &i) in images.iter().zip(&picks).take(checked) {
-            let f = fs.run(x).to_vec();
+        for &i in picks.iter().take(checked) {
             let img = match &data {
                 Some(d) => d.image(i)?,
                 None => load_image(&flat[i])?,
             };
             // The quantized model's metadata carries the float model's crop.
-            let p = q.probabilities(qs.run(&q.input_bytes(&img)));
+            for ((c, r), p) in classifiers.iter().zip(&mut runners).zip(&mut probs) {
+                r.load(&c.pixels(&img));
+                r.run();
+                r.probabilities(p);
+            }
             let argmax = |v: &[f32]| {
                 (0..v.len())
                     .max_by(|&a, &b| v[a].total_cmp(&v[b]))
                     .unwrap_or(0)
             };
-            agree += usize::from(argmax(&f) == argmax(&p));
+            agree += usize::from(argmax(&probs[0]) == argmax(&probs[1]));
         }
         println!("int8 top-1 equals float top-1 on {agree} of {checked} calibration images");
     }

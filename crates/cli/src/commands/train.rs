@@ -5,17 +5,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mobilenet::data::{Augment, Dataset};
-use mobilenet::preprocess::{PixelNorm, Preprocessing};
 use mobilenet::train::optim::{OptimizerKind, RmsPropVariant, Schedule};
+use mobilenet::train::recipe;
 use mobilenet::train::trainer::{
     EpochMetrics, Progress, RunEnd, TrainOptions, Trainer, MODEL_BEST,
 };
-use mobilenet::weights::{tensor_specs, ModelFile, WeightInit};
-use mobilenet::{InferenceModel, MobileNetConfig, Padding, Preset, Stem};
+use mobilenet::weights::{ModelFile, WeightInit};
+use mobilenet::{Classifier, InferenceModel, MobileNetConfig, Padding, Preset, Stem};
 
 use crate::plot;
 
@@ -291,19 +291,18 @@ fn datasets(args: &TrainArgs) -> Result<(Dataset, Dataset, String)> {
 fn model_for(args: &TrainArgs, data: &Dataset) -> Result<ModelFile> {
     let classes = data.classes().len();
     let first = data.image(0).context("reading the first training image")?;
-    let small = first.width().max(first.height()) <= 32;
+    let small = recipe::is_small(first.width(), first.height());
     let (alpha, resolution) = match args.preset {
         Some(p) => (p.alpha, p.resolution),
-        None => (
-            args.alpha.unwrap_or(if small { 0.25 } else { 1.0 }),
-            args.resolution.unwrap_or(if small { 32 } else { 224 }),
-        ),
+        None => {
+            let (alpha, resolution) = recipe::default_shape(small);
+            (
+                args.alpha.unwrap_or(alpha),
+                args.resolution.unwrap_or(resolution),
+            )
+        }
     };
-    let stem = args.stem.unwrap_or(if resolution <= 64 {
-        Stem::SmallInput
-    } else {
-        Stem::Standard
-    });
+    let stem = args.stem.unwrap_or(recipe::default_stem(resolution));
     let config = MobileNetConfig::new(alpha, resolution)?
         .with_classes(classes)?
         .with_dropout(args.dropout)?
@@ -321,23 +320,7 @@ fn model_for(args: &TrainArgs, data: &Dataset) -> Result<ModelFile> {
                 args.seed,
                 args.weight_init.into(),
             );
-            let mut kept = 0;
-            for spec in tensor_specs(&model.config) {
-                if let Some(t) = init.tensors.get(&spec.name) {
-                    if t.shape == spec.shape {
-                        model.tensors.insert(spec.name, t.clone());
-                        kept += 1;
-                    } else if !spec.name.starts_with("fc/") {
-                        bail!(
-                            "{}: tensor {:?} has shape {:?}, the new model needs {:?} (same α?)",
-                            path.display(),
-                            spec.name,
-                            t.shape,
-                            spec.shape
-                        );
-                    }
-                }
-            }
+            let kept = model.transfer_from(&init, path)?;
             let replaced = init.config.classes() != Some(classes);
             println!(
                 "starting from {}: {kept} tensors{}",
@@ -353,10 +336,7 @@ fn model_for(args: &TrainArgs, data: &Dataset) -> Result<ModelFile> {
         }
     };
     if args.init.is_none() {
-        model.preprocessing = Preprocessing {
-            crop: if small { 1.0 } else { 0.875 },
-            norm: PixelNorm::MinusOneToOne,
-        };
+        model.preprocessing = recipe::default_preprocessing(small);
     }
     model.labels = Some(data.classes().to_vec());
     Ok(model)
@@ -391,25 +371,12 @@ fn options(args: &TrainArgs, small: bool, resolution: usize, train_len: usize) -
             warmup_epochs: args.warmup_epochs,
         },
     };
-    let default_lr = match optimizer {
-        // With ε = 1 the TF RMSprop step is about lr·g: it takes a larger rate than Torch's.
-        OptimizerKind::RmsProp {
-            variant: RmsPropVariant::Tf,
-            ..
-        } => 0.1,
-        OptimizerKind::RmsProp { .. } => 0.001,
-        OptimizerKind::Sgd { .. } => 0.05,
-    };
     TrainOptions {
-        // Small images: about 180,000 images seen (20 epochs of the built-in 9,000, 3 of the full
-        // 60,000 Fashion-MNIST set); large: 10 epochs.
-        epochs: args.epochs.unwrap_or(if small {
-            (180_000 / train_len.max(1)).clamp(1, 30)
-        } else {
-            10
-        }),
+        epochs: args
+            .epochs
+            .unwrap_or(recipe::default_epochs(small, train_len)),
         batch_size: args.batch_size,
-        lr: args.lr.unwrap_or(default_lr),
+        lr: args.lr.unwrap_or(recipe::default_lr(&optimizer)),
         schedule,
         optimizer,
         weight_decay: args.weight_decay,
@@ -417,13 +384,8 @@ fn options(args: &TrainArgs, small: bool, resolution: usize, train_len: usize) -
         bn_decay: args.bn_decay,
         augment: if args.no_augment {
             Augment::None
-        } else if small {
-            match pad {
-                Some(pad) => Augment::PadCropFlip { pad },
-                None => Augment::default_for(resolution),
-            }
         } else {
-            Augment::CropFlip { min_scale: 0.35 }
+            recipe::default_augment(small, resolution, pad)
         },
         seed: args.seed,
         threads: args.threads,
@@ -516,19 +478,17 @@ fn show_predictions(model_path: &Path, val: &Dataset, n: usize) -> Result<()> {
         return Ok(());
     }
     let file = ModelFile::load(model_path)?;
-    let model = InferenceModel::new(&file);
-    let res = model.config().resolution();
-    let pre = *model.preprocessing();
-    let mut session = model.session(1, 0);
-    let mut x = vec![0.0; model.input_len()];
+    let model = InferenceModel::new(&file)?;
+    let mut runner = model.runner(1, 0);
     let mut probs = vec![0.0; model.output_len()];
     println!("held-out images classified with {}:", model_path.display());
     let step = (val.len() / n).max(1);
     for i in (0..val.len()).step_by(step).take(n) {
         let img = val.image(i)?;
-        pre.apply(&img, res, &mut x);
-        mobilenet_kernels::pool::softmax(session.run(&x), &mut probs);
-        let top = &mobilenet::classify::top_k(&probs, 1, model.labels())[0];
+        runner.load(&model.pixels(&img));
+        runner.run();
+        runner.probabilities(&mut probs);
+        let top = &mobilenet::classify::top_k(&probs, 1, Classifier::labels(&model))[0];
         let truth = &val.classes()[val.label(i)];
         let mark = if top.class == val.label(i) {
             "✓"

@@ -152,7 +152,7 @@ fn scalar_rows(
                 }
             }
             let out = &mut output[(r * g.out_w + ox) * c..][..c];
-            rq.row(IntIsa::Scalar, &acc, 0, 0, out);
+            rq.row(IntIsa::SCALAR, &acc, 0, 0, out);
         }
     }
 }

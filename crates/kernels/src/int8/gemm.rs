@@ -12,7 +12,7 @@
 
 use std::ops::Range;
 
-use super::{IntIsa, Requant};
+use super::{IntIsa, IntIsaKind, Requant};
 
 /// Columns per packed panel.
 pub const NR: usize = 32;
@@ -152,9 +152,9 @@ pub unsafe fn qgemm_ptr(
         "A shorter than m·lda"
     );
     assert!(ldc >= n, "ldc shorter than a row of C");
-    match isa {
+    match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        IntIsa::Amx if isa.is_supported() => {
+        IntIsaKind::Amx => {
             // Safety: the CPU has AMX and AVX-512 VNNI, the tile state is granted; A checked
             // above, C by the caller.
             unsafe { amx::gemm(m, a.as_ptr(), lda, b, row_coeff, rq, c, ldc, panels) }
@@ -199,9 +199,9 @@ unsafe fn portable(
         for p in panels.clone() {
             let cols = (b.n - p * NR).min(NR);
             let panel = &b.data[p * b.quads * NR * 4..][..b.quads * NR * 4];
-            match isa {
+            match isa.kind() {
                 #[cfg(target_arch = "x86_64")]
-                IntIsa::Avx2 | IntIsa::Avx512Vnni | IntIsa::Amx if IntIsa::Avx2.is_supported() => {
+                IntIsaKind::Avx2 | IntIsaKind::Avx512Vnni | IntIsaKind::Amx => {
                     // Safety: AVX2 is present; the row holds k bytes, the panel quads·128.
                     unsafe { avx2::tile(row, panel, b.quads, &mut acc) }
                 }
@@ -209,7 +209,7 @@ unsafe fn portable(
             }
             // Safety: row i's columns of panel p are the caller's to write.
             let out = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc + p * NR), cols) };
-            rq.row(IntIsa::Scalar, &acc[..cols], add, p * NR, out);
+            rq.row(IntIsa::SCALAR, &acc[..cols], add, p * NR, out);
         }
     }
 }

@@ -21,9 +21,9 @@ use std::sync::OnceLock;
 
 use crate::ConvGeometry;
 
-/// The instruction set of an integer kernel variant.
+/// The kinds of instruction set an integer kernel variant is written for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum IntIsa {
+pub enum IntIsaKind {
     /// Portable Rust.
     Scalar,
     /// x86-64 AVX2: 16-bit multiply-adds (`vpmaddwd`), 8 i32 lanes.
@@ -36,39 +36,15 @@ pub enum IntIsa {
     Amx,
 }
 
-impl IntIsa {
-    /// The best variant this CPU runs, detected once.
-    pub fn detect() -> IntIsa {
-        static BEST: OnceLock<IntIsa> = OnceLock::new();
-        *BEST.get_or_init(|| {
-            [IntIsa::Amx, IntIsa::Avx512Vnni, IntIsa::Avx2]
-                .into_iter()
-                .find(|i| i.is_supported())
-                .unwrap_or(IntIsa::Scalar)
-        })
-    }
-
-    /// Every variant this CPU runs, scalar first.
-    pub fn available() -> Vec<IntIsa> {
-        [
-            IntIsa::Scalar,
-            IntIsa::Avx2,
-            IntIsa::Avx512Vnni,
-            IntIsa::Amx,
-        ]
-        .into_iter()
-        .filter(|i| i.is_supported())
-        .collect()
-    }
-
+impl IntIsaKind {
     /// Whether this CPU can run `self`.
     pub fn is_supported(self) -> bool {
         match self {
-            IntIsa::Scalar => true,
+            IntIsaKind::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            IntIsa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            IntIsaKind::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
             #[cfg(target_arch = "x86_64")]
-            IntIsa::Avx512Vnni => {
+            IntIsaKind::Avx512Vnni => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
@@ -76,24 +52,67 @@ impl IntIsa {
                     && std::arch::is_x86_feature_detected!("avx512vnni")
             }
             #[cfg(target_arch = "x86_64")]
-            IntIsa::Amx => IntIsa::Avx512Vnni.is_supported() && amx_granted(),
+            IntIsaKind::Amx => IntIsaKind::Avx512Vnni.is_supported() && amx_granted(),
             #[cfg(not(target_arch = "x86_64"))]
-            IntIsa::Avx2 | IntIsa::Avx512Vnni | IntIsa::Amx => false,
+            IntIsaKind::Avx2 | IntIsaKind::Avx512Vnni | IntIsaKind::Amx => false,
         }
+    }
+}
+
+/// An integer instruction set this CPU supports. Like [`crate::Isa`], a value cannot be built
+/// by hand, only from [`IntIsa::detect`], [`IntIsa::available`] or [`IntIsa::SCALAR`], so the
+/// kernels never meet one the CPU lacks: each kind runs its variant (a kind without a variant
+/// of its own in some kernel runs the next one down: AMX's depthwise is VNNI's), no fallback
+/// at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IntIsa(IntIsaKind);
+
+impl IntIsa {
+    /// Portable Rust: every CPU runs it.
+    pub const SCALAR: IntIsa = IntIsa(IntIsaKind::Scalar);
+
+    /// The best variant this CPU runs, detected once.
+    pub fn detect() -> IntIsa {
+        static BEST: OnceLock<IntIsa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            IntIsa::available()
+                .into_iter()
+                .max()
+                .unwrap_or(IntIsa::SCALAR)
+        })
+    }
+
+    /// Every variant this CPU runs, scalar first.
+    pub fn available() -> Vec<IntIsa> {
+        [
+            IntIsaKind::Scalar,
+            IntIsaKind::Avx2,
+            IntIsaKind::Avx512Vnni,
+            IntIsaKind::Amx,
+        ]
+        .into_iter()
+        .filter(|i| i.is_supported())
+        .map(IntIsa)
+        .collect()
+    }
+
+    /// Which instruction set this is.
+    pub fn kind(self) -> IntIsaKind {
+        self.0
     }
 
     /// Whether the AVX-512 kernels (VNNI, or AMX's companions) run.
     pub(crate) fn avx512(self) -> bool {
-        matches!(self, IntIsa::Avx512Vnni | IntIsa::Amx) && self.is_supported()
+        matches!(self.0, IntIsaKind::Avx512Vnni | IntIsaKind::Amx)
     }
 
     /// Short name for reports.
     pub fn name(self) -> &'static str {
-        match self {
-            IntIsa::Scalar => "scalar",
-            IntIsa::Avx2 => "avx2",
-            IntIsa::Avx512Vnni => "avx512vnni",
-            IntIsa::Amx => "amx",
+        match self.0 {
+            IntIsaKind::Scalar => "scalar",
+            IntIsaKind::Avx2 => "avx2",
+            IntIsaKind::Avx512Vnni => "avx512vnni",
+            IntIsaKind::Amx => "amx",
         }
     }
 }

@@ -8,14 +8,10 @@
 //! α, resolution, classes and the activation.
 
 mod convert;
-mod fast;
 mod fb;
-mod quant;
 mod write;
 
 pub use convert::{ConvTensors, MobileNetGraph};
-pub use fast::{QuantEngine, QuantSession, Unsupported};
-pub use quant::{QuantModel, QuantizedMultiplier};
 pub use write::write;
 
 use std::path::{Path, PathBuf};

@@ -1,8 +1,23 @@
-//! Training: explicit forward/backward ops, the trainable network, optimisers.
+//! Training: explicit forward/backward pairs, one file per kind of layer, chained by the
+//! trainable network; optimisers; the training loop with its checkpoints.
+//!
+//! | file | what |
+//! |---|---|
+//! | `conv.rs` | stem, depthwise and pointwise convolutions: forward, weight and input gradients |
+//! | `bn.rs` | batch norm + activation: reference ops and the threaded pair the network runs |
+//! | `head.rs` | average pool, dropout, classifier, softmax cross-entropy |
+//! | `net.rs` | [`net::TrainNet`]: parameters and one step, chaining the layers |
+//! | `optim.rs` | RMSprop (TF and PyTorch forms), SGD with momentum, weight decay |
+//! | `trainer.rs` | epochs, evaluation, checkpoints, resume |
 
+pub mod bn;
+mod conv;
+#[cfg(test)]
+mod gradcheck;
+pub mod head;
 pub mod net;
-pub mod ops;
 pub mod optim;
+pub mod recipe;
 pub mod trainer;
 
 /// Seeded generator for training (dropout masks, shuffling, augmentation, initialisation):

@@ -8,21 +8,16 @@
 
 use std::collections::BTreeMap;
 
-use mobilenet_kernels::backward::{
-    conv2d_backward_weights, dwconv3x3_backward_input, dwconv3x3_backward_weights,
-};
-use mobilenet_kernels::conv::{conv2d, ConvShape};
-use mobilenet_kernels::dwconv::dwconv3x3;
-use mobilenet_kernels::gemm::{gemm, PackedB};
-use mobilenet_kernels::{ConvGeometry, Epilogue, Isa};
+use mobilenet_kernels::Isa;
 
-use super::ops::{self, BnCache};
+use super::bn::{bn_act_backward, bn_act_forward, BnCache};
+use super::conv::ConvLayer;
+use super::head::{self, fc_backward, fc_forward};
 use super::Rng;
 use crate::config::{MobileNetConfig, Variant};
-use crate::engine::{gemm_rows, geometry};
+use crate::exec::{resolve_threads, SpinPool};
 use crate::layers::{Layer, LayerKind};
-use crate::pool::{split, Parts, SpinPool};
-use crate::weights::{ModelFile, Tensor};
+use crate::weights::{names, BnTensor, ModelFile, Tensor};
 
 /// Why a network cannot be trained.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -33,6 +28,9 @@ pub enum TrainError {
     /// A model without a classifier cannot compute a classification loss.
     #[error("the model has no classifier head to train")]
     NoHead,
+    /// A weight the layer table needs is missing or of the wrong size.
+    #[error("{0}")]
+    Weights(String),
 }
 
 /// Settings of a training step.
@@ -86,12 +84,15 @@ pub struct Param {
 pub struct TrainNet {
     config: MobileNetConfig,
     layers: Vec<Layer>,
-    geometries: Vec<Option<ConvGeometry>>,
+    /// The convolution of each layer that has one.
+    convs: Vec<Option<ConvLayer>>,
     /// Trainable tensors, in layer order.
     pub params: Vec<Param>,
     /// Batch-norm moving statistics by model-file name.
     pub buffers: BTreeMap<String, Vec<f32>>,
     bn_eps: f32,
+    /// Index of the classifier's weight in `params` (its bias follows).
+    fc_param: usize,
     template: ModelFile,
     isa: Isa,
     pool: SpinPool,
@@ -138,63 +139,67 @@ impl TrainNet {
         let layers = config.layers();
         let mut params = Vec::new();
         let mut buffers = BTreeMap::new();
+        let bad = |e: crate::ModelError| TrainError::Weights(e.to_string());
+        let mut push = |name: String, value: &[f32], decay: bool| {
+            let shape = model
+                .tensors
+                .get(&name)
+                .map_or(vec![value.len()], |t| t.shape.clone());
+            params.push(Param {
+                name,
+                shape,
+                value: value.to_vec(),
+                decay,
+            });
+        };
         for layer in &layers {
-            let mut push = |name: String, decay: bool| {
-                let t = &model.tensors[&name];
-                params.push(Param {
-                    name,
-                    shape: t.shape.clone(),
-                    value: t.data.clone(),
-                    decay,
-                });
-            };
             match layer.kind {
                 LayerKind::AvgPool => {}
                 LayerKind::Fc => {
-                    push("fc/weight".into(), true);
-                    push("fc/bias".into(), false);
+                    let fc = model.fc(layer).map_err(bad)?;
+                    push(names::FC_WEIGHT.into(), fc.weight, true);
+                    push(names::FC_BIAS.into(), fc.bias, false);
                 }
                 kind => {
-                    push(
-                        format!("{}/weight", layer.name),
-                        kind != LayerKind::Depthwise,
-                    );
-                    push(format!("{}/bn/gamma", layer.name), false);
-                    push(format!("{}/bn/beta", layer.name), false);
-                    for stat in ["moving_mean", "moving_variance"] {
-                        let name = format!("{}/bn/{stat}", layer.name);
-                        buffers.insert(name.clone(), model.tensors[&name].data.clone());
-                    }
+                    let w = model.conv(layer).map_err(bad)?;
+                    let name = &layer.name;
+                    push(names::weight(name), w.weight, kind != LayerKind::Depthwise);
+                    push(names::bn(name, BnTensor::Gamma), w.bn.gamma, false);
+                    push(names::bn(name, BnTensor::Beta), w.bn.beta, false);
+                    let mean = names::bn(name, BnTensor::MovingMean);
+                    buffers.insert(mean, w.bn.mean.to_vec());
+                    let var = names::bn(name, BnTensor::MovingVariance);
+                    buffers.insert(var, w.bn.variance.to_vec());
                 }
             }
         }
-        let geometries = layers
+        let fc_param = params
+            .iter()
+            .position(|p| p.name == names::FC_WEIGHT)
+            .ok_or(TrainError::NoHead)?;
+        let convs = layers
             .iter()
             .map(|l| match l.kind {
-                LayerKind::Conv | LayerKind::Depthwise => {
-                    Some(geometry(config.padding(), l.input, l.stride))
+                LayerKind::Conv | LayerKind::Depthwise | LayerKind::Pointwise => {
+                    Some(ConvLayer::new(l, config.padding()))
                 }
-                _ => None,
+                LayerKind::AvgPool | LayerKind::Fc => None,
             })
             .collect();
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            threads
-        };
         Ok(TrainNet {
             config,
             layers,
-            geometries,
+            convs,
             params,
             buffers,
             bn_eps: model.bn_epsilon,
+            fc_param,
             template: ModelFile {
                 tensors: BTreeMap::new(),
                 ..model.clone()
             },
             isa: Isa::detect(),
-            pool: SpinPool::new(threads),
+            pool: SpinPool::new(resolve_threads(threads)),
             state: StepState::default(),
         })
     }
@@ -204,9 +209,8 @@ impl TrainNet {
         &self.config
     }
 
-    /// Uses another instruction set (tests compare them).
+    /// Uses another instruction set of this CPU (tests compare them).
     pub fn set_isa(&mut self, isa: Isa) {
-        assert!(isa.is_supported(), "{isa} is not supported on this CPU");
         self.isa = isa;
     }
 
@@ -305,19 +309,32 @@ impl TrainNet {
             let out_len = batch * self.layers[li].output.iter().product::<usize>();
             let mut z = std::mem::take(&mut st.zs[j]);
             z.resize(out_len, 0.0);
-            self.conv_forward(li, &st.acts[j], &mut z, batch);
+            let conv = self.convs[li]
+                .as_ref()
+                .unwrap_or_else(|| unreachable!("convs are layers with parameters"));
+            let w = &self.params[p.weight].value;
+            conv.forward(&mut self.pool, self.isa, w, &st.acts[j], &mut z, batch);
             let layer = &self.layers[li];
             let c = layer.output[2];
             let mut a = std::mem::take(&mut st.acts[j + 1]);
             a.resize(out_len, 0.0);
             let (gamma, beta) = (&self.params[p.gamma].value, &self.params[p.beta].value);
             let act = self.config.activation();
-            let (cache, var) =
-                bn_act_forward(&mut self.pool, &z, c, gamma, beta, self.bn_eps, act, &mut a);
+            let (cache, var) = bn_act_forward(
+                &mut self.pool,
+                self.isa,
+                &z,
+                c,
+                gamma,
+                beta,
+                self.bn_eps,
+                act,
+                &mut a,
+            );
             if options.update_bn_stats {
                 let d = options.bn_decay;
-                let mean_name = format!("{}/bn/moving_mean", layer.name);
-                let var_name = format!("{}/bn/moving_variance", layer.name);
+                let mean_name = names::bn(&layer.name, BnTensor::MovingMean);
+                let var_name = names::bn(&layer.name, BnTensor::MovingVariance);
                 for (m, &b) in self
                     .buffers
                     .get_mut(&mean_name)
@@ -345,24 +362,22 @@ impl TrainNet {
         let [fh, fw, fc] = last.output;
         let pixels = fh * fw;
         st.pooled.resize(batch * fc, 0.0);
-        ops::avgpool_forward(&st.acts[convs.len()], batch, pixels, fc, &mut st.pooled);
+        head::avgpool_forward(&st.acts[convs.len()], batch, pixels, fc, &mut st.pooled);
         let dropout = self.config.head().map_or(0.0, |h| h.dropout) as f32;
-        ops::dropout_forward(&mut st.pooled, dropout, rng, &mut st.dropout_mask);
-        let nfc = self.params.len() - 2;
+        head::dropout_forward(&mut st.pooled, dropout, rng, &mut st.dropout_mask);
+        let nfc = self.fc_param;
         let (fc_w, fc_b) = (&self.params[nfc].value, &self.params[nfc + 1].value);
         st.logits.resize(batch * classes, 0.0);
-        let packed = PackedB::new(self.isa, fc_w, fc, classes);
-        gemm(
-            batch,
+        fc_forward(
+            self.isa,
             &st.pooled,
+            (fc_w, fc_b),
             fc,
-            &packed,
-            &mut st.logits,
             classes,
-            &Epilogue::new(Some(fc_b), f32::NEG_INFINITY, f32::INFINITY),
+            &mut st.logits,
         );
         st.dlogits.resize(batch * classes, 0.0);
-        let (loss, correct) = ops::softmax_cross_entropy(
+        let (loss, correct) = head::softmax_cross_entropy(
             &st.logits,
             labels,
             classes,
@@ -371,46 +386,26 @@ impl TrainNet {
         );
 
         // Backward: classifier.
-        // dW_fc = pooledᵀ · dlogits, db = Σ dlogits, dpooled = dlogits · W_fcᵀ.
+        let mut dpooled = vec![0.0; batch * fc];
         {
             let (dw, db) = grads[nfc..].split_at_mut(1);
-            let (dw, db) = (&mut dw[0], &mut db[0]);
-            dw.fill(0.0);
-            for (prow, drow) in st
-                .pooled
-                .chunks_exact(fc)
-                .zip(st.dlogits.chunks_exact(classes))
-            {
-                for (i, &pv) in prow.iter().enumerate() {
-                    if pv != 0.0 {
-                        for (g, &d) in dw[i * classes..(i + 1) * classes].iter_mut().zip(drow) {
-                            *g += pv * d;
-                        }
-                    }
-                }
-            }
-            db.fill(0.0);
-            for drow in st.dlogits.chunks_exact(classes) {
-                for (g, &d) in db.iter_mut().zip(drow) {
-                    *g += d;
-                }
-            }
+            let dims = (fc, classes);
+            let (pooled, dlogits) = (&st.pooled, &st.dlogits);
+            fc_backward(
+                self.isa,
+                pooled,
+                dlogits,
+                fc_w,
+                dims,
+                &mut dw[0],
+                &mut db[0],
+                &mut dpooled,
+            );
         }
-        let mut dpooled = vec![0.0; batch * fc];
-        let wt = PackedB::from_transposed(self.isa, fc_w, classes, fc);
-        gemm(
-            batch,
-            &st.dlogits,
-            classes,
-            &wt,
-            &mut dpooled,
-            fc,
-            &Epilogue::linear(),
-        );
-        ops::dropout_backward(&st.dropout_mask, &mut dpooled);
+        head::dropout_backward(&st.dropout_mask, &mut dpooled);
         let mut da = std::mem::take(&mut st.grad_a);
         da.resize(batch * pixels * fc, 0.0);
-        ops::avgpool_backward(&dpooled, batch, pixels, fc, &mut da);
+        head::avgpool_backward(&dpooled, batch, pixels, fc, &mut da);
 
         // Backward: conv layers, last to first.
         let mut dz = std::mem::take(&mut st.grad_b);
@@ -428,6 +423,7 @@ impl TrainNet {
                 let d = &mut da[..out_len];
                 bn_act_backward(
                     &mut self.pool,
+                    self.isa,
                     z,
                     a,
                     c,
@@ -451,354 +447,28 @@ impl TrainNet {
             } else {
                 None
             };
-            self.conv_backward(li, &st.acts[j], &dz, dw, dx, batch, &mut st.scratch);
+            let conv = self.convs[li]
+                .as_ref()
+                .unwrap_or_else(|| unreachable!("convs are layers with parameters"));
+            let w = &self.params[p.weight].value;
+            let x = &st.acts[j];
+            conv.backward(
+                &mut self.pool,
+                self.isa,
+                w,
+                x,
+                &dz,
+                dw,
+                dx,
+                batch,
+                &mut st.scratch,
+            );
         }
         st.grad_a = da;
         st.grad_b = dz;
         self.state = st;
         StepStats { loss, correct }
     }
-
-    /// Convolution (no bias: batch norm follows) of layer `li` over the batch.
-    fn conv_forward(&mut self, li: usize, x: &[f32], z: &mut [f32], batch: usize) {
-        let layer = &self.layers[li];
-        let w = &self.params[self.layer_params()[li].map_or(0, |p| p.weight)].value;
-        let isa = self.isa;
-        let in_len: usize = layer.input.iter().product();
-        let out_len: usize = layer.output.iter().product();
-        let linear = Epilogue::linear();
-        match layer.kind {
-            LayerKind::Conv | LayerKind::Depthwise => {
-                let g = self.geometries[li].unwrap_or_else(|| unreachable!("conv geometry"));
-                let shape = ConvShape {
-                    k: layer.kernel,
-                    cin: layer.input[2],
-                    cout: layer.output[2],
-                };
-                let kind = layer.kind;
-                per_image(&mut self.pool, z, out_len, batch, &|i, out| {
-                    let img = &x[i * in_len..(i + 1) * in_len];
-                    if kind == LayerKind::Conv {
-                        conv2d(isa, &g, shape, img, w, &linear, out, 0);
-                    } else {
-                        dwconv3x3(isa, &g, shape.cin, img, w, &linear, out, 0);
-                    }
-                });
-            }
-            LayerKind::Pointwise => {
-                let (cin, cout) = (layer.input[2], layer.output[2]);
-                let m = batch * layer.output[0] * layer.output[1];
-                let packed = PackedB::new(isa, w, cin, cout);
-                gemm_rows(&mut self.pool, m, x, cin, &packed, z, cout, &linear);
-            }
-            LayerKind::AvgPool | LayerKind::Fc => unreachable!("not a conv layer"),
-        }
-    }
-
-    /// Gradients of layer `li`'s convolution: `dw` (overwritten) and, if asked, `dx`.
-    #[allow(clippy::too_many_arguments)]
-    fn conv_backward(
-        &mut self,
-        li: usize,
-        x: &[f32],
-        dz: &[f32],
-        dw: &mut [f32],
-        dx: Option<&mut [f32]>,
-        batch: usize,
-        scratch: &mut Vec<f32>,
-    ) {
-        let layer = &self.layers[li];
-        let w = &self.params[self.layer_params()[li].map_or(0, |p| p.weight)].value;
-        let isa = self.isa;
-        let in_len: usize = layer.input.iter().product();
-        let out_len: usize = layer.output.iter().product();
-        let threads = self.pool.threads();
-        match layer.kind {
-            LayerKind::Conv | LayerKind::Depthwise => {
-                let g = self.geometries[li].unwrap_or_else(|| unreachable!("conv geometry"));
-                let shape = ConvShape {
-                    k: layer.kernel,
-                    cin: layer.input[2],
-                    cout: layer.output[2],
-                };
-                let kind = layer.kind;
-                // Weight gradient: one partial sum per thread, then added up.
-                let wlen = dw.len();
-                scratch.clear();
-                scratch.resize(threads * wlen, 0.0);
-                let ranges = split(batch, threads, 1);
-                let parts = Parts::new(
-                    scratch,
-                    (0..threads).map(|t| t * wlen..(t + 1) * wlen).collect(),
-                );
-                self.pool.run(&|t| {
-                    // Safety: part t takes range t only.
-                    let (_, acc) = unsafe { parts.get(t) };
-                    for i in ranges[t].clone() {
-                        let img = &x[i * in_len..(i + 1) * in_len];
-                        let d = &dz[i * out_len..(i + 1) * out_len];
-                        if kind == LayerKind::Conv {
-                            conv2d_backward_weights(isa, &g, shape, img, d, acc);
-                        } else {
-                            dwconv3x3_backward_weights(isa, &g, shape.cin, img, d, acc);
-                        }
-                    }
-                });
-                sum_partials(scratch, dw);
-                if let Some(dx) = dx {
-                    assert!(
-                        kind == LayerKind::Depthwise,
-                        "the input gradient of a full conv is not implemented"
-                    );
-                    per_image(&mut self.pool, dx, in_len, batch, &|i, out| {
-                        let d = &dz[i * out_len..(i + 1) * out_len];
-                        dwconv3x3_backward_input(isa, &g, shape.cin, d, w, out);
-                    });
-                }
-            }
-            LayerKind::Pointwise => {
-                let (cin, cout) = (layer.input[2], layer.output[2]);
-                let m = batch * layer.output[0] * layer.output[1];
-                // dW = Xᵀ · dZ, in blocks of rows: Xᵀ of the block as A, the block of dZ as B.
-                pointwise_weight_gradient(&mut self.pool, isa, m, cin, cout, x, dz, dw, scratch);
-                if let Some(dx) = dx {
-                    // dX = dZ · Wᵀ.
-                    let wt = PackedB::from_transposed(isa, w, cout, cin);
-                    gemm_rows(
-                        &mut self.pool,
-                        m,
-                        dz,
-                        cout,
-                        &wt,
-                        dx,
-                        cin,
-                        &Epilogue::linear(),
-                    );
-                }
-            }
-            LayerKind::AvgPool | LayerKind::Fc => unreachable!("not a conv layer"),
-        }
-    }
-}
-
-/// Batch norm with batch statistics followed by the activation, rows split between threads:
-/// per-thread channel sums, combined, then `a = act(z·scale + shift)` in parallel. Returns the
-/// cache and the unbiased batch variance. The single-threaded reference is
-/// [`ops::bn_forward_train`] followed by [`ops::activation_forward`].
-#[allow(clippy::too_many_arguments)]
-fn bn_act_forward(
-    pool: &mut SpinPool,
-    z: &[f32],
-    c: usize,
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    act: crate::config::Activation,
-    a: &mut [f32],
-) -> (BnCache, Vec<f32>) {
-    let rows = z.len() / c;
-    let ranges = split(rows, pool.threads(), 1);
-    let (sum, sq) = combine(&per_part(pool, &ranges, |_, r| {
-        ops::channel_moments(&z[r.start * c..r.end * c], c)
-    }));
-    let (cache, unbiased) = ops::bn_statistics(&sum, &sq, rows, eps);
-    let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect();
-    let shift: Vec<f32> = (0..c)
-        .map(|ch| beta[ch] - cache.mean[ch] * scale[ch])
-        .collect();
-    let hi = ops::activation_max(act);
-    let isa = mobilenet_kernels::Isa::detect();
-    let parts = Parts::new(a, ranges.iter().map(|r| r.start * c..r.end * c).collect());
-    pool.run(&|t| {
-        // Safety: part t takes range t only.
-        let (start, out) = unsafe { parts.get(t) };
-        let x = &z[start..start + out.len()];
-        mobilenet_kernels::bn::affine_clamp(isa, x, c, &scale, &shift, 0.0, hi, out);
-    });
-    (cache, unbiased)
-}
-
-/// Backward of [`bn_act_forward`]: `da` (dL/da in, dL/dy out) → `dz`, `dgamma`, `dbeta`, rows
-/// split between threads. The reference is [`ops::activation_backward`] then
-/// [`ops::bn_backward`].
-#[allow(clippy::too_many_arguments)]
-fn bn_act_backward(
-    pool: &mut SpinPool,
-    z: &[f32],
-    a: &[f32],
-    c: usize,
-    cache: &BnCache,
-    gamma: &[f32],
-    act: crate::config::Activation,
-    da: &mut [f32],
-    dz: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-) {
-    let rows = z.len() / c;
-    let ranges = split(rows, pool.threads(), 1);
-    let sums = {
-        let parts = Parts::new(da, ranges.iter().map(|r| r.start * c..r.end * c).collect());
-        per_part(pool, &ranges, |t, _| {
-            // Safety: part t takes range t only.
-            let (start, d) = unsafe { parts.get(t) };
-            let len = d.len();
-            ops::bn_act_backward_sums(
-                &z[start..start + len],
-                &a[start..start + len],
-                d,
-                c,
-                cache,
-                act,
-            )
-        })
-    };
-    let (sum_dy, sum_dyx) = combine(&sums);
-    let n = rows as f64;
-    for ch in 0..c {
-        dbeta[ch] = sum_dy[ch] as f32;
-        dgamma[ch] = sum_dyx[ch] as f32;
-    }
-    let k: Vec<f32> = (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect();
-    let mean_dy: Vec<f32> = (0..c).map(|ch| (sum_dy[ch] / n) as f32).collect();
-    let mean_dyx: Vec<f32> = (0..c).map(|ch| (sum_dyx[ch] / n) as f32).collect();
-    let dy: &[f32] = da;
-    let isa = mobilenet_kernels::Isa::detect();
-    let parts = Parts::new(dz, ranges.iter().map(|r| r.start * c..r.end * c).collect());
-    pool.run(&|t| {
-        // Safety: part t takes range t only.
-        let (start, out) = unsafe { parts.get(t) };
-        let len = out.len();
-        let (zs, ds) = (&z[start..start + len], &dy[start..start + len]);
-        mobilenet_kernels::bn::backward_apply(
-            isa,
-            zs,
-            ds,
-            c,
-            &cache.mean,
-            &cache.inv_std,
-            &k,
-            &mean_dy,
-            &mean_dyx,
-            out,
-        );
-    });
-}
-
-/// Runs `f(part, range)` for each part's range of rows on that part's thread and collects the
-/// results in part order.
-fn per_part<T: Send + Default>(
-    pool: &mut SpinPool,
-    ranges: &[std::ops::Range<usize>],
-    f: impl Fn(usize, &std::ops::Range<usize>) -> T + Sync,
-) -> Vec<T> {
-    let slots: Vec<std::sync::Mutex<T>> = ranges.iter().map(|_| Default::default()).collect();
-    pool.run(&|t| {
-        if let Some(r) = ranges.get(t) {
-            let value = f(t, r);
-            if let Ok(mut slot) = slots[t].lock() {
-                *slot = value;
-            }
-        }
-    });
-    slots
-        .into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
-        .collect()
-}
-
-/// Adds up per-part `(Σa, Σb)` channel sums.
-fn combine(parts: &[(Vec<f64>, Vec<f64>)]) -> (Vec<f64>, Vec<f64>) {
-    let c = parts.iter().map(|p| p.0.len()).max().unwrap_or(0);
-    let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
-    for (pa, pb) in parts {
-        for ch in 0..pa.len() {
-            a[ch] += pa[ch];
-            b[ch] += pb[ch];
-        }
-    }
-    (a, b)
-}
-
-/// Rows of the pointwise weight gradient per block: Xᵀ and dZ of a block stay small.
-const WGRAD_BLOCK_ROWS: usize = 2048;
-
-/// `dw[cin, cout] = Xᵀ · dZ` over `m` rows, each thread summing its blocks of rows into its
-/// own buffer.
-#[allow(clippy::too_many_arguments)]
-fn pointwise_weight_gradient(
-    pool: &mut SpinPool,
-    isa: Isa,
-    m: usize,
-    cin: usize,
-    cout: usize,
-    x: &[f32],
-    dz: &[f32],
-    dw: &mut [f32],
-    scratch: &mut Vec<f32>,
-) {
-    let threads = pool.threads();
-    let wlen = cin * cout;
-    scratch.clear();
-    scratch.resize(threads * wlen, 0.0);
-    let ranges = split(m, threads, 1);
-    let parts = Parts::new(
-        scratch,
-        (0..threads).map(|t| t * wlen..(t + 1) * wlen).collect(),
-    );
-    pool.run(&|t| {
-        // Safety: part t takes range t only.
-        let (_, acc) = unsafe { parts.get(t) };
-        let mut xt = Vec::new();
-        let mut r = ranges[t].start;
-        while r < ranges[t].end {
-            let rows = (ranges[t].end - r).min(WGRAD_BLOCK_ROWS);
-            xt.clear();
-            xt.resize(cin * rows, 0.0);
-            for (i, row) in x[r * cin..(r + rows) * cin].chunks_exact(cin).enumerate() {
-                for (ci, &v) in row.iter().enumerate() {
-                    xt[ci * rows + i] = v;
-                }
-            }
-            let b = PackedB::new(isa, &dz[r * cout..(r + rows) * cout], rows, cout);
-            gemm(cin, &xt, rows, &b, acc, cout, &Epilogue::accumulating());
-            r += rows;
-        }
-    });
-    sum_partials(scratch, dw);
-}
-
-/// `total = Σ` of the per-thread partial sums laid end to end in `partials`.
-fn sum_partials(partials: &[f32], total: &mut [f32]) {
-    total.fill(0.0);
-    for part in partials.chunks_exact(total.len()) {
-        for (a, &b) in total.iter_mut().zip(part) {
-            *a += b;
-        }
-    }
-}
-
-/// Calls `f(image, output)` for every image of `out` (`batch` slices of `len`), the images split
-/// between the pool's threads.
-fn per_image(
-    pool: &mut SpinPool,
-    out: &mut [f32],
-    len: usize,
-    batch: usize,
-    f: &(dyn Fn(usize, &mut [f32]) + Sync),
-) {
-    let ranges = split(batch, pool.threads(), 1);
-    let parts = Parts::new(
-        &mut out[..batch * len],
-        ranges.iter().map(|r| r.start * len..r.end * len).collect(),
-    );
-    pool.run(&|t| {
-        // Safety: part t takes range t only.
-        let (start, chunk) = unsafe { parts.get(t) };
-        for (j, img) in chunk.chunks_exact_mut(len).enumerate() {
-            f(start / len + j, img);
-        }
-    });
 }
 
 #[cfg(test)]
@@ -967,59 +637,6 @@ mod tests {
                     }
                 }
             }
-        }
-    }
-
-    /// The threaded batch norm + activation equals the single-threaded reference ops.
-    #[test]
-    fn threaded_batch_norm_matches_the_reference() {
-        let (rows, c) = (37, 6);
-        let mut rng = Rng::new(4);
-        let z: Vec<f32> = (0..rows * c).map(|_| 3.0 * rng.normal()).collect();
-        let gamma: Vec<f32> = (0..c).map(|_| 1.0 + 0.3 * rng.normal()).collect();
-        let beta: Vec<f32> = (0..c).map(|_| rng.normal()).collect();
-        let da0: Vec<f32> = (0..rows * c).map(|_| rng.normal()).collect();
-        let act = crate::config::Activation::Relu6;
-        let mut a_ref = vec![0.0; rows * c];
-        let (cache_ref, var_ref) = ops::bn_forward_train(&z, c, &gamma, &beta, 1e-3, &mut a_ref);
-        ops::activation_forward(&mut a_ref, act);
-        let mut dy_ref = da0.clone();
-        ops::activation_backward(&a_ref, act, &mut dy_ref);
-        let (mut dz_ref, mut dg_ref, mut db_ref) =
-            (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
-        ops::bn_backward(
-            &z,
-            c,
-            &cache_ref,
-            &gamma,
-            &dy_ref,
-            &mut dz_ref,
-            &mut dg_ref,
-            &mut db_ref,
-        );
-        for threads in [1, 2, 3, 5] {
-            let mut pool = SpinPool::new(threads);
-            let mut a = vec![0.0; rows * c];
-            let (cache, var) = bn_act_forward(&mut pool, &z, c, &gamma, &beta, 1e-3, act, &mut a);
-            let close = |x: &[f32], y: &[f32], what: &str| {
-                for (i, (p, q)) in x.iter().zip(y).enumerate() {
-                    assert!(
-                        (p - q).abs() <= 1e-5 * q.abs().max(1.0),
-                        "{threads} threads {what}[{i}]: {p} vs {q}"
-                    );
-                }
-            };
-            close(&a, &a_ref, "a");
-            close(&cache.mean, &cache_ref.mean, "mean");
-            close(&var, &var_ref, "var");
-            let mut da = da0.clone();
-            let (mut dz, mut dg, mut db) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
-            bn_act_backward(
-                &mut pool, &z, &a, c, &cache, &gamma, act, &mut da, &mut dz, &mut dg, &mut db,
-            );
-            close(&dz, &dz_ref, "dz");
-            close(&dg, &dg_ref, "dgamma");
-            close(&db, &db_ref, "dbeta");
         }
     }
 

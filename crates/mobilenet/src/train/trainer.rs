@@ -18,9 +18,9 @@ use super::net::{StepOptions, TrainNet};
 use super::optim::{Optimizer, OptimizerKind, Schedule};
 use super::Rng;
 use crate::data::{shuffle, Augment, DataError, Dataset, Loader};
-use crate::engine::InferenceModel;
 use crate::error::ModelError;
 use crate::eval::evaluate;
+use crate::infer::InferenceModel;
 use crate::weights::{write_atomic, ModelFile, Tensor};
 
 /// Everything that defines a training run besides the model and the data.
@@ -406,7 +406,7 @@ impl Trainer {
             }
             // End of epoch: evaluate with the moving statistics, record, checkpoint.
             let model = self.net.to_model();
-            let plan = InferenceModel::new(&model);
+            let plan = InferenceModel::new(&model)?;
             let report = evaluate(&plan, val, o.batch_size.max(1), o.threads, o.loader_workers)?;
             let p = std::mem::take(&mut self.state.partial);
             let metrics = EpochMetrics {

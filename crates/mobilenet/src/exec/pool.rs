@@ -193,66 +193,6 @@ impl Drop for SpinPool {
     }
 }
 
-/// Splits `data` into disjoint mutable ranges, one per part of a [`SpinPool::run`].
-pub struct Parts<'a, T = f32> {
-    ptr: *mut T,
-    ranges: Vec<std::ops::Range<usize>>,
-    _data: std::marker::PhantomData<&'a mut [T]>,
-}
-
-// Safety: the ranges are disjoint (checked in `new`), and `get` hands out each range to the one
-// part with that index; SpinPool::run calls each part exactly once.
-unsafe impl<T: Send> Sync for Parts<'_, T> {}
-
-impl<'a, T> Parts<'a, T> {
-    /// `ranges` must be disjoint, increasing and inside `data`.
-    ///
-    /// # Panics
-    ///
-    /// If they are not.
-    pub fn new(data: &'a mut [T], ranges: Vec<std::ops::Range<usize>>) -> Parts<'a, T> {
-        let mut end = 0;
-        for r in &ranges {
-            assert!(
-                r.start >= end && r.start <= r.end && r.end <= data.len(),
-                "overlapping parts"
-            );
-            end = r.end;
-        }
-        Parts {
-            ptr: data.as_mut_ptr(),
-            ranges,
-            _data: std::marker::PhantomData,
-        }
-    }
-
-    /// The range of part `i` (empty past the last range).
-    ///
-    /// # Safety
-    ///
-    /// Each `i` may be taken once at a time: only the part numbered `i` of a [`SpinPool::run`]
-    /// calls this with `i`.
-    #[allow(clippy::mut_from_ref)] // disjointness is what makes the &mut sound
-    pub unsafe fn get(&self, i: usize) -> (usize, &mut [T]) {
-        match self.ranges.get(i) {
-            // Safety: the range is inside `data` and disjoint from every other part's.
-            Some(r) => (r.start, unsafe {
-                std::slice::from_raw_parts_mut(self.ptr.add(r.start), r.len())
-            }),
-            None => (0, &mut []),
-        }
-    }
-}
-
-/// `n` items split into `parts` contiguous ranges of nearly equal length, each a multiple of
-/// `align` (but the last).
-pub fn split(n: usize, parts: usize, align: usize) -> Vec<std::ops::Range<usize>> {
-    let per = n.div_ceil(parts.max(1)).div_ceil(align.max(1)) * align.max(1);
-    (0..parts)
-        .map(|i| (i * per).min(n)..((i + 1) * per).min(n))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,21 +231,6 @@ mod tests {
     }
 
     #[test]
-    fn parts_write_disjoint_ranges() {
-        let mut pool = SpinPool::new(2);
-        let mut data = vec![0.0f32; 10];
-        let parts = Parts::new(&mut data, split(10, 2, 1));
-        pool.run(&|i| {
-            // Safety: part i takes range i only.
-            let (start, chunk) = unsafe { parts.get(i) };
-            for (j, v) in chunk.iter_mut().enumerate() {
-                *v = (start + j) as f32;
-            }
-        });
-        assert_eq!(data, (0..10).map(|v| v as f32).collect::<Vec<_>>());
-    }
-
-    #[test]
     fn workers_wake_after_parking() {
         let mut pool = SpinPool::new(2);
         let hits = AtomicUsize::new(0);
@@ -329,12 +254,5 @@ mod tests {
             hits.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(hits.load(Ordering::Relaxed), 2);
-    }
-
-    #[test]
-    fn split_is_even_and_aligned() {
-        assert_eq!(split(10, 3, 1), [0..4, 4..8, 8..10]);
-        assert_eq!(split(49, 2, 12), [0..36, 36..49]);
-        assert_eq!(split(3, 4, 1), [0..1, 1..2, 2..3, 3..3]);
     }
 }

@@ -16,8 +16,10 @@ use std::path::Path;
 
 use mobilenet_kernels::int8::requantize;
 
-use super::{ElementType, Graph, MobileNetGraph, OpKind, TfPadding, TfliteError};
 use crate::layers::LayerKind;
+use crate::tflite::{
+    ElementType, FusedActivation, Graph, MobileNetGraph, OpKind, TfPadding, TfliteError,
+};
 
 /// A real multiplier as TFLite stores it: `m · 2^shift` with `m` a Q31 fixed-point number in
 /// [0.5, 1).
@@ -581,7 +583,7 @@ fn check_lengths(
 /// TFLite's `CalculateActivationRangeQuantized`: the fused activation's bounds in the output's
 /// quantized domain, intersected with the type's range.
 fn activation_range(
-    act: &super::FusedActivation,
+    act: &FusedActivation,
     scale: f32,
     zp: i32,
     qmin: i32,
@@ -589,8 +591,8 @@ fn activation_range(
 ) -> (i32, i32) {
     let quantize = |v: f32| zp + (v / scale).round() as i32;
     match act {
-        super::FusedActivation::Relu => (qmin.max(quantize(0.0)), qmax),
-        super::FusedActivation::Relu6 => (qmin.max(quantize(0.0)), qmax.min(quantize(6.0))),
+        FusedActivation::Relu => (qmin.max(quantize(0.0)), qmax),
+        FusedActivation::Relu6 => (qmin.max(quantize(0.0)), qmax.min(quantize(6.0))),
         _ => (qmin, qmax),
     }
 }

@@ -1,14 +1,16 @@
 //! Quantized `.tflite` MobileNets as classifiers: Google's uint8 files and what
-//! [`crate::quantize`] writes, run by the integer engine on raw 8-bit pixels.
+//! [`super::ptq`] writes, run by the integer engine on raw 8-bit pixels.
 
 use std::path::Path;
 
 use image::RgbImage;
 
+use super::engine::{QuantEngine, QuantSession};
+use super::ir::QuantModel;
+use super::ptq::{LABELS_METADATA, PREPROCESSING_METADATA};
 use crate::error::ModelError;
 use crate::preprocess::{PixelNorm, Preprocessing};
-use crate::quantize::{LABELS_METADATA, PREPROCESSING_METADATA};
-use crate::tflite::{self, ElementType, MobileNetGraph, QuantEngine, QuantModel, QuantSession};
+use crate::tflite::{self, ElementType, MobileNetGraph};
 
 /// A quantized MobileNet ready for the integer engine, with what it needs to take images.
 #[derive(Debug)]
@@ -187,46 +189,5 @@ impl QuantizedModel {
     /// A session on `threads` threads (0: all cores).
     pub fn session(&self, threads: usize) -> QuantSession<'_> {
         self.engine.session(threads)
-    }
-}
-
-/// A model as `classify`, `eval` and `bench` take it: float (our model file, TF-slim/Keras
-/// weights or a float `.tflite`) or a quantized `.tflite`.
-#[derive(Debug)]
-pub enum AnyModel {
-    /// Runs on the f32 engine.
-    Float(crate::ModelFile),
-    /// Runs on the integer engine.
-    Quantized(QuantizedModel),
-}
-
-impl AnyModel {
-    /// Reads `path` once and loads it by its contents: a `.tflite` with an 8-bit input is
-    /// quantized, any other `.tflite` or weight file goes through [`crate::import`].
-    ///
-    /// # Errors
-    ///
-    /// An unreadable or malformed file; a graph or weights that are not a MobileNet v1.
-    pub fn load(path: &Path) -> Result<AnyModel, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if tflite::is_tflite(&bytes) {
-            let g = tflite::read(&bytes, path).map_err(|e| ModelError::Metadata {
-                path: e.path,
-                reason: e.reason,
-            })?;
-            let float_input = g
-                .inputs
-                .first()
-                .and_then(|&i| g.tensors.get(i))
-                .is_some_and(|t| t.kind == ElementType::F32);
-            if !float_input {
-                return QuantizedModel::from_graph(&g, path).map(AnyModel::Quantized);
-            }
-        }
-        let (model, _) = crate::import::import_bytes(&bytes, path, &Default::default())?;
-        Ok(AnyModel::Float(model))
     }
 }

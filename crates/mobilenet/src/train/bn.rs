@@ -1,10 +1,12 @@
-//! Training ops as explicit forward/backward pairs (llm.c style), on row-major `[rows, c]`
-//! views of NHWC activations (rows = N·H·W). Each has a finite-difference gradient check below.
-//!
-//! The convolutions' forward and backward passes are in [`super::net`], on top of the
-//! kernels crate.
+//! Batch norm with the activation after it: the single-threaded reference ops (batch norm in
+//! training and evaluation mode, ReLU/ReLU6, each forward with its backward) and the threaded
+//! forward/backward pair the network runs, rows of `[rows, c]` (NHWC, rows = N·H·W) split
+//! between the execution layer's threads.
+
+use mobilenet_kernels::Isa;
 
 use crate::config::Activation;
+use crate::exec::{for_each_part, map_parts, map_ranges, split, SpinPool};
 
 /// What batch norm's backward pass needs from its forward pass.
 #[derive(Clone, Debug, Default)]
@@ -16,13 +18,12 @@ pub struct BnCache {
 }
 
 /// Per-channel sums over rows: `(Σx, Σx²)` in f64 (a batch of 32 at 112×112 has 401k rows).
-pub(crate) fn channel_moments(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn channel_moments(isa: Isa, x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     let mut sum = vec![0.0f64; c];
     let mut sq = vec![0.0f64; c];
     // Sum each block of rows in f32 (vectorises), then add the block to the f64 totals.
     let mut bsum = vec![0.0f32; c];
     let mut bsq = vec![0.0f32; c];
-    let isa = mobilenet_kernels::Isa::detect();
     for block in x.chunks(256 * c) {
         bsum.fill(0.0);
         bsq.fill(0.0);
@@ -67,7 +68,7 @@ pub fn bn_forward_train(
     y: &mut [f32],
 ) -> (BnCache, Vec<f32>) {
     let rows = x.len() / c;
-    let (sum, sq) = channel_moments(x, c);
+    let (sum, sq) = channel_moments(Isa::SCALAR, x, c);
     let (cache, unbiased) = bn_statistics(&sum, &sq, rows, eps);
     // y = x·scale + shift with scale = γ·inv_std, shift = β − mean·scale.
     let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect();
@@ -163,6 +164,7 @@ pub fn bn_backward(
 /// derivative applied first: `dy = da · act'(a)` is written back into `da`, and the result is
 /// `(Σdy, Σdy·x̂)` per channel (x̂ recomputed from `z` and the cache).
 pub(crate) fn bn_act_backward_sums(
+    isa: Isa,
     z: &[f32],
     a: &[f32],
     da: &mut [f32],
@@ -170,7 +172,6 @@ pub(crate) fn bn_act_backward_sums(
     cache: &BnCache,
     act: Activation,
 ) -> (Vec<f64>, Vec<f64>) {
-    let isa = mobilenet_kernels::Isa::detect();
     let hi = activation_max(act);
     let mut sum_dy = vec![0.0f64; c];
     let mut sum_dyx = vec![0.0f64; c];
@@ -231,132 +232,111 @@ pub fn activation_backward(a: &[f32], act: Activation, d: &mut [f32]) {
     }
 }
 
-/// Global average pool: `x` `[n, pixels, c]` → `y` `[n, c]`.
-pub fn avgpool_forward(x: &[f32], n: usize, pixels: usize, c: usize, y: &mut [f32]) {
-    for (img, out) in x
-        .chunks_exact(pixels * c)
-        .zip(y.chunks_exact_mut(c))
-        .take(n)
-    {
-        mobilenet_kernels::pool::global_avg_pool(img, pixels, c, out);
-    }
+/// Batch norm with batch statistics followed by the activation, rows split between threads:
+/// per-thread channel sums, combined, then `a = act(z·scale + shift)` in parallel. Returns the
+/// cache and the unbiased batch variance. The single-threaded reference is
+/// [`bn_forward_train`] followed by [`activation_forward`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bn_act_forward(
+    pool: &mut SpinPool,
+    isa: Isa,
+    z: &[f32],
+    c: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    act: Activation,
+    a: &mut [f32],
+) -> (BnCache, Vec<f32>) {
+    let rows = z.len() / c;
+    let ranges = split(rows, pool.threads(), 1);
+    let (sum, sq) = combine(&map_ranges(pool, &ranges, |_, r| {
+        channel_moments(isa, &z[r.start * c..r.end * c], c)
+    }));
+    let (cache, unbiased) = bn_statistics(&sum, &sq, rows, eps);
+    let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect();
+    let shift: Vec<f32> = (0..c)
+        .map(|ch| beta[ch] - cache.mean[ch] * scale[ch])
+        .collect();
+    let hi = activation_max(act);
+    for_each_part(pool, a, &ranges, c, |_, row, out| {
+        let x = &z[row * c..row * c + out.len()];
+        mobilenet_kernels::bn::affine_clamp(isa, x, c, &scale, &shift, 0.0, hi, out);
+    });
+    (cache, unbiased)
 }
 
-/// Backward of [`avgpool_forward`]: every pixel gets `dy / pixels`.
-pub fn avgpool_backward(dy: &[f32], n: usize, pixels: usize, c: usize, dx: &mut [f32]) {
-    let scale = 1.0 / pixels as f32;
-    for (img, d) in dx
-        .chunks_exact_mut(pixels * c)
-        .zip(dy.chunks_exact(c))
-        .take(n)
-    {
-        for px in img.chunks_exact_mut(c) {
-            for (o, &g) in px.iter_mut().zip(d) {
-                *o = g * scale;
-            }
+/// Backward of [`bn_act_forward`]: `da` (dL/da in, dL/dy out) → `dz`, `dgamma`, `dbeta`, rows
+/// split between threads. The reference is [`activation_backward`] then
+/// [`bn_backward`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bn_act_backward(
+    pool: &mut SpinPool,
+    isa: Isa,
+    z: &[f32],
+    a: &[f32],
+    c: usize,
+    cache: &BnCache,
+    gamma: &[f32],
+    act: Activation,
+    da: &mut [f32],
+    dz: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    let rows = z.len() / c;
+    let ranges = split(rows, pool.threads(), 1);
+    let sums = map_parts(pool, da, &ranges, c, |_, row, d| {
+        let (start, len) = (row * c, d.len());
+        let (z, a) = (&z[start..start + len], &a[start..start + len]);
+        bn_act_backward_sums(isa, z, a, d, c, cache, act)
+    });
+    let (sum_dy, sum_dyx) = combine(&sums);
+    let n = rows as f64;
+    for ch in 0..c {
+        dbeta[ch] = sum_dy[ch] as f32;
+        dgamma[ch] = sum_dyx[ch] as f32;
+    }
+    let k: Vec<f32> = (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect();
+    let mean_dy: Vec<f32> = (0..c).map(|ch| (sum_dy[ch] / n) as f32).collect();
+    let mean_dyx: Vec<f32> = (0..c).map(|ch| (sum_dyx[ch] / n) as f32).collect();
+    let dy: &[f32] = da;
+    for_each_part(pool, dz, &ranges, c, |_, row, out| {
+        let (start, len) = (row * c, out.len());
+        let (zs, ds) = (&z[start..start + len], &dy[start..start + len]);
+        mobilenet_kernels::bn::backward_apply(
+            isa,
+            zs,
+            ds,
+            c,
+            &cache.mean,
+            &cache.inv_std,
+            &k,
+            &mean_dy,
+            &mean_dyx,
+            out,
+        );
+    });
+}
+
+/// Adds up per-part `(Σa, Σb)` channel sums.
+fn combine(parts: &[(Vec<f64>, Vec<f64>)]) -> (Vec<f64>, Vec<f64>) {
+    let c = parts.iter().map(|p| p.0.len()).max().unwrap_or(0);
+    let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
+    for (pa, pb) in parts {
+        for ch in 0..pa.len() {
+            a[ch] += pa[ch];
+            b[ch] += pb[ch];
         }
     }
-}
-
-/// Inverted dropout: keeps each value with probability `1 − rate`, scaled by `1/(1 − rate)`;
-/// `mask` receives the per-value factor (0 or the scale) for the backward pass.
-pub fn dropout_forward(x: &mut [f32], rate: f32, rng: &mut crate::train::Rng, mask: &mut Vec<f32>) {
-    mask.clear();
-    if rate <= 0.0 {
-        mask.resize(x.len(), 1.0);
-        return;
-    }
-    let scale = 1.0 / (1.0 - rate);
-    for v in x.iter_mut() {
-        let m = if rng.uniform() >= rate { scale } else { 0.0 };
-        mask.push(m);
-        *v *= m;
-    }
-}
-
-/// Backward of [`dropout_forward`].
-pub fn dropout_backward(mask: &[f32], d: &mut [f32]) {
-    for (g, &m) in d.iter_mut().zip(mask) {
-        *g *= m;
-    }
-}
-
-/// Mean softmax cross-entropy over `n` rows of `k` logits, with label smoothing `smoothing`
-/// (the target puts `1 − smoothing + smoothing/k` on the label and `smoothing/k` elsewhere).
-/// Returns the loss, the number of rows whose arg-max is the label, and writes
-/// `dlogits = (softmax − target) / n`.
-pub fn softmax_cross_entropy(
-    logits: &[f32],
-    labels: &[usize],
-    k: usize,
-    smoothing: f32,
-    dlogits: &mut [f32],
-) -> (f32, usize) {
-    let n = labels.len();
-    let mut loss = 0.0f64;
-    let mut correct = 0;
-    let off = smoothing / k as f32;
-    let on = 1.0 - smoothing + off;
-    for ((row, d), &label) in logits
-        .chunks_exact(k)
-        .zip(dlogits.chunks_exact_mut(k))
-        .zip(labels)
-    {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
-        let log_sum = sum.ln() + max as f64;
-        let mut best = 0;
-        for j in 0..k {
-            if row[j] > row[best] {
-                best = j;
-            }
-            let target = if j == label { on } else { off };
-            let logp = row[j] as f64 - log_sum;
-            loss -= target as f64 * logp;
-            d[j] = ((logp.exp() - target as f64) / n as f64) as f32;
-        }
-        if best == label {
-            correct += 1;
-        }
-    }
-    ((loss / n as f64) as f32, correct)
+    (a, b)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::gradcheck::{check_gradient, project};
     use crate::train::Rng;
-
-    /// Central-difference check of `grad` against `loss` at a sample of coordinates of `x`.
-    pub(crate) fn check_gradient(
-        what: &str,
-        x: &mut [f32],
-        grad: &[f32],
-        mut loss: impl FnMut(&[f32]) -> f64,
-    ) {
-        let eps = 1e-2f32;
-        let step = (x.len() / 40).max(1);
-        for i in (0..x.len()).step_by(step) {
-            let orig = x[i];
-            x[i] = orig + eps;
-            let up = loss(x);
-            x[i] = orig - eps;
-            let down = loss(x);
-            x[i] = orig;
-            let numeric = (up - down) / (2.0 * eps as f64);
-            let analytic = grad[i] as f64;
-            let tol = 2e-2 * numeric.abs().max(analytic.abs()) + 2e-3;
-            assert!(
-                (numeric - analytic).abs() <= tol,
-                "{what}[{i}]: numeric {numeric}, analytic {analytic}"
-            );
-        }
-    }
-
-    /// A fixed random projection of an output to a scalar loss.
-    fn project(y: &[f32], r: &[f32]) -> f64 {
-        y.iter().zip(r).map(|(a, b)| *a as f64 * *b as f64).sum()
-    }
 
     #[test]
     fn batch_norm_gradients() {
@@ -400,59 +380,77 @@ mod tests {
         assert!((y[0] + 1.224_744_9).abs() < 1e-5 && y[2].abs() < 1e-6);
     }
 
+    /// The threaded batch norm + activation equals the single-threaded reference ops.
     #[test]
-    fn activation_pool_and_dropout_gradients() {
-        let mut rng = Rng::new(2);
-        let (n, pixels, c) = (2, 6, 3);
-        // Values away from the kinks at 0 and 6, where the derivative jumps.
-        let mut x: Vec<f32> = (0..n * pixels * c)
-            .map(|i| if i % 3 == 0 { 7.0 } else { 0.5 + 4.0 * rng.uniform() } * if i % 4 == 0 { -1.0 } else { 1.0 })
-            .collect();
-        let r: Vec<f32> = (0..n * c).map(|_| rng.normal()).collect();
-        let forward = |x: &[f32]| {
-            let mut a = x.to_vec();
-            activation_forward(&mut a, Activation::Relu6);
-            let mut p = vec![0.0; n * c];
-            avgpool_forward(&a, n, pixels, c, &mut p);
-            (a, p)
-        };
-        let (a, _) = forward(&x);
-        let mut dx = vec![0.0; x.len()];
-        avgpool_backward(&r, n, pixels, c, &mut dx);
-        activation_backward(&a, Activation::Relu6, &mut dx);
-        check_gradient("relu6+avgpool", &mut x, &dx, |x| project(&forward(x).1, &r));
-
-        let mut v: Vec<f32> = (0..100).map(|_| rng.normal()).collect();
-        let orig = v.clone();
-        let mut mask = Vec::new();
-        dropout_forward(&mut v, 0.25, &mut rng, &mut mask);
-        let kept = mask.iter().filter(|&&m| m > 0.0).count();
-        assert!((60..=90).contains(&kept), "{kept} of 100 kept at rate 0.25");
-        for ((o, y), m) in orig.iter().zip(&v).zip(&mask) {
-            assert_eq!(*y, o * m);
+    fn threaded_batch_norm_matches_the_reference() {
+        let (rows, c) = (37, 6);
+        let mut rng = Rng::new(4);
+        let z: Vec<f32> = (0..rows * c).map(|_| 3.0 * rng.normal()).collect();
+        let gamma: Vec<f32> = (0..c).map(|_| 1.0 + 0.3 * rng.normal()).collect();
+        let beta: Vec<f32> = (0..c).map(|_| rng.normal()).collect();
+        let da0: Vec<f32> = (0..rows * c).map(|_| rng.normal()).collect();
+        let act = Activation::Relu6;
+        let mut a_ref = vec![0.0; rows * c];
+        let (cache_ref, var_ref) = bn_forward_train(&z, c, &gamma, &beta, 1e-3, &mut a_ref);
+        activation_forward(&mut a_ref, act);
+        let mut dy_ref = da0.clone();
+        activation_backward(&a_ref, act, &mut dy_ref);
+        let (mut dz_ref, mut dg_ref, mut db_ref) =
+            (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
+        bn_backward(
+            &z,
+            c,
+            &cache_ref,
+            &gamma,
+            &dy_ref,
+            &mut dz_ref,
+            &mut dg_ref,
+            &mut db_ref,
+        );
+        for threads in [1, 2, 3, 5] {
+            let mut pool = SpinPool::new(threads);
+            let mut a = vec![0.0; rows * c];
+            let (cache, var) = bn_act_forward(
+                &mut pool,
+                Isa::detect(),
+                &z,
+                c,
+                &gamma,
+                &beta,
+                1e-3,
+                act,
+                &mut a,
+            );
+            let close = |x: &[f32], y: &[f32], what: &str| {
+                for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                    assert!(
+                        (p - q).abs() <= 1e-5 * q.abs().max(1.0),
+                        "{threads} threads {what}[{i}]: {p} vs {q}"
+                    );
+                }
+            };
+            close(&a, &a_ref, "a");
+            close(&cache.mean, &cache_ref.mean, "mean");
+            close(&var, &var_ref, "var");
+            let mut da = da0.clone();
+            let (mut dz, mut dg, mut db) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
+            bn_act_backward(
+                &mut pool,
+                Isa::detect(),
+                &z,
+                &a,
+                c,
+                &cache,
+                &gamma,
+                act,
+                &mut da,
+                &mut dz,
+                &mut dg,
+                &mut db,
+            );
+            close(&dz, &dz_ref, "dz");
+            close(&dg, &dg_ref, "dgamma");
+            close(&db, &db_ref, "dbeta");
         }
-        let mut d = vec![1.0; 100];
-        dropout_backward(&mask, &mut d);
-        assert_eq!(d, mask);
-    }
-
-    #[test]
-    fn cross_entropy_gradient_and_smoothing() {
-        let mut rng = Rng::new(3);
-        let (n, k) = (4, 5);
-        let mut logits: Vec<f32> = (0..n * k).map(|_| 2.0 * rng.normal()).collect();
-        let labels = [0, 3, 4, 1];
-        for smoothing in [0.0, 0.1] {
-            let mut d = vec![0.0; n * k];
-            softmax_cross_entropy(&logits, &labels, k, smoothing, &mut d);
-            check_gradient("xent", &mut logits, &d, |l| {
-                let mut scratch = vec![0.0; n * k];
-                softmax_cross_entropy(l, &labels, k, smoothing, &mut scratch).0 as f64
-            });
-        }
-        // Uniform logits: loss ln k whatever the smoothing.
-        let mut d = vec![0.0; k];
-        let (loss, _) = softmax_cross_entropy(&[0.0; 5], &[2], k, 0.1, &mut d);
-        assert!((loss - (k as f32).ln()).abs() < 1e-6);
     }
 }

@@ -25,6 +25,12 @@ use crate::error::ModelError;
 use crate::layers::LayerKind;
 use crate::preprocess::Preprocessing;
 
+mod init;
+mod view;
+
+pub use init::WeightInit;
+pub use view::{names, BnTensor, BnWeights, ConvWeights, FcWeights};
+
 /// Value of the `format` metadata key.
 pub const FORMAT: &str = "mobilenet-v1";
 /// Version of the file layout; bumped when names or layouts change.
@@ -85,16 +91,16 @@ pub fn tensor_specs(config: &MobileNetConfig) -> Vec<TensorSpec> {
             LayerKind::Depthwise => vec![k, k, cin],
             LayerKind::Pointwise => vec![cin, cout],
             LayerKind::Fc => {
-                specs.push(spec("fc/weight".into(), vec![cin, cout], false));
-                specs.push(spec("fc/bias".into(), vec![cout], false));
+                specs.push(spec(names::FC_WEIGHT.into(), vec![cin, cout], false));
+                specs.push(spec(names::FC_BIAS.into(), vec![cout], false));
                 continue;
             }
             LayerKind::AvgPool => continue,
         };
-        specs.push(spec(format!("{}/weight", layer.name), weight, false));
-        specs.push(spec(format!("{}/bias", layer.name), vec![cout], true));
-        for bn in ["gamma", "beta", "moving_mean", "moving_variance"] {
-            specs.push(spec(format!("{}/bn/{bn}", layer.name), vec![cout], false));
+        specs.push(spec(names::weight(&layer.name), weight, false));
+        specs.push(spec(names::bias(&layer.name), vec![cout], true));
+        for t in BnTensor::ALL {
+            specs.push(spec(names::bn(&layer.name, t), vec![cout], false));
         }
     }
     specs
@@ -342,12 +348,23 @@ impl ModelFile {
         if let Some(labels) = &self.labels {
             metadata.insert("labels".to_string(), to_json(labels));
         }
-        let views: Vec<(String, TensorView<'_>)> = self
+        // Little-endian bytes of every tensor (a copy: the file is written once).
+        let tensors: Vec<(&String, &Tensor, Vec<u8>)> = self
             .tensors
             .iter()
             .chain(extra.iter())
             .map(|(name, t)| {
-                let bytes: &[u8] = bytemuck_f32(&t.data);
+                (
+                    name,
+                    t,
+                    t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                )
+            })
+            .collect();
+        let views: Vec<(String, TensorView<'_>)> = tensors
+            .iter()
+            .map(|(name, t, bytes)| {
+                let name = *name;
                 // The shape and byte length agree by construction of Tensor.
                 let view = TensorView::new(Dtype::F32, t.shape.clone(), bytes).map_err(|e| {
                     ModelError::Format {
@@ -439,93 +456,9 @@ pub(crate) fn read_safetensors(bytes: &[u8], path: &Path) -> Result<RawSafetenso
     Ok((tensors, metadata))
 }
 
-/// The little-endian bytes of an f32 slice, without copying.
-fn bytemuck_f32(data: &[f32]) -> &[u8] {
-    #[cfg(target_endian = "big")]
-    compile_error!("model files are little-endian; big-endian hosts are not supported");
-    // Safety: f32 has no padding and any byte pattern is a valid u8; the length is exact.
-    unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
-}
-
 /// Metadata values are plain data (numbers, strings, enums), which always serialise.
 fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
-}
-
-/// How [`ModelFile::random_with`] draws the starting weights. Batch norm starts as the identity
-/// (γ 1, β 0, moving mean 0, variance 1) in both.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WeightInit {
-    /// He-scaled uniform: U(±√(6/fan_in)), variance 2/fan_in, for convolutions and the FC; zero
-    /// FC bias.
-    He,
-    /// PyTorch's module defaults (`Conv2d`, `Linear`: Kaiming-uniform with a = √5):
-    /// U(±1/√fan_in), variance 1/(3·fan_in), and the FC bias U(±1/√fan_in).
-    Torch,
-}
-
-impl ModelFile {
-    /// A model with seeded random weights ([`WeightInit::He`]): for benchmarks and tests.
-    pub fn random(config: MobileNetConfig, seed: u64) -> ModelFile {
-        ModelFile::random_with(config, seed, WeightInit::He)
-    }
-
-    /// A model with seeded random weights drawn as `init` says: the starting point of training
-    /// from scratch.
-    pub fn random_with(config: MobileNetConfig, seed: u64, init: WeightInit) -> ModelFile {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut uniform = move || {
-            // xorshift64*: uniform in [-1, 1).
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            let x = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
-        let mut tensors = BTreeMap::new();
-        let specs = tensor_specs(&config);
-        let fc_fan_in = specs
-            .iter()
-            .find(|s| s.name == "fc/weight")
-            .map_or(1, |s| s.shape[0]);
-        for spec in specs {
-            if spec.optional {
-                continue;
-            }
-            let n: usize = spec.shape.iter().product();
-            let leaf = spec.name.rsplit('/').next().unwrap_or("");
-            let data: Vec<f32> = match leaf {
-                "gamma" | "moving_variance" => vec![1.0; n],
-                "bias" if spec.name == "fc/bias" && init == WeightInit::Torch => {
-                    let a = 1.0 / (fc_fan_in.max(1) as f32).sqrt();
-                    (0..n).map(|_| a * uniform()).collect()
-                }
-                "beta" | "moving_mean" | "bias" => vec![0.0; n],
-                _ => {
-                    // Fan-in: everything but the output-channel axis (depthwise: the 3×3 taps).
-                    let fan_in = if spec.shape.len() == 3 {
-                        spec.shape[0] * spec.shape[1]
-                    } else {
-                        n / spec.shape.last().copied().unwrap_or(1)
-                    };
-                    // Uniform on [-a, a] has variance a²/3.
-                    let a = match init {
-                        WeightInit::He => (6.0 / fan_in.max(1) as f32).sqrt(),
-                        WeightInit::Torch => 1.0 / (fan_in.max(1) as f32).sqrt(),
-                    };
-                    (0..n).map(|_| a * uniform()).collect()
-                }
-            };
-            tensors.insert(spec.name, Tensor::new(spec.shape, data));
-        }
-        ModelFile {
-            config,
-            bn_epsilon: DEFAULT_BN_EPSILON,
-            preprocessing: Preprocessing::default(),
-            labels: None,
-            tensors,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@
 use std::collections::HashMap;
 
 use crate::config::{Activation, Padding, Variant};
-use crate::engine::{fold_bn, Fusion, InferenceModel};
+use crate::error::ModelError;
+use crate::infer::{Fusion, InferenceModel};
 use crate::layers::LayerKind;
 use crate::tflite::{
     ElementType, FusedActivation, Graph, OpInfo, OpKind, Quantization, TensorInfo, TfPadding,
@@ -105,16 +106,20 @@ pub struct Calibrator {
 
 impl Calibrator {
     /// A calibrator for `file`.
-    pub fn new(file: &ModelFile) -> Calibrator {
-        Calibrator {
+    ///
+    /// # Errors
+    ///
+    /// A weight the layer table needs is missing or of the wrong size.
+    pub fn new(file: &ModelFile) -> Result<Calibrator, ModelError> {
+        Ok(Calibrator {
             model: InferenceModel::with_options(
                 file,
                 mobilenet_kernels::Isa::detect(),
                 Fusion::None,
-            ),
+            )?,
             calibration: Calibration::default(),
             histograms: HashMap::new(),
-        }
+        })
     }
 
     /// Values per preprocessed image.
@@ -346,13 +351,12 @@ pub fn quantize(file: &ModelFile, calibration: &Calibration) -> Result<Graph, Qu
         }
         // Folded float weights in our layouts, and their biases.
         let (w, bias): (Vec<f32>, Vec<f32>) = if l.kind == LayerKind::Fc {
-            (
-                file.tensors["fc/weight"].data.clone(),
-                file.tensors["fc/bias"].data.clone(),
-            )
+            let fc = file.fc(&l).map_err(|e| QuantizeError(e.to_string()))?;
+            (fc.weight.to_vec(), fc.bias.to_vec())
         } else {
-            let (scale, bias) = fold_bn(file, &l);
-            let w = &file.tensors[&format!("{}/weight", l.name)].data;
+            let conv = file.conv(&l).map_err(|e| QuantizeError(e.to_string()))?;
+            let (scale, bias) = conv.folded_bn(file.bn_epsilon);
+            let w = conv.weight;
             let cols = if l.kind == LayerKind::Depthwise {
                 cin
             } else {

@@ -7,14 +7,14 @@
 //! (the GEMM's row-sum term) and `−x_zp·Σ_k w'` folded into the bias.
 
 use mobilenet_kernels::int8::dwconv::{qdwconv3x3, QDwWeights};
-use mobilenet_kernels::int8::gemm::{qgemm, qgemm_ptr, PackedQB};
+use mobilenet_kernels::int8::gemm::{qgemm, PackedQB};
 use mobilenet_kernels::int8::{avg_pool, im2col3x3, IntIsa, Requant};
 use mobilenet_kernels::ConvGeometry;
 use std::time::{Duration, Instant};
 
-use super::quant::{softmax, QOp};
-use super::{ElementType, QuantModel};
-use crate::pool::{split, Parts, SpinPool};
+use super::ir::{softmax, QOp, QuantModel};
+use crate::exec::{for_each_part, for_each_part2, qgemm_split, resolve_threads, split, SpinPool};
+use crate::tflite::ElementType;
 
 /// Why a quantized model cannot run on the fast engine (the reference interpreter still can).
 #[derive(Debug, thiserror::Error)]
@@ -317,11 +317,7 @@ impl QuantEngine {
     }
 
     pub fn session(&self, threads: usize) -> QuantSession<'_> {
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            threads
-        };
+        let threads = resolve_threads(threads);
         QuantSession {
             engine: self,
             pool: SpinPool::new(threads),
@@ -392,26 +388,12 @@ impl QuantSession<'_> {
                 } => {
                     let n = b.n();
                     let col = &mut self.col[..g.out_h * g.out_w * kp];
+                    let out = &mut dst[..g.out_h * g.out_w * n];
                     // im2col and GEMM on each thread's band of output rows.
                     let ranges = split(g.out_h, pool.threads(), 1);
-                    let cols = Parts::new(
-                        col,
-                        ranges
-                            .iter()
-                            .map(|r| r.start * g.out_w * kp..r.end * g.out_w * kp)
-                            .collect(),
-                    );
-                    let outs = Parts::new(
-                        &mut dst[..g.out_h * g.out_w * n],
-                        ranges
-                            .iter()
-                            .map(|r| r.start * g.out_w * n..r.end * g.out_w * n)
-                            .collect(),
-                    );
-                    pool.run(&|t| {
-                        // Safety: part t takes range t only.
-                        let ((_, colt), (_, out)) = unsafe { (cols.get(t), outs.get(t)) };
-                        let Some(r) = ranges.get(t) else { return };
+                    let (cols, outs) = ((col, g.out_w * kp), (out, g.out_w * n));
+                    for_each_part2(pool, cols, outs, &ranges, |t, _, colt, out| {
+                        let r = &ranges[t];
                         if r.is_empty() {
                             return;
                         }
@@ -436,22 +418,22 @@ impl QuantSession<'_> {
                     row_coeff,
                     rq,
                 } => {
-                    gemm_split(pool, isa, *pixels, src, b, *row_coeff, rq, dst);
+                    qgemm_split(pool, isa, *pixels, src, b, *row_coeff, rq, dst);
                 }
                 Step::Depthwise { g, w, rq } => {
                     let row = g.out_w * w.channels();
                     let ranges = split(g.out_h, pool.threads(), 1);
-                    let outs = Parts::new(
+                    for_each_part(
+                        pool,
                         &mut dst[..g.out_h * row],
-                        ranges.iter().map(|r| r.start * row..r.end * row).collect(),
+                        &ranges,
+                        row,
+                        |_, r0, out| {
+                            if !out.is_empty() {
+                                qdwconv3x3(isa, g, src, w, rq, out, r0);
+                            }
+                        },
                     );
-                    pool.run(&|t| {
-                        // Safety: part t takes range t only.
-                        let (start, out) = unsafe { outs.get(t) };
-                        if !out.is_empty() {
-                            qdwconv3x3(isa, g, src, w, rq, out, start / row);
-                        }
-                    });
                 }
                 Step::Pool {
                     pixels,
@@ -490,76 +472,5 @@ impl QuantSession<'_> {
             }
         }
         &self.out
-    }
-}
-
-/// The GEMM on the pool's threads: by rows when there are many, by column panels otherwise
-/// (the 7×7 layers, the classifier at batch 1).
-#[allow(clippy::too_many_arguments)]
-fn gemm_split(
-    pool: &mut SpinPool,
-    isa: IntIsa,
-    m: usize,
-    a: &[u8],
-    b: &PackedQB,
-    row_coeff: i32,
-    rq: &Requant,
-    c: &mut [u8],
-) {
-    let (k, n) = (b.k(), b.n());
-    let threads = pool.threads();
-    let c = &mut c[..m * n];
-    if threads == 1 {
-        qgemm(isa, m, a, k, b, row_coeff, rq, c, n, 0..b.panels());
-        return;
-    }
-    // Rows per kernel block: AMX takes 32 at a time, the VNNI tile 12.
-    // Row bands when there are enough rows and A is the larger operand; else column panels,
-    // so that each thread reads only its share of the weights (the 14×14 and 7×7 layers).
-    let block = if isa == IntIsa::Amx { 32 } else { 12 };
-    if m >= block * threads * 2 && (m >= n || b.panels() < threads) {
-        let ranges = split(m, threads, block);
-        let outs = Parts::new(c, ranges.iter().map(|r| r.start * n..r.end * n).collect());
-        pool.run(&|t| {
-            // Safety: part t takes range t only.
-            let (start, out) = unsafe { outs.get(t) };
-            let rows = out.len() / n;
-            if rows > 0 {
-                let row0 = start / n;
-                qgemm(
-                    isa,
-                    rows,
-                    &a[row0 * k..],
-                    k,
-                    b,
-                    row_coeff,
-                    rq,
-                    out,
-                    n,
-                    0..b.panels(),
-                );
-            }
-        });
-    } else {
-        // Column panels per thread write interleaved parts of every row: share C by pointer.
-        let panels = split(b.panels(), threads, 1);
-        let ptr = SharedOut(c.as_mut_ptr());
-        pool.run(&|t| {
-            let Some(range) = panels.get(t) else { return };
-            // Safety: C holds m rows of n bytes, borrowed mutably for this call; each thread
-            // writes only the columns of its own panels, so the writes are disjoint.
-            unsafe { qgemm_ptr(isa, m, a, k, b, row_coeff, rq, ptr.get(), n, range.clone()) };
-        });
-    }
-}
-
-/// C shared between threads writing disjoint columns.
-struct SharedOut(*mut u8);
-// Safety: see gemm_split: each thread touches its own columns only.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    fn get(&self) -> *mut u8 {
-        self.0
     }
 }

@@ -1,0 +1,374 @@
+//! The one interface every runtime implements: take images, run a batch, give probabilities.
+//!
+//! `eval`, `classify`, `bench` (and the server, WebAssembly and GPU backends to come) are
+//! written once against [`Classifier`] and [`Runner`]; the f32 engine ([`InferenceModel`]) and
+//! the integer engine ([`QuantizedModel`]) implement them. Images enter as 8-bit pixels after
+//! the model's crop and resize ([`Classifier::pixels`]): each runtime turns them into its own
+//! input (the f32 engine normalises them, the integer engine takes the bytes as they are,
+//! since its input quantization is the normalisation).
+
+use std::path::Path;
+use std::time::Duration;
+
+use image::RgbImage;
+
+use crate::config::MobileNetConfig;
+use crate::error::ModelError;
+use crate::infer::{InferenceModel, Session};
+use crate::int8::{QuantSession, QuantizedModel};
+use crate::preprocess::Preprocessing;
+use crate::tflite::{self, ElementType};
+use crate::weights::ModelFile;
+
+/// One step of a runtime's plan, for reports and profiles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepInfo {
+    /// The step's name (a layer-table name, or several joined).
+    pub name: String,
+    /// What it runs (`conv`, `dw+pw`, `pipeline`, …; the integer engine's step names).
+    pub kind: &'static str,
+    /// Mult-Adds per image (0 where the runtime does not count them).
+    pub mult_adds: u64,
+}
+
+/// A MobileNet classifier on some runtime.
+pub trait Classifier: std::fmt::Debug + Send + Sync {
+    /// The numbers it computes in: `f32`, `uint8` or `int8`.
+    fn precision(&self) -> &'static str;
+    /// The instruction set its kernels run with.
+    fn isa(&self) -> String;
+    /// The network.
+    fn config(&self) -> &MobileNetConfig;
+    /// Crop, resize and (for float runtimes) normalisation.
+    fn preprocessing(&self) -> &Preprocessing;
+    /// Class labels, if the model has them.
+    fn labels(&self) -> Option<&[String]>;
+    /// Sets the central-crop fraction applied by [`Classifier::pixels`].
+    fn set_crop(&mut self, crop: f32);
+    /// Replaces the labels.
+    ///
+    /// # Errors
+    ///
+    /// A count other than the number of classes.
+    fn set_labels(&mut self, labels: Vec<String>) -> Result<(), ModelError>;
+    /// The runtime's steps, in the order [`Runner::profile`] reports them.
+    fn steps(&self) -> Vec<StepInfo>;
+    /// A runner for `batch` images at a time on `threads` threads (0: all cores).
+    fn runner(&self, batch: usize, threads: usize) -> Box<dyn Runner + '_>;
+
+    /// Number of classes, or `None` for a feature extractor.
+    fn classes(&self) -> Option<usize> {
+        self.config().classes()
+    }
+    /// Input side in pixels.
+    fn resolution(&self) -> usize {
+        self.config().resolution()
+    }
+    /// Bytes per image of [`Classifier::pixels`]: `resolution² · 3`.
+    fn pixels_len(&self) -> usize {
+        self.resolution() * self.resolution() * 3
+    }
+    /// The model's crop and resize of `img`: `resolution² · 3` RGB bytes.
+    fn pixels(&self, img: &RgbImage) -> Vec<u8> {
+        let resized = self.preprocessing().pixels(img, self.resolution());
+        resized.as_ref().unwrap_or(img).as_raw().clone()
+    }
+}
+
+/// Runs a [`Classifier`] on batches, reusing its buffers between calls.
+pub trait Runner {
+    /// Images per call.
+    fn batch(&self) -> usize;
+    /// Threads used.
+    fn threads(&self) -> usize;
+    /// Loads up to `batch` images of [`Classifier::pixels`] (the rest of the batch is zeros).
+    ///
+    /// # Panics
+    ///
+    /// If `pixels` is not whole images or holds more than `batch`.
+    fn load(&mut self, pixels: &[u8]);
+    /// Runs the network on the loaded batch.
+    fn run(&mut self);
+    /// Class probabilities of the last run: `batch × classes` values into `out`.
+    fn probabilities(&self, out: &mut [f32]);
+    /// Starts adding up the time spent in each step.
+    fn enable_profiling(&mut self);
+    /// Time per step since [`Runner::enable_profiling`], in [`Classifier::steps`] order.
+    fn profile(&self) -> Option<Vec<Duration>>;
+}
+
+/// Softmax of each row of `logits` (`classes` values a row) into `out`.
+pub fn softmax_rows(logits: &[f32], classes: usize, out: &mut [f32]) {
+    for (row, o) in logits.chunks(classes).zip(out.chunks_mut(classes)) {
+        mobilenet_kernels::pool::softmax(row, o);
+    }
+}
+
+fn check_pixels(pixels: &[u8], per: usize, batch: usize) {
+    assert!(
+        pixels.len().is_multiple_of(per) && pixels.len() <= batch * per,
+        "{} bytes are not at most {batch} images of {per} bytes",
+        pixels.len()
+    );
+}
+
+impl Classifier for InferenceModel {
+    fn precision(&self) -> &'static str {
+        "f32"
+    }
+    fn isa(&self) -> String {
+        InferenceModel::isa(self).to_string()
+    }
+    fn config(&self) -> &MobileNetConfig {
+        InferenceModel::config(self)
+    }
+    fn preprocessing(&self) -> &Preprocessing {
+        InferenceModel::preprocessing(self)
+    }
+    fn labels(&self) -> Option<&[String]> {
+        InferenceModel::labels(self)
+    }
+    fn set_crop(&mut self, crop: f32) {
+        InferenceModel::set_crop(self, crop);
+    }
+    fn set_labels(&mut self, labels: Vec<String>) -> Result<(), ModelError> {
+        InferenceModel::set_labels(self, labels)
+    }
+    fn steps(&self) -> Vec<StepInfo> {
+        self.layers()
+            .iter()
+            .map(|l| StepInfo {
+                name: l.name.clone(),
+                kind: l.step_kind(),
+                mult_adds: l.mult_adds,
+            })
+            .collect()
+    }
+    fn runner(&self, batch: usize, threads: usize) -> Box<dyn Runner + '_> {
+        let session = self.session(batch, threads);
+        let batch = session.batch();
+        Box::new(F32Runner {
+            norm: self.preprocessing().norm.affine(),
+            input: vec![0.0; batch * self.input_len()],
+            logits: vec![0.0; batch * self.output_len()],
+            per: self.input_len(),
+            classes: self.output_len(),
+            session,
+        })
+    }
+}
+
+/// [`Runner`] of the f32 engine: pixels normalised into its input.
+struct F32Runner<'m> {
+    session: Session<'m>,
+    norm: ([f32; 3], [f32; 3]),
+    input: Vec<f32>,
+    logits: Vec<f32>,
+    per: usize,
+    classes: usize,
+}
+
+impl Runner for F32Runner<'_> {
+    fn batch(&self) -> usize {
+        self.session.batch()
+    }
+    fn threads(&self) -> usize {
+        self.session.threads()
+    }
+    fn load(&mut self, pixels: &[u8]) {
+        check_pixels(pixels, self.per, self.batch());
+        let (scale, offset) = self.norm;
+        for (o, px) in self.input.chunks_exact_mut(3).zip(pixels.chunks_exact(3)) {
+            for c in 0..3 {
+                o[c] = px[c] as f32 * scale[c] + offset[c];
+            }
+        }
+        self.input[pixels.len()..].fill(0.0);
+    }
+    fn run(&mut self) {
+        let out = self.session.run(&self.input);
+        self.logits.copy_from_slice(out);
+    }
+    fn probabilities(&self, out: &mut [f32]) {
+        softmax_rows(&self.logits, self.classes, out);
+    }
+    fn enable_profiling(&mut self) {
+        self.session.enable_profiling();
+    }
+    fn profile(&self) -> Option<Vec<Duration>> {
+        self.session.profile().map(<[Duration]>::to_vec)
+    }
+}
+
+impl Classifier for QuantizedModel {
+    fn precision(&self) -> &'static str {
+        if self.kind() == ElementType::I8 {
+            "int8"
+        } else {
+            "uint8"
+        }
+    }
+    fn isa(&self) -> String {
+        self.engine().isa().to_string()
+    }
+    fn config(&self) -> &MobileNetConfig {
+        QuantizedModel::config(self)
+    }
+    fn preprocessing(&self) -> &Preprocessing {
+        QuantizedModel::preprocessing(self)
+    }
+    fn labels(&self) -> Option<&[String]> {
+        QuantizedModel::labels(self)
+    }
+    fn set_crop(&mut self, crop: f32) {
+        QuantizedModel::set_crop(self, crop);
+    }
+    fn set_labels(&mut self, labels: Vec<String>) -> Result<(), ModelError> {
+        if Some(labels.len()) != self.classes() {
+            return Err(ModelError::Metadata {
+                path: "<labels>".into(),
+                reason: format!(
+                    "{} labels for a model with {} classes",
+                    labels.len(),
+                    self.classes().unwrap_or(0)
+                ),
+            });
+        }
+        QuantizedModel::set_labels(self, labels);
+        Ok(())
+    }
+    fn steps(&self) -> Vec<StepInfo> {
+        self.engine()
+            .step_names()
+            .into_iter()
+            .map(|name| StepInfo {
+                name,
+                kind: "int8",
+                mult_adds: 0,
+            })
+            .collect()
+    }
+    fn runner(&self, batch: usize, threads: usize) -> Box<dyn Runner + '_> {
+        let batch = batch.max(1);
+        let per = self.engine().input_len();
+        let classes = self.engine().output_len();
+        Box::new(Int8Runner {
+            model: self,
+            session: self.session(threads),
+            threads: crate::exec::resolve_threads(threads),
+            batch,
+            per,
+            classes,
+            input: vec![0; batch * per],
+            output: vec![0; batch * classes],
+        })
+    }
+}
+
+/// [`Runner`] of the integer engine: the pixels are its input bytes; the images of a batch run
+/// one after the other, each on all threads.
+struct Int8Runner<'m> {
+    model: &'m QuantizedModel,
+    session: QuantSession<'m>,
+    threads: usize,
+    batch: usize,
+    per: usize,
+    classes: usize,
+    input: Vec<u8>,
+    output: Vec<i32>,
+}
+
+impl Runner for Int8Runner<'_> {
+    fn batch(&self) -> usize {
+        self.batch
+    }
+    fn threads(&self) -> usize {
+        self.threads
+    }
+    fn load(&mut self, pixels: &[u8]) {
+        check_pixels(pixels, self.per, self.batch);
+        self.input[..pixels.len()].copy_from_slice(pixels);
+        self.input[pixels.len()..].fill(0);
+    }
+    fn run(&mut self) {
+        let images = self.input.chunks_exact(self.per);
+        for (img, out) in images.zip(self.output.chunks_exact_mut(self.classes)) {
+            out.copy_from_slice(self.session.run(img));
+        }
+    }
+    fn probabilities(&self, out: &mut [f32]) {
+        let rows = self.output.chunks_exact(self.classes);
+        for (q, o) in rows.zip(out.chunks_exact_mut(self.classes)) {
+            o.copy_from_slice(&self.model.probabilities(q));
+        }
+    }
+    fn enable_profiling(&mut self) {
+        self.session.enable_profile();
+    }
+    fn profile(&self) -> Option<Vec<Duration>> {
+        self.session.profile().map(<[Duration]>::to_vec)
+    }
+}
+
+/// A model as `classify`, `eval` and `bench` take it: float (our model file, TF-slim/Keras
+/// weights or a float `.tflite`) or a quantized `.tflite`.
+#[derive(Debug)]
+pub enum AnyModel {
+    /// Runs on the f32 engine.
+    Float(ModelFile),
+    /// Runs on the integer engine.
+    Quantized(QuantizedModel),
+}
+
+impl AnyModel {
+    /// Reads `path` once and loads it by its contents: a `.tflite` with an 8-bit input is
+    /// quantized, any other `.tflite` or weight file goes through [`crate::import`].
+    ///
+    /// # Errors
+    ///
+    /// An unreadable or malformed file; a graph or weights that are not a MobileNet v1.
+    pub fn load(path: &Path) -> Result<AnyModel, ModelError> {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if tflite::is_tflite(&bytes) {
+            let g = tflite::read(&bytes, path).map_err(|e| ModelError::Metadata {
+                path: e.path,
+                reason: e.reason,
+            })?;
+            let float_input = g
+                .inputs
+                .first()
+                .and_then(|&i| g.tensors.get(i))
+                .is_some_and(|t| t.kind == ElementType::F32);
+            if !float_input {
+                return QuantizedModel::from_graph(&g, path).map(AnyModel::Quantized);
+            }
+        }
+        let (model, _) = crate::import::import_bytes(&bytes, path, &Default::default())?;
+        Ok(AnyModel::Float(model))
+    }
+
+    /// The model on its runtime: the f32 engine for the detected instruction set, or the
+    /// integer engine.
+    ///
+    /// # Errors
+    ///
+    /// A float model whose weights do not match its layer table.
+    pub fn into_classifier(self) -> Result<Box<dyn Classifier>, ModelError> {
+        Ok(match self {
+            AnyModel::Float(file) => Box::new(InferenceModel::new(&file)?),
+            AnyModel::Quantized(q) => Box::new(q),
+        })
+    }
+}
+
+/// Loads any model file `classify`, `eval` and `bench` accept onto its runtime.
+///
+/// # Errors
+///
+/// As [`AnyModel::load`] and [`AnyModel::into_classifier`].
+pub fn load(path: &Path) -> Result<Box<dyn Classifier>, ModelError> {
+    AnyModel::load(path)?.into_classifier()
+}

@@ -1,0 +1,25 @@
+//! The int8 runtime: quantized MobileNets (Google's uint8 `.tflite` files, int8 files such as
+//! the Visual Wake Words detector, and what post-training quantization writes), bit-exact with
+//! TFLite's reference kernels.
+//!
+//! | file | what |
+//! |---|---|
+//! | `ir.rs` | [`QuantModel`]: the integer IR read from a `.tflite` graph, and the reference interpreter |
+//! | `engine.rs` | [`QuantEngine`]: the IR planned onto the int8 kernels, same bytes, fast |
+//! | `ptq.rs` | calibration ([`Calibrator`]) and post-training quantization ([`quantize`]) |
+//! | `model.rs` | [`QuantizedModel`]: the engine with its preprocessing and labels |
+//!
+//! The `.tflite` format itself (reading, writing, matching against the layer table) is in
+//! [`crate::tflite`].
+
+mod engine;
+mod ir;
+mod model;
+mod ptq;
+
+pub use engine::{QuantEngine, QuantSession, Unsupported};
+pub use ir::{QuantModel, QuantizedMultiplier};
+pub use model::QuantizedModel;
+pub use ptq::{
+    quantize, Calibration, Calibrator, QuantizeError, LABELS_METADATA, PREPROCESSING_METADATA,
+};

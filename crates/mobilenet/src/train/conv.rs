@@ -1,0 +1,156 @@
+//! The convolutions of the network (the stem, depthwise and pointwise layers) without bias
+//! (batch norm follows): forward over a batch and backward to the weight gradient and, where
+//! asked, the input gradient, threaded by the execution layer. Their single-threaded references
+//! are the kernels crate's `*_reference` functions, checked there; the network's gradient check
+//! covers them chained.
+
+use mobilenet_kernels::backward::{
+    conv2d_backward_weights, dwconv3x3_backward_input, dwconv3x3_backward_weights,
+};
+use mobilenet_kernels::conv::{conv2d, ConvShape};
+use mobilenet_kernels::dwconv::dwconv3x3;
+use mobilenet_kernels::gemm::{gemm, PackedB};
+use mobilenet_kernels::{ConvGeometry, Epilogue, Isa};
+
+use crate::config::Padding;
+use crate::exec::{gemm_rows, per_image, sum_per_part, SpinPool};
+use crate::layers::{Layer, LayerKind};
+
+/// One convolution layer of the network as the trainer runs it.
+#[derive(Clone, Debug)]
+pub(crate) struct ConvLayer {
+    kind: LayerKind,
+    geometry: ConvGeometry,
+    shape: ConvShape,
+    /// Values per image of the input and the output.
+    in_len: usize,
+    out_len: usize,
+    /// Output pixels per image.
+    pixels: usize,
+}
+
+/// Rows of the pointwise weight gradient per block: Xᵀ and dZ of a block stay small.
+const WGRAD_BLOCK_ROWS: usize = 2048;
+
+impl ConvLayer {
+    /// `layer` (a `Conv`, `Depthwise` or `Pointwise` layer of the table) under `padding`.
+    pub fn new(layer: &Layer, padding: Padding) -> ConvLayer {
+        ConvLayer {
+            kind: layer.kind,
+            geometry: layer.geometry(padding),
+            shape: ConvShape {
+                k: layer.kernel,
+                cin: layer.input[2],
+                cout: layer.output[2],
+            },
+            in_len: layer.input.iter().product(),
+            out_len: layer.output.iter().product(),
+            pixels: layer.output[0] * layer.output[1],
+        }
+    }
+
+    /// `z = conv(x, w)` for a batch of `batch` images.
+    pub fn forward(
+        &self,
+        pool: &mut SpinPool,
+        isa: Isa,
+        w: &[f32],
+        x: &[f32],
+        z: &mut [f32],
+        batch: usize,
+    ) {
+        let (g, shape, in_len) = (&self.geometry, self.shape, self.in_len);
+        let linear = Epilogue::linear();
+        match self.kind {
+            LayerKind::Pointwise => {
+                let (cin, cout) = (shape.cin, shape.cout);
+                let packed = PackedB::new(isa, w, cin, cout);
+                gemm_rows(pool, batch * self.pixels, x, cin, &packed, z, cout, &linear);
+            }
+            kind => per_image(pool, z, self.out_len, batch, &|i, out| {
+                let img = &x[i * in_len..(i + 1) * in_len];
+                if kind == LayerKind::Conv {
+                    conv2d(isa, g, shape, img, w, &linear, out, 0);
+                } else {
+                    dwconv3x3(isa, g, shape.cin, img, w, &linear, out, 0);
+                }
+            }),
+        }
+    }
+
+    /// Gradients of the convolution: `dw` (overwritten) and, if asked, `dx`. `scratch` holds
+    /// the per-thread partial weight gradients between calls.
+    ///
+    /// # Panics
+    ///
+    /// If `dx` is asked of the stem (a full convolution has no input-gradient kernel).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        pool: &mut SpinPool,
+        isa: Isa,
+        w: &[f32],
+        x: &[f32],
+        dz: &[f32],
+        dw: &mut [f32],
+        dx: Option<&mut [f32]>,
+        batch: usize,
+        scratch: &mut Vec<f32>,
+    ) {
+        let (g, shape) = (&self.geometry, self.shape);
+        let (in_len, out_len) = (self.in_len, self.out_len);
+        let (cin, cout) = (shape.cin, shape.cout);
+        match self.kind {
+            LayerKind::Pointwise => {
+                // dW = Xᵀ · dZ, in blocks of rows: Xᵀ of the block as A, the block of dZ as B.
+                let m = batch * self.pixels;
+                sum_per_part(pool, m, scratch, dw, |rows, acc| {
+                    let mut xt = Vec::new();
+                    let mut r = rows.start;
+                    while r < rows.end {
+                        let n = (rows.end - r).min(WGRAD_BLOCK_ROWS);
+                        xt.clear();
+                        xt.resize(cin * n, 0.0);
+                        for (i, row) in x[r * cin..(r + n) * cin].chunks_exact(cin).enumerate() {
+                            for (ci, &v) in row.iter().enumerate() {
+                                xt[ci * n + i] = v;
+                            }
+                        }
+                        let b = PackedB::new(isa, &dz[r * cout..(r + n) * cout], n, cout);
+                        gemm(cin, &xt, n, &b, acc, cout, &Epilogue::accumulating());
+                        r += n;
+                    }
+                });
+                if let Some(dx) = dx {
+                    // dX = dZ · Wᵀ.
+                    let wt = PackedB::from_transposed(isa, w, cout, cin);
+                    gemm_rows(pool, m, dz, cout, &wt, dx, cin, &Epilogue::linear());
+                }
+            }
+            kind => {
+                // Weight gradient: one partial sum per thread, then added up.
+                sum_per_part(pool, batch, scratch, dw, |images, acc| {
+                    for i in images {
+                        let img = &x[i * in_len..(i + 1) * in_len];
+                        let d = &dz[i * out_len..(i + 1) * out_len];
+                        if kind == LayerKind::Conv {
+                            conv2d_backward_weights(isa, g, shape, img, d, acc);
+                        } else {
+                            dwconv3x3_backward_weights(isa, g, cin, img, d, acc);
+                        }
+                    }
+                });
+                if let Some(dx) = dx {
+                    assert!(
+                        kind == LayerKind::Depthwise,
+                        "the input gradient of a full conv is not implemented"
+                    );
+                    per_image(pool, dx, in_len, batch, &|i, out| {
+                        let d = &dz[i * out_len..(i + 1) * out_len];
+                        dwconv3x3_backward_input(isa, g, cin, d, w, out);
+                    });
+                }
+            }
+        }
+    }
+}
