@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(model) = mobilenet::ModelFile::from_bytes(data, Path::new("fuzz.safetensors")) {
         // A file that parses must be usable: plan it and run one tiny inference.
         if model.config.resolution() <= 64 && model.config.alpha() <= 0.5 {
-            let plan = mobilenet::InferenceModel::new(&model);
+            let plan = mobilenet::InferenceModel::new(&model).expect("a validated file plans");
             let input = vec![0.0; plan.input_len()];
             let _ = plan.session(1, 1).run(&input);
         }

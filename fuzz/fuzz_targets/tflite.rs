@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mobilenet::quantized::QuantizedModel;
+use mobilenet::int8::QuantizedModel;
 use mobilenet::tflite::{read, write, MobileNetGraph};
 use std::path::Path;
 
