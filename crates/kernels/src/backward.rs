@@ -62,7 +62,7 @@ pub fn dwconv3x3_backward_input(
         dx.len() >= g.in_h * g.in_w * c,
         "dx shorter than in_h·in_w·c"
     );
-    run(isa, Job::DwInput { g, c, dy, w, dx });
+    run(isa, &mut Job::DwInput { g, c, dy, w, dx });
 }
 
 /// Gradient of a depthwise 3×3 convolution with respect to its weights, for one image, added
@@ -85,7 +85,7 @@ pub fn dwconv3x3_backward_weights(
         "dy shorter than out_h·out_w·c"
     );
     assert!(dw.len() >= K * K * c, "dw shorter than 3·3·c");
-    run(isa, Job::DwWeights { g, c, x, dy, dw });
+    run(isa, &mut Job::DwWeights { g, c, x, dy, dw });
 }
 
 /// Gradient of a direct k×k convolution with respect to its weights (`[k, k, cin, cout]`),
@@ -117,7 +117,7 @@ pub fn conv2d_backward_weights(
     );
     run(
         isa,
-        Job::ConvWeights {
+        &mut Job::ConvWeights {
             g,
             shape,
             x,
@@ -127,16 +127,9 @@ pub fn conv2d_backward_weights(
     );
 }
 
-fn run(isa: Isa, mut job: Job<'_>) {
-    // Safety (of the variants): the slices were checked against their shapes by the public
-    // functions.
-    let job = &mut job;
-    crate::simd_dispatch!(isa, (job: &mut Job<'_>) {
-        avx512: run_generic,
-        avx2: run_generic,
-        neon: run_generic,
-        scalar: run_generic,
-    })
+fn run(isa: Isa, job: &mut Job<'_>) {
+    // Safety (of the variants): the public functions checked the slices against the shapes.
+    crate::simd_dispatch!(isa, (job: &mut Job<'_>) => run_generic)
 }
 
 #[inline(always)]

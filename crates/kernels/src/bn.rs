@@ -53,7 +53,7 @@ pub fn channel_moments(isa: Isa, x: &[f32], c: usize, sum: &mut [f32], sq: &mut 
         c > 0 && x.len().is_multiple_of(c) && sum.len() >= c && sq.len() >= c,
         "shapes"
     );
-    run(isa, Job::Moments { x, c, sum, sq });
+    run(isa, &mut Job::Moments { x, c, sum, sq });
 }
 
 /// `y = clamp(x · scale[c] + shift[c], lo, hi)` per channel.
@@ -78,7 +78,7 @@ pub fn affine_clamp(
     );
     run(
         isa,
-        Job::Affine {
+        &mut Job::Affine {
             x,
             c,
             scale,
@@ -116,7 +116,7 @@ pub fn backward_sums(
     );
     run(
         isa,
-        Job::BackwardSums {
+        &mut Job::BackwardSums {
             z,
             a,
             d,
@@ -153,7 +153,7 @@ pub fn backward_apply(
     }
     run(
         isa,
-        Job::BackwardApply {
+        &mut Job::BackwardApply {
             z,
             dy,
             c,
@@ -167,16 +167,9 @@ pub fn backward_apply(
     );
 }
 
-fn run(isa: Isa, mut job: Job<'_>) {
-    // Safety (of the variants): the slices were checked against their shapes by the public
-    // functions.
-    let job = &mut job;
-    crate::simd_dispatch!(isa, (job: &mut Job<'_>) {
-        avx512: run_generic,
-        avx2: run_generic,
-        neon: run_generic,
-        scalar: run_generic,
-    })
+fn run(isa: Isa, job: &mut Job<'_>) {
+    // Safety (of the variants): the public functions checked the slices against the shapes.
+    crate::simd_dispatch!(isa, (job: &mut Job<'_>) => run_generic)
 }
 
 #[inline(always)]

@@ -61,22 +61,27 @@ pub fn conv2d(
         "accumulating epilogues are only supported by gemm"
     );
     // Safety (of the variants): slices are as long as their shapes (checked above).
-    crate::simd_dispatch!(isa, (
-        g: &ConvGeometry,
-        shape: ConvShape,
-        input: &[f32],
-        weights: &[f32],
-        epi: &Epilogue,
-        output: &mut [f32],
-        row0: usize,
-        rows: usize,
-    ) {
+    let call = (g, shape, input, weights, epi, output, row0, rows);
+    crate::simd_dispatch!(isa, (call: RowsCall<'_>) {
         avx512: conv_rows::<_, 8>,
         avx2: conv_rows::<_, 4>,
         neon: conv_rows::<_, 4>,
         scalar: conv_rows::<_, 4>,
     })
 }
+
+/// The arguments of [`conv_rows`]: geometry, shape, input, weights, epilogue, output rows,
+/// first row, row count.
+type RowsCall<'a> = (
+    &'a ConvGeometry,
+    ConvShape,
+    &'a [f32],
+    &'a [f32],
+    &'a Epilogue<'a>,
+    &'a mut [f32],
+    usize,
+    usize,
+);
 
 /// Output columns `[lo, hi)` whose k input columns all lie inside the image.
 fn interior(g: &ConvGeometry, k: usize) -> (usize, usize) {
@@ -90,18 +95,8 @@ fn interior(g: &ConvGeometry, k: usize) -> (usize, usize) {
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn conv_rows<S: SimdF32, const P: usize>(
-    s: S,
-    g: &ConvGeometry,
-    shape: ConvShape,
-    input: &[f32],
-    weights: &[f32],
-    epi: &Epilogue,
-    output: &mut [f32],
-    row0: usize,
-    rows: usize,
-) {
+unsafe fn conv_rows<S: SimdF32, const P: usize>(s: S, call: RowsCall<'_>) {
+    let (g, shape, input, weights, epi, output, row0, rows) = call;
     let ConvShape { k, cin, cout } = shape;
     let lanes = S::LANES;
     let (x_lo, x_hi) = interior(g, k);

@@ -118,17 +118,8 @@ fn run(
     );
     // Safety (of the variants): the slices are as long as the shapes say (checked above and
     // by the callers).
-    crate::simd_dispatch!(isa, (
-        g: &ConvGeometry,
-        c: usize,
-        input: &[f32],
-        weights: &[f32],
-        epi: &Epilogue,
-        output: &mut [f32],
-        row0: usize,
-        rows: usize,
-        ring: usize,
-    ) {
+    let call = (g, c, input, weights, epi, output, row0, rows, ring);
+    crate::simd_dispatch!(isa, (call: RowsCall<'_>) {
         avx512: dw_rows::<_, 8, 4>,
         avx2: dw_rows::<_, 4, 4>,
         neon: dw_rows::<_, 4, 4>,
@@ -136,20 +127,23 @@ fn run(
     })
 }
 
+/// The arguments of [`dw_rows`]: geometry, channels, input (image or ring), weights,
+/// epilogue, output rows, first row, row count, ring rows (0: the whole image).
+type RowsCall<'a> = (
+    &'a ConvGeometry,
+    usize,
+    &'a [f32],
+    &'a [f32],
+    &'a Epilogue<'a>,
+    &'a mut [f32],
+    usize,
+    usize,
+    usize,
+);
+
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dw_rows<S: SimdF32, const P: usize, const Q: usize>(
-    s: S,
-    g: &ConvGeometry,
-    c: usize,
-    input: &[f32],
-    weights: &[f32],
-    epi: &Epilogue,
-    output: &mut [f32],
-    row0: usize,
-    rows: usize,
-    ring: usize,
-) {
+unsafe fn dw_rows<S: SimdF32, const P: usize, const Q: usize>(s: S, call: RowsCall<'_>) {
+    let (g, c, input, weights, epi, output, row0, rows, ring) = call;
     // Safety: the caller upholds SimdF32's contract and passed slices as long as the
     // geometry says (input: the whole image, or `ring` rows holding input row y at y % ring);
     // every pointer below stays inside them.

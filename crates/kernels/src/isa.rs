@@ -122,6 +122,7 @@ impl fmt::Display for Isa {
 /// simd_dispatch!(isa, (g: &ConvGeometry, out: &mut [f32]) {
 ///     avx512: rows::<_, 8>, avx2: rows::<_, 4>, neon: rows::<_, 4>, scalar: rows::<_, 4>,
 /// })
+/// simd_dispatch!(isa, (job: &mut Job<'_>) => run_generic) // the same function for all
 /// ```
 ///
 /// The variants are `unsafe fn`s or safe ones; the caller's safety comment states what the
@@ -129,6 +130,12 @@ impl fmt::Display for Isa {
 #[macro_export]
 #[doc(hidden)]
 macro_rules! simd_dispatch {
+    // One generic function for every instruction set.
+    ($isa:expr, ($($arg:ident: $ty:ty),* $(,)?) => $f:expr) => {
+        $crate::simd_dispatch!($isa, ($($arg: $ty),*) {
+            avx512: $f, avx2: $f, neon: $f, scalar: $f,
+        })
+    };
     ($isa:expr, ($($arg:ident: $ty:ty),* $(,)?) {
         avx512: $f512:expr, avx2: $favx2:expr, neon: $fneon:expr, scalar: $fscalar:expr $(,)?
     }) => {{

@@ -18,7 +18,7 @@ use mobilenet::int8::{quantize, Calibrator};
 use mobilenet::preprocess::{load_image, PixelNorm, Preprocessing};
 use mobilenet::train::net::{StepOptions, TrainNet};
 use mobilenet::train::Rng;
-use mobilenet::{Fusion, InferenceModel, MobileNetConfig, ModelFile};
+use mobilenet::{Classifier, Fusion, InferenceModel, MobileNetConfig, ModelFile};
 use mobilenet_kernels::int8::IntIsa;
 use mobilenet_kernels::Isa;
 
@@ -89,8 +89,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for threads in [1, 2] {
                 let mut session = engine.session(threads);
                 for img in &images {
-                    let y = session.run(&q.input_bytes(img));
-                    writeln!(out, "int8 {file} {isa:?} t{threads}")?;
+                    let y = session.run(&q.pixels(img));
+                    writeln!(out, "int8 {file} {isa} t{threads}")?;
                     let bytes: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
                     out.write_all(&bytes)?;
                 }

@@ -31,31 +31,68 @@ pub struct StepInfo {
     pub mult_adds: u64,
 }
 
+/// What every runtime knows of its model besides the weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelInfo {
+    /// The network.
+    pub config: MobileNetConfig,
+    /// Crop, resize and (for float runtimes) normalisation.
+    pub preprocessing: Preprocessing,
+    /// One label per class, if the model has them.
+    pub labels: Option<Vec<String>>,
+}
+
 /// A MobileNet classifier on some runtime.
 pub trait Classifier: std::fmt::Debug + Send + Sync {
     /// The numbers it computes in: `f32`, `uint8` or `int8`.
     fn precision(&self) -> &'static str;
     /// The instruction set its kernels run with.
     fn isa(&self) -> String;
-    /// The network.
-    fn config(&self) -> &MobileNetConfig;
-    /// Crop, resize and (for float runtimes) normalisation.
-    fn preprocessing(&self) -> &Preprocessing;
-    /// Class labels, if the model has them.
-    fn labels(&self) -> Option<&[String]>;
-    /// Sets the central-crop fraction applied by [`Classifier::pixels`].
-    fn set_crop(&mut self, crop: f32);
-    /// Replaces the labels.
-    ///
-    /// # Errors
-    ///
-    /// A count other than the number of classes.
-    fn set_labels(&mut self, labels: Vec<String>) -> Result<(), ModelError>;
+    /// The network, its preprocessing and labels.
+    fn info(&self) -> &ModelInfo;
+    /// The same, to change the crop or the labels.
+    fn info_mut(&mut self) -> &mut ModelInfo;
     /// The runtime's steps, in the order [`Runner::profile`] reports them.
     fn steps(&self) -> Vec<StepInfo>;
     /// A runner for `batch` images at a time on `threads` threads (0: all cores).
     fn runner(&self, batch: usize, threads: usize) -> Box<dyn Runner + '_>;
 
+    /// The network.
+    fn config(&self) -> &MobileNetConfig {
+        &self.info().config
+    }
+    /// Crop, resize and (for float runtimes) normalisation.
+    fn preprocessing(&self) -> &Preprocessing {
+        &self.info().preprocessing
+    }
+    /// Class labels, if the model has them.
+    fn labels(&self) -> Option<&[String]> {
+        self.info().labels.as_deref()
+    }
+    /// Sets the central-crop fraction applied by [`Classifier::pixels`].
+    fn set_crop(&mut self, crop: f32) {
+        self.info_mut().preprocessing.crop = crop;
+    }
+    /// Replaces the labels.
+    ///
+    /// # Errors
+    ///
+    /// A count other than the number of classes.
+    fn set_labels(&mut self, labels: Vec<String>) -> Result<(), ModelError> {
+        let classes = self.classes();
+        if Some(labels.len()) != classes {
+            return Err(ModelError::Metadata {
+                path: "<labels>".into(),
+                reason: format!(
+                    "{} labels for a model with {} classes",
+                    labels.len(),
+                    classes.unwrap_or(0)
+                ),
+            });
+        }
+        self.info_mut().labels = Some(labels);
+        Ok(())
+    }
     /// Number of classes, or `None` for a feature extractor.
     fn classes(&self) -> Option<usize> {
         self.config().classes()
@@ -119,20 +156,11 @@ impl Classifier for InferenceModel {
     fn isa(&self) -> String {
         InferenceModel::isa(self).to_string()
     }
-    fn config(&self) -> &MobileNetConfig {
-        InferenceModel::config(self)
+    fn info(&self) -> &ModelInfo {
+        InferenceModel::info(self)
     }
-    fn preprocessing(&self) -> &Preprocessing {
-        InferenceModel::preprocessing(self)
-    }
-    fn labels(&self) -> Option<&[String]> {
-        InferenceModel::labels(self)
-    }
-    fn set_crop(&mut self, crop: f32) {
-        InferenceModel::set_crop(self, crop);
-    }
-    fn set_labels(&mut self, labels: Vec<String>) -> Result<(), ModelError> {
-        InferenceModel::set_labels(self, labels)
+    fn info_mut(&mut self) -> &mut ModelInfo {
+        InferenceModel::info_mut(self)
     }
     fn steps(&self) -> Vec<StepInfo> {
         self.layers()
@@ -211,31 +239,11 @@ impl Classifier for QuantizedModel {
     fn isa(&self) -> String {
         self.engine().isa().to_string()
     }
-    fn config(&self) -> &MobileNetConfig {
-        QuantizedModel::config(self)
+    fn info(&self) -> &ModelInfo {
+        QuantizedModel::info(self)
     }
-    fn preprocessing(&self) -> &Preprocessing {
-        QuantizedModel::preprocessing(self)
-    }
-    fn labels(&self) -> Option<&[String]> {
-        QuantizedModel::labels(self)
-    }
-    fn set_crop(&mut self, crop: f32) {
-        QuantizedModel::set_crop(self, crop);
-    }
-    fn set_labels(&mut self, labels: Vec<String>) -> Result<(), ModelError> {
-        if Some(labels.len()) != self.classes() {
-            return Err(ModelError::Metadata {
-                path: "<labels>".into(),
-                reason: format!(
-                    "{} labels for a model with {} classes",
-                    labels.len(),
-                    self.classes().unwrap_or(0)
-                ),
-            });
-        }
-        QuantizedModel::set_labels(self, labels);
-        Ok(())
+    fn info_mut(&mut self) -> &mut ModelInfo {
+        QuantizedModel::info_mut(self)
     }
     fn steps(&self) -> Vec<StepInfo> {
         self.engine()

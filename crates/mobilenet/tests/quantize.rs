@@ -6,7 +6,9 @@ use std::path::Path;
 
 use mobilenet::int8::QuantizedModel;
 use mobilenet::int8::{quantize, Calibrator};
-use mobilenet::{Activation, InferenceModel, MobileNetConfig, ModelFile, Padding, Stem};
+use mobilenet::{
+    Activation, Classifier, InferenceModel, MobileNetConfig, ModelFile, Padding, Stem,
+};
 use mobilenet_kernels::int8::IntIsa;
 
 /// Deterministic "images": smooth colour gradients with noise, as 8-bit pixels.
@@ -171,7 +173,7 @@ fn quantized_official_float_model_keeps_the_reference_top1() {
         let img =
             mobilenet::preprocess::load_image(&data.join(case["input"].as_str().expect("input")))
                 .expect("reference image");
-        let p = q.probabilities(session.run(&q.input_bytes(&img)));
+        let p = q.probabilities(session.run(&q.pixels(&img)));
         let got = (0..p.len())
             .max_by(|&a, &b| p[a].total_cmp(&p[b]))
             .expect("classes");

@@ -232,29 +232,21 @@ pub fn sum_per_part(
     }
 }
 
-/// `C[m, n] = epilogue(A · B)` with the rows split between the pool's threads.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_rows(
-    pool: &mut SpinPool,
-    m: usize,
-    a: &[f32],
-    lda: usize,
-    b: &PackedB,
-    c: &mut [f32],
-    ldc: usize,
-    epi: &Epilogue,
-) {
-    let ranges = split(m, pool.threads(), 1);
-    for_each_part(pool, &mut c[..m * ldc], &ranges, ldc, |_, row, chunk| {
-        gemm(chunk.len() / ldc, &a[row * lda..], lda, b, chunk, ldc, epi);
-    });
+/// How a GEMM is split between threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmSplit {
+    /// Bands of rows: every part streams all of B (many rows).
+    Rows,
+    /// Blocks of whole columns, written in place: every part reads all of A and only its
+    /// share of B (few rows and many columns: late 1×1 layers, the classifier).
+    Columns,
 }
 
-/// `C[m, n] = epilogue(A · B)` split into one block of whole columns per thread, written in
-/// place (for few rows and many columns: each thread reads only its share of B).
+/// `C[m, n] = epilogue(A · B)` on the pool's threads, split as `split` says.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_by_columns(
+pub fn par_gemm(
     pool: &mut SpinPool,
+    split: GemmSplit,
     m: usize,
     a: &[f32],
     lda: usize,
@@ -263,20 +255,28 @@ pub fn gemm_by_columns(
     ldc: usize,
     epi: &Epilogue,
 ) {
-    if pool.threads() == 1 {
-        gemm(m, a, lda, b, c, ldc, epi);
-        return;
-    }
-    let blocks: Vec<Mutex<Option<_>>> = column_blocks(c, m, b.n(), ldc, b.isa(), pool.threads())
-        .into_iter()
-        .map(|block| Mutex::new(Some(block)))
-        .collect();
-    pool.run(&|t| {
-        let block = blocks.get(t).and_then(|b| b.lock().ok()?.take());
-        if let Some(block) = block {
-            block.gemm(a, lda, b, epi);
+    match split {
+        GemmSplit::Rows => {
+            let ranges = self::split(m, pool.threads(), 1);
+            for_each_part(pool, &mut c[..m * ldc], &ranges, ldc, |_, row, chunk| {
+                gemm(chunk.len() / ldc, &a[row * lda..], lda, b, chunk, ldc, epi);
+            });
         }
-    });
+        GemmSplit::Columns if pool.threads() == 1 => gemm(m, a, lda, b, c, ldc, epi),
+        GemmSplit::Columns => {
+            let blocks: Vec<Mutex<Option<_>>> =
+                column_blocks(c, m, b.n(), ldc, b.isa(), pool.threads())
+                    .into_iter()
+                    .map(|block| Mutex::new(Some(block)))
+                    .collect();
+            pool.run(&|t| {
+                let block = blocks.get(t).and_then(|b| b.lock().ok()?.take());
+                if let Some(block) = block {
+                    block.gemm(a, lda, b, epi);
+                }
+            });
+        }
+    }
 }
 
 /// The int8 GEMM `C[m, n] = requant(A · B)` on the pool's threads: by bands of rows when there

@@ -20,6 +20,7 @@ use mobilenet_kernels::conv::ConvShape;
 use mobilenet_kernels::gemm::PackedB;
 use mobilenet_kernels::Isa;
 
+use crate::classifier::ModelInfo;
 use crate::config::{Activation, MobileNetConfig};
 use crate::error::ModelError;
 use crate::layers::{Hwc, LayerKind};
@@ -71,10 +72,8 @@ impl PlannedLayer {
 /// A model ready for inference: batch norm folded, weights packed for one instruction set.
 #[derive(Debug)]
 pub struct InferenceModel {
-    config: MobileNetConfig,
+    info: ModelInfo,
     isa: Isa,
-    preprocessing: Preprocessing,
-    labels: Option<Vec<String>>,
     layers: Vec<PlannedLayer>,
 }
 
@@ -203,17 +202,19 @@ impl InferenceModel {
             Fusion::Pipeline => fuse_pipeline(fuse_separable(layers), pipeline_min_bytes),
         };
         Ok(InferenceModel {
-            config,
+            info: ModelInfo {
+                config,
+                preprocessing: model.preprocessing,
+                labels: model.labels.clone(),
+            },
             isa,
-            preprocessing: model.preprocessing,
-            labels: model.labels.clone(),
             layers,
         })
     }
 
     /// The network's configuration.
     pub fn config(&self) -> &MobileNetConfig {
-        &self.config
+        &self.info.config
     }
     /// The instruction set the kernels run with.
     pub fn isa(&self) -> Isa {
@@ -221,34 +222,19 @@ impl InferenceModel {
     }
     /// The model's preprocessing.
     pub fn preprocessing(&self) -> &Preprocessing {
-        &self.preprocessing
+        &self.info.preprocessing
     }
     /// Class labels, if the model file has them.
     pub fn labels(&self) -> Option<&[String]> {
-        self.labels.as_deref()
+        self.info.labels.as_deref()
     }
-    /// Sets the central-crop fraction of the preprocessing.
-    pub fn set_crop(&mut self, crop: f32) {
-        self.preprocessing.crop = crop;
+    /// Configuration, preprocessing and labels.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
     }
-    /// Replaces the class labels.
-    ///
-    /// # Errors
-    ///
-    /// A count other than the number of classes.
-    pub fn set_labels(&mut self, labels: Vec<String>) -> Result<(), ModelError> {
-        if Some(labels.len()) != self.config.classes() {
-            return Err(ModelError::Metadata {
-                path: "<labels>".into(),
-                reason: format!(
-                    "{} labels for a model with {} classes",
-                    labels.len(),
-                    self.config.classes().unwrap_or(0)
-                ),
-            });
-        }
-        self.labels = Some(labels);
-        Ok(())
+    /// The same, to change the crop or the labels (see [`crate::Classifier`]).
+    pub fn info_mut(&mut self) -> &mut ModelInfo {
+        &mut self.info
     }
     /// The execution plan.
     pub fn layers(&self) -> &[PlannedLayer] {
@@ -260,7 +246,7 @@ impl InferenceModel {
     }
     /// Values per image in the input (`resolution² · 3`).
     pub fn input_len(&self) -> usize {
-        self.config.resolution() * self.config.resolution() * 3
+        self.info.config.resolution() * self.info.config.resolution() * 3
     }
 
     /// A session running `batch` images at a time on `threads` threads (0: all cores).

@@ -9,7 +9,7 @@ use mobilenet_kernels::{ConvGeometry, Epilogue, Isa};
 
 use super::pipeline::{run_pipeline, Stage};
 use super::PlannedLayer;
-use crate::exec::{by_rows, gemm_by_columns, gemm_rows, SpinPool};
+use crate::exec::{by_rows, par_gemm, GemmSplit, SpinPool};
 
 /// A full k×k convolution (the stem), batch norm folded.
 #[derive(Debug)]
@@ -161,11 +161,12 @@ pub(super) fn run_layer(
             let cin = layer.input[2];
             // Split where it reads least: by rows every part streams all of B, by columns
             // every part reads all of A. Late layers (7×7×1024: A 200 KB, B 4 MB) go by columns.
-            if cout >= m {
-                gemm_by_columns(pool, m, src, cin, &pw.weights, dst, cout, &epi);
+            let split = if cout >= m {
+                GemmSplit::Columns
             } else {
-                gemm_rows(pool, m, src, cin, &pw.weights, dst, cout, &epi);
-            }
+                GemmSplit::Rows
+            };
+            par_gemm(pool, split, m, src, cin, &pw.weights, dst, cout, &epi);
         }
         Op::Separable(sep) => {
             let (c, band_rows) = (sep.channels(), sep.band_rows);
@@ -200,16 +201,8 @@ pub(super) fn run_layer(
             let epi = Epilogue::new(Some(&fc.bias), layer.min, layer.max);
             // At batch 1 there is one row: split the classes between threads (the layer is a
             // stream of its 4 MB of weights).
-            gemm_by_columns(
-                pool,
-                batch,
-                src,
-                layer.input[2],
-                &fc.weights,
-                dst,
-                cout,
-                &epi,
-            );
+            let (cin, columns) = (layer.input[2], GemmSplit::Columns);
+            par_gemm(pool, columns, batch, src, cin, &fc.weights, dst, cout, &epi);
         }
     }
 }

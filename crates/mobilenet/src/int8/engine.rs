@@ -12,7 +12,8 @@ use mobilenet_kernels::int8::{avg_pool, im2col3x3, IntIsa, Requant};
 use mobilenet_kernels::ConvGeometry;
 use std::time::{Duration, Instant};
 
-use super::ir::{softmax, QOp, QuantModel};
+use super::ir::{QOp, QuantModel};
+use super::reference::softmax;
 use crate::exec::{for_each_part, for_each_part2, qgemm_split, resolve_threads, split, SpinPool};
 use crate::tflite::ElementType;
 

@@ -16,6 +16,7 @@ mod engine;
 mod ir;
 mod model;
 mod ptq;
+mod reference;
 
 pub use engine::{QuantEngine, QuantSession, Unsupported};
 pub use ir::{QuantModel, QuantizedMultiplier};

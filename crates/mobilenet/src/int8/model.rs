@@ -3,11 +3,10 @@
 
 use std::path::Path;
 
-use image::RgbImage;
-
 use super::engine::{QuantEngine, QuantSession};
 use super::ir::QuantModel;
 use super::ptq::{LABELS_METADATA, PREPROCESSING_METADATA};
+use crate::classifier::ModelInfo;
 use crate::error::ModelError;
 use crate::preprocess::{PixelNorm, Preprocessing};
 use crate::tflite::{self, ElementType, MobileNetGraph};
@@ -18,8 +17,7 @@ pub struct QuantizedModel {
     graph: MobileNetGraph,
     model: QuantModel,
     engine: QuantEngine,
-    preprocessing: Preprocessing,
-    labels: Option<Vec<String>>,
+    info: ModelInfo,
 }
 
 impl QuantizedModel {
@@ -101,14 +99,18 @@ impl QuantizedModel {
             })?;
             preprocessing.crop = p.crop;
         }
+        let graph_config = graph.config;
         let model = QuantizedModel {
             graph,
             model,
             engine,
-            preprocessing,
-            labels,
+            info: ModelInfo {
+                config: graph_config,
+                preprocessing,
+                labels,
+            },
         };
-        if let (Some(l), Some(c)) = (&model.labels, model.classes()) {
+        if let (Some(l), Some(c)) = (&model.info.labels, model.info.config.classes()) {
             if l.len() != c {
                 return Err(ModelError::Metadata {
                     path: path.to_path_buf(),
@@ -119,34 +121,14 @@ impl QuantizedModel {
         Ok(model)
     }
 
-    /// Configuration the graph matches.
-    pub fn config(&self) -> &crate::MobileNetConfig {
-        &self.graph.config
+    /// Configuration, preprocessing (the crop; the normalisation is informational: the
+    /// engine takes the pixels themselves) and labels.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
     }
-
-    /// Classes, or `None` for a feature extractor.
-    pub fn classes(&self) -> Option<usize> {
-        self.graph.config.classes()
-    }
-
-    /// Crop and (informational) normalisation; the engine takes the pixels themselves.
-    pub fn preprocessing(&self) -> &Preprocessing {
-        &self.preprocessing
-    }
-
-    /// Class labels from the file's metadata.
-    pub fn labels(&self) -> Option<&[String]> {
-        self.labels.as_deref()
-    }
-
-    /// Sets the central-crop fraction.
-    pub fn set_crop(&mut self, crop: f32) {
-        self.preprocessing.crop = crop;
-    }
-
-    /// Replaces the labels (e.g. from a labels file for Google's models).
-    pub fn set_labels(&mut self, labels: Vec<String>) {
-        self.labels = Some(labels);
+    /// The same, to change the crop or the labels (see [`crate::Classifier`]).
+    pub fn info_mut(&mut self) -> &mut ModelInfo {
+        &mut self.info
     }
 
     /// Activation type: uint8 or int8.
@@ -162,14 +144,6 @@ impl QuantizedModel {
     /// The bit-exact reference interpreter.
     pub fn reference(&self) -> &QuantModel {
         &self.model
-    }
-
-    /// Engine input bytes for `img`: crop, resize, the 8-bit pixels (for int8 models the
-    /// engine's bytes are `q + 128`, which is again the pixel).
-    pub fn input_bytes(&self, img: &RgbImage) -> Vec<u8> {
-        let res = self.graph.config.resolution();
-        let resized = self.preprocessing.pixels(img, res);
-        resized.as_ref().unwrap_or(img).as_raw().clone()
     }
 
     /// Class probabilities from the engine's output: dequantized softmax outputs, or the

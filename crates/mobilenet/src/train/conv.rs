@@ -13,7 +13,7 @@ use mobilenet_kernels::gemm::{gemm, PackedB};
 use mobilenet_kernels::{ConvGeometry, Epilogue, Isa};
 
 use crate::config::Padding;
-use crate::exec::{gemm_rows, per_image, sum_per_part, SpinPool};
+use crate::exec::{par_gemm, per_image, sum_per_part, GemmSplit, SpinPool};
 use crate::layers::{Layer, LayerKind};
 
 /// One convolution layer of the network as the trainer runs it.
@@ -65,7 +65,8 @@ impl ConvLayer {
             LayerKind::Pointwise => {
                 let (cin, cout) = (shape.cin, shape.cout);
                 let packed = PackedB::new(isa, w, cin, cout);
-                gemm_rows(pool, batch * self.pixels, x, cin, &packed, z, cout, &linear);
+                let m = batch * self.pixels;
+                par_gemm(pool, GemmSplit::Rows, m, x, cin, &packed, z, cout, &linear);
             }
             kind => per_image(pool, z, self.out_len, batch, &|i, out| {
                 let img = &x[i * in_len..(i + 1) * in_len];
@@ -124,7 +125,8 @@ impl ConvLayer {
                 if let Some(dx) = dx {
                     // dX = dZ · Wᵀ.
                     let wt = PackedB::from_transposed(isa, w, cout, cin);
-                    gemm_rows(pool, m, dz, cout, &wt, dx, cin, &Epilogue::linear());
+                    let linear = Epilogue::linear();
+                    par_gemm(pool, GemmSplit::Rows, m, dz, cout, &wt, dx, cin, &linear);
                 }
             }
             kind => {

@@ -1,0 +1,134 @@
+//! The reference interpreter of the integer IR: TFLite's reference kernels, one op at a time,
+//! in plain Rust. The fast engine ([`super::QuantEngine`]) is checked against it byte for
+//! byte, and it against LiteRT's outputs.
+
+use super::ir::{QOp, QuantModel};
+
+impl QuantModel {
+    /// Runs one image (quantized input values: 0..255 for uint8, −128..127 for int8) and returns
+    /// the quantized outputs; `observe` sees every layer's output.
+    pub fn run(&self, input: &[i32], observe: &mut dyn FnMut(usize, &[i32])) -> Vec<i32> {
+        let mut x = input.to_vec();
+        for (i, op) in self.ops.iter().enumerate() {
+            x = match op {
+                QOp::Conv {
+                    depthwise,
+                    weights,
+                    bias,
+                    weight_zp: _,
+                    weight_signed: _,
+                    k,
+                    stride,
+                    pad_top,
+                    pad_left,
+                    cin,
+                    cout,
+                    in_hw,
+                    out_hw,
+                    input_zp,
+                    multipliers,
+                    output_zp,
+                    act,
+                } => {
+                    let (k, cin, cout) = (*k, *cin, *cout);
+                    let mut out = vec![0i32; out_hw.0 * out_hw.1 * cout];
+                    for oy in 0..out_hw.0 {
+                        for ox in 0..out_hw.1 {
+                            for co in 0..cout {
+                                let mut acc = bias[co];
+                                for ky in 0..k {
+                                    let Some(iy) = (oy * stride + ky)
+                                        .checked_sub(*pad_top)
+                                        .filter(|&v| v < in_hw.0)
+                                    else {
+                                        continue;
+                                    };
+                                    for kx in 0..k {
+                                        let Some(ix) = (ox * stride + kx)
+                                            .checked_sub(*pad_left)
+                                            .filter(|&v| v < in_hw.1)
+                                        else {
+                                            continue;
+                                        };
+                                        let px = &x[(iy * in_hw.1 + ix) * cin..][..cin];
+                                        if *depthwise {
+                                            // Wrapping, as TFLite's int32 accumulators.
+                                            acc =
+                                                acc.wrapping_add((px[co] - input_zp).wrapping_mul(
+                                                    weights[(ky * k + kx) * cout + co],
+                                                ));
+                                        } else {
+                                            let w =
+                                                &weights[((co * k + ky) * k + kx) * cin..][..cin];
+                                            for ci in 0..cin {
+                                                acc = acc.wrapping_add(
+                                                    (px[ci] - input_zp).wrapping_mul(w[ci]),
+                                                );
+                                            }
+                                        }
+                                    }
+                                }
+                                let v = multipliers[co].apply(acc) + output_zp;
+                                out[(oy * out_hw.1 + ox) * cout + co] = v.clamp(act.0, act.1);
+                            }
+                        }
+                    }
+                    out
+                }
+                QOp::AvgPool { hw, c, act } => {
+                    let n = *hw as i32;
+                    (0..*c)
+                        .map(|ch| {
+                            let sum: i32 = (0..*hw).map(|p| x[p * c + ch]).sum();
+                            let avg = if sum > 0 {
+                                (sum + n / 2) / n
+                            } else {
+                                (sum - n / 2) / n
+                            };
+                            avg.clamp(act.0, act.1)
+                        })
+                        .collect()
+                }
+                QOp::Softmax {
+                    table,
+                    output_scale,
+                    output_zp,
+                    signed,
+                } => softmax(table, *output_scale, *output_zp, *signed, &x),
+            };
+            observe(i, &x);
+        }
+        x
+    }
+}
+
+/// TFLite's quantized softmax on x86: `table[255 − (max − v)] = exp(−s·β·(max − v))`, the sum
+/// in f32, probabilities scaled by `1 / (sum · s_out)`; uint8 adds ½ and truncates (zero point
+/// 0), int8 rounds and adds the zero point.
+pub(crate) fn softmax(
+    table: &[f32],
+    output_scale: f32,
+    output_zp: i32,
+    signed: bool,
+    x: &[i32],
+) -> Vec<i32> {
+    let max = *x.iter().max().unwrap_or(&0);
+    let at = |v: i32| table[(255 + v - max).clamp(0, 255) as usize];
+    let mut sum = 0.0f32;
+    for &v in x {
+        sum += at(v);
+    }
+    let inv = 1.0 / (sum * output_scale);
+    let (lo, hi) = if signed { (-128, 127) } else { (0, 255) };
+    x.iter()
+        .map(|&v| {
+            let p = at(v) * inv;
+            let q = if signed {
+                p.round() as i32 + output_zp
+            } else {
+                (p + 0.5) as i32
+            };
+            q.clamp(lo, hi)
+        })
+        .collect()
+}

@@ -1,0 +1,189 @@
+//! The whole network's training step: finite-difference gradients through every layer, the
+//! same step on every instruction set and thread count, and the models it refuses.
+
+use mobilenet::train::net::{StepOptions, TrainError, TrainNet};
+use mobilenet::train::Rng;
+use mobilenet::{MobileNetConfig, ModelFile, Padding, Stem, Variant};
+use mobilenet_kernels::Isa;
+
+/// α 0.25 at 64×64: the last maps are 2×2, so with a batch of 4 every batch norm sees at
+/// least 16 values per channel (with fewer it is too ill-conditioned for finite differences).
+fn tiny(stem: Stem, padding: Padding) -> ModelFile {
+    let config = MobileNetConfig::new(0.25, 64)
+        .and_then(|c| c.with_classes(4))
+        .and_then(|c| c.with_dropout(0.0))
+        .expect("valid config")
+        .with_stem(stem)
+        .with_padding(padding);
+    let mut model = ModelFile::random(config, 5);
+    // Non-trivial batch-norm parameters, so that their gradients are exercised.
+    let mut rng = Rng::new(9);
+    for (name, t) in model.tensors.iter_mut() {
+        if name.ends_with("gamma") {
+            t.data
+                .iter_mut()
+                .for_each(|v| *v = 1.0 + 0.2 * rng.normal());
+        } else if name.ends_with("beta") {
+            t.data
+                .iter_mut()
+                .for_each(|v| *v = 0.2 + 0.2 * rng.normal());
+        }
+    }
+    model
+}
+
+fn batch(res: usize, n: usize, seed: u64) -> (Vec<f32>, Vec<usize>) {
+    let mut rng = Rng::new(seed);
+    let images = (0..n * res * res * 3).map(|_| rng.normal()).collect();
+    let labels = (0..n).map(|i| i % 4).collect();
+    (images, labels)
+}
+
+/// Finite differences of the step's loss against the analytic gradient.
+///
+/// ReLU6 makes the loss piecewise smooth: a perturbation of an early weight moves thousands
+/// of units, some across a kink, so single coordinates of early layers are unreliable. The
+/// check is therefore (a) coordinate-wise on the classifier and the last block, which only
+/// kink-free ops follow, and (b) along the gradient's own direction for all parameters at
+/// once, where the crossings average out: `(L(θ + εĝ) − L(θ − εĝ)) / 2ε ≈ |g|`.
+fn gradient_check(stem: Stem, padding: Padding, threads: usize) {
+    let model = tiny(stem, padding);
+    let mut net = TrainNet::from_model(&model, threads).expect("trainable");
+    let res = model.config.resolution();
+    let (images, labels) = batch(res, 4, 1);
+    let options = StepOptions {
+        update_bn_stats: false,
+        ..StepOptions::default()
+    };
+    let mut grads = net.zero_gradients();
+    net.step(&images, &labels, &mut Rng::new(0), &options, &mut grads);
+    let loss_of = |net: &mut TrainNet| {
+        let mut scratch = net.zero_gradients();
+        net.step(&images, &labels, &mut Rng::new(0), &options, &mut scratch)
+            .loss as f64
+    };
+
+    let tail = [
+        "fc/weight",
+        "fc/bias",
+        "conv_13/pointwise/bn/gamma",
+        "conv_13/pointwise/bn/beta",
+    ];
+    let checked: Vec<usize> = (0..net.params.len())
+        .filter(|&pi| tail.contains(&net.params[pi].name.as_str()))
+        .collect();
+    assert_eq!(checked.len(), tail.len());
+    for pi in checked {
+        let len = net.params[pi].value.len();
+        for i in (0..len).step_by((len / 8).max(1)) {
+            let orig = net.params[pi].value[i];
+            // The loss comes back as f32 (ulp 2.4e-7 near 2.3): steps below ~1e-3 would
+            // make the difference quotient mostly rounding noise for small gradients.
+            let eps = 5e-3 * orig.abs().max(0.2);
+            net.params[pi].value[i] = orig + eps;
+            let up = loss_of(&mut net);
+            net.params[pi].value[i] = orig - eps;
+            let down = loss_of(&mut net);
+            net.params[pi].value[i] = orig;
+            let numeric = (up - down) / (2.0 * eps as f64);
+            let analytic = grads[pi][i] as f64;
+            assert!(
+                (numeric - analytic).abs() <= 2e-2 * numeric.abs().max(analytic.abs()) + 2e-4,
+                "{}[{i}]: numeric {numeric}, analytic {analytic}",
+                net.params[pi].name
+            );
+        }
+    }
+
+    let norm: f64 = grads
+        .iter()
+        .flatten()
+        .map(|&g| (g as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let base: Vec<Vec<f32>> = net.params.iter().map(|p| p.value.clone()).collect();
+    let mut along = |t: f64| {
+        for ((p, b), g) in net.params.iter_mut().zip(&base).zip(&grads) {
+            for ((v, &b), &g) in p.value.iter_mut().zip(b).zip(g) {
+                *v = (b as f64 + t * g as f64 / norm) as f32;
+            }
+        }
+        loss_of(&mut net)
+    };
+    let eps = 1e-3;
+    let directional = (along(eps) - along(-eps)) / (2.0 * eps);
+    assert!(
+        (directional - norm).abs() <= 0.05 * norm,
+        "directional derivative {directional} vs gradient norm {norm}"
+    );
+}
+
+#[test]
+fn network_gradients_match_finite_differences() {
+    gradient_check(Stem::Standard, Padding::TfSame, 1);
+}
+
+#[test]
+fn network_gradients_small_stem_symmetric_padding_two_threads() {
+    gradient_check(Stem::SmallInput, Padding::Symmetric, 2);
+}
+
+#[test]
+fn every_isa_and_thread_count_gives_the_same_step() {
+    let model = tiny(Stem::Standard, Padding::TfSame);
+    let (images, labels) = batch(64, 4, 2);
+    let mut reference: Option<(f32, Vec<Vec<f32>>)> = None;
+    for isa in Isa::available() {
+        for threads in [1, 2] {
+            let mut net = TrainNet::from_model(&model, threads).expect("trainable");
+            net.set_isa(isa);
+            let mut grads = net.zero_gradients();
+            let stats = net.step(
+                &images,
+                &labels,
+                &mut Rng::new(3),
+                &StepOptions::default(),
+                &mut grads,
+            );
+            match &reference {
+                None => reference = Some((stats.loss, grads)),
+                Some((loss, want)) => {
+                    assert!((stats.loss - loss).abs() < 1e-5, "{isa} t{threads}: loss");
+                    // Rounding differs between instruction sets (fused or not) and thread
+                    // counts (summation order); a unit that sits on a ReLU kink can then
+                    // switch sides, so tensors are compared by relative L2 distance.
+                    for ((g, w), p) in grads.iter().zip(want).zip(&net.params) {
+                        let diff: f64 =
+                            g.iter().zip(w).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+                        let norm: f64 = w.iter().map(|b| (*b as f64).powi(2)).sum();
+                        assert!(
+                            diff.sqrt() <= 1e-2 * norm.sqrt() + 1e-6,
+                            "{isa} t{threads} {}: |Δ| {} of |g| {}",
+                            p.name,
+                            diff.sqrt(),
+                            norm.sqrt()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn full_conv_and_headless_models_are_refused() {
+    let config = MobileNetConfig::new(0.25, 32)
+        .expect("valid")
+        .with_variant(Variant::FullConv);
+    let err = TrainNet::from_model(&ModelFile::random(config, 1), 1).unwrap_err();
+    assert!(err
+        .to_string()
+        .contains("full-conv variant is not implemented"));
+    let config = MobileNetConfig::new(0.25, 32)
+        .expect("valid")
+        .without_head();
+    assert_eq!(
+        TrainNet::from_model(&ModelFile::random(config, 1), 1).unwrap_err(),
+        TrainError::NoHead
+    );
+}
