@@ -383,9 +383,9 @@ mod tests {
         for g in geometries() {
             for c in [1, 5, 8, 16, 17, 33] {
                 let mut rng = Rng::new((g.in_h * 100 + g.in_w * 10 + c + g.stride) as u64);
-                let x = rng.vec(g.in_h * g.in_w * c);
-                let dy = rng.vec(g.out_h * g.out_w * c);
-                let w = rng.vec(9 * c);
+                let x = rng.signed_vec(g.in_h * g.in_w * c);
+                let dy = rng.signed_vec(g.out_h * g.out_w * c);
+                let w = rng.signed_vec(9 * c);
                 let want_dx = dwconv3x3_backward_input_reference(&g, c, &dy, &w);
                 let want_dw = dwconv3x3_backward_weights_reference(&g, c, &x, &dy);
                 for isa in Isa::available() {
@@ -406,9 +406,9 @@ mod tests {
         for g in geometries() {
             let c = 7;
             let mut rng = Rng::new(g.in_h as u64 * 31 + g.stride as u64);
-            let x = rng.vec(g.in_h * g.in_w * c);
-            let dy = rng.vec(g.out_h * g.out_w * c);
-            let w = rng.vec(9 * c);
+            let x = rng.signed_vec(g.in_h * g.in_w * c);
+            let dy = rng.signed_vec(g.out_h * g.out_w * c);
+            let w = rng.signed_vec(9 * c);
             let y = dwconv3x3_reference(&g, c, &x, &w, &Epilogue::linear());
             let dx = dwconv3x3_backward_input_reference(&g, c, &dy, &w);
             let lhs: f64 = y
@@ -434,8 +434,8 @@ mod tests {
             for cout in [1, 8, 17, 32] {
                 let shape = ConvShape { k: 3, cin: 3, cout };
                 let mut rng = Rng::new((g.in_w * 7 + cout) as u64);
-                let x = rng.vec(g.in_h * g.in_w * 3);
-                let dy = rng.vec(g.out_h * g.out_w * cout);
+                let x = rng.signed_vec(g.in_h * g.in_w * 3);
+                let dy = rng.signed_vec(g.out_h * g.out_w * cout);
                 let want = conv2d_backward_weights_reference(&g, shape, &x, &dy);
                 for isa in Isa::available() {
                     let mut dw = vec![0.0; want.len()];

@@ -331,8 +331,8 @@ mod tests {
         for c in [1, 5, 8, 16, 17, 40] {
             let rows = 23;
             let mut rng = Rng::new(c as u64);
-            let x = rng.vec(rows * c);
-            let per = |rng: &mut Rng| rng.vec(c);
+            let x = rng.signed_vec(rows * c);
+            let per = |rng: &mut Rng| rng.signed_vec(c);
             let (scale, shift, mean, k, md, mdx) = (
                 per(&mut rng),
                 per(&mut rng),
@@ -342,8 +342,12 @@ mod tests {
                 per(&mut rng),
             );
             let inv: Vec<f32> = per(&mut rng).iter().map(|v| v.abs() + 0.5).collect();
-            let a: Vec<f32> = rng.vec(rows * c).iter().map(|v| 4.0 * v + 2.0).collect();
-            let d0 = rng.vec(rows * c);
+            let a: Vec<f32> = rng
+                .signed_vec(rows * c)
+                .iter()
+                .map(|v| 4.0 * v + 2.0)
+                .collect();
+            let d0 = rng.signed_vec(rows * c);
             // Scalar formulas.
             let mut want_sum = vec![0.0f32; c];
             let mut want_sq = vec![0.0f32; c];

@@ -4,6 +4,7 @@
 //! most of its tile on a K of 27, and for the full-conv comparison network of the paper.
 
 use crate::simd::SimdF32;
+use crate::RowsCall;
 use crate::{ConvGeometry, Epilogue, Isa};
 
 /// Shape of a direct convolution: kernel size and channel counts.
@@ -62,26 +63,13 @@ pub fn conv2d(
     );
     // Safety (of the variants): slices are as long as their shapes (checked above).
     let call = (g, shape, input, weights, epi, output, row0, rows);
-    crate::simd_dispatch!(isa, (call: RowsCall<'_>) {
+    crate::simd_dispatch!(isa, (call: RowsCall<'_, ConvShape>) {
         avx512: conv_rows::<_, 8>,
         avx2: conv_rows::<_, 4>,
         neon: conv_rows::<_, 4>,
         scalar: conv_rows::<_, 4>,
     })
 }
-
-/// The arguments of [`conv_rows`]: geometry, shape, input, weights, epilogue, output rows,
-/// first row, row count.
-type RowsCall<'a> = (
-    &'a ConvGeometry,
-    ConvShape,
-    &'a [f32],
-    &'a [f32],
-    &'a Epilogue<'a>,
-    &'a mut [f32],
-    usize,
-    usize,
-);
 
 /// Output columns `[lo, hi)` whose k input columns all lie inside the image.
 fn interior(g: &ConvGeometry, k: usize) -> (usize, usize) {
@@ -95,7 +83,7 @@ fn interior(g: &ConvGeometry, k: usize) -> (usize, usize) {
 }
 
 #[inline(always)]
-unsafe fn conv_rows<S: SimdF32, const P: usize>(s: S, call: RowsCall<'_>) {
+unsafe fn conv_rows<S: SimdF32, const P: usize>(s: S, call: RowsCall<'_, ConvShape>) {
     let (g, shape, input, weights, epi, output, row0, rows) = call;
     let ConvShape { k, cin, cout } = shape;
     let lanes = S::LANES;
@@ -297,9 +285,9 @@ mod tests {
             ConvGeometry::symmetric(in_h, in_w, shape.k, stride, shape.k / 2)
         };
         let mut rng = Rng::new((in_h * 31 + in_w * 7 + shape.cout) as u64);
-        let input = rng.vec(in_h * in_w * shape.cin);
-        let weights = rng.vec(shape.k * shape.k * shape.cin * shape.cout);
-        let bias = rng.vec(shape.cout);
+        let input = rng.signed_vec(in_h * in_w * shape.cin);
+        let weights = rng.signed_vec(shape.k * shape.k * shape.cin * shape.cout);
+        let bias = rng.signed_vec(shape.cout);
         let epi = Epilogue::new(Some(&bias), 0.0, 6.0);
         let expected = conv2d_reference(&g, shape, &input, &weights, &epi);
         for isa in Isa::available() {
@@ -380,8 +368,8 @@ mod tests {
             cout: 16,
         };
         let mut rng = Rng::new(9);
-        let input = rng.vec(300);
-        let weights = rng.vec(27 * 16);
+        let input = rng.signed_vec(300);
+        let weights = rng.signed_vec(27 * 16);
         let epi = Epilogue::linear();
         let expected = conv2d_reference(&g, shape, &input, &weights, &epi);
         let isa = Isa::detect();

@@ -12,6 +12,7 @@
 //! the input is made.
 
 use crate::simd::SimdF32;
+use crate::RowsCall;
 use crate::{ConvGeometry, Epilogue, Isa};
 
 /// Kernel size (3×3).
@@ -118,8 +119,8 @@ fn run(
     );
     // Safety (of the variants): the slices are as long as the shapes say (checked above and
     // by the callers).
-    let call = (g, c, input, weights, epi, output, row0, rows, ring);
-    crate::simd_dispatch!(isa, (call: RowsCall<'_>) {
+    let call = (g, (c, ring), input, weights, epi, output, row0, rows);
+    crate::simd_dispatch!(isa, (call: RowsCall<'_, (usize, usize)>) {
         avx512: dw_rows::<_, 8, 4>,
         avx2: dw_rows::<_, 4, 4>,
         neon: dw_rows::<_, 4, 4>,
@@ -127,23 +128,12 @@ fn run(
     })
 }
 
-/// The arguments of [`dw_rows`]: geometry, channels, input (image or ring), weights,
-/// epilogue, output rows, first row, row count, ring rows (0: the whole image).
-type RowsCall<'a> = (
-    &'a ConvGeometry,
-    usize,
-    &'a [f32],
-    &'a [f32],
-    &'a Epilogue<'a>,
-    &'a mut [f32],
-    usize,
-    usize,
-    usize,
-);
-
 #[inline(always)]
-unsafe fn dw_rows<S: SimdF32, const P: usize, const Q: usize>(s: S, call: RowsCall<'_>) {
-    let (g, c, input, weights, epi, output, row0, rows, ring) = call;
+unsafe fn dw_rows<S: SimdF32, const P: usize, const Q: usize>(
+    s: S,
+    call: RowsCall<'_, (usize, usize)>,
+) {
+    let (g, (c, ring), input, weights, epi, output, row0, rows) = call;
     // Safety: the caller upholds SimdF32's contract and passed slices as long as the
     // geometry says (input: the whole image, or `ring` rows holding input row y at y % ring);
     // every pointer below stays inside them.
@@ -530,9 +520,9 @@ mod tests {
             ConvGeometry::symmetric(in_h, in_w, K, stride, 1)
         };
         let mut rng = Rng::new((in_h * 1000 + in_w * 10 + c + stride) as u64);
-        let input = rng.vec(in_h * in_w * c);
-        let weights = rng.vec(K * K * c);
-        let bias = rng.vec(c);
+        let input = rng.signed_vec(in_h * in_w * c);
+        let weights = rng.signed_vec(K * K * c);
+        let bias = rng.signed_vec(c);
         let epi = Epilogue::new(Some(&bias), -0.5, 1.5);
         let expected = dwconv3x3_reference(&g, c, &input, &weights, &epi);
         for isa in Isa::available() {
@@ -598,8 +588,8 @@ mod tests {
         let g = ConvGeometry::tf_same(5, 5, K, 1);
         let c = 20;
         let mut rng = Rng::new(3);
-        let input = rng.vec(5 * 5 * c);
-        let weights = rng.vec(9 * c);
+        let input = rng.signed_vec(5 * 5 * c);
+        let weights = rng.signed_vec(9 * c);
         let epi = Epilogue::linear();
         let expected = dwconv3x3_reference(&g, c, &input, &weights, &epi);
         for isa in Isa::available() {

@@ -26,12 +26,27 @@ pub mod gemm;
 pub mod int8;
 mod isa;
 pub mod pool;
+pub mod rng;
 pub mod simd;
 #[cfg(test)]
 mod testing;
 
 pub use epilogue::Epilogue;
 pub use isa::{Isa, IsaKind};
+
+/// The arguments a row kernel (the stem's conv, the depthwise conv) passes through
+/// [`simd_dispatch!`] to its generic body: geometry, the kernel's own parameters `P`, input,
+/// weights, epilogue, output rows, first output row, number of rows.
+pub(crate) type RowsCall<'a, P> = (
+    &'a ConvGeometry,
+    P,
+    &'a [f32],
+    &'a [f32],
+    &'a Epilogue<'a>,
+    &'a mut [f32],
+    usize,
+    usize,
+);
 
 /// Spatial geometry of a 2-D convolution on one image: sizes, stride and leading padding.
 ///

@@ -26,9 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(root.join("import/native.safetensors"), &bytes)?;
 
     // The same weights under TF-slim names, as `import` reads them.
-    let mut tf = ModelFile::random(config, 8);
-    tf.tensors = model
-        .tensors
+    let tf: std::collections::BTreeMap<String, Tensor> = model
+        .tensors()
         .iter()
         .map(|(name, t)| {
             (
@@ -38,7 +37,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let views: Vec<_> = tf
-        .tensors
         .iter()
         .map(|(n, t)| {
             let bytes: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -14,8 +14,8 @@ use image::RgbImage;
 
 use crate::config::MobileNetConfig;
 use crate::error::ModelError;
-use crate::infer::{InferenceModel, Session};
-use crate::int8::{QuantSession, QuantizedModel};
+use crate::infer::InferenceModel;
+use crate::int8::QuantizedModel;
 use crate::preprocess::Preprocessing;
 use crate::tflite::{self, ElementType};
 use crate::weights::ModelFile;
@@ -141,181 +141,13 @@ pub fn softmax_rows(logits: &[f32], classes: usize, out: &mut [f32]) {
     }
 }
 
-fn check_pixels(pixels: &[u8], per: usize, batch: usize) {
+/// Checks that `pixels` is at most `batch` whole images of `per` bytes.
+pub(crate) fn check_pixels(pixels: &[u8], per: usize, batch: usize) {
     assert!(
         pixels.len().is_multiple_of(per) && pixels.len() <= batch * per,
         "{} bytes are not at most {batch} images of {per} bytes",
         pixels.len()
     );
-}
-
-impl Classifier for InferenceModel {
-    fn precision(&self) -> &'static str {
-        "f32"
-    }
-    fn isa(&self) -> String {
-        InferenceModel::isa(self).to_string()
-    }
-    fn info(&self) -> &ModelInfo {
-        InferenceModel::info(self)
-    }
-    fn info_mut(&mut self) -> &mut ModelInfo {
-        InferenceModel::info_mut(self)
-    }
-    fn steps(&self) -> Vec<StepInfo> {
-        self.layers()
-            .iter()
-            .map(|l| StepInfo {
-                name: l.name.clone(),
-                kind: l.step_kind(),
-                mult_adds: l.mult_adds,
-            })
-            .collect()
-    }
-    fn runner(&self, batch: usize, threads: usize) -> Box<dyn Runner + '_> {
-        let session = self.session(batch, threads);
-        let batch = session.batch();
-        Box::new(F32Runner {
-            norm: self.preprocessing().norm.affine(),
-            input: vec![0.0; batch * self.input_len()],
-            logits: vec![0.0; batch * self.output_len()],
-            per: self.input_len(),
-            classes: self.output_len(),
-            session,
-        })
-    }
-}
-
-/// [`Runner`] of the f32 engine: pixels normalised into its input.
-struct F32Runner<'m> {
-    session: Session<'m>,
-    norm: ([f32; 3], [f32; 3]),
-    input: Vec<f32>,
-    logits: Vec<f32>,
-    per: usize,
-    classes: usize,
-}
-
-impl Runner for F32Runner<'_> {
-    fn batch(&self) -> usize {
-        self.session.batch()
-    }
-    fn threads(&self) -> usize {
-        self.session.threads()
-    }
-    fn load(&mut self, pixels: &[u8]) {
-        check_pixels(pixels, self.per, self.batch());
-        let (scale, offset) = self.norm;
-        for (o, px) in self.input.chunks_exact_mut(3).zip(pixels.chunks_exact(3)) {
-            for c in 0..3 {
-                o[c] = px[c] as f32 * scale[c] + offset[c];
-            }
-        }
-        self.input[pixels.len()..].fill(0.0);
-    }
-    fn run(&mut self) {
-        let out = self.session.run(&self.input);
-        self.logits.copy_from_slice(out);
-    }
-    fn probabilities(&self, out: &mut [f32]) {
-        softmax_rows(&self.logits, self.classes, out);
-    }
-    fn enable_profiling(&mut self) {
-        self.session.enable_profiling();
-    }
-    fn profile(&self) -> Option<Vec<Duration>> {
-        self.session.profile().map(<[Duration]>::to_vec)
-    }
-}
-
-impl Classifier for QuantizedModel {
-    fn precision(&self) -> &'static str {
-        if self.kind() == ElementType::I8 {
-            "int8"
-        } else {
-            "uint8"
-        }
-    }
-    fn isa(&self) -> String {
-        self.engine().isa().to_string()
-    }
-    fn info(&self) -> &ModelInfo {
-        QuantizedModel::info(self)
-    }
-    fn info_mut(&mut self) -> &mut ModelInfo {
-        QuantizedModel::info_mut(self)
-    }
-    fn steps(&self) -> Vec<StepInfo> {
-        self.engine()
-            .step_names()
-            .into_iter()
-            .map(|name| StepInfo {
-                name,
-                kind: "int8",
-                mult_adds: 0,
-            })
-            .collect()
-    }
-    fn runner(&self, batch: usize, threads: usize) -> Box<dyn Runner + '_> {
-        let batch = batch.max(1);
-        let per = self.engine().input_len();
-        let classes = self.engine().output_len();
-        Box::new(Int8Runner {
-            model: self,
-            session: self.session(threads),
-            threads: crate::exec::resolve_threads(threads),
-            batch,
-            per,
-            classes,
-            input: vec![0; batch * per],
-            output: vec![0; batch * classes],
-        })
-    }
-}
-
-/// [`Runner`] of the integer engine: the pixels are its input bytes; the images of a batch run
-/// one after the other, each on all threads.
-struct Int8Runner<'m> {
-    model: &'m QuantizedModel,
-    session: QuantSession<'m>,
-    threads: usize,
-    batch: usize,
-    per: usize,
-    classes: usize,
-    input: Vec<u8>,
-    output: Vec<i32>,
-}
-
-impl Runner for Int8Runner<'_> {
-    fn batch(&self) -> usize {
-        self.batch
-    }
-    fn threads(&self) -> usize {
-        self.threads
-    }
-    fn load(&mut self, pixels: &[u8]) {
-        check_pixels(pixels, self.per, self.batch);
-        self.input[..pixels.len()].copy_from_slice(pixels);
-        self.input[pixels.len()..].fill(0);
-    }
-    fn run(&mut self) {
-        let images = self.input.chunks_exact(self.per);
-        for (img, out) in images.zip(self.output.chunks_exact_mut(self.classes)) {
-            out.copy_from_slice(self.session.run(img));
-        }
-    }
-    fn probabilities(&self, out: &mut [f32]) {
-        let rows = self.output.chunks_exact(self.classes);
-        for (q, o) in rows.zip(out.chunks_exact_mut(self.classes)) {
-            o.copy_from_slice(&self.model.probabilities(q));
-        }
-    }
-    fn enable_profiling(&mut self) {
-        self.session.enable_profile();
-    }
-    fn profile(&self) -> Option<Vec<Duration>> {
-        self.session.profile().map(<[Duration]>::to_vec)
-    }
 }
 
 /// A model as `classify`, `eval` and `bench` take it: float (our model file, TF-slim/Keras

@@ -19,7 +19,7 @@ use crate::config::{Activation, MobileNetConfig, Padding};
 use crate::error::ModelError;
 use crate::layers::{Layer, LayerKind};
 use crate::preprocess::{PixelNorm, Preprocessing};
-use crate::weights::{read_safetensors, ModelFile, Tensor, DEFAULT_BN_EPSILON};
+use crate::weights::{names, read_safetensors, BnTensor, ModelFile, Tensor, DEFAULT_BN_EPSILON};
 
 /// The weight layouts `import` understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -302,27 +302,27 @@ fn convert(
         match layer.kind {
             LayerKind::AvgPool => continue,
             LayerKind::Fc => {
-                take(naming.fc.0, "fc/weight".into(), vec![layer.input[2], cout])?;
-                take(naming.fc.1, "fc/bias".into(), vec![cout])?;
+                take(
+                    naming.fc.0,
+                    names::FC_WEIGHT.into(),
+                    vec![layer.input[2], cout],
+                )?;
+                take(naming.fc.1, names::FC_BIAS.into(), vec![cout])?;
                 continue;
             }
             _ => {}
         }
         let spec = crate::weights::tensor_specs(&config)
             .into_iter()
-            .find(|s| s.name == format!("{}/weight", layer.name))
+            .find(|s| s.name == names::weight(&layer.name))
             .map(|s| s.shape)
             .unwrap_or_default();
         let name = (naming.weight)(&layer).unwrap_or_default();
-        take(&name, format!("{}/weight", layer.name), spec)?;
-        for (theirs, ours) in [
-            ("gamma", "gamma"),
-            ("beta", "beta"),
-            ("moving_mean", "moving_mean"),
-            ("moving_variance", "moving_variance"),
-        ] {
-            let name = (naming.bn)(&layer, theirs).unwrap_or_default();
-            take(&name, format!("{}/bn/{ours}", layer.name), vec![cout])?;
+        take(&name, names::weight(&layer.name), spec)?;
+        // TF-slim and Keras name the four batch-norm tensors as we do.
+        for t in BnTensor::ALL {
+            let name = (naming.bn)(&layer, t.leaf()).unwrap_or_default();
+            take(&name, names::bn(&layer.name, t), vec![cout])?;
         }
     }
     if let Some(extra) = source.keys().next() {
@@ -332,11 +332,10 @@ fn convert(
             config: config.to_string(),
         });
     }
-    Ok(ModelFile {
-        config,
-        bn_epsilon: DEFAULT_BN_EPSILON,
-        preprocessing: naming.preprocessing,
-        labels: options.labels.clone(),
-        tensors,
-    })
+    let (eps, pre, labels) = (
+        DEFAULT_BN_EPSILON,
+        naming.preprocessing,
+        options.labels.clone(),
+    );
+    ModelFile::new(config, eps, pre, labels, tensors, path)
 }

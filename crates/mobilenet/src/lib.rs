@@ -50,6 +50,7 @@ pub use layers::{
     conv_output_size, BlockKind, BlockSpec, Hwc, Layer, LayerKind, KERNEL, MOBILENET_V1_BODY,
     SHALLOW_REMOVED_BLOCKS,
 };
+pub use mobilenet_kernels::rng::Rng;
 pub use weights::{ModelFile, WeightInit};
 
 // The README's Rust example is compiled and run as a doctest so that it cannot go stale.

@@ -18,15 +18,11 @@ fn tiny(stem: Stem, padding: Padding) -> ModelFile {
     let mut model = ModelFile::random(config, 5);
     // Non-trivial batch-norm parameters, so that their gradients are exercised.
     let mut rng = Rng::new(9);
-    for (name, t) in model.tensors.iter_mut() {
+    for (name, data) in model.tensor_values_mut() {
         if name.ends_with("gamma") {
-            t.data
-                .iter_mut()
-                .for_each(|v| *v = 1.0 + 0.2 * rng.normal());
+            data.iter_mut().for_each(|v| *v = 1.0 + 0.2 * rng.normal());
         } else if name.ends_with("beta") {
-            t.data
-                .iter_mut()
-                .for_each(|v| *v = 0.2 + 0.2 * rng.normal());
+            data.iter_mut().for_each(|v| *v = 0.2 + 0.2 * rng.normal());
         }
     }
     model

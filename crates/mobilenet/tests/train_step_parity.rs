@@ -49,7 +49,7 @@ fn one_training_step_matches_tensorflow() {
         .and_then(|c| c.with_dropout(0.0))
         .expect("valid config")
         .with_stem(Stem::SmallInput);
-    let mut model = ModelFile::random(config, 0);
+    let model = ModelFile::random(config, 0);
     let init: BTreeMap<String, Tensor> = st
         .names()
         .into_iter()
@@ -64,12 +64,11 @@ fn one_training_step_matches_tensorflow() {
         .collect();
     assert_eq!(
         init.len(),
-        model.tensors.len(),
+        model.tensors().len(),
         "fixture has every tensor of the model"
     );
-    model.tensors = init;
-    model
-        .validate(&path)
+    let (eps, pre, labels) = (model.bn_epsilon, model.preprocessing, model.labels.clone());
+    let model = ModelFile::new(config, eps, pre, labels, init, &path)
         .expect("fixture tensors fit the configuration");
 
     let (_, images) = f32s(&st, "images");

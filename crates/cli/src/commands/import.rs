@@ -35,12 +35,12 @@ pub fn run(args: &ImportArgs) -> Result<()> {
         SourceFormat::Keras => "Keras",
         SourceFormat::Tflite => "TFLite",
     };
-    let params: usize = model.tensors.values().map(|t| t.data.len()).sum();
+    let params: usize = model.tensors().values().map(|t| t.data.len()).sum();
     println!(
         "{}: {source} weights → {} ({} tensors, {:.2} M values)",
         args.input.display(),
         args.output.display(),
-        model.tensors.len(),
+        model.tensors().len(),
         params as f64 / 1e6
     );
     println!("{}", model.config);

@@ -161,7 +161,7 @@ fn scalar_rows(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::x86::Rq16;
+    use super::super::requant::x86::Rq16;
     use super::{taps, QDwWeights, Requant};
     use crate::ConvGeometry;
 

@@ -5,7 +5,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::preprocess::Preprocessing;
-use crate::train::Rng;
+use crate::Rng;
 
 /// Training-time augmentation. The paper uses "less regularization and data augmentation
 /// techniques because small models have less trouble with overfitting": crops of limited scale

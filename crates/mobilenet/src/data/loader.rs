@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use super::{prepare, Augment, DataError, Dataset};
 use crate::preprocess::Preprocessing;
-use crate::train::Rng;
+use crate::Rng;
 
 /// One batch of network inputs.
 #[derive(Debug)]

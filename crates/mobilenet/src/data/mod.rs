@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use image::RgbImage;
 
-use crate::train::Rng;
+use crate::Rng;
 
 /// A data set that cannot be read.
 #[derive(Debug, thiserror::Error)]

@@ -242,17 +242,15 @@ pub enum GemmSplit {
     Columns,
 }
 
-/// `C[m, n] = epilogue(A · B)` on the pool's threads, split as `split` says.
-#[allow(clippy::too_many_arguments)]
+/// `C[m, n] = epilogue(A · B)` on the pool's threads, split as `split` says; A and C are
+/// given with their row strides.
 pub fn par_gemm(
     pool: &mut SpinPool,
     split: GemmSplit,
     m: usize,
-    a: &[f32],
-    lda: usize,
+    (a, lda): (&[f32], usize),
     b: &PackedB,
-    c: &mut [f32],
-    ldc: usize,
+    (c, ldc): (&mut [f32], usize),
     epi: &Epilogue,
 ) {
     match split {

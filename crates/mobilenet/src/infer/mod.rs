@@ -30,6 +30,7 @@ use crate::weights::ModelFile;
 mod fuse;
 mod op;
 mod pipeline;
+mod runner;
 mod session;
 
 pub use fuse::Fusion;
@@ -227,14 +228,6 @@ impl InferenceModel {
     /// Class labels, if the model file has them.
     pub fn labels(&self) -> Option<&[String]> {
         self.info.labels.as_deref()
-    }
-    /// Configuration, preprocessing and labels.
-    pub fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-    /// The same, to change the crop or the labels (see [`crate::Classifier`]).
-    pub fn info_mut(&mut self) -> &mut ModelInfo {
-        &mut self.info
     }
     /// The execution plan.
     pub fn layers(&self) -> &[PlannedLayer] {

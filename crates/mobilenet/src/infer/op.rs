@@ -166,7 +166,7 @@ pub(super) fn run_layer(
             } else {
                 GemmSplit::Rows
             };
-            par_gemm(pool, split, m, src, cin, &pw.weights, dst, cout, &epi);
+            par_gemm(pool, split, m, (src, cin), &pw.weights, (dst, cout), &epi);
         }
         Op::Separable(sep) => {
             let (c, band_rows) = (sep.channels(), sep.band_rows);
@@ -202,7 +202,15 @@ pub(super) fn run_layer(
             // At batch 1 there is one row: split the classes between threads (the layer is a
             // stream of its 4 MB of weights).
             let (cin, columns) = (layer.input[2], GemmSplit::Columns);
-            par_gemm(pool, columns, batch, src, cin, &fc.weights, dst, cout, &epi);
+            par_gemm(
+                pool,
+                columns,
+                batch,
+                (src, cin),
+                &fc.weights,
+                (dst, cout),
+                &epi,
+            );
         }
     }
 }

@@ -17,6 +17,7 @@ mod ir;
 mod model;
 mod ptq;
 mod reference;
+mod runner;
 
 pub use engine::{QuantEngine, QuantSession, Unsupported};
 pub use ir::{QuantModel, QuantizedMultiplier};

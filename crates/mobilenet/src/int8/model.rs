@@ -17,7 +17,7 @@ pub struct QuantizedModel {
     graph: MobileNetGraph,
     model: QuantModel,
     engine: QuantEngine,
-    info: ModelInfo,
+    pub(super) info: ModelInfo,
 }
 
 impl QuantizedModel {
@@ -119,16 +119,6 @@ impl QuantizedModel {
             }
         }
         Ok(model)
-    }
-
-    /// Configuration, preprocessing (the crop; the normalisation is informational: the
-    /// engine takes the pixels themselves) and labels.
-    pub fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-    /// The same, to change the crop or the labels (see [`crate::Classifier`]).
-    pub fn info_mut(&mut self) -> &mut ModelInfo {
-        &mut self.info
     }
 
     /// Activation type: uint8 or int8.

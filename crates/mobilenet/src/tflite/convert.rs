@@ -8,7 +8,7 @@ use super::{ElementType, FusedActivation, Graph, OpKind, TensorInfo, TfPadding, 
 use crate::config::{Activation, MobileNetConfig, Padding, Stem, Variant};
 use crate::layers::LayerKind;
 use crate::preprocess::{PixelNorm, Preprocessing};
-use crate::weights::{ModelFile, Tensor};
+use crate::weights::{names, BnTensor, ModelFile, Tensor};
 
 /// The tensors of one convolution of the graph: input, weights, bias, output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -395,10 +395,10 @@ impl MobileNetGraph {
                             }
                         }
                     }
-                    (format!("{}/weight", l.name), vec![k, k, cin, cout], out)
+                    (names::weight(&l.name), vec![k, k, cin, cout], out)
                 }
                 // 1HWC → HWC.
-                LayerKind::Depthwise => (format!("{}/weight", l.name), vec![3, 3, cin], v),
+                LayerKind::Depthwise => (names::weight(&l.name), vec![3, 3, cin], v),
                 // O11I / [O, I] → [I, O].
                 LayerKind::Pointwise | LayerKind::Fc => {
                     let mut out = vec![0.0; v.len()];
@@ -407,12 +407,8 @@ impl MobileNetGraph {
                             out[i * cout + o] = v[o * cin + i];
                         }
                     }
-                    let name = if l.kind == LayerKind::Fc {
-                        "fc/weight".to_string()
-                    } else {
-                        format!("{}/weight", l.name)
-                    };
-                    (name, vec![cin, cout], out)
+                    // The classifier's layer is `fc`: its weight is `fc/weight`.
+                    (names::weight(&l.name), vec![cin, cout], out)
                 }
                 LayerKind::AvgPool => continue,
             };
@@ -438,19 +434,18 @@ impl MobileNetGraph {
                 )));
             }
             if l.kind == LayerKind::Fc {
-                tensors.insert("fc/bias".into(), Tensor::new(vec![cout], bias));
+                tensors.insert(names::FC_BIAS.into(), Tensor::new(vec![cout], bias));
             } else {
-                tensors.insert(format!("{}/bias", l.name), Tensor::new(vec![cout], bias));
-                for (stat, value) in [
-                    ("gamma", 1.0),
-                    ("beta", 0.0),
-                    ("moving_mean", 0.0),
-                    ("moving_variance", 1.0),
+                tensors.insert(names::bias(&l.name), Tensor::new(vec![cout], bias));
+                // The folded layer's batch norm is the identity.
+                for (t, value) in [
+                    (BnTensor::Gamma, 1.0),
+                    (BnTensor::Beta, 0.0),
+                    (BnTensor::MovingMean, 0.0),
+                    (BnTensor::MovingVariance, 1.0),
                 ] {
-                    tensors.insert(
-                        format!("{}/bn/{stat}", l.name),
-                        Tensor::new(vec![cout], vec![value; cout]),
-                    );
+                    let identity = Tensor::new(vec![cout], vec![value; cout]);
+                    tensors.insert(names::bn(&l.name, t), identity);
                 }
             }
         }
@@ -472,15 +467,8 @@ impl MobileNetGraph {
             // files here are the VWW detector (x/255).
             _ => PixelNorm::Unit,
         };
-        let model = ModelFile {
-            config: self.config,
-            bn_epsilon: 0.0,
-            preprocessing: Preprocessing { crop: 1.0, norm },
-            labels: None,
-            tensors,
-        };
-        model.validate(path).map_err(|e| bad(e.to_string()))?;
-        Ok(model)
+        let pre = Preprocessing { crop: 1.0, norm };
+        ModelFile::new(self.config, 0.0, pre, None, tensors, path).map_err(|e| bad(e.to_string()))
     }
 }
 

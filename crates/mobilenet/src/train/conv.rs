@@ -66,7 +66,15 @@ impl ConvLayer {
                 let (cin, cout) = (shape.cin, shape.cout);
                 let packed = PackedB::new(isa, w, cin, cout);
                 let m = batch * self.pixels;
-                par_gemm(pool, GemmSplit::Rows, m, x, cin, &packed, z, cout, &linear);
+                par_gemm(
+                    pool,
+                    GemmSplit::Rows,
+                    m,
+                    (x, cin),
+                    &packed,
+                    (z, cout),
+                    &linear,
+                );
             }
             kind => per_image(pool, z, self.out_len, batch, &|i, out| {
                 let img = &x[i * in_len..(i + 1) * in_len];
@@ -126,7 +134,15 @@ impl ConvLayer {
                     // dX = dZ · Wᵀ.
                     let wt = PackedB::from_transposed(isa, w, cout, cin);
                     let linear = Epilogue::linear();
-                    par_gemm(pool, GemmSplit::Rows, m, dz, cout, &wt, dx, cin, &linear);
+                    par_gemm(
+                        pool,
+                        GemmSplit::Rows,
+                        m,
+                        (dz, cout),
+                        &wt,
+                        (dx, cin),
+                        &linear,
+                    );
                 }
             }
             kind => {

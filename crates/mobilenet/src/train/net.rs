@@ -142,8 +142,7 @@ impl TrainNet {
         let bad = |e: crate::ModelError| TrainError::Weights(e.to_string());
         let mut push = |name: String, value: &[f32], decay: bool| {
             let shape = model
-                .tensors
-                .get(&name)
+                .tensor(&name)
                 .map_or(vec![value.len()], |t| t.shape.clone());
             params.push(Param {
                 name,
@@ -194,10 +193,7 @@ impl TrainNet {
             buffers,
             bn_eps: model.bn_epsilon,
             fc_param,
-            template: ModelFile {
-                tensors: BTreeMap::new(),
-                ..model.clone()
-            },
+            template: model.without_tensors(),
             isa: Isa::detect(),
             pool: SpinPool::new(resolve_threads(threads)),
             state: StepState::default(),
@@ -218,16 +214,12 @@ impl TrainNet {
     pub fn to_model(&self) -> ModelFile {
         let mut model = self.template.clone();
         for p in &self.params {
-            model.tensors.insert(
-                p.name.clone(),
-                Tensor::new(p.shape.clone(), p.value.clone()),
-            );
+            let t = Tensor::new(p.shape.clone(), p.value.clone());
+            model.insert_tensor(p.name.clone(), t);
         }
         for (name, v) in &self.buffers {
             let shape = vec![v.len()];
-            model
-                .tensors
-                .insert(name.clone(), Tensor::new(shape, v.clone()));
+            model.insert_tensor(name.clone(), Tensor::new(shape, v.clone()));
         }
         model
     }

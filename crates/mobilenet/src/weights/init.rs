@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use super::{names, tensor_specs, ModelFile, Tensor, DEFAULT_BN_EPSILON};
 use crate::config::MobileNetConfig;
 use crate::preprocess::Preprocessing;
+use crate::Rng;
 
 /// How [`ModelFile::random_with`] draws the starting weights. Batch norm starts as the identity
 /// (γ 1, β 0, moving mean 0, variance 1) in both.
@@ -27,15 +28,8 @@ impl ModelFile {
     /// A model with seeded random weights drawn as `init` says: the starting point of training
     /// from scratch.
     pub fn random_with(config: MobileNetConfig, seed: u64, init: WeightInit) -> ModelFile {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut uniform = move || {
-            // xorshift64*: uniform in [-1, 1).
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            let x = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
+        let mut rng = Rng::new(seed);
+        let mut uniform = move || rng.signed();
         let mut tensors = BTreeMap::new();
         let specs = tensor_specs(&config);
         let fc_fan_in = specs

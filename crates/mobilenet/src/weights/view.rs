@@ -126,7 +126,7 @@ impl ConvWeights<'_> {
 }
 
 impl ModelFile {
-    fn tensor(&self, name: &str, len: usize) -> Result<&[f32], ModelError> {
+    fn values(&self, name: &str, len: usize) -> Result<&[f32], ModelError> {
         match self.tensors.get(name) {
             Some(t) if t.data.len() == len => Ok(&t.data),
             Some(t) => Err(ModelError::Metadata {
@@ -164,11 +164,11 @@ impl ModelFile {
                 })
             }
         };
-        let bn = |t| self.tensor(&names::bn(&layer.name, t), cout);
+        let bn = |t| self.values(&names::bn(&layer.name, t), cout);
         Ok(ConvWeights {
-            weight: self.tensor(&names::weight(&layer.name), len)?,
+            weight: self.values(&names::weight(&layer.name), len)?,
             bias: match self.tensors.get(&names::bias(&layer.name)) {
-                Some(_) => Some(self.tensor(&names::bias(&layer.name), cout)?),
+                Some(_) => Some(self.values(&names::bias(&layer.name), cout)?),
                 None => None,
             },
             bn: BnWeights {
@@ -188,8 +188,8 @@ impl ModelFile {
     pub fn fc(&self, layer: &Layer) -> Result<FcWeights<'_>, ModelError> {
         let (cin, classes) = (layer.input[2], layer.output[2]);
         Ok(FcWeights {
-            weight: self.tensor(names::FC_WEIGHT, cin * classes)?,
-            bias: self.tensor(names::FC_BIAS, classes)?,
+            weight: self.values(names::FC_WEIGHT, cin * classes)?,
+            bias: self.values(names::FC_BIAS, classes)?,
         })
     }
 
@@ -223,8 +223,35 @@ impl ModelFile {
         Ok(kept)
     }
 
-    /// Sets a tensor by name (replacing any tensor of that name).
-    pub fn set_tensor(&mut self, name: String, tensor: Tensor) {
+    /// Sets a weight of the layer table (replacing the one of that name).
+    ///
+    /// # Errors
+    ///
+    /// A name the layer table does not have, or another shape than it says.
+    pub fn set_tensor(&mut self, name: &str, tensor: Tensor) -> Result<(), ModelError> {
+        let specs = super::tensor_specs(&self.config);
+        match specs.iter().find(|s| s.name == name) {
+            Some(spec) if spec.shape == tensor.shape => {
+                self.tensors.insert(name.to_string(), tensor);
+                Ok(())
+            }
+            Some(spec) => Err(ModelError::Shape {
+                path: "<model>".into(),
+                name: name.to_string(),
+                expected: spec.shape.clone(),
+                found: tensor.shape,
+            }),
+            None => Err(ModelError::UnexpectedTensor {
+                path: "<model>".into(),
+                name: name.to_string(),
+                config: self.config.to_string(),
+            }),
+        }
+    }
+
+    /// Puts a tensor in without checks: the trainer writing back the weights it read through
+    /// the views (same names, same shapes).
+    pub(crate) fn insert_tensor(&mut self, name: String, tensor: Tensor) {
         self.tensors.insert(name, tensor);
     }
 }

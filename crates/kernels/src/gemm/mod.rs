@@ -11,8 +11,11 @@
 //! vector registers, so MR = 12 rows × 2 vectors = 24 accumulators + 2 B vectors + a broadcast;
 //! AVX2 and NEON (16/32 registers) use MR = 6 and 8.
 
+mod microkernel;
+
+use microkernel::{dispatch, Args};
+
 use crate::aligned::AlignedVec;
-use crate::simd::SimdF32;
 use crate::{Epilogue, Isa};
 
 /// B (`[k, n]`, row-major) packed into column panels for one instruction set's microkernel.
@@ -276,221 +279,6 @@ impl ColumnBlock<'_> {
     }
 }
 
-/// Runs the GEMM for the instruction set B was packed for.
-///
-/// # Safety
-///
-/// The pointers in `args` must cover the shapes it states.
-unsafe fn dispatch(isa: Isa, args: &Args) {
-    crate::simd_dispatch!(isa, (args: &Args) {
-        avx512: gemm_panels::<_, 12>,
-        avx2: gemm_panels::<_, 6>,
-        neon: gemm_panels::<_, 8>,
-        scalar: gemm_panels::<_, 4>,
-    })
-}
-
-/// Raw arguments of one GEMM call, checked by [`gemm`].
-struct Args {
-    m: usize,
-    k: usize,
-    /// One past the last column computed.
-    n: usize,
-    /// First panel computed; C points at its first column.
-    p0: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    bias: *const f32,
-    min: f32,
-    max: f32,
-    accumulate: bool,
-}
-
-/// Bytes of packed B in one block of panels: the block stays in L2 while every row tile of A
-/// passes over it. Measured on the 1.0-224 shapes (AVX-512, 2 MB L2): 256 KB beat 1 MB (which
-/// lost 8% at K = 1024) and one panel per block (which re-reads A per panel and lost 30% at
-/// K = 32). Packing A tiles k-major was tried too and lost up to 15%: the copy cost more than
-/// the sequential reads saved.
-const B_BLOCK_BYTES: usize = 256 << 10;
-
-/// How many k steps ahead the microkernel prefetches B (a step is 12 cycles at MR = 12;
-/// 16 steps cover an L3 access).
-const PREFETCH_K: usize = 16;
-
-/// Loops: blocks of B panels that fit in L2 → tiles of MR rows of A → panels of the block.
-#[inline(always)]
-unsafe fn gemm_panels<S: SimdF32, const MR: usize>(s: S, x: &Args) {
-    let nr = 2 * S::LANES;
-    let panels = x.n.div_ceil(nr);
-    let block = (B_BLOCK_BYTES / (x.k * nr * 4).max(1)).max(1);
-    // Safety: tiles stay inside the m×n of C and the m×k of A; panel p starts at p·k·nr in
-    // the packed data, which holds `panels` of them.
-    unsafe {
-        let mut p_start = x.p0;
-        while p_start < panels {
-            let p_end = (p_start + block).min(panels);
-            let mut i = 0;
-            while i < x.m {
-                // A last tile of 1–3 rows has too few accumulator chains to cover the FMA
-                // latency: the last MR + 1..3 rows go as two halves instead (M = 49: …, 7, 6
-                // rather than …, 12, 1; 7×7 layers 6–7% faster). Balancing every tile (11-row
-                // tiles) made the 14×14 layers slower.
-                let left = x.m - i;
-                let rows = if left > MR && left < MR + 4 {
-                    left.div_ceil(2)
-                } else {
-                    left.min(MR)
-                };
-                let a = x.a.add(i * x.lda);
-                for p in p_start..p_end {
-                    let cols = (x.n - p * nr).min(nr);
-                    let bp = x.b.add(p * x.k * nr);
-                    let bias = if x.bias.is_null() {
-                        x.bias
-                    } else {
-                        x.bias.add(p * nr)
-                    };
-                    let c = x.c.add(i * x.ldc + (p - x.p0) * nr);
-                    let t = Tile {
-                        a,
-                        bp,
-                        c,
-                        cols,
-                        bias,
-                    };
-                    if rows == MR {
-                        tile::<S, MR>(s, x, &t);
-                    } else {
-                        tail_tile::<S, MR>(s, x, &t, rows);
-                    }
-                }
-                i += rows;
-            }
-            p_start = p_end;
-        }
-    }
-}
-
-/// Pointers of one microkernel call.
-struct Tile {
-    /// First of the tile's rows of A (row stride `Args::lda`).
-    a: *const f32,
-    bp: *const f32,
-    c: *mut f32,
-    cols: usize,
-    bias: *const f32,
-}
-
-/// Dispatches the last `rows < MR` rows to a tile of exactly that height.
-#[inline(always)]
-unsafe fn tail_tile<S: SimdF32, const MR: usize>(s: S, x: &Args, t: &Tile, rows: usize) {
-    // Safety: forwarded from gemm_blocks; `rows` rows remain in A and C.
-    unsafe {
-        match rows {
-            1 => tile::<S, 1>(s, x, t),
-            2 => tile::<S, 2>(s, x, t),
-            3 => tile::<S, 3>(s, x, t),
-            4 => tile::<S, 4>(s, x, t),
-            5 => tile::<S, 5>(s, x, t),
-            6 => tile::<S, 6>(s, x, t),
-            7 => tile::<S, 7>(s, x, t),
-            8 => tile::<S, 8>(s, x, t),
-            9 => tile::<S, 9>(s, x, t),
-            10 => tile::<S, 10>(s, x, t),
-            11 => tile::<S, 11>(s, x, t),
-            _ => {
-                // MR ≤ 12 for every instruction set, so rows < 12 always matched above.
-                debug_assert!(rows < MR && MR <= 12);
-            }
-        }
-    }
-}
-
-/// One `R × NR` tile of C: accumulate over all of K in registers, then bias, clamp, store.
-#[inline(always)]
-unsafe fn tile<S: SimdF32, const R: usize>(s: S, x: &Args, t: &Tile) {
-    let lanes = S::LANES;
-    let nr = 2 * lanes;
-    let (a, bp, c, cols, bias) = (t.a, t.bp, t.c, t.cols, t.bias);
-    // Safety: A holds R rows of k values at stride lda; the panel holds k·nr values;
-    // C rows hold `cols` writable values each (partial stores below `nr`).
-    unsafe {
-        let mut acc0 = [s.zero(); R];
-        let mut acc1 = [s.zero(); R];
-        for kk in 0..x.k {
-            // B streams from L3 the first time a block is used; fetch it ahead. The address may
-            // be past the panel's end: prefetches never fault.
-            s.prefetch(bp.wrapping_add((kk + PREFETCH_K) * nr));
-            s.prefetch(bp.wrapping_add((kk + PREFETCH_K) * nr + lanes));
-            let b0 = s.load(bp.add(kk * nr));
-            let b1 = s.load(bp.add(kk * nr + lanes));
-            for i in 0..R {
-                let av = s.splat(*a.add(i * x.lda + kk));
-                acc0[i] = s.fma(av, b0, acc0[i]);
-                acc1[i] = s.fma(av, b1, acc1[i]);
-            }
-        }
-        let (lo, hi) = (s.splat(x.min), s.splat(x.max));
-        let n0 = cols.min(lanes);
-        let n1 = cols - n0;
-        let (bias0, bias1) = if bias.is_null() {
-            (s.zero(), s.zero())
-        } else if cols == nr {
-            (s.load(bias), s.load(bias.add(lanes)))
-        } else {
-            let b0 = if n0 == lanes {
-                s.load(bias)
-            } else {
-                s.load_partial(bias, n0)
-            };
-            let b1 = if n1 > 0 {
-                s.load_partial(bias.add(lanes), n1)
-            } else {
-                s.zero()
-            };
-            (b0, b1)
-        };
-        for i in 0..R {
-            let row = c.add(i * x.ldc);
-            let (mut a0, mut a1) = (acc0[i], acc1[i]);
-            if x.accumulate {
-                if cols == nr {
-                    a0 = s.add(a0, s.load(row));
-                    a1 = s.add(a1, s.load(row.add(lanes)));
-                } else {
-                    let old0 = if n0 == lanes {
-                        s.load(row)
-                    } else {
-                        s.load_partial(row, n0)
-                    };
-                    a0 = s.add(a0, old0);
-                    if n1 > 0 {
-                        a1 = s.add(a1, s.load_partial(row.add(lanes), n1));
-                    }
-                }
-            }
-            let v0 = s.min(s.max(s.add(a0, bias0), lo), hi);
-            let v1 = s.min(s.max(s.add(a1, bias1), lo), hi);
-            if cols == nr {
-                s.store(row, v0);
-                s.store(row.add(lanes), v1);
-            } else {
-                if n0 == lanes {
-                    s.store(row, v0);
-                } else {
-                    s.store_partial(row, v0, n0);
-                }
-                if n1 > 0 {
-                    s.store_partial(row.add(lanes), v1, n1);
-                }
-            }
-        }
-    }
-}
-
 /// The obviously-correct definition: `C[m, n] = epilogue(A[m, k] · B[k, n])`, B row-major.
 pub fn gemm_reference(
     m: usize,
@@ -520,9 +308,9 @@ mod tests {
 
     fn check(m: usize, k: usize, n: usize) {
         let mut rng = Rng::new((m * 7919 + k * 31 + n) as u64);
-        let a = rng.vec(m * k);
-        let b = rng.vec(k * n);
-        let bias = rng.vec(n);
+        let a = rng.signed_vec(m * k);
+        let b = rng.signed_vec(k * n);
+        let bias = rng.signed_vec(n);
         let epi = Epilogue::new(Some(&bias), -1.0, 2.0);
         let expected = gemm_reference(m, k, n, &a, &b, &epi);
         for isa in Isa::available() {
@@ -557,9 +345,9 @@ mod tests {
     fn column_ranges_compose_the_whole() {
         let (m, k, n) = (3, 200, 70);
         let mut rng = Rng::new(5);
-        let a = rng.vec(m * k);
-        let b = rng.vec(k * n);
-        let bias = rng.vec(n);
+        let a = rng.signed_vec(m * k);
+        let b = rng.signed_vec(k * n);
+        let bias = rng.signed_vec(n);
         let epi = Epilogue::new(Some(&bias), f32::NEG_INFINITY, f32::INFINITY);
         let expected = gemm_reference(m, k, n, &a, &b, &epi);
         for isa in Isa::available() {
@@ -589,9 +377,9 @@ mod tests {
     fn column_blocks_on_threads_compose_the_whole() {
         let (m, k, n) = (5, 64, 100);
         let mut rng = Rng::new(8);
-        let a = rng.vec(m * k);
-        let b = rng.vec(k * n);
-        let bias = rng.vec(n);
+        let a = rng.signed_vec(m * k);
+        let b = rng.signed_vec(k * n);
+        let bias = rng.signed_vec(n);
         let epi = Epilogue::new(Some(&bias), 0.0, 6.0);
         let expected = gemm_reference(m, k, n, &a, &b, &epi);
         for isa in Isa::available() {
@@ -613,10 +401,10 @@ mod tests {
     fn accumulate_adds_to_c_and_transposed_packing_matches() {
         let (m, k, n) = (13, 9, 37);
         let mut rng = Rng::new(21);
-        let a = rng.vec(m * k);
-        let b = rng.vec(k * n);
+        let a = rng.signed_vec(m * k);
+        let b = rng.signed_vec(k * n);
         let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
-        let c0 = rng.vec(m * n);
+        let c0 = rng.signed_vec(m * n);
         let plain = gemm_reference(m, k, n, &a, &b, &Epilogue::linear());
         let expected: Vec<f32> = plain.iter().zip(&c0).map(|(x, y)| x + y).collect();
         for isa in Isa::available() {
@@ -636,8 +424,8 @@ mod tests {
         let (m, k, n) = (9, 5, 20);
         let (lda, ldc) = (7, 23);
         let mut rng = Rng::new(11);
-        let a_full = rng.vec(m * lda);
-        let b = rng.vec(k * n);
+        let a_full = rng.signed_vec(m * lda);
+        let b = rng.signed_vec(k * n);
         let a: Vec<f32> = (0..m)
             .flat_map(|i| a_full[i * lda..][..k].to_vec())
             .collect();

@@ -1,0 +1,450 @@
+//! Requantization with gemmlowp's fixed-point arithmetic: the scalar definition and the
+//! exact AVX-512 form, checked against each other.
+
+use super::IntIsa;
+
+/// gemmlowp's `SaturatingRoundingDoublingHighMul`: the high 32 bits of `2·a·b`, rounded to
+/// nearest with ties toward +∞ for positive products and toward zero for negative ones (the
+/// nudge is `2^30` or `1 − 2^30`, then C's truncating division), saturating the single
+/// overflow case `a = b = i32::MIN`.
+pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
+    if a == i32::MIN && b == i32::MIN {
+        return i32::MAX;
+    }
+    let ab = a as i64 * b as i64;
+    let nudge = if ab >= 0 {
+        1i64 << 30
+    } else {
+        1 - (1i64 << 30)
+    };
+    // Rust's integer division truncates toward zero, as C's does.
+    ((ab + nudge) / (1i64 << 31)) as i32
+}
+
+/// gemmlowp's `RoundingDivideByPOT`: `x / 2^exponent` rounded to nearest, ties away from zero.
+pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
+    if exponent <= 0 {
+        return x;
+    }
+    let mask = (1i64 << exponent) - 1;
+    let remainder = (x as i64) & mask;
+    let threshold = (mask >> 1) + i64::from(x < 0);
+    (x >> exponent) + i32::from(remainder > threshold)
+}
+
+/// TFLite's `MultiplyByQuantizedMultiplier(x, multiplier, shift)` (double rounding): scale
+/// `x` by `multiplier · 2^(shift − 31)`.
+pub fn requantize(x: i32, multiplier: i32, shift: i32) -> i32 {
+    let left = shift.max(0);
+    let right = (-shift).max(0);
+    rounding_divide_by_pot(
+        saturating_rounding_doubling_high_mul(x.wrapping_mul(1 << left), multiplier),
+        right,
+    )
+}
+
+/// Per-output-channel requantization: `clamp(requantize(acc + bias, m, shift) + zp, min, max)`.
+///
+/// Vectors are padded to a multiple of 16 channels so vector kernels load them whole.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Requant {
+    n: usize,
+    bias: Vec<i32>,
+    multiplier: Vec<i32>,
+    left: Vec<i32>,
+    right: Vec<i32>,
+    /// Derived for the vector kernels: each odd channel's multiplier in the even slot before
+    /// it (the 64-bit lanes' low halves).
+    mult_odd: Vec<i32>,
+    /// Whether any channel shifts left (a multiplier above 1).
+    any_left: bool,
+    /// The two roundings as one: `r = (p + c − [p < −2^30 and e > 0]·2^31) >> (31 + e)` for
+    /// the 64-bit product `p`, with `c = 2^30 + [e > 0]·2^(30+e) (+ zp·2^(31+e))`, split into
+    /// even and odd channels (64-bit lanes).
+    c_even: Vec<i64>,
+    c_odd: Vec<i64>,
+    s_even: Vec<i64>,
+    s_odd: Vec<i64>,
+    /// Whether `c` includes the zero point (every `e ≤ 20`, so that it cannot overflow).
+    zp_folded: bool,
+    zero_point: i32,
+    min: i32,
+    max: i32,
+}
+
+impl Requant {
+    /// Parameters for `bias.len()` channels; `multiplier` and `shift` hold one value per
+    /// channel or one for all. `min ≤ max` are output bounds in 0..=255.
+    ///
+    /// # Panics
+    ///
+    /// If a multiplier is not a Q31 value in `[2^30, 2^31)` (or 0), a shift is outside
+    /// −31..=30, the per-channel lengths differ, or the bounds are not bytes.
+    pub fn new(
+        bias: &[i32],
+        multiplier: &[i32],
+        shift: &[i32],
+        zero_point: i32,
+        min: i32,
+        max: i32,
+    ) -> Requant {
+        let n = bias.len();
+        let pick = |v: &[i32], i: usize| if v.len() == 1 { v[0] } else { v[i] };
+        assert!(
+            multiplier.len() == n || multiplier.len() == 1,
+            "one multiplier or one per channel"
+        );
+        assert_eq!(multiplier.len(), shift.len(), "a shift per multiplier");
+        assert!(
+            0 <= min && min <= max && max <= 255,
+            "bounds {min}..={max} are not bytes"
+        );
+        let padded = n.div_ceil(16) * 16;
+        let mut r = Requant {
+            n,
+            bias: vec![0; padded],
+            multiplier: vec![0; padded],
+            left: vec![0; padded],
+            right: vec![0; padded],
+            mult_odd: vec![0; padded],
+            any_left: false,
+            c_even: vec![0; padded / 2],
+            c_odd: vec![0; padded / 2],
+            s_even: vec![0; padded / 2],
+            s_odd: vec![0; padded / 2],
+            zp_folded: false,
+            zero_point,
+            min,
+            max,
+        };
+        for (i, &b) in bias.iter().enumerate() {
+            let (m, s) = (pick(multiplier, i), pick(shift, i));
+            assert!(
+                m == 0 || (1 << 30..=i32::MAX).contains(&m),
+                "multiplier {m} is not Q31 in [0.5, 1)"
+            );
+            assert!((-31..=30).contains(&s), "shift {s} out of range");
+            r.bias[i] = b;
+            r.multiplier[i] = m;
+            r.left[i] = s.max(0);
+            r.right[i] = (-s).max(0);
+        }
+        for j in 0..padded {
+            if j % 2 == 0 {
+                r.mult_odd[j] = r.multiplier[j + 1];
+            }
+        }
+        r.any_left = r.left.iter().any(|&l| l > 0);
+        r.zp_folded = r.right.iter().all(|&e| e <= 20);
+        for j in 0..padded {
+            let e = r.right[j] as i64;
+            let mut c = (1i64 << 30) + if e > 0 { 1i64 << (30 + e) } else { 0 };
+            if r.zp_folded {
+                c += (zero_point as i64) << (31 + e);
+            }
+            let (cv, sv) = if j % 2 == 0 {
+                (&mut r.c_even, &mut r.s_even)
+            } else {
+                (&mut r.c_odd, &mut r.s_odd)
+            };
+            cv[j / 2] = c;
+            sv[j / 2] = 31 + e;
+        }
+        r
+    }
+
+    /// Number of channels.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether there are no channels.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The output byte of channel `j` for accumulator `acc` (bias not yet added).
+    #[inline]
+    pub fn apply(&self, j: usize, acc: i32) -> u8 {
+        let x = acc.wrapping_add(self.bias[j]);
+        let v = rounding_divide_by_pot(
+            saturating_rounding_doubling_high_mul(
+                x.wrapping_mul(1 << self.left[j]),
+                self.multiplier[j],
+            ),
+            self.right[j],
+        );
+        v.wrapping_add(self.zero_point).clamp(self.min, self.max) as u8
+    }
+
+    /// Requantizes `acc[j] + add` for channels `j0 .. j0 + acc.len()` into `out`.
+    pub fn row(&self, isa: IntIsa, acc: &[i32], add: i32, j0: usize, out: &mut [u8]) {
+        assert!(out.len() >= acc.len() && j0 + acc.len() <= self.n);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            _ if isa.avx512() => {
+                // Safety: AVX-512 is present; the slices cover `acc.len()` values from j0.
+                unsafe {
+                    x86::requant_row(self, acc.as_ptr(), acc.len(), add, j0, out.as_mut_ptr())
+                }
+            }
+            _ => {
+                for (j, (&a, o)) in acc.iter().zip(out.iter_mut()).enumerate() {
+                    *o = self.apply(j0 + j, a.wrapping_add(add));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    //! AVX-512 requantization, exact: the Q31 products are formed in 64-bit lanes (even and
+    //! odd i32 lanes separately) and rounded to 32 bits, then divided by the power of two
+    //! with gemmlowp's rounding.
+
+    use std::arch::x86_64::*;
+
+    use super::Requant;
+
+    /// The requantization constants of 16 channels, loaded once for many pixels.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Rq16 {
+        bias: __m512i,
+        m: __m512i,
+        m_odd: __m512i,
+        l: __m512i,
+        zp: __m512i,
+        lo: __m512i,
+        hi: __m512i,
+        any_left: bool,
+        c_even: __m512i,
+        c_odd: __m512i,
+        s_even: __m512i,
+        s_odd: __m512i,
+        /// Lanes (even, odd) whose exponent is above 0: they take the negative correction.
+        k_even: __mmask8,
+        k_odd: __mmask8,
+        zp_folded: bool,
+        /// Whether the upper bound is 255 (the narrowing store saturates there).
+        top: bool,
+    }
+
+    impl Rq16 {
+        /// Channels `j .. j + 16` of `rq` (padded past its end).
+        #[inline(always)]
+        pub(crate) unsafe fn load(rq: &Requant, j: usize) -> Rq16 {
+            let v = |x: &[i32]| unsafe { _mm512_loadu_si512(x.as_ptr().add(j).cast()) };
+            unsafe {
+                Rq16 {
+                    bias: v(&rq.bias),
+                    m: v(&rq.multiplier),
+                    m_odd: v(&rq.mult_odd),
+                    l: v(&rq.left),
+                    zp: _mm512_set1_epi32(rq.zero_point),
+                    lo: _mm512_set1_epi32(rq.min),
+                    hi: _mm512_set1_epi32(rq.max),
+                    any_left: rq.any_left,
+                    c_even: _mm512_loadu_si512(rq.c_even.as_ptr().add(j / 2).cast()),
+                    c_odd: _mm512_loadu_si512(rq.c_odd.as_ptr().add(j / 2).cast()),
+                    s_even: _mm512_loadu_si512(rq.s_even.as_ptr().add(j / 2).cast()),
+                    s_odd: _mm512_loadu_si512(rq.s_odd.as_ptr().add(j / 2).cast()),
+                    k_even: _mm512_cmpgt_epi64_mask(
+                        _mm512_loadu_si512(rq.s_even.as_ptr().add(j / 2).cast()),
+                        _mm512_set1_epi64(31),
+                    ),
+                    k_odd: _mm512_cmpgt_epi64_mask(
+                        _mm512_loadu_si512(rq.s_odd.as_ptr().add(j / 2).cast()),
+                        _mm512_set1_epi64(31),
+                    ),
+                    zp_folded: rq.zp_folded,
+                    top: rq.max == 255,
+                }
+            }
+        }
+
+        /// `max(RoundingDivideByPOT(SRDHM((acc + bias) << l, m), e) + zp, min)` (the upper
+        /// bound is applied by [`Rq16::store`]).
+        ///
+        /// With `m` in `[2^30, 2^31)` the doubling high multiply's nudge-and-truncate equals
+        /// `q = floor((p + 2^30) / 2^31)` for the 64-bit product `p` (its saturating case
+        /// needs `m = −2^31`), and the divide by `2^e` rounding half away from zero is
+        /// `floor((q + 2^(e−1) − [q < 0]) / 2^e)`; nested floors of integer sums merge, so
+        /// `r = floor((p + 2^30 + 2^(30+e) − [p < −2^30]·2^31) / 2^(31+e))`: one add, one
+        /// masked correction and one shift per 64-bit lane (see [`Requant`]'s `c_even`). The
+        /// even lanes' results sit in the low halves, the odd lanes' are shifted up.
+        #[inline(always)]
+        pub(crate) unsafe fn apply(&self, acc: __m512i) -> __m512i {
+            unsafe {
+                let mut x = _mm512_add_epi32(acc, self.bias);
+                if self.any_left {
+                    x = _mm512_sllv_epi32(x, self.l);
+                }
+                let pe = _mm512_mul_epi32(x, self.m);
+                let po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), self.m_odd);
+                let thr = _mm512_set1_epi64(-(1 << 30));
+                let corr = _mm512_set1_epi64(1 << 31);
+                let te = _mm512_add_epi64(pe, self.c_even);
+                let te = _mm512_mask_sub_epi64(
+                    te,
+                    _mm512_mask_cmplt_epi64_mask(self.k_even, pe, thr),
+                    te,
+                    corr,
+                );
+                let to = _mm512_add_epi64(po, self.c_odd);
+                let to = _mm512_mask_sub_epi64(
+                    to,
+                    _mm512_mask_cmplt_epi64_mask(self.k_odd, po, thr),
+                    to,
+                    corr,
+                );
+                let re = _mm512_srav_epi64(te, self.s_even);
+                let ro = _mm512_srav_epi64(to, self.s_odd);
+                let mut v = _mm512_mask_blend_epi32(0xaaaa, re, _mm512_slli_epi64(ro, 32));
+                if !self.zp_folded {
+                    v = _mm512_add_epi32(v, self.zp);
+                }
+                _mm512_max_epi32(v, self.lo)
+            }
+        }
+
+        /// [`Rq16::apply`] and the store of `n ≤ 16` bytes.
+        #[inline(always)]
+        pub(crate) unsafe fn store(&self, acc: __m512i, n: usize, out: *mut u8) {
+            unsafe {
+                // Clamped below by `apply`; above by the unsigned saturating narrow when the
+                // bound is 255 (ReLU and ReLU6 layers whose range fits the bytes).
+                let v = self.apply(acc);
+                let mask = ((1u32 << n) - 1) as u16;
+                match (self.top, n) {
+                    (true, 16) => _mm_storeu_si128(out.cast(), _mm512_cvtusepi32_epi8(v)),
+                    (true, _) => _mm512_mask_cvtusepi32_storeu_epi8(out.cast(), mask, v),
+                    (false, 16) => _mm_storeu_si128(
+                        out.cast(),
+                        _mm512_cvtepi32_epi8(_mm512_min_epi32(v, self.hi)),
+                    ),
+                    (false, _) => _mm512_mask_cvtepi32_storeu_epi8(
+                        out.cast(),
+                        mask,
+                        _mm512_min_epi32(v, self.hi),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Full requantization of 16 channels starting at `j` and the store of `n ≤ 16` bytes.
+    #[inline(always)]
+    pub(crate) unsafe fn finish16(rq: &Requant, acc: __m512i, j: usize, n: usize, out: *mut u8) {
+        unsafe { Rq16::load(rq, j).store(acc, n, out) }
+    }
+
+    /// [`Requant::row`] for AVX-512.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+    pub(crate) unsafe fn requant_row(
+        rq: &Requant,
+        acc: *const i32,
+        n: usize,
+        add: i32,
+        j0: usize,
+        out: *mut u8,
+    ) {
+        unsafe {
+            let addv = _mm512_set1_epi32(add);
+            let mut j = 0;
+            while j < n {
+                let w = (n - j).min(16);
+                let a = if w == 16 {
+                    _mm512_loadu_si512(acc.add(j).cast())
+                } else {
+                    _mm512_maskz_loadu_epi32(((1u32 << w) - 1) as u16, acc.add(j).cast())
+                };
+                finish16(rq, _mm512_add_epi32(a, addv), j0 + j, w, out.add(j));
+                j += 16;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_point_helpers_match_their_definitions() {
+        assert_eq!(rounding_divide_by_pot(5, 1), 3);
+        assert_eq!(rounding_divide_by_pot(-5, 1), -3);
+        assert_eq!(rounding_divide_by_pot(4, 1), 2);
+        assert_eq!(
+            saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN),
+            i32::MAX
+        );
+        assert_eq!(
+            saturating_rounding_doubling_high_mul(1 << 30, 1 << 30),
+            1 << 29
+        );
+        // x · 0.5 with the multiplier 2^30: the doubling high multiply rounds ties upward
+        // (3.5 → 4, −3.5 → −3), unlike the power-of-two divide (−2.5 → −3 above).
+        assert_eq!(requantize(7, 1 << 30, 0), 4);
+        assert_eq!(requantize(-7, 1 << 30, 0), -3);
+    }
+
+    /// Accumulators that hit every rounding case: ties, negatives, extremes, large shifts.
+    fn hard_values() -> Vec<i32> {
+        let mut v = vec![
+            0,
+            1,
+            -1,
+            2,
+            -2,
+            3,
+            -3,
+            i32::MAX,
+            i32::MIN + 1,
+            1 << 20,
+            -(1 << 20),
+        ];
+        let mut s = 0x1234_5678u32;
+        for _ in 0..2000 {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            v.push((s as i32) >> (s % 20));
+        }
+        v
+    }
+
+    #[test]
+    fn requant_rows_equal_the_scalar_definition_on_every_isa() {
+        let values = hard_values();
+        let n = 37;
+        let bias: Vec<i32> = (0..n as i32).map(|i| i * 1001 - 17_000).collect();
+        let mults: Vec<i32> = (0..n as i32).map(|i| (1 << 30) + i * 19_999_999).collect();
+        // Exponents 0..=11 with left shifts, and 15..=31 (no zero-point folding).
+        for shifts in [
+            (0..n as i32).map(|i| (i % 14) - 11).collect::<Vec<_>>(),
+            (0..n as i32).map(|i| -15 - i % 17).collect(),
+        ] {
+            let rq = Requant::new(&bias, &mults, &shifts, 7, 3, 250);
+            for isa in IntIsa::available() {
+                for (row, chunk) in values.chunks(n).enumerate() {
+                    if chunk.len() < n {
+                        continue;
+                    }
+                    let add = row as i32 * 3 - 40;
+                    let mut got = vec![0u8; n];
+                    rq.row(isa, chunk, add, 0, &mut got);
+                    for j in 0..n {
+                        let x = chunk[j].wrapping_add(add).wrapping_add(bias[j]);
+                        let want = (requantize(x, mults[j], shifts[j]) + 7).clamp(3, 250) as u8;
+                        assert_eq!(
+                            got[j], want,
+                            "{isa} acc {} ch {j} shift {}",
+                            chunk[j], shifts[j]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
