@@ -12,7 +12,7 @@ use mobilenet_kernels::int8::{avg_pool, im2col3x3, IntIsa, Requant};
 use mobilenet_kernels::ConvGeometry;
 use std::time::{Duration, Instant};
 
-use super::ir::{QOp, QuantModel};
+use super::ir::{QConv, QOp, QuantModel};
 use super::reference::softmax;
 use crate::exec::{for_each_part, for_each_part2, qgemm_split, resolve_threads, split, SpinPool};
 use crate::tflite::ElementType;
@@ -109,25 +109,26 @@ impl QuantEngine {
         let mut last_c = 3;
         for op in &model.ops {
             let step = match op {
-                QOp::Conv {
-                    depthwise,
-                    weights,
-                    weight_zp,
-                    weight_signed,
-                    bias,
-                    k,
-                    stride,
-                    pad_top,
-                    pad_left,
-                    cin,
-                    cout,
-                    in_hw,
-                    out_hw,
-                    input_zp,
-                    multipliers,
-                    output_zp,
-                    act,
-                } => {
+                QOp::Conv(conv) => {
+                    let QConv {
+                        depthwise,
+                        weights,
+                        weight_zp,
+                        weight_signed,
+                        bias,
+                        k,
+                        stride,
+                        pad_top,
+                        pad_left,
+                        cin,
+                        cout,
+                        in_hw,
+                        out_hw,
+                        input_zp,
+                        multipliers,
+                        output_zp,
+                        act,
+                    } = conv;
                     let zp = byte(*input_zp, "input zero point")?;
                     let rq = |bias: &[i32]| -> Result<Requant, Unsupported> {
                         let (m, s): (Vec<i32>, Vec<i32>) =

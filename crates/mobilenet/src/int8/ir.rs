@@ -81,31 +81,36 @@ fn frexp(x: f64) -> (f64, i32) {
     (fraction, exp - 1022)
 }
 
+/// A convolution of the integer IR (stem, depthwise, pointwise, or the classifier as a 1×1
+/// convolution on a 1×1 map).
+#[derive(Clone, Debug)]
+pub(crate) struct QConv {
+    pub depthwise: bool,
+    /// Weights as i32 with the zero point already subtracted: OHWI (conv) or HWC (depthwise).
+    pub weights: Vec<i32>,
+    /// The weights' zero point per output channel (one value: all channels).
+    pub weight_zp: Vec<i32>,
+    /// The weights are int8 (uint8 otherwise).
+    pub weight_signed: bool,
+    pub bias: Vec<i32>,
+    pub k: usize,
+    pub stride: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub in_hw: (usize, usize),
+    pub out_hw: (usize, usize),
+    pub input_zp: i32,
+    pub multipliers: Vec<QuantizedMultiplier>,
+    pub output_zp: i32,
+    pub act: (i32, i32),
+}
+
 /// One quantized layer of the plan.
 #[derive(Clone, Debug)]
 pub(crate) enum QOp {
-    Conv {
-        depthwise: bool,
-        /// Weights as i32 with the zero point already subtracted: OHWI (conv) or HWC (depthwise).
-        weights: Vec<i32>,
-        /// The weights' zero point per output channel (one value: all channels).
-        weight_zp: Vec<i32>,
-        /// The weights are int8 (uint8 otherwise).
-        weight_signed: bool,
-        bias: Vec<i32>,
-        k: usize,
-        stride: usize,
-        pad_top: usize,
-        pad_left: usize,
-        cin: usize,
-        cout: usize,
-        in_hw: (usize, usize),
-        out_hw: (usize, usize),
-        input_zp: i32,
-        multipliers: Vec<QuantizedMultiplier>,
-        output_zp: i32,
-        act: (i32, i32),
-    },
+    Conv(QConv),
     AvgPool {
         hw: usize,
         c: usize,
@@ -298,7 +303,7 @@ impl QuantModel {
                         }
                         (None, TfPadding::Valid) => (0, 0),
                     };
-                    ops.push(QOp::Conv {
+                    ops.push(QOp::Conv(QConv {
                         depthwise,
                         weights,
                         weight_zp: w_z.iter().map(|&z| z as i32).collect(),
@@ -316,7 +321,7 @@ impl QuantModel {
                         multipliers,
                         output_zp,
                         act,
-                    });
+                    }));
                 }
                 OpKind::FullyConnected { activation } => {
                     let (l, ct) = layer_iter
@@ -342,7 +347,7 @@ impl QuantModel {
                     let bias = ct.bias.map_or(vec![0; cout], as_i32);
                     let m =
                         QuantizedMultiplier::new(effective_scale(in_s[0], w_s[0], out_s[0], true));
-                    ops.push(QOp::Conv {
+                    ops.push(QOp::Conv(QConv {
                         depthwise: false,
                         weights,
                         weight_zp: vec![w_z[0] as i32],
@@ -360,7 +365,7 @@ impl QuantModel {
                         multipliers: vec![m; cout],
                         output_zp: out_z[0] as i32,
                         act: activation_range(activation, out_s[0], out_z[0] as i32, qmin, qmax),
-                    });
+                    }));
                 }
                 OpKind::AvgPool { .. } => {
                     let [h, w, c] = net.config.feature_shape();

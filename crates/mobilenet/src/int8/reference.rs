@@ -2,7 +2,7 @@
 //! in plain Rust. The fast engine ([`super::QuantEngine`]) is checked against it byte for
 //! byte, and it against LiteRT's outputs.
 
-use super::ir::{QOp, QuantModel};
+use super::ir::{QConv, QOp, QuantModel};
 
 impl QuantModel {
     /// Runs one image (quantized input values: 0..255 for uint8, −128..127 for int8) and returns
@@ -11,70 +11,7 @@ impl QuantModel {
         let mut x = input.to_vec();
         for (i, op) in self.ops.iter().enumerate() {
             x = match op {
-                QOp::Conv {
-                    depthwise,
-                    weights,
-                    bias,
-                    weight_zp: _,
-                    weight_signed: _,
-                    k,
-                    stride,
-                    pad_top,
-                    pad_left,
-                    cin,
-                    cout,
-                    in_hw,
-                    out_hw,
-                    input_zp,
-                    multipliers,
-                    output_zp,
-                    act,
-                } => {
-                    let (k, cin, cout) = (*k, *cin, *cout);
-                    let mut out = vec![0i32; out_hw.0 * out_hw.1 * cout];
-                    for oy in 0..out_hw.0 {
-                        for ox in 0..out_hw.1 {
-                            for co in 0..cout {
-                                let mut acc = bias[co];
-                                for ky in 0..k {
-                                    let Some(iy) = (oy * stride + ky)
-                                        .checked_sub(*pad_top)
-                                        .filter(|&v| v < in_hw.0)
-                                    else {
-                                        continue;
-                                    };
-                                    for kx in 0..k {
-                                        let Some(ix) = (ox * stride + kx)
-                                            .checked_sub(*pad_left)
-                                            .filter(|&v| v < in_hw.1)
-                                        else {
-                                            continue;
-                                        };
-                                        let px = &x[(iy * in_hw.1 + ix) * cin..][..cin];
-                                        if *depthwise {
-                                            // Wrapping, as TFLite's int32 accumulators.
-                                            acc =
-                                                acc.wrapping_add((px[co] - input_zp).wrapping_mul(
-                                                    weights[(ky * k + kx) * cout + co],
-                                                ));
-                                        } else {
-                                            let w =
-                                                &weights[((co * k + ky) * k + kx) * cin..][..cin];
-                                            for ci in 0..cin {
-                                                acc = acc.wrapping_add(
-                                                    (px[ci] - input_zp).wrapping_mul(w[ci]),
-                                                );
-                                            }
-                                        }
-                                    }
-                                }
-                                let v = multipliers[co].apply(acc) + output_zp;
-                                out[(oy * out_hw.1 + ox) * cout + co] = v.clamp(act.0, act.1);
-                            }
-                        }
-                    }
-                    out
-                }
+                QOp::Conv(conv) => conv.reference(&x),
                 QOp::AvgPool { hw, c, act } => {
                     let n = *hw as i32;
                     (0..*c)
@@ -99,6 +36,55 @@ impl QuantModel {
             observe(i, &x);
         }
         x
+    }
+}
+
+impl QConv {
+    /// TFLite's reference convolution of one image `x` (quantized values, NHWC).
+    fn reference(&self, x: &[i32]) -> Vec<i32> {
+        let (k, cin, cout, stride) = (self.k, self.cin, self.cout, self.stride);
+        let ((in_h, in_w), (out_h, out_w)) = (self.in_hw, self.out_hw);
+        let (weights, input_zp) = (&self.weights, self.input_zp);
+        let mut out = vec![0i32; out_h * out_w * cout];
+        for oy in 0..out_h {
+            for ox in 0..out_w {
+                for co in 0..cout {
+                    let mut acc = self.bias[co];
+                    for ky in 0..k {
+                        let Some(iy) = (oy * stride + ky)
+                            .checked_sub(self.pad_top)
+                            .filter(|&v| v < in_h)
+                        else {
+                            continue;
+                        };
+                        for kx in 0..k {
+                            let Some(ix) = (ox * stride + kx)
+                                .checked_sub(self.pad_left)
+                                .filter(|&v| v < in_w)
+                            else {
+                                continue;
+                            };
+                            let px = &x[(iy * in_w + ix) * cin..][..cin];
+                            if self.depthwise {
+                                // Wrapping, as TFLite's int32 accumulators.
+                                acc = acc.wrapping_add(
+                                    (px[co] - input_zp)
+                                        .wrapping_mul(weights[(ky * k + kx) * cout + co]),
+                                );
+                            } else {
+                                let w = &weights[((co * k + ky) * k + kx) * cin..][..cin];
+                                for ci in 0..cin {
+                                    acc = acc.wrapping_add((px[ci] - input_zp).wrapping_mul(w[ci]));
+                                }
+                            }
+                        }
+                    }
+                    let v = self.multipliers[co].apply(acc) + self.output_zp;
+                    out[(oy * out_w + ox) * cout + co] = v.clamp(self.act.0, self.act.1);
+                }
+            }
+        }
+        out
     }
 }
 
