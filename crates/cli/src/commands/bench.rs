@@ -368,10 +368,19 @@ fn run_quantized(args: &BenchArgs, path: &std::path::Path, q: QuantizedModel) ->
         "{f32_label:<width$}  median {:.3} ms  (same weights dequantized)",
         result.f32_median_ms
     );
-    println!(
-        "{} is {:.2}x faster than f32",
-        result.precision, result.speedup_vs_f32
-    );
+    if result.speedup_vs_f32 >= 1.0 {
+        println!(
+            "{} is {:.2}x faster than f32",
+            result.precision, result.speedup_vs_f32
+        );
+    } else {
+        // On CPUs without VNNI the integer kernels run a slower path than the f32 ones.
+        println!(
+            "{} is {:.2}x slower than f32 on this CPU",
+            result.precision,
+            1.0 / result.speedup_vs_f32
+        );
+    }
     if let Some(rss) = result.peak_rss_mb {
         println!("peak memory  {rss:.1} MB resident");
     }
