@@ -6,7 +6,7 @@ mod table;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// MobileNet v1 (Howard et al. 2017): cost accounting, inference, training and int8 deployment.
 #[derive(Debug, Parser)]
@@ -44,10 +44,16 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = match Cli::try_parse() {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(err) => return usage_error(err),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
+    // Which train flags were given on the command line (a resumed run refuses most of them).
+    let train_matches = matches.subcommand_matches("train");
     let command = match cli.command {
         Some(c) => c,
         None => {
@@ -63,7 +69,7 @@ fn main() -> ExitCode {
         Command::Import(args) => commands::import::run(&args),
         Command::Classify(args) => commands::classify::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
-        Command::Train(args) => commands::train::run(&args),
+        Command::Train(args) => commands::train::run(&args, train_matches),
         Command::Eval(args) => commands::eval::run(&args),
         Command::Quantize(args) => commands::quantize::run(&args),
     };
@@ -104,4 +110,20 @@ fn usage_error(err: clap::Error) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether two paths name one existing file (the same path, or a link to it).
+pub(crate) fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if (ma.dev(), ma.ino()) == (mb.dev(), mb.ino()) {
+            return true;
+        }
+    }
+    let _ = (ma, mb);
+    matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y)
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use mobilenet::import::{import, read_labels, ImportOptions, SourceFormat};
 
@@ -27,6 +27,12 @@ pub fn run(args: &ImportArgs) -> Result<()> {
         resolution: args.resolution,
         labels: args.labels.as_deref().map(read_labels).transpose()?,
     };
+    if crate::same_file(&args.input, &args.output) {
+        bail!(
+            "{}: -o names the input file; write the model to another path",
+            args.output.display()
+        );
+    }
     let (model, format) = import(&args.input, &options)?;
     model.save(&args.output)?;
     let source = match format {

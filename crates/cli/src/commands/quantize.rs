@@ -66,6 +66,12 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         resolution: None,
         labels: args.labels.as_deref().map(read_labels).transpose()?,
     };
+    if crate::same_file(&args.model, &args.output) {
+        bail!(
+            "{}: -o names the input model; write the quantized file to another path",
+            args.output.display()
+        );
+    }
     let (file, _) = import(&args.model, &options)?;
     let res = file.config.resolution();
     let pre = file.preprocessing;

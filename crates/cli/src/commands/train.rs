@@ -5,14 +5,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
+use anyhow::{bail, Context, Result};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mobilenet::data::{Augment, Dataset};
 use mobilenet::train::optim::{OptimizerKind, RmsPropVariant, Schedule};
 use mobilenet::train::recipe;
+use mobilenet::train::run::{DataRecord, DataSource};
 use mobilenet::train::trainer::{
-    EpochMetrics, Progress, RunEnd, TrainOptions, Trainer, MODEL_BEST,
+    EpochMetrics, Progress, RunEnd, TrainOptions, Trainer, MODEL_BEST, MODEL_LAST,
 };
 use mobilenet::weights::{ModelFile, WeightInit};
 use mobilenet::{Classifier, InferenceModel, MobileNetConfig, Padding, Preset, Stem};
@@ -229,10 +231,39 @@ fn is_default_data(args: &TrainArgs) -> bool {
     args.data.is_none()
 }
 
-fn datasets(args: &TrainArgs) -> Result<(Dataset, Dataset, String)> {
-    if let Some(path) = &args.data {
+/// Where the arguments say the data is (paths made absolute, so that a resume from another
+/// directory opens the same files).
+fn data_source(args: &TrainArgs) -> DataSource {
+    let absolute = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+    DataSource {
+        data: args.data.as_ref().map(absolute),
+        val: args.val.as_ref().map(absolute),
+        holdout: args.holdout,
+        split_seed: args.seed,
+    }
+}
+
+/// The training and held-out sets of `source`, refusing a split that leaves either empty.
+fn datasets(source: &DataSource) -> Result<(Dataset, Dataset, String)> {
+    let (train, val, described) = open_datasets(source)?;
+    if train.is_empty() {
+        bail!(
+            "no training images: {described} (the data has {} images; --holdout {} takes them all)",
+            train.len() + val.len(),
+            source.holdout
+        );
+    }
+    if val.is_empty() {
+        bail!("no held-out images to evaluate on: {described} (give --holdout N or --val DIR)");
+    }
+    Ok((train, val, described))
+}
+
+fn open_datasets(source: &DataSource) -> Result<(Dataset, Dataset, String)> {
+    let (holdout, seed) = (source.holdout, source.split_seed);
+    if let Some(path) = &source.data {
         let (train_dir, val_dir) = (path.join("train"), ["test", "val"].map(|d| path.join(d)));
-        if train_dir.is_dir() && args.val.is_none() {
+        if train_dir.is_dir() && source.val.is_none() {
             if let Some(val_dir) = val_dir.iter().find(|d| d.is_dir()) {
                 let train = Dataset::open(&train_dir)?;
                 let val = Dataset::open(val_dir)?;
@@ -251,15 +282,11 @@ fn datasets(args: &TrainArgs) -> Result<(Dataset, Dataset, String)> {
             }
         }
         let data = Dataset::open(path)?;
-        return Ok(match &args.val {
+        return Ok(match &source.val {
             Some(v) => (data, Dataset::open(v)?, path.display().to_string()),
             None => {
-                let (t, v) = data.split(args.holdout, args.seed);
-                (
-                    t,
-                    v,
-                    format!("{} ({} held out)", path.display(), args.holdout),
-                )
+                let (t, v) = data.split(holdout, seed);
+                (t, v, format!("{} ({holdout} held out)", path.display()))
             }
         });
     }
@@ -279,7 +306,7 @@ fn datasets(args: &TrainArgs) -> Result<(Dataset, Dataset, String)> {
             format!("Fashion-MNIST 60k train / 10k test ({DEBIAN_FASHION_MNIST})"),
         ));
     }
-    let (train, val) = Dataset::builtin_fashion_mnist().split(args.holdout, args.seed);
+    let (train, val) = Dataset::builtin_fashion_mnist().split(holdout, seed);
     let described = format!(
         "built-in Fashion-MNIST test set: {} to train, {} held out",
         train.len(),
@@ -393,7 +420,118 @@ fn options(args: &TrainArgs, small: bool, resolution: usize, train_len: usize) -
     }
 }
 
-pub fn run(args: &TrainArgs) -> Result<()> {
+/// Flags that define a run: on `--resume` the checkpoint's values hold, and giving one of these
+/// is an error (the data flags may repeat the run's own values).
+const RUN_FLAGS: [&str; 24] = [
+    "preset",
+    "alpha",
+    "resolution",
+    "stem",
+    "padding",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "momentum",
+    "rms_decay",
+    "rms_epsilon",
+    "schedule",
+    "decay_rate",
+    "decay_epochs",
+    "warmup_epochs",
+    "weight_decay",
+    "label_smoothing",
+    "bn_decay",
+    "dropout",
+    "no_augment",
+    "pad",
+    "weight_init",
+    "init",
+    "out",
+];
+
+/// Whether `id` was given on the command line.
+fn given(matches: Option<&ArgMatches>, id: &str) -> bool {
+    matches.is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine))
+}
+
+/// The resumed run's data source; refuses flags that would change the run.
+fn resume_source(
+    args: &TrainArgs,
+    matches: Option<&ArgMatches>,
+    dir: &Path,
+    trainer: &mut Trainer,
+) -> Result<DataSource> {
+    if let Some(flag) = RUN_FLAGS.iter().find(|f| given(matches, f)) {
+        bail!(
+            "--{} cannot change when resuming {}: the checkpoint holds the run's settings \
+             (to train with other settings, start a new run with --init {})",
+            flag.replace('_', "-"),
+            dir.display(),
+            dir.join(MODEL_LAST).display()
+        );
+    }
+    let asked = data_source(args);
+    let Some(record) = &trainer.state.data else {
+        eprintln!(
+            "warning: {} was written before runs recorded their data: resuming on the data \
+             the arguments name",
+            dir.display()
+        );
+        return Ok(asked);
+    };
+    let recorded = &record.source;
+    let differs = |flag: &str, then: String, now: String| -> Result<()> {
+        if given(matches, flag) && then != now {
+            bail!(
+                "--{} {now} differs from the run's {then}: a resumed run trains on the data it \
+                 started with (leave the flag out)",
+                flag.replace('_', "-")
+            );
+        }
+        Ok(())
+    };
+    let path = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map_or("the default data".into(), |p| p.display().to_string())
+    };
+    differs("data", path(&recorded.data), path(&asked.data))?;
+    differs("val", path(&recorded.val), path(&asked.val))?;
+    differs(
+        "holdout",
+        recorded.holdout.to_string(),
+        asked.holdout.to_string(),
+    )?;
+    differs(
+        "seed",
+        recorded.split_seed.to_string(),
+        asked.split_seed.to_string(),
+    )?;
+    if given(matches, "epochs") {
+        let epochs = args.epochs.unwrap_or(0);
+        let done = trainer.state.history.len();
+        if epochs <= done {
+            bail!("--epochs {epochs}: the run has already finished {done} epochs");
+        }
+        println!(
+            "resuming with --epochs {epochs} instead of the run's {} (the learning-rate \
+             schedule stretches to the new length)",
+            trainer.state.options.epochs
+        );
+        trainer.state.options.epochs = epochs;
+    }
+    for (flag, value) in [("threads", args.threads), ("workers", args.workers.max(1))] {
+        if given(matches, flag) {
+            if flag == "threads" {
+                trainer.state.options.threads = value;
+            } else {
+                trainer.state.options.loader_workers = value;
+            }
+        }
+    }
+    Ok(recorded.clone())
+}
+
+pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);
@@ -407,14 +545,31 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             );
         });
     }
-    let (train, val, described) = datasets(args)?;
-    println!("data: {described}");
-    let mut trainer = match &args.resume {
+    let resumed = match &args.resume {
         Some(dir) => {
-            let t = Trainer::resume(dir)?;
+            let mut t = Trainer::resume(dir)?;
+            let source = resume_source(args, matches, dir, &mut t)?;
+            Some((t, source))
+        }
+        None => None,
+    };
+    let source = match &resumed {
+        Some((_, source)) => source.clone(),
+        None => data_source(args),
+    };
+    let (train, val, described) = datasets(&source)?;
+    println!("data: {described}");
+    let (train_print, val_print) = (train.fingerprint(), val.fingerprint());
+    let mut trainer = match resumed {
+        Some((t, _)) => {
+            if let Some(record) = &t.state.data {
+                record
+                    .check(&train_print, &val_print)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", t.dir().display()))?;
+            }
             println!(
                 "resuming {} at epoch {}, batch {}",
-                dir.display(),
+                t.dir().display(),
                 t.state.epoch + 1,
                 t.state.batch
             );
@@ -435,7 +590,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 opts.epochs, train.len(), opts.batch_size, opts.optimizer, opts.lr, opts.schedule, opts.weight_decay, opts.augment
             );
             println!("run directory: {}", dir.display());
-            Trainer::new(&model, opts, &dir)?
+            let mut t = Trainer::new(&model, opts, &dir)?;
+            t.state.data = Some(DataRecord {
+                source,
+                train: train_print,
+                held_out: val_print,
+            });
+            t
         }
     };
     let dir = trainer.dir().to_path_buf();
@@ -460,6 +621,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             "checkpoint saved; continue with: mobilenet train --resume {}",
             dir.display()
         );
+        // Release the run directory's lock: exit() skips destructors.
+        drop(trainer);
         std::process::exit(130);
     }
     let best = dir.join(MODEL_BEST);

@@ -3,9 +3,11 @@
 //! the training step.
 
 mod augment;
+mod fingerprint;
 mod loader;
 
 pub use augment::{prepare, Augment};
+pub use fingerprint::Fingerprint;
 pub use loader::{Batch, Loader};
 
 use std::io::Read;

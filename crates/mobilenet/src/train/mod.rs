@@ -9,6 +9,7 @@
 //! | `net.rs` | [`net::TrainNet`]: parameters and one step, chaining the layers |
 //! | `optim.rs` | RMSprop (TF and PyTorch forms), SGD with momentum, weight decay |
 //! | `trainer.rs` | epochs, evaluation, checkpoints, resume |
+//! | `run.rs` | the data record a resume checks, the run directory's lock |
 
 pub mod bn;
 mod conv;
@@ -18,6 +19,7 @@ pub mod head;
 pub mod net;
 pub mod optim;
 pub mod recipe;
+pub mod run;
 pub mod trainer;
 
 pub use crate::Rng;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::net::{StepOptions, TrainNet};
 use super::optim::{Optimizer, OptimizerKind, Schedule};
+use super::run::{DataRecord, RunLock};
 use super::Rng;
 use crate::data::{shuffle, Augment, DataError, Dataset, Loader};
 use crate::error::ModelError;
@@ -100,8 +101,17 @@ pub struct TrainerState {
     pub partial: PartialEpoch,
     /// Finished epochs.
     pub history: Vec<EpochMetrics>,
-    /// Best held-out accuracy so far.
+    /// Best held-out accuracy so far (−∞ before the first evaluation, stored as `null`).
+    #[serde(deserialize_with = "neg_infinity_if_null")]
     pub best_val_accuracy: f32,
+    /// The data the run trains on (absent in checkpoints written before it was recorded).
+    #[serde(default)]
+    pub data: Option<DataRecord>,
+}
+
+/// JSON has no infinities: serde_json writes −∞ as `null`, which reads back as −∞.
+fn neg_infinity_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+    Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NEG_INFINITY))
 }
 
 /// How a call to [`Trainer::run`] ended.
@@ -176,6 +186,8 @@ pub struct Trainer {
     /// Position and history.
     pub state: TrainerState,
     dir: PathBuf,
+    /// This process's hold on `dir`.
+    _lock: RunLock,
 }
 
 /// File names in a run directory.
@@ -196,10 +208,7 @@ impl Trainer {
     ) -> Result<Trainer, TrainFailure> {
         let net = TrainNet::from_model(model, options.threads)?;
         let optimizer = Optimizer::new(options.optimizer, options.weight_decay, &net.params);
-        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        let lock = RunLock::acquire(dir)?;
         Ok(Trainer {
             net,
             optimizer,
@@ -211,13 +220,16 @@ impl Trainer {
                 partial: PartialEpoch::default(),
                 history: Vec::new(),
                 best_val_accuracy: f32::NEG_INFINITY,
+                data: None,
             },
             dir: dir.to_path_buf(),
+            _lock: lock,
         })
     }
 
     /// Resumes the run in `dir` from its checkpoint.
     pub fn resume(dir: &Path) -> Result<Trainer, TrainFailure> {
+        let lock = RunLock::acquire(dir)?;
         let path = dir.join(CHECKPOINT);
         let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
             path: path.clone(),
@@ -274,6 +286,7 @@ impl Trainer {
             optimizer,
             state,
             dir: dir.to_path_buf(),
+            _lock: lock,
         })
     }
 

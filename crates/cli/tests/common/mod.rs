@@ -1,0 +1,36 @@
+//! Helpers shared by the CLI tests that train.
+
+#![allow(dead_code)] // each test crate uses its own subset
+
+use std::path::Path;
+use std::process::Command;
+
+use mobilenet::data::Dataset;
+
+/// The binary under test.
+pub fn mobilenet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mobilenet"))
+}
+
+/// Writes the first `n` built-in Fashion-MNIST images as IDX files (a small data set on disk).
+pub fn small_fashion_mnist(dir: &Path, n: usize) {
+    let data = Dataset::builtin_fashion_mnist();
+    let mut images = vec![0, 0, 8, 3];
+    for d in [n as u32, 28, 28] {
+        images.extend_from_slice(&d.to_be_bytes());
+    }
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend_from_slice(&(n as u32).to_be_bytes());
+    for i in 0..n {
+        images.extend(
+            data.image(i)
+                .expect("built-in image")
+                .pixels()
+                .map(|p| p.0[0]),
+        );
+        labels.push(data.label(i) as u8);
+    }
+    std::fs::create_dir_all(dir).expect("data dir");
+    std::fs::write(dir.join("small-images-idx3-ubyte"), images).expect("write images");
+    std::fs::write(dir.join("small-labels-idx1-ubyte"), labels).expect("write labels");
+}

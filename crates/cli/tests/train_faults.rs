@@ -1,0 +1,292 @@
+//! Training under faults and mistakes: a resume finds the run's own data and refuses changed
+//! settings or changed data, Ctrl-C in the first epoch leaves a resumable checkpoint, two runs
+//! never share a directory, a split that leaves no images is an error, and `import` never
+//! overwrites its input. Every failure is one error line, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{mobilenet, small_fashion_mnist};
+
+struct Root(PathBuf);
+
+impl Root {
+    fn new(name: &str) -> Root {
+        let dir = std::env::temp_dir().join(format!("mobilenet-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Root(dir)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// `train` on `data` into `out` with small settings, plus `extra` arguments.
+fn train(data: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = mobilenet();
+    c.args([
+        "train",
+        "--data",
+        s(data),
+        "--holdout",
+        "100",
+        "--batch-size",
+        "16",
+    ])
+    .args(["--threads", "2", "--show", "0", "--out", s(out)])
+    .args(extra);
+    c
+}
+
+fn resume(dir: &Path, extra: &[&str]) -> Output {
+    mobilenet()
+        .args(["train", "--resume", s(dir), "--show", "0"])
+        .args(extra)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("run mobilenet")
+}
+
+fn fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.starts_with("error: ")),
+        "an error line: {stderr}"
+    );
+    for n in needles {
+        assert!(stderr.contains(n), "stderr should say {n:?}: {stderr}");
+    }
+}
+
+fn epochs_done(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |m| m.lines().count())
+}
+
+#[test]
+fn resume_without_data_trains_on_the_runs_own_data() {
+    let root = Root::new("resume-data");
+    let (data, run) = (root.path("data"), root.path("run"));
+    small_fashion_mnist(&data, 300);
+    let first = train(&data, &run, &["--epochs", "1"])
+        .output()
+        .expect("run");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // The command the program prints after Ctrl-C, from another directory, with one more epoch.
+    let out = resume(&run, &["--epochs", "2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let canonical = std::fs::canonicalize(&data).expect("data");
+    assert!(
+        stdout.contains(&format!("data: {} (100 held out)", canonical.display())),
+        "the run's own data, not the built-in set: {stdout}"
+    );
+    assert_eq!(epochs_done(&run), 2, "the second epoch ran");
+}
+
+#[test]
+fn resume_refuses_changed_settings_and_changed_data() {
+    let root = Root::new("resume-refuse");
+    let (data, other, run) = (root.path("data"), root.path("other"), root.path("run"));
+    small_fashion_mnist(&data, 300);
+    small_fashion_mnist(&other, 300);
+    let first = train(&data, &run, &["--epochs", "1"])
+        .output()
+        .expect("run");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+
+    fails_with(&resume(&run, &["--lr", "0.5"]), &["--lr cannot change"]);
+    fails_with(
+        &resume(&run, &["--batch-size", "8"]),
+        &["--batch-size cannot change"],
+    );
+    fails_with(
+        &resume(&run, &["--data", s(&other)]),
+        &["--data", "differs from the run's"],
+    );
+    fails_with(
+        &resume(&run, &["--holdout", "50"]),
+        &["--holdout 50 differs"],
+    );
+    fails_with(
+        &resume(&run, &["--epochs", "1"]),
+        &["already finished 1 epochs"],
+    );
+    // The same data flags as the run's are accepted (older instructions passed them).
+    let same = resume(
+        &run,
+        &["--data", s(&data), "--holdout", "100", "--epochs", "2"],
+    );
+    assert!(
+        same.status.success(),
+        "{}",
+        String::from_utf8_lossy(&same.stderr)
+    );
+
+    // The data changed under the run: one more image.
+    small_fashion_mnist(&data, 301);
+    fails_with(
+        &resume(&run, &["--epochs", "3"]),
+        &["data changed since the run started"],
+    );
+    assert_eq!(epochs_done(&run), 2, "nothing trained on the changed data");
+}
+
+#[test]
+fn ctrl_c_in_the_first_epoch_leaves_a_resumable_checkpoint() {
+    let root = Root::new("first-epoch-sigint");
+    let (data, run) = (root.path("data"), root.path("run"));
+    small_fashion_mnist(&data, 6000);
+    let child = train(&data, &run, &["--epochs", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    while !run.join("run.lock").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no run directory"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(kill.success());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(epochs_done(&run), 0, "interrupted inside the first epoch");
+    assert!(
+        !run.join("run.lock").exists(),
+        "the lock is released on exit"
+    );
+    let resumed = resume(&run, &[]);
+    assert!(
+        resumed.status.success(),
+        "the checkpoint resumes: {}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(epochs_done(&run), 1);
+}
+
+#[test]
+fn a_second_run_into_one_directory_fails_at_once() {
+    let root = Root::new("two-runs");
+    let (data, run) = (root.path("data"), root.path("run"));
+    small_fashion_mnist(&data, 6000);
+    let mut first = train(&data, &run, &["--epochs", "5"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    while !run.join("run.lock").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no run directory"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = train(&data, &run, &["--epochs", "1"])
+        .output()
+        .expect("run");
+    let _ = first.kill();
+    let _ = first.wait();
+    fails_with(&second, &["another run (process", s(&run)]);
+    // The killed run's lock is stale: resuming takes it over.
+    let again = resume(&run, &["--epochs", "1"]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!stderr.contains("another run"), "{stderr}");
+}
+
+#[test]
+fn a_split_that_leaves_no_images_is_an_error() {
+    let root = Root::new("empty-split");
+    let data = root.path("data");
+    small_fashion_mnist(&data, 500);
+    // The default --holdout 1000 takes every one of 500 images.
+    let out = mobilenet()
+        .args([
+            "train",
+            "--data",
+            s(&data),
+            "--out",
+            s(&root.path("a")),
+            "--show",
+            "0",
+        ])
+        .output()
+        .expect("run");
+    fails_with(
+        &out,
+        &["no training images", "500 images", "--holdout 1000"],
+    );
+    let out = mobilenet()
+        .args(["train", "--data", s(&data), "--holdout", "0", "--show", "0"])
+        .args(["--out", s(&root.path("b"))])
+        .output()
+        .expect("run");
+    fails_with(&out, &["no held-out images"]);
+}
+
+#[test]
+fn import_does_not_overwrite_its_input() {
+    let root = Root::new("import-self");
+    let model = root.path("m.safetensors");
+    let config = mobilenet::MobileNetConfig::new(0.25, 32).expect("config");
+    mobilenet::ModelFile::random(config, 1)
+        .save(&model)
+        .expect("save");
+    let before = std::fs::read(&model).expect("read");
+    let out = mobilenet()
+        .args(["import", s(&model), "-o", s(&model)])
+        .output()
+        .expect("run");
+    fails_with(&out, &["names the input file"]);
+    // Through another spelling of the same path, too.
+    let other = root.path(".").join("m.safetensors");
+    let out = mobilenet()
+        .args(["import", s(&model), "-o", s(&other)])
+        .output()
+        .expect("run");
+    fails_with(&out, &["names the input file"]);
+    assert_eq!(
+        std::fs::read(&model).expect("read"),
+        before,
+        "input untouched"
+    );
+}
