@@ -127,3 +127,17 @@ pub(crate) fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     let _ = (ma, mb);
     matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y)
 }
+
+/// `--threads N` (0: all cores). More threads than cores are capped, with a note: the pool's
+/// workers spin between steps, and more of them than cores only contend (1,000 hung a run).
+pub(crate) fn threads_arg(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("{e}: a number of threads, 0 for all cores"))?;
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    if n > cores {
+        eprintln!("note: --threads {n} is more than the {cores} cores here: using {cores}");
+        return Ok(cores);
+    }
+    Ok(n)
+}

@@ -19,6 +19,8 @@ pub const DEFAULT_MIN_DEPTH: usize = 8;
 pub const DEFAULT_DROPOUT: f64 = 0.001;
 /// The paper's ImageNet class count. Google's TF checkpoints have 1001 (index 0 = background).
 pub const IMAGENET_CLASSES: usize = 1000;
+/// Most classes a classifier head may have (ImageNet-21k has 21,841; JFT 18,291).
+pub const MAX_CLASSES: usize = 1 << 20;
 
 /// The four width multipliers of the paper (Table 6).
 pub const PRESET_ALPHAS: [f64; 4] = [1.0, 0.75, 0.5, 0.25];
@@ -335,7 +337,7 @@ impl MobileNetConfig {
 
     /// Sets the number of classes of the classifier head (adding a head if there was none).
     pub fn with_classes(mut self, classes: usize) -> Result<Self, ConfigError> {
-        if classes == 0 {
+        if classes == 0 || classes > MAX_CLASSES {
             return Err(ConfigError::Classes(classes));
         }
         let dropout = self.head.map_or(DEFAULT_DROPOUT, |h| h.dropout);
@@ -507,6 +509,10 @@ mod tests {
         assert!(MobileNetConfig::new(1.0, 97).is_ok());
         let c = MobileNetConfig::default();
         assert_eq!(c.with_classes(0), Err(ConfigError::Classes(0)));
+        assert_eq!(
+            c.with_classes(usize::MAX),
+            Err(ConfigError::Classes(usize::MAX))
+        );
         assert_eq!(c.with_min_depth(0), Err(ConfigError::MinDepth(0)));
         assert_eq!(c.with_dropout(1.0), Err(ConfigError::Dropout(1.0)));
     }

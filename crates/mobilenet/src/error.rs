@@ -15,7 +15,7 @@ pub enum ConfigError {
     #[error("input resolution {0} is too large: it must be at most 4096")]
     ResolutionTooLarge(usize),
     /// A classifier head with no classes.
-    #[error("number of classes {0} is invalid: a classifier needs at least 1 class")]
+    #[error("number of classes {0} is invalid: a classifier has 1 to {max} classes", max = crate::config::MAX_CLASSES)]
     Classes(usize),
     /// `min_depth` of zero would allow layers with no channels.
     #[error("min_depth {0} is invalid: it must be at least 1")]

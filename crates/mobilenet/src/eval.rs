@@ -44,6 +44,12 @@ pub fn evaluate(
         path: "<model>".into(),
         reason: "the model has no classifier head".into(),
     })?;
+    if data.is_empty() {
+        return Err(DataError::Format {
+            path: "<data set>".into(),
+            reason: "no images to evaluate".into(),
+        });
+    }
     let res = model.resolution();
     let batch = batch.clamp(1, data.len().max(1));
     // The loader's images as pixel values (x·1 + 0), turned back into the bytes every runtime
@@ -57,7 +63,8 @@ pub fn evaluate(
     };
     let mut runner = model.runner(batch, threads);
     let mut bytes = vec![0u8; batch * model.pixels_len()];
-    tally(
+    let mut non_finite = false;
+    let report = tally(
         data,
         classes,
         res,
@@ -71,8 +78,17 @@ pub fn evaluate(
             runner.load(&bytes);
             runner.run();
             runner.probabilities(out);
+            non_finite |= out.iter().any(|p| !p.is_finite());
         },
-    )
+    )?;
+    if non_finite {
+        // NaN ranks first in no comparison: it would count as correct and look like accuracy.
+        return Err(DataError::Format {
+            path: "<model>".into(),
+            reason: "the model gives non-finite probabilities (its weights overflow f32)".into(),
+        });
+    }
+    Ok(report)
 }
 
 /// Runs `probabilities(batch input, batch × classes out)` over `data` in batches of `batch`

@@ -40,7 +40,7 @@ pub mod weights;
 pub use classifier::{AnyModel, Classifier, Runner, StepInfo};
 pub use config::{
     format_alpha, Activation, ClassifierHead, MobileNetConfig, Padding, Preset, Stem, Variant,
-    DEFAULT_DROPOUT, DEFAULT_MIN_DEPTH, IMAGENET_CLASSES, MAX_ALPHA, MAX_RESOLUTION,
+    DEFAULT_DROPOUT, DEFAULT_MIN_DEPTH, IMAGENET_CLASSES, MAX_ALPHA, MAX_CLASSES, MAX_RESOLUTION,
     MIN_RESOLUTION, PRESET_ALPHAS, PRESET_RESOLUTIONS,
 };
 pub use cost::{LayerCost, ModelCost};

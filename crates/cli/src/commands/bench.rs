@@ -25,7 +25,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     batch: usize,
     /// Worker threads (default: all cores)
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::threads_arg)]
     threads: usize,
     /// Timed runs (after warm-up)
     #[arg(long, default_value_t = 50)]

@@ -33,7 +33,7 @@ pub struct ClassifyArgs {
     #[arg(long, default_value_t = 8)]
     batch: usize,
     /// Worker threads (default: all cores)
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::threads_arg)]
     threads: usize,
     /// One JSON object per image per line
     #[arg(long)]
@@ -51,6 +51,9 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
         if !(crop > 0.0 && crop <= 1.0) {
             bail!("--crop {crop} is out of range: it must be in (0, 1]");
         }
+    }
+    if args.top == 0 {
+        bail!("--top 0 prints nothing: give at least 1");
     }
     let mut model = mobilenet::classifier::load(&args.model)?;
     let Some(classes) = model.classes() else {
@@ -102,6 +105,14 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
         runner.run();
         runner.probabilities(&mut probs);
         for (path, row) in good.iter().zip(probs.chunks(classes)) {
+            if row.iter().any(|p| !p.is_finite()) {
+                eprintln!(
+                    "error: {}: the model gives non-finite probabilities (its weights overflow f32)",
+                    path.display()
+                );
+                failures += 1;
+                continue;
+            }
             print_top(path, &top_k(row, args.top, model.labels()), args.json)?;
         }
     }

@@ -23,7 +23,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Compute threads (default: all cores)
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::threads_arg)]
     threads: usize,
     /// Where to draw the confusion matrix (PNG)
     #[arg(long)]

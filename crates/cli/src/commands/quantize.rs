@@ -35,7 +35,7 @@ pub struct QuantizeArgs {
     #[arg(long)]
     min_max: bool,
     /// Compute threads (default: all cores)
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::threads_arg)]
     threads: usize,
 }
 

@@ -143,7 +143,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Compute threads (default: all cores)
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::threads_arg)]
     threads: usize,
     /// Threads decoding and augmenting images
     #[arg(long, default_value_t = 2)]
@@ -255,6 +255,12 @@ fn datasets(source: &DataSource) -> Result<(Dataset, Dataset, String)> {
     }
     if val.is_empty() {
         bail!("no held-out images to evaluate on: {described} (give --holdout N or --val DIR)");
+    }
+    if train.classes().len() < 2 {
+        bail!(
+            "{described}: one class ({:?}); a classifier needs at least two",
+            train.classes()
+        );
     }
     Ok((train, val, described))
 }

@@ -212,17 +212,21 @@ impl Dataset {
             });
         }
         let labels: Vec<usize> = labels.into_iter().map(usize::from).collect();
-        let classes = labels
+        // MNIST and Fashion-MNIST have ten classes; a larger label is a corrupt file, not
+        // a reason to grow the classifier.
+        let classes = FASHION_MNIST_CLASSES.len();
+        if let Some((i, l)) = labels.iter().enumerate().find(|(_, &l)| l >= classes) {
+            return Err(DataError::Format {
+                path: lp.to_path_buf(),
+                reason: format!(
+                    "label {l} of image {i} is not a class (0..={})",
+                    classes - 1
+                ),
+            });
+        }
+        let names = FASHION_MNIST_CLASSES
             .iter()
-            .max()
-            .map_or(0, |m| m + 1)
-            .max(FASHION_MNIST_CLASSES.len());
-        let names = (0..classes)
-            .map(|c| {
-                FASHION_MNIST_CLASSES
-                    .get(c)
-                    .map_or_else(|| format!("class {c}"), |s| s.to_string())
-            })
+            .map(|s| s.to_string())
             .collect();
         Ok(Dataset::new(
             names,

@@ -254,6 +254,20 @@ impl ModelFile {
                             index,
                         });
                     }
+                    // A negative variance makes batch norm's square root NaN, which ReLU6
+                    // then hides as 0: a model that answers one class for every image.
+                    let variance = BnTensor::MovingVariance.leaf();
+                    if spec.name.ends_with(variance) {
+                        if let Some(index) = t.data.iter().position(|&v| v < 0.0) {
+                            return Err(ModelError::Metadata {
+                                path: path.to_path_buf(),
+                                reason: format!(
+                                    "tensor {:?} holds a negative variance ({}) at index {index}",
+                                    spec.name, t.data[index]
+                                ),
+                            });
+                        }
+                    }
                 }
             }
         }

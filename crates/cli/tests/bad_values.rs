@@ -1,0 +1,193 @@
+//! Values that used to be accepted and give wrong or empty answers: each is now one error line
+//! naming the value (or, for too many threads, a note and a capped count). No panics.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use mobilenet::{MobileNetConfig, ModelFile};
+
+mod common;
+use common::{mobilenet, small_fashion_mnist};
+
+fn run(args: &[&str]) -> Output {
+    mobilenet().args(args).output().expect("run mobilenet")
+}
+
+fn fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "stderr should say {n:?}: {stderr}");
+    }
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mobilenet-bad-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn training_options_out_of_range_are_refused() {
+    let root = temp("options");
+    let data = root.join("data");
+    small_fashion_mnist(&data, 200);
+    for (flag, value, says) in [
+        ("--lr", "-1", "learning rate -1 must be positive"),
+        ("--bn-decay", "2", "batch-norm decay 2 must be in [0, 1)"),
+        (
+            "--label-smoothing",
+            "5",
+            "label smoothing 5 must be in [0, 1)",
+        ),
+        ("--epochs", "0", "epochs 0 must be at least 1"),
+        ("--momentum", "1.5", "momentum 1.5 must be in [0, 1)"),
+    ] {
+        let out = run(&[
+            "train",
+            "--data",
+            s(&data),
+            "--holdout",
+            "50",
+            "--show",
+            "0",
+            "--out",
+            s(&root.join(flag.trim_start_matches('-'))),
+            &format!("{flag}={value}"),
+        ]);
+        fails_with(&out, &[says]);
+    }
+    std::fs::remove_dir_all(&root).expect("clean up");
+}
+
+#[test]
+fn one_class_and_out_of_range_labels_are_refused() {
+    let root = temp("classes");
+    let folder = root.join("one").join("only-cats");
+    std::fs::create_dir_all(&folder).expect("class folder");
+    for i in 0..4u8 {
+        image::RgbImage::from_pixel(8, 8, image::Rgb([i * 40, 10, 10]))
+            .save(folder.join(format!("{i}.png")))
+            .expect("png");
+    }
+    let out = run(&[
+        "train",
+        "--data",
+        s(&root.join("one")),
+        "--holdout",
+        "1",
+        "--show",
+        "0",
+        "--out",
+        s(&root.join("run")),
+    ]);
+    fails_with(&out, &["one class", "at least two"]);
+
+    // An IDX label file whose image 3 has label 200.
+    let data = root.join("idx");
+    small_fashion_mnist(&data, 10);
+    let labels = data.join("small-labels-idx1-ubyte");
+    let mut bytes = std::fs::read(&labels).expect("labels");
+    bytes[8 + 3] = 200;
+    std::fs::write(&labels, bytes).expect("labels");
+    let out = run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--holdout",
+        "2",
+        "--out",
+        s(&root.join("r2")),
+    ]);
+    fails_with(&out, &["label 200 of image 3 is not a class"]);
+    std::fs::remove_dir_all(&root).expect("clean up");
+}
+
+#[test]
+fn models_that_would_answer_nonsense_are_refused() {
+    let root = temp("models");
+    let config = MobileNetConfig::new(0.25, 32)
+        .and_then(|c| c.with_classes(3))
+        .expect("config");
+    let img = root.join("x.png");
+    image::RgbImage::from_pixel(32, 32, image::Rgb([1, 2, 3]))
+        .save(&img)
+        .expect("png");
+
+    // A negative batch-norm variance: refused at load, naming the tensor.
+    let mut m = ModelFile::random(config, 1);
+    for (name, values) in m.tensor_values_mut() {
+        if name == "conv_1/depthwise/bn/moving_variance" {
+            values[2] = -0.5;
+        }
+    }
+    let path = root.join("negative-variance.safetensors");
+    m.save(&path).expect("save");
+    fails_with(
+        &run(&["classify", "--model", s(&path), s(&img)]),
+        &["conv_1/depthwise/bn/moving_variance", "negative variance"],
+    );
+
+    // Classifier weights that overflow f32: no "NaN%", an error.
+    let mut m = ModelFile::random(config, 2);
+    for (name, values) in m.tensor_values_mut() {
+        // Every feature the classifier sees is 5 (ReLU6 of a β of 5)…
+        if name == "conv_13/pointwise/bn/beta" {
+            values.iter_mut().for_each(|v| *v = 5.0);
+        }
+        if name == "fc/weight" {
+            // …so class 0's logit overflows to +∞ and the others' to −∞ ([cin, classes]).
+            for (i, v) in values.iter_mut().enumerate() {
+                *v = if i % 3 == 0 { 3e38 } else { -3e38 };
+            }
+        }
+    }
+    let path = root.join("overflow.safetensors");
+    m.save(&path).expect("save");
+    let out = run(&["classify", "--model", s(&path), s(&img)]);
+    fails_with(&out, &["non-finite probabilities"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("NaN"));
+
+    let good = root.join("good.safetensors");
+    ModelFile::random(config, 3).save(&good).expect("save");
+    fails_with(
+        &run(&["classify", "--model", s(&good), "--top", "0", s(&img)]),
+        &["--top 0"],
+    );
+    fails_with(
+        &run(&["arch", "--classes", "18446744073709551615"]),
+        &["number of classes 18446744073709551615 is invalid"],
+    );
+    std::fs::remove_dir_all(&root).expect("clean up");
+}
+
+#[test]
+fn more_threads_than_cores_are_capped_with_a_note() {
+    let out = run(&[
+        "bench",
+        "--preset",
+        "0.25_128",
+        "--threads",
+        "100000",
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("note: --threads 100000 is more than the"),
+        "{stderr}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    assert_eq!(json["threads"].as_u64(), Some(cores as u64));
+}
