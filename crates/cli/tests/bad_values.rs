@@ -191,3 +191,106 @@ fn more_threads_than_cores_are_capped_with_a_note() {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     assert_eq!(json["threads"].as_u64(), Some(cores as u64));
 }
+
+/// CRC-32 (IEEE) of a PNG chunk's type and data.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A PNG file of a few dozen bytes claiming `side`² pixels.
+fn png_header(side: u32) -> Vec<u8> {
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&side.to_be_bytes());
+    ihdr.extend_from_slice(&side.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    // The start of a zlib stream: the decoder would inflate it to side² · 3 bytes.
+    let idat = [b'I', b'D', b'A', b'T', 0x78, 0x9C];
+    png.extend_from_slice(&2u32.to_be_bytes());
+    png.extend_from_slice(&idat);
+    png.extend_from_slice(&crc32(&idat).to_be_bytes());
+    png.extend_from_slice(&0u32.to_be_bytes());
+    png.extend_from_slice(b"IEND");
+    png.extend_from_slice(&crc32(b"IEND").to_be_bytes());
+    png
+}
+
+#[test]
+fn cut_off_huge_and_non_regular_inputs_are_refused() {
+    let root = temp("inputs");
+    let model = root.join("m.safetensors");
+    let config = MobileNetConfig::new(0.25, 32)
+        .and_then(|c| c.with_classes(3))
+        .expect("config");
+    ModelFile::random(config, 1).save(&model).expect("save");
+
+    // A JPEG cut in half decodes "successfully" to grey: refused by name.
+    let jpeg = root.join("photo.jpg");
+    image::RgbImage::from_fn(256, 256, |x, y| {
+        image::Rgb([(x ^ y) as u8, (x * y % 251) as u8, (x + 3 * y) as u8])
+    })
+    .save(&jpeg)
+    .expect("jpeg");
+    let ok = run(&["classify", "--model", s(&model), s(&jpeg)]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bytes = std::fs::read(&jpeg).expect("jpeg");
+    let cut = root.join("cut.jpg");
+    // Cut inside the scan (the headers are the first few hundred bytes).
+    std::fs::write(&cut, &bytes[..bytes.len() * 3 / 4]).expect("cut");
+    fails_with(
+        &run(&["classify", "--model", s(&model), s(&cut)]),
+        &["cut.jpg", "truncated JPEG"],
+    );
+
+    // A 59-byte PNG claiming 16384² pixels: refused before anything is allocated.
+    let bomb = root.join("bomb.png");
+    std::fs::write(&bomb, png_header(16384)).expect("png");
+    fails_with(
+        &run(&["classify", "--model", s(&model), s(&bomb)]),
+        &["bomb.png", "16384×16384", "megapixels"],
+    );
+
+    // A device and a directory are not files to read (a FIFO hung, /dev/zero read until
+    // memory ran out).
+    if Path::new("/dev/zero").exists() {
+        fails_with(
+            &run(&["classify", "--model", "/dev/zero", s(&jpeg)]),
+            &["/dev/zero", "not a regular file"],
+        );
+        fails_with(
+            &run(&["classify", "--model", s(&model), "/dev/zero"]),
+            &["/dev/zero", "not a regular file"],
+        );
+    }
+    fails_with(
+        &run(&["classify", "--model", s(&root), s(&jpeg)]),
+        &["a directory"],
+    );
+    let fifo = root.join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if made.is_ok_and(|s| s.success()) {
+        fails_with(
+            &run(&["classify", "--model", s(&model), s(&fifo)]),
+            &["fifo", "not a regular file"],
+        );
+    }
+    std::fs::remove_dir_all(&root).expect("clean up");
+}

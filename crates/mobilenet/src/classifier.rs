@@ -168,7 +168,7 @@ impl AnyModel {
     ///
     /// An unreadable or malformed file; a graph or weights that are not a MobileNet v1.
     pub fn load(path: &Path) -> Result<AnyModel, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        let bytes = crate::files::read_regular(path).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
             source,
         })?;

@@ -45,9 +45,13 @@ pub struct ImportOptions {
 
 /// Reads a labels file: one label per line; blank lines at the end are ignored.
 pub fn read_labels(path: &Path) -> Result<Vec<String>, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+    let bytes = crate::files::read_regular(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| ModelError::Metadata {
+        path: path.to_path_buf(),
+        reason: "the labels file is not UTF-8 text".into(),
     })?;
     let labels: Vec<String> = text
         .trim_end()
@@ -68,7 +72,7 @@ pub fn import(
     path: &Path,
     options: &ImportOptions,
 ) -> Result<(ModelFile, SourceFormat), ModelError> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+    let bytes = crate::files::read_regular(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,
     })?;

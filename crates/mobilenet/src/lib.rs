@@ -27,6 +27,7 @@ pub mod data;
 mod error;
 pub mod eval;
 pub mod exec;
+mod files;
 pub mod import;
 pub mod infer;
 pub mod int8;

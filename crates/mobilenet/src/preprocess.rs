@@ -63,7 +63,7 @@ impl Default for Preprocessing {
 /// Decodes an image file (JPEG, PNG, BMP, WebP) to 8-bit RGB; grayscale is replicated to
 /// three channels and alpha is dropped.
 pub fn load_image(path: &Path) -> Result<RgbImage, ImageError> {
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
+    let bytes = crate::files::read_regular(path).map_err(|source| ImageError::Io {
         path: path.to_path_buf(),
         source,
     })?;
@@ -72,6 +72,9 @@ pub fn load_image(path: &Path) -> Result<RgbImage, ImageError> {
 
 /// Largest width or height accepted, so that a crafted header cannot ask for gigabytes.
 pub const MAX_IMAGE_SIDE: u32 = 16384;
+/// Most pixels accepted (100 megapixels: 300 MB as RGB): a 1 MB PNG claiming 16384² pixels
+/// took 1.85 GB to decode.
+pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
 
 /// Decodes an image held in memory (`path` is used in messages), as [`load_image`].
 pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
@@ -86,11 +89,27 @@ pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(1 << 30);
     reader.limits(limits);
-    if reader.format().is_none() {
-        return Err(ImageError::Decode {
-            path: path.to_path_buf(),
-            reason: "not a JPEG, PNG, BMP or WebP file".to_string(),
-        });
+    let bad = |reason: String| ImageError::Decode {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let Some(format) = reader.format() else {
+        return Err(bad("not a JPEG, PNG, BMP or WebP file".to_string()));
+    };
+    // The header's size, before anything is allocated for the pixels.
+    let header = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let (w, h) = header.into_dimensions().map_err(|e| bad(e.to_string()))?;
+    if w as u64 * h as u64 > MAX_IMAGE_PIXELS {
+        return Err(bad(format!(
+            "{w}×{h} is {:.0} megapixels; images up to {} are read",
+            (w as u64 * h as u64) as f64 / 1e6,
+            MAX_IMAGE_PIXELS / 1_000_000
+        )));
+    }
+    // The JPEG decoder fills a cut-off file with grey and reports success: a file without its
+    // end-of-image marker is refused instead of classified or trained on.
+    if format == image::ImageFormat::Jpeg && !has_jpeg_end(bytes) {
+        return Err(bad("truncated JPEG (no end-of-image marker)".to_string()));
     }
     let img = reader.decode().map_err(|e| ImageError::Decode {
         path: path.to_path_buf(),
@@ -103,6 +122,13 @@ pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
         });
     }
     Ok(img.to_rgb8())
+}
+
+/// Whether a JPEG ends with its end-of-image marker (`FF D9`), allowing for a little trailing
+/// padding. In entropy-coded data `FF` is always followed by `00`, so `FF D9` is the marker.
+fn has_jpeg_end(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 impl Preprocessing {

@@ -103,7 +103,7 @@ pub const CIFAR10_CLASSES: [&str; 10] = [
 
 /// Reads a file, un-gzipping it when it starts with the gzip magic.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path).map_err(io_err(path))?;
+    let raw = crate::files::read_regular(path).map_err(io_err(path))?;
     gunzip_if_needed(raw, path)
 }
 
@@ -246,7 +246,7 @@ impl Dataset {
         let mut pixels = Vec::new();
         let mut labels = Vec::new();
         for path in files {
-            let bytes = std::fs::read(path).map_err(io_err(path))?;
+            let bytes = crate::files::read_regular(path).map_err(io_err(path))?;
             if bytes.is_empty() || bytes.len() % RECORD != 0 {
                 return Err(DataError::Format {
                     path: path.clone(),

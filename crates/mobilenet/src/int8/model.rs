@@ -27,7 +27,7 @@ impl QuantizedModel {
     ///
     /// An unreadable or malformed file, a graph that is not a quantized MobileNet v1.
     pub fn load(path: &Path) -> Result<QuantizedModel, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        let bytes = crate::files::read_regular(path).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
             source,
         })?;

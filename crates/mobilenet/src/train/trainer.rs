@@ -315,7 +315,7 @@ impl Trainer {
     pub fn resume(dir: &Path) -> Result<Trainer, TrainFailure> {
         let lock = RunLock::acquire(dir)?;
         let path = dir.join(CHECKPOINT);
-        let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
+        let bytes = crate::files::read_regular(&path).map_err(|source| ModelError::Io {
             path: path.clone(),
             source,
         })?;

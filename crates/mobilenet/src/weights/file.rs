@@ -16,7 +16,7 @@ use crate::preprocess::Preprocessing;
 impl ModelFile {
     /// Reads and validates a model file.
     pub fn load(path: &Path) -> Result<ModelFile, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        let bytes = crate::files::read_regular(path).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
             source,
         })?;
