@@ -5,10 +5,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
-use common::{mobilenet, small_fashion_mnist};
+use common::{mobilenet, small_fashion_mnist, wait_for_file};
 
 struct Root(PathBuf);
 
@@ -168,14 +168,7 @@ fn ctrl_c_in_the_first_epoch_leaves_a_resumable_checkpoint() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let start = Instant::now();
-    while !run.join("run.lock").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no run directory"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(&run.join("run.lock"), Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(500));
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -213,14 +206,7 @@ fn a_second_run_into_one_directory_fails_at_once() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    let start = Instant::now();
-    while !run.join("run.lock").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no run directory"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(&run.join("run.lock"), Duration::from_secs(60));
     let second = train(&data, &run, &["--epochs", "1"])
         .output()
         .expect("run");

@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mobilenet::ModelFile;
 
 mod common;
-use common::{mobilenet, small_fashion_mnist};
+use common::{mobilenet, small_fashion_mnist, wait_for_file};
 
 fn train_args(data: &Path, out: &Path) -> Vec<String> {
     [
@@ -69,14 +69,10 @@ fn interrupted_then_resumed(name: &str, interrupt: impl FnOnce(std::process::Chi
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let start = Instant::now();
-    while !cut.join("checkpoint.safetensors").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoint after 2 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(
+        &cut.join("checkpoint.safetensors"),
+        Duration::from_secs(120),
+    );
     std::thread::sleep(Duration::from_millis(300));
     interrupt(child);
     let partial = metrics(&cut);

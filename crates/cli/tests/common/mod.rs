@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use mobilenet::data::Dataset;
 
@@ -33,4 +34,17 @@ pub fn small_fashion_mnist(dir: &Path, n: usize) {
     std::fs::create_dir_all(dir).expect("data dir");
     std::fs::write(dir.join("small-images-idx3-ubyte"), images).expect("write images");
     std::fs::write(dir.join("small-labels-idx1-ubyte"), labels).expect("write labels");
+}
+
+/// Waits until `path` exists (a run's lock or checkpoint appearing), failing after `limit`.
+pub fn wait_for_file(path: &Path, limit: Duration) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < limit,
+            "{} did not appear within {limit:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -49,21 +49,14 @@ impl Dataset {
         }
         for &j in self.indices.iter() {
             h.bytes(&(self.labels[j] as u64).to_le_bytes());
-            match &*self.source {
-                Source::Pixels {
-                    height,
-                    width,
-                    channels,
-                    pixels,
-                } => {
-                    let n = (height * width * channels) as usize;
-                    h.bytes(&pixels[j * n..(j + 1) * n]);
-                }
-                Source::Files(files) => {
+            match (&*self.source, self.source.raw(j)) {
+                (_, Some(pixels)) => h.bytes(pixels),
+                (Source::Files(files), None) => {
                     h.bytes(files[j].to_string_lossy().as_bytes());
                     let size = std::fs::metadata(&files[j]).map_or(u64::MAX, |m| m.len());
                     h.bytes(&size.to_le_bytes());
                 }
+                (Source::Pixels { .. }, None) => {}
             }
         }
         Fingerprint {

@@ -63,6 +63,24 @@ enum Source {
     Files(Vec<PathBuf>),
 }
 
+impl Source {
+    /// The bytes of image `j` held in memory (`None` for image files).
+    fn raw(&self, j: usize) -> Option<&[u8]> {
+        match self {
+            Source::Pixels {
+                height,
+                width,
+                channels,
+                pixels,
+            } => {
+                let n = (height * width * channels) as usize;
+                Some(&pixels[j * n..(j + 1) * n])
+            }
+            Source::Files(_) => None,
+        }
+    }
+}
+
 /// A labelled image data set; cheap to clone and to take subsets of.
 #[derive(Clone, Debug)]
 pub struct Dataset {
@@ -399,10 +417,9 @@ impl Dataset {
                 height,
                 width,
                 channels,
-                pixels,
+                ..
             } => {
-                let n = (height * width * channels) as usize;
-                let px = &pixels[j * n..(j + 1) * n];
+                let px = self.source.raw(j).unwrap_or_default();
                 Ok(if *channels == 1 {
                     RgbImage::from_fn(*width, *height, |x, y| {
                         let v = px[(y * width + x) as usize];
