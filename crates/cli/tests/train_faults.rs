@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::{mobilenet, small_fashion_mnist, wait_for_file};
+use common::{interrupt, mobilenet, small_fashion_mnist, wait_for_file};
 
 struct Root(PathBuf);
 
@@ -73,6 +73,16 @@ fn fails_with(out: &Output, needles: &[&str]) {
     }
 }
 
+fn succeeds(out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+}
+
+/// One epoch on `data` into `run`.
+fn one_epoch(data: &Path, run: &Path) {
+    succeeds(&train(data, run, &["--epochs", "1"]).output().expect("run"));
+}
+
 fn epochs_done(run: &Path) -> usize {
     std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |m| m.lines().count())
 }
@@ -82,22 +92,11 @@ fn resume_without_data_trains_on_the_runs_own_data() {
     let root = Root::new("resume-data");
     let (data, run) = (root.path("data"), root.path("run"));
     small_fashion_mnist(&data, 300);
-    let first = train(&data, &run, &["--epochs", "1"])
-        .output()
-        .expect("run");
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    one_epoch(&data, &run);
     // The command the program prints after Ctrl-C, from another directory, with one more epoch.
     let out = resume(&run, &["--epochs", "2"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(&out);
     let canonical = std::fs::canonicalize(&data).expect("data");
     assert!(
         stdout.contains(&format!("data: {} (100 held out)", canonical.display())),
@@ -112,14 +111,7 @@ fn resume_refuses_changed_settings_and_changed_data() {
     let (data, other, run) = (root.path("data"), root.path("other"), root.path("run"));
     small_fashion_mnist(&data, 300);
     small_fashion_mnist(&other, 300);
-    let first = train(&data, &run, &["--epochs", "1"])
-        .output()
-        .expect("run");
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    one_epoch(&data, &run);
 
     fails_with(&resume(&run, &["--lr", "0.5"]), &["--lr cannot change"]);
     fails_with(
@@ -170,12 +162,7 @@ fn ctrl_c_in_the_first_epoch_leaves_a_resumable_checkpoint() {
         .expect("spawn");
     wait_for_file(&run.join("run.lock"), Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(500));
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill -INT");
-    assert!(kill.success());
-    let out = child.wait_with_output().expect("wait");
+    let out = interrupt(child);
     assert_eq!(
         out.status.code(),
         Some(130),
@@ -187,12 +174,8 @@ fn ctrl_c_in_the_first_epoch_leaves_a_resumable_checkpoint() {
         !run.join("run.lock").exists(),
         "the lock is released on exit"
     );
-    let resumed = resume(&run, &[]);
-    assert!(
-        resumed.status.success(),
-        "the checkpoint resumes: {}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
+    // The checkpoint resumes.
+    succeeds(&resume(&run, &[]));
     assert_eq!(epochs_done(&run), 1);
 }
 

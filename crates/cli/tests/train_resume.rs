@@ -2,13 +2,13 @@
 //! the same per-epoch metrics, bit for bit (timings aside), and the same final weights.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use mobilenet::ModelFile;
 
 mod common;
-use common::{mobilenet, small_fashion_mnist, wait_for_file};
+use common::{interrupt, mobilenet, small_fashion_mnist, wait_for_file};
 
 fn train_args(data: &Path, out: &Path) -> Vec<String> {
     [
@@ -120,12 +120,7 @@ fn sigkill_mid_epoch_then_resume_reproduces_the_run() {
 #[test]
 fn ctrl_c_checkpoints_mid_epoch_and_resume_reproduces_the_run() {
     interrupted_then_resumed("sigint", |child| {
-        let kill = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .expect("kill -INT");
-        assert!(kill.success());
-        let out = child.wait_with_output().expect("wait");
+        let out = interrupt(child);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             out.status.code(),

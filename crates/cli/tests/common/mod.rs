@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test crate uses its own subset
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use mobilenet::data::Dataset;
@@ -47,4 +47,14 @@ pub fn wait_for_file(path: &Path, limit: Duration) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Sends SIGINT (Ctrl-C) to `child` and waits for it.
+pub fn interrupt(child: Child) -> Output {
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(kill.success());
+    child.wait_with_output().expect("wait")
 }

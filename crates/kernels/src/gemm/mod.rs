@@ -36,23 +36,9 @@ impl PackedB {
     /// If `b.len() != k · n`.
     pub fn new(isa: Isa, b: &[f32], k: usize, n: usize) -> PackedB {
         assert_eq!(b.len(), k * n, "B must be k·n = {k}·{n} values");
-        let nr = panel_width(isa);
-        let panels = n.div_ceil(nr);
-        let mut data = AlignedVec::zeros(panels * k * nr);
-        for p in 0..panels {
-            let cols = (n - p * nr).min(nr);
-            for kk in 0..k {
-                let dst = &mut data[(p * k + kk) * nr..][..cols];
-                dst.copy_from_slice(&b[kk * n + p * nr..][..cols]);
-            }
-        }
-        PackedB {
-            isa,
-            k,
-            n,
-            nr,
-            data,
-        }
+        PackedB::pack(isa, k, n, |kk, col, dst| {
+            dst.copy_from_slice(&b[kk * n + col..][..dst.len()]);
+        })
     }
 
     /// Packs `B = btᵀ` for `isa`, where `bt` is `[n, k]` row-major (so B is `[k, n]`): the
@@ -63,16 +49,23 @@ impl PackedB {
     /// If `bt.len() != k · n`.
     pub fn from_transposed(isa: Isa, bt: &[f32], k: usize, n: usize) -> PackedB {
         assert_eq!(bt.len(), k * n, "Bᵀ must be n·k = {n}·{k} values");
+        PackedB::pack(isa, k, n, |kk, col, dst| {
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = bt[(col + j) * k + kk];
+            }
+        })
+    }
+
+    /// Panels of `nr` columns, each `k` rows of `nr` values (zero padded on the right), filled
+    /// by `row(kk, first column, destination)` with row `kk` of B from that column on.
+    fn pack(isa: Isa, k: usize, n: usize, row: impl Fn(usize, usize, &mut [f32])) -> PackedB {
         let nr = panel_width(isa);
         let panels = n.div_ceil(nr);
         let mut data = AlignedVec::zeros(panels * k * nr);
         for p in 0..panels {
             let cols = (n - p * nr).min(nr);
             for kk in 0..k {
-                let dst = &mut data[(p * k + kk) * nr..][..cols];
-                for (j, d) in dst.iter_mut().enumerate() {
-                    *d = bt[(p * nr + j) * k + kk];
-                }
+                row(kk, p * nr, &mut data[(p * k + kk) * nr..][..cols]);
             }
         }
         PackedB {
