@@ -294,3 +294,47 @@ fn cut_off_huge_and_non_regular_inputs_are_refused() {
     }
     std::fs::remove_dir_all(&root).expect("clean up");
 }
+
+#[test]
+fn jobs_too_large_for_the_memory_are_refused_with_the_numbers() {
+    // 1.0-224 at batch 100,000 needs about 600 GB of activations: refused before allocating.
+    let out = run(&[
+        "bench", "--preset", "1.0_224", "--batch", "100000", "--runs", "1",
+    ]);
+    if mobilenet::memory::available().is_some() {
+        fails_with(
+            &out,
+            &["a batch of 100000", "MB of memory", "MB are available"],
+        );
+    }
+    // Training at 4096×4096 (about 1 TB for a batch of 64).
+    let root = temp("memory");
+    let data = root.join("data");
+    small_fashion_mnist(&data, 120);
+    let out = run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--holdout",
+        "20",
+        "--resolution",
+        "4096",
+        "--out",
+        s(&root.join("run")),
+    ]);
+    if mobilenet::memory::available().is_some() {
+        fails_with(
+            &out,
+            &[
+                "training MobileNet v1",
+                "on batches of 64",
+                "MB are available",
+            ],
+        );
+    }
+    fails_with(
+        &run(&["bench", "--runs", "18446744073709551615"]),
+        &["not in 1..=1000000"],
+    );
+    std::fs::remove_dir_all(&root).expect("clean up");
+}

@@ -259,3 +259,28 @@ fn import_does_not_overwrite_its_input() {
         "input untouched"
     );
 }
+
+#[test]
+fn a_checkpoint_with_a_nan_optimiser_state_is_refused() {
+    let root = Root::new("nan-state");
+    let (data, run) = (root.path("data"), root.path("run"));
+    small_fashion_mnist(&data, 300);
+    one_epoch(&data, &run);
+    let path = run.join("checkpoint.safetensors");
+    let bytes = std::fs::read(&path).expect("checkpoint");
+    let (model, mut extra, metadata) =
+        mobilenet::ModelFile::from_bytes_with(&bytes, &path, "optimizer/").expect("parses");
+    let (name, t) = extra
+        .iter_mut()
+        .find(|(n, _)| n.starts_with("optimizer/momentum/"))
+        .expect("momentum state");
+    t.data[0] = f32::NAN;
+    let name = name.clone();
+    let bytes = model.to_bytes_with(&extra, metadata).expect("serialise");
+    std::fs::write(&path, bytes).expect("write");
+    fails_with(
+        &resume(&run, &["--epochs", "2"]),
+        &[&name, "holds NaN or infinite values"],
+    );
+    assert_eq!(epochs_done(&run), 1, "nothing trained from the bad state");
+}

@@ -16,6 +16,7 @@ use crate::config::MobileNetConfig;
 use crate::error::ModelError;
 use crate::infer::InferenceModel;
 use crate::int8::QuantizedModel;
+use crate::memory::MemoryError;
 use crate::preprocess::Preprocessing;
 use crate::tflite::{self, ElementType};
 use crate::weights::ModelFile;
@@ -93,6 +94,32 @@ pub trait Classifier: std::fmt::Debug + Send + Sync {
         self.info_mut().labels = Some(labels);
         Ok(())
     }
+    /// Bytes a runner of `batch` images allocates beyond the model (activation buffers).
+    fn working_bytes(&self, _batch: usize) -> u64 {
+        0
+    }
+
+    /// [`Classifier::runner`], after checking that its buffers fit in the memory available
+    /// (a batch or resolution too large for the machine aborted on allocation).
+    ///
+    /// # Errors
+    ///
+    /// [`MemoryError`] naming the need and what is available.
+    fn try_runner(
+        &self,
+        batch: usize,
+        threads: usize,
+    ) -> Result<Box<dyn Runner + '_>, MemoryError> {
+        crate::memory::check(self.working_bytes(batch), || {
+            format!(
+                "a batch of {batch} at {0}×{0} ({1})",
+                self.resolution(),
+                self.config()
+            )
+        })?;
+        Ok(self.runner(batch, threads))
+    }
+
     /// Number of classes, or `None` for a feature extractor.
     fn classes(&self) -> Option<usize> {
         self.config().classes()

@@ -61,7 +61,12 @@ pub fn evaluate(
             std: [1.0 / 255.0; 3],
         },
     };
-    let mut runner = model.runner(batch, threads);
+    let mut runner = model
+        .try_runner(batch, threads)
+        .map_err(|e| DataError::Format {
+            path: "<model>".into(),
+            reason: e.to_string(),
+        })?;
     let mut bytes = vec![0u8; batch * model.pixels_len()];
     let mut non_finite = false;
     let report = tally(

@@ -32,6 +32,7 @@ pub mod import;
 pub mod infer;
 pub mod int8;
 mod layers;
+pub mod memory;
 pub mod paper;
 pub mod preprocess;
 pub mod tflite;

@@ -73,3 +73,54 @@ fn a_short_run_learns_fashion_mnist() {
     assert_eq!(metrics.lines().count(), 3);
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+/// A batch-norm statistic that turns NaN leaves the loss finite (training uses batch
+/// statistics), so the loss guard alone would save the NaN into every file. The state guard
+/// stops the run at the epoch's end instead, naming the tensor, and writes nothing.
+#[test]
+fn a_non_finite_statistic_stops_the_run_before_anything_is_saved() {
+    let all = Dataset::builtin_fashion_mnist();
+    let train = all.subset(&(0..64).collect::<Vec<_>>());
+    let val = all.subset(&(9000..9032).collect::<Vec<_>>());
+    let config = MobileNetConfig::new(0.25, 32)
+        .and_then(|c| c.with_classes(10))
+        .expect("valid")
+        .with_stem(Stem::SmallInput);
+    let options = TrainOptions {
+        epochs: 1,
+        batch_size: 32,
+        lr: 0.1,
+        schedule: Schedule::Constant,
+        optimizer: OptimizerKind::paper(),
+        weight_decay: 0.0,
+        label_smoothing: 0.0,
+        bn_decay: 0.9,
+        augment: Augment::None,
+        seed: 1,
+        threads: 1,
+        loader_workers: 1,
+    };
+    let dir = std::env::temp_dir().join(format!("mobilenet-nan-stat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut trainer = Trainer::new(&ModelFile::random(config, 3), options, &dir).expect("trainer");
+    let stat = "conv_0/bn/moving_mean";
+    trainer.net.buffers.get_mut(stat).expect("statistic")[0] = f32::NAN;
+    let err = trainer
+        .run(&train, &val, &mut Quiet(Vec::new()))
+        .expect_err("the run stops");
+    let message = err.to_string();
+    assert!(
+        message.contains(stat) && message.contains("non-finite"),
+        "{message}"
+    );
+    assert!(
+        !dir.join("checkpoint.safetensors").exists(),
+        "no checkpoint with NaN"
+    );
+    assert!(
+        !dir.join("model-last.safetensors").exists(),
+        "no model with NaN"
+    );
+    drop(trainer);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

@@ -28,10 +28,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0, value_parser = crate::threads_arg)]
     threads: usize,
     /// Timed runs (after warm-up)
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     runs: usize,
     /// Untimed warm-up runs
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000_000))]
     warmup: usize,
     /// Time per layer and per layer kind
     #[arg(long)]
@@ -119,7 +119,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let model = InferenceModel::with_fusion(&file, fusion)?;
     drop(file);
     let batch = args.batch.max(1);
-    let timed = time_model(&model, batch, args);
+    let timed = time_model(&model, batch, args)?;
     let times = &timed.times;
     let runs = times.len();
     let pct = |p: f64| percentile(times, p);
@@ -243,8 +243,8 @@ struct Timed {
 
 /// Times `model` on `batch` fixed images: `--warmup` untimed runs, `--runs` timed ones, and with
 /// `--profile` as many again with the time per step recorded.
-fn time_model(model: &dyn Classifier, batch: usize, args: &BenchArgs) -> Timed {
-    let mut runner = model.runner(batch, args.threads);
+fn time_model(model: &dyn Classifier, batch: usize, args: &BenchArgs) -> Result<Timed> {
+    let mut runner = model.try_runner(batch, args.threads)?;
     let pixels: Vec<u8> = (0..batch * model.pixels_len())
         .map(|i| ((i * 7919) % 255) as u8)
         .collect();
@@ -267,11 +267,11 @@ fn time_model(model: &dyn Classifier, batch: usize, args: &BenchArgs) -> Timed {
         }
         runner.profile().unwrap_or_default()
     });
-    Timed {
+    Ok(Timed {
         times,
         threads: runner.threads(),
         profile,
-    }
+    })
 }
 
 #[derive(Serialize)]
@@ -309,7 +309,7 @@ fn run_quantized(args: &BenchArgs, path: &std::path::Path, q: QuantizedModel) ->
             args.batch
         );
     }
-    let timed = time_model(&q, 1, args);
+    let timed = time_model(&q, 1, args)?;
     let steps = match &timed.profile {
         Some(p) => q
             .steps()
@@ -326,7 +326,7 @@ fn run_quantized(args: &BenchArgs, path: &std::path::Path, q: QuantizedModel) ->
     let (file, _) = import(path, &ImportOptions::default())?;
     let model = InferenceModel::new(&file)?;
     drop(file);
-    let ftimed = time_model(&model, 1, args);
+    let ftimed = time_model(&model, 1, args)?;
     let (times, ftimes) = (&timed.times, &ftimed.times);
     let runs = times.len();
     let pct = percentile;

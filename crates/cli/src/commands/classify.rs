@@ -74,7 +74,7 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
         model.set_crop(crop);
     }
     let batch = args.batch.clamp(1, args.images.len().max(1));
-    let mut runner = model.runner(batch, args.threads);
+    let mut runner = model.try_runner(batch, args.threads)?;
     let mut failures = 0usize;
     let mut probs = vec![0.0; batch * classes];
     for paths in args.images.chunks(batch) {

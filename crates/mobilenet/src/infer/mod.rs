@@ -233,6 +233,27 @@ impl InferenceModel {
     pub fn layers(&self) -> &[PlannedLayer] {
         &self.layers
     }
+    /// Values per image of the largest input or output of a step (of every pipeline stage
+    /// too, with `stages`: sessions that run a pipeline stage by stage hold its activations).
+    fn largest_values(&self, stages: bool) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| match &l.op {
+                Op::Pipeline(s) if stages => s.iter().map(|s| &s.layer).collect(),
+                _ => vec![l],
+            })
+            .flat_map(|l| [l.input, l.output])
+            .map(|s| s.iter().product::<usize>())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Bytes of the activation buffers a session of `batch` images allocates at most (two
+    /// ping-pong buffers of the largest step), to check against the memory available first.
+    pub fn activation_bytes(&self, batch: usize) -> u64 {
+        2 * 4 * self.largest_values(true) as u64 * batch.max(1) as u64
+    }
+
     /// Values per image in the network's output (classes, or the final feature map).
     pub fn output_len(&self) -> usize {
         self.layers.last().map_or(0, |l| l.output.iter().product())

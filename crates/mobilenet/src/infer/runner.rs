@@ -29,6 +29,9 @@ impl Classifier for InferenceModel {
             })
             .collect()
     }
+    fn working_bytes(&self, batch: usize) -> u64 {
+        self.activation_bytes(batch)
+    }
     fn runner(&self, batch: usize, threads: usize) -> Box<dyn Runner + '_> {
         let session = self.session(batch, threads);
         let batch = session.batch();

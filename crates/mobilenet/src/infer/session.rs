@@ -35,20 +35,11 @@ pub struct Session<'m> {
 impl<'m> Session<'m> {
     pub(super) fn new(model: &'m InferenceModel, batch: usize, threads: usize) -> Session<'m> {
         let batch = batch.max(1);
+        let threads = resolve_threads(threads);
         // With one thread everything runs on the caller's thread: the pool has no workers.
-        let pool = SpinPool::new(resolve_threads(threads));
+        let pool = SpinPool::new(threads);
         let stream = batch.is_multiple_of(threads);
-        let largest = model
-            .layers
-            .iter()
-            .flat_map(|l| match &l.op {
-                Op::Pipeline(stages) if !stream => stages.iter().map(|s| &s.layer).collect(),
-                _ => vec![l],
-            })
-            .flat_map(|l| [l.input, l.output])
-            .map(|s| s.iter().product::<usize>())
-            .max()
-            .unwrap_or(0);
+        let largest = model.largest_values(!stream);
         // Image-major prefix: the leading layers whose output per image is larger than their
         // weights (at 1.0-224: blocks 0–5, 0.8–3.2 MB of activations per image).
         let image_major = if batch > 1 {
@@ -182,5 +173,26 @@ impl<'m> Session<'m> {
             observe(layer, &self.ping[..cur_len]);
         }
         &self.ping[..cur_len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MobileNetConfig, ModelFile};
+
+    /// `threads` 0 means every core, and plans exactly as that explicit count does (a session
+    /// once decided whether pipelines stream from the 0 itself).
+    #[test]
+    fn all_cores_plans_like_the_explicit_count() {
+        let config = MobileNetConfig::new(0.25, 64).expect("config");
+        let model = InferenceModel::new(&ModelFile::random(config, 1)).expect("plan");
+        let cores = resolve_threads(0);
+        for batch in [1, 2, 3, 4] {
+            let (all, explicit) = (model.session(batch, 0), model.session(batch, cores));
+            assert_eq!(all.threads(), cores);
+            assert_eq!(all.stream, explicit.stream, "batch {batch}");
+            assert_eq!(all.image_major, explicit.image_major, "batch {batch}");
+        }
     }
 }

@@ -200,6 +200,20 @@ impl TrainNet {
         })
     }
 
+    /// About how many bytes training `config` on batches of `batch` takes: the activations
+    /// and pre-activations of every convolution kept for the backward pass, two gradient
+    /// buffers of the largest, and four copies of the parameters (values, gradients, the
+    /// optimiser's two states).
+    pub fn memory_bytes(config: &MobileNetConfig, batch: usize) -> u64 {
+        let layers = config.layers();
+        let outputs = layers
+            .iter()
+            .map(|l| l.output.iter().product::<usize>() as u64);
+        let (sum, max) = outputs.fold((0, 0), |(s, m), o| (s + o, m.max(o)));
+        let params = crate::ModelCost::of(config).total.params();
+        4 * (batch.max(1) as u64 * (2 * sum + 2 * max) + 4 * params)
+    }
+
     /// The network's configuration.
     pub fn config(&self) -> &MobileNetConfig {
         &self.config

@@ -189,6 +189,13 @@ pub struct TrainerState {
     pub data: Option<DataRecord>,
 }
 
+/// Refuses a run whose batch does not fit in the memory available.
+fn check_memory(config: &crate::MobileNetConfig, batch: usize) -> Result<(), TrainFailure> {
+    let need = TrainNet::memory_bytes(config, batch);
+    crate::memory::check(need, || format!("training {config} on batches of {batch}"))?;
+    Ok(())
+}
+
 /// JSON has no infinities: serde_json writes −∞ as `null`, which reads back as −∞.
 fn neg_infinity_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
     Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NEG_INFINITY))
@@ -222,9 +229,21 @@ pub enum TrainFailure {
         /// Batch within the epoch.
         batch: usize,
     },
+    /// A parameter, a batch-norm statistic or the optimiser's state became NaN or infinite
+    /// (the loss can stay finite while they do); the last checkpoint was kept.
+    #[error("{tensor} became non-finite by epoch {epoch}: stopping; the last good checkpoint is kept (lower the learning rate?)")]
+    NonFiniteState {
+        /// The tensor.
+        tensor: String,
+        /// Epoch (from 1).
+        epoch: usize,
+    },
     /// The model cannot be trained.
     #[error(transparent)]
     Train(#[from] super::net::TrainError),
+    /// The run does not fit in memory.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
     /// A training option is out of range.
     #[error("{0}")]
     Options(String),
@@ -290,6 +309,7 @@ impl Trainer {
         dir: &Path,
     ) -> Result<Trainer, TrainFailure> {
         options.validate().map_err(TrainFailure::Options)?;
+        check_memory(&model.config, options.batch_size)?;
         let net = TrainNet::from_model(model, options.threads)?;
         let optimizer = Optimizer::new(options.optimizer, options.weight_decay, &net.params);
         let lock = RunLock::acquire(dir)?;
@@ -336,6 +356,7 @@ impl Trainer {
                 .ok_or_else(|| bad("no optimiser state".into()))?,
         )
         .map_err(|e| bad(format!("invalid optimiser state: {e}")))?;
+        check_memory(&model.config, state.options.batch_size)?;
         let net = TrainNet::from_model(&model, state.options.threads)?;
         let mut optimizer = Optimizer::new(
             optimizer_meta.kind,
@@ -365,13 +386,52 @@ impl Trainer {
                 target.copy_from_slice(&t.data);
             }
         }
-        Ok(Trainer {
+        let trainer = Trainer {
             net,
             optimizer,
             state,
             dir: dir.to_path_buf(),
             _lock: lock,
-        })
+        };
+        if let Some(tensor) = trainer.first_non_finite() {
+            return Err(bad(format!("{tensor} holds NaN or infinite values")));
+        }
+        Ok(trainer)
+    }
+
+    /// The first parameter, statistic or optimiser tensor holding a NaN or an infinity.
+    fn first_non_finite(&self) -> Option<String> {
+        let bad = |v: &[f32]| v.iter().any(|x| !x.is_finite());
+        let params = self.net.params.iter().map(|p| (p.name.clone(), &p.value));
+        let stats = self.net.buffers.iter().map(|(n, v)| (n.clone(), v));
+        let opt = self.net.params.iter().enumerate().flat_map(|(i, p)| {
+            [
+                (
+                    format!("optimizer/mean_square/{}", p.name),
+                    &self.optimizer.mean_square[i],
+                ),
+                (
+                    format!("optimizer/momentum/{}", p.name),
+                    &self.optimizer.momentum[i],
+                ),
+            ]
+        });
+        params
+            .chain(stats)
+            .chain(opt)
+            .find(|(_, v)| bad(v))
+            .map(|(name, _)| name)
+    }
+
+    /// Refuses to write a state that holds NaN or infinity.
+    fn check_finite(&self) -> Result<(), TrainFailure> {
+        match self.first_non_finite() {
+            Some(tensor) => Err(TrainFailure::NonFiniteState {
+                tensor,
+                epoch: self.state.epoch + 1,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The run directory.
@@ -497,11 +557,13 @@ impl Trainer {
                     (p.seen as f64 / p.step_seconds.max(1e-9)) as f32,
                 );
                 if progress.stop_requested() && self.state.batch < batches {
+                    self.check_finite()?;
                     self.save_checkpoint()?;
                     return Ok(RunEnd::Interrupted);
                 }
             }
             // End of epoch: evaluate with the moving statistics, record, checkpoint.
+            self.check_finite()?;
             let model = self.net.to_model();
             let plan = InferenceModel::new(&model)?;
             let report = evaluate(&plan, val, o.batch_size.max(1), o.threads, o.loader_workers)?;
