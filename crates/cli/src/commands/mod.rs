@@ -5,3 +5,4 @@ pub mod eval;
 pub mod import;
 pub mod quantize;
 pub mod train;
+mod train_data;

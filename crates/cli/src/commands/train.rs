@@ -5,24 +5,24 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
-use clap::parser::ValueSource;
+use anyhow::{Context, Result};
 use clap::{ArgMatches, Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mobilenet::data::{Augment, Dataset};
 use mobilenet::train::optim::{OptimizerKind, RmsPropVariant, Schedule};
 use mobilenet::train::recipe;
-use mobilenet::train::run::{DataRecord, DataSource};
+use mobilenet::train::run::DataRecord;
 use mobilenet::train::trainer::{
-    EpochMetrics, Progress, RunEnd, TrainOptions, Trainer, MODEL_BEST, MODEL_LAST,
+    EpochMetrics, Progress, RunEnd, TrainOptions, Trainer, MODEL_BEST,
 };
 use mobilenet::weights::{ModelFile, WeightInit};
 use mobilenet::{Classifier, InferenceModel, MobileNetConfig, Padding, Preset, Stem};
 
+use super::train_data::{data_source, datasets, resume_source};
 use crate::plot;
 
 /// Where the full Fashion-MNIST set lives when Debian's `dataset-fashion-mnist` is installed.
-const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+pub(super) const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OptimizerArg {
@@ -65,13 +65,13 @@ pub struct TrainArgs {
     /// Default: Fashion-MNIST (the full 60k set if installed in /usr/share/datasets, else the
     /// built-in 10k test set split into train and held-out parts)
     #[arg(long)]
-    data: Option<PathBuf>,
+    pub(super) data: Option<PathBuf>,
     /// Held-out data (default: test/ or val/ beside train/, else --holdout images of --data)
     #[arg(long)]
-    val: Option<PathBuf>,
+    pub(super) val: Option<PathBuf>,
     /// Images held out of --data for validation when there is no separate held-out set
     #[arg(long, default_value_t = 1000)]
-    holdout: usize,
+    pub(super) holdout: usize,
     /// Named α × resolution, e.g. 0.5_32
     #[arg(long, conflicts_with_all = ["alpha", "resolution"])]
     preset: Option<Preset>,
@@ -89,7 +89,7 @@ pub struct TrainArgs {
     padding: Padding,
     /// Passes over the training data
     #[arg(long)]
-    epochs: Option<usize>,
+    pub(super) epochs: Option<usize>,
     /// Images per step
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -141,13 +141,13 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = InitArg::Torch)]
     weight_init: InitArg,
     #[arg(long, default_value_t = 1)]
-    seed: u64,
+    pub(super) seed: u64,
     /// Compute threads (default: all cores)
     #[arg(long, default_value_t = 0, value_parser = crate::threads_arg)]
-    threads: usize,
+    pub(super) threads: usize,
     /// Threads decoding and augmenting images
     #[arg(long, default_value_t = 2)]
-    workers: usize,
+    pub(super) workers: usize,
     /// Run directory for checkpoints, metrics and plots
     #[arg(long)]
     out: Option<PathBuf>,
@@ -229,96 +229,6 @@ impl Progress for Bars {
 /// Whether the data is Fashion-MNIST from the default location (the demo's settings apply).
 fn is_default_data(args: &TrainArgs) -> bool {
     args.data.is_none()
-}
-
-/// Where the arguments say the data is (paths made absolute, so that a resume from another
-/// directory opens the same files).
-fn data_source(args: &TrainArgs) -> DataSource {
-    let absolute = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
-    DataSource {
-        data: args.data.as_ref().map(absolute),
-        val: args.val.as_ref().map(absolute),
-        holdout: args.holdout,
-        split_seed: args.seed,
-    }
-}
-
-/// The training and held-out sets of `source`, refusing a split that leaves either empty.
-fn datasets(source: &DataSource) -> Result<(Dataset, Dataset, String)> {
-    let (train, val, described) = open_datasets(source)?;
-    if train.is_empty() {
-        bail!(
-            "no training images: {described} (the data has {} images; --holdout {} takes them all)",
-            train.len() + val.len(),
-            source.holdout
-        );
-    }
-    if val.is_empty() {
-        bail!("no held-out images to evaluate on: {described} (give --holdout N or --val DIR)");
-    }
-    if train.classes().len() < 2 {
-        bail!(
-            "{described}: one class ({:?}); a classifier needs at least two",
-            train.classes()
-        );
-    }
-    Ok((train, val, described))
-}
-
-fn open_datasets(source: &DataSource) -> Result<(Dataset, Dataset, String)> {
-    let (holdout, seed) = (source.holdout, source.split_seed);
-    if let Some(path) = &source.data {
-        let (train_dir, val_dir) = (path.join("train"), ["test", "val"].map(|d| path.join(d)));
-        if train_dir.is_dir() && source.val.is_none() {
-            if let Some(val_dir) = val_dir.iter().find(|d| d.is_dir()) {
-                let train = Dataset::open(&train_dir)?;
-                let val = Dataset::open(val_dir)?;
-                return Ok((
-                    train,
-                    val,
-                    format!(
-                        "{} (train/ and {}/)",
-                        path.display(),
-                        val_dir
-                            .file_name()
-                            .and_then(|n| n.to_str())
-                            .unwrap_or("test")
-                    ),
-                ));
-            }
-        }
-        let data = Dataset::open(path)?;
-        return Ok(match &source.val {
-            Some(v) => (data, Dataset::open(v)?, path.display().to_string()),
-            None => {
-                let (t, v) = data.split(holdout, seed);
-                (t, v, format!("{} ({holdout} held out)", path.display()))
-            }
-        });
-    }
-    let debian = Path::new(DEBIAN_FASHION_MNIST);
-    if debian.join("train-images-idx3-ubyte.gz").exists() {
-        let train = Dataset::fashion_mnist(
-            &debian.join("train-images-idx3-ubyte.gz"),
-            &debian.join("train-labels-idx1-ubyte.gz"),
-        )?;
-        let val = Dataset::fashion_mnist(
-            &debian.join("t10k-images-idx3-ubyte.gz"),
-            &debian.join("t10k-labels-idx1-ubyte.gz"),
-        )?;
-        return Ok((
-            train,
-            val,
-            format!("Fashion-MNIST 60k train / 10k test ({DEBIAN_FASHION_MNIST})"),
-        ));
-    }
-    let (train, val) = Dataset::builtin_fashion_mnist().split(holdout, seed);
-    let described = format!(
-        "built-in Fashion-MNIST test set: {} to train, {} held out",
-        train.len(),
-        val.len()
-    );
-    Ok((train, val, described))
 }
 
 fn model_for(args: &TrainArgs, data: &Dataset) -> Result<ModelFile> {
@@ -424,117 +334,6 @@ fn options(args: &TrainArgs, small: bool, resolution: usize, train_len: usize) -
         threads: args.threads,
         loader_workers: args.workers.max(1),
     }
-}
-
-/// Flags that define a run: on `--resume` the checkpoint's values hold, and giving one of these
-/// is an error (the data flags may repeat the run's own values).
-const RUN_FLAGS: [&str; 24] = [
-    "preset",
-    "alpha",
-    "resolution",
-    "stem",
-    "padding",
-    "batch_size",
-    "lr",
-    "optimizer",
-    "momentum",
-    "rms_decay",
-    "rms_epsilon",
-    "schedule",
-    "decay_rate",
-    "decay_epochs",
-    "warmup_epochs",
-    "weight_decay",
-    "label_smoothing",
-    "bn_decay",
-    "dropout",
-    "no_augment",
-    "pad",
-    "weight_init",
-    "init",
-    "out",
-];
-
-/// Whether `id` was given on the command line.
-fn given(matches: Option<&ArgMatches>, id: &str) -> bool {
-    matches.is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine))
-}
-
-/// The resumed run's data source; refuses flags that would change the run.
-fn resume_source(
-    args: &TrainArgs,
-    matches: Option<&ArgMatches>,
-    dir: &Path,
-    trainer: &mut Trainer,
-) -> Result<DataSource> {
-    if let Some(flag) = RUN_FLAGS.iter().find(|f| given(matches, f)) {
-        bail!(
-            "--{} cannot change when resuming {}: the checkpoint holds the run's settings \
-             (to train with other settings, start a new run with --init {})",
-            flag.replace('_', "-"),
-            dir.display(),
-            dir.join(MODEL_LAST).display()
-        );
-    }
-    let asked = data_source(args);
-    let Some(record) = &trainer.state.data else {
-        eprintln!(
-            "warning: {} was written before runs recorded their data: resuming on the data \
-             the arguments name",
-            dir.display()
-        );
-        return Ok(asked);
-    };
-    let recorded = &record.source;
-    let differs = |flag: &str, then: String, now: String| -> Result<()> {
-        if given(matches, flag) && then != now {
-            bail!(
-                "--{} {now} differs from the run's {then}: a resumed run trains on the data it \
-                 started with (leave the flag out)",
-                flag.replace('_', "-")
-            );
-        }
-        Ok(())
-    };
-    let path = |p: &Option<PathBuf>| {
-        p.as_ref()
-            .map_or("the default data".into(), |p| p.display().to_string())
-    };
-    differs("data", path(&recorded.data), path(&asked.data))?;
-    differs("val", path(&recorded.val), path(&asked.val))?;
-    differs(
-        "holdout",
-        recorded.holdout.to_string(),
-        asked.holdout.to_string(),
-    )?;
-    differs(
-        "seed",
-        recorded.split_seed.to_string(),
-        asked.split_seed.to_string(),
-    )?;
-    if given(matches, "epochs") {
-        let epochs = args.epochs.unwrap_or(0);
-        let done = trainer.state.history.len();
-        if epochs <= done {
-            bail!("--epochs {epochs}: the run has already finished {done} epochs");
-        }
-        println!(
-            "resuming with --epochs {epochs} instead of the run's {} (the learning-rate \
-             schedule stretches to the new length)",
-            trainer.state.options.epochs
-        );
-        trainer.state.options.epochs = epochs;
-    }
-    for (flag, value) in [("threads", args.threads), ("workers", args.workers.max(1))] {
-        if given(matches, flag) {
-            if flag == "threads" {
-                trainer.state.options.threads = value;
-            } else {
-                trainer.state.options.loader_workers = value;
-            }
-        }
-    }
-    Ok(recorded.clone())
 }
 
 pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
