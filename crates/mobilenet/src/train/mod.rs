@@ -8,6 +8,7 @@
 //! | `head.rs` | average pool, dropout, classifier, softmax cross-entropy |
 //! | `net.rs` | [`net::TrainNet`]: parameters and one step, chaining the layers |
 //! | `optim.rs` | RMSprop (TF and PyTorch forms), SGD with momentum, weight decay |
+//! | `options.rs` | [`trainer::TrainOptions`]: the recipe of a run and its valid ranges |
 //! | `trainer.rs` | epochs, evaluation, checkpoints, resume |
 //! | `run.rs` | the data record a resume checks, the run directory's lock |
 
@@ -18,6 +19,7 @@ mod gradcheck;
 pub mod head;
 pub mod net;
 pub mod optim;
+mod options;
 pub mod recipe;
 pub mod run;
 pub mod trainer;

@@ -15,123 +15,15 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::net::{StepOptions, TrainNet};
-use super::optim::{Optimizer, OptimizerKind, Schedule};
+use super::optim::Optimizer;
+pub use super::options::TrainOptions;
 use super::run::{DataRecord, RunLock};
 use super::Rng;
-use crate::data::{shuffle, Augment, DataError, Dataset, Loader};
+use crate::data::{shuffle, DataError, Dataset, Loader};
 use crate::error::ModelError;
 use crate::eval::evaluate;
 use crate::infer::InferenceModel;
 use crate::weights::{write_atomic, ModelFile, Tensor};
-
-/// Everything that defines a training run besides the model and the data.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainOptions {
-    /// Passes over the training set.
-    pub epochs: usize,
-    /// Images per step.
-    pub batch_size: usize,
-    /// Base learning rate.
-    pub lr: f32,
-    /// Learning-rate schedule.
-    pub schedule: Schedule,
-    /// Optimiser.
-    pub optimizer: OptimizerKind,
-    /// L2 weight decay on conv, pointwise and FC weights (never depthwise filters).
-    pub weight_decay: f32,
-    /// Label smoothing (0: off, as in the paper).
-    pub label_smoothing: f32,
-    /// Batch-norm moving-average decay.
-    pub bn_decay: f32,
-    /// Training augmentation.
-    pub augment: Augment,
-    /// Seed of shuffling, augmentation and dropout.
-    pub seed: u64,
-    /// Compute threads (0: all cores).
-    pub threads: usize,
-    /// Threads decoding and augmenting images ahead of the steps.
-    pub loader_workers: usize,
-}
-
-impl TrainOptions {
-    /// Checks every value for a range that trains: a clear message instead of a run that
-    /// diverges or silently does nothing.
-    ///
-    /// # Errors
-    ///
-    /// The first value out of range, named.
-    pub fn validate(&self) -> Result<(), String> {
-        let unit = |v: f32| (0.0..1.0).contains(&v);
-        let positive = |v: f32| v.is_finite() && v > 0.0;
-        let checks: [(bool, String); 6] = [
-            (
-                self.epochs >= 1,
-                format!("epochs {} must be at least 1", self.epochs),
-            ),
-            (
-                self.batch_size >= 1,
-                format!("batch size {} must be at least 1", self.batch_size),
-            ),
-            (
-                positive(self.lr),
-                format!("learning rate {} must be positive", self.lr),
-            ),
-            (
-                self.weight_decay.is_finite() && self.weight_decay >= 0.0,
-                format!("weight decay {} must be 0 or more", self.weight_decay),
-            ),
-            (
-                unit(self.label_smoothing),
-                format!("label smoothing {} must be in [0, 1)", self.label_smoothing),
-            ),
-            (
-                unit(self.bn_decay),
-                format!("batch-norm decay {} must be in [0, 1)", self.bn_decay),
-            ),
-        ];
-        if let Some((_, message)) = checks.into_iter().find(|(ok, _)| !ok) {
-            return Err(message);
-        }
-        match self.optimizer {
-            OptimizerKind::RmsProp {
-                decay,
-                momentum,
-                epsilon,
-                ..
-            } => {
-                if !unit(decay) {
-                    return Err(format!("RMSprop decay {decay} must be in [0, 1)"));
-                }
-                if !unit(momentum) {
-                    return Err(format!("momentum {momentum} must be in [0, 1)"));
-                }
-                if !positive(epsilon) {
-                    return Err(format!("RMSprop epsilon {epsilon} must be positive"));
-                }
-            }
-            OptimizerKind::Sgd { momentum } if !unit(momentum) => {
-                return Err(format!("momentum {momentum} must be in [0, 1)"));
-            }
-            OptimizerKind::Sgd { .. } => {}
-        }
-        match self.schedule {
-            Schedule::Exponential { rate, every_epochs }
-                if !(rate > 0.0 && rate <= 1.0 && positive(every_epochs)) =>
-            {
-                Err(format!(
-                    "exponential schedule: rate {rate} must be in (0, 1] and the period \
-                 {every_epochs} positive"
-                ))
-            }
-            Schedule::Cosine { warmup_epochs }
-                if !(warmup_epochs.is_finite() && warmup_epochs >= 0.0) =>
-            {
-                Err(format!("warm-up epochs {warmup_epochs} must be 0 or more"))
-            }
-            _ => Ok(()),
-        }
-    }
-}
 
 /// Metrics of one epoch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
