@@ -81,7 +81,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         t.row([
             name.clone(),
             n.to_string(),
-            format!("{:.1}%", 100.0 * report.per_class[c]),
+            if n == 0 {
+                "no images".to_string()
+            } else {
+                format!("{:.1}%", 100.0 * report.per_class[c])
+            },
         ]);
     }
     print!("{}", t.render());

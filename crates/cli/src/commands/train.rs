@@ -225,16 +225,15 @@ impl Progress for Bars {
     }
 }
 
-/// The training and held-out sets the arguments name.
 /// Whether the data is Fashion-MNIST from the default location (the demo's settings apply).
 fn is_default_data(args: &TrainArgs) -> bool {
     args.data.is_none()
 }
 
-fn model_for(args: &TrainArgs, data: &Dataset) -> Result<ModelFile> {
+/// The model a new run starts from; `small`: the data's images are small (see
+/// [`recipe::is_small`]).
+fn model_for(args: &TrainArgs, data: &Dataset, small: bool) -> Result<ModelFile> {
     let classes = data.classes().len();
-    let first = data.image(0).context("reading the first training image")?;
-    let small = recipe::is_small(first.width(), first.height());
     let (alpha, resolution) = match args.preset {
         Some(p) => (p.alpha, p.resolution),
         None => {
@@ -381,9 +380,9 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
             t
         }
         None => {
-            let model = model_for(args, &train)?;
-            let first = train.image(0)?;
-            let small = first.width().max(first.height()) <= 32;
+            let first = train.image(0).context("reading the first training image")?;
+            let small = recipe::is_small(first.width(), first.height());
+            let model = model_for(args, &train, small)?;
             let opts = options(args, small, model.config.resolution(), train.len());
             let dir = args
                 .out

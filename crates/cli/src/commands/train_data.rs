@@ -29,7 +29,8 @@ pub(super) fn datasets(source: &DataSource) -> Result<(Dataset, Dataset, String)
     let (train, val, described) = open_datasets(source)?;
     if train.is_empty() {
         bail!(
-            "no training images: {described} (the data has {} images; --holdout {} takes them all)",
+            "no training images: {described} (the data has {} images; --holdout {} takes them \
+             all: give a smaller --holdout, or --val DIR)",
             train.len() + val.len(),
             source.holdout
         );
@@ -201,14 +202,11 @@ pub(super) fn resume_source(
         );
         trainer.state.options.epochs = epochs;
     }
-    for (flag, value) in [("threads", args.threads), ("workers", args.workers.max(1))] {
-        if given(matches, flag) {
-            if flag == "threads" {
-                trainer.state.options.threads = value;
-            } else {
-                trainer.state.options.loader_workers = value;
-            }
-        }
+    if given(matches, "threads") {
+        trainer.state.options.threads = args.threads;
+    }
+    if given(matches, "workers") {
+        trainer.state.options.loader_workers = args.workers.max(1);
     }
     Ok(recorded.clone())
 }

@@ -165,7 +165,7 @@ pub struct ModelFile {
     /// One label per output class (index 0 is "background" in Google's 1001-class models).
     pub labels: Option<Vec<String>>,
     /// Weights by name (see [`tensor_specs`]): private, so that only [`ModelFile::new`], the
-    /// readers and the checked setters put tensors in.
+    /// readers and the trainer (writing back what it read through the views) put tensors in.
     tensors: BTreeMap<String, Tensor>,
 }
 

@@ -223,32 +223,6 @@ impl ModelFile {
         Ok(kept)
     }
 
-    /// Sets a weight of the layer table (replacing the one of that name).
-    ///
-    /// # Errors
-    ///
-    /// A name the layer table does not have, or another shape than it says.
-    pub fn set_tensor(&mut self, name: &str, tensor: Tensor) -> Result<(), ModelError> {
-        let specs = super::tensor_specs(&self.config);
-        match specs.iter().find(|s| s.name == name) {
-            Some(spec) if spec.shape == tensor.shape => {
-                self.tensors.insert(name.to_string(), tensor);
-                Ok(())
-            }
-            Some(spec) => Err(ModelError::Shape {
-                path: "<model>".into(),
-                name: name.to_string(),
-                expected: spec.shape.clone(),
-                found: tensor.shape,
-            }),
-            None => Err(ModelError::UnexpectedTensor {
-                path: "<model>".into(),
-                name: name.to_string(),
-                config: self.config.to_string(),
-            }),
-        }
-    }
-
     /// Puts a tensor in without checks: the trainer writing back the weights it read through
     /// the views (same names, same shapes).
     pub(crate) fn insert_tensor(&mut self, name: String, tensor: Tensor) {
