@@ -16,6 +16,10 @@ struct Cli {
     /// options), then classify held-out images with the result
     #[command(subcommand)]
     command: Option<Command>,
+    /// Largest image decoded, in pixels (default 100 million: 300 MB as RGB); larger images are
+    /// refused from their header
+    #[arg(long, global = true, value_name = "PIXELS", value_parser = clap::value_parser!(u64).range(1..))]
+    max_image_pixels: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +56,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
+    if let Some(pixels) = cli.max_image_pixels {
+        mobilenet::preprocess::set_max_image_pixels(pixels);
+    }
     // Which train flags were given on the command line (a resumed run refuses most of them).
     let train_matches = matches.subcommand_matches("train");
     let command = match cli.command {
@@ -76,9 +83,18 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line: the error and its causes, outermost first.
-            let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
-            eprintln!("error: {}", chain.join(": "));
+            // One line: the error and its causes, outermost first; a cause the message
+            // already quotes (`path: {source}`) is not repeated.
+            let mut line = String::new();
+            for cause in err.chain().map(ToString::to_string) {
+                if !line.contains(&cause) {
+                    if !line.is_empty() {
+                        line.push_str(": ");
+                    }
+                    line.push_str(&cause);
+                }
+            }
+            eprintln!("error: {line}");
             ExitCode::FAILURE
         }
     }

@@ -267,6 +267,34 @@ fn cut_off_huge_and_non_regular_inputs_are_refused() {
         &run(&["classify", "--model", s(&model), s(&bomb)]),
         &["bomb.png", "16384×16384", "megapixels"],
     );
+    // The limit is a flag: lowered, an ordinary photo is refused; raised, the bomb gets past
+    // the size check and fails as the header-only file it is.
+    fails_with(
+        &run(&[
+            "classify",
+            "--model",
+            s(&model),
+            "--max-image-pixels",
+            "1000",
+            s(&jpeg),
+        ]),
+        &[
+            "photo.jpg",
+            "256×256 is 65536 pixels",
+            "up to 1000 pixels",
+            "--max-image-pixels",
+        ],
+    );
+    let raised = run(&[
+        "classify",
+        "--model",
+        s(&model),
+        "--max-image-pixels",
+        "300000000",
+        s(&bomb),
+    ]);
+    fails_with(&raised, &["bomb.png"]);
+    assert!(!String::from_utf8_lossy(&raised.stderr).contains("megapixels"));
 
     // A device and a directory are not files to read (a FIFO hung, /dev/zero read until
     // memory ran out).

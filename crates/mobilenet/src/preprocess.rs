@@ -1,9 +1,11 @@
 //! Image loading and the model's preprocessing: crop, resize, pixel normalisation.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use image::imageops::FilterType;
-use image::RgbImage;
+use image::{ImageDecoder, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ImageError;
@@ -70,28 +72,98 @@ pub fn load_image(path: &Path) -> Result<RgbImage, ImageError> {
     decode_image(&bytes, path)
 }
 
-/// Largest width or height accepted, so that a crafted header cannot ask for gigabytes.
-pub const MAX_IMAGE_SIDE: u32 = 16384;
-/// Most pixels accepted (100 megapixels: 300 MB as RGB): a 1 MB PNG claiming 16384² pixels
-/// took 1.85 GB to decode.
-pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
+/// Decodes an image file as [`load_image`] and calls `f` with it (to crop and resize it,
+/// say) while the image counts against the decoding budget: however many threads call this,
+/// the images they decode and hold take at most about [`DECODE_BUDGET`] bytes at once (one
+/// image larger than that runs alone). `f` must not decode images itself.
+pub fn load_image_with<T>(path: &Path, f: impl FnOnce(&RgbImage) -> T) -> Result<T, ImageError> {
+    let bytes = crate::files::read_regular(path).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (img, _lease) = decode_leased(&bytes, path)?;
+    Ok(f(&img))
+}
+
+/// Most pixels accepted by default (100 megapixels: 300 MB as RGB): a 1 MB PNG claiming
+/// 16384² pixels took 1.85 GB to decode.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 100_000_000;
+
+static MAX_IMAGE_PIXELS: AtomicU64 = AtomicU64::new(DEFAULT_MAX_IMAGE_PIXELS);
+
+/// Sets the most pixels an image may have to be decoded, for the whole process (like PIL's
+/// `Image.MAX_IMAGE_PIXELS`): larger images are refused from their header, before anything is
+/// allocated for them.
+pub fn set_max_image_pixels(pixels: u64) {
+    MAX_IMAGE_PIXELS.store(pixels.max(1), Ordering::Relaxed);
+}
+
+/// The most pixels an image may have (see [`set_max_image_pixels`]).
+pub fn max_image_pixels() -> u64 {
+    MAX_IMAGE_PIXELS.load(Ordering::Relaxed)
+}
+
+/// Bytes that images being decoded (and held by [`load_image_with`]) may take at once, over
+/// all threads: 8 threads each decoding a 100-megapixel image would otherwise need ~5 GB.
+pub const DECODE_BUDGET: u64 = 1 << 30;
+
+/// The budget and the bytes of it in use.
+static BUDGET: (AtomicU64, Mutex<u64>, Condvar) =
+    (AtomicU64::new(DECODE_BUDGET), Mutex::new(0), Condvar::new());
+
+/// A share of the decoding budget, returned when dropped.
+struct Lease(u64);
+
+impl Lease {
+    /// Waits until `bytes` (at most the whole budget) are free and takes them.
+    fn take(bytes: u64) -> Lease {
+        let (budget, used, freed) = &BUDGET;
+        let budget = budget.load(Ordering::Relaxed);
+        let want = bytes.min(budget);
+        let mut used = used.lock().unwrap_or_else(|e| e.into_inner());
+        while *used + want > budget {
+            used = freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += want;
+        Lease(want)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let (_, used, freed) = &BUDGET;
+        *used.lock().unwrap_or_else(|e| e.into_inner()) -= self.0;
+        freed.notify_all();
+    }
+}
 
 /// Decodes an image held in memory (`path` is used in messages), as [`load_image`].
 pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
+    decode_leased(bytes, path).map(|(img, _)| img)
+}
+
+/// Decodes an image, holding a share of the decoding budget for its decoder's buffer and the
+/// 8-bit RGB copy; the share stays taken while the returned lease lives.
+fn decode_leased(bytes: &[u8], path: &Path) -> Result<(RgbImage, Lease), ImageError> {
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|source| ImageError::Io {
             path: path.to_path_buf(),
             source,
         })?;
+    let max_pixels = max_image_pixels();
     let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    limits.max_alloc = Some(1 << 30);
+    // No side can be longer than the pixel count; the decoder's buffer (at most 8 bytes per
+    // pixel, 16-bit RGBA) must fit.
+    let side = u32::try_from(max_pixels).unwrap_or(u32::MAX);
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 30));
     reader.limits(limits);
+    // The decoders' messages can end in a newline.
     let bad = |reason: String| ImageError::Decode {
         path: path.to_path_buf(),
-        reason,
+        reason: reason.trim_end().to_string(),
     };
     let Some(format) = reader.format() else {
         return Err(bad("not a JPEG, PNG, BMP or WebP file".to_string()));
@@ -99,11 +171,16 @@ pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
     // The header's size, before anything is allocated for the pixels.
     let header = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let (w, h) = header.into_dimensions().map_err(|e| bad(e.to_string()))?;
-    if w as u64 * h as u64 > MAX_IMAGE_PIXELS {
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        let count = |n: u64| match n {
+            0..1_000_000 => format!("{n} pixels"),
+            _ => format!("{:.0} megapixels", n as f64 / 1e6),
+        };
         return Err(bad(format!(
-            "{w}×{h} is {:.0} megapixels; images up to {} are read",
-            (w as u64 * h as u64) as f64 / 1e6,
-            MAX_IMAGE_PIXELS / 1_000_000
+            "{w}×{h} is {}; images up to {} are read (--max-image-pixels raises the limit)",
+            count(pixels),
+            count(max_pixels)
         )));
     }
     // The JPEG decoder fills a cut-off file with grey and reports success: a file without its
@@ -111,17 +188,13 @@ pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
     if format == image::ImageFormat::Jpeg && !has_jpeg_end(bytes) {
         return Err(bad("truncated JPEG (no end-of-image marker)".to_string()));
     }
-    let img = reader.decode().map_err(|e| ImageError::Decode {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    if img.width() == 0 || img.height() == 0 {
-        return Err(ImageError::Decode {
-            path: path.to_path_buf(),
-            reason: "image has no pixels".to_string(),
-        });
+    if pixels == 0 {
+        return Err(bad("image has no pixels".to_string()));
     }
-    Ok(img.to_rgb8())
+    let decoder = reader.into_decoder().map_err(|e| bad(e.to_string()))?;
+    let lease = Lease::take(decoder.total_bytes() + 3 * pixels);
+    let img = image::DynamicImage::from_decoder(decoder).map_err(|e| bad(e.to_string()))?;
+    Ok((img.into_rgb8(), lease))
 }
 
 /// Whether a JPEG ends with its end-of-image marker (`FF D9`), allowing for a little trailing
@@ -175,6 +248,42 @@ impl Preprocessing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Eight threads decoding at once hold only as many images as the budget allows.
+    #[test]
+    fn the_decoding_budget_bounds_images_held_at_once() {
+        let dir = std::env::temp_dir().join(format!("mobilenet-budget-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("img.png");
+        RgbImage::from_fn(500, 500, |x, y| image::Rgb([x as u8, y as u8, 9]))
+            .save(&path)
+            .expect("png");
+        // One 500² RGB image takes 750 kB in the decoder and 750 kB as the RGB copy.
+        let most_at_once = |budget: u64| {
+            BUDGET.0.store(budget, Ordering::Relaxed);
+            let (inside, most) = (AtomicU64::new(0), AtomicU64::new(0));
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        load_image_with(&path, |_| {
+                            let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                        })
+                        .expect("decodes");
+                    });
+                }
+            });
+            most.load(Ordering::SeqCst)
+        };
+        let tight = most_at_once(2_000_000);
+        let loose = most_at_once(100_000_000);
+        BUDGET.0.store(DECODE_BUDGET, Ordering::Relaxed);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        assert_eq!(tight, 1, "a 2 MB budget holds one 1.5 MB image at a time");
+        assert!(loose > 1, "a 100 MB budget lets threads overlap ({loose})");
+    }
 
     #[test]
     fn norms_map_0_and_255_to_their_ranges() {

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use mobilenet::classify::{top_k, Prediction};
 use mobilenet::import::read_labels;
-use mobilenet::preprocess::load_image;
+use mobilenet::preprocess::load_image_with;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -81,7 +81,7 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
         // Decode, crop and resize in parallel; a bad file is reported and skipped.
         let decoded: Vec<_> = paths
             .par_iter()
-            .map(|path| load_image(path).map(|img| model.pixels(&img)))
+            .map(|path| load_image_with(path, |img| model.pixels(img)))
             .collect();
         let mut good = Vec::new();
         let mut pixels = Vec::with_capacity(batch * model.pixels_len());
