@@ -284,3 +284,121 @@ fn a_checkpoint_with_a_nan_optimiser_state_is_refused() {
     );
     assert_eq!(epochs_done(&run), 1, "nothing trained from the bad state");
 }
+
+/// Three classes of 12 small PNGs each, plus a hidden folder that is not a class.
+fn small_image_folder(dir: &Path) {
+    for (c, class) in ["ant", "bee", "cat", ".cache"].iter().enumerate() {
+        std::fs::create_dir_all(dir.join(class)).expect("class dir");
+        for i in 0..12u32 {
+            image::RgbImage::from_fn(16, 16, |x, y| {
+                image::Rgb([(x * 16) as u8, (y * 16) as u8, (c as u32 * 80 + i) as u8])
+            })
+            .save(dir.join(class).join(format!("{i:02}.png")))
+            .expect("png");
+        }
+    }
+}
+
+/// `train` on a small image folder: 6 images held out, batches of 8.
+fn train_folder(data: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = mobilenet();
+    c.args([
+        "train",
+        "--data",
+        s(data),
+        "--holdout",
+        "6",
+        "--batch-size",
+        "8",
+    ])
+    .args(["--threads", "2", "--show", "0", "--out", s(out)])
+    .args(extra);
+    c
+}
+
+#[test]
+fn a_bad_image_stops_the_run_unless_bad_images_are_skipped() {
+    let root = Root::new("bad-images");
+    let data = root.path("data");
+    small_image_folder(&data);
+    // A run without bad images, to resume later.
+    let clean = root.path("clean");
+    succeeds(
+        &train_folder(&data, &clean, &["--epochs", "1"])
+            .output()
+            .expect("run"),
+    );
+    std::fs::write(
+        data.join("ant").join("broken.jpg"),
+        b"\xff\xd8\xff\xe0 not a jpeg",
+    )
+    .expect("write");
+
+    let out = train_folder(&data, &root.path("a"), &["--epochs", "1"])
+        .output()
+        .expect("run");
+    fails_with(&out, &["broken.jpg"]);
+
+    let run = root.path("b");
+    let out = train_folder(&data, &run, &["--epochs", "2", "--skip-bad-images"])
+        .output()
+        .expect("run");
+    succeeds(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stderr.matches("warning: skipped").count(),
+        1,
+        "the bad file is named once over two epochs: {stderr}"
+    );
+    assert!(stderr.contains("broken.jpg"), "{stderr}");
+    assert_eq!(stdout.matches("(1 images skipped)").count(), 2, "{stdout}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics");
+    assert!(
+        metrics.lines().all(|l| l.contains("\"skipped_images\":1")),
+        "{metrics}"
+    );
+
+    // The flag is part of the run: a run started without it does not take it on resume (its
+    // data changed anyway, but the flag is refused first, by name).
+    fails_with(
+        &resume(&clean, &["--epochs", "2", "--skip-bad-images"]),
+        &["--skip-bad-images", "started without it"],
+    );
+
+    // eval names it and counts it.
+    let model = run.join("model-best.safetensors");
+    let out = mobilenet()
+        .args([
+            "eval",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--skip-bad-images",
+        ])
+        .output()
+        .expect("eval");
+    succeeds(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("36 images (1 skipped)"));
+
+    // A class folder without images is refused by name.
+    std::fs::create_dir_all(data.join("dog")).expect("dir");
+    fails_with(
+        &train_folder(&data, &root.path("c"), &["--skip-bad-images"])
+            .output()
+            .expect("run"),
+        &["class folder dog holds no"],
+    );
+}
+
+#[test]
+fn resume_names_a_missing_directory_or_checkpoint() {
+    let root = Root::new("resume-missing");
+    let missing = root.path("no-such-run");
+    fails_with(&resume(&missing, &[]), &["no such run directory"]);
+    assert!(!missing.exists(), "a mistyped --resume creates nothing");
+    let empty = root.path("empty");
+    std::fs::create_dir_all(&empty).expect("dir");
+    fails_with(&resume(&empty, &[]), &["no checkpoint", "without --resume"]);
+}

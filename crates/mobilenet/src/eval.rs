@@ -12,6 +12,9 @@ use crate::preprocess::{PixelNorm, Preprocessing};
 pub struct EvalReport {
     /// Images evaluated.
     pub images: usize,
+    /// Images left out because they do not decode (a data set that skips bad images): the
+    /// error of each.
+    pub skipped: Vec<String>,
     /// Fraction whose most probable class is the label.
     pub top1: f32,
     /// Fraction whose label is among the five most probable classes.
@@ -31,7 +34,7 @@ pub struct EvalReport {
 ///
 /// # Errors
 ///
-/// An image that does not decode; a model without a classifier; a data set with more classes
+/// An image that does not decode (unless `data` skips bad images); a model without a classifier; a data set with more classes
 /// than the model.
 pub fn evaluate(
     model: &dyn Classifier,
@@ -120,9 +123,15 @@ fn tally(
     let order: Vec<usize> = (0..data.len()).collect();
     let loader = Loader::new(data, order, batch, 0, res, Augment::None, pre, 0, workers);
     let mut probs = vec![0.0f32; batch * classes];
+    let (mut images, mut skipped) = (0, Vec::new());
     for b in loader {
         let b = b?;
+        skipped.extend(b.skipped.iter().map(|e| e.to_string()));
         let n = b.labels.len();
+        images += n;
+        if n == 0 {
+            continue;
+        }
         let mut input = b.images;
         input.resize(batch * res * res * 3, 0.0);
         probabilities(&input, &mut probs);
@@ -135,7 +144,12 @@ fn tally(
             confusion[label][predicted] += 1;
         }
     }
-    let images = data.len();
+    if images == 0 {
+        return Err(DataError::Format {
+            path: "<data set>".into(),
+            reason: format!("none of its {} images decodes", skipped.len()),
+        });
+    }
     let per_class = confusion
         .iter()
         .enumerate()
@@ -143,6 +157,7 @@ fn tally(
         .collect();
     Ok(EvalReport {
         images,
+        skipped,
         top1: top1 as f32 / images.max(1) as f32,
         top5: top5 as f32 / images.max(1) as f32,
         loss: (loss / images.max(1) as f64) as f32,

@@ -25,6 +25,9 @@ pub struct EvalArgs {
     /// Compute threads (default: all cores)
     #[arg(long, default_value_t = 0, value_parser = crate::threads_arg)]
     threads: usize,
+    /// Leave out images that cannot be read or decoded (each named) instead of stopping
+    #[arg(long)]
+    skip_bad_images: bool,
     /// Where to draw the confusion matrix (PNG)
     #[arg(long)]
     confusion_png: Option<PathBuf>,
@@ -34,7 +37,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
-    let data = Dataset::open(&args.data)?;
+    let data = Dataset::open(&args.data)?.skipping_bad_images(args.skip_bad_images);
     let warn_labels = |labels: Option<&[String]>| {
         if let Some(labels) = labels {
             if labels.len() >= data.classes().len()
@@ -50,6 +53,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     warn_labels(model.labels());
     let report = evaluate(model.as_ref(), &data, args.batch, args.threads, 2)?;
+    for e in &report.skipped {
+        eprintln!("warning: skipped {e}");
+    }
     if let Some(png) = &args.confusion_png {
         let title = format!(
             "{} on {}: top-1 {:.2}%",
@@ -63,8 +69,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
+    let skipped = match report.skipped.len() {
+        0 => String::new(),
+        n => format!(" ({n} skipped)"),
+    };
     println!(
-        "{} images: top-1 {:.2}%, top-5 {:.2}%, loss {:.4}",
+        "{} images{skipped}: top-1 {:.2}%, top-5 {:.2}%, loss {:.4}",
         report.images,
         100.0 * report.top1,
         100.0 * report.top5,

@@ -1,6 +1,7 @@
 //! `mobilenet train`: train or fine-tune on an image data set; with no arguments, the built-in
 //! demo (Fashion-MNIST), which then classifies held-out images with the trained model.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -72,6 +73,10 @@ pub struct TrainArgs {
     /// Images held out of --data for validation when there is no separate held-out set
     #[arg(long, default_value_t = 1000)]
     pub(super) holdout: usize,
+    /// Leave out images that cannot be read or decoded (each named once, counted per epoch)
+    /// instead of stopping at the first one
+    #[arg(long)]
+    pub(super) skip_bad_images: bool,
     /// Named α × resolution, e.g. 0.5_32
     #[arg(long, conflicts_with_all = ["alpha", "resolution"])]
     preset: Option<Preset>,
@@ -168,6 +173,8 @@ struct Bars {
     stop: Arc<AtomicBool>,
     dir: PathBuf,
     title: String,
+    /// Skipped images already named.
+    named: HashSet<String>,
 }
 
 impl Progress for Bars {
@@ -202,8 +209,12 @@ impl Progress for Bars {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+        let skipped = match m.skipped_images {
+            0 => String::new(),
+            n => format!("  ({n} images skipped)"),
+        };
         println!(
-            "epoch {:>3}  train loss {:.4} acc {:5.1}%  held-out loss {:.4} acc {:5.1}% (top-5 {:5.1}%)  lr {:.2e}  {:.0} img/s  {:.1}s",
+            "epoch {:>3}  train loss {:.4} acc {:5.1}%  held-out loss {:.4} acc {:5.1}% (top-5 {:5.1}%)  lr {:.2e}  {:.0} img/s  {:.1}s{skipped}",
             m.epoch,
             m.train_loss,
             100.0 * m.train_accuracy,
@@ -212,7 +223,7 @@ impl Progress for Bars {
             100.0 * m.val_top5,
             m.lr,
             m.images_per_second,
-            m.seconds
+            m.seconds,
         );
         let png = self.dir.join("curves.png");
         if let Err(e) = plot::training_curves(&png, history, &self.title) {
@@ -222,6 +233,16 @@ impl Progress for Bars {
 
     fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    fn skipped(&mut self, message: &str) {
+        if self.named.insert(message.to_string()) {
+            let line = || eprintln!("warning: skipped {message}");
+            match &self.bar {
+                Some(bar) => bar.suspend(line),
+                None => line(),
+            }
+        }
     }
 }
 
@@ -380,8 +401,8 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
             t
         }
         None => {
-            let first = train.image(0).context("reading the first training image")?;
-            let small = recipe::is_small(first.width(), first.height());
+            let (width, height) = first_image_size(&train)?;
+            let small = recipe::is_small(width, height);
             let model = model_for(args, &train, small)?;
             let opts = options(args, small, model.config.resolution(), train.len());
             let dir = args
@@ -414,6 +435,7 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
         stop,
         dir: dir.clone(),
         title,
+        named: HashSet::new(),
     };
     let end = trainer.run(&train, &val, &mut bars)?;
     if let Some(bar) = bars.bar.take() {
@@ -439,6 +461,25 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
     show_predictions(&best, &val, args.show)
 }
 
+/// The size of the first training image that decodes (the first one, unless bad images are
+/// skipped), which tells whether the data's images are small.
+fn first_image_size(train: &Dataset) -> Result<(u32, u32)> {
+    let mut first_error = None;
+    for i in 0..train.len() {
+        match train.image(i) {
+            Ok(img) => return Ok(img.dimensions()),
+            Err(e) if train.skips_bad_images() => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => return Err(e).context("reading the first training image"),
+        }
+    }
+    match first_error {
+        Some(e) => Err(e).context("no training image decodes"),
+        None => anyhow::bail!("no training images"),
+    }
+}
+
 /// Classifies a few held-out images with the best model and prints them.
 fn show_predictions(model_path: &Path, val: &Dataset, n: usize) -> Result<()> {
     if n == 0 || val.is_empty() {
@@ -451,7 +492,12 @@ fn show_predictions(model_path: &Path, val: &Dataset, n: usize) -> Result<()> {
     println!("held-out images classified with {}:", model_path.display());
     let step = (val.len() / n).max(1);
     for i in (0..val.len()).step_by(step).take(n) {
-        let img = val.image(i)?;
+        let img = match val.image(i) {
+            Ok(img) => img,
+            // Already named during training.
+            Err(_) if val.skips_bad_images() => continue,
+            Err(e) => return Err(e.into()),
+        };
         runner.load(&model.pixels(&img));
         runner.run();
         runner.probabilities(&mut probs);

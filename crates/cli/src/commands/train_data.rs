@@ -21,6 +21,7 @@ pub(super) fn data_source(args: &TrainArgs) -> DataSource {
         val: args.val.as_ref().map(absolute),
         holdout: args.holdout,
         split_seed: args.seed,
+        skip_bad_images: args.skip_bad_images,
     }
 }
 
@@ -48,6 +49,16 @@ pub(super) fn datasets(source: &DataSource) -> Result<(Dataset, Dataset, String)
 }
 
 fn open_datasets(source: &DataSource) -> Result<(Dataset, Dataset, String)> {
+    let (train, val, described) = open_unskipped(source)?;
+    let skip = source.skip_bad_images;
+    Ok((
+        train.skipping_bad_images(skip),
+        val.skipping_bad_images(skip),
+        described,
+    ))
+}
+
+fn open_unskipped(source: &DataSource) -> Result<(Dataset, Dataset, String)> {
     let (holdout, seed) = (source.holdout, source.split_seed);
     if let Some(path) = &source.data {
         let (train_dir, val_dir) = (path.join("train"), ["test", "val"].map(|d| path.join(d)));
@@ -189,6 +200,13 @@ pub(super) fn resume_source(
         recorded.split_seed.to_string(),
         asked.split_seed.to_string(),
     )?;
+    if given(matches, "skip_bad_images") && !recorded.skip_bad_images {
+        bail!(
+            "--skip-bad-images: the run started without it, and a resumed run trains on the \
+             images it started with (start a new run with --init {} to skip them)",
+            dir.join(MODEL_LAST).display()
+        );
+    }
     if given(matches, "epochs") {
         let epochs = args.epochs.unwrap_or(0);
         let done = trainer.state.history.len();

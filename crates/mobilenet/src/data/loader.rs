@@ -23,6 +23,9 @@ pub struct Batch {
     pub images: Vec<f32>,
     /// One label per image.
     pub labels: Vec<usize>,
+    /// Images of the batch left out because they do not decode (only for a data set that
+    /// [skips bad images](Dataset::skipping_bad_images)): the error of each.
+    pub skipped: Vec<DataError>,
 }
 
 /// How far ahead of the consumer the workers may run, in batches per worker.
@@ -146,16 +149,25 @@ fn make_batch(job: &Job, b: usize) -> Result<Batch, DataError> {
     let per = job.res * job.res * 3;
     let mut images = vec![0.0; positions.len() * per];
     let mut labels = Vec::with_capacity(positions.len());
+    let mut skipped = Vec::new();
     let mut rng = Rng::new(job.seed ^ (b as u64).wrapping_mul(0x5851_F42D_4C95_7F2D));
-    for (out, &p) in images.chunks_exact_mut(per).zip(positions) {
-        let img = job.data.image(p)?;
-        prepare(&img, job.res, job.augment, &mut rng, &job.pre, out);
-        labels.push(job.data.label(p));
+    for &p in positions {
+        let out = &mut images[labels.len() * per..][..per];
+        let prepared = job.data.with_image(p, |img| {
+            prepare(img, job.res, job.augment, &mut rng, &job.pre, out)
+        });
+        match prepared {
+            Ok(()) => labels.push(job.data.label(p)),
+            Err(e @ DataError::Image(_)) if job.data.skips_bad_images() => skipped.push(e),
+            Err(e) => return Err(e),
+        }
     }
+    images.truncate(labels.len() * per);
     Ok(Batch {
         index: b,
         images,
         labels,
+        skipped,
     })
 }
 

@@ -73,7 +73,7 @@ impl Source {
                 channels,
                 pixels,
             } => {
-                let n = (height * width * channels) as usize;
+                let n = *height as usize * *width as usize * *channels as usize;
                 Some(&pixels[j * n..(j + 1) * n])
             }
             Source::Files(_) => None,
@@ -89,6 +89,8 @@ pub struct Dataset {
     labels: Arc<Vec<usize>>,
     /// Indices into `source` of the images in this (sub)set.
     indices: Arc<Vec<usize>>,
+    /// Whether batches leave out images that do not decode instead of failing.
+    skip_bad: bool,
 }
 
 /// Fashion-MNIST's class names, in label order.
@@ -119,67 +121,84 @@ pub const CIFAR10_CLASSES: [&str; 10] = [
     "truck",
 ];
 
-/// Reads a file, un-gzipping it when it starts with the gzip magic.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
+/// Reads an IDX file (see [`parse_idx`]), gzipped or not.
+fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let raw = crate::files::read_regular(path).map_err(io_err(path))?;
-    gunzip_if_needed(raw, path)
+    parse_idx(&raw, path, dims)
 }
 
-fn gunzip_if_needed(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>, DataError> {
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::Format {
-                path: path.to_path_buf(),
-                reason: format!("bad gzip data: {e}"),
-            })?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
-}
-
-/// Parses an IDX file: magic `00 00 <type 08 = u8> <dims>`, big-endian sizes, then the data.
+/// Parses an IDX file of unsigned bytes — magic `00 00 08 <dims>`, big-endian sizes, then the
+/// data — un-gzipping it first when it starts with the gzip magic. The sizes the header
+/// declares are checked against the data (and, for gzip, against the free memory) before the
+/// data is read, so a small file that claims or inflates to gigabytes is refused, not
+/// allocated.
 fn parse_idx(bytes: &[u8], path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let bad = |reason: String| DataError::Format {
         path: path.to_path_buf(),
         reason,
     };
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
+    let gzipped = bytes.starts_with(&[0x1f, 0x8b]);
+    let mut reader: Box<dyn Read + '_> = if gzipped {
+        Box::new(flate2::read::GzDecoder::new(bytes))
+    } else {
+        Box::new(bytes)
+    };
+    let unzip = |e: std::io::Error| bad(format!("bad gzip data: {e}"));
+    let mut header = vec![0u8; 4 + 4 * dims];
+    let mut got = 0;
+    while got < header.len() {
+        match reader.read(&mut header[got..]).map_err(unzip)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    if got < 4 || header[..3] != [0, 0, 0x08] {
         return Err(bad("not an IDX file of unsigned bytes".into()));
     }
-    if bytes[3] as usize != dims {
+    if header[3] as usize != dims {
         return Err(bad(format!(
             "IDX file has {} dimensions, expected {dims}",
-            bytes[3]
+            header[3]
         )));
     }
-    let header = 4 + 4 * dims;
-    if bytes.len() < header {
+    if got < header.len() {
         return Err(bad("IDX header is truncated".into()));
     }
-    let shape: Vec<usize> = (0..dims)
-        .map(|d| {
-            u32::from_be_bytes([
-                bytes[4 + 4 * d],
-                bytes[5 + 4 * d],
-                bytes[6 + 4 * d],
-                bytes[7 + 4 * d],
-            ]) as usize
-        })
+    let shape: Vec<usize> = header[4..]
+        .chunks_exact(4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .collect();
     let count = shape
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| bad("IDX sizes overflow".into()))?;
-    if bytes.len() - header != count {
+    if gzipped {
+        crate::memory::check(count as u64, || {
+            format!("{}'s {shape:?} bytes", path.display())
+        })
+        .map_err(|e| bad(e.to_string()))?;
+    } else if bytes.len() - header.len() != count {
         return Err(bad(format!(
             "IDX data holds {} bytes, the header says {count}",
-            bytes.len() - header
+            bytes.len() - header.len()
         )));
     }
-    Ok((shape, bytes[header..].to_vec()))
+    // One byte more than declared, to tell a longer file from an exact one.
+    let mut data = Vec::new();
+    reader
+        .take(count as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(unzip)?;
+    if data.len() != count {
+        let holds = match data.len() > count {
+            true => format!("more than {count}"),
+            false => data.len().to_string(),
+        };
+        return Err(bad(format!(
+            "IDX data holds {holds} bytes, the header says {count}"
+        )));
+    }
+    Ok((shape, data))
 }
 
 impl Dataset {
@@ -190,14 +209,27 @@ impl Dataset {
             source: Arc::new(source),
             labels: Arc::new(labels),
             indices: Arc::new((0..n).collect()),
+            skip_bad: false,
         }
+    }
+
+    /// This set with images that cannot be read or decoded left out of its batches (each one
+    /// reported in [`Batch::skipped`]) instead of failing the batch: large real folders hold a
+    /// few broken files. Which images are left out depends only on the files, so a run stays
+    /// reproducible.
+    pub fn skipping_bad_images(mut self, skip: bool) -> Dataset {
+        self.skip_bad = skip;
+        self
+    }
+
+    /// Whether batches leave out images that do not decode.
+    pub fn skips_bad_images(&self) -> bool {
+        self.skip_bad
     }
 
     /// Fashion-MNIST from its IDX image and label files (gzipped or not).
     pub fn fashion_mnist(images: &Path, labels: &Path) -> Result<Dataset, DataError> {
-        let img = read_maybe_gz(images)?;
-        let lab = read_maybe_gz(labels)?;
-        Dataset::from_idx(&img, images, &lab, labels)
+        Dataset::from_idx(read_idx(images, 3)?, images, read_idx(labels, 1)?, labels)
     }
 
     /// The 10,000-image Fashion-MNIST test set built into the binary (MIT, Zalando SE), the
@@ -209,20 +241,33 @@ impl Dataset {
             Path::new("<built-in images>"),
             Path::new("<built-in labels>"),
         );
-        let img = gunzip_if_needed(IMAGES.to_vec(), ip);
-        let lab = gunzip_if_needed(LABELS.to_vec(), lp);
         // The embedded files are checked by a test; they cannot be malformed at run time.
-        match (img, lab) {
-            (Ok(img), Ok(lab)) => Dataset::from_idx(&img, ip, &lab, lp).unwrap_or_else(|e| {
+        match (parse_idx(IMAGES, ip, 3), parse_idx(LABELS, lp, 1)) {
+            (Ok(img), Ok(lab)) => Dataset::from_idx(img, ip, lab, lp).unwrap_or_else(|e| {
                 unreachable!("the built-in Fashion-MNIST files are valid: {e}")
             }),
-            _ => unreachable!("the built-in Fashion-MNIST files are valid gzip"),
+            _ => unreachable!("the built-in Fashion-MNIST files are valid gzipped IDX"),
         }
     }
 
-    fn from_idx(img: &[u8], ip: &Path, lab: &[u8], lp: &Path) -> Result<Dataset, DataError> {
-        let (ishape, pixels) = parse_idx(img, ip, 3)?;
-        let (lshape, labels) = parse_idx(lab, lp, 1)?;
+    fn from_idx(
+        (ishape, pixels): (Vec<usize>, Vec<u8>),
+        ip: &Path,
+        (lshape, labels): (Vec<usize>, Vec<u8>),
+        lp: &Path,
+    ) -> Result<Dataset, DataError> {
+        let per_image = ishape[1] as u64 * ishape[2] as u64;
+        if per_image == 0 || per_image > crate::preprocess::max_image_pixels() {
+            return Err(DataError::Format {
+                path: ip.to_path_buf(),
+                reason: format!(
+                    "images of {}×{} pixels (up to {} are read)",
+                    ishape[1],
+                    ishape[2],
+                    crate::preprocess::max_image_pixels()
+                ),
+            });
+        }
         if ishape[0] != lshape[0] {
             return Err(DataError::Format {
                 path: lp.to_path_buf(),
@@ -304,10 +349,11 @@ impl Dataset {
     /// An image folder: one sub-folder per class (sorted by name = label order), image files
     /// (JPEG, PNG, BMP, WebP) inside; the layout of ImageNet and Stanford Dogs.
     pub fn image_folder(root: &Path) -> Result<Dataset, DataError> {
+        // Hidden folders (`.git`, `.ipynb_checkpoints`) are not classes.
         let mut classes: Vec<(String, PathBuf)> = std::fs::read_dir(root)
             .map_err(io_err(root))?
             .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_dir())
+            .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
             .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
             .collect();
         classes.sort();
@@ -319,7 +365,8 @@ impl Dataset {
         }
         let mut files = Vec::new();
         let mut labels = Vec::new();
-        for (label, (_, dir)) in classes.iter().enumerate() {
+        let mut empty = Vec::new();
+        for (label, (name, dir)) in classes.iter().enumerate() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
                 .map_err(io_err(dir))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -333,6 +380,9 @@ impl Dataset {
                 })
                 .collect();
             entries.sort();
+            if entries.is_empty() {
+                empty.push(name.as_str());
+            }
             labels.extend(std::iter::repeat_n(label, entries.len()));
             files.extend(entries);
         }
@@ -340,6 +390,22 @@ impl Dataset {
             return Err(DataError::Format {
                 path: root.to_path_buf(),
                 reason: "the class folders hold no JPEG, PNG, BMP or WebP files".into(),
+            });
+        }
+        // A class without images would still get an output the model can never learn, and
+        // every label after it would shift if the folder were dropped: refuse, like
+        // torchvision's ImageFolder.
+        if !empty.is_empty() {
+            return Err(DataError::Format {
+                path: root.to_path_buf(),
+                reason: format!(
+                    "class folder{} {} hold{} no JPEG, PNG, BMP or WebP files (remove {} or \
+                     add images)",
+                    if empty.len() == 1 { "" } else { "s" },
+                    empty.join(", "),
+                    if empty.len() == 1 { "s" } else { "" },
+                    if empty.len() == 1 { "it" } else { "them" },
+                ),
             });
         }
         Ok(Dataset::new(
@@ -434,6 +500,18 @@ impl Dataset {
         }
     }
 
+    /// Calls `f` with image `i`; an image file counts against the decoding budget meanwhile
+    /// (see [`load_image_with`](crate::preprocess::load_image_with)).
+    pub fn with_image<T>(&self, i: usize, f: impl FnOnce(&RgbImage) -> T) -> Result<T, DataError> {
+        match &*self.source {
+            Source::Files(files) => Ok(crate::preprocess::load_image_with(
+                &files[self.indices[i]],
+                f,
+            )?),
+            Source::Pixels { .. } => Ok(f(&self.image(i)?)),
+        }
+    }
+
     /// The images at `positions` (indices into this set).
     pub fn subset(&self, positions: &[usize]) -> Dataset {
         Dataset {
@@ -519,6 +597,72 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(bytes).expect("gzip");
+        e.finish().expect("gzip")
+    }
+
+    /// A gzipped IDX file is checked against what its header declares before its data is
+    /// read: a few bytes claiming terabytes, or less data than declared, are errors.
+    #[test]
+    fn gzipped_idx_sizes_are_checked_before_reading() {
+        let p = Path::new("bomb-images-idx3-ubyte.gz");
+        let mut header = vec![0, 0, 8, 3];
+        for d in [1u32 << 20, 1 << 12, 1 << 12] {
+            header.extend_from_slice(&d.to_be_bytes());
+        }
+        let err = parse_idx(&gzip(&header), p, 3).unwrap_err().to_string();
+        assert!(
+            err.contains("bomb-images-idx3-ubyte.gz") && err.contains("MB"),
+            "{err}"
+        );
+
+        let mut short = vec![0, 0, 8, 3];
+        for d in [1000u32, 28, 28] {
+            short.extend_from_slice(&d.to_be_bytes());
+        }
+        short.extend(std::iter::repeat_n(7u8, 10 * 784));
+        let err = parse_idx(&gzip(&short), p, 3).unwrap_err().to_string();
+        assert!(
+            err.contains("IDX data holds 7840 bytes, the header says 784000"),
+            "{err}"
+        );
+        short.push(0);
+        short[7] = 10; // 10 images declared, 7841 bytes present
+        short[6] = 0;
+        let err = parse_idx(&gzip(&short), p, 3).unwrap_err().to_string();
+        assert!(err.contains("holds more than 7840 bytes"), "{err}");
+        short.pop();
+        let (shape, data) = parse_idx(&gzip(&short), p, 3).expect("a whole file parses");
+        assert_eq!((shape, data.len()), (vec![10, 28, 28], 7840));
+        let err = parse_idx(&gzip(&short)[..30], p, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad gzip data"), "{err}");
+    }
+
+    #[test]
+    fn empty_class_folders_are_refused_and_hidden_folders_ignored() {
+        let dir = std::env::temp_dir().join(format!("mobilenet-classes-{}", std::process::id()));
+        for class in ["ant", "bee", ".ipynb_checkpoints"] {
+            std::fs::create_dir_all(dir.join(class)).expect("dir");
+            RgbImage::new(4, 4)
+                .save(dir.join(class).join("x.png"))
+                .expect("png");
+        }
+        let d = Dataset::image_folder(&dir).expect("two classes");
+        assert_eq!(d.classes(), ["ant", "bee"]);
+        std::fs::create_dir_all(dir.join("cat")).expect("dir");
+        let err = Dataset::image_folder(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("class folder cat holds no JPEG, PNG, BMP or WebP files"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]

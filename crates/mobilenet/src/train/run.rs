@@ -23,6 +23,9 @@ pub struct DataSource {
     pub holdout: usize,
     /// Seed of that held-out split.
     pub split_seed: u64,
+    /// Whether images that do not decode are left out instead of stopping the run.
+    #[serde(default)]
+    pub skip_bad_images: bool,
 }
 
 /// The data of a run: where it came from and what it was.

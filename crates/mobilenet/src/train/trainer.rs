@@ -46,6 +46,10 @@ pub struct EpochMetrics {
     pub images_per_second: f32,
     /// Wall-clock seconds of the epoch, evaluation included.
     pub seconds: f32,
+    /// Training and held-out images left out because they do not decode (with
+    /// `--skip-bad-images`).
+    #[serde(default)]
+    pub skipped_images: usize,
 }
 
 /// Sums over the steps of the current epoch so far.
@@ -56,6 +60,8 @@ pub struct PartialEpoch {
     seen: usize,
     step_seconds: f64,
     steps: usize,
+    #[serde(default)]
+    skipped: usize,
 }
 
 /// The trainer's position and history, stored in checkpoints.
@@ -164,6 +170,9 @@ pub trait Progress {
     );
     /// After every epoch, once its checkpoint and metrics are written.
     fn epoch(&mut self, metrics: &EpochMetrics, history: &[EpochMetrics]);
+    /// An image left out of its batch because it does not decode (data sets that skip bad
+    /// images); called again for the same file in every epoch.
+    fn skipped(&mut self, _error: &str) {}
     /// Polled between steps: true to stop (the position is checkpointed).
     fn stop_requested(&self) -> bool {
         false
@@ -225,8 +234,23 @@ impl Trainer {
 
     /// Resumes the run in `dir` from its checkpoint.
     pub fn resume(dir: &Path) -> Result<Trainer, TrainFailure> {
+        if !dir.is_dir() {
+            // Not created by the lock below: a mistyped path is an error, not a new folder.
+            return Err(TrainFailure::Checkpoint {
+                path: dir.to_path_buf(),
+                reason: "no such run directory".into(),
+            });
+        }
         let lock = RunLock::acquire(dir)?;
         let path = dir.join(CHECKPOINT);
+        if !path.exists() {
+            return Err(TrainFailure::Checkpoint {
+                path,
+                reason: "no checkpoint: the run stopped before its first one was written (start \
+                         it again without --resume), or this is not a run directory"
+                    .into(),
+            });
+        }
         let bytes = crate::files::read_regular(&path).map_err(|source| ModelError::Io {
             path: path.clone(),
             source,
@@ -411,6 +435,15 @@ impl Trainer {
             );
             for batch in loader {
                 let batch = batch?;
+                for e in &batch.skipped {
+                    progress.skipped(&e.to_string());
+                }
+                self.state.partial.skipped += batch.skipped.len();
+                if batch.labels.is_empty() {
+                    // Every image of the batch was skipped.
+                    self.state.batch = batch.index + 1;
+                    continue;
+                }
                 let t = Instant::now();
                 let frac = epoch as f32 + batch.index as f32 / batches as f32;
                 let lr = o.schedule.rate(o.lr, frac, o.epochs as f32);
@@ -459,6 +492,9 @@ impl Trainer {
             let model = self.net.to_model();
             let plan = InferenceModel::new(&model)?;
             let report = evaluate(&plan, val, o.batch_size.max(1), o.threads, o.loader_workers)?;
+            for e in &report.skipped {
+                progress.skipped(e);
+            }
             let p = std::mem::take(&mut self.state.partial);
             let metrics = EpochMetrics {
                 epoch: epoch + 1,
@@ -470,6 +506,7 @@ impl Trainer {
                 lr: o.schedule.rate(o.lr, (epoch + 1) as f32, o.epochs as f32),
                 images_per_second: (p.seen as f64 / p.step_seconds.max(1e-9)) as f32,
                 seconds: epoch_start.elapsed().as_secs_f32(),
+                skipped_images: p.skipped + report.skipped.len(),
             };
             self.state.history.push(metrics.clone());
             self.state.epoch += 1;
