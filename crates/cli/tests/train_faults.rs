@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::{interrupt, mobilenet, small_fashion_mnist, wait_for_file};
+use common::{interrupt, mobilenet, small_fashion_mnist, small_image_folder, wait_for_file};
 
 struct Root(PathBuf);
 
@@ -283,20 +283,6 @@ fn a_checkpoint_with_a_nan_optimiser_state_is_refused() {
         &[&name, "holds NaN or infinite values"],
     );
     assert_eq!(epochs_done(&run), 1, "nothing trained from the bad state");
-}
-
-/// Three classes of 12 small PNGs each, plus a hidden folder that is not a class.
-fn small_image_folder(dir: &Path) {
-    for (c, class) in ["ant", "bee", "cat", ".cache"].iter().enumerate() {
-        std::fs::create_dir_all(dir.join(class)).expect("class dir");
-        for i in 0..12u32 {
-            image::RgbImage::from_fn(16, 16, |x, y| {
-                image::Rgb([(x * 16) as u8, (y * 16) as u8, (c as u32 * 80 + i) as u8])
-            })
-            .save(dir.join(class).join(format!("{i:02}.png")))
-            .expect("png");
-        }
-    }
 }
 
 /// `train` on a small image folder: 6 images held out, batches of 8.

@@ -335,6 +335,18 @@ impl MobileNetConfig {
         MobileNetConfig::new(preset.alpha, preset.resolution)
     }
 
+    /// The same network at another input resolution (the weights fit any).
+    pub fn with_resolution(mut self, resolution: usize) -> Result<Self, ConfigError> {
+        if resolution < MIN_RESOLUTION {
+            return Err(ConfigError::Resolution(resolution));
+        }
+        if resolution > MAX_RESOLUTION {
+            return Err(ConfigError::ResolutionTooLarge(resolution));
+        }
+        self.resolution = resolution;
+        Ok(self)
+    }
+
     /// Sets the number of classes of the classifier head (adding a head if there was none).
     pub fn with_classes(mut self, classes: usize) -> Result<Self, ConfigError> {
         if classes == 0 || classes > MAX_CLASSES {

@@ -89,9 +89,10 @@ pub struct TrainArgs {
     /// Stem stride: standard (2) or small-input (1); default small-input at resolution ≤ 64
     #[arg(long)]
     stem: Option<Stem>,
-    /// Padding of the 3×3 convolutions: tf-same (Google's checkpoints) or symmetric (PyTorch's)
-    #[arg(long, default_value = "tf-same")]
-    padding: Padding,
+    /// Padding of the 3×3 convolutions: tf-same (Google's checkpoints; the default) or
+    /// symmetric (PyTorch's)
+    #[arg(long)]
+    padding: Option<Padding>,
     /// Passes over the training data
     #[arg(long)]
     pub(super) epochs: Option<usize>,
@@ -175,6 +176,8 @@ struct Bars {
     title: String,
     /// Skipped images already named.
     named: HashSet<String>,
+    /// Classes of the data.
+    classes: usize,
 }
 
 impl Progress for Bars {
@@ -209,18 +212,22 @@ impl Progress for Bars {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+        // Top-5 says nothing with five classes or fewer.
+        let top5 = match self.classes {
+            0..=5 => String::new(),
+            _ => format!(" (top-5 {:5.1}%)", 100.0 * m.val_top5),
+        };
         let skipped = match m.skipped_images {
             0 => String::new(),
             n => format!("  ({n} images skipped)"),
         };
         println!(
-            "epoch {:>3}  train loss {:.4} acc {:5.1}%  held-out loss {:.4} acc {:5.1}% (top-5 {:5.1}%)  lr {:.2e}  {:.0} img/s  {:.1}s{skipped}",
+            "epoch {:>3}  train loss {:.4} acc {:5.1}%  held-out loss {:.4} acc {:5.1}%{top5}  lr {:.2e}  {:.0} img/s  {:.1}s{skipped}",
             m.epoch,
             m.train_loss,
             100.0 * m.train_accuracy,
             m.val_loss,
             100.0 * m.val_accuracy,
-            100.0 * m.val_top5,
             m.lr,
             m.images_per_second,
             m.seconds,
@@ -255,6 +262,9 @@ fn is_default_data(args: &TrainArgs) -> bool {
 /// [`recipe::is_small`]).
 fn model_for(args: &TrainArgs, data: &Dataset, small: bool) -> Result<ModelFile> {
     let classes = data.classes().len();
+    if let Some(path) = &args.init {
+        return fine_tune_model(args, path, data);
+    }
     let (alpha, resolution) = match args.preset {
         Some(p) => (p.alpha, p.resolution),
         None => {
@@ -270,37 +280,73 @@ fn model_for(args: &TrainArgs, data: &Dataset, small: bool) -> Result<ModelFile>
         .with_classes(classes)?
         .with_dropout(args.dropout)?
         .with_stem(stem)
-        .with_padding(args.padding);
-    let mut model = match &args.init {
-        None => ModelFile::random_with(config, args.seed, args.weight_init.into()),
-        Some(path) => {
-            let init = ModelFile::load(path)?;
-            // The conventions the weights were trained with (activation, padding) are kept.
-            let mut model = ModelFile::random_with(
-                config
-                    .with_activation(init.config.activation())
-                    .with_padding(init.config.padding()),
-                args.seed,
-                args.weight_init.into(),
+        .with_padding(args.padding.unwrap_or_default());
+    let mut model = ModelFile::random_with(config, args.seed, args.weight_init.into());
+    model.preprocessing = recipe::default_preprocessing(small);
+    model.labels = Some(data.classes().to_vec());
+    Ok(model)
+}
+
+/// The model a run started with `--init FILE` begins from: the file's network (α, stem,
+/// padding, activation, preprocessing) with a new classifier when the classes differ. The
+/// file may be ours or anything `import` reads (TF-slim or Keras safetensors, a `.tflite`).
+/// A flag that contradicts the file is an error; `--resolution` may differ (the weights fit
+/// any input size) and is said once.
+fn fine_tune_model(args: &TrainArgs, path: &Path, data: &Dataset) -> Result<ModelFile> {
+    let classes = data.classes().len();
+    let options = mobilenet::import::ImportOptions::default();
+    let (init, _) = mobilenet::import::import(path, &options)?;
+    let from = init.config;
+    let contradicts = |flag: &str, given: String, file: String| -> Result<()> {
+        if given != file {
+            anyhow::bail!(
+                "--{flag} {given} contradicts {}, whose network has {flag} {file}: --init takes \
+                 it from the file (leave --{flag} out)",
+                path.display()
             );
-            let kept = model.transfer_from(&init, path)?;
-            let replaced = init.config.classes() != Some(classes);
-            println!(
-                "starting from {}: {kept} tensors{}",
-                path.display(),
-                if replaced {
-                    format!(", new {classes}-class classifier")
-                } else {
-                    String::new()
-                }
-            );
-            model.preprocessing = init.preprocessing;
-            model
         }
+        Ok(())
     };
-    if args.init.is_none() {
-        model.preprocessing = recipe::default_preprocessing(small);
+    let alpha = args.alpha.or(args.preset.map(|p| p.alpha));
+    if let Some(alpha) = alpha {
+        contradicts("alpha", alpha.to_string(), from.alpha().to_string())?;
     }
+    if let Some(stem) = args.stem {
+        contradicts("stem", stem.to_string(), from.stem().to_string())?;
+    }
+    if let Some(padding) = args.padding {
+        contradicts("padding", padding.to_string(), from.padding().to_string())?;
+    }
+    let resolution = args
+        .resolution
+        .or(args.preset.map(|p| p.resolution))
+        .unwrap_or(from.resolution());
+    if resolution != from.resolution() {
+        println!(
+            "fine-tuning at {resolution}×{resolution}; {} was trained at {}×{}",
+            path.display(),
+            from.resolution(),
+            from.resolution()
+        );
+    }
+    let config = from
+        .with_resolution(resolution)?
+        .with_classes(classes)?
+        .with_dropout(args.dropout)?;
+    let mut model = ModelFile::random_with(config, args.seed, args.weight_init.into());
+    let kept = model.transfer_from(&init, path)?;
+    let replaced = from.classes() != Some(classes);
+    println!(
+        "starting from {} ({}): {kept} tensors{}",
+        path.display(),
+        from,
+        if replaced {
+            format!(", new {classes}-class classifier")
+        } else {
+            String::new()
+        }
+    );
+    model.preprocessing = init.preprocessing;
     model.labels = Some(data.classes().to_vec());
     Ok(model)
 }
@@ -411,8 +457,8 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
                 .unwrap_or_else(|| PathBuf::from(format!("runs/{}", timestamp())));
             println!("model: {}", model.config);
             println!(
-                "training: {} epochs of {} images, batch {}, {:?}, lr {} ({:?}), weight decay {}, augment {:?}",
-                opts.epochs, train.len(), opts.batch_size, opts.optimizer, opts.lr, opts.schedule, opts.weight_decay, opts.augment
+                "training: {} of {} images, batch {}, {}, lr {} ({}), weight decay {}, augmentation: {}",
+                plural(opts.epochs, "epoch"), train.len(), opts.batch_size, opts.optimizer, opts.lr, opts.schedule, opts.weight_decay, opts.augment
             );
             println!("run directory: {}", dir.display());
             let mut t = Trainer::new(&model, opts, &dir)?;
@@ -436,6 +482,7 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
         dir: dir.clone(),
         title,
         named: HashSet::new(),
+        classes: train.classes().len(),
     };
     let end = trainer.run(&train, &val, &mut bars)?;
     if let Some(bar) = bars.bar.take() {
@@ -459,6 +506,11 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
         dir.join("curves.png").display()
     );
     show_predictions(&best, &val, args.show)
+}
+
+/// `1 epoch`, `3 epochs`.
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// The size of the first training image that decodes (the first one, unless bad images are
@@ -509,9 +561,10 @@ fn show_predictions(model_path: &Path, val: &Dataset, n: usize) -> Result<()> {
             "✗"
         };
         println!(
-            "  {mark} #{i:<5} true {truth:<12} predicted {:<12} ({:.1}%)",
+            "  {mark} true {truth:<12} predicted {:<12} ({:>5.1}%)  {}",
             top.label,
-            100.0 * top.probability
+            100.0 * top.probability,
+            val.describe(i)
         );
     }
     Ok(())

@@ -58,3 +58,17 @@ pub fn interrupt(child: Child) -> Output {
     assert!(kill.success());
     child.wait_with_output().expect("wait")
 }
+
+/// Three classes of 12 small PNGs each, plus a hidden folder that is not a class.
+pub fn small_image_folder(dir: &Path) {
+    for (c, class) in ["ant", "bee", "cat", ".cache"].iter().enumerate() {
+        std::fs::create_dir_all(dir.join(class)).expect("class dir");
+        for i in 0..12u32 {
+            image::RgbImage::from_fn(16, 16, |x, y| {
+                image::Rgb([(x * 16) as u8, (y * 16) as u8, (c as u32 * 80 + i) as u8])
+            })
+            .save(dir.join(class).join(format!("{i:02}.png")))
+            .expect("png");
+        }
+    }
+}

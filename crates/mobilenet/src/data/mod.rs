@@ -475,6 +475,15 @@ impl Dataset {
         self.labels[self.indices[i]]
     }
 
+    /// Where image `i` comes from, for reports: its file, or `#n` (its position in the IDX or
+    /// CIFAR file).
+    pub fn describe(&self, i: usize) -> String {
+        match &*self.source {
+            Source::Files(files) => files[self.indices[i]].display().to_string(),
+            Source::Pixels { .. } => format!("#{}", self.indices[i]),
+        }
+    }
+
     /// Image `i` as 8-bit RGB (grayscale replicated to three channels).
     pub fn image(&self, i: usize) -> Result<RgbImage, DataError> {
         let j = self.indices[i];

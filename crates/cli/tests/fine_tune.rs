@@ -1,0 +1,90 @@
+//! Fine-tuning from pretrained weights as a new user does it: `--init` with Google's official
+//! ImageNet file and no α or resolution flags takes the network from the file.
+
+use std::path::Path;
+
+mod common;
+use common::{mobilenet, small_image_folder};
+
+#[path = "../../mobilenet/tests/common/mod.rs"]
+mod shared;
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn init_takes_the_network_from_the_official_file() {
+    let Some(data) = shared::shared_data("init_takes_the_network_from_the_official_file") else {
+        return;
+    };
+    let official = data.join("mobilenet_v1/float/mobilenet_v1_1.0_224_imagenet_float.safetensors");
+    let root = std::env::temp_dir().join(format!("mobilenet-fine-tune-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let folder = root.join("photos");
+    small_image_folder(&folder);
+    let train = |out: &str, extra: &[&str]| {
+        mobilenet()
+            .args([
+                "train",
+                "--data",
+                s(&folder),
+                "--init",
+                s(&official),
+                "--holdout",
+                "6",
+            ])
+            .args([
+                "--batch-size",
+                "8",
+                "--epochs",
+                "1",
+                "--show",
+                "0",
+                "--threads",
+                "2",
+            ])
+            .args(["--out", s(&root.join(out))])
+            .args(extra)
+            .output()
+            .expect("run")
+    };
+
+    // A flag that contradicts the file is refused before anything trains.
+    let out = train("a", &["--alpha", "0.5"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--alpha 0.5 contradicts") && stderr.contains("alpha 1"),
+        "{stderr}"
+    );
+
+    // α, stem, padding and preprocessing come from the file; a smaller resolution is allowed
+    // (and said) to keep the test quick.
+    let out = train("b", &["--resolution", "64"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("1.0_224") && stdout.contains("new 3-class classifier"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("fine-tuning at 64×64"), "{stdout}");
+    let model = mobilenet::ModelFile::load(&root.join("b/model-last.safetensors")).expect("model");
+    let (official, _) =
+        mobilenet::import::import(&official, &Default::default()).expect("official");
+    assert_eq!(model.config.alpha(), 1.0);
+    assert_eq!(model.config.resolution(), 64);
+    assert_eq!(model.config.classes(), Some(3));
+    assert_eq!(model.config.stem(), official.config.stem());
+    assert_eq!(model.config.padding(), official.config.padding());
+    assert_eq!(model.preprocessing, official.preprocessing);
+    assert_eq!(
+        model.labels.as_deref(),
+        Some(&["ant", "bee", "cat"].map(String::from)[..])
+    );
+    std::fs::remove_dir_all(&root).expect("clean up");
+}
