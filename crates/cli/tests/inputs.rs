@@ -382,3 +382,75 @@ fn quantize_then_classify_bench_and_eval_the_int8_file() {
         &["cut.tflite"],
     );
 }
+
+/// Folders are searched recursively (hidden entries and non-image files skipped, sorted by
+/// path); `--csv` gives a header and one row per image with the file name first; the CSV
+/// agrees with the JSON output; `--top` beyond the class count is capped.
+#[test]
+fn classify_takes_folders_and_writes_csv() {
+    let dir = TempDir::new("folders");
+    let model = dir.path("m.safetensors");
+    tiny_model(&model);
+    let root = dir.path("photos");
+    for (sub, name) in [
+        ("b", "2.png"),
+        ("a", "1.png"),
+        ("a/deep", "3.png"),
+        (".hidden", "4.png"),
+    ] {
+        std::fs::create_dir_all(root.join(sub)).expect("dir");
+        image::RgbImage::from_pixel(8, 8, image::Rgb([200, 10, 10]))
+            .save(root.join(sub).join(name))
+            .expect("png");
+    }
+    std::fs::write(root.join("a").join("notes.txt"), "not an image").expect("txt");
+    let (m, r) = (
+        model.to_str().expect("utf-8"),
+        root.to_str().expect("utf-8"),
+    );
+    let csv = mobilenet(&["classify", "--model", m, r, "--csv", "--top", "9"]);
+    assert!(
+        csv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&csv.stderr)
+    );
+    let csv = String::from_utf8(csv.stdout).expect("utf-8");
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(
+        rows[0],
+        [
+            "image",
+            "label_1",
+            "probability_1",
+            "label_2",
+            "probability_2",
+            "label_3",
+            "probability_3"
+        ]
+    );
+    let names: Vec<&str> = rows[1..].iter().map(|r| r[0]).collect();
+    assert_eq!(names.len(), 3, "{csv}");
+    assert!(
+        names[0].ends_with("a/1.png")
+            && names[1].ends_with("a/deep/3.png")
+            && names[2].ends_with("b/2.png"),
+        "{names:?}"
+    );
+    let json = mobilenet(&["classify", "--model", m, r, "--json"]);
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&json.stdout)
+            .lines()
+            .next()
+            .expect("a line"),
+    )
+    .expect("json");
+    let top = &first["top"][0];
+    assert_eq!(rows[1][1], top["label"].as_str().expect("label"));
+    let p: f64 = rows[1][2].parse().expect("probability");
+    assert!((p - top["probability"].as_f64().expect("p")).abs() < 1e-6);
+
+    let empty = dir.path("empty");
+    std::fs::create_dir_all(&empty).expect("dir");
+    let out = mobilenet(&["classify", "--model", m, empty.to_str().expect("utf-8")]);
+    one_error_line(&out, &["empty", "holds no JPEG"]);
+}

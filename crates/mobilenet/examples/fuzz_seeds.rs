@@ -1,5 +1,7 @@
 //! Writes the seed corpus of the fuzz targets (`fuzz/corpus/*`): a tiny valid model file,
-//! TF-slim- and Keras-named weight files, and small images in each supported format.
+//! TF-slim- and Keras-named weight files, small images in each supported format, small data
+//! sets in each layout `Dataset::open` reads (as the `data` target's archives), and the
+//! checkpoint of a one-epoch run.
 //!
 //! `cargo run -p mobilenet --example fuzz_seeds -- fuzz/corpus`
 
@@ -14,7 +16,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .nth(1)
             .unwrap_or_else(|| "fuzz/corpus".into()),
     );
-    for dir in ["model_file", "import", "image", "tflite"] {
+    for dir in [
+        "model_file",
+        "import",
+        "image",
+        "tflite",
+        "data",
+        "checkpoint",
+    ] {
         std::fs::create_dir_all(root.join(dir))?;
     }
     // The smallest network: every layer at min_depth 8, 32×32 input, 2 classes.
@@ -95,6 +104,109 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let gray = image::GrayImage::from_fn(4, 4, |x, y| image::Luma([(x * y * 15) as u8]));
     gray.save_with_format(root.join("image/gray.png"), image::ImageFormat::Png)?;
+    data_seeds(&root.join("data"))?;
+    checkpoint_seed(&root.join("checkpoint"))?;
+    Ok(())
+}
+
+/// An archive of the `data` fuzz target: `[name length: u8][name][length: u16 LE][contents]`.
+fn archive(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, contents) in files {
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(contents.len() as u16).to_le_bytes());
+        out.extend_from_slice(contents);
+    }
+    out
+}
+
+fn encoded(format: image::ImageFormat, shade: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(6, 4, |x, y| {
+        image::Rgb([(x * 40) as u8, (y * 60) as u8, shade])
+    });
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, format).expect("encode");
+    bytes.into_inner()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+fn data_seeds(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    use image::ImageFormat::{Bmp, Jpeg, Png, WebP};
+    let folder = archive(&[
+        ("ant/0.png", encoded(Png, 1)),
+        ("ant/1.jpg", encoded(Jpeg, 2)),
+        ("bee/0.bmp", encoded(Bmp, 3)),
+        ("bee/1.webp", encoded(WebP, 4)),
+    ]);
+    std::fs::write(dir.join("image_folder"), folder)?;
+    // Two 4×4 images with labels 3 and 7.
+    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 4, 0, 0, 0, 4];
+    images.extend((0..32).map(|i| (i * 8) as u8));
+    let labels = vec![0, 0, 8, 1, 0, 0, 0, 2, 3, 7];
+    let idx = archive(&[
+        ("x-images-idx3-ubyte", images.clone()),
+        ("x-labels-idx1-ubyte", labels.clone()),
+    ]);
+    std::fs::write(dir.join("idx"), idx)?;
+    let idx_gz = archive(&[
+        ("t10k-images-idx3-ubyte.gz", gzip(&images)),
+        ("t10k-labels-idx1-ubyte.gz", gzip(&labels)),
+    ]);
+    std::fs::write(dir.join("idx_gz"), idx_gz)?;
+    let mut record = vec![4u8];
+    record.extend((0..3072).map(|i| (i % 251) as u8));
+    std::fs::write(dir.join("cifar"), archive(&[("data_batch_1.bin", record)]))?;
+    Ok(())
+}
+
+/// The checkpoint of one epoch of the smallest network on 16 built-in images.
+fn checkpoint_seed(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    use mobilenet::data::{Augment, Dataset};
+    use mobilenet::train::optim::{OptimizerKind, Schedule};
+    use mobilenet::train::trainer::{EpochMetrics, Progress, TrainOptions, Trainer};
+
+    struct Quiet;
+    impl Progress for Quiet {
+        fn step(&mut self, _: usize, _: usize, _: usize, _: f32, _: f32, _: f32) {}
+        fn epoch(&mut self, _: &EpochMetrics, _: &[EpochMetrics]) {}
+    }
+    let all = Dataset::builtin_fashion_mnist();
+    let (train, val) = (
+        all.subset(&(0..16).collect::<Vec<_>>()),
+        all.subset(&(16..24).collect::<Vec<_>>()),
+    );
+    let config = MobileNetConfig::new(0.01, 32)?.with_classes(10)?;
+    let model = ModelFile::random(config, 7);
+    let options = TrainOptions {
+        epochs: 1,
+        batch_size: 8,
+        lr: 0.01,
+        schedule: Schedule::Cosine { warmup_epochs: 0.0 },
+        optimizer: OptimizerKind::paper(),
+        weight_decay: 4e-5,
+        label_smoothing: 0.1,
+        bn_decay: 0.9,
+        augment: Augment::None,
+        seed: 1,
+        threads: 1,
+        loader_workers: 1,
+    };
+    let run = std::env::temp_dir().join(format!("mobilenet-seed-run-{}", std::process::id()));
+    let mut trainer = Trainer::new(&model, options, &run)?;
+    trainer.run(&train, &val, &mut Quiet)?;
+    drop(trainer);
+    std::fs::copy(
+        run.join("checkpoint.safetensors"),
+        dir.join("one_epoch.safetensors"),
+    )?;
+    std::fs::remove_dir_all(&run)?;
     Ok(())
 }
 

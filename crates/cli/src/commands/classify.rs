@@ -1,6 +1,6 @@
-//! `mobilenet classify`: top-k classes for image files.
+//! `mobilenet classify`: top-k classes for image files and folders of them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -19,10 +19,10 @@ pub struct ClassifyArgs {
     /// Google's .tflite files)
     #[arg(long)]
     labels: Option<PathBuf>,
-    /// Images to classify (JPEG, PNG, BMP, WebP)
+    /// Images to classify (JPEG, PNG, BMP, WebP), or folders of them (searched recursively)
     #[arg(required = true)]
     images: Vec<PathBuf>,
-    /// Number of classes to print per image
+    /// Number of classes to print per image (at most the model's class count)
     #[arg(long, default_value_t = 5)]
     top: usize,
     /// Central-crop fraction before resizing (default: the model's, 0.875 for ImageNet models;
@@ -36,8 +36,79 @@ pub struct ClassifyArgs {
     #[arg(long, default_value_t = 0, value_parser = crate::threads_arg)]
     threads: usize,
     /// One JSON object per image per line
-    #[arg(long)]
+    #[arg(long, conflicts_with = "csv")]
     json: bool,
+    /// CSV on stdout: a header, then one row per image (image, then label and probability of
+    /// each of the top classes)
+    #[arg(long)]
+    csv: bool,
+}
+
+/// How the predictions are printed.
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Text,
+    Json,
+    Csv,
+}
+
+/// The image files named by `paths`: files as given, folders searched recursively for image
+/// files (sorted by path; hidden files and folders skipped).
+fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                !p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'))
+            })
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if is_image_name(&p) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let before = files.len();
+            walk(path, &mut files)?;
+            if files.len() == before {
+                bail!(
+                    "{}: the folder holds no JPEG, PNG, BMP or WebP files",
+                    path.display()
+                );
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn is_image_name(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        matches!(
+            e.to_ascii_lowercase().as_str(),
+            "jpg" | "jpeg" | "png" | "bmp" | "webp"
+        )
+    })
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
 }
 
 #[derive(Serialize)]
@@ -55,6 +126,12 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
     if args.top == 0 {
         bail!("--top 0 prints nothing: give at least 1");
     }
+    let images = expand(&args.images)?;
+    let format = match (args.json, args.csv) {
+        (true, _) => Format::Json,
+        (_, true) => Format::Csv,
+        _ => Format::Text,
+    };
     let mut model = mobilenet::classifier::load(&args.model)?;
     let Some(classes) = model.classes() else {
         bail!("{}: the model has no classifier head", args.model.display());
@@ -73,11 +150,18 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
     if let Some(crop) = args.crop {
         model.set_crop(crop);
     }
-    let batch = args.batch.clamp(1, args.images.len().max(1));
+    let top = args.top.min(classes);
+    if format == Format::Csv {
+        let columns: Vec<String> = (1..=top)
+            .map(|k| format!("label_{k},probability_{k}"))
+            .collect();
+        println!("image,{}", columns.join(","));
+    }
+    let batch = args.batch.clamp(1, images.len().max(1));
     let mut runner = model.try_runner(batch, args.threads)?;
     let mut failures = 0usize;
     let mut probs = vec![0.0; batch * classes];
-    for paths in args.images.chunks(batch) {
+    for paths in images.chunks(batch) {
         // Decode, crop and resize in parallel; a bad file is reported and skipped.
         let decoded: Vec<_> = paths
             .par_iter()
@@ -113,25 +197,35 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
                 failures += 1;
                 continue;
             }
-            print_top(path, &top_k(row, args.top, model.labels()), args.json)?;
+            print_top(path, &top_k(row, top, model.labels()), format)?;
         }
     }
     if failures > 0 {
         bail!(
             "{failures} of {} images could not be classified",
-            args.images.len()
+            images.len()
         );
     }
     Ok(())
 }
 
-fn print_top(path: &std::path::Path, top: &[Prediction], json: bool) -> Result<()> {
-    if json {
+fn print_top(path: &Path, top: &[Prediction], format: Format) -> Result<()> {
+    if format == Format::Json {
         let line = ImageJson {
             image: path.display().to_string(),
             top,
         };
         println!("{}", serde_json::to_string(&line)?);
+    } else if format == Format::Csv {
+        let cells: Vec<String> = top
+            .iter()
+            .map(|p| format!("{},{:.6}", csv_field(&p.label), p.probability))
+            .collect();
+        println!(
+            "{},{}",
+            csv_field(&path.display().to_string()),
+            cells.join(",")
+        );
     } else {
         println!("{}", path.display());
         for p in top {

@@ -73,11 +73,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         0 => String::new(),
         n => format!(" ({n} skipped)"),
     };
+    let top5 = match report.classes.len() {
+        0..=5 => String::new(),
+        _ => format!(", top-5 {:.2}%", 100.0 * report.top5),
+    };
     println!(
-        "{} images{skipped}: top-1 {:.2}%, top-5 {:.2}%, loss {:.4}",
+        "{} images{skipped}: top-1 {:.2}%{top5}, loss {:.4}",
         report.images,
         100.0 * report.top1,
-        100.0 * report.top5,
         report.loss
     );
     let k = report.classes.len();

@@ -29,6 +29,19 @@ pub enum Augment {
     },
 }
 
+impl std::fmt::Display for Augment {
+    /// In words: `none`, `4-pixel pad, crop and flip`, `crop of ≥ 35% and flip`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Augment::None => write!(f, "none"),
+            Augment::PadCropFlip { pad } => write!(f, "{pad}-pixel pad, crop and flip"),
+            Augment::CropFlip { min_scale } => {
+                write!(f, "crop of ≥ {:.0}% and flip", 100.0 * min_scale)
+            }
+        }
+    }
+}
+
 impl Augment {
     /// The default for a given input resolution: pad-crop-flip (pad res/8) up to 64 pixels,
     /// crop-flip with a minimum area of 35% above.

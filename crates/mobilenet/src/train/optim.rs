@@ -47,6 +47,48 @@ pub enum OptimizerKind {
     },
 }
 
+impl std::fmt::Display for OptimizerKind {
+    /// In words: `RMSprop (TF: decay 0.9, momentum 0.9, ε 1)`, `SGD (momentum 0.9)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            OptimizerKind::RmsProp {
+                variant,
+                decay,
+                momentum,
+                epsilon,
+            } => {
+                let variant = match variant {
+                    RmsPropVariant::Tf => "TF",
+                    RmsPropVariant::Torch => "PyTorch",
+                };
+                write!(
+                    f,
+                    "RMSprop ({variant}: decay {decay}, momentum {momentum}, ε {epsilon})"
+                )
+            }
+            OptimizerKind::Sgd { momentum } => write!(f, "SGD (momentum {momentum})"),
+        }
+    }
+}
+
+impl std::fmt::Display for Schedule {
+    /// In words: `cosine decay after 1 warm-up epoch`, `×0.94 every 2.5 epochs`, `constant`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Schedule::Constant => write!(f, "constant"),
+            Schedule::Exponential { rate, every_epochs } => {
+                write!(f, "×{rate} every {every_epochs} epochs")
+            }
+            Schedule::Cosine { warmup_epochs } if warmup_epochs > 0.0 => write!(
+                f,
+                "cosine decay after {warmup_epochs} warm-up epoch{}",
+                if warmup_epochs == 1.0 { "" } else { "s" }
+            ),
+            Schedule::Cosine { .. } => write!(f, "cosine decay"),
+        }
+    }
+}
+
 impl OptimizerKind {
     /// The paper's RMSprop: TensorFlow form, decay 0.9, momentum 0.9, ε 1.0.
     pub fn paper() -> OptimizerKind {
