@@ -34,16 +34,7 @@ fn init_takes_the_network_from_the_official_file() {
                 "--holdout",
                 "6",
             ])
-            .args([
-                "--batch-size",
-                "8",
-                "--epochs",
-                "1",
-                "--show",
-                "0",
-                "--threads",
-                "2",
-            ])
+            .args(["--batch-size", "8", "--show", "0", "--threads", "2"])
             .args(["--out", s(&root.join(out))])
             .args(extra)
             .output()
@@ -51,7 +42,7 @@ fn init_takes_the_network_from_the_official_file() {
     };
 
     // A flag that contradicts the file is refused before anything trains.
-    let out = train("a", &["--alpha", "0.5"]);
+    let out = train("a", &["--alpha", "0.5", "--epochs", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -61,7 +52,7 @@ fn init_takes_the_network_from_the_official_file() {
 
     // α, stem, padding and preprocessing come from the file; a smaller resolution is allowed
     // (and said) to keep the test quick.
-    let out = train("b", &["--resolution", "64"]);
+    let out = train("b", &["--resolution", "64", "--epochs", "1"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -85,6 +76,52 @@ fn init_takes_the_network_from_the_official_file() {
     assert_eq!(
         model.labels.as_deref(),
         Some(&["ant", "bee", "cat"].map(String::from)[..])
+    );
+
+    // The new user's command: --init and nothing about the network; a frozen backbone (a
+    // linear probe at the file's 224×224) keeps every pretrained tensor as it was.
+    let out = train("c", &["--freeze", "backbone", "--epochs", "2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("backbone frozen"), "{stdout}");
+    let probe = mobilenet::ModelFile::load(&root.join("c/model-last.safetensors")).expect("model");
+    assert_eq!(probe.config.resolution(), 224);
+    for (name, tensor) in probe.tensors() {
+        if !name.starts_with("fc/") {
+            assert_eq!(Some(tensor), official.tensor(name), "{name} is frozen");
+        }
+    }
+
+    // Two stages in one command: the classifier first, then the whole network.
+    let out = train(
+        "d",
+        &[
+            "--freeze-epochs",
+            "1",
+            "--epochs",
+            "2",
+            "--resolution",
+            "64",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("backbone frozen for the first 1 epoch"),
+        "{stdout}"
+    );
+    let tuned = mobilenet::ModelFile::load(&root.join("d/model-last.safetensors")).expect("model");
+    assert_ne!(
+        tuned.tensor("conv_1/depthwise/weight"),
+        official.tensor("conv_1/depthwise/weight")
     );
     std::fs::remove_dir_all(&root).expect("clean up");
 }

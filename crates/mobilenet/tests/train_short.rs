@@ -40,6 +40,8 @@ fn a_short_run_learns_fashion_mnist() {
         seed: 1,
         threads: 2,
         loader_workers: 2,
+        freeze_epochs: 0,
+        unfreeze_lr_scale: 1.0,
     };
     let dir = std::env::temp_dir().join(format!("mobilenet-short-{}", std::process::id()));
     let mut trainer = Trainer::new(&model, options, &dir).expect("trainer");
@@ -99,6 +101,8 @@ fn a_non_finite_statistic_stops_the_run_before_anything_is_saved() {
         seed: 1,
         threads: 1,
         loader_workers: 1,
+        freeze_epochs: 0,
+        unfreeze_lr_scale: 1.0,
     };
     let dir = std::env::temp_dir().join(format!("mobilenet-nan-stat-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -123,4 +127,64 @@ fn a_non_finite_statistic_stops_the_run_before_anything_is_saved() {
     );
     drop(trainer);
     std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// A frozen backbone stays bit-identical (weights and moving statistics) while the classifier
+/// learns; in two-stage fine-tuning the backbone starts to move once it is unfrozen.
+#[test]
+fn a_frozen_backbone_is_left_untouched_and_unfrozen_later() {
+    let all = Dataset::builtin_fashion_mnist();
+    let train = all.subset(&(0..96).collect::<Vec<_>>());
+    let val = all.subset(&(9000..9032).collect::<Vec<_>>());
+    let config = MobileNetConfig::new(0.25, 32)
+        .and_then(|c| c.with_classes(10))
+        .expect("valid")
+        .with_stem(Stem::SmallInput);
+    let start = ModelFile::random(config, 5);
+    let run = |freeze_epochs: usize, name: &str| {
+        let options = TrainOptions {
+            epochs: 2,
+            batch_size: 32,
+            lr: 0.05,
+            schedule: Schedule::Constant,
+            optimizer: OptimizerKind::paper(),
+            weight_decay: 4e-5,
+            label_smoothing: 0.0,
+            bn_decay: 0.9,
+            augment: Augment::None,
+            seed: 1,
+            threads: 2,
+            loader_workers: 1,
+            freeze_epochs,
+            unfreeze_lr_scale: 0.1,
+        };
+        let dir = std::env::temp_dir().join(format!("mobilenet-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut trainer = Trainer::new(&start, options, &dir).expect("trainer");
+        let mut losses = Quiet(Vec::new());
+        trainer.run(&train, &val, &mut losses).expect("run");
+        let model = trainer.net.to_model();
+        drop(trainer);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        (model, losses.0)
+    };
+    let changed = |model: &ModelFile, name: &str| model.tensor(name) != start.tensor(name);
+
+    let (frozen, losses) = run(usize::MAX, "frozen");
+    for name in start.tensors().keys() {
+        if name.starts_with("fc/") {
+            assert!(changed(&frozen, name), "{name} trains");
+        } else {
+            assert!(!changed(&frozen, name), "{name} stays as it was");
+        }
+    }
+    assert!(losses.iter().all(|l| l.is_finite()));
+    assert!(
+        losses[losses.len() - 1] < losses[0],
+        "the classifier learns: {losses:?}"
+    );
+
+    let (two_stage, _) = run(1, "two-stage");
+    assert!(changed(&two_stage, "conv_0/weight"), "unfrozen in epoch 2");
+    assert!(changed(&two_stage, "conv_13/pointwise/bn/moving_mean"));
 }

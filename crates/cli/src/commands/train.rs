@@ -59,6 +59,15 @@ pub enum ScheduleArg {
     Cosine,
 }
 
+/// What `--freeze` holds fixed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum FreezeArg {
+    /// Every layer but the classifier
+    Backbone,
+    /// Nothing (the default)
+    None,
+}
+
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Training data: an image folder (one sub-folder per class; a folder with train/ and test/
@@ -146,6 +155,18 @@ pub struct TrainArgs {
     /// module defaults, U(±1/√fan_in), FC bias too) or he (U(±√(6/fan_in)), zero FC bias)
     #[arg(long, value_enum, default_value_t = InitArg::Torch)]
     weight_init: InitArg,
+    /// Train only the classifier on a frozen backbone (a linear probe of --init's features):
+    /// the backbone runs in the inference engine with its moving batch-norm statistics and no
+    /// backward pass
+    #[arg(long, value_enum, conflicts_with = "freeze_epochs")]
+    freeze: Option<FreezeArg>,
+    /// Two-stage fine-tuning: the first N epochs train only the classifier (as --freeze
+    /// backbone), the rest the whole network at the learning rate × --unfreeze-lr-scale
+    #[arg(long, value_name = "N")]
+    freeze_epochs: Option<usize>,
+    /// Factor on the learning rate once the backbone is unfrozen
+    #[arg(long, default_value_t = 0.1)]
+    unfreeze_lr_scale: f32,
     #[arg(long, default_value_t = 1)]
     pub(super) seed: u64,
     /// Compute threads (default: all cores)
@@ -399,6 +420,12 @@ fn options(args: &TrainArgs, small: bool, resolution: usize, train_len: usize) -
         seed: args.seed,
         threads: args.threads,
         loader_workers: args.workers.max(1),
+        freeze_epochs: match (args.freeze, args.freeze_epochs) {
+            (Some(FreezeArg::Backbone), _) => usize::MAX,
+            (_, Some(n)) => n,
+            _ => 0,
+        },
+        unfreeze_lr_scale: args.unfreeze_lr_scale,
     }
 }
 
@@ -460,6 +487,18 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
                 "training: {} of {} images, batch {}, {}, lr {} ({}), weight decay {}, augmentation: {}",
                 plural(opts.epochs, "epoch"), train.len(), opts.batch_size, opts.optimizer, opts.lr, opts.schedule, opts.weight_decay, opts.augment
             );
+            match opts.freeze_epochs {
+                0 => {}
+                n if n >= opts.epochs => println!(
+                    "backbone frozen: only the classifier trains (moving batch-norm statistics)"
+                ),
+                n => println!(
+                    "backbone frozen for the first {}, then the whole network at the learning \
+                     rate × {}",
+                    plural(n, "epoch"),
+                    opts.unfreeze_lr_scale
+                ),
+            }
             println!("run directory: {}", dir.display());
             let mut t = Trainer::new(&model, opts, &dir)?;
             t.state.data = Some(DataRecord {

@@ -116,7 +116,7 @@ fn open_unskipped(source: &DataSource) -> Result<(Dataset, Dataset, String)> {
 
 /// Flags that define a run: on `--resume` the checkpoint's values hold, and giving one of these
 /// is an error (the data flags may repeat the run's own values).
-const RUN_FLAGS: [&str; 24] = [
+const RUN_FLAGS: [&str; 27] = [
     "preset",
     "alpha",
     "resolution",
@@ -139,6 +139,9 @@ const RUN_FLAGS: [&str; 24] = [
     "no_augment",
     "pad",
     "weight_init",
+    "freeze",
+    "freeze_epochs",
+    "unfreeze_lr_scale",
     "init",
     "out",
 ];

@@ -369,46 +369,8 @@ impl TrainNet {
         let pixels = fh * fw;
         st.pooled.resize(batch * fc, 0.0);
         head::avgpool_forward(&st.acts[convs.len()], batch, pixels, fc, &mut st.pooled);
-        let dropout = self.config.head().map_or(0.0, |h| h.dropout) as f32;
-        head::dropout_forward(&mut st.pooled, dropout, rng, &mut st.dropout_mask);
-        let nfc = self.fc_param;
-        let (fc_w, fc_b) = (&self.params[nfc].value, &self.params[nfc + 1].value);
-        st.logits.resize(batch * classes, 0.0);
-        fc_forward(
-            self.isa,
-            &st.pooled,
-            (fc_w, fc_b),
-            fc,
-            classes,
-            &mut st.logits,
-        );
-        st.dlogits.resize(batch * classes, 0.0);
-        let (loss, correct) = head::softmax_cross_entropy(
-            &st.logits,
-            labels,
-            classes,
-            options.label_smoothing,
-            &mut st.dlogits,
-        );
-
-        // Backward: classifier.
-        let mut dpooled = vec![0.0; batch * fc];
-        {
-            let (dw, db) = grads[nfc..].split_at_mut(1);
-            let dims = (fc, classes);
-            let (pooled, dlogits) = (&st.pooled, &st.dlogits);
-            fc_backward(
-                self.isa,
-                pooled,
-                dlogits,
-                fc_w,
-                dims,
-                &mut dw[0],
-                &mut db[0],
-                &mut dpooled,
-            );
-        }
-        head::dropout_backward(&st.dropout_mask, &mut dpooled);
+        let (stats, dpooled) = self.classifier_step(&mut st, labels, rng, options, grads);
+        let StepStats { loss, correct } = stats;
         let mut da = std::mem::take(&mut st.grad_a);
         da.resize(batch * pixels * fc, 0.0);
         head::avgpool_backward(&dpooled, batch, pixels, fc, &mut da);
@@ -474,5 +436,93 @@ impl TrainNet {
         st.grad_b = dz;
         self.state = st;
         StepStats { loss, correct }
+    }
+
+    /// One training step of the classifier alone on the backbone's last feature maps
+    /// (`batch × pixels × channels`, NHWC, as a frozen backbone run in the inference engine
+    /// gives them): average pool, dropout, classifier, loss and their backward. Writes the
+    /// classifier's gradients (from index [`TrainNet::classifier_param`] on) and leaves the
+    /// others as they are.
+    ///
+    /// # Panics
+    ///
+    /// If the sizes do not match or a label is not a class.
+    pub fn head_step(
+        &mut self,
+        features: &[f32],
+        labels: &[usize],
+        rng: &mut Rng,
+        options: &StepOptions,
+        grads: &mut [Vec<f32>],
+    ) -> StepStats {
+        let (batch, channels) = (labels.len(), self.params[self.fc_param].shape[0]);
+        assert!(
+            batch > 0 && features.len().is_multiple_of(batch * channels),
+            "features must be batch × pixels × channels"
+        );
+        let pixels = features.len() / (batch * channels);
+        let classes = self.config.classes().unwrap_or(0);
+        assert!(labels.iter().all(|&l| l < classes), "label out of range");
+        let mut st = std::mem::take(&mut self.state);
+        st.batch = batch;
+        st.pooled.resize(batch * channels, 0.0);
+        head::avgpool_forward(features, batch, pixels, channels, &mut st.pooled);
+        let (stats, _) = self.classifier_step(&mut st, labels, rng, options, grads);
+        self.state = st;
+        stats
+    }
+
+    /// Index of the classifier's first parameter (the ones [`TrainNet::head_step`] trains).
+    pub fn classifier_param(&self) -> usize {
+        self.fc_param
+    }
+
+    /// Dropout, classifier, loss and their backward on `st.pooled`; returns the statistics and
+    /// the gradient of the loss with respect to the pooled features.
+    fn classifier_step(
+        &self,
+        st: &mut StepState,
+        labels: &[usize],
+        rng: &mut Rng,
+        options: &StepOptions,
+        grads: &mut [Vec<f32>],
+    ) -> (StepStats, Vec<f32>) {
+        let (batch, classes) = (labels.len(), self.config.classes().unwrap_or(0));
+        let nfc = self.fc_param;
+        let fc = self.params[nfc].shape[0];
+        let dropout = self.config.head().map_or(0.0, |h| h.dropout) as f32;
+        head::dropout_forward(&mut st.pooled, dropout, rng, &mut st.dropout_mask);
+        let (fc_w, fc_b) = (&self.params[nfc].value, &self.params[nfc + 1].value);
+        st.logits.resize(batch * classes, 0.0);
+        fc_forward(
+            self.isa,
+            &st.pooled,
+            (fc_w, fc_b),
+            fc,
+            classes,
+            &mut st.logits,
+        );
+        st.dlogits.resize(batch * classes, 0.0);
+        let (loss, correct) = head::softmax_cross_entropy(
+            &st.logits,
+            labels,
+            classes,
+            options.label_smoothing,
+            &mut st.dlogits,
+        );
+        let mut dpooled = vec![0.0; batch * fc];
+        let (dw, db) = grads[nfc..].split_at_mut(1);
+        fc_backward(
+            self.isa,
+            &st.pooled,
+            &st.dlogits,
+            fc_w,
+            (fc, classes),
+            &mut dw[0],
+            &mut db[0],
+            &mut dpooled,
+        );
+        head::dropout_backward(&st.dropout_mask, &mut dpooled);
+        (StepStats { loss, correct }, dpooled)
     }
 }

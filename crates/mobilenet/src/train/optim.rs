@@ -151,8 +151,14 @@ impl Optimizer {
     ///
     /// If `grads` does not match `params`.
     pub fn update(&mut self, params: &mut [Param], grads: &[Vec<f32>], lr: f32) {
+        self.update_from(params, grads, lr, 0);
+    }
+
+    /// As [`Optimizer::update`] for the parameters from index `first` on; the others (a
+    /// frozen backbone) and their optimiser state are left as they are.
+    pub fn update_from(&mut self, params: &mut [Param], grads: &[Vec<f32>], lr: f32, first: usize) {
         assert_eq!(params.len(), grads.len(), "one gradient per parameter");
-        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate().skip(first) {
             let wd = if p.decay { self.weight_decay } else { 0.0 };
             let mom = &mut self.momentum[i];
             match self.kind {

@@ -33,6 +33,18 @@ pub struct TrainOptions {
     pub threads: usize,
     /// Threads decoding and augmenting images ahead of the steps.
     pub loader_workers: usize,
+    /// Epochs at the start that train only the classifier: the backbone is frozen (its batch
+    /// norm uses the moving statistics, and no backward pass runs through it). 0: none.
+    #[serde(default)]
+    pub freeze_epochs: usize,
+    /// Factor on the learning rate once the backbone is unfrozen (fine-tuning a pretrained
+    /// network at the head's rate undoes what it learnt).
+    #[serde(default = "one")]
+    pub unfreeze_lr_scale: f32,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 impl TrainOptions {
@@ -45,7 +57,7 @@ impl TrainOptions {
     pub fn validate(&self) -> Result<(), String> {
         let unit = |v: f32| (0.0..1.0).contains(&v);
         let positive = |v: f32| v.is_finite() && v > 0.0;
-        let checks: [(bool, String); 6] = [
+        let checks: [(bool, String); 7] = [
             (
                 self.epochs >= 1,
                 format!("epochs {} must be at least 1", self.epochs),
@@ -69,6 +81,13 @@ impl TrainOptions {
             (
                 unit(self.bn_decay),
                 format!("batch-norm decay {} must be in [0, 1)", self.bn_decay),
+            ),
+            (
+                positive(self.unfreeze_lr_scale),
+                format!(
+                    "learning-rate factor after unfreezing {} must be positive",
+                    self.unfreeze_lr_scale
+                ),
             ),
         ];
         if let Some((_, message)) = checks.into_iter().find(|(ok, _)| !ok) {

@@ -179,6 +179,16 @@ pub trait Progress {
     }
 }
 
+/// The factor on the learning rate in `epoch`: [`TrainOptions::unfreeze_lr_scale`] once a
+/// frozen backbone has been unfrozen, else 1.
+fn lr_scale(o: &TrainOptions, epoch: usize) -> f32 {
+    match o.freeze_epochs {
+        0 => 1.0,
+        n if epoch < n => 1.0,
+        _ => o.unfreeze_lr_scale,
+    }
+}
+
 /// A training run in progress.
 #[derive(Debug)]
 pub struct Trainer {
@@ -422,6 +432,17 @@ impl Trainer {
                 &mut Rng::new(o.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9)),
             );
             let loader_seed = o.seed ^ (epoch as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            // A frozen backbone runs in the inference engine (moving statistics, no
+            // activations kept, no backward pass); only the classifier trains.
+            let frozen = epoch < o.freeze_epochs;
+            let lr_scale = lr_scale(&o, epoch);
+            let backbone = match frozen {
+                true => Some(InferenceModel::new(&self.net.to_model().backbone())?),
+                false => None,
+            };
+            let mut features = backbone
+                .as_ref()
+                .map(|b| b.session(o.batch_size.max(1), o.threads));
             let loader = Loader::new(
                 train,
                 order,
@@ -434,7 +455,7 @@ impl Trainer {
                 o.loader_workers,
             );
             for batch in loader {
-                let batch = batch?;
+                let mut batch = batch?;
                 for e in &batch.skipped {
                     progress.skipped(&e.to_string());
                 }
@@ -446,16 +467,34 @@ impl Trainer {
                 }
                 let t = Instant::now();
                 let frac = epoch as f32 + batch.index as f32 / batches as f32;
-                let lr = o.schedule.rate(o.lr, frac, o.epochs as f32);
+                let lr = o.schedule.rate(o.lr, frac, o.epochs as f32) * lr_scale;
                 let mut rng =
                     Rng::new(o.seed ^ self.state.step.wrapping_mul(0xA076_1D64_78BD_642F));
-                let stats = self.net.step(
-                    &batch.images,
-                    &batch.labels,
-                    &mut rng,
-                    &step_options,
-                    &mut grads,
-                );
+                let stats = match &mut features {
+                    Some(session) => {
+                        // The session takes whole batches: a short last one is padded.
+                        let n = batch.labels.len();
+                        let whole = session.batch();
+                        let mut input = std::mem::take(&mut batch.images);
+                        input.resize(whole * res * res * 3, 0.0);
+                        let out = session.run(&input);
+                        let per = out.len() / whole;
+                        self.net.head_step(
+                            &out[..n * per],
+                            &batch.labels,
+                            &mut rng,
+                            &step_options,
+                            &mut grads,
+                        )
+                    }
+                    None => self.net.step(
+                        &batch.images,
+                        &batch.labels,
+                        &mut rng,
+                        &step_options,
+                        &mut grads,
+                    ),
+                };
                 if !stats.loss.is_finite() {
                     return Err(TrainFailure::NonFinite {
                         loss: stats.loss,
@@ -463,7 +502,12 @@ impl Trainer {
                         batch: batch.index,
                     });
                 }
-                self.optimizer.update(&mut self.net.params, &grads, lr);
+                let first = match frozen {
+                    true => self.net.classifier_param(),
+                    false => 0,
+                };
+                self.optimizer
+                    .update_from(&mut self.net.params, &grads, lr, first);
                 let p = &mut self.state.partial;
                 let n = batch.labels.len();
                 p.loss_sum += stats.loss as f64 * n as f64;
@@ -503,7 +547,7 @@ impl Trainer {
                 val_loss: report.loss,
                 val_accuracy: report.top1,
                 val_top5: report.top5,
-                lr: o.schedule.rate(o.lr, (epoch + 1) as f32, o.epochs as f32),
+                lr: o.schedule.rate(o.lr, (epoch + 1) as f32, o.epochs as f32) * lr_scale,
                 images_per_second: (p.seen as f64 / p.step_seconds.max(1e-9)) as f32,
                 seconds: epoch_start.elapsed().as_secs_f32(),
                 skipped_images: p.skipped + report.skipped.len(),

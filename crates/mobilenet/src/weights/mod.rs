@@ -170,6 +170,23 @@ pub struct ModelFile {
 }
 
 impl ModelFile {
+    /// The same network without its classifier: its output is the pooled features.
+    pub fn backbone(&self) -> ModelFile {
+        let tensors = self
+            .tensors
+            .iter()
+            .filter(|(name, _)| !name.starts_with("fc/"))
+            .map(|(name, t)| (name.clone(), t.clone()))
+            .collect();
+        ModelFile {
+            config: self.config.without_head(),
+            bn_epsilon: self.bn_epsilon,
+            preprocessing: self.preprocessing,
+            labels: None,
+            tensors,
+        }
+    }
+
     /// A model from its parts, checked as [`ModelFile::validate`] checks a file (`path` names
     /// it in messages).
     ///
