@@ -207,12 +207,14 @@ fn a_split_that_leaves_no_images_is_an_error() {
     let root = Root::new("empty-split");
     let data = root.path("data");
     small_fashion_mnist(&data, 500);
-    // The default --holdout 1000 takes every one of 500 images.
+    // --holdout 1000 takes every one of 500 images.
     let out = mobilenet()
         .args([
             "train",
             "--data",
             s(&data),
+            "--holdout",
+            "1000",
             "--out",
             s(&root.path("a")),
             "--show",
@@ -230,6 +232,15 @@ fn a_split_that_leaves_no_images_is_an_error() {
         .output()
         .expect("run");
     fails_with(&out, &["no held-out images"]);
+    // The default holds out 10% of every class, which a small folder can afford.
+    let out = mobilenet()
+        .args(["train", "--data", s(&data), "--epochs", "1", "--show", "0"])
+        .args(["--batch-size", "50", "--out", s(&root.path("c"))])
+        .output()
+        .expect("run");
+    succeeds(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("(10% held out)"), "{stdout}");
 }
 
 #[test]

@@ -42,6 +42,7 @@ fn a_short_run_learns_fashion_mnist() {
         loader_workers: 2,
         freeze_epochs: 0,
         unfreeze_lr_scale: 1.0,
+        patience: None,
     };
     let dir = std::env::temp_dir().join(format!("mobilenet-short-{}", std::process::id()));
     let mut trainer = Trainer::new(&model, options, &dir).expect("trainer");
@@ -103,6 +104,7 @@ fn a_non_finite_statistic_stops_the_run_before_anything_is_saved() {
         loader_workers: 1,
         freeze_epochs: 0,
         unfreeze_lr_scale: 1.0,
+        patience: None,
     };
     let dir = std::env::temp_dir().join(format!("mobilenet-nan-stat-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -157,6 +159,7 @@ fn a_frozen_backbone_is_left_untouched_and_unfrozen_later() {
             loader_workers: 1,
             freeze_epochs,
             unfreeze_lr_scale: 0.1,
+            patience: None,
         };
         let dir = std::env::temp_dir().join(format!("mobilenet-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -187,4 +190,49 @@ fn a_frozen_backbone_is_left_untouched_and_unfrozen_later() {
     let (two_stage, _) = run(1, "two-stage");
     assert!(changed(&two_stage, "conv_0/weight"), "unfrozen in epoch 2");
     assert!(changed(&two_stage, "conv_13/pointwise/bn/moving_mean"));
+}
+
+/// With a held-out accuracy that cannot move (a frozen backbone, a classifier learning at
+/// 1e-12), `patience: 1` stops the run after the second epoch, keeping the best model.
+#[test]
+fn patience_stops_a_run_that_no_longer_improves() {
+    let all = Dataset::builtin_fashion_mnist();
+    let train = all.subset(&(0..64).collect::<Vec<_>>());
+    let val = all.subset(&(9000..9032).collect::<Vec<_>>());
+    let config = MobileNetConfig::new(0.25, 32)
+        .and_then(|c| c.with_classes(10))
+        .expect("valid")
+        .with_stem(Stem::SmallInput);
+    let options = TrainOptions {
+        epochs: 5,
+        batch_size: 32,
+        lr: 1e-12,
+        schedule: Schedule::Constant,
+        optimizer: OptimizerKind::Sgd { momentum: 0.0 },
+        weight_decay: 0.0,
+        label_smoothing: 0.0,
+        bn_decay: 0.9,
+        augment: Augment::None,
+        seed: 1,
+        threads: 1,
+        loader_workers: 1,
+        freeze_epochs: usize::MAX,
+        unfreeze_lr_scale: 1.0,
+        patience: Some(1),
+    };
+    let dir = std::env::temp_dir().join(format!("mobilenet-patience-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut trainer = Trainer::new(&ModelFile::random(config, 3), options, &dir).expect("trainer");
+    let end = trainer
+        .run(&train, &val, &mut Quiet(Vec::new()))
+        .expect("run");
+    assert_eq!(end, RunEnd::EarlyStopped);
+    assert_eq!(trainer.state.history.len(), 2);
+    assert_eq!(
+        mobilenet::train::trainer::epochs_since_best(&trainer.state.history),
+        1
+    );
+    assert!(dir.join("model-best.safetensors").exists());
+    drop(trainer);
+    std::fs::remove_dir_all(&dir).expect("clean up");
 }

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{ArgMatches, Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use mobilenet::data::{Augment, Dataset};
+use mobilenet::data::{Augment, Dataset, Holdout};
 use mobilenet::train::optim::{OptimizerKind, RmsPropVariant, Schedule};
 use mobilenet::train::recipe;
 use mobilenet::train::run::DataRecord;
 use mobilenet::train::trainer::{
-    EpochMetrics, Progress, RunEnd, TrainOptions, Trainer, MODEL_BEST,
+    epochs_since_best, EpochMetrics, Progress, RunEnd, TrainOptions, Trainer, MODEL_BEST,
 };
 use mobilenet::weights::{ModelFile, WeightInit};
 use mobilenet::{Classifier, InferenceModel, MobileNetConfig, Padding, Preset, Stem};
@@ -79,9 +79,10 @@ pub struct TrainArgs {
     /// Held-out data (default: test/ or val/ beside train/, else --holdout images of --data)
     #[arg(long)]
     pub(super) val: Option<PathBuf>,
-    /// Images held out of --data for validation when there is no separate held-out set
-    #[arg(long, default_value_t = 1000)]
-    pub(super) holdout: usize,
+    /// Held out of --data for validation when there is no separate held-out set: a count of
+    /// images drawn at random, or a percentage of every class (stratified)
+    #[arg(long, default_value = "10%")]
+    pub(super) holdout: Holdout,
     /// Leave out images that cannot be read or decoded (each named once, counted per epoch)
     /// instead of stopping at the first one
     #[arg(long)]
@@ -167,6 +168,9 @@ pub struct TrainArgs {
     /// Factor on the learning rate once the backbone is unfrozen
     #[arg(long, default_value_t = 0.1)]
     unfreeze_lr_scale: f32,
+    /// Stop when the held-out accuracy has not improved for N epochs (the best model is kept)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    patience: Option<u64>,
     #[arg(long, default_value_t = 1)]
     pub(super) seed: u64,
     /// Compute threads (default: all cores)
@@ -426,6 +430,7 @@ fn options(args: &TrainArgs, small: bool, resolution: usize, train_len: usize) -
             _ => 0,
         },
         unfreeze_lr_scale: args.unfreeze_lr_scale,
+        patience: args.patience.map(|p| p as usize),
     }
 }
 
@@ -536,6 +541,17 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
         // Release the run directory's lock: exit() skips destructors.
         drop(trainer);
         std::process::exit(130);
+    }
+    if end == RunEnd::EarlyStopped {
+        let history = &trainer.state.history;
+        let since = epochs_since_best(history);
+        println!(
+            "stopped early after epoch {}: the held-out accuracy has not improved for {} \
+             (best at epoch {})",
+            history.len(),
+            plural(since, "epoch"),
+            history.len() - since
+        );
     }
     let best = dir.join(MODEL_BEST);
     println!(

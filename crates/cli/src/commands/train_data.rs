@@ -31,7 +31,7 @@ pub(super) fn datasets(source: &DataSource) -> Result<(Dataset, Dataset, String)
     if train.is_empty() {
         bail!(
             "no training images: {described} (the data has {} images; --holdout {} takes them \
-             all: give a smaller --holdout, or --val DIR)",
+             all: give a smaller --holdout such as 10%, or --val DIR)",
             train.len() + val.len(),
             source.holdout
         );
@@ -84,7 +84,7 @@ fn open_unskipped(source: &DataSource) -> Result<(Dataset, Dataset, String)> {
         return Ok(match &source.val {
             Some(v) => (data, Dataset::open(v)?, path.display().to_string()),
             None => {
-                let (t, v) = data.split(holdout, seed);
+                let (t, v) = data.split_by(holdout, seed);
                 (t, v, format!("{} ({holdout} held out)", path.display()))
             }
         });
@@ -105,7 +105,7 @@ fn open_unskipped(source: &DataSource) -> Result<(Dataset, Dataset, String)> {
             format!("Fashion-MNIST 60k train / 10k test ({DEBIAN_FASHION_MNIST})"),
         ));
     }
-    let (train, val) = Dataset::builtin_fashion_mnist().split(holdout, seed);
+    let (train, val) = Dataset::builtin_fashion_mnist().split_by(holdout, seed);
     let described = format!(
         "built-in Fashion-MNIST test set: {} to train, {} held out",
         train.len(),
@@ -116,7 +116,7 @@ fn open_unskipped(source: &DataSource) -> Result<(Dataset, Dataset, String)> {
 
 /// Flags that define a run: on `--resume` the checkpoint's values hold, and giving one of these
 /// is an error (the data flags may repeat the run's own values).
-const RUN_FLAGS: [&str; 27] = [
+const RUN_FLAGS: [&str; 28] = [
     "preset",
     "alpha",
     "resolution",
@@ -142,6 +142,7 @@ const RUN_FLAGS: [&str; 27] = [
     "freeze",
     "freeze_epochs",
     "unfreeze_lr_scale",
+    "patience",
     "init",
     "out",
 ];

@@ -41,6 +41,9 @@ pub struct TrainOptions {
     /// network at the head's rate undoes what it learnt).
     #[serde(default = "one")]
     pub unfreeze_lr_scale: f32,
+    /// Stop when the held-out accuracy has not improved for this many epochs.
+    #[serde(default)]
+    pub patience: Option<usize>,
 }
 
 fn one() -> f32 {

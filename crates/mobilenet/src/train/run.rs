@@ -13,14 +13,15 @@ use crate::error::ModelError;
 /// The data a run was started on, as a front end chose it: the data path (`None`: its default
 /// data), a separate held-out path, and otherwise how many images were held out of the data with
 /// which seed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataSource {
     /// The training data (absolute), or `None` for the front end's default.
     pub data: Option<PathBuf>,
     /// Separate held-out data (absolute).
     pub val: Option<PathBuf>,
-    /// Images held out of `data` when there is no separate held-out set.
-    pub holdout: usize,
+    /// Images held out of `data` when there is no separate held-out set (a count in
+    /// checkpoints written before percentages).
+    pub holdout: crate::data::Holdout,
     /// Seed of that held-out split.
     pub split_seed: u64,
     /// Whether images that do not decode are left out instead of stopping the run.
@@ -29,7 +30,7 @@ pub struct DataSource {
 }
 
 /// The data of a run: where it came from and what it was.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataRecord {
     /// Where the data came from.
     pub source: DataSource,

@@ -106,6 +106,9 @@ pub enum RunEnd {
     Finished,
     /// Stopped on request; a checkpoint of the exact position was written.
     Interrupted,
+    /// Stopped early: the held-out accuracy has not improved for
+    /// [`TrainOptions::patience`] epochs (the best model is kept).
+    EarlyStopped,
 }
 
 /// Why training stopped with an error.
@@ -187,6 +190,19 @@ fn lr_scale(o: &TrainOptions, epoch: usize) -> f32 {
         n if epoch < n => 1.0,
         _ => o.unfreeze_lr_scale,
     }
+}
+
+/// Epochs since the one with the best held-out accuracy (the first of equals).
+pub fn epochs_since_best(history: &[EpochMetrics]) -> usize {
+    let best =
+        history
+            .iter()
+            .enumerate()
+            .fold(None, |best: Option<(usize, f32)>, (i, m)| match best {
+                Some((_, b)) if m.val_accuracy <= b => best,
+                _ => Some((i, m.val_accuracy)),
+            });
+    best.map_or(0, |(i, _)| history.len() - 1 - i)
 }
 
 /// A training run in progress.
@@ -573,6 +589,12 @@ impl Trainer {
             progress.epoch(&metrics, &self.state.history);
             if progress.stop_requested() && self.state.epoch < o.epochs {
                 return Ok(RunEnd::Interrupted);
+            }
+            if let Some(patience) = o.patience {
+                let since_best = epochs_since_best(&self.state.history);
+                if since_best >= patience && self.state.epoch < o.epochs {
+                    return Ok(RunEnd::EarlyStopped);
+                }
             }
         }
         Ok(RunEnd::Finished)
