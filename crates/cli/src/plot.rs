@@ -25,6 +25,20 @@ pub fn training_curves(path: &Path, history: &[EpochMetrics], title: &str) -> Re
     let root = BitMapBackend::new(path, (1200, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 17))?;
+    // The legend sits above the charts, outside the data.
+    let (legend, root) = root.split_vertically(26);
+    for (i, (label, color)) in [("training", BLUE), ("held-out", RED)]
+        .into_iter()
+        .enumerate()
+    {
+        let x = 470 + 140 * i as i32;
+        legend.draw(&PathElement::new(
+            vec![(x, 12), (x + 28, 12)],
+            color.stroke_width(3),
+        ))?;
+        legend.draw(&Circle::new((x + 14, 12), 3, color.filled()))?;
+        legend.draw(&Text::new(label, (x + 36, 4), ("sans-serif", 15)))?;
+    }
     let (left, right) = root.split_horizontally(600);
     let epochs = history.len().max(1) as f32;
     let x_range = 0.5f32..epochs + 0.5;
@@ -45,17 +59,12 @@ pub fn training_curves(path: &Path, history: &[EpochMetrics], title: &str) -> Re
         .configure_mesh()
         .x_desc("epoch")
         .y_desc("cross-entropy")
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_labels(history.len().clamp(2, 12) + 1)
+        .x_label_formatter(&epoch_label)
         .label_style(("sans-serif", 14))
         .draw()?;
-    series(&mut chart, history, |m| m.train_loss, BLUE, "training")?;
-    series(&mut chart, history, |m| m.val_loss, RED, "held-out")?;
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()?;
+    series(&mut chart, history, |m| m.train_loss, BLUE)?;
+    series(&mut chart, history, |m| m.val_loss, RED)?;
 
     let min_acc = history
         .iter()
@@ -72,21 +81,24 @@ pub fn training_curves(path: &Path, history: &[EpochMetrics], title: &str) -> Re
         .configure_mesh()
         .x_desc("epoch")
         .y_desc("accuracy")
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_labels(history.len().clamp(2, 12) + 1)
+        .x_label_formatter(&epoch_label)
         .label_style(("sans-serif", 14))
         .draw()?;
-    series(&mut chart, history, |m| m.train_accuracy, BLUE, "training")?;
-    series(&mut chart, history, |m| m.val_accuracy, RED, "held-out")?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()?;
+    series(&mut chart, history, |m| m.train_accuracy, BLUE)?;
+    series(&mut chart, history, |m| m.val_accuracy, RED)?;
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// Epochs are whole: ticks between them get no label.
+fn epoch_label(x: &f32) -> String {
+    if (x - x.round()).abs() < 1e-3 && *x >= 1.0 {
+        format!("{x:.0}")
+    } else {
+        String::new()
+    }
 }
 
 fn series<DB: DrawingBackend>(
@@ -98,16 +110,12 @@ fn series<DB: DrawingBackend>(
     history: &[EpochMetrics],
     value: impl Fn(&EpochMetrics) -> f32,
     color: RGBColor,
-    label: &str,
 ) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
     let points: Vec<(f32, f32)> = history.iter().map(|m| (m.epoch as f32, value(m))).collect();
-    chart
-        .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-        .label(label)
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?;
     chart.draw_series(
         points
             .into_iter()
@@ -116,75 +124,134 @@ where
     Ok(())
 }
 
-/// A confusion matrix as a heat map: rows true classes, columns predictions, counts written in.
+/// A confusion matrix as a heat map: rows true classes, columns predictions, with a colour
+/// scale. `normalize`: each row as fractions of its class (per-class recall on the diagonal),
+/// else counts. Laid out for 2 to 1000 classes: names and numbers are written while the cells
+/// are large enough to hold them.
 pub fn confusion_matrix(
     path: &Path,
     classes: &[String],
     confusion: &[Vec<usize>],
     title: &str,
+    normalize: bool,
 ) -> Result<()> {
     register_font();
-    let k = classes.len();
-    let cell = (600 / k.max(1)).clamp(12, 60) as u32;
-    let label_w = 150u32;
-    let size = (
-        label_w + cell * k as u32 + 30,
-        label_w + cell * k as u32 + 40,
-    );
-    let root = BitMapBackend::new(path, size).into_drawing_area();
+    let k = classes.len().max(1);
+    let cell = (800 / k).clamp(1, 60) as i32;
+    let names = cell >= 8;
+    // Room for the longest name (at most 18 characters are written).
+    let longest = classes
+        .iter()
+        .map(|n| n.chars().count().min(18))
+        .max()
+        .unwrap_or(0);
+    let label_w = match names {
+        true => (longest as i32 * 9 + 15).clamp(40, 170),
+        false => 40,
+    };
+    let (top, grid) = (label_w + 40, cell * k as i32);
+    let bar_x = label_w + grid + 30;
+    let width = (bar_x + 110).max(700) as u32;
+    let height = (top + grid + 50) as u32;
+    let values: Vec<Vec<f32>> = confusion
+        .iter()
+        .take(k)
+        .map(|row| {
+            let total = row.iter().sum::<usize>().max(1) as f32;
+            row.iter()
+                .take(k)
+                .map(|&n| {
+                    if normalize {
+                        n as f32 / total
+                    } else {
+                        n as f32
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let max = match normalize {
+        true => 1.0,
+        false => values.iter().flatten().fold(1.0f32, |a, &v| a.max(v)),
+    };
+    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
     root.fill(&WHITE)?;
     root.draw(&Text::new(title.to_string(), (10, 8), ("sans-serif", 18)))?;
-    let max = confusion
-        .iter()
-        .flatten()
-        .copied()
-        .max()
-        .unwrap_or(1)
-        .max(1) as f32;
     let font = ("sans-serif", (cell as f32 * 0.35).clamp(8.0, 14.0) as u32);
-    let top = label_w as i32;
-    for (t, row) in confusion.iter().enumerate().take(k) {
-        for (p, &n) in row.iter().enumerate().take(k) {
-            let x = label_w as i32 + (p as u32 * cell) as i32;
-            let y = top + (t as u32 * cell) as i32;
-            let v = n as f32 / max;
-            let shade = (255.0 * (1.0 - v)) as u8;
-            let color = if t == p {
-                RGBColor(shade, 255 - (255 - shade) / 3, shade)
-            } else {
-                RGBColor(255, shade, shade)
-            };
+    let grid_font = ("sans-serif", 14);
+    for (t, row) in values.iter().enumerate() {
+        for (p, &v) in row.iter().enumerate() {
+            let (x, y) = (label_w + p as i32 * cell, top + t as i32 * cell);
+            let shade = heat(v / max);
             root.draw(&Rectangle::new(
-                [(x, y), (x + cell as i32, y + cell as i32)],
-                color.filled(),
+                [(x, y), (x + cell, y + cell)],
+                shade.filled(),
             ))?;
-            if n > 0 && cell >= 20 {
+            if v > 0.0 && cell >= 24 {
+                let text = match normalize {
+                    true => format!("{:.0}%", 100.0 * v),
+                    false => format!("{v:.0}"),
+                };
+                let ink = if v / max > 0.6 { WHITE } else { BLACK };
                 root.draw(&Text::new(
-                    n.to_string(),
-                    (x + 3, y + cell as i32 / 3),
-                    font,
+                    text,
+                    (x + 3, y + cell / 3),
+                    font.into_font().color(&ink),
                 ))?;
             }
         }
-        let name: String = classes[t].chars().take(18).collect();
-        root.draw(&Text::new(
-            name,
-            (5, top + (t as u32 * cell) as i32 + cell as i32 / 3),
-            font,
+    }
+    if names {
+        for (i, name) in classes.iter().enumerate().take(k) {
+            let name: String = name.chars().take(18).collect();
+            let at = i as i32 * cell + cell / 3;
+            root.draw(&Text::new(name.clone(), (5, top + at), font))?;
+            let style = TextStyle::from(font.into_font()).transform(FontTransform::Rotate270);
+            root.draw(&Text::new(name, (label_w + at, top - 5), style))?;
+        }
+    }
+    root.draw(&Rectangle::new(
+        [(label_w, top), (label_w + grid, top + grid)],
+        BLACK.stroke_width(1),
+    ))?;
+    // The colour scale: from the largest value (top) to 0 (bottom).
+    let steps = 100;
+    for i in 0..steps {
+        let v = 1.0 - i as f32 / steps as f32;
+        let y0 = top + grid * i / steps;
+        let y1 = top + grid * (i + 1) / steps;
+        root.draw(&Rectangle::new(
+            [(bar_x, y0), (bar_x + 18, y1.max(y0 + 1))],
+            heat(v).filled(),
         ))?;
     }
-    for (p, name) in classes.iter().enumerate() {
-        let name: String = name.chars().take(18).collect();
-        let x = label_w as i32 + (p as u32 * cell) as i32 + cell as i32 / 3;
-        let style = TextStyle::from(font.into_font()).transform(FontTransform::Rotate270);
-        root.draw(&Text::new(name, (x, label_w as i32 - 5), style))?;
-    }
-    root.draw(&Text::new(
-        "rows: true class, columns: predicted".to_string(),
-        (label_w as i32, size.1 as i32 - 25),
-        font,
+    root.draw(&Rectangle::new(
+        [(bar_x, top), (bar_x + 18, top + grid)],
+        BLACK.stroke_width(1),
     ))?;
+    let scale = |v: f32| match normalize {
+        true => format!("{:.0}%", 100.0 * v),
+        false => format!("{v:.0}"),
+    };
+    root.draw(&Text::new(scale(max), (bar_x + 24, top), grid_font))?;
+    root.draw(&Text::new(
+        scale(0.0),
+        (bar_x + 24, top + grid - 14),
+        grid_font,
+    ))?;
+    let footer = match normalize {
+        true => "rows: true class (each row sums to 100%), columns: predicted",
+        false => "rows: true class, columns: predicted (counts)",
+    };
+    root.draw(&Text::new(footer, (10, height as i32 - 24), grid_font))?;
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// White (0) through blue to dark blue (1).
+fn heat(v: f32) -> RGBColor {
+    let v = v.clamp(0.0, 1.0);
+    let lerp = |a: f32, b: f32| (a + (b - a) * v) as u8;
+    RGBColor(lerp(255.0, 8.0), lerp(255.0, 48.0), lerp(255.0, 107.0))
 }

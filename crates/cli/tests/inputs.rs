@@ -454,3 +454,55 @@ fn classify_takes_folders_and_writes_csv() {
     let out = mobilenet(&["classify", "--model", m, empty.to_str().expect("utf-8")]);
     one_error_line(&out, &["empty", "holds no JPEG"]);
 }
+
+/// `eval --confusion-png` draws the matrix with its colour scale (the scale's top is the
+/// darkest shade); `--normalize` needs the PNG; the title fits a 3-class picture.
+#[test]
+fn eval_draws_a_confusion_matrix_with_a_scale() {
+    let dir = TempDir::new("confusion");
+    let model = dir.path("m.safetensors");
+    tiny_model(&model);
+    let data = dir.path("data");
+    for (class, rgb) in [
+        ("blue", [0, 0, 250]),
+        ("green", [0, 250, 0]),
+        ("red", [250, 0, 0]),
+    ] {
+        std::fs::create_dir_all(data.join(class)).expect("dir");
+        for i in 0..4u8 {
+            image::RgbImage::from_pixel(8, 8, image::Rgb(rgb.map(|v: u8| v - i)))
+                .save(data.join(class).join(format!("{i}.png")))
+                .expect("png");
+        }
+    }
+    let png = dir.path("cm.png");
+    let (m, d, p) = (
+        model.to_str().expect("utf-8"),
+        data.to_str().expect("utf-8"),
+        png.to_str().expect("utf-8"),
+    );
+    let out = mobilenet(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--confusion-png",
+        p,
+        "--normalize",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = image::open(&png).expect("a PNG").to_rgb8();
+    assert!(img.width() >= 700, "room for the title: {}", img.width());
+    let darkest = img.pixels().filter(|px| px.0 == [8, 48, 107]).count();
+    assert!(darkest > 0, "the scale's top shade is drawn");
+    let out = mobilenet(&["eval", "--model", m, "--data", d, "--normalize"]);
+    assert!(
+        !out.status.success(),
+        "--normalize without a PNG is refused"
+    );
+}

@@ -31,6 +31,9 @@ pub struct EvalArgs {
     /// Where to draw the confusion matrix (PNG)
     #[arg(long)]
     confusion_png: Option<PathBuf>,
+    /// Draw the confusion matrix's rows as fractions of their class instead of counts
+    #[arg(long, requires = "confusion_png")]
+    normalize: bool,
     /// One JSON object on stdout
     #[arg(long)]
     json: bool,
@@ -63,7 +66,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             args.data.display(),
             100.0 * report.top1
         );
-        plot::confusion_matrix(png, &report.classes, &report.confusion, &title)?;
+        plot::confusion_matrix(
+            png,
+            &report.classes,
+            &report.confusion,
+            &title,
+            args.normalize,
+        )?;
     }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

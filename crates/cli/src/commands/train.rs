@@ -140,9 +140,9 @@ pub struct TrainArgs {
     /// Label smoothing (off in the paper)
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f32,
-    /// Batch-norm moving-average decay
-    #[arg(long, default_value_t = 0.99)]
-    bn_decay: f32,
+    /// Batch-norm moving-average decay (default: 1 − 1/steps per epoch, between 0.9 and 0.99)
+    #[arg(long)]
+    bn_decay: Option<f32>,
     /// Dropout rate before the classifier
     #[arg(long, default_value_t = 0.001)]
     dropout: f64,
@@ -415,7 +415,9 @@ fn options(args: &TrainArgs, small: bool, resolution: usize, train_len: usize) -
         optimizer,
         weight_decay: args.weight_decay,
         label_smoothing: args.label_smoothing,
-        bn_decay: args.bn_decay,
+        bn_decay: args.bn_decay.unwrap_or(recipe::default_bn_decay(
+            train_len.div_ceil(args.batch_size.max(1)),
+        )),
         augment: if args.no_augment {
             Augment::None
         } else {
@@ -489,8 +491,8 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
                 .unwrap_or_else(|| PathBuf::from(format!("runs/{}", timestamp())));
             println!("model: {}", model.config);
             println!(
-                "training: {} of {} images, batch {}, {}, lr {} ({}), weight decay {}, augmentation: {}",
-                plural(opts.epochs, "epoch"), train.len(), opts.batch_size, opts.optimizer, opts.lr, opts.schedule, opts.weight_decay, opts.augment
+                "training: {} of {} images, batch {}, {}, lr {} ({}), weight decay {}, batch-norm decay {}, augmentation: {}",
+                plural(opts.epochs, "epoch"), train.len(), opts.batch_size, opts.optimizer, opts.lr, opts.schedule, opts.weight_decay, opts.bn_decay, opts.augment
             );
             match opts.freeze_epochs {
                 0 => {}
