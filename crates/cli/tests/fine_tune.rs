@@ -125,3 +125,77 @@ fn init_takes_the_network_from_the_official_file() {
     );
     std::fs::remove_dir_all(&root).expect("clean up");
 }
+
+/// `--teacher` distils from an f32 model and from a quantized `.tflite` of it; a teacher with
+/// other classes is refused by name; on resume the teacher cannot change.
+#[test]
+fn distillation_from_f32_and_int8_teachers() {
+    let root = std::env::temp_dir().join(format!("mobilenet-distil-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let folder = root.join("photos");
+    small_image_folder(&folder);
+    let train = |out: &str, extra: &[&str]| {
+        mobilenet()
+            .args([
+                "train",
+                "--data",
+                s(&folder),
+                "--holdout",
+                "6",
+                "--epochs",
+                "1",
+            ])
+            .args(["--batch-size", "8", "--show", "0", "--threads", "2"])
+            .args(["--out", s(&root.join(out))])
+            .args(extra)
+            .output()
+            .expect("run")
+    };
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    ok(&train("teacher", &["--alpha", "0.5"]));
+    let teacher = root.join("teacher/model-best.safetensors");
+    let int8 = root.join("teacher.tflite");
+    ok(&mobilenet()
+        .args(["quantize", "--model", s(&teacher), "--calibration"])
+        .args([s(&folder.join("ant")), "-o", s(&int8)])
+        .output()
+        .expect("quantize"));
+    for (run, t) in [("f32", &teacher), ("int8", &int8)] {
+        let stdout = ok(&train(run, &["--teacher", s(t), "--temperature", "2"]));
+        assert!(
+            stdout.contains("distilling from") && stdout.contains("temperature 2"),
+            "{stdout}"
+        );
+        assert!(root.join(run).join("model-best.safetensors").exists());
+    }
+    let out = mobilenet()
+        .args(["train", "--resume", s(&root.join("f32")), "--epochs", "2"])
+        .args(["--teacher", s(&int8), "--show", "0"])
+        .output()
+        .expect("resume");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--teacher cannot change"));
+
+    let five = root.join("five.safetensors");
+    let config = mobilenet::MobileNetConfig::new(0.25, 32)
+        .and_then(|c| c.with_classes(5))
+        .expect("config");
+    mobilenet::ModelFile::random(config, 1)
+        .save(&five)
+        .expect("save");
+    let out = train("wrong", &["--teacher", s(&five)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("the teacher has 5 classes, the student 3"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&root).expect("clean up");
+}

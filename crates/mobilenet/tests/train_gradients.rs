@@ -183,3 +183,87 @@ fn full_conv_and_headless_models_are_refused() {
         TrainError::NoHead
     );
 }
+
+/// A distilled step: the mixed loss's gradient matches finite differences on the classifier
+/// and the last block, and a teacher weight of 0 gives exactly the plain step.
+#[test]
+fn distilled_step_gradients() {
+    use mobilenet::train::net::Distill;
+    let model = tiny(Stem::Standard, Padding::TfSame);
+    let mut net = TrainNet::from_model(&model, 1).expect("trainable");
+    let res = model.config.resolution();
+    let (images, labels) = batch(res, 4, 2);
+    let mut rng = Rng::new(4);
+    let mut soft: Vec<f32> = (0..4 * 4).map(|_| rng.uniform() + 0.05).collect();
+    for row in soft.chunks_exact_mut(4) {
+        let s: f32 = row.iter().sum();
+        row.iter_mut().for_each(|p| *p /= s);
+    }
+    let plain = StepOptions {
+        update_bn_stats: false,
+        ..StepOptions::default()
+    };
+    let with = |weight: f32| StepOptions {
+        distill: Some(Distill {
+            weight,
+            temperature: 3.0,
+        }),
+        ..plain
+    };
+    let mut a = net.zero_gradients();
+    let mut b = net.zero_gradients();
+    let sa = net.step(&images, &labels, &mut Rng::new(0), &plain, &mut a);
+    let sb = net.step_distilled(
+        &images,
+        &labels,
+        &soft,
+        &mut Rng::new(0),
+        &with(0.0),
+        &mut b,
+    );
+    assert_eq!((sa, &a), (sb, &b), "weight 0 is the plain step");
+
+    let options = with(0.7);
+    let mut grads = net.zero_gradients();
+    net.step_distilled(
+        &images,
+        &labels,
+        &soft,
+        &mut Rng::new(0),
+        &options,
+        &mut grads,
+    );
+    let loss_of = |net: &mut TrainNet| {
+        let mut scratch = net.zero_gradients();
+        net.step_distilled(
+            &images,
+            &labels,
+            &soft,
+            &mut Rng::new(0),
+            &options,
+            &mut scratch,
+        )
+        .loss as f64
+    };
+    for name in ["fc/weight", "fc/bias", "conv_13/pointwise/bn/gamma"] {
+        let pi = (0..net.params.len())
+            .find(|&p| net.params[p].name == name)
+            .expect("parameter");
+        let len = net.params[pi].value.len();
+        for i in (0..len).step_by((len / 8).max(1)) {
+            let orig = net.params[pi].value[i];
+            let eps = 5e-3 * orig.abs().max(0.2);
+            net.params[pi].value[i] = orig + eps;
+            let up = loss_of(&mut net);
+            net.params[pi].value[i] = orig - eps;
+            let down = loss_of(&mut net);
+            net.params[pi].value[i] = orig;
+            let numeric = (up - down) / (2.0 * eps as f64);
+            let analytic = grads[pi][i] as f64;
+            assert!(
+                (numeric - analytic).abs() <= 2e-2 * numeric.abs().max(analytic.abs()) + 2e-4,
+                "{name}[{i}]: numeric {numeric}, analytic {analytic}"
+            );
+        }
+    }
+}

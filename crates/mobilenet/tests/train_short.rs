@@ -43,6 +43,7 @@ fn a_short_run_learns_fashion_mnist() {
         freeze_epochs: 0,
         unfreeze_lr_scale: 1.0,
         patience: None,
+        distill: None,
     };
     let dir = std::env::temp_dir().join(format!("mobilenet-short-{}", std::process::id()));
     let mut trainer = Trainer::new(&model, options, &dir).expect("trainer");
@@ -105,6 +106,7 @@ fn a_non_finite_statistic_stops_the_run_before_anything_is_saved() {
         freeze_epochs: 0,
         unfreeze_lr_scale: 1.0,
         patience: None,
+        distill: None,
     };
     let dir = std::env::temp_dir().join(format!("mobilenet-nan-stat-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -160,6 +162,7 @@ fn a_frozen_backbone_is_left_untouched_and_unfrozen_later() {
             freeze_epochs,
             unfreeze_lr_scale: 0.1,
             patience: None,
+            distill: None,
         };
         let dir = std::env::temp_dir().join(format!("mobilenet-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -219,6 +222,7 @@ fn patience_stops_a_run_that_no_longer_improves() {
         freeze_epochs: usize::MAX,
         unfreeze_lr_scale: 1.0,
         patience: Some(1),
+        distill: None,
     };
     let dir = std::env::temp_dir().join(format!("mobilenet-patience-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -87,6 +87,7 @@ fn one_training_step_matches_tensorflow() {
         label_smoothing: 0.0,
         bn_decay: 0.9,
         update_bn_stats: true,
+        distill: None,
     };
     let stats = net.step(&images, &labels, &mut Rng::new(0), &options, &mut grads);
     assert!(

@@ -14,7 +14,8 @@ use mobilenet::train::optim::{OptimizerKind, RmsPropVariant, Schedule};
 use mobilenet::train::recipe;
 use mobilenet::train::run::DataRecord;
 use mobilenet::train::trainer::{
-    epochs_since_best, EpochMetrics, Progress, RunEnd, TrainOptions, Trainer, MODEL_BEST,
+    epochs_since_best, Distillation, EpochMetrics, Progress, RunEnd, TrainOptions, Trainer,
+    MODEL_BEST,
 };
 use mobilenet::weights::{ModelFile, WeightInit};
 use mobilenet::{Classifier, InferenceModel, MobileNetConfig, Padding, Preset, Stem};
@@ -168,6 +169,16 @@ pub struct TrainArgs {
     /// Factor on the learning rate once the backbone is unfrozen
     #[arg(long, default_value_t = 0.1)]
     unfreeze_lr_scale: f32,
+    /// Distil from this model (any model file or quantized .tflite with the same classes): the
+    /// loss mixes its soft targets with the labels (Hinton et al. 2015)
+    #[arg(long, value_name = "MODEL")]
+    teacher: Option<PathBuf>,
+    /// Weight of the teacher's term in the loss (the labels get 1 − w)
+    #[arg(long, default_value_t = 0.5, requires = "teacher")]
+    distill_weight: f32,
+    /// Temperature of the teacher's and the student's softmax in the teacher's term
+    #[arg(long, default_value_t = 4.0, requires = "teacher")]
+    temperature: f32,
     /// Stop when the held-out accuracy has not improved for N epochs (the best model is kept)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     patience: Option<u64>,
@@ -433,6 +444,12 @@ fn options(args: &TrainArgs, small: bool, resolution: usize, train_len: usize) -
         },
         unfreeze_lr_scale: args.unfreeze_lr_scale,
         patience: args.patience.map(|p| p as usize),
+        distill: args.teacher.as_ref().map(|t| Distillation {
+            // Absolute, so that a resume from another directory finds it.
+            teacher: std::fs::canonicalize(t).unwrap_or_else(|_| t.clone()),
+            weight: args.distill_weight,
+            temperature: args.temperature,
+        }),
     }
 }
 
@@ -494,6 +511,14 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
                 "training: {} of {} images, batch {}, {}, lr {} ({}), weight decay {}, batch-norm decay {}, augmentation: {}",
                 plural(opts.epochs, "epoch"), train.len(), opts.batch_size, opts.optimizer, opts.lr, opts.schedule, opts.weight_decay, opts.bn_decay, opts.augment
             );
+            if let Some(d) = &opts.distill {
+                println!(
+                    "distilling from {}: weight {} on its soft targets at temperature {}",
+                    d.teacher.display(),
+                    d.weight,
+                    d.temperature
+                );
+            }
             match opts.freeze_epochs {
                 0 => {}
                 n if n >= opts.epochs => println!(

@@ -116,7 +116,7 @@ fn open_unskipped(source: &DataSource) -> Result<(Dataset, Dataset, String)> {
 
 /// Flags that define a run: on `--resume` the checkpoint's values hold, and giving one of these
 /// is an error (the data flags may repeat the run's own values).
-const RUN_FLAGS: [&str; 28] = [
+const RUN_FLAGS: [&str; 31] = [
     "preset",
     "alpha",
     "resolution",
@@ -143,6 +143,9 @@ const RUN_FLAGS: [&str; 28] = [
     "freeze_epochs",
     "unfreeze_lr_scale",
     "patience",
+    "teacher",
+    "distill_weight",
+    "temperature",
     "init",
     "out",
 ];

@@ -95,6 +95,58 @@ pub fn softmax_cross_entropy(
     ((loss / n as f64) as f32, correct)
 }
 
+/// Knowledge distillation (Hinton et al. 2015): the mean over `n` rows of
+/// `T² · KL(soft ‖ softmax(logits / T))`, where `soft` holds the teacher's probabilities at
+/// temperature `T` (rows summing to 1). The `T²` keeps the gradient's size independent of `T`.
+/// Returns the loss and writes `dlogits = T · (softmax(logits / T) − soft) / n`.
+pub fn distillation_loss(
+    logits: &[f32],
+    soft: &[f32],
+    k: usize,
+    temperature: f32,
+    dlogits: &mut [f32],
+) -> f32 {
+    let n = logits.len() / k;
+    let t = temperature as f64;
+    let mut loss = 0.0f64;
+    for ((row, q), d) in logits
+        .chunks_exact(k)
+        .zip(soft.chunks_exact(k))
+        .zip(dlogits.chunks_exact_mut(k))
+    {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let sum: f64 = row.iter().map(|&v| ((v as f64 - max) / t).exp()).sum();
+        let log_sum = sum.ln();
+        for j in 0..k {
+            let log_p = (row[j] as f64 - max) / t - log_sum;
+            let q = q[j] as f64;
+            if q > 0.0 {
+                loss += q * (q.ln() - log_p);
+            }
+            d[j] = (t * (log_p.exp() - q) / n as f64) as f32;
+        }
+    }
+    (t * t * loss / n.max(1) as f64) as f32
+}
+
+/// The teacher's probabilities at temperature `T` from its probabilities at 1:
+/// `softmax(z / T) = p^(1/T) / Σ p^(1/T)`, row by row (so any runtime's output serves, an
+/// integer model's included).
+pub fn soften(probabilities: &mut [f32], k: usize, temperature: f32) {
+    for row in probabilities.chunks_exact_mut(k) {
+        let mut sum = 0.0f64;
+        for p in row.iter_mut() {
+            *p = p.max(0.0).powf(1.0 / temperature);
+            sum += *p as f64;
+        }
+        if sum > 0.0 {
+            row.iter_mut().for_each(|p| *p = (*p as f64 / sum) as f32);
+        } else {
+            row.fill(1.0 / k as f32);
+        }
+    }
+}
+
 /// The classifier: `logits[batch, classes] = pooled[batch, cin] · W[cin, classes] + b`.
 pub(crate) fn fc_forward(
     isa: Isa,
@@ -210,6 +262,44 @@ mod tests {
                 softmax_cross_entropy(l, &labels, k, smoothing, &mut scratch).0 as f64
             });
         }
+        // Distillation: the gradient matches finite differences at several temperatures, and a
+        // student that already gives the teacher's soft targets has zero loss and gradient.
+        let mut soft: Vec<f32> = (0..n * k).map(|_| rng.uniform().max(1e-3)).collect();
+        for row in soft.chunks_exact_mut(k) {
+            let s: f32 = row.iter().sum();
+            row.iter_mut().for_each(|p| *p /= s);
+        }
+        for t in [1.0, 2.0, 4.0] {
+            let mut d = vec![0.0; n * k];
+            distillation_loss(&logits, &soft, k, t, &mut d);
+            check_gradient("distill", &mut logits, &d, |l| {
+                let mut scratch = vec![0.0; n * k];
+                distillation_loss(l, &soft, k, t, &mut scratch) as f64
+            });
+            let mut same = vec![0.0; n * k];
+            for (row, out) in logits.chunks_exact(k).zip(same.chunks_exact_mut(k)) {
+                let e: Vec<f32> = row.iter().map(|v| (v / t).exp()).collect();
+                let s: f32 = e.iter().sum();
+                out.iter_mut().zip(&e).for_each(|(o, v)| *o = v / s);
+            }
+            let loss = distillation_loss(&logits, &same, k, t, &mut d);
+            assert!(
+                loss.abs() < 1e-5 && d.iter().all(|g| g.abs() < 1e-6),
+                "{loss}"
+            );
+        }
+        // Softening probabilities equals a softmax of the logits at the temperature.
+        let row = [1.0f32, 2.0, 0.5];
+        let mut p: Vec<f32> = row.iter().map(|v| v.exp()).collect();
+        let s: f32 = p.iter().sum();
+        p.iter_mut().for_each(|v| *v /= s);
+        soften(&mut p, 3, 2.0);
+        let e: Vec<f32> = row.iter().map(|v| (v / 2.0).exp()).collect();
+        let s: f32 = e.iter().sum();
+        for (a, b) in p.iter().zip(&e) {
+            assert!((a - b / s).abs() < 1e-6);
+        }
+
         // Uniform logits: loss ln k whatever the smoothing.
         let mut d = vec![0.0; k];
         let (loss, _) = softmax_cross_entropy(&[0.0; 5], &[2], k, 0.1, &mut d);

@@ -43,6 +43,18 @@ pub struct StepOptions {
     pub bn_decay: f32,
     /// Whether the moving statistics are updated (false for gradient checks).
     pub update_bn_stats: bool,
+    /// How a distilled step mixes the teacher's soft targets with the labels.
+    pub distill: Option<Distill>,
+}
+
+/// The mix of a distilled step's loss: `(1 − weight) · cross-entropy(labels) + weight · T² ·
+/// KL(teacher at T ‖ student at T)`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Distill {
+    /// Weight of the teacher's term, in [0, 1].
+    pub weight: f32,
+    /// Temperature `T` ≥ 1 of both softmaxes.
+    pub temperature: f32,
 }
 
 impl Default for StepOptions {
@@ -51,6 +63,7 @@ impl Default for StepOptions {
             label_smoothing: 0.0,
             bn_decay: 0.99,
             update_bn_stats: true,
+            distill: None,
         }
     }
 }
@@ -287,6 +300,37 @@ impl TrainNet {
         options: &StepOptions,
         grads: &mut [Vec<f32>],
     ) -> StepStats {
+        self.step_with(images, labels, None, rng, options, grads)
+    }
+
+    /// A step as [`TrainNet::step`] whose loss also follows a teacher: `soft` holds its
+    /// probabilities at the temperature of `options.distill` (`batch × classes`, see
+    /// [`head::soften`]), mixed with the labels as [`Distill`] says.
+    ///
+    /// # Panics
+    ///
+    /// As [`TrainNet::step`], and if `soft` is not `batch × classes`.
+    pub fn step_distilled(
+        &mut self,
+        images: &[f32],
+        labels: &[usize],
+        soft: &[f32],
+        rng: &mut Rng,
+        options: &StepOptions,
+        grads: &mut [Vec<f32>],
+    ) -> StepStats {
+        self.step_with(images, labels, Some(soft), rng, options, grads)
+    }
+
+    fn step_with(
+        &mut self,
+        images: &[f32],
+        labels: &[usize],
+        soft: Option<&[f32]>,
+        rng: &mut Rng,
+        options: &StepOptions,
+        grads: &mut [Vec<f32>],
+    ) -> StepStats {
         let batch = labels.len();
         let res = self.config.resolution();
         assert_eq!(
@@ -369,7 +413,7 @@ impl TrainNet {
         let pixels = fh * fw;
         st.pooled.resize(batch * fc, 0.0);
         head::avgpool_forward(&st.acts[convs.len()], batch, pixels, fc, &mut st.pooled);
-        let (stats, dpooled) = self.classifier_step(&mut st, labels, rng, options, grads);
+        let (stats, dpooled) = self.classifier_step(&mut st, labels, soft, rng, options, grads);
         let StepStats { loss, correct } = stats;
         let mut da = std::mem::take(&mut st.grad_a);
         da.resize(batch * pixels * fc, 0.0);
@@ -451,6 +495,7 @@ impl TrainNet {
         &mut self,
         features: &[f32],
         labels: &[usize],
+        soft: Option<&[f32]>,
         rng: &mut Rng,
         options: &StepOptions,
         grads: &mut [Vec<f32>],
@@ -467,7 +512,7 @@ impl TrainNet {
         st.batch = batch;
         st.pooled.resize(batch * channels, 0.0);
         head::avgpool_forward(features, batch, pixels, channels, &mut st.pooled);
-        let (stats, _) = self.classifier_step(&mut st, labels, rng, options, grads);
+        let (stats, _) = self.classifier_step(&mut st, labels, soft, rng, options, grads);
         self.state = st;
         stats
     }
@@ -483,6 +528,7 @@ impl TrainNet {
         &self,
         st: &mut StepState,
         labels: &[usize],
+        soft: Option<&[f32]>,
         rng: &mut Rng,
         options: &StepOptions,
         grads: &mut [Vec<f32>],
@@ -503,13 +549,26 @@ impl TrainNet {
             &mut st.logits,
         );
         st.dlogits.resize(batch * classes, 0.0);
-        let (loss, correct) = head::softmax_cross_entropy(
+        let (mut loss, correct) = head::softmax_cross_entropy(
             &st.logits,
             labels,
             classes,
             options.label_smoothing,
             &mut st.dlogits,
         );
+        if let (Some(soft), Some(d)) = (soft, options.distill) {
+            assert_eq!(
+                soft.len(),
+                batch * classes,
+                "soft targets must be batch × classes"
+            );
+            let mut dkd = vec![0.0; batch * classes];
+            let kd = head::distillation_loss(&st.logits, soft, classes, d.temperature, &mut dkd);
+            loss = (1.0 - d.weight) * loss + d.weight * kd;
+            for (g, k) in st.dlogits.iter_mut().zip(&dkd) {
+                *g = (1.0 - d.weight) * *g + d.weight * k;
+            }
+        }
         let mut dpooled = vec![0.0; batch * fc];
         let (dw, db) = grads[nfc..].split_at_mut(1);
         fc_backward(

@@ -44,6 +44,21 @@ pub struct TrainOptions {
     /// Stop when the held-out accuracy has not improved for this many epochs.
     #[serde(default)]
     pub patience: Option<usize>,
+    /// Learn from a teacher model as well as from the labels.
+    #[serde(default)]
+    pub distill: Option<Distillation>,
+}
+
+/// Knowledge distillation from a teacher (any model file `classifier::load` reads: f32 or a
+/// quantized `.tflite`), run on every batch beside the student.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Distillation {
+    /// The teacher's model file.
+    pub teacher: std::path::PathBuf,
+    /// Weight of the teacher's term in the loss, in [0, 1] (1: soft targets only).
+    pub weight: f32,
+    /// Temperature of both softmaxes, at least 1.
+    pub temperature: f32,
 }
 
 fn one() -> f32 {
@@ -95,6 +110,20 @@ impl TrainOptions {
         ];
         if let Some((_, message)) = checks.into_iter().find(|(ok, _)| !ok) {
             return Err(message);
+        }
+        if let Some(d) = &self.distill {
+            if !(0.0..=1.0).contains(&d.weight) {
+                return Err(format!(
+                    "distillation weight {} must be in [0, 1]",
+                    d.weight
+                ));
+            }
+            if !(d.temperature.is_finite() && d.temperature >= 1.0) {
+                return Err(format!(
+                    "distillation temperature {} must be at least 1",
+                    d.temperature
+                ));
+            }
         }
         match self.optimizer {
             OptimizerKind::RmsProp {

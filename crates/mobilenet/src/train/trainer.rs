@@ -14,11 +14,12 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::net::{StepOptions, TrainNet};
+use super::net::{Distill, StepOptions, TrainNet};
 use super::optim::Optimizer;
-pub use super::options::TrainOptions;
+pub use super::options::{Distillation, TrainOptions};
 use super::run::{DataRecord, RunLock};
 use super::Rng;
+use crate::classifier::Classifier;
 use crate::data::{shuffle, DataError, Dataset, Loader};
 use crate::error::ModelError;
 use crate::eval::evaluate;
@@ -203,6 +204,40 @@ pub fn epochs_since_best(history: &[EpochMetrics]) -> usize {
                 _ => Some((i, m.val_accuracy)),
             });
     best.map_or(0, |(i, _)| history.len() - 1 - i)
+}
+
+/// The teacher's probabilities at `temperature` for the first `n` images of a batch of
+/// student inputs (`res`² NHWC, normalised by `pre`): the inputs are turned back into the
+/// pixels they came from and resized to the teacher's resolution.
+fn soft_targets(
+    teacher: &dyn Classifier,
+    runner: &mut dyn crate::classifier::Runner,
+    images: &[f32],
+    n: usize,
+    (res, pre): (usize, &crate::preprocess::Preprocessing),
+    temperature: f32,
+) -> Vec<f32> {
+    let (scale, offset) = pre.norm.affine();
+    let mut pixels = Vec::with_capacity(n * teacher.pixels_len());
+    for img in images.chunks_exact(res * res * 3).take(n) {
+        let rgb = image::RgbImage::from_fn(res as u32, res as u32, |x, y| {
+            let i = (y as usize * res + x as usize) * 3;
+            image::Rgb([0, 1, 2].map(|c| {
+                ((img[i + c] - offset[c]) / scale[c])
+                    .round()
+                    .clamp(0.0, 255.0) as u8
+            }))
+        });
+        pixels.extend(teacher.pixels(&rgb));
+    }
+    runner.load(&pixels);
+    runner.run();
+    let classes = teacher.classes().unwrap_or(0);
+    let mut probs = vec![0.0; runner.batch() * classes];
+    runner.probabilities(&mut probs);
+    probs.truncate(n * classes);
+    crate::train::head::soften(&mut probs, classes, temperature);
+    probs
 }
 
 /// A training run in progress.
@@ -417,6 +452,23 @@ impl Trainer {
         Ok(())
     }
 
+    /// The teacher of a distilled run, checked against the student.
+    fn teacher(&self, d: &Distillation) -> Result<Box<dyn Classifier>, TrainFailure> {
+        let mut teacher = crate::classifier::load(&d.teacher)?;
+        let ours = self.net.config().classes();
+        if teacher.classes() != ours {
+            return Err(TrainFailure::Options(format!(
+                "{}: the teacher has {} classes, the student {}",
+                d.teacher.display(),
+                teacher.classes().unwrap_or(0),
+                ours.unwrap_or(0)
+            )));
+        }
+        // The student's batch is already cropped: the teacher only resizes it.
+        teacher.set_crop(1.0);
+        Ok(teacher)
+    }
+
     /// Trains until the last epoch or a stop request.
     ///
     /// # Errors
@@ -434,11 +486,22 @@ impl Trainer {
         let pre = self.net.to_model().preprocessing;
         let batches = train.len().div_ceil(o.batch_size.max(1));
         let step_options = StepOptions {
+            distill: o.distill.as_ref().map(|d| Distill {
+                weight: d.weight,
+                temperature: d.temperature,
+            }),
             label_smoothing: o.label_smoothing,
             bn_decay: o.bn_decay,
             update_bn_stats: true,
         };
         let mut grads = self.net.zero_gradients();
+        let teacher_model = match &o.distill {
+            Some(d) => Some(self.teacher(d)?),
+            None => None,
+        };
+        let mut teacher = teacher_model
+            .as_ref()
+            .map(|t| (t, t.runner(o.batch_size.max(1), o.threads)));
         while self.state.epoch < o.epochs {
             let epoch = self.state.epoch;
             let epoch_start = Instant::now();
@@ -486,6 +549,18 @@ impl Trainer {
                 let lr = o.schedule.rate(o.lr, frac, o.epochs as f32) * lr_scale;
                 let mut rng =
                     Rng::new(o.seed ^ self.state.step.wrapping_mul(0xA076_1D64_78BD_642F));
+                // The teacher sees the batch as the student does (same crop and flip).
+                let soft = match (&mut teacher, &o.distill) {
+                    (Some((model, runner)), Some(d)) => Some(soft_targets(
+                        model.as_ref(),
+                        runner.as_mut(),
+                        &batch.images,
+                        batch.labels.len(),
+                        (res, &pre),
+                        d.temperature,
+                    )),
+                    _ => None,
+                };
                 let stats = match &mut features {
                     Some(session) => {
                         // The session takes whole batches: a short last one is padded.
@@ -498,18 +573,29 @@ impl Trainer {
                         self.net.head_step(
                             &out[..n * per],
                             &batch.labels,
+                            soft.as_deref(),
                             &mut rng,
                             &step_options,
                             &mut grads,
                         )
                     }
-                    None => self.net.step(
-                        &batch.images,
-                        &batch.labels,
-                        &mut rng,
-                        &step_options,
-                        &mut grads,
-                    ),
+                    None => match &soft {
+                        Some(soft) => self.net.step_distilled(
+                            &batch.images,
+                            &batch.labels,
+                            soft,
+                            &mut rng,
+                            &step_options,
+                            &mut grads,
+                        ),
+                        None => self.net.step(
+                            &batch.images,
+                            &batch.labels,
+                            &mut rng,
+                            &step_options,
+                            &mut grads,
+                        ),
+                    },
                 };
                 if !stats.loss.is_finite() {
                     return Err(TrainFailure::NonFinite {
