@@ -470,7 +470,7 @@ fn eval_draws_a_confusion_matrix_with_a_scale() {
     ] {
         std::fs::create_dir_all(data.join(class)).expect("dir");
         for i in 0..4u8 {
-            image::RgbImage::from_pixel(8, 8, image::Rgb(rgb.map(|v: u8| v - i)))
+            image::RgbImage::from_pixel(8, 8, image::Rgb(rgb.map(|v: u8| v.saturating_sub(i))))
                 .save(data.join(class).join(format!("{i}.png")))
                 .expect("png");
         }

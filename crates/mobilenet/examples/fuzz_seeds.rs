@@ -200,6 +200,7 @@ fn checkpoint_seed(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Erro
         freeze_epochs: 0,
         unfreeze_lr_scale: 1.0,
         patience: None,
+        freeze_bn: false,
         distill: None,
     };
     let run = std::env::temp_dir().join(format!("mobilenet-seed-run-{}", std::process::id()));

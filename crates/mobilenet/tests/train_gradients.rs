@@ -35,6 +35,39 @@ fn batch(res: usize, n: usize, seed: u64) -> (Vec<f32>, Vec<usize>) {
     (images, labels)
 }
 
+/// Central differences of `loss_of` against `grads` at eight coordinates of each parameter
+/// named in `names` (ones only kink-free ops follow).
+fn check_coordinates(
+    net: &mut TrainNet,
+    names: &[&str],
+    grads: &[Vec<f32>],
+    loss_of: impl Fn(&mut TrainNet) -> f64,
+) {
+    for name in names {
+        let pi = (0..net.params.len())
+            .find(|&p| net.params[p].name == *name)
+            .unwrap_or_else(|| panic!("no parameter {name}"));
+        let len = net.params[pi].value.len();
+        for i in (0..len).step_by((len / 8).max(1)) {
+            let orig = net.params[pi].value[i];
+            // The loss comes back as f32 (ulp 2.4e-7 near 2.3): steps below ~1e-3 would
+            // make the difference quotient mostly rounding noise for small gradients.
+            let eps = 5e-3 * orig.abs().max(0.2);
+            net.params[pi].value[i] = orig + eps;
+            let up = loss_of(net);
+            net.params[pi].value[i] = orig - eps;
+            let down = loss_of(net);
+            net.params[pi].value[i] = orig;
+            let numeric = (up - down) / (2.0 * eps as f64);
+            let analytic = grads[pi][i] as f64;
+            assert!(
+                (numeric - analytic).abs() <= 2e-2 * numeric.abs().max(analytic.abs()) + 2e-4,
+                "{name}[{i}]: numeric {numeric}, analytic {analytic}"
+            );
+        }
+    }
+}
+
 /// Finite differences of the step's loss against the analytic gradient.
 ///
 /// ReLU6 makes the loss piecewise smooth: a perturbation of an early weight moves thousands
@@ -43,12 +76,18 @@ fn batch(res: usize, n: usize, seed: u64) -> (Vec<f32>, Vec<usize>) {
 /// kink-free ops follow, and (b) along the gradient's own direction for all parameters at
 /// once, where the crossings average out: `(L(θ + εĝ) − L(θ − εĝ)) / 2ε ≈ |g|`.
 fn gradient_check(stem: Stem, padding: Padding, threads: usize) {
+    gradient_check_with(stem, padding, threads, false);
+}
+
+/// As [`gradient_check`]; `bn_frozen`: batch norm normalises with the moving statistics.
+fn gradient_check_with(stem: Stem, padding: Padding, threads: usize, bn_frozen: bool) {
     let model = tiny(stem, padding);
     let mut net = TrainNet::from_model(&model, threads).expect("trainable");
     let res = model.config.resolution();
     let (images, labels) = batch(res, 4, 1);
     let options = StepOptions {
         update_bn_stats: false,
+        bn_frozen,
         ..StepOptions::default()
     };
     let mut grads = net.zero_gradients();
@@ -65,31 +104,7 @@ fn gradient_check(stem: Stem, padding: Padding, threads: usize) {
         "conv_13/pointwise/bn/gamma",
         "conv_13/pointwise/bn/beta",
     ];
-    let checked: Vec<usize> = (0..net.params.len())
-        .filter(|&pi| tail.contains(&net.params[pi].name.as_str()))
-        .collect();
-    assert_eq!(checked.len(), tail.len());
-    for pi in checked {
-        let len = net.params[pi].value.len();
-        for i in (0..len).step_by((len / 8).max(1)) {
-            let orig = net.params[pi].value[i];
-            // The loss comes back as f32 (ulp 2.4e-7 near 2.3): steps below ~1e-3 would
-            // make the difference quotient mostly rounding noise for small gradients.
-            let eps = 5e-3 * orig.abs().max(0.2);
-            net.params[pi].value[i] = orig + eps;
-            let up = loss_of(&mut net);
-            net.params[pi].value[i] = orig - eps;
-            let down = loss_of(&mut net);
-            net.params[pi].value[i] = orig;
-            let numeric = (up - down) / (2.0 * eps as f64);
-            let analytic = grads[pi][i] as f64;
-            assert!(
-                (numeric - analytic).abs() <= 2e-2 * numeric.abs().max(analytic.abs()) + 2e-4,
-                "{}[{i}]: numeric {numeric}, analytic {analytic}",
-                net.params[pi].name
-            );
-        }
-    }
+    check_coordinates(&mut net, &tail, &grads, loss_of);
 
     let norm: f64 = grads
         .iter()
@@ -112,6 +127,12 @@ fn gradient_check(stem: Stem, padding: Padding, threads: usize) {
         (directional - norm).abs() <= 0.05 * norm,
         "directional derivative {directional} vs gradient norm {norm}"
     );
+}
+
+/// Frozen batch norm through the whole network: the same checks.
+#[test]
+fn network_gradients_with_frozen_batch_norm() {
+    gradient_check_with(Stem::Standard, Padding::TfSame, 2, true);
 }
 
 #[test]
@@ -245,25 +266,6 @@ fn distilled_step_gradients() {
         )
         .loss as f64
     };
-    for name in ["fc/weight", "fc/bias", "conv_13/pointwise/bn/gamma"] {
-        let pi = (0..net.params.len())
-            .find(|&p| net.params[p].name == name)
-            .expect("parameter");
-        let len = net.params[pi].value.len();
-        for i in (0..len).step_by((len / 8).max(1)) {
-            let orig = net.params[pi].value[i];
-            let eps = 5e-3 * orig.abs().max(0.2);
-            net.params[pi].value[i] = orig + eps;
-            let up = loss_of(&mut net);
-            net.params[pi].value[i] = orig - eps;
-            let down = loss_of(&mut net);
-            net.params[pi].value[i] = orig;
-            let numeric = (up - down) / (2.0 * eps as f64);
-            let analytic = grads[pi][i] as f64;
-            assert!(
-                (numeric - analytic).abs() <= 2e-2 * numeric.abs().max(analytic.abs()) + 2e-4,
-                "{name}[{i}]: numeric {numeric}, analytic {analytic}"
-            );
-        }
-    }
+    let names = ["fc/weight", "fc/bias", "conv_13/pointwise/bn/gamma"];
+    check_coordinates(&mut net, &names, &grads, loss_of);
 }

@@ -16,6 +16,30 @@ impl Progress for Quiet {
     fn epoch(&mut self, _: &EpochMetrics, _: &[EpochMetrics]) {}
 }
 
+/// The options the tests start from: batches of 32 at a constant 0.1 with the paper's RMSprop,
+/// no weight decay, smoothing or augmentation, one thread.
+fn options(epochs: usize) -> TrainOptions {
+    TrainOptions {
+        epochs,
+        batch_size: 32,
+        lr: 0.1,
+        schedule: Schedule::Constant,
+        optimizer: OptimizerKind::paper(),
+        weight_decay: 0.0,
+        label_smoothing: 0.0,
+        bn_decay: 0.9,
+        augment: Augment::None,
+        seed: 1,
+        threads: 1,
+        loader_workers: 1,
+        freeze_epochs: 0,
+        unfreeze_lr_scale: 1.0,
+        patience: None,
+        freeze_bn: false,
+        distill: None,
+    }
+}
+
 #[test]
 fn a_short_run_learns_fashion_mnist() {
     let all = Dataset::builtin_fashion_mnist();
@@ -28,22 +52,11 @@ fn a_short_run_learns_fashion_mnist() {
     let mut model = ModelFile::random(config, 3);
     model.preprocessing.crop = 1.0;
     let options = TrainOptions {
-        epochs: 3,
-        batch_size: 32,
-        lr: 0.1,
         schedule: Schedule::Cosine { warmup_epochs: 0.5 },
-        optimizer: OptimizerKind::paper(),
         weight_decay: 4e-5,
-        label_smoothing: 0.0,
-        bn_decay: 0.9,
-        augment: Augment::None,
-        seed: 1,
         threads: 2,
         loader_workers: 2,
-        freeze_epochs: 0,
-        unfreeze_lr_scale: 1.0,
-        patience: None,
-        distill: None,
+        ..options(3)
     };
     let dir = std::env::temp_dir().join(format!("mobilenet-short-{}", std::process::id()));
     let mut trainer = Trainer::new(&model, options, &dir).expect("trainer");
@@ -90,24 +103,7 @@ fn a_non_finite_statistic_stops_the_run_before_anything_is_saved() {
         .and_then(|c| c.with_classes(10))
         .expect("valid")
         .with_stem(Stem::SmallInput);
-    let options = TrainOptions {
-        epochs: 1,
-        batch_size: 32,
-        lr: 0.1,
-        schedule: Schedule::Constant,
-        optimizer: OptimizerKind::paper(),
-        weight_decay: 0.0,
-        label_smoothing: 0.0,
-        bn_decay: 0.9,
-        augment: Augment::None,
-        seed: 1,
-        threads: 1,
-        loader_workers: 1,
-        freeze_epochs: 0,
-        unfreeze_lr_scale: 1.0,
-        patience: None,
-        distill: None,
-    };
+    let options = options(1);
     let dir = std::env::temp_dir().join(format!("mobilenet-nan-stat-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut trainer = Trainer::new(&ModelFile::random(config, 3), options, &dir).expect("trainer");
@@ -147,22 +143,12 @@ fn a_frozen_backbone_is_left_untouched_and_unfrozen_later() {
     let start = ModelFile::random(config, 5);
     let run = |freeze_epochs: usize, name: &str| {
         let options = TrainOptions {
-            epochs: 2,
-            batch_size: 32,
             lr: 0.05,
-            schedule: Schedule::Constant,
-            optimizer: OptimizerKind::paper(),
             weight_decay: 4e-5,
-            label_smoothing: 0.0,
-            bn_decay: 0.9,
-            augment: Augment::None,
-            seed: 1,
             threads: 2,
-            loader_workers: 1,
             freeze_epochs,
             unfreeze_lr_scale: 0.1,
-            patience: None,
-            distill: None,
+            ..options(2)
         };
         let dir = std::env::temp_dir().join(format!("mobilenet-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -207,22 +193,11 @@ fn patience_stops_a_run_that_no_longer_improves() {
         .expect("valid")
         .with_stem(Stem::SmallInput);
     let options = TrainOptions {
-        epochs: 5,
-        batch_size: 32,
         lr: 1e-12,
-        schedule: Schedule::Constant,
         optimizer: OptimizerKind::Sgd { momentum: 0.0 },
-        weight_decay: 0.0,
-        label_smoothing: 0.0,
-        bn_decay: 0.9,
-        augment: Augment::None,
-        seed: 1,
-        threads: 1,
-        loader_workers: 1,
         freeze_epochs: usize::MAX,
-        unfreeze_lr_scale: 1.0,
         patience: Some(1),
-        distill: None,
+        ..options(5)
     };
     let dir = std::env::temp_dir().join(format!("mobilenet-patience-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -239,4 +214,37 @@ fn patience_stops_a_run_that_no_longer_improves() {
     assert!(dir.join("model-best.safetensors").exists());
     drop(trainer);
     std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// With batch norm frozen the moving statistics stay as they were while the weights (γ and β
+/// included) train.
+#[test]
+fn frozen_batch_norm_keeps_the_moving_statistics() {
+    let all = Dataset::builtin_fashion_mnist();
+    let train = all.subset(&(0..64).collect::<Vec<_>>());
+    let val = all.subset(&(9000..9032).collect::<Vec<_>>());
+    let config = MobileNetConfig::new(0.25, 32)
+        .and_then(|c| c.with_classes(10))
+        .expect("valid")
+        .with_stem(Stem::SmallInput);
+    let start = ModelFile::random(config, 4);
+    let options = TrainOptions {
+        lr: 0.01,
+        freeze_bn: true,
+        ..options(1)
+    };
+    let dir = std::env::temp_dir().join(format!("mobilenet-bn-frozen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut trainer = Trainer::new(&start, options, &dir).expect("trainer");
+    let mut losses = Quiet(Vec::new());
+    trainer.run(&train, &val, &mut losses).expect("run");
+    assert!(losses.0.iter().all(|l| l.is_finite()));
+    let end = trainer.net.to_model();
+    drop(trainer);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+    for (name, tensor) in start.tensors() {
+        let moved = end.tensor(name) != Some(tensor);
+        let statistic = name.ends_with("moving_mean") || name.ends_with("moving_variance");
+        assert_eq!(moved, !statistic, "{name}");
+    }
 }

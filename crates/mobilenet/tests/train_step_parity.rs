@@ -88,6 +88,7 @@ fn one_training_step_matches_tensorflow() {
         bn_decay: 0.9,
         update_bn_stats: true,
         distill: None,
+        bn_frozen: false,
     };
     let stats = net.step(&images, &labels, &mut Rng::new(0), &options, &mut grads);
     assert!(

@@ -60,6 +60,15 @@ pub enum ScheduleArg {
     Cosine,
 }
 
+/// How batch norm behaves in training steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BnArg {
+    /// Batch statistics; the moving averages are updated
+    Train,
+    /// The moving statistics normalise and are not updated
+    Frozen,
+}
+
 /// What `--freeze` holds fixed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum FreezeArg {
@@ -179,6 +188,10 @@ pub struct TrainArgs {
     /// Temperature of the teacher's and the student's softmax in the teacher's term
     #[arg(long, default_value_t = 4.0, requires = "teacher")]
     temperature: f32,
+    /// Batch norm in training steps: train (batch statistics, moving averages updated) or
+    /// frozen (the moving statistics normalise and stay; Keras's advice for fine-tuning)
+    #[arg(long, value_enum, default_value_t = BnArg::Train)]
+    bn: BnArg,
     /// Stop when the held-out accuracy has not improved for N epochs (the best model is kept)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     patience: Option<u64>,
@@ -444,6 +457,7 @@ fn options(args: &TrainArgs, small: bool, resolution: usize, train_len: usize) -
         },
         unfreeze_lr_scale: args.unfreeze_lr_scale,
         patience: args.patience.map(|p| p as usize),
+        freeze_bn: args.bn == BnArg::Frozen,
         distill: args.teacher.as_ref().map(|t| Distillation {
             // Absolute, so that a resume from another directory finds it.
             teacher: std::fs::canonicalize(t).unwrap_or_else(|_| t.clone()),

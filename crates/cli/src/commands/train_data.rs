@@ -116,7 +116,7 @@ fn open_unskipped(source: &DataSource) -> Result<(Dataset, Dataset, String)> {
 
 /// Flags that define a run: on `--resume` the checkpoint's values hold, and giving one of these
 /// is an error (the data flags may repeat the run's own values).
-const RUN_FLAGS: [&str; 31] = [
+const RUN_FLAGS: [&str; 32] = [
     "preset",
     "alpha",
     "resolution",
@@ -143,6 +143,7 @@ const RUN_FLAGS: [&str; 31] = [
     "freeze_epochs",
     "unfreeze_lr_scale",
     "patience",
+    "bn",
     "teacher",
     "distill_weight",
     "temperature",

@@ -11,10 +11,13 @@ use crate::exec::{for_each_part, map_parts, map_ranges, split, SpinPool};
 /// What batch norm's backward pass needs from its forward pass.
 #[derive(Clone, Debug, Default)]
 pub struct BnCache {
-    /// Batch mean per channel.
+    /// Batch mean per channel (the moving mean when `fixed`).
     pub mean: Vec<f32>,
-    /// `1 / √(σ²_batch + ε)` per channel.
+    /// `1 / √(σ²_batch + ε)` per channel (of the moving variance when `fixed`).
     pub inv_std: Vec<f32>,
+    /// The statistics were fixed, not the batch's: they do not depend on the input, so the
+    /// backward pass has no terms through them.
+    pub fixed: bool,
 }
 
 /// Per-channel sums over rows: `(Σx, Σx²)` in f64 (a batch of 32 at 112×112 has 401k rows).
@@ -266,6 +269,37 @@ pub(crate) fn bn_act_forward(
     (cache, unbiased)
 }
 
+/// Batch norm with fixed (moving) statistics followed by the activation, in a training step
+/// whose batch norm is frozen: `a = act(γ·(z − μ)/√(σ² + ε) + β)`. The cache it returns makes
+/// [`bn_act_backward`] give `dz = γ/√(σ² + ε) · dy` and the γ, β gradients.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bn_act_forward_fixed(
+    pool: &mut SpinPool,
+    isa: Isa,
+    z: &[f32],
+    (gamma, beta): (&[f32], &[f32]),
+    (mean, var): (&[f32], &[f32]),
+    eps: f32,
+    act: Activation,
+    a: &mut [f32],
+) -> BnCache {
+    let c = gamma.len();
+    let cache = BnCache {
+        mean: mean.to_vec(),
+        inv_std: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
+        fixed: true,
+    };
+    let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect();
+    let shift: Vec<f32> = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
+    let ranges = split(z.len() / c, pool.threads(), 1);
+    let hi = activation_max(act);
+    for_each_part(pool, a, &ranges, c, |_, row, out| {
+        let x = &z[row * c..row * c + out.len()];
+        mobilenet_kernels::bn::affine_clamp(isa, x, c, &scale, &shift, 0.0, hi, out);
+    });
+    cache
+}
+
 /// Backward of [`bn_act_forward`]: `da` (dL/da in, dL/dy out) → `dz`, `dgamma`, `dbeta`, rows
 /// split between threads. The reference is [`activation_backward`] then
 /// [`bn_backward`].
@@ -298,6 +332,8 @@ pub(crate) fn bn_act_backward(
         dgamma[ch] = sum_dyx[ch] as f32;
     }
     let k: Vec<f32> = (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect();
+    // Fixed statistics contribute no terms of their own: dz = k·dy.
+    let n = if cache.fixed { f64::INFINITY } else { n };
     let mean_dy: Vec<f32> = (0..c).map(|ch| (sum_dy[ch] / n) as f32).collect();
     let mean_dyx: Vec<f32> = (0..c).map(|ch| (sum_dyx[ch] / n) as f32).collect();
     let dy: &[f32] = da;
@@ -368,6 +404,59 @@ mod tests {
             bn_forward_train(&x0, c, &g0, b, eps, &mut y);
             project(&y, &r)
         });
+    }
+
+    /// Frozen batch norm (moving statistics in a training step): the threaded pair's
+    /// gradients for z, γ and β match central differences of `project(act(bn_eval(z)))`.
+    #[test]
+    fn frozen_batch_norm_gradients() {
+        let (rows, c) = (20, 4);
+        let mut rng = Rng::new(6);
+        let mut z: Vec<f32> = (0..rows * c).map(|_| 2.0 * rng.normal() + 0.5).collect();
+        let mut gamma: Vec<f32> = (0..c).map(|_| 1.0 + 0.3 * rng.normal()).collect();
+        let mut beta: Vec<f32> = (0..c).map(|_| 0.5 + rng.normal()).collect();
+        let mean: Vec<f32> = (0..c).map(|_| rng.normal()).collect();
+        let var: Vec<f32> = (0..c).map(|_| 0.5 + rng.uniform()).collect();
+        let r: Vec<f32> = (0..rows * c).map(|_| rng.normal()).collect();
+        let (eps, act) = (1e-3, Activation::Relu6);
+        let loss = |z: &[f32], g: &[f32], b: &[f32]| {
+            let mut y = vec![0.0; rows * c];
+            bn_forward_eval(z, c, g, b, &mean, &var, eps, &mut y);
+            activation_forward(&mut y, act);
+            project(&y, &r)
+        };
+        let mut pool = SpinPool::new(2);
+        let mut a = vec![0.0; rows * c];
+        let cache = bn_act_forward_fixed(
+            &mut pool,
+            Isa::detect(),
+            &z,
+            (&gamma, &beta),
+            (&mean, &var),
+            eps,
+            act,
+            &mut a,
+        );
+        let mut da = r.clone();
+        let (mut dz, mut dg, mut db) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
+        bn_act_backward(
+            &mut pool,
+            Isa::detect(),
+            &z,
+            &a,
+            c,
+            &cache,
+            &gamma,
+            act,
+            &mut da,
+            &mut dz,
+            &mut dg,
+            &mut db,
+        );
+        let (g0, b0, z0) = (gamma.clone(), beta.clone(), z.clone());
+        check_gradient("frozen bn dz", &mut z, &dz, |z| loss(z, &g0, &b0));
+        check_gradient("frozen bn dgamma", &mut gamma, &dg, |g| loss(&z0, g, &b0));
+        check_gradient("frozen bn dbeta", &mut beta, &db, |b| loss(&z0, &g0, b));
     }
 
     #[test]

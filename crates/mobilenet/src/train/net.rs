@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use mobilenet_kernels::Isa;
 
-use super::bn::{bn_act_backward, bn_act_forward, BnCache};
+use super::bn::{bn_act_backward, bn_act_forward, bn_act_forward_fixed, BnCache};
 use super::conv::ConvLayer;
 use super::head::{self, fc_backward, fc_forward};
 use super::Rng;
@@ -45,6 +45,9 @@ pub struct StepOptions {
     pub update_bn_stats: bool,
     /// How a distilled step mixes the teacher's soft targets with the labels.
     pub distill: Option<Distill>,
+    /// Batch norm frozen: normalise with the moving statistics (inference mode, as Keras
+    /// fine-tunes) and leave them as they are; γ and β still train.
+    pub bn_frozen: bool,
 }
 
 /// The mix of a distilled step's loss: `(1 − weight) · cross-entropy(labels) + weight · T² ·
@@ -64,6 +67,7 @@ impl Default for StepOptions {
             bn_decay: 0.99,
             update_bn_stats: true,
             distill: None,
+            bn_frozen: false,
         }
     }
 }
@@ -370,6 +374,25 @@ impl TrainNet {
             a.resize(out_len, 0.0);
             let (gamma, beta) = (&self.params[p.gamma].value, &self.params[p.beta].value);
             let act = self.config.activation();
+            let mean_name = names::bn(&layer.name, BnTensor::MovingMean);
+            let var_name = names::bn(&layer.name, BnTensor::MovingVariance);
+            if options.bn_frozen {
+                // The moving statistics normalise, and stay as they are.
+                let stats = (&self.buffers[&mean_name][..], &self.buffers[&var_name][..]);
+                st.bn[j] = bn_act_forward_fixed(
+                    &mut self.pool,
+                    self.isa,
+                    &z,
+                    (gamma, beta),
+                    stats,
+                    self.bn_eps,
+                    act,
+                    &mut a,
+                );
+                st.zs[j] = z;
+                st.acts[j + 1] = a;
+                continue;
+            }
             let (cache, var) = bn_act_forward(
                 &mut self.pool,
                 self.isa,
@@ -383,8 +406,6 @@ impl TrainNet {
             );
             if options.update_bn_stats {
                 let d = options.bn_decay;
-                let mean_name = names::bn(&layer.name, BnTensor::MovingMean);
-                let var_name = names::bn(&layer.name, BnTensor::MovingVariance);
                 for (m, &b) in self
                     .buffers
                     .get_mut(&mean_name)

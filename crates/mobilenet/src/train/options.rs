@@ -44,6 +44,10 @@ pub struct TrainOptions {
     /// Stop when the held-out accuracy has not improved for this many epochs.
     #[serde(default)]
     pub patience: Option<usize>,
+    /// Batch norm frozen in every step: the moving statistics normalise and are not updated
+    /// (inference mode, Keras's advice for fine-tuning a pretrained network on little data).
+    #[serde(default)]
+    pub freeze_bn: bool,
     /// Learn from a teacher model as well as from the labels.
     #[serde(default)]
     pub distill: Option<Distillation>,

@@ -486,6 +486,7 @@ impl Trainer {
         let pre = self.net.to_model().preprocessing;
         let batches = train.len().div_ceil(o.batch_size.max(1));
         let step_options = StepOptions {
+            bn_frozen: o.freeze_bn,
             distill: o.distill.as_ref().map(|d| Distill {
                 weight: d.weight,
                 temperature: d.temperature,
