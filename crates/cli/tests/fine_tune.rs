@@ -13,6 +13,24 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// `train` on `folder` into `out`: 6 images held out, batches of 8, plus `extra`.
+fn train_on(folder: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    mobilenet()
+        .args([
+            "train",
+            "--data",
+            s(folder),
+            "--holdout",
+            "6",
+            "--batch-size",
+            "8",
+        ])
+        .args(["--show", "0", "--threads", "2", "--out", s(out)])
+        .args(extra)
+        .output()
+        .expect("run")
+}
+
 #[test]
 fn init_takes_the_network_from_the_official_file() {
     let Some(data) = shared::shared_data("init_takes_the_network_from_the_official_file") else {
@@ -24,21 +42,9 @@ fn init_takes_the_network_from_the_official_file() {
     let folder = root.join("photos");
     small_image_folder(&folder);
     let train = |out: &str, extra: &[&str]| {
-        mobilenet()
-            .args([
-                "train",
-                "--data",
-                s(&folder),
-                "--init",
-                s(&official),
-                "--holdout",
-                "6",
-            ])
-            .args(["--batch-size", "8", "--show", "0", "--threads", "2"])
-            .args(["--out", s(&root.join(out))])
-            .args(extra)
-            .output()
-            .expect("run")
+        let mut args = vec!["--init", s(&official)];
+        args.extend_from_slice(extra);
+        train_on(&folder, &root.join(out), &args)
     };
 
     // A flag that contradicts the file is refused before anything trains.
@@ -135,21 +141,9 @@ fn distillation_from_f32_and_int8_teachers() {
     let folder = root.join("photos");
     small_image_folder(&folder);
     let train = |out: &str, extra: &[&str]| {
-        mobilenet()
-            .args([
-                "train",
-                "--data",
-                s(&folder),
-                "--holdout",
-                "6",
-                "--epochs",
-                "1",
-            ])
-            .args(["--batch-size", "8", "--show", "0", "--threads", "2"])
-            .args(["--out", s(&root.join(out))])
-            .args(extra)
-            .output()
-            .expect("run")
+        let mut args = vec!["--epochs", "1"];
+        args.extend_from_slice(extra);
+        train_on(&folder, &root.join(out), &args)
     };
     let ok = |out: &std::process::Output| {
         assert!(

@@ -16,6 +16,21 @@ impl Progress for Quiet {
     fn epoch(&mut self, _: &EpochMetrics, _: &[EpochMetrics]) {}
 }
 
+/// The first `train` built-in Fashion-MNIST images to train on, `val` to hold out.
+fn fashion(train: usize, val: std::ops::Range<usize>) -> (Dataset, Dataset) {
+    let all = Dataset::builtin_fashion_mnist();
+    let train = all.subset(&(0..train).collect::<Vec<_>>());
+    (train, all.subset(&val.collect::<Vec<_>>()))
+}
+
+/// α 0.25 at 32×32 with the small-input stem, ten classes.
+fn small_config() -> MobileNetConfig {
+    MobileNetConfig::new(0.25, 32)
+        .and_then(|c| c.with_classes(10))
+        .expect("valid")
+        .with_stem(Stem::SmallInput)
+}
+
 /// The options the tests start from: batches of 32 at a constant 0.1 with the paper's RMSprop,
 /// no weight decay, smoothing or augmentation, one thread.
 fn options(epochs: usize) -> TrainOptions {
@@ -42,13 +57,8 @@ fn options(epochs: usize) -> TrainOptions {
 
 #[test]
 fn a_short_run_learns_fashion_mnist() {
-    let all = Dataset::builtin_fashion_mnist();
-    let train = all.subset(&(0..800).collect::<Vec<_>>());
-    let val = all.subset(&(9000..9300).collect::<Vec<_>>());
-    let config = MobileNetConfig::new(0.25, 32)
-        .and_then(|c| c.with_classes(10))
-        .expect("valid")
-        .with_stem(Stem::SmallInput);
+    let (train, val) = fashion(800, 9000..9300);
+    let config = small_config();
     let mut model = ModelFile::random(config, 3);
     model.preprocessing.crop = 1.0;
     let options = TrainOptions {
@@ -96,13 +106,8 @@ fn a_short_run_learns_fashion_mnist() {
 /// stops the run at the epoch's end instead, naming the tensor, and writes nothing.
 #[test]
 fn a_non_finite_statistic_stops_the_run_before_anything_is_saved() {
-    let all = Dataset::builtin_fashion_mnist();
-    let train = all.subset(&(0..64).collect::<Vec<_>>());
-    let val = all.subset(&(9000..9032).collect::<Vec<_>>());
-    let config = MobileNetConfig::new(0.25, 32)
-        .and_then(|c| c.with_classes(10))
-        .expect("valid")
-        .with_stem(Stem::SmallInput);
+    let (train, val) = fashion(64, 9000..9032);
+    let config = small_config();
     let options = options(1);
     let dir = std::env::temp_dir().join(format!("mobilenet-nan-stat-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -133,13 +138,8 @@ fn a_non_finite_statistic_stops_the_run_before_anything_is_saved() {
 /// learns; in two-stage fine-tuning the backbone starts to move once it is unfrozen.
 #[test]
 fn a_frozen_backbone_is_left_untouched_and_unfrozen_later() {
-    let all = Dataset::builtin_fashion_mnist();
-    let train = all.subset(&(0..96).collect::<Vec<_>>());
-    let val = all.subset(&(9000..9032).collect::<Vec<_>>());
-    let config = MobileNetConfig::new(0.25, 32)
-        .and_then(|c| c.with_classes(10))
-        .expect("valid")
-        .with_stem(Stem::SmallInput);
+    let (train, val) = fashion(96, 9000..9032);
+    let config = small_config();
     let start = ModelFile::random(config, 5);
     let run = |freeze_epochs: usize, name: &str| {
         let options = TrainOptions {
@@ -185,13 +185,8 @@ fn a_frozen_backbone_is_left_untouched_and_unfrozen_later() {
 /// 1e-12), `patience: 1` stops the run after the second epoch, keeping the best model.
 #[test]
 fn patience_stops_a_run_that_no_longer_improves() {
-    let all = Dataset::builtin_fashion_mnist();
-    let train = all.subset(&(0..64).collect::<Vec<_>>());
-    let val = all.subset(&(9000..9032).collect::<Vec<_>>());
-    let config = MobileNetConfig::new(0.25, 32)
-        .and_then(|c| c.with_classes(10))
-        .expect("valid")
-        .with_stem(Stem::SmallInput);
+    let (train, val) = fashion(64, 9000..9032);
+    let config = small_config();
     let options = TrainOptions {
         lr: 1e-12,
         optimizer: OptimizerKind::Sgd { momentum: 0.0 },
@@ -220,13 +215,8 @@ fn patience_stops_a_run_that_no_longer_improves() {
 /// included) train.
 #[test]
 fn frozen_batch_norm_keeps_the_moving_statistics() {
-    let all = Dataset::builtin_fashion_mnist();
-    let train = all.subset(&(0..64).collect::<Vec<_>>());
-    let val = all.subset(&(9000..9032).collect::<Vec<_>>());
-    let config = MobileNetConfig::new(0.25, 32)
-        .and_then(|c| c.with_classes(10))
-        .expect("valid")
-        .with_stem(Stem::SmallInput);
+    let (train, val) = fashion(64, 9000..9032);
+    let config = small_config();
     let start = ModelFile::random(config, 4);
     let options = TrainOptions {
         lr: 0.01,
