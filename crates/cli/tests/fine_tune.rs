@@ -191,5 +191,9 @@ fn distillation_from_f32_and_int8_teachers() {
         stderr.contains("the teacher has 5 classes, the student 3"),
         "{stderr}"
     );
+    assert!(
+        !root.join("wrong").exists(),
+        "refused before the run directory is made"
+    );
     std::fs::remove_dir_all(&root).expect("clean up");
 }

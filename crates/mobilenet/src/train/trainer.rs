@@ -240,6 +240,25 @@ fn soft_targets(
     probs
 }
 
+/// The teacher of a distilled run, checked against the student's class count.
+fn load_teacher(
+    d: &Distillation,
+    classes: Option<usize>,
+) -> Result<Box<dyn Classifier>, TrainFailure> {
+    let mut teacher = crate::classifier::load(&d.teacher)?;
+    if teacher.classes() != classes {
+        return Err(TrainFailure::Options(format!(
+            "{}: the teacher has {} classes, the student {}",
+            d.teacher.display(),
+            teacher.classes().unwrap_or(0),
+            classes.unwrap_or(0)
+        )));
+    }
+    // The student's batch is already cropped: the teacher only resizes it.
+    teacher.set_crop(1.0);
+    Ok(teacher)
+}
+
 /// A training run in progress.
 #[derive(Debug)]
 pub struct Trainer {
@@ -272,6 +291,10 @@ impl Trainer {
     ) -> Result<Trainer, TrainFailure> {
         options.validate().map_err(TrainFailure::Options)?;
         check_memory(&model.config, options.batch_size)?;
+        // A teacher that cannot serve is an error before the run directory is made.
+        if let Some(d) = &options.distill {
+            load_teacher(d, model.config.classes())?;
+        }
         let net = TrainNet::from_model(model, options.threads)?;
         let optimizer = Optimizer::new(options.optimizer, options.weight_decay, &net.params);
         let lock = RunLock::acquire(dir)?;
@@ -454,19 +477,7 @@ impl Trainer {
 
     /// The teacher of a distilled run, checked against the student.
     fn teacher(&self, d: &Distillation) -> Result<Box<dyn Classifier>, TrainFailure> {
-        let mut teacher = crate::classifier::load(&d.teacher)?;
-        let ours = self.net.config().classes();
-        if teacher.classes() != ours {
-            return Err(TrainFailure::Options(format!(
-                "{}: the teacher has {} classes, the student {}",
-                d.teacher.display(),
-                teacher.classes().unwrap_or(0),
-                ours.unwrap_or(0)
-            )));
-        }
-        // The student's batch is already cropped: the teacher only resizes it.
-        teacher.set_crop(1.0);
-        Ok(teacher)
+        load_teacher(d, self.net.config().classes())
     }
 
     /// Trains until the last epoch or a stop request.
