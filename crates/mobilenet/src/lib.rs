@@ -35,6 +35,7 @@ mod layers;
 pub mod memory;
 pub mod paper;
 pub mod preprocess;
+mod preset;
 pub mod tflite;
 pub mod train;
 pub mod weights;

@@ -6,3 +6,4 @@ pub mod import;
 pub mod quantize;
 pub mod train;
 mod train_data;
+mod train_progress;

@@ -1,27 +1,24 @@
 //! `mobilenet train`: train or fine-tune on an image data set; with no arguments, the built-in
 //! demo (Fashion-MNIST), which then classifies held-out images with the trained model.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{ArgMatches, Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use mobilenet::data::{Augment, Dataset, Holdout};
 use mobilenet::train::optim::{OptimizerKind, RmsPropVariant, Schedule};
 use mobilenet::train::recipe;
 use mobilenet::train::run::DataRecord;
 use mobilenet::train::trainer::{
-    epochs_since_best, Distillation, EpochMetrics, Progress, RunEnd, TrainOptions, Trainer,
-    MODEL_BEST,
+    epochs_since_best, Distillation, RunEnd, TrainOptions, Trainer, MODEL_BEST,
 };
 use mobilenet::weights::{ModelFile, WeightInit};
 use mobilenet::{Classifier, InferenceModel, MobileNetConfig, Padding, Preset, Stem};
 
 use super::train_data::{data_source, datasets, resume_source};
-use crate::plot;
+use super::train_progress::Bars;
 
 /// Where the full Fashion-MNIST set lives when Debian's `dataset-fashion-mnist` is installed.
 pub(super) const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
@@ -216,90 +213,6 @@ pub struct TrainArgs {
     /// Held-out images to classify and print at the end
     #[arg(long, default_value_t = 8)]
     show: usize,
-}
-
-struct Bars {
-    bar: Option<ProgressBar>,
-    stop: Arc<AtomicBool>,
-    dir: PathBuf,
-    title: String,
-    /// Skipped images already named.
-    named: HashSet<String>,
-    /// Classes of the data.
-    classes: usize,
-}
-
-impl Progress for Bars {
-    fn step(
-        &mut self,
-        epoch: usize,
-        batch: usize,
-        batches: usize,
-        loss: f32,
-        accuracy: f32,
-        ips: f32,
-    ) {
-        let bar = self.bar.get_or_insert_with(|| {
-            let bar = ProgressBar::new(batches as u64);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "epoch {prefix:>3} {bar:30} {pos}/{len} {msg} eta {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            bar.set_prefix((epoch + 1).to_string());
-            bar
-        });
-        bar.set_position(batch as u64 + 1);
-        bar.set_message(format!(
-            "loss {loss:.4} acc {:.1}% {ips:.0} img/s",
-            100.0 * accuracy
-        ));
-    }
-
-    fn epoch(&mut self, m: &EpochMetrics, history: &[EpochMetrics]) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-        // Top-5 says nothing with five classes or fewer.
-        let top5 = match self.classes {
-            0..=5 => String::new(),
-            _ => format!(" (top-5 {:5.1}%)", 100.0 * m.val_top5),
-        };
-        let skipped = match m.skipped_images {
-            0 => String::new(),
-            n => format!("  ({n} images skipped)"),
-        };
-        println!(
-            "epoch {:>3}  train loss {:.4} acc {:5.1}%  held-out loss {:.4} acc {:5.1}%{top5}  lr {:.2e}  {:.0} img/s  {:.1}s{skipped}",
-            m.epoch,
-            m.train_loss,
-            100.0 * m.train_accuracy,
-            m.val_loss,
-            100.0 * m.val_accuracy,
-            m.lr,
-            m.images_per_second,
-            m.seconds,
-        );
-        let png = self.dir.join("curves.png");
-        if let Err(e) = plot::training_curves(&png, history, &self.title) {
-            eprintln!("warning: could not draw {}: {e:#}", png.display());
-        }
-    }
-
-    fn stop_requested(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
-    }
-
-    fn skipped(&mut self, message: &str) {
-        if self.named.insert(message.to_string()) {
-            let line = || eprintln!("warning: skipped {message}");
-            match &self.bar {
-                Some(bar) => bar.suspend(line),
-                None => line(),
-            }
-        }
-    }
 }
 
 /// Whether the data is Fashion-MNIST from the default location (the demo's settings apply).
@@ -561,14 +474,7 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
         trainer.net.config().preset(),
         described
     );
-    let mut bars = Bars {
-        bar: None,
-        stop,
-        dir: dir.clone(),
-        title,
-        named: HashSet::new(),
-        classes: train.classes().len(),
-    };
+    let mut bars = Bars::new(stop, dir.clone(), title, train.classes().len());
     let end = trainer.run(&train, &val, &mut bars)?;
     if let Some(bar) = bars.bar.take() {
         bar.finish_and_clear();

@@ -4,13 +4,17 @@
 
 mod augment;
 mod fingerprint;
+mod idx;
 mod loader;
+mod split;
 
 pub use augment::{prepare, Augment};
 pub use fingerprint::Fingerprint;
 pub use loader::{Batch, Loader};
+pub use split::{shuffle, Holdout};
 
-use std::io::Read;
+use idx::{parse_idx, read_idx};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -120,86 +124,6 @@ pub const CIFAR10_CLASSES: [&str; 10] = [
     "ship",
     "truck",
 ];
-
-/// Reads an IDX file (see [`parse_idx`]), gzipped or not.
-fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>), DataError> {
-    let raw = crate::files::read_regular(path).map_err(io_err(path))?;
-    parse_idx(&raw, path, dims)
-}
-
-/// Parses an IDX file of unsigned bytes — magic `00 00 08 <dims>`, big-endian sizes, then the
-/// data — un-gzipping it first when it starts with the gzip magic. The sizes the header
-/// declares are checked against the data (and, for gzip, against the free memory) before the
-/// data is read, so a small file that claims or inflates to gigabytes is refused, not
-/// allocated.
-fn parse_idx(bytes: &[u8], path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>), DataError> {
-    let bad = |reason: String| DataError::Format {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let gzipped = bytes.starts_with(&[0x1f, 0x8b]);
-    let mut reader: Box<dyn Read + '_> = if gzipped {
-        Box::new(flate2::read::GzDecoder::new(bytes))
-    } else {
-        Box::new(bytes)
-    };
-    let unzip = |e: std::io::Error| bad(format!("bad gzip data: {e}"));
-    let mut header = vec![0u8; 4 + 4 * dims];
-    let mut got = 0;
-    while got < header.len() {
-        match reader.read(&mut header[got..]).map_err(unzip)? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    if got < 4 || header[..3] != [0, 0, 0x08] {
-        return Err(bad("not an IDX file of unsigned bytes".into()));
-    }
-    if header[3] as usize != dims {
-        return Err(bad(format!(
-            "IDX file has {} dimensions, expected {dims}",
-            header[3]
-        )));
-    }
-    if got < header.len() {
-        return Err(bad("IDX header is truncated".into()));
-    }
-    let shape: Vec<usize> = header[4..]
-        .chunks_exact(4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        .collect();
-    let count = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| bad("IDX sizes overflow".into()))?;
-    if gzipped {
-        crate::memory::check(count as u64, || {
-            format!("{}'s {shape:?} bytes", path.display())
-        })
-        .map_err(|e| bad(e.to_string()))?;
-    } else if bytes.len() - header.len() != count {
-        return Err(bad(format!(
-            "IDX data holds {} bytes, the header says {count}",
-            bytes.len() - header.len()
-        )));
-    }
-    // One byte more than declared, to tell a longer file from an exact one.
-    let mut data = Vec::new();
-    reader
-        .take(count as u64 + 1)
-        .read_to_end(&mut data)
-        .map_err(unzip)?;
-    if data.len() != count {
-        let holds = match data.len() > count {
-            true => format!("more than {count}"),
-            false => data.len().to_string(),
-        };
-        return Err(bad(format!(
-            "IDX data holds {holds} bytes, the header says {count}"
-        )));
-    }
-    Ok((shape, data))
-}
 
 impl Dataset {
     fn new(classes: Vec<String>, source: Source, labels: Vec<usize>) -> Dataset {
@@ -539,85 +463,6 @@ impl Dataset {
     }
 }
 
-/// How many images a split holds out of a data set.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(untagged)]
-pub enum Holdout {
-    /// This many images, drawn at random from the whole set.
-    Count(usize),
-    /// This percentage of every class, drawn class by class (stratified).
-    Percent {
-        /// Percentage in (0, 100).
-        percent: f32,
-    },
-}
-
-impl std::str::FromStr for Holdout {
-    type Err = String;
-
-    /// `1000` (images) or `10%` (of every class).
-    fn from_str(s: &str) -> Result<Holdout, String> {
-        match s.strip_suffix('%') {
-            Some(p) => match p.trim().parse::<f32>() {
-                Ok(percent) if percent > 0.0 && percent < 100.0 => Ok(Holdout::Percent { percent }),
-                _ => Err(format!("{s}: a percentage must be between 0% and 100%")),
-            },
-            None => s
-                .trim()
-                .parse()
-                .map(Holdout::Count)
-                .map_err(|_| format!("{s}: give a number of images or a percentage (10%)")),
-        }
-    }
-}
-
-impl std::fmt::Display for Holdout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Holdout::Count(n) => write!(f, "{n}"),
-            Holdout::Percent { percent } => write!(f, "{percent}%"),
-        }
-    }
-}
-
-impl Dataset {
-    /// A seeded split into (train, held-out) as `holdout` says: a count is drawn from the
-    /// whole set ([`Dataset::split`]), a percentage from every class.
-    pub fn split_by(&self, holdout: Holdout, seed: u64) -> (Dataset, Dataset) {
-        let percent = match holdout {
-            Holdout::Count(n) => return self.split(n, seed),
-            Holdout::Percent { percent } => percent,
-        };
-        let mut by_class = vec![Vec::new(); self.classes.len()];
-        for i in 0..self.len() {
-            by_class[self.label(i)].push(i);
-        }
-        let (mut train, mut held_out) = (Vec::new(), Vec::new());
-        for (c, mut members) in by_class.into_iter().enumerate() {
-            shuffle(
-                &mut members,
-                &mut Rng::new(seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-            );
-            let n = members.len();
-            // At least one image of every class with two or more is held out.
-            let k = ((n as f32 * percent / 100.0).round() as usize).clamp(usize::from(n >= 2), n);
-            held_out.extend_from_slice(&members[..k]);
-            train.extend_from_slice(&members[k..]);
-        }
-        train.sort_unstable();
-        held_out.sort_unstable();
-        (self.subset(&train), self.subset(&held_out))
-    }
-}
-
-/// Fisher–Yates shuffle.
-pub fn shuffle(v: &mut [usize], rng: &mut Rng) {
-    for i in (1..v.len()).rev() {
-        let j = rng.below(i + 1);
-        v.swap(i, j);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,35 +481,6 @@ mod tests {
         assert_eq!(img.dimensions(), (28, 28));
         // The first test image is an ankle boot (label 9).
         assert_eq!(d.label(0), 9);
-    }
-
-    #[test]
-    fn a_percentage_is_held_out_of_every_class() {
-        let d = Dataset::builtin_fashion_mnist().subset(&(0..2000).collect::<Vec<_>>());
-        let holdout: Holdout = "10%".parse().expect("10%");
-        let (train, val) = d.split_by(holdout, 3);
-        assert_eq!(train.len() + val.len(), 2000);
-        let count = |s: &Dataset, c: usize| (0..s.len()).filter(|&i| s.label(i) == c).count();
-        for c in 0..10 {
-            let all = count(&d, c);
-            assert_eq!(
-                count(&val, c),
-                (all as f32 * 0.1).round() as usize,
-                "class {c}"
-            );
-        }
-        assert_eq!(d.split_by(holdout, 3).1.indices, val.indices, "seeded");
-        assert_ne!(d.split_by(holdout, 4).1.indices, val.indices);
-        assert_eq!("250".parse::<Holdout>(), Ok(Holdout::Count(250)));
-        for bad in ["0%", "100%", "x", "-3"] {
-            assert!(bad.parse::<Holdout>().is_err(), "{bad}");
-        }
-        let json = serde_json::to_string(&holdout).expect("json");
-        assert_eq!(serde_json::from_str::<Holdout>(&json).ok(), Some(holdout));
-        assert_eq!(
-            serde_json::from_str::<Holdout>("1000").ok(),
-            Some(Holdout::Count(1000))
-        );
     }
 
     #[test]
@@ -706,52 +522,6 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        use std::io::Write;
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(bytes).expect("gzip");
-        e.finish().expect("gzip")
-    }
-
-    /// A gzipped IDX file is checked against what its header declares before its data is
-    /// read: a few bytes claiming terabytes, or less data than declared, are errors.
-    #[test]
-    fn gzipped_idx_sizes_are_checked_before_reading() {
-        let p = Path::new("bomb-images-idx3-ubyte.gz");
-        let mut header = vec![0, 0, 8, 3];
-        for d in [1u32 << 20, 1 << 12, 1 << 12] {
-            header.extend_from_slice(&d.to_be_bytes());
-        }
-        let err = parse_idx(&gzip(&header), p, 3).unwrap_err().to_string();
-        assert!(
-            err.contains("bomb-images-idx3-ubyte.gz") && err.contains("MB"),
-            "{err}"
-        );
-
-        let mut short = vec![0, 0, 8, 3];
-        for d in [1000u32, 28, 28] {
-            short.extend_from_slice(&d.to_be_bytes());
-        }
-        short.extend(std::iter::repeat_n(7u8, 10 * 784));
-        let err = parse_idx(&gzip(&short), p, 3).unwrap_err().to_string();
-        assert!(
-            err.contains("IDX data holds 7840 bytes, the header says 784000"),
-            "{err}"
-        );
-        short.push(0);
-        short[7] = 10; // 10 images declared, 7841 bytes present
-        short[6] = 0;
-        let err = parse_idx(&gzip(&short), p, 3).unwrap_err().to_string();
-        assert!(err.contains("holds more than 7840 bytes"), "{err}");
-        short.pop();
-        let (shape, data) = parse_idx(&gzip(&short), p, 3).expect("a whole file parses");
-        assert_eq!((shape, data.len()), (vec![10, 28, 28], 7840));
-        let err = parse_idx(&gzip(&short)[..30], p, 3)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("bad gzip data"), "{err}");
     }
 
     #[test]

@@ -9,11 +9,16 @@
 //! | `net.rs` | [`net::TrainNet`]: parameters and one step, chaining the layers |
 //! | `optim.rs` | RMSprop (TF and PyTorch forms), SGD with momentum, weight decay |
 //! | `options.rs` | [`trainer::TrainOptions`]: the recipe of a run and its valid ranges |
+//! | `step.rs` | the options and statistics of one step ([`net::StepOptions`], [`net::Distill`]) |
 //! | `trainer.rs` | epochs, evaluation, checkpoints, resume |
+//! | `distill.rs` | the teacher of a distilled run: loaded, checked, run on the student's batches |
+//! | `failure.rs` | [`trainer::TrainFailure`]: why a run stopped |
 //! | `run.rs` | the data record a resume checks, the run directory's lock |
 
 pub mod bn;
 mod conv;
+mod distill;
+mod failure;
 #[cfg(test)]
 mod gradcheck;
 pub mod head;
@@ -22,6 +27,7 @@ pub mod optim;
 mod options;
 pub mod recipe;
 pub mod run;
+mod step;
 pub mod trainer;
 
 pub use crate::Rng;

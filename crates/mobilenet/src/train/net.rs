@@ -13,6 +13,7 @@ use mobilenet_kernels::Isa;
 use super::bn::{bn_act_backward, bn_act_forward, bn_act_forward_fixed, BnCache};
 use super::conv::ConvLayer;
 use super::head::{self, fc_backward, fc_forward};
+pub use super::step::{Distill, StepOptions, StepStats};
 use super::Rng;
 use crate::config::{MobileNetConfig, Variant};
 use crate::exec::{resolve_threads, SpinPool};
@@ -31,54 +32,6 @@ pub enum TrainError {
     /// A weight the layer table needs is missing or of the wrong size.
     #[error("{0}")]
     Weights(String),
-}
-
-/// Settings of a training step.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StepOptions {
-    /// Label smoothing of the cross-entropy target (0: off, as in the paper).
-    pub label_smoothing: f32,
-    /// Moving-average decay of the batch-norm statistics (TF-slim: 0.9997; 0.99 trains short
-    /// runs better).
-    pub bn_decay: f32,
-    /// Whether the moving statistics are updated (false for gradient checks).
-    pub update_bn_stats: bool,
-    /// How a distilled step mixes the teacher's soft targets with the labels.
-    pub distill: Option<Distill>,
-    /// Batch norm frozen: normalise with the moving statistics (inference mode, as Keras
-    /// fine-tunes) and leave them as they are; γ and β still train.
-    pub bn_frozen: bool,
-}
-
-/// The mix of a distilled step's loss: `(1 − weight) · cross-entropy(labels) + weight · T² ·
-/// KL(teacher at T ‖ student at T)`.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Distill {
-    /// Weight of the teacher's term, in [0, 1].
-    pub weight: f32,
-    /// Temperature `T` ≥ 1 of both softmaxes.
-    pub temperature: f32,
-}
-
-impl Default for StepOptions {
-    fn default() -> Self {
-        StepOptions {
-            label_smoothing: 0.0,
-            bn_decay: 0.99,
-            update_bn_stats: true,
-            distill: None,
-            bn_frozen: false,
-        }
-    }
-}
-
-/// Loss and accuracy of one training step.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StepStats {
-    /// Mean cross-entropy over the batch.
-    pub loss: f32,
-    /// Images whose arg-max logit is their label.
-    pub correct: usize,
 }
 
 /// One trainable parameter tensor.

@@ -70,6 +70,16 @@ fn one() -> f32 {
 }
 
 impl TrainOptions {
+    /// The factor on the learning rate in `epoch`: [`TrainOptions::unfreeze_lr_scale`] once a
+    /// frozen backbone has been unfrozen, else 1.
+    pub fn lr_scale(&self, epoch: usize) -> f32 {
+        match self.freeze_epochs {
+            0 => 1.0,
+            n if epoch < n => 1.0,
+            _ => self.unfreeze_lr_scale,
+        }
+    }
+
     /// Checks every value for a range that trains: a clear message instead of a run that
     /// diverges or silently does nothing.
     ///

@@ -14,13 +14,15 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::distill::{load_teacher, soft_targets};
+pub use super::failure::TrainFailure;
 use super::net::{Distill, StepOptions, TrainNet};
 use super::optim::Optimizer;
 pub use super::options::{Distillation, TrainOptions};
 use super::run::{DataRecord, RunLock};
 use super::Rng;
 use crate::classifier::Classifier;
-use crate::data::{shuffle, DataError, Dataset, Loader};
+use crate::data::{shuffle, Dataset, Loader};
 use crate::error::ModelError;
 use crate::eval::evaluate;
 use crate::infer::InferenceModel;
@@ -112,53 +114,6 @@ pub enum RunEnd {
     EarlyStopped,
 }
 
-/// Why training stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainFailure {
-    /// A batch could not be loaded.
-    #[error(transparent)]
-    Data(#[from] DataError),
-    /// A file could not be read or written.
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    /// The loss became NaN or infinite; the last checkpoint was kept.
-    #[error("the loss became {loss} at epoch {epoch}, step {batch}: stopping; the last good checkpoint is kept (lower the learning rate?)")]
-    NonFinite {
-        /// The loss.
-        loss: f32,
-        /// Epoch (from 1).
-        epoch: usize,
-        /// Batch within the epoch.
-        batch: usize,
-    },
-    /// A parameter, a batch-norm statistic or the optimiser's state became NaN or infinite
-    /// (the loss can stay finite while they do); the last checkpoint was kept.
-    #[error("{tensor} became non-finite by epoch {epoch}: stopping; the last good checkpoint is kept (lower the learning rate?)")]
-    NonFiniteState {
-        /// The tensor.
-        tensor: String,
-        /// Epoch (from 1).
-        epoch: usize,
-    },
-    /// The model cannot be trained.
-    #[error(transparent)]
-    Train(#[from] super::net::TrainError),
-    /// The run does not fit in memory.
-    #[error(transparent)]
-    Memory(#[from] crate::memory::MemoryError),
-    /// A training option is out of range.
-    #[error("{0}")]
-    Options(String),
-    /// The checkpoint's trainer state is unreadable.
-    #[error("{path}: {reason}")]
-    Checkpoint {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
 /// Progress reports during a run.
 pub trait Progress {
     /// After every step: epoch (0-based), batch, batches in the epoch, running loss and
@@ -183,16 +138,6 @@ pub trait Progress {
     }
 }
 
-/// The factor on the learning rate in `epoch`: [`TrainOptions::unfreeze_lr_scale`] once a
-/// frozen backbone has been unfrozen, else 1.
-fn lr_scale(o: &TrainOptions, epoch: usize) -> f32 {
-    match o.freeze_epochs {
-        0 => 1.0,
-        n if epoch < n => 1.0,
-        _ => o.unfreeze_lr_scale,
-    }
-}
-
 /// Epochs since the one with the best held-out accuracy (the first of equals).
 pub fn epochs_since_best(history: &[EpochMetrics]) -> usize {
     let best =
@@ -204,59 +149,6 @@ pub fn epochs_since_best(history: &[EpochMetrics]) -> usize {
                 _ => Some((i, m.val_accuracy)),
             });
     best.map_or(0, |(i, _)| history.len() - 1 - i)
-}
-
-/// The teacher's probabilities at `temperature` for the first `n` images of a batch of
-/// student inputs (`res`² NHWC, normalised by `pre`): the inputs are turned back into the
-/// pixels they came from and resized to the teacher's resolution.
-fn soft_targets(
-    teacher: &dyn Classifier,
-    runner: &mut dyn crate::classifier::Runner,
-    images: &[f32],
-    n: usize,
-    (res, pre): (usize, &crate::preprocess::Preprocessing),
-    temperature: f32,
-) -> Vec<f32> {
-    let (scale, offset) = pre.norm.affine();
-    let mut pixels = Vec::with_capacity(n * teacher.pixels_len());
-    for img in images.chunks_exact(res * res * 3).take(n) {
-        let rgb = image::RgbImage::from_fn(res as u32, res as u32, |x, y| {
-            let i = (y as usize * res + x as usize) * 3;
-            image::Rgb([0, 1, 2].map(|c| {
-                ((img[i + c] - offset[c]) / scale[c])
-                    .round()
-                    .clamp(0.0, 255.0) as u8
-            }))
-        });
-        pixels.extend(teacher.pixels(&rgb));
-    }
-    runner.load(&pixels);
-    runner.run();
-    let classes = teacher.classes().unwrap_or(0);
-    let mut probs = vec![0.0; runner.batch() * classes];
-    runner.probabilities(&mut probs);
-    probs.truncate(n * classes);
-    crate::train::head::soften(&mut probs, classes, temperature);
-    probs
-}
-
-/// The teacher of a distilled run, checked against the student's class count.
-fn load_teacher(
-    d: &Distillation,
-    classes: Option<usize>,
-) -> Result<Box<dyn Classifier>, TrainFailure> {
-    let mut teacher = crate::classifier::load(&d.teacher)?;
-    if teacher.classes() != classes {
-        return Err(TrainFailure::Options(format!(
-            "{}: the teacher has {} classes, the student {}",
-            d.teacher.display(),
-            teacher.classes().unwrap_or(0),
-            classes.unwrap_or(0)
-        )));
-    }
-    // The student's batch is already cropped: the teacher only resizes it.
-    teacher.set_crop(1.0);
-    Ok(teacher)
 }
 
 /// A training run in progress.
@@ -526,7 +418,7 @@ impl Trainer {
             // A frozen backbone runs in the inference engine (moving statistics, no
             // activations kept, no backward pass); only the classifier trains.
             let frozen = epoch < o.freeze_epochs;
-            let lr_scale = lr_scale(&o, epoch);
+            let lr_scale = o.lr_scale(epoch);
             let backbone = match frozen {
                 true => Some(InferenceModel::new(&self.net.to_model().backbone())?),
                 false => None,
