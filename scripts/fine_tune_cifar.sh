@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fine-tuning Google's ImageNet MobileNet (1.0-224 float) on a small labelled set: 100 CIFAR-10
 # training JPEGs per class (the first 100 of each class folder), tested on the 10,000 test JPEGs.
-# Linear probe, two-stage fine-tuning (batch norm training or frozen) and training from scratch
+# Linear probe, two-stage fine-tuning (RMSprop or Adam as Keras's guide; batch norm training or
+# frozen) and training from scratch
 # side by side, with wall times. All at 128×128 (the images are 32×32).
 #   scripts/fine_tune_cifar.sh [mobilenet binary] [shared data] [work dir]
 set -euo pipefail
@@ -31,6 +32,6 @@ echo "|---|---|---|"
 run linear-probe --init "$INIT" --freeze backbone --epochs 10 --lr 0.01
 run two-stage --init "$INIT" --freeze-epochs 3 --epochs 8 --lr 0.01
 run two-stage-bn-frozen --init "$INIT" --freeze-epochs 3 --epochs 8 --lr 0.01 --bn frozen
-run two-stage-slow --init "$INIT" --freeze-epochs 3 --epochs 8 --lr 0.01 --unfreeze-lr-scale 0.01
-run two-stage-slow-bn-frozen --init "$INIT" --freeze-epochs 3 --epochs 8 --lr 0.01 --unfreeze-lr-scale 0.01 --bn frozen
+run two-stage-adam --init "$INIT" --optimizer adam --lr 0.001 --freeze-epochs 3 --epochs 8 --unfreeze-lr-scale 0.01 --bn frozen
+run two-stage-adam-bn-train --init "$INIT" --optimizer adam --lr 0.001 --freeze-epochs 3 --epochs 8 --unfreeze-lr-scale 0.1
 run scratch --alpha 1.0 --epochs 8

@@ -129,6 +129,48 @@ fn init_takes_the_network_from_the_official_file() {
         tuned.tensor("conv_1/depthwise/weight"),
         official.tensor("conv_1/depthwise/weight")
     );
+
+    // Keras's guide: Adam, then the layers after a named block (fine_tune_at); the layers
+    // through it keep their weights and statistics. A name the network lacks is refused.
+    let keras = [
+        "--freeze-epochs",
+        "1",
+        "--epochs",
+        "2",
+        "--resolution",
+        "64",
+    ];
+    let out = train("e", &[&keras[..], &["--freeze", "conv_99"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("conv_0 … conv_13"),
+        "{stderr}"
+    );
+    assert!(!root.join("e").exists(), "nothing made for a refused run");
+    let recipe = ["--optimizer", "adam", "--lr", "0.001", "--freeze", "conv_9"];
+    let out = train("f", &[&keras[..], &recipe[..]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Adam (β₁ 0.9") && stdout.contains("then the layers after conv_9"),
+        "{stdout}"
+    );
+    let partial =
+        mobilenet::ModelFile::load(&root.join("f/model-last.safetensors")).expect("model");
+    for (name, tensor) in partial.tensors() {
+        let block: usize = name[5..]
+            .split(['/', '_'])
+            .next()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(usize::MAX);
+        let fixed = name.starts_with("conv_") && block <= 9;
+        let same = Some(tensor) == official.tensor(name);
+        assert_eq!(same, fixed, "{name}");
+    }
     std::fs::remove_dir_all(&root).expect("clean up");
 }
 

@@ -198,6 +198,8 @@ fn checkpoint_seed(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Erro
         threads: 1,
         loader_workers: 1,
         freeze_epochs: 0,
+        head_lr: None,
+        freeze_through: None,
         unfreeze_lr_scale: 1.0,
         patience: None,
         freeze_bn: false,

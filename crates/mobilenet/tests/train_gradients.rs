@@ -135,6 +135,53 @@ fn network_gradients_with_frozen_batch_norm() {
     gradient_check_with(Stem::Standard, Padding::TfSame, 2, true);
 }
 
+/// Freezing the layers through a name: the layers above get exactly the gradients of the
+/// whole network's step (batch norm frozen in both, so the forward passes agree), and the
+/// frozen ones are not written at all.
+#[test]
+fn a_frozen_prefix_stops_the_backward_pass() {
+    let model = tiny(Stem::Standard, Padding::TfSame);
+    let net = TrainNet::from_model(&model, 1).expect("trainable");
+    assert_eq!(net.layers_through("conv_0"), Ok(1));
+    assert_eq!(net.layers_through("conv_1/depthwise"), Ok(2));
+    assert_eq!(net.layers_through("conv_1"), Ok(3));
+    assert_eq!(net.layers_through("conv_13"), Ok(27));
+    for bad in ["conv_14", "fc", "conv_1/", "avgpool"] {
+        let err = net.layers_through(bad).unwrap_err();
+        assert!(err.contains("conv_0 … conv_13"), "{bad}: {err}");
+    }
+    let (images, labels) = batch(model.config.resolution(), 4, 5);
+    let step = |frozen_layers: usize| {
+        let mut net = TrainNet::from_model(&model, 1).expect("trainable");
+        let options = StepOptions {
+            bn_frozen: true,
+            frozen_layers,
+            ..StepOptions::default()
+        };
+        let mut grads: Vec<Vec<f32>> = net
+            .zero_gradients()
+            .into_iter()
+            .map(|g| vec![f32::NAN; g.len()])
+            .collect();
+        let stats = net.step(&images, &labels, &mut Rng::new(0), &options, &mut grads);
+        (stats.loss, grads, net.first_param_of_layer(frozen_layers))
+    };
+    let (loss, whole, _) = step(0);
+    assert!(whole.iter().flatten().all(|g| g.is_finite()));
+    let k = net.layers_through("conv_6").expect("a block");
+    let (frozen_loss, part, first) = step(k);
+    assert_eq!(loss, frozen_loss);
+    assert_eq!(first, 3 * k);
+    for (i, (a, b)) in whole.iter().zip(&part).enumerate() {
+        let name = &net.params[i].name;
+        if i < first {
+            assert!(b.iter().all(|g| g.is_nan()), "{name}: frozen, not written");
+        } else {
+            assert_eq!(a, b, "{name}");
+        }
+    }
+}
+
 #[test]
 fn network_gradients_match_finite_differences() {
     gradient_check(Stem::Standard, Padding::TfSame, 1);

@@ -52,6 +52,8 @@ fn options(epochs: usize) -> TrainOptions {
         patience: None,
         freeze_bn: false,
         distill: None,
+        head_lr: None,
+        freeze_through: None,
     }
 }
 
@@ -237,4 +239,87 @@ fn frozen_batch_norm_keeps_the_moving_statistics() {
         let statistic = name.ends_with("moving_mean") || name.ends_with("moving_variance");
         assert_eq!(moved, !statistic, "{name}");
     }
+}
+
+/// Trains `start` on 96 images for `options`, in a run directory of its own; the final model.
+fn train_from(start: &ModelFile, options: TrainOptions, name: &str) -> ModelFile {
+    let (train, val) = fashion(96, 9000..9032);
+    let dir = std::env::temp_dir().join(format!("mobilenet-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut trainer = Trainer::new(start, options, &dir).expect("trainer");
+    trainer
+        .run(&train, &val, &mut Quiet(Vec::new()))
+        .expect("run");
+    let model = trainer.net.to_model();
+    drop(trainer);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+    model
+}
+
+/// The second stage of fine-tuning starts from a fresh optimiser: unfrozen at a negligible
+/// rate, the network stays where the frozen stage left it (the classifier's momentum, which
+/// RMSprop's TF form scales by the old rate, used to carry it on by tens of percent).
+#[test]
+fn unfreezing_starts_a_fresh_optimiser() {
+    let start = ModelFile::random(small_config(), 6);
+    let base = TrainOptions {
+        lr: 0.1,
+        freeze_bn: true,
+        unfreeze_lr_scale: 1e-9,
+        ..options(1)
+    };
+    let frozen = train_from(
+        &start,
+        TrainOptions {
+            freeze_epochs: usize::MAX,
+            ..base.clone()
+        },
+        "stage-one",
+    );
+    let two_stage = train_from(
+        &start,
+        TrainOptions {
+            epochs: 2,
+            freeze_epochs: 1,
+            ..base
+        },
+        "stage-two",
+    );
+    for (name, t) in frozen.tensors() {
+        let after = &two_stage.tensor(name).expect("same tensors").data;
+        let scale = t.data.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let moved = t
+            .data
+            .iter()
+            .zip(after)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            moved <= 1e-5 * scale,
+            "{name} moved by {moved} (max |value| {scale})"
+        );
+    }
+}
+
+/// `head_lr` is the classifier's rate: with the backbone frozen, `lr` 1 and `head_lr` 0.05 train
+/// exactly as `lr` 0.05 alone.
+#[test]
+fn the_classifier_learns_at_its_own_rate() {
+    let start = ModelFile::random(small_config(), 8);
+    let base = TrainOptions {
+        freeze_epochs: usize::MAX,
+        ..options(1)
+    };
+    let plain = TrainOptions {
+        lr: 0.05,
+        ..base.clone()
+    };
+    let split = TrainOptions {
+        lr: 1.0,
+        head_lr: Some(0.05),
+        ..base
+    };
+    let a = train_from(&start, plain, "head-lr-plain");
+    let b = train_from(&start, split, "head-lr-split");
+    assert_ne!(a.tensor("fc/weight"), start.tensor("fc/weight"));
+    assert_eq!(a.tensor("fc/weight"), b.tensor("fc/weight"));
 }

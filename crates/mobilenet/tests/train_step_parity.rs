@@ -89,6 +89,7 @@ fn one_training_step_matches_tensorflow() {
         update_bn_stats: true,
         distill: None,
         bn_frozen: false,
+        frozen_layers: 0,
     };
     let stats = net.step(&images, &labels, &mut Rng::new(0), &options, &mut grads);
     assert!(

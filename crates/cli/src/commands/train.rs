@@ -31,6 +31,10 @@ pub enum OptimizerArg {
     RmspropTorch,
     /// SGD with momentum
     Sgd,
+    /// Adam (Keras's and PyTorch's form; weight decay as L2 in the gradient)
+    Adam,
+    /// AdamW (weight decay decoupled from the gradient)
+    Adamw,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -67,12 +71,27 @@ enum BnArg {
 }
 
 /// What `--freeze` holds fixed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum FreezeArg {
-    /// Every layer but the classifier
+    /// Every layer but the classifier.
     Backbone,
-    /// Nothing (the default)
+    /// Nothing (the default).
     None,
+    /// The layers from the input through this layer or block (checked against the network).
+    Through(String),
+}
+
+fn freeze_arg(s: &str) -> Result<FreezeArg, String> {
+    Ok(match s {
+        "backbone" => FreezeArg::Backbone,
+        "none" => FreezeArg::None,
+        layer if layer.starts_with("conv_") => FreezeArg::Through(layer.to_string()),
+        other => {
+            return Err(format!(
+                "{other:?} is not backbone, none or a layer name such as conv_7"
+            ))
+        }
+    })
 }
 
 #[derive(Debug, Args)]
@@ -116,9 +135,12 @@ pub struct TrainArgs {
     /// Images per step
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// Base learning rate
+    /// Base learning rate (default per optimiser: 0.1 RMSprop-TF, 0.05 SGD, 0.001 others)
     #[arg(long)]
     lr: Option<f32>,
+    /// Base learning rate of the classifier, if it should differ from --lr (same schedule)
+    #[arg(long, value_name = "LR")]
+    head_lr: Option<f32>,
     #[arg(long, value_enum, default_value_t = OptimizerArg::RmspropTf)]
     optimizer: OptimizerArg,
     /// Momentum (RMSprop and SGD)
@@ -130,6 +152,15 @@ pub struct TrainArgs {
     /// RMSprop ε (the paper: 1.0)
     #[arg(long, default_value_t = 1.0)]
     rms_epsilon: f32,
+    /// Adam β₁, the first moment's decay
+    #[arg(long, default_value_t = 0.9)]
+    adam_beta1: f32,
+    /// Adam β₂, the second moment's decay
+    #[arg(long, default_value_t = 0.999)]
+    adam_beta2: f32,
+    /// Adam ε (Keras's default)
+    #[arg(long, default_value_t = 1e-7)]
+    adam_epsilon: f32,
     #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
     schedule: ScheduleArg,
     /// Exponential schedule: factor per period
@@ -163,13 +194,15 @@ pub struct TrainArgs {
     /// module defaults, U(±1/√fan_in), FC bias too) or he (U(±√(6/fan_in)), zero FC bias)
     #[arg(long, value_enum, default_value_t = InitArg::Torch)]
     weight_init: InitArg,
-    /// Train only the classifier on a frozen backbone (a linear probe of --init's features):
-    /// the backbone runs in the inference engine with its moving batch-norm statistics and no
-    /// backward pass
-    #[arg(long, value_enum, conflicts_with = "freeze_epochs")]
+    /// What stays fixed: backbone (train only the classifier, a linear probe of --init's
+    /// features: the backbone runs in the inference engine with its moving batch-norm
+    /// statistics and no backward pass), none, or a layer such as conv_7 (the layers from the
+    /// input through block 7 stay fixed, with moving statistics; after --freeze-epochs if given)
+    #[arg(long, value_name = "backbone|none|LAYER", value_parser = freeze_arg)]
     freeze: Option<FreezeArg>,
     /// Two-stage fine-tuning: the first N epochs train only the classifier (as --freeze
-    /// backbone), the rest the whole network at the learning rate × --unfreeze-lr-scale
+    /// backbone), the rest the whole network at the learning rate × --unfreeze-lr-scale, with
+    /// a fresh optimiser state (as Keras recompiles)
     #[arg(long, value_name = "N")]
     freeze_epochs: Option<usize>,
     /// Factor on the learning rate once the backbone is unfrozen
@@ -331,6 +364,12 @@ fn options(args: &TrainArgs, small: bool, resolution: usize, train_len: usize) -
         OptimizerArg::Sgd => OptimizerKind::Sgd {
             momentum: args.momentum,
         },
+        OptimizerArg::Adam | OptimizerArg::Adamw => OptimizerKind::Adam {
+            beta1: args.adam_beta1,
+            beta2: args.adam_beta2,
+            epsilon: args.adam_epsilon,
+            decoupled: args.optimizer == OptimizerArg::Adamw,
+        },
     };
     let schedule = match args.schedule {
         ScheduleArg::Constant => Schedule::Constant,
@@ -363,12 +402,17 @@ fn options(args: &TrainArgs, small: bool, resolution: usize, train_len: usize) -
         seed: args.seed,
         threads: args.threads,
         loader_workers: args.workers.max(1),
-        freeze_epochs: match (args.freeze, args.freeze_epochs) {
+        freeze_through: match &args.freeze {
+            Some(FreezeArg::Through(layer)) => Some(layer.clone()),
+            _ => None,
+        },
+        freeze_epochs: match (&args.freeze, args.freeze_epochs) {
             (Some(FreezeArg::Backbone), _) => usize::MAX,
             (_, Some(n)) => n,
             _ => 0,
         },
         unfreeze_lr_scale: args.unfreeze_lr_scale,
+        head_lr: args.head_lr,
         patience: args.patience.map(|p| p as usize),
         freeze_bn: args.bn == BnArg::Frozen,
         distill: args.teacher.as_ref().map(|t| Distillation {
@@ -381,6 +425,12 @@ fn options(args: &TrainArgs, small: bool, resolution: usize, train_len: usize) -
 }
 
 pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
+    if args.freeze == Some(FreezeArg::Backbone) && args.freeze_epochs.is_some() {
+        anyhow::bail!(
+            "--freeze backbone holds the backbone in every epoch, --freeze-epochs N in the first \
+             N: give one (--freeze conv_K with --freeze-epochs N unfreezes the layers after conv_K)"
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);
@@ -438,6 +488,9 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
                 "training: {} of {} images, batch {}, {}, lr {} ({}), weight decay {}, batch-norm decay {}, augmentation: {}",
                 plural(opts.epochs, "epoch"), train.len(), opts.batch_size, opts.optimizer, opts.lr, opts.schedule, opts.weight_decay, opts.bn_decay, opts.augment
             );
+            if let Some(lr) = opts.head_lr {
+                println!("classifier: learning rate {lr} (same schedule)");
+            }
             if let Some(d) = &opts.distill {
                 println!(
                     "distilling from {}: weight {} on its soft targets at temperature {}",
@@ -452,11 +505,20 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
                     "backbone frozen: only the classifier trains (moving batch-norm statistics)"
                 ),
                 n => println!(
-                    "backbone frozen for the first {}, then the whole network at the learning \
-                     rate × {}",
+                    "backbone frozen for the first {}, then {} at the learning rate × {} (fresh \
+                     optimiser state)",
                     plural(n, "epoch"),
+                    match &opts.freeze_through {
+                        Some(layer) => format!("the layers after {layer}"),
+                        None => "the whole network".to_string(),
+                    },
                     opts.unfreeze_lr_scale
                 ),
+            }
+            if let (Some(layer), 0) = (&opts.freeze_through, opts.freeze_epochs) {
+                println!(
+                    "layers from the input through {layer} fixed (moving batch-norm statistics)"
+                );
             }
             println!("run directory: {}", dir.display());
             let mut t = Trainer::new(&model, opts, &dir)?;

@@ -329,7 +329,7 @@ impl TrainNet {
             let act = self.config.activation();
             let mean_name = names::bn(&layer.name, BnTensor::MovingMean);
             let var_name = names::bn(&layer.name, BnTensor::MovingVariance);
-            if options.bn_frozen {
+            if options.bn_frozen || j < options.frozen_layers {
                 // The moving statistics normalise, and stay as they are.
                 let stats = (&self.buffers[&mean_name][..], &self.buffers[&var_name][..]);
                 st.bn[j] = bn_act_forward_fixed(
@@ -393,9 +393,10 @@ impl TrainNet {
         da.resize(batch * pixels * fc, 0.0);
         head::avgpool_backward(&dpooled, batch, pixels, fc, &mut da);
 
-        // Backward: conv layers, last to first.
+        // Backward: conv layers, last to first, down to the first one that trains.
         let mut dz = std::mem::take(&mut st.grad_b);
-        for (j, &li) in convs.iter().enumerate().rev() {
+        let trained = options.frozen_layers.min(convs.len());
+        for (j, &li) in convs.iter().enumerate().skip(trained).rev() {
             let p = lp[li].unwrap_or_else(|| unreachable!("convs are layers with parameters"));
             let c = self.layers[li].output[2];
             let out_len = batch * self.layers[li].output.iter().product::<usize>();
@@ -423,7 +424,7 @@ impl TrainNet {
                 );
             }
             let in_len = batch * self.layers[li].input.iter().product::<usize>();
-            let need_dx = j > 0;
+            let need_dx = j > trained;
             if need_dx {
                 da.resize(in_len, 0.0);
             }
@@ -496,6 +497,36 @@ impl TrainNet {
         self.fc_param
     }
 
+    /// How many convolution layers, from the input, a freeze through `name` holds fixed: a
+    /// layer (`conv_3/depthwise`) or a whole block (`conv_3`, through its pointwise layer).
+    ///
+    /// # Errors
+    ///
+    /// A name that is no convolution layer or block of this network, with the valid range.
+    pub fn layers_through(&self, name: &str) -> Result<usize, String> {
+        let convs: Vec<&Layer> = self.layers.iter().filter(|l| is_conv(l)).collect();
+        let block = |l: &Layer| l.name.split('/').next() == Some(name);
+        convs
+            .iter()
+            .rposition(|l| l.name == name || block(l))
+            .map(|i| i + 1)
+            .ok_or_else(|| {
+                let last = convs
+                    .last()
+                    .map_or("", |l| l.name.split('/').next().unwrap_or(""));
+                format!(
+                    "no layer {name:?} to freeze through: name a block conv_0 … {last} or one \
+                     of its layers (conv_1/depthwise, conv_1/pointwise)"
+                )
+            })
+    }
+
+    /// Index of the first parameter of convolution layer `layer` (counted from the input): a
+    /// freeze of the layers before it leaves the parameters before this index alone.
+    pub fn first_param_of_layer(&self, layer: usize) -> usize {
+        (3 * layer).min(self.fc_param)
+    }
+
     /// Dropout, classifier, loss and their backward on `st.pooled`; returns the statistics and
     /// the gradient of the loss with respect to the pooled features.
     fn classifier_step(
@@ -558,4 +589,9 @@ impl TrainNet {
         head::dropout_backward(&st.dropout_mask, &mut dpooled);
         (StepStats { loss, correct }, dpooled)
     }
+}
+
+/// Whether `l` is a convolution (with batch norm), not the pool or the classifier.
+fn is_conv(l: &Layer) -> bool {
+    !matches!(l.kind, LayerKind::AvgPool | LayerKind::Fc)
 }

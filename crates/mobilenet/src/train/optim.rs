@@ -5,9 +5,12 @@
 //! | RMSprop, TensorFlow form (the paper's) | `ms ← ρ·ms + (1−ρ)·g²`; `mom ← μ·mom + lr·g/√(ms + ε)`; `θ ← θ − mom`; `ms` starts at 1 (TF1's `RMSPropOptimizer`) |
 //! | RMSprop, PyTorch form | `v ← α·v + (1−α)·g²`; `buf ← μ·buf + g/(√v + ε)`; `θ ← θ − lr·buf`; `v` starts at 0 |
 //! | SGD with momentum (PyTorch form) | `buf ← μ·buf + g`; `θ ← θ − lr·buf` |
+//! | Adam (Keras and PyTorch form) | `m ← β₁·m + (1−β₁)·g`; `v ← β₂·v + (1−β₂)·g²`; `θ ← θ − lr·m̂/(√v̂ + ε)` with `m̂ = m/(1−β₁ᵗ)`, `v̂ = v/(1−β₂ᵗ)` |
+//! | AdamW | Adam on the gradient without weight decay, then `θ ← θ − lr·λ·θ` (decoupled) |
 //!
 //! Weight decay is L2 as in TF-slim (`λ/2·‖w‖²`, gradient `λ·w`), applied only to the
-//! parameters marked `decay` (conv, pointwise and FC weights; never depthwise filters).
+//! parameters marked `decay` (conv, pointwise and FC weights; never depthwise filters); AdamW
+//! decays the same parameters, decoupled from the gradient.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +48,17 @@ pub enum OptimizerKind {
         /// Momentum μ.
         momentum: f32,
     },
+    /// Adam (Kingma & Ba), with bias correction; Keras's choice for fine-tuning.
+    Adam {
+        /// Decay β₁ of the first moment (Keras: 0.9).
+        beta1: f32,
+        /// Decay β₂ of the second moment (Keras: 0.999).
+        beta2: f32,
+        /// ε outside the square root (Keras: 1e-7).
+        epsilon: f32,
+        /// AdamW: weight decay decoupled from the gradient (Loshchilov & Hutter) instead of L2.
+        decoupled: bool,
+    },
 }
 
 impl std::fmt::Display for OptimizerKind {
@@ -67,6 +81,16 @@ impl std::fmt::Display for OptimizerKind {
                 )
             }
             OptimizerKind::Sgd { momentum } => write!(f, "SGD (momentum {momentum})"),
+            OptimizerKind::Adam {
+                beta1,
+                beta2,
+                epsilon,
+                decoupled,
+            } => write!(
+                f,
+                "{} (β₁ {beta1}, β₂ {beta2}, ε {epsilon})",
+                if decoupled { "AdamW" } else { "Adam" }
+            ),
         }
     }
 }
@@ -119,30 +143,38 @@ pub struct Optimizer {
 impl Optimizer {
     /// Fresh state for `params`.
     pub fn new(kind: OptimizerKind, weight_decay: f32, params: &[Param]) -> Optimizer {
-        let init_ms = match kind {
-            OptimizerKind::RmsProp {
-                variant: RmsPropVariant::Tf,
-                ..
-            } => 1.0,
-            _ => 0.0,
-        };
-        let rms = matches!(kind, OptimizerKind::RmsProp { .. });
-        Optimizer {
+        let mut optimizer = Optimizer {
             kind,
             weight_decay,
             step: 0,
-            mean_square: params
-                .iter()
-                .map(|p| {
-                    if rms {
-                        vec![init_ms; p.value.len()]
-                    } else {
-                        Vec::new()
-                    }
-                })
-                .collect(),
+            mean_square: params.iter().map(|_| Vec::new()).collect(),
             momentum: params.iter().map(|p| vec![0.0; p.value.len()]).collect(),
+        };
+        optimizer.restart();
+        optimizer
+    }
+
+    /// Forgets the state (moments, mean squares, step count) as a fresh optimiser on the same
+    /// parameters would have it: Keras's recompile between the two stages of fine-tuning. The
+    /// classifier's momentum from a frozen phase would otherwise carry its learning rate on
+    /// into the second stage (RMSprop's TensorFlow form folds the rate into the momentum).
+    pub fn restart(&mut self) {
+        let init_ms = match self.kind {
+            OptimizerKind::RmsProp {
+                variant: RmsPropVariant::Tf,
+                ..
+            } => Some(1.0),
+            OptimizerKind::RmsProp { .. } | OptimizerKind::Adam { .. } => Some(0.0),
+            OptimizerKind::Sgd { .. } => None,
+        };
+        for (ms, mom) in self.mean_square.iter_mut().zip(&mut self.momentum) {
+            mom.fill(0.0);
+            ms.clear();
+            if let Some(v) = init_ms {
+                ms.resize(mom.len(), v);
+            }
         }
+        self.step = 0;
     }
 
     /// Applies one update with learning rate `lr`.
@@ -157,8 +189,23 @@ impl Optimizer {
     /// As [`Optimizer::update`] for the parameters from index `first` on; the others (a
     /// frozen backbone) and their optimiser state are left as they are.
     pub fn update_from(&mut self, params: &mut [Param], grads: &[Vec<f32>], lr: f32, first: usize) {
+        self.update_split(params, grads, first, (params.len(), lr, lr));
+    }
+
+    /// As [`Optimizer::update_from`] with two learning rates: `(split, before, after)` updates
+    /// the parameters in `first..split` at `before` and those from `split` on (the
+    /// classifier) at `after`.
+    pub fn update_split(
+        &mut self,
+        params: &mut [Param],
+        grads: &[Vec<f32>],
+        first: usize,
+        (split, before, after): (usize, f32, f32),
+    ) {
         assert_eq!(params.len(), grads.len(), "one gradient per parameter");
+        self.step += 1;
         for (i, (p, g)) in params.iter_mut().zip(grads).enumerate().skip(first) {
+            let lr = if i < split { before } else { after };
             let wd = if p.decay { self.weight_decay } else { 0.0 };
             let mom = &mut self.momentum[i];
             match self.kind {
@@ -191,9 +238,29 @@ impl Optimizer {
                         p.value[j] -= lr * mom[j];
                     }
                 }
+                OptimizerKind::Adam {
+                    beta1,
+                    beta2,
+                    epsilon,
+                    decoupled,
+                } => {
+                    let v = &mut self.mean_square[i];
+                    let t = self.step as i32;
+                    let (c1, c2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
+                    let (l2, shrink) = match decoupled {
+                        false => (wd, 1.0),
+                        true => (0.0, 1.0 - lr * wd),
+                    };
+                    for j in 0..p.value.len() {
+                        let grad = g[j] + l2 * p.value[j];
+                        mom[j] = beta1 * mom[j] + (1.0 - beta1) * grad;
+                        v[j] = beta2 * v[j] + (1.0 - beta2) * grad * grad;
+                        let step = lr * (mom[j] / c1) / ((v[j] / c2).sqrt() + epsilon);
+                        p.value[j] = p.value[j] * shrink - step;
+                    }
+                }
             }
         }
-        self.step += 1;
     }
 }
 
@@ -293,6 +360,50 @@ mod tests {
         opt.update(&mut params, &[vec![0.0], vec![0.0]], 0.1);
         // Momentum carries on: buf = 0.5·1.1 + 0.1·0.89 = 0.639.
         assert!((params[0].value[0] - (0.89 - 0.1 * 0.639)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn adam_and_adamw_match_the_formula_by_hand() {
+        let adam = |decoupled| OptimizerKind::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-7,
+            decoupled,
+        };
+        // Two steps of Adam with L2: the bias-corrected step is lr·sign(g) on the first step.
+        let mut params = vec![param(&[1.0, -2.0], true)];
+        let mut opt = Optimizer::new(adam(false), 0.1, &params);
+        opt.update(&mut params, &[vec![0.5, -1.0]], 0.01);
+        assert!((params[0].value[0] - 0.99).abs() < 1e-6); // g = 0.5 + 0.1·1 > 0
+        assert!((params[0].value[1] - (-2.0 + 0.01)).abs() < 1e-6); // g = −1 − 0.2 < 0
+        let g1 = 0.5 + 0.1 * 1.0f32;
+        let g2 = 0.5 + 0.1 * 0.99f32;
+        opt.update(&mut params, &[vec![0.5, -1.0]], 0.01);
+        let m = 0.9 * 0.1 * g1 + 0.1 * g2;
+        let v = 0.999 * 0.001 * g1 * g1 + 0.001 * g2 * g2;
+        let step = 0.01 * (m / (1.0 - 0.81)) / ((v / (1.0 - 0.999f32.powi(2))).sqrt() + 1e-7);
+        assert!((params[0].value[0] - (0.99 - step)).abs() < 1e-6);
+
+        // AdamW: the gradient alone drives the moments; the weight shrinks by lr·λ.
+        let mut params = vec![param(&[1.0], true), param(&[1.0], false)];
+        let mut opt = Optimizer::new(adam(true), 0.1, &params);
+        opt.update(&mut params, &[vec![0.5], vec![0.5]], 0.01);
+        assert!((params[0].value[0] - (1.0 * (1.0 - 0.001) - 0.01)).abs() < 1e-6);
+        assert!((params[1].value[0] - 0.99).abs() < 1e-6);
+    }
+
+    #[test]
+    fn restart_forgets_the_state_and_split_rates_apply() {
+        let mut params = vec![param(&[1.0], false), param(&[1.0], false)];
+        let mut opt = Optimizer::new(OptimizerKind::paper(), 0.0, &params);
+        let fresh = opt.clone();
+        opt.update_split(&mut params, &[vec![1.0], vec![1.0]], 0, (1, 0.1, 0.2));
+        // Each rate as the formula gives it: lr·g/√(0.9 + 0.1 + 1).
+        assert!((params[0].value[0] - (1.0 - 0.1 / 2f32.sqrt())).abs() < 1e-6);
+        assert!((params[1].value[0] - (1.0 - 0.2 / 2f32.sqrt())).abs() < 1e-6);
+        assert_ne!(opt, fresh);
+        opt.restart();
+        assert_eq!(opt, fresh);
     }
 
     #[test]

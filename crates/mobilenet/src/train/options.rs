@@ -51,6 +51,15 @@ pub struct TrainOptions {
     /// Learn from a teacher model as well as from the labels.
     #[serde(default)]
     pub distill: Option<Distillation>,
+    /// Base learning rate of the classifier, when it differs from [`TrainOptions::lr`] (a new
+    /// head on a pretrained backbone learns faster than the backbone may change). It follows
+    /// the same schedule and the same factor after unfreezing.
+    #[serde(default)]
+    pub head_lr: Option<f32>,
+    /// Layers that stay fixed through the whole run (after any frozen-backbone epochs), from
+    /// the input through this layer or block (`conv_7`; Keras's `fine_tune_at`).
+    #[serde(default)]
+    pub freeze_through: Option<String>,
 }
 
 /// Knowledge distillation from a teacher (any model file `classifier::load` reads: f32 or a
@@ -89,7 +98,7 @@ impl TrainOptions {
     pub fn validate(&self) -> Result<(), String> {
         let unit = |v: f32| (0.0..1.0).contains(&v);
         let positive = |v: f32| v.is_finite() && v > 0.0;
-        let checks: [(bool, String); 7] = [
+        let checks: [(bool, String); 8] = [
             (
                 self.epochs >= 1,
                 format!("epochs {} must be at least 1", self.epochs),
@@ -113,6 +122,13 @@ impl TrainOptions {
             (
                 unit(self.bn_decay),
                 format!("batch-norm decay {} must be in [0, 1)", self.bn_decay),
+            ),
+            (
+                self.head_lr.is_none_or(positive),
+                format!(
+                    "classifier learning rate {} must be positive",
+                    self.head_lr.unwrap_or(0.0)
+                ),
             ),
             (
                 positive(self.unfreeze_lr_scale),
@@ -160,6 +176,19 @@ impl TrainOptions {
                 return Err(format!("momentum {momentum} must be in [0, 1)"));
             }
             OptimizerKind::Sgd { .. } => {}
+            OptimizerKind::Adam {
+                beta1,
+                beta2,
+                epsilon,
+                ..
+            } => {
+                if !(unit(beta1) && unit(beta2)) {
+                    return Err(format!("Adam β₁ {beta1} and β₂ {beta2} must be in [0, 1)"));
+                }
+                if !positive(epsilon) {
+                    return Err(format!("Adam epsilon {epsilon} must be positive"));
+                }
+            }
         }
         match self.schedule {
             Schedule::Exponential { rate, every_epochs }

@@ -41,7 +41,7 @@ pub fn default_preprocessing(small: bool) -> Preprocessing {
 }
 
 /// Learning rate per optimiser. With ε = 1 the TF RMSprop step is about lr·g, so it takes a
-/// larger rate than PyTorch's form.
+/// larger rate than PyTorch's form; Adam's is Keras's and PyTorch's default.
 pub fn default_lr(optimizer: &OptimizerKind) -> f32 {
     match optimizer {
         OptimizerKind::RmsProp {
@@ -50,6 +50,7 @@ pub fn default_lr(optimizer: &OptimizerKind) -> f32 {
         } => 0.1,
         OptimizerKind::RmsProp { .. } => 0.001,
         OptimizerKind::Sgd { .. } => 0.05,
+        OptimizerKind::Adam { .. } => 0.001,
     }
 }
 

@@ -15,6 +15,9 @@ pub struct StepOptions {
     /// Batch norm frozen: normalise with the moving statistics (inference mode, as Keras
     /// fine-tunes) and leave them as they are; γ and β still train.
     pub bn_frozen: bool,
+    /// Convolution layers at the input end that stay fixed (Keras's `fine_tune_at`): their
+    /// batch norm uses the moving statistics, and the backward pass stops above them.
+    pub frozen_layers: usize,
 }
 
 /// The mix of a distilled step's loss: `(1 − weight) · cross-entropy(labels) + weight · T² ·
@@ -35,6 +38,7 @@ impl Default for StepOptions {
             update_bn_stats: true,
             distill: None,
             bn_frozen: false,
+            frozen_layers: 0,
         }
     }
 }

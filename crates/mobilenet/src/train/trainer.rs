@@ -188,6 +188,9 @@ impl Trainer {
             load_teacher(d, model.config.classes())?;
         }
         let net = TrainNet::from_model(model, options.threads)?;
+        if let Some(name) = &options.freeze_through {
+            net.layers_through(name).map_err(TrainFailure::Options)?;
+        }
         let optimizer = Optimizer::new(options.optimizer, options.weight_decay, &net.params);
         let lock = RunLock::acquire(dir)?;
         Ok(Trainer {
@@ -388,7 +391,15 @@ impl Trainer {
         let res = self.net.config().resolution();
         let pre = self.net.to_model().preprocessing;
         let batches = train.len().div_ceil(o.batch_size.max(1));
+        let frozen_layers = match &o.freeze_through {
+            Some(name) => self
+                .net
+                .layers_through(name)
+                .map_err(TrainFailure::Options)?,
+            None => 0,
+        };
         let step_options = StepOptions {
+            frozen_layers,
             bn_frozen: o.freeze_bn,
             distill: o.distill.as_ref().map(|d| Distill {
                 weight: d.weight,
@@ -419,6 +430,10 @@ impl Trainer {
             // activations kept, no backward pass); only the classifier trains.
             let frozen = epoch < o.freeze_epochs;
             let lr_scale = o.lr_scale(epoch);
+            if o.freeze_epochs > 0 && epoch == o.freeze_epochs && self.state.batch == 0 {
+                // The second stage starts with a fresh optimiser, as Keras recompiles.
+                self.optimizer.restart();
+            }
             let backbone = match frozen {
                 true => Some(InferenceModel::new(&self.net.to_model().backbone())?),
                 false => None,
@@ -451,6 +466,10 @@ impl Trainer {
                 let t = Instant::now();
                 let frac = epoch as f32 + batch.index as f32 / batches as f32;
                 let lr = o.schedule.rate(o.lr, frac, o.epochs as f32) * lr_scale;
+                let head_lr = o
+                    .schedule
+                    .rate(o.head_lr.unwrap_or(o.lr), frac, o.epochs as f32)
+                    * lr_scale;
                 let mut rng =
                     Rng::new(o.seed ^ self.state.step.wrapping_mul(0xA076_1D64_78BD_642F));
                 // The teacher sees the batch as the student does (same crop and flip).
@@ -510,10 +529,15 @@ impl Trainer {
                 }
                 let first = match frozen {
                     true => self.net.classifier_param(),
-                    false => 0,
+                    false => self.net.first_param_of_layer(frozen_layers),
                 };
-                self.optimizer
-                    .update_from(&mut self.net.params, &grads, lr, first);
+                let head = self.net.classifier_param();
+                self.optimizer.update_split(
+                    &mut self.net.params,
+                    &grads,
+                    first,
+                    (head, lr, head_lr),
+                );
                 let p = &mut self.state.partial;
                 let n = batch.labels.len();
                 p.loss_sum += stats.loss as f64 * n as f64;
