@@ -151,3 +151,71 @@ fn a_diverging_run_stops_with_a_clear_message() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     std::fs::remove_dir_all(&root).expect("clean up");
 }
+
+/// `--profile` prints where the steps' time went (shares that add up to the whole, every
+/// layer kind of the network) and changes nothing the run computes.
+#[test]
+fn profile_prints_the_time_per_operation_and_changes_nothing() {
+    let root = std::env::temp_dir().join(format!("mobilenet-profile-{}", std::process::id()));
+    let data = root.join("data");
+    small_fashion_mnist(&data, 300);
+    let run = |name: &str, extra: &[&str]| {
+        let out = mobilenet()
+            .args(train_args(&data, &root.join(name)))
+            .args(extra)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let plain = run("plain", &[]);
+    assert!(!plain.contains("time per operation"), "{plain}");
+    let stdout = run("profiled", &["--profile"]);
+    assert!(
+        stdout.contains("time per operation over 39 steps of 600 images"),
+        "{stdout}"
+    );
+    let mut share = 0.0;
+    for op in [
+        "data wait",
+        "stem conv forward",
+        "depthwise forward",
+        "pointwise forward",
+        "batch norm + act forward",
+        "pool, classifier, loss",
+        "batch norm + act backward",
+        "stem conv backward",
+        "depthwise backward",
+        "pointwise backward",
+        "optimiser update",
+        "held-out evaluation",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(op))
+            .unwrap_or_else(|| panic!("{op} in {stdout}"));
+        let percent = line
+            .split_whitespace()
+            .find(|c| c.ends_with('%'))
+            .and_then(|c| c.trim_end_matches('%').parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("a share in {line:?}"));
+        share += percent;
+    }
+    assert!(
+        (share - 100.0).abs() < 0.7,
+        "shares add to {share}: {stdout}"
+    );
+    assert!(
+        stdout.contains("training images/s over the steps"),
+        "{stdout}"
+    );
+    assert_eq!(
+        metrics(&root.join("plain")),
+        metrics(&root.join("profiled"))
+    );
+    std::fs::remove_dir_all(&root).expect("clean up");
+}

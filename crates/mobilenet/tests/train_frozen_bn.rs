@@ -1,7 +1,9 @@
 //! With batch norm frozen, a training step's forward pass is the inference engine's: Google's
 //! pretrained MobileNet gives the same loss in both, and a step at learning rate 0 changes
 //! nothing. (Two-stage fine-tuning trains the head on the inference engine's features and then
-//! switches to the training network; any gap between the two shows as a jump in the loss.)
+//! switches to the training network; any gap between the two shows as a jump in the loss.) And
+//! the gradient through Google's real statistics (moving variances down to 1e-6, where frozen
+//! batch norm multiplies by up to 1/√ε ≈ 32) is the loss's derivative.
 
 mod common;
 
@@ -9,6 +11,7 @@ use mobilenet::import::{import, ImportOptions};
 use mobilenet::infer::InferenceModel;
 use mobilenet::train::net::{StepOptions, TrainNet};
 use mobilenet::train::Rng;
+use mobilenet::weights::ModelFile;
 
 #[test]
 fn frozen_batch_norm_forward_is_the_inference_forward() {
@@ -17,19 +20,8 @@ fn frozen_batch_norm_forward_is_the_inference_forward() {
         return;
     };
     let path = data.join("mobilenet_v1/float/mobilenet_v1_1.0_224_imagenet_float.safetensors");
-    let options = ImportOptions {
-        resolution: Some(128),
-        labels: None,
-    };
-    let (mut model, _) = import(&path, &options).expect("official weights import");
-    model.config = model.config.with_dropout(0.0).expect("no dropout");
-    let batch = 4;
-    let res = model.config.resolution();
-    let mut rng = Rng::new(7);
-    let images: Vec<f32> = (0..batch * res * res * 3)
-        .map(|_| rng.uniform() * 2.0 - 1.0)
-        .collect();
-    let labels = [3usize, 281, 500, 999];
+    let (model, images, labels) = official(&path, 128);
+    let batch = labels.len();
 
     let plan = InferenceModel::new(&model).expect("plan");
     let mut session = plan.session(batch, 1);
@@ -65,4 +57,61 @@ fn frozen_batch_norm_forward_is_the_inference_forward() {
         let got = &after.tensors()[name];
         assert_eq!(got.data, t.data, "{name} changed in a frozen-BN step");
     }
+}
+
+/// Google's 1.0 weights at `res` without dropout, four random images and their labels.
+fn official(path: &std::path::Path, res: usize) -> (ModelFile, Vec<f32>, [usize; 4]) {
+    let options = ImportOptions {
+        resolution: Some(res),
+        labels: None,
+    };
+    let (mut model, _) = import(path, &options).expect("official weights import");
+    model.config = model.config.with_dropout(0.0).expect("no dropout");
+    let mut rng = Rng::new(7);
+    let images: Vec<f32> = (0..4 * res * res * 3)
+        .map(|_| rng.uniform() * 2.0 - 1.0)
+        .collect();
+    (model, images, [3, 281, 500, 999])
+}
+
+/// Along the gradient's own direction, `(L(θ + εĝ) − L(θ − εĝ)) / 2ε ≈ |g|` for the whole
+/// pretrained network with frozen batch norm.
+#[test]
+fn frozen_batch_norm_gradient_on_the_pretrained_network() {
+    let Some(data) = common::shared_data("frozen_batch_norm_gradient_on_the_pretrained_network")
+    else {
+        return;
+    };
+    let path = data.join("mobilenet_v1/float/mobilenet_v1_1.0_224_imagenet_float.safetensors");
+    let (model, images, labels) = official(&path, 64);
+    let mut net = TrainNet::from_model(&model, 2).expect("trainable");
+    let step = StepOptions {
+        bn_frozen: true,
+        ..StepOptions::default()
+    };
+    let mut grads = net.zero_gradients();
+    net.step(&images, &labels, &mut Rng::new(0), &step, &mut grads);
+    let norm: f64 = grads
+        .iter()
+        .flatten()
+        .map(|&g| (g as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let base: Vec<Vec<f32>> = net.params.iter().map(|p| p.value.clone()).collect();
+    let mut along = |t: f64| {
+        for ((p, b), g) in net.params.iter_mut().zip(&base).zip(&grads) {
+            for ((v, &b), &g) in p.value.iter_mut().zip(b).zip(g) {
+                *v = (b as f64 + t * g as f64 / norm) as f32;
+            }
+        }
+        let mut scratch = net.zero_gradients();
+        net.step(&images, &labels, &mut Rng::new(0), &step, &mut scratch)
+            .loss as f64
+    };
+    let eps = 1e-3;
+    let directional = (along(eps) - along(-eps)) / (2.0 * eps);
+    assert!(
+        (directional - norm).abs() <= 0.05 * norm,
+        "directional derivative {directional} vs gradient norm {norm}"
+    );
 }

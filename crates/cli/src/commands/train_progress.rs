@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use mobilenet::train::profile::{TrainOp, TrainProfile};
 use mobilenet::train::trainer::{EpochMetrics, Progress};
 
 use crate::plot;
+use crate::table::{Align, Table};
 
 pub(super) struct Bars {
     pub(super) bar: Option<ProgressBar>,
@@ -106,4 +108,35 @@ impl Progress for Bars {
             }
         }
     }
+}
+
+/// `--profile`'s table: seconds, share and milliseconds per step of each operation, then the
+/// images per second of the steps.
+pub(super) fn profile_table(p: &TrainProfile) -> String {
+    let total = p.total().max(1e-12);
+    let mut table = Table::new(&[
+        ("operation", Align::Left),
+        ("seconds", Align::Right),
+        ("share", Align::Right),
+        ("ms/step", Align::Right),
+    ]);
+    for op in TrainOp::ALL {
+        let s = p.get(op);
+        if s > 0.0 {
+            table.row([
+                op.name().to_string(),
+                format!("{s:.2}"),
+                format!("{:.1}%", 100.0 * s / total),
+                format!("{:.2}", 1e3 * s / p.steps.max(1) as f64),
+            ]);
+        }
+    }
+    let steps = total - p.get(TrainOp::Evaluation);
+    format!(
+        "time per operation over {} steps of {} images:\n{}{:.0} training images/s over the steps (data wait included, evaluation not)\n",
+        p.steps,
+        p.images,
+        table.render(),
+        p.images as f64 / steps.max(1e-12)
+    )
 }

@@ -6,13 +6,15 @@
 //! | `conv.rs` | stem, depthwise and pointwise convolutions: forward, weight and input gradients |
 //! | `bn.rs` | batch norm + activation: reference ops and the threaded pair the network runs |
 //! | `head.rs` | average pool, dropout, classifier, softmax cross-entropy |
-//! | `net.rs` | [`net::TrainNet`]: parameters and one step, chaining the layers |
-//! | `optim.rs` | RMSprop (TF and PyTorch forms), SGD with momentum, weight decay |
+//! | `net/` | [`net::TrainNet`]: parameters and one step, chaining the layers; the classifier's step and partial freezing |
+//! | `optim.rs` | RMSprop (TF and PyTorch forms), SGD with momentum, Adam/AdamW, weight decay |
 //! | `options.rs` | [`trainer::TrainOptions`]: the recipe of a run and its valid ranges |
 //! | `step.rs` | the options and statistics of one step ([`net::StepOptions`], [`net::Distill`]) |
 //! | `trainer.rs` | epochs, evaluation, checkpoints, resume |
 //! | `distill.rs` | the teacher of a distilled run: loaded, checked, run on the student's batches |
+//! | `history.rs` | [`trainer::EpochMetrics`] and the choice of the best epoch |
 //! | `failure.rs` | [`trainer::TrainFailure`]: why a run stopped |
+//! | `profile.rs` | [`profile::TrainProfile`]: seconds per operation (`train --profile`) |
 //! | `run.rs` | the data record a resume checks, the run directory's lock |
 
 pub mod bn;
@@ -22,9 +24,11 @@ mod failure;
 #[cfg(test)]
 mod gradcheck;
 pub mod head;
+mod history;
 pub mod net;
 pub mod optim;
 mod options;
+pub mod profile;
 pub mod recipe;
 pub mod run;
 mod step;

@@ -16,9 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use super::distill::{load_teacher, soft_targets};
 pub use super::failure::TrainFailure;
+pub use super::history::{better, epochs_since_best, EpochMetrics, PartialEpoch};
 use super::net::{Distill, StepOptions, TrainNet};
 use super::optim::Optimizer;
 pub use super::options::{Distillation, TrainOptions};
+use super::profile::TrainOp;
 use super::run::{DataRecord, RunLock};
 use super::Rng;
 use crate::classifier::Classifier;
@@ -27,45 +29,6 @@ use crate::error::ModelError;
 use crate::eval::evaluate;
 use crate::infer::InferenceModel;
 use crate::weights::{write_atomic, ModelFile, Tensor};
-
-/// Metrics of one epoch.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    /// Epoch number, from 1.
-    pub epoch: usize,
-    /// Mean training loss over the epoch's steps.
-    pub train_loss: f32,
-    /// Training accuracy over the epoch (with augmentation and batch statistics).
-    pub train_accuracy: f32,
-    /// Held-out loss (moving statistics, no augmentation).
-    pub val_loss: f32,
-    /// Held-out top-1 accuracy.
-    pub val_accuracy: f32,
-    /// Held-out top-5 accuracy.
-    pub val_top5: f32,
-    /// Learning rate at the end of the epoch.
-    pub lr: f32,
-    /// Training images per second (steps only, evaluation excluded).
-    pub images_per_second: f32,
-    /// Wall-clock seconds of the epoch, evaluation included.
-    pub seconds: f32,
-    /// Training and held-out images left out because they do not decode (with
-    /// `--skip-bad-images`).
-    #[serde(default)]
-    pub skipped_images: usize,
-}
-
-/// Sums over the steps of the current epoch so far.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct PartialEpoch {
-    loss_sum: f64,
-    correct: usize,
-    seen: usize,
-    step_seconds: f64,
-    steps: usize,
-    #[serde(default)]
-    skipped: usize,
-}
 
 /// The trainer's position and history, stored in checkpoints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -138,19 +101,6 @@ pub trait Progress {
     }
 }
 
-/// Epochs since the one with the best held-out accuracy (the first of equals).
-pub fn epochs_since_best(history: &[EpochMetrics]) -> usize {
-    let best =
-        history
-            .iter()
-            .enumerate()
-            .fold(None, |best: Option<(usize, f32)>, (i, m)| match best {
-                Some((_, b)) if m.val_accuracy <= b => best,
-                _ => Some((i, m.val_accuracy)),
-            });
-    best.map_or(0, |(i, _)| history.len() - 1 - i)
-}
-
 /// A training run in progress.
 #[derive(Debug)]
 pub struct Trainer {
@@ -175,6 +125,13 @@ pub const MODEL_BEST: &str = "model-best.safetensors";
 pub const METRICS: &str = "metrics.jsonl";
 
 impl Trainer {
+    /// Adds the time since `start` to `op` when profiling.
+    fn profile(&mut self, op: TrainOp, start: Instant) {
+        if let Some(p) = self.net.profile_mut() {
+            p.add(op, start);
+        }
+    }
+
     /// A new run from `model` writing to `dir`.
     pub fn new(
         model: &ModelFile,
@@ -452,7 +409,11 @@ impl Trainer {
                 loader_seed,
                 o.loader_workers,
             );
-            for batch in loader {
+            let mut loader = loader;
+            loop {
+                let t = Instant::now();
+                let Some(batch) = loader.next() else { break };
+                self.profile(TrainOp::Data, t);
                 let mut batch = batch?;
                 for e in &batch.skipped {
                     progress.skipped(&e.to_string());
@@ -473,6 +434,7 @@ impl Trainer {
                 let mut rng =
                     Rng::new(o.seed ^ self.state.step.wrapping_mul(0xA076_1D64_78BD_642F));
                 // The teacher sees the batch as the student does (same crop and flip).
+                let t_teacher = Instant::now();
                 let soft = match (&mut teacher, &o.distill) {
                     (Some((model, runner)), Some(d)) => Some(soft_targets(
                         model.as_ref(),
@@ -484,6 +446,9 @@ impl Trainer {
                     )),
                     _ => None,
                 };
+                if soft.is_some() {
+                    self.profile(TrainOp::Teacher, t_teacher);
+                }
                 let stats = match &mut features {
                     Some(session) => {
                         // The session takes whole batches: a short last one is padded.
@@ -491,7 +456,9 @@ impl Trainer {
                         let whole = session.batch();
                         let mut input = std::mem::take(&mut batch.images);
                         input.resize(whole * res * res * 3, 0.0);
+                        let t_frozen = Instant::now();
                         let out = session.run(&input);
+                        self.profile(TrainOp::FrozenBackbone, t_frozen);
                         let per = out.len() / whole;
                         self.net.head_step(
                             &out[..n * per],
@@ -532,12 +499,18 @@ impl Trainer {
                     false => self.net.first_param_of_layer(frozen_layers),
                 };
                 let head = self.net.classifier_param();
+                let t_update = Instant::now();
                 self.optimizer.update_split(
                     &mut self.net.params,
                     &grads,
                     first,
                     (head, lr, head_lr),
                 );
+                self.profile(TrainOp::Optimizer, t_update);
+                if let Some(p) = self.net.profile_mut() {
+                    p.steps += 1;
+                    p.images += batch.labels.len();
+                }
                 let p = &mut self.state.partial;
                 let n = batch.labels.len();
                 p.loss_sum += stats.loss as f64 * n as f64;
@@ -563,9 +536,11 @@ impl Trainer {
             }
             // End of epoch: evaluate with the moving statistics, record, checkpoint.
             self.check_finite()?;
+            let t = Instant::now();
             let model = self.net.to_model();
             let plan = InferenceModel::new(&model)?;
             let report = evaluate(&plan, val, o.batch_size.max(1), o.threads, o.loader_workers)?;
+            self.profile(TrainOp::Evaluation, t);
             for e in &report.skipped {
                 progress.skipped(e);
             }
@@ -595,7 +570,7 @@ impl Trainer {
                 .collect();
             write_atomic(&self.dir.join(METRICS), lines.as_bytes())?;
             model.save(&self.dir.join(MODEL_LAST))?;
-            if metrics.val_accuracy > self.state.best_val_accuracy {
+            if epochs_since_best(&self.state.history) == 0 {
                 self.state.best_val_accuracy = metrics.val_accuracy;
                 model.save(&self.dir.join(MODEL_BEST))?;
             }

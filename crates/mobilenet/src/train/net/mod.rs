@@ -7,12 +7,16 @@
 //! the moving statistics).
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use mobilenet_kernels::Isa;
 
+mod classifier;
+
 use super::bn::{bn_act_backward, bn_act_forward, bn_act_forward_fixed, BnCache};
 use super::conv::ConvLayer;
-use super::head::{self, fc_backward, fc_forward};
+use super::head;
+use super::profile::{TrainOp, TrainProfile};
 pub use super::step::{Distill, StepOptions, StepStats};
 use super::Rng;
 use crate::config::{MobileNetConfig, Variant};
@@ -67,6 +71,8 @@ pub struct TrainNet {
     isa: Isa,
     pool: SpinPool,
     state: StepState,
+    /// Seconds per operation, when asked for.
+    profile: Option<TrainProfile>,
 }
 
 /// Activations and caches of the last forward pass, reused between steps.
@@ -167,6 +173,7 @@ impl TrainNet {
             isa: Isa::detect(),
             pool: SpinPool::new(resolve_threads(threads)),
             state: StepState::default(),
+            profile: None,
         })
     }
 
@@ -187,6 +194,33 @@ impl TrainNet {
     /// The network's configuration.
     pub fn config(&self) -> &MobileNetConfig {
         &self.config
+    }
+
+    /// Starts timing every operation of the steps (see [`TrainProfile`]), or stops.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(TrainProfile::default);
+    }
+
+    /// The time per operation so far, when profiling.
+    pub fn profile(&self) -> Option<&TrainProfile> {
+        self.profile.as_ref()
+    }
+
+    /// The profile to add the trainer's own operations to, when profiling.
+    pub fn profile_mut(&mut self) -> Option<&mut TrainProfile> {
+        self.profile.as_mut()
+    }
+
+    /// A clock read for an operation about to run, when profiling.
+    fn clock(&self) -> Option<Instant> {
+        self.profile.is_some().then(Instant::now)
+    }
+
+    /// Adds the time since `start` to `op`.
+    fn record(&mut self, op: TrainOp, start: Option<Instant>) {
+        if let (Some(p), Some(start)) = (&mut self.profile, start) {
+            p.add(op, start);
+        }
     }
 
     /// Uses another instruction set of this CPU (tests compare them).
@@ -320,7 +354,11 @@ impl TrainNet {
                 .as_ref()
                 .unwrap_or_else(|| unreachable!("convs are layers with parameters"));
             let w = &self.params[p.weight].value;
+            let t = self.clock();
             conv.forward(&mut self.pool, self.isa, w, &st.acts[j], &mut z, batch);
+            let kind = self.layers[li].kind;
+            self.record(op_of(kind, TrainOp::StemForward), t);
+            let t = self.clock();
             let layer = &self.layers[li];
             let c = layer.output[2];
             let mut a = std::mem::take(&mut st.acts[j + 1]);
@@ -344,6 +382,7 @@ impl TrainNet {
                 );
                 st.zs[j] = z;
                 st.acts[j + 1] = a;
+                self.record(TrainOp::BnForward, t);
                 continue;
             }
             let (cache, var) = bn_act_forward(
@@ -381,7 +420,9 @@ impl TrainNet {
             st.bn[j] = cache;
             st.zs[j] = z;
             st.acts[j + 1] = a;
+            self.record(TrainOp::BnForward, t);
         }
+        let t = self.clock();
         let last = &self.layers[*convs.last().unwrap_or_else(|| unreachable!("conv layers"))];
         let [fh, fw, fc] = last.output;
         let pixels = fh * fw;
@@ -392,6 +433,7 @@ impl TrainNet {
         let mut da = std::mem::take(&mut st.grad_a);
         da.resize(batch * pixels * fc, 0.0);
         head::avgpool_backward(&dpooled, batch, pixels, fc, &mut da);
+        self.record(TrainOp::Head, t);
 
         // Backward: conv layers, last to first, down to the first one that trains.
         let mut dz = std::mem::take(&mut st.grad_b);
@@ -401,6 +443,7 @@ impl TrainNet {
             let c = self.layers[li].output[2];
             let out_len = batch * self.layers[li].output.iter().product::<usize>();
             dz.resize(out_len, 0.0);
+            let t = self.clock();
             {
                 let gamma = &self.params[p.gamma].value;
                 let (lo, hi) = grads.split_at_mut(p.beta);
@@ -423,6 +466,8 @@ impl TrainNet {
                     dbeta,
                 );
             }
+            self.record(TrainOp::BnBackward, t);
+            let t = self.clock();
             let in_len = batch * self.layers[li].input.iter().product::<usize>();
             let need_dx = j > trained;
             if need_dx {
@@ -450,6 +495,8 @@ impl TrainNet {
                 batch,
                 &mut st.scratch,
             );
+            let kind = self.layers[li].kind;
+            self.record(op_of(kind, TrainOp::StemBackward), t);
         }
         st.grad_a = da;
         st.grad_b = dz;
@@ -486,8 +533,10 @@ impl TrainNet {
         let mut st = std::mem::take(&mut self.state);
         st.batch = batch;
         st.pooled.resize(batch * channels, 0.0);
+        let t = self.clock();
         head::avgpool_forward(features, batch, pixels, channels, &mut st.pooled);
         let (stats, _) = self.classifier_step(&mut st, labels, soft, rng, options, grads);
+        self.record(TrainOp::Head, t);
         self.state = st;
         stats
     }
@@ -496,98 +545,18 @@ impl TrainNet {
     pub fn classifier_param(&self) -> usize {
         self.fc_param
     }
+}
 
-    /// How many convolution layers, from the input, a freeze through `name` holds fixed: a
-    /// layer (`conv_3/depthwise`) or a whole block (`conv_3`, through its pointwise layer).
-    ///
-    /// # Errors
-    ///
-    /// A name that is no convolution layer or block of this network, with the valid range.
-    pub fn layers_through(&self, name: &str) -> Result<usize, String> {
-        let convs: Vec<&Layer> = self.layers.iter().filter(|l| is_conv(l)).collect();
-        let block = |l: &Layer| l.name.split('/').next() == Some(name);
-        convs
-            .iter()
-            .rposition(|l| l.name == name || block(l))
-            .map(|i| i + 1)
-            .ok_or_else(|| {
-                let last = convs
-                    .last()
-                    .map_or("", |l| l.name.split('/').next().unwrap_or(""));
-                format!(
-                    "no layer {name:?} to freeze through: name a block conv_0 … {last} or one \
-                     of its layers (conv_1/depthwise, conv_1/pointwise)"
-                )
-            })
-    }
-
-    /// Index of the first parameter of convolution layer `layer` (counted from the input): a
-    /// freeze of the layers before it leaves the parameters before this index alone.
-    pub fn first_param_of_layer(&self, layer: usize) -> usize {
-        (3 * layer).min(self.fc_param)
-    }
-
-    /// Dropout, classifier, loss and their backward on `st.pooled`; returns the statistics and
-    /// the gradient of the loss with respect to the pooled features.
-    fn classifier_step(
-        &self,
-        st: &mut StepState,
-        labels: &[usize],
-        soft: Option<&[f32]>,
-        rng: &mut Rng,
-        options: &StepOptions,
-        grads: &mut [Vec<f32>],
-    ) -> (StepStats, Vec<f32>) {
-        let (batch, classes) = (labels.len(), self.config.classes().unwrap_or(0));
-        let nfc = self.fc_param;
-        let fc = self.params[nfc].shape[0];
-        let dropout = self.config.head().map_or(0.0, |h| h.dropout) as f32;
-        head::dropout_forward(&mut st.pooled, dropout, rng, &mut st.dropout_mask);
-        let (fc_w, fc_b) = (&self.params[nfc].value, &self.params[nfc + 1].value);
-        st.logits.resize(batch * classes, 0.0);
-        fc_forward(
-            self.isa,
-            &st.pooled,
-            (fc_w, fc_b),
-            fc,
-            classes,
-            &mut st.logits,
-        );
-        st.dlogits.resize(batch * classes, 0.0);
-        let (mut loss, correct) = head::softmax_cross_entropy(
-            &st.logits,
-            labels,
-            classes,
-            options.label_smoothing,
-            &mut st.dlogits,
-        );
-        if let (Some(soft), Some(d)) = (soft, options.distill) {
-            assert_eq!(
-                soft.len(),
-                batch * classes,
-                "soft targets must be batch × classes"
-            );
-            let mut dkd = vec![0.0; batch * classes];
-            let kd = head::distillation_loss(&st.logits, soft, classes, d.temperature, &mut dkd);
-            loss = (1.0 - d.weight) * loss + d.weight * kd;
-            for (g, k) in st.dlogits.iter_mut().zip(&dkd) {
-                *g = (1.0 - d.weight) * *g + d.weight * k;
-            }
-        }
-        let mut dpooled = vec![0.0; batch * fc];
-        let (dw, db) = grads[nfc..].split_at_mut(1);
-        fc_backward(
-            self.isa,
-            &st.pooled,
-            &st.dlogits,
-            fc_w,
-            (fc, classes),
-            &mut dw[0],
-            &mut db[0],
-            &mut dpooled,
-        );
-        head::dropout_backward(&st.dropout_mask, &mut dpooled);
-        (StepStats { loss, correct }, dpooled)
+/// The profile slot of a convolution of `kind`: depthwise, pointwise, or `stem` (the forward
+/// or backward slot of the full 3×3 convolutions).
+fn op_of(kind: LayerKind, stem: TrainOp) -> TrainOp {
+    let forward = stem == TrainOp::StemForward;
+    match (kind, forward) {
+        (LayerKind::Depthwise, true) => TrainOp::DepthwiseForward,
+        (LayerKind::Depthwise, false) => TrainOp::DepthwiseBackward,
+        (LayerKind::Pointwise, true) => TrainOp::PointwiseForward,
+        (LayerKind::Pointwise, false) => TrainOp::PointwiseBackward,
+        _ => stem,
     }
 }
 
