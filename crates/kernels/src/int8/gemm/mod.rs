@@ -7,10 +7,14 @@
 //! quad broadcast to every lane. K is zero-padded to a multiple of 4 in B; A's last partial
 //! quad is assembled from the bytes that exist.
 //!
-//! AVX-512 VNNI computes a 12 × 32 tile in 24 registers and requantizes it in registers.
-//! AVX2 (16-bit multiply-adds) and scalar compute the tile into memory and requantize it there.
+//! AVX-512 VNNI computes a 12 × 32 tile in 24 registers and requantizes it in registers; AVX2
+//! (16-bit multiply-adds, `avx2.rs`) a 3 × 16 tile in 12; scalar computes a row into memory and
+//! requantizes it there.
 
 use std::ops::Range;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 use super::{IntIsa, IntIsaKind, Requant};
 
@@ -164,19 +168,23 @@ pub unsafe fn qgemm_ptr(
             // Safety: the CPU has AVX-512 VNNI; A checked above, C by the caller.
             unsafe { vnni::gemm(m, a.as_ptr(), lda, b, row_coeff, rq, c, ldc, panels) }
         }
+        #[cfg(target_arch = "x86_64")]
+        IntIsaKind::Avx2 => {
+            // Safety: the CPU has AVX2; A checked above, C by the caller.
+            unsafe { avx2::gemm(m, a.as_ptr(), lda, b, row_coeff, rq, c, ldc, panels) }
+        }
         // Safety: C by the caller.
-        _ => unsafe { portable(isa, m, a, lda, b, row_coeff, rq, c, ldc, panels) },
+        _ => unsafe { portable(m, a, lda, b, row_coeff, rq, c, ldc, panels) },
     }
 }
 
-/// Scalar and AVX2: each 1 × 32 tile is accumulated into memory, then requantized.
+/// Scalar: each 1 × 32 tile is accumulated into memory, then requantized.
 ///
 /// # Safety
 ///
 /// As [`qgemm_ptr`].
 #[allow(clippy::too_many_arguments)]
 unsafe fn portable(
-    isa: IntIsa,
     m: usize,
     a: &[u8],
     lda: usize,
@@ -199,14 +207,7 @@ unsafe fn portable(
         for p in panels.clone() {
             let cols = (b.n - p * NR).min(NR);
             let panel = &b.data[p * b.quads * NR * 4..][..b.quads * NR * 4];
-            match isa.kind() {
-                #[cfg(target_arch = "x86_64")]
-                IntIsaKind::Avx2 | IntIsaKind::Avx512Vnni | IntIsaKind::Amx => {
-                    // Safety: AVX2 is present; the row holds k bytes, the panel quads·128.
-                    unsafe { avx2::tile(row, panel, b.quads, &mut acc) }
-                }
-                _ => scalar_tile(row, panel, &mut acc),
-            }
+            scalar_tile(row, panel, &mut acc);
             // Safety: row i's columns of panel p are the caller's to write.
             let out = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc + p * NR), cols) };
             rq.row(IntIsa::SCALAR, &acc[..cols], add, p * NR, out);
@@ -220,42 +221,6 @@ fn scalar_tile(row: &[u8], panel: &[i8], acc: &mut [i32; NR]) {
         let quad = &panel[kk / 4 * NR * 4..][..NR * 4];
         for (j, a) in acc.iter_mut().enumerate() {
             *a += x as i32 * quad[j * 4 + kk % 4] as i32;
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    use super::NR;
-
-    /// One row × 32 columns with `vpmaddwd`: a quad of A (zero-extended to i16) against four
-    /// columns' quads of B (sign-extended) gives two partial sums per column, added at the end.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn tile(row: &[u8], panel: &[i8], quads: usize, out: &mut [i32; NR]) {
-        unsafe {
-            let mut acc = [_mm256_setzero_si256(); 8];
-            let k = row.len();
-            for q in 0..quads {
-                let mut four = [0u8; 4];
-                let have = (k - 4 * q).min(4);
-                four[..have].copy_from_slice(&row[4 * q..][..have]);
-                let a16 = _mm_cvtepu8_epi16(_mm_cvtsi32_si128(i32::from_le_bytes(four)));
-                let av = _mm256_broadcastq_epi64(a16);
-                let bq = panel.as_ptr().add(q * NR * 4);
-                for (v, a) in acc.iter_mut().enumerate() {
-                    let bw = _mm256_cvtepi8_epi16(_mm_loadu_si128(bq.add(16 * v).cast()));
-                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(av, bw));
-                }
-            }
-            let mut lanes = [0i32; 64];
-            for (v, a) in acc.iter().enumerate() {
-                _mm256_storeu_si256(lanes.as_mut_ptr().add(8 * v).cast(), *a);
-            }
-            for (j, o) in out.iter_mut().enumerate() {
-                *o = lanes[2 * j] + lanes[2 * j + 1];
-            }
         }
     }
 }

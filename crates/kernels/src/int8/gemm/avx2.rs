@@ -1,0 +1,133 @@
+//! The AVX2 GEMM: `vpmaddwd` on 16-bit operands, exact in i32.
+//!
+//! A tile is up to 3 rows × 16 columns: A's rows are widened to i16 once per row tile (into a
+//! scratch buffer that stays in L1 for every panel of the range), so each quad of a row is one
+//! 8-byte broadcast; B's bytes are sign-extended as they are loaded (four columns' quads per
+//! register). Each `vpmaddwd` leaves two partial sums per column (k 0–1 and k 2–3 of a quad)
+//! in adjacent lanes; the tile adds them pairwise at the end, requantizes 8 columns per
+//! register (exact, [`Rq8`]) and stores bytes.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::super::requant::x86_avx2::Rq8;
+use super::super::Requant;
+use super::{PackedQB, NR};
+
+/// Rows per tile.
+const MR: usize = 3;
+
+/// `C = requant(A·B + row_coeff·rowsum(A))` for rows `0..m` and the columns of `panels`.
+///
+/// # Safety
+///
+/// AVX2 must be present; `a` holds `m` rows of `b.k()` bytes at stride `lda`; `c` is valid
+/// for writes of rows `0..m` (stride `ldc`) in the columns of `panels`.
+#[allow(clippy::too_many_arguments)] // a GEMM's shape is this many numbers
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn gemm(
+    m: usize,
+    a: *const u8,
+    lda: usize,
+    b: &PackedQB,
+    row_coeff: i32,
+    rq: &Requant,
+    c: *mut u8,
+    ldc: usize,
+    panels: Range<usize>,
+) {
+    let (k, quads) = (b.k, b.quads);
+    let mut wide = vec![0i16; MR * quads * 4];
+    let mut i0 = 0;
+    while i0 < m {
+        let rows = (m - i0).min(MR);
+        let mut add = [0i32; MR];
+        for r in 0..rows {
+            // Safety: row i0 + r holds k bytes.
+            let row = unsafe { std::slice::from_raw_parts(a.add((i0 + r) * lda), k) };
+            let dst = &mut wide[r * quads * 4..][..quads * 4];
+            for (d, &x) in dst.iter_mut().zip(row) {
+                *d = x as i16;
+            }
+            let sum: i32 = row.iter().map(|&v| v as i32).sum();
+            add[r] = row_coeff.wrapping_mul(sum);
+        }
+        for p in panels.clone() {
+            let panel = &b.data[p * quads * NR * 4..][..quads * NR * 4];
+            for half in 0..NR / 16 {
+                let j = p * NR + half * 16;
+                if j >= b.n {
+                    break;
+                }
+                let cols = (b.n - j).min(16);
+                // Safety: AVX2 is present; the panel holds quads·128 bytes, `wide` rows·quads·4
+                // values; rows i0.. and columns j..j+cols of C are the caller's.
+                unsafe {
+                    let out = c.add(i0 * ldc + j);
+                    let bp = panel.as_ptr().add(half * 64);
+                    match rows {
+                        3 => tile::<3>(&wide, quads, bp, rq, j, cols, &add, out, ldc),
+                        2 => tile::<2>(&wide, quads, bp, rq, j, cols, &add, out, ldc),
+                        _ => tile::<1>(&wide, quads, bp, rq, j, cols, &add, out, ldc),
+                    }
+                }
+            }
+        }
+        i0 += rows;
+    }
+}
+
+/// `R` rows × 16 columns (`cols` of them stored) from column `j`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tile<const R: usize>(
+    wide: &[i16],
+    quads: usize,
+    bp: *const i8,
+    rq: &Requant,
+    j: usize,
+    cols: usize,
+    add: &[i32; MR],
+    out: *mut u8,
+    ldc: usize,
+) {
+    unsafe {
+        let mut acc = [[_mm256_setzero_si256(); 4]; R];
+        for q in 0..quads {
+            let mut av = [_mm256_setzero_si256(); R];
+            for (r, a) in av.iter_mut().enumerate() {
+                let p = wide.as_ptr().add(r * quads * 4 + q * 4);
+                *a = _mm256_set1_epi64x(std::ptr::read_unaligned(p.cast::<i64>()));
+            }
+            let bq = bp.add(q * NR * 4);
+            for v in 0..4 {
+                let bw = _mm256_cvtepi8_epi16(_mm_loadu_si128(bq.add(16 * v).cast()));
+                for (row, a) in acc.iter_mut().zip(&av) {
+                    row[v] = _mm256_add_epi32(row[v], _mm256_madd_epi16(*a, bw));
+                }
+            }
+        }
+        // Pairwise sums in column order: hadd gives (0 1 4 5 | 2 3 6 7), the permute fixes it.
+        let order = |x: __m256i, y: __m256i| {
+            _mm256_permute4x64_epi64(_mm256_hadd_epi32(x, y), 0b11_01_10_00)
+        };
+        let lo = Rq8::load(rq, j);
+        let hi = (cols > 8).then(|| Rq8::load(rq, j + 8));
+        for r in 0..R {
+            let addv = _mm256_set1_epi32(add[r]);
+            let o = out.add(r * ldc);
+            lo.store(
+                _mm256_add_epi32(order(acc[r][0], acc[r][1]), addv),
+                cols.min(8),
+                o,
+            );
+            if let Some(hi) = &hi {
+                hi.store(
+                    _mm256_add_epi32(order(acc[r][2], acc[r][3]), addv),
+                    cols - 8,
+                    o.add(8),
+                );
+            }
+        }
+    }
+}
