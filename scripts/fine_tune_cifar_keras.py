@@ -13,9 +13,9 @@ on conv, pointwise and classifier weights, never depthwise; batch norm always in
 (moving statistics; gamma and beta train); 10% of each class held out to pick the best epoch;
 augmentation a random crop of 35-100% of the area, aspect 3/4-4/3, bilinear to 128, flip;
 evaluation a central 87.5% crop resized to 128; pixels x/127.5 - 1.
-Not matched: the random streams (split, shuffling, crops), the resize kernels, the classifier's
-starting weights (Keras's Glorot uniform; ours PyTorch's U(+-1/sqrt(fan_in))) and dropout
-(ours 0.001, here none).
+The classifier starts as ours does (U(+-1/sqrt(fan_in)), PyTorch's), or with --head-init keras
+from Keras's Glorot uniform. Not matched: the random streams (split, shuffling, crops), the resize
+kernels and dropout (ours 0.001, here none).
 
   python scripts/fine_tune_cifar_keras.py TRAIN_FOLDER TEST_FOLDER WEIGHTS [--mode two-stage]
 (run with the peer benchmark's virtualenv, which has TensorFlow and Keras).
@@ -45,7 +45,7 @@ def load_folder(root):
     return np.stack(images), np.array(labels, dtype=np.int64), classes
 
 
-def build(weights_path, classes, res):
+def build(weights_path, classes, res, head_init="torch"):
     """MobileNet v1 1.0 (TF-slim layout: stride-2 convs padded bottom/right as TF SAME) with the
     checkpoint's backbone and a new classifier."""
     from safetensors.numpy import load_file
@@ -88,7 +88,14 @@ def build(weights_path, classes, res):
     x = backbone(inp, training=False)  # batch norm in inference mode throughout
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.001)(x)
-    out = layers.Dense(classes, name="fc")(x)
+    fc = layers.Dense(classes, name="fc")
+    out = fc(x)
+    if head_init == "torch":
+        # Ours (PyTorch's nn.Linear): weights and bias U(+-1/sqrt(fan_in)).
+        bound = 1.0 / math.sqrt(x.shape[-1])
+        rng = np.random.default_rng(0)
+        fc.set_weights([rng.uniform(-bound, bound, (x.shape[-1], classes)).astype(np.float32),
+                        rng.uniform(-bound, bound, classes).astype(np.float32)])
     return keras.Model(inp, out), backbone
 
 
@@ -99,6 +106,9 @@ def main():
     ap.add_argument("weights")
     ap.add_argument("--mode", choices=["two-stage", "linear-probe"], default="two-stage")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--head-init", choices=["torch", "keras"], default="torch",
+                    help="the new classifier's starting weights: ours (PyTorch's) or Keras's "
+                         "Glorot uniform")
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
     if a.threads:
@@ -140,7 +150,7 @@ def main():
             out.append(crop)
         return tf.stack(out) / 127.5 - 1.0
 
-    model, backbone = build(a.weights, len(classes), res)
+    model, backbone = build(a.weights, len(classes), res, a.head_init)
     steps = math.ceil(len(y_tr) / batch)
 
     def rate(step):
@@ -206,7 +216,7 @@ def main():
     model.set_weights(best_weights)
     top1, _ = accuracy(x_te, y_te)
     print(json.dumps({"engine": "keras " + keras.__version__ + " (tensorflow " + tf.__version__
-                      + ")", "mode": a.mode, "top1": top1, "best_epoch": best_epoch,
+                      + ")", "mode": a.mode, "head_init": a.head_init, "top1": top1, "best_epoch": best_epoch,
                       "top1_last": top1_last, "images": int(len(y_te)),
                       "train_seconds": train_s}))
 

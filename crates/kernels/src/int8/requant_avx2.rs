@@ -1,0 +1,148 @@
+//! AVX2 requantization, exact, as the AVX-512 one but without 64-bit arithmetic shifts:
+//! the 64-bit sums are offset by 2^63 (unsigned from then on), shifted logically, and the
+//! offset's `2^(63 − s)` taken off again.
+
+use std::arch::x86_64::*;
+
+use super::Requant;
+
+/// The requantization constants of 8 channels, loaded once for a tile of rows.
+#[derive(Clone, Copy)]
+pub(crate) struct Rq8 {
+    bias: __m256i,
+    m: __m256i,
+    m_odd: __m256i,
+    l: __m256i,
+    zp: __m256i,
+    lo: __m256i,
+    hi: __m256i,
+    any_left: bool,
+    zp_folded: bool,
+    /// `c + 2^63` of the even and odd channels (64-bit lanes).
+    c_even: __m256i,
+    c_odd: __m256i,
+    s_even: __m256i,
+    s_odd: __m256i,
+    /// `2^(63 − s)`: the offset left after the shift.
+    k_even: __m256i,
+    k_odd: __m256i,
+    /// `2^31` in lanes whose exponent is above 0 (they take the negative correction).
+    corr_even: __m256i,
+    corr_odd: __m256i,
+}
+
+impl Rq8 {
+    /// Channels `j .. j + 8` of `rq` (padded past its end; `j` a multiple of 8).
+    #[inline(always)]
+    pub(crate) unsafe fn load(rq: &Requant, j: usize) -> Rq8 {
+        unsafe {
+            let v = |x: &[i32]| _mm256_loadu_si256(x.as_ptr().add(j).cast());
+            let w = |x: &[i64]| _mm256_loadu_si256(x.as_ptr().add(j / 2).cast());
+            let offset = _mm256_set1_epi64x(i64::MIN);
+            let (s_even, s_odd) = (w(&rq.s_even), w(&rq.s_odd));
+            let k = |s| {
+                _mm256_sllv_epi64(
+                    _mm256_set1_epi64x(1),
+                    _mm256_sub_epi64(_mm256_set1_epi64x(63), s),
+                )
+            };
+            let corr = |s| {
+                _mm256_and_si256(
+                    _mm256_cmpgt_epi64(s, _mm256_set1_epi64x(31)),
+                    _mm256_set1_epi64x(1 << 31),
+                )
+            };
+            Rq8 {
+                bias: v(&rq.bias),
+                m: v(&rq.multiplier),
+                m_odd: v(&rq.mult_odd),
+                l: v(&rq.left),
+                zp: _mm256_set1_epi32(rq.zero_point),
+                lo: _mm256_set1_epi32(rq.min),
+                hi: _mm256_set1_epi32(rq.max),
+                any_left: rq.any_left,
+                zp_folded: rq.zp_folded,
+                c_even: _mm256_add_epi64(w(&rq.c_even), offset),
+                c_odd: _mm256_add_epi64(w(&rq.c_odd), offset),
+                s_even,
+                s_odd,
+                k_even: k(s_even),
+                k_odd: k(s_odd),
+                corr_even: corr(s_even),
+                corr_odd: corr(s_odd),
+            }
+        }
+    }
+
+    /// The 8 output values of `acc` (bias not yet added), clamped to the bounds; the
+    /// arithmetic of [`super::x86::Rq16::apply`].
+    #[inline(always)]
+    pub(crate) unsafe fn apply(&self, acc: __m256i) -> __m256i {
+        unsafe {
+            let mut x = _mm256_add_epi32(acc, self.bias);
+            if self.any_left {
+                x = _mm256_sllv_epi32(x, self.l);
+            }
+            let thr = _mm256_set1_epi64x(-(1 << 30));
+            let round = |p: __m256i, c, corr, s, k| {
+                let t = _mm256_add_epi64(p, c);
+                let t = _mm256_sub_epi64(t, _mm256_and_si256(_mm256_cmpgt_epi64(thr, p), corr));
+                _mm256_sub_epi64(_mm256_srlv_epi64(t, s), k)
+            };
+            let pe = _mm256_mul_epi32(x, self.m);
+            let po = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), self.m_odd);
+            let re = round(pe, self.c_even, self.corr_even, self.s_even, self.k_even);
+            let ro = round(po, self.c_odd, self.corr_odd, self.s_odd, self.k_odd);
+            let mut v = _mm256_blend_epi32(re, _mm256_slli_epi64(ro, 32), 0b1010_1010);
+            if !self.zp_folded {
+                v = _mm256_add_epi32(v, self.zp);
+            }
+            _mm256_min_epi32(_mm256_max_epi32(v, self.lo), self.hi)
+        }
+    }
+
+    /// [`Rq8::apply`] and the store of the first `n ≤ 8` bytes.
+    #[inline(always)]
+    pub(crate) unsafe fn store(&self, acc: __m256i, n: usize, out: *mut u8) {
+        unsafe {
+            let v = self.apply(acc);
+            // Values are bytes already: the saturating packs only narrow them.
+            let w = _mm256_packus_epi32(v, v);
+            let b = _mm256_packus_epi16(w, w);
+            let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+            let bytes = _mm_cvtsi128_si64(_mm256_castsi256_si128(b)).to_le_bytes();
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), out, n.min(8));
+        }
+    }
+}
+
+/// [`Requant::row`] for AVX2.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn requant_row_avx2(
+    rq: &Requant,
+    acc: *const i32,
+    n: usize,
+    add: i32,
+    j0: usize,
+    out: *mut u8,
+) {
+    unsafe {
+        let addv = _mm256_set1_epi32(add);
+        let mut j = 0;
+        while j < n {
+            let w = (n - j).min(8);
+            let mut lanes = [0i32; 8];
+            std::ptr::copy_nonoverlapping(acc.add(j), lanes.as_mut_ptr(), w);
+            let a = _mm256_loadu_si256(lanes.as_ptr().cast());
+            if (j0 + j).is_multiple_of(8) {
+                Rq8::load(rq, j0 + j).store(_mm256_add_epi32(a, addv), w, out.add(j));
+            } else {
+                // Channels that do not start on a multiple of 8: one at a time.
+                for (t, &lane) in lanes.iter().enumerate().take(w) {
+                    *out.add(j + t) = rq.apply(j0 + j + t, lane.wrapping_add(add));
+                }
+            }
+            j += 8;
+        }
+    }
+}
