@@ -65,6 +65,9 @@ pub struct Requant {
     c_odd: Vec<i64>,
     s_even: Vec<i64>,
     s_odd: Vec<i64>,
+    /// The AVX2 form's 64-bit constants, per block of 8 channels: `c + 2^63`, `2^(63 − s)` and
+    /// the negative correction `[s > 31]·2^31`, four even then four odd lanes of each.
+    avx2_blocks: Vec<i64>,
     /// Whether `c` includes the zero point (every `e ≤ 20`, so that it cannot overflow).
     zp_folded: bool,
     zero_point: i32,
@@ -112,6 +115,7 @@ impl Requant {
             c_odd: vec![0; padded / 2],
             s_even: vec![0; padded / 2],
             s_odd: vec![0; padded / 2],
+            avx2_blocks: vec![0; padded / 8 * 24],
             zp_folded: false,
             zero_point,
             min,
@@ -149,6 +153,12 @@ impl Requant {
             };
             cv[j / 2] = c;
             sv[j / 2] = 31 + e;
+            // Lane j % 8 of block j / 8: even channels in slots 0..4, odd ones in 4..8.
+            let (block, lane) = (j / 8, (j % 8) / 2 + if j % 2 == 0 { 0 } else { 4 });
+            let b = &mut r.avx2_blocks[block * 24..][..24];
+            b[lane] = c.wrapping_add(i64::MIN);
+            b[8 + lane] = 1i64 << (63 - (31 + e));
+            b[16 + lane] = if e > 0 { 1 << 31 } else { 0 };
         }
         r
     }

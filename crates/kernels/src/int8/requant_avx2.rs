@@ -38,20 +38,8 @@ impl Rq8 {
         unsafe {
             let v = |x: &[i32]| _mm256_loadu_si256(x.as_ptr().add(j).cast());
             let w = |x: &[i64]| _mm256_loadu_si256(x.as_ptr().add(j / 2).cast());
-            let offset = _mm256_set1_epi64x(i64::MIN);
-            let (s_even, s_odd) = (w(&rq.s_even), w(&rq.s_odd));
-            let k = |s| {
-                _mm256_sllv_epi64(
-                    _mm256_set1_epi64x(1),
-                    _mm256_sub_epi64(_mm256_set1_epi64x(63), s),
-                )
-            };
-            let corr = |s| {
-                _mm256_and_si256(
-                    _mm256_cmpgt_epi64(s, _mm256_set1_epi64x(31)),
-                    _mm256_set1_epi64x(1 << 31),
-                )
-            };
+            let b = rq.avx2_blocks.as_ptr().add(j / 8 * 24);
+            let blk = |i: usize| _mm256_loadu_si256(b.add(4 * i).cast());
             Rq8 {
                 bias: v(&rq.bias),
                 m: v(&rq.multiplier),
@@ -62,14 +50,14 @@ impl Rq8 {
                 hi: _mm256_set1_epi32(rq.max),
                 any_left: rq.any_left,
                 zp_folded: rq.zp_folded,
-                c_even: _mm256_add_epi64(w(&rq.c_even), offset),
-                c_odd: _mm256_add_epi64(w(&rq.c_odd), offset),
-                s_even,
-                s_odd,
-                k_even: k(s_even),
-                k_odd: k(s_odd),
-                corr_even: corr(s_even),
-                corr_odd: corr(s_odd),
+                c_even: blk(0),
+                c_odd: blk(1),
+                s_even: w(&rq.s_even),
+                s_odd: w(&rq.s_odd),
+                k_even: blk(2),
+                k_odd: blk(3),
+                corr_even: blk(4),
+                corr_odd: blk(5),
             }
         }
     }

@@ -14,8 +14,10 @@ use super::super::requant::x86_avx2::Rq8;
 use super::super::Requant;
 use super::{PackedQB, NR};
 
-/// Rows per tile.
+/// Rows per tile: 3 for 16 columns (12 accumulators), 6 when B has at most 8 columns (the
+/// stem of a thin network, its first pointwise layers).
 const MR: usize = 3;
+const MR_NARROW: usize = 6;
 
 /// `C = requant(A·B + row_coeff·rowsum(A))` for rows `0..m` and the columns of `panels`.
 ///
@@ -37,11 +39,12 @@ pub(super) unsafe fn gemm(
     panels: Range<usize>,
 ) {
     let (k, quads) = (b.k, b.quads);
-    let mut wide = vec![0i16; MR * quads * 4];
+    let mr = if b.n <= 8 { MR_NARROW } else { MR };
+    let mut wide = vec![0i16; mr * quads * 4];
     let mut i0 = 0;
     while i0 < m {
-        let rows = (m - i0).min(MR);
-        let mut add = [0i32; MR];
+        let rows = (m - i0).min(mr);
+        let mut add = [0i32; MR_NARROW];
         for r in 0..rows {
             // Safety: row i0 + r holds k bytes.
             let row = unsafe { std::slice::from_raw_parts(a.add((i0 + r) * lda), k) };
@@ -65,10 +68,17 @@ pub(super) unsafe fn gemm(
                 unsafe {
                     let out = c.add(i0 * ldc + j);
                     let bp = panel.as_ptr().add(half * 64);
-                    match rows {
-                        3 => tile::<3>(&wide, quads, bp, rq, j, cols, &add, out, ldc),
-                        2 => tile::<2>(&wide, quads, bp, rq, j, cols, &add, out, ldc),
-                        _ => tile::<1>(&wide, quads, bp, rq, j, cols, &add, out, ldc),
+                    let t = (&wide[..], quads, bp, rq, j, cols, &add, out, ldc);
+                    match (rows, cols > 8) {
+                        (3, true) => tile::<3, 4>(t),
+                        (2, true) => tile::<2, 4>(t),
+                        (1, true) => tile::<1, 4>(t),
+                        (6, false) => tile::<6, 2>(t),
+                        (5, false) => tile::<5, 2>(t),
+                        (4, false) => tile::<4, 2>(t),
+                        (3, false) => tile::<3, 2>(t),
+                        (2, false) => tile::<2, 2>(t),
+                        _ => tile::<1, 2>(t),
                     }
                 }
             }
@@ -77,22 +87,28 @@ pub(super) unsafe fn gemm(
     }
 }
 
-/// `R` rows × 16 columns (`cols` of them stored) from column `j`.
-#[allow(clippy::too_many_arguments)]
+/// A tile's operands: A's widened rows, quads, B's half panel, the requantization, the first
+/// column, the columns stored, the rows' `row_coeff·Σ` terms, C and its stride.
+type TileArgs<'a> = (
+    &'a [i16],
+    usize,
+    *const i8,
+    &'a Requant,
+    usize,
+    usize,
+    &'a [i32; MR_NARROW],
+    *mut u8,
+    usize,
+);
+
+/// `R` rows × `4·V` columns (`cols` of them stored) from column `j`: V = 4 (16 columns) or 2
+/// (8).
 #[inline(always)]
-unsafe fn tile<const R: usize>(
-    wide: &[i16],
-    quads: usize,
-    bp: *const i8,
-    rq: &Requant,
-    j: usize,
-    cols: usize,
-    add: &[i32; MR],
-    out: *mut u8,
-    ldc: usize,
+unsafe fn tile<const R: usize, const V: usize>(
+    (wide, quads, bp, rq, j, cols, add, out, ldc): TileArgs,
 ) {
     unsafe {
-        let mut acc = [[_mm256_setzero_si256(); 4]; R];
+        let mut acc = [[_mm256_setzero_si256(); V]; R];
         for q in 0..quads {
             let mut av = [_mm256_setzero_si256(); R];
             for (r, a) in av.iter_mut().enumerate() {
@@ -100,7 +116,7 @@ unsafe fn tile<const R: usize>(
                 *a = _mm256_set1_epi64x(std::ptr::read_unaligned(p.cast::<i64>()));
             }
             let bq = bp.add(q * NR * 4);
-            for v in 0..4 {
+            for v in 0..V {
                 let bw = _mm256_cvtepi8_epi16(_mm_loadu_si128(bq.add(16 * v).cast()));
                 for (row, a) in acc.iter_mut().zip(&av) {
                     row[v] = _mm256_add_epi32(row[v], _mm256_madd_epi16(*a, bw));
@@ -112,7 +128,7 @@ unsafe fn tile<const R: usize>(
             _mm256_permute4x64_epi64(_mm256_hadd_epi32(x, y), 0b11_01_10_00)
         };
         let lo = Rq8::load(rq, j);
-        let hi = (cols > 8).then(|| Rq8::load(rq, j + 8));
+        let hi = (V == 4).then(|| Rq8::load(rq, j + 8));
         for r in 0..R {
             let addv = _mm256_set1_epi32(add[r]);
             let o = out.add(r * ldc);
@@ -123,7 +139,7 @@ unsafe fn tile<const R: usize>(
             );
             if let Some(hi) = &hi {
                 hi.store(
-                    _mm256_add_epi32(order(acc[r][2], acc[r][3]), addv),
+                    _mm256_add_epi32(order(acc[r][V - 2], acc[r][V - 1]), addv),
                     cols - 8,
                     o.add(8),
                 );

@@ -514,6 +514,10 @@ mod tests {
             (13, 5, 33),
             (12, 8, 32),
             (25, 27, 8),
+            // AVX2's narrow tiles (n ≤ 8): 6 + 5 rows, 4, 2 + a 8-column half after 16.
+            (11, 9, 5),
+            (4, 16, 8),
+            (8, 12, 24),
             (3, 70, 17),
             (30, 128, 65),
             // AMX: short depths (one chunk), ragged and whole 32-row blocks, several chunks.
