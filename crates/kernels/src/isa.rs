@@ -56,9 +56,16 @@ impl Isa {
     pub const SCALAR: Isa = Isa(IsaKind::Scalar);
 
     /// The best instruction set this CPU supports, detected once and cached.
+    ///
+    /// `MOBILENET_ISA=<name>` (`scalar`, `neon`, `avx2fma`, `avx512`) forces another variant
+    /// this CPU has, to measure it; a name it lacks is reported on stderr and the best is used.
     pub fn detect() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
-        *BEST.get_or_init(|| Isa::available().into_iter().max().unwrap_or(Isa::SCALAR))
+        *BEST.get_or_init(|| {
+            let available = Isa::available();
+            let best = available.iter().copied().max().unwrap_or(Isa::SCALAR);
+            forced("MOBILENET_ISA", &available, Isa::name).unwrap_or(best)
+        })
     }
 
     /// Every instruction set this CPU can run, from `Scalar` up to [`Isa::detect`].
@@ -105,6 +112,33 @@ impl Isa {
             IsaKind::Avx512 => "avx512",
         }
     }
+}
+
+/// The variant the environment variable `var` names, if it is set: `None` when unset, and
+/// when it names nothing in `available` (said on stderr, with the choices).
+pub(crate) fn forced<T: Copy>(
+    var: &str,
+    available: &[T],
+    name: impl Fn(T) -> &'static str,
+) -> Option<T> {
+    let wanted = std::env::var(var).ok()?;
+    let pick = choose(available, &name, &wanted);
+    if pick.is_none() {
+        let names: Vec<&str> = available.iter().map(|&i| name(i)).collect();
+        eprintln!(
+            "{var}={wanted}: not an instruction set this CPU runs (it runs {}); using the best",
+            names.join(", ")
+        );
+    }
+    pick
+}
+
+/// The one of `available` called `wanted`.
+fn choose<T: Copy>(available: &[T], name: &impl Fn(T) -> &'static str, wanted: &str) -> Option<T> {
+    available
+        .iter()
+        .copied()
+        .find(|&i| name(i) == wanted.trim())
 }
 
 impl fmt::Display for Isa {
@@ -209,5 +243,23 @@ mod tests {
                 "{kind:?}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod forced_tests {
+    use super::*;
+
+    #[test]
+    fn a_forced_name_picks_that_variant_or_nothing() {
+        let available = Isa::available();
+        assert_eq!(choose(&available, &Isa::name, "scalar"), Some(Isa::SCALAR));
+        assert_eq!(
+            choose(&available, &Isa::name, " scalar\n"),
+            Some(Isa::SCALAR)
+        );
+        assert_eq!(choose(&available, &Isa::name, "sse9"), None);
+        let best = *available.last().expect("scalar at least");
+        assert_eq!(choose(&available, &Isa::name, best.name()), Some(best));
     }
 }

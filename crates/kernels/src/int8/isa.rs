@@ -53,14 +53,15 @@ impl IntIsa {
     /// Portable Rust: every CPU runs it.
     pub const SCALAR: IntIsa = IntIsa(IntIsaKind::Scalar);
 
-    /// The best variant this CPU runs, detected once.
+    /// The best variant this CPU runs, detected once. `MOBILENET_INT_ISA=<name>` (`scalar`,
+    /// `avx2`, `avx512vnni`, `amx`) forces another it has — a machine with AMX can measure its
+    /// VNNI path; a name it lacks is reported on stderr and the best is used.
     pub fn detect() -> IntIsa {
         static BEST: OnceLock<IntIsa> = OnceLock::new();
         *BEST.get_or_init(|| {
-            IntIsa::available()
-                .into_iter()
-                .max()
-                .unwrap_or(IntIsa::SCALAR)
+            let available = IntIsa::available();
+            let best = available.iter().copied().max().unwrap_or(IntIsa::SCALAR);
+            crate::isa::forced("MOBILENET_INT_ISA", &available, IntIsa::name).unwrap_or(best)
         })
     }
 
