@@ -39,6 +39,16 @@ pub(super) fn soft_targets(
     probs
 }
 
+/// A loaded teacher held between the check and the run (its own `Debug`: a model is not
+/// printed).
+pub(super) struct Teacher(pub(super) Box<dyn Classifier>);
+
+impl std::fmt::Debug for Teacher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Teacher")
+    }
+}
+
 /// The teacher of a distilled run, checked against the student's class count.
 pub(super) fn load_teacher(
     d: &Distillation,

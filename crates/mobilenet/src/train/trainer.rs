@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::distill::{load_teacher, soft_targets};
+use super::distill::{load_teacher, soft_targets, Teacher};
 pub use super::failure::TrainFailure;
 pub use super::history::{better, epochs_since_best, EpochMetrics, PartialEpoch};
 use super::net::{Distill, StepOptions, TrainNet};
@@ -113,6 +113,8 @@ pub struct Trainer {
     dir: PathBuf,
     /// This process's hold on `dir`.
     _lock: RunLock,
+    /// The teacher `new` loaded to check it, kept for the first `run`.
+    teacher: Option<Teacher>,
 }
 
 /// File names in a run directory.
@@ -141,9 +143,10 @@ impl Trainer {
         options.validate().map_err(TrainFailure::Options)?;
         check_memory(&model.config, options.batch_size)?;
         // A teacher that cannot serve is an error before the run directory is made.
-        if let Some(d) = &options.distill {
-            load_teacher(d, model.config.classes())?;
-        }
+        let teacher = match &options.distill {
+            Some(d) => Some(Teacher(load_teacher(d, model.config.classes())?)),
+            None => None,
+        };
         let net = TrainNet::from_model(model, options.threads)?;
         if let Some(name) = &options.freeze_through {
             net.layers_through(name).map_err(TrainFailure::Options)?;
@@ -165,6 +168,7 @@ impl Trainer {
             },
             dir: dir.to_path_buf(),
             _lock: lock,
+            teacher,
         })
     }
 
@@ -244,6 +248,7 @@ impl Trainer {
             state,
             dir: dir.to_path_buf(),
             _lock: lock,
+            teacher: None,
         };
         if let Some(tensor) = trainer.first_non_finite() {
             return Err(bad(format!("{tensor} holds NaN or infinite values")));
@@ -367,9 +372,10 @@ impl Trainer {
             update_bn_stats: true,
         };
         let mut grads = self.net.zero_gradients();
-        let teacher_model = match &o.distill {
-            Some(d) => Some(self.teacher(d)?),
-            None => None,
+        let teacher_model = match (&o.distill, self.teacher.take()) {
+            (Some(_), Some(Teacher(loaded))) => Some(loaded),
+            (Some(d), None) => Some(self.teacher(d)?),
+            (None, _) => None,
         };
         let mut teacher = teacher_model
             .as_ref()
