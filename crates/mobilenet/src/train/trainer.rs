@@ -380,6 +380,8 @@ impl Trainer {
         let mut teacher = teacher_model
             .as_ref()
             .map(|t| (t, t.runner(o.batch_size.max(1), o.threads)));
+        // A frozen backbone's plan, built once for all the frozen epochs (nothing in it changes).
+        let mut backbone: Option<InferenceModel> = None;
         while self.state.epoch < o.epochs {
             let epoch = self.state.epoch;
             let epoch_start = Instant::now();
@@ -397,12 +399,12 @@ impl Trainer {
                 // The second stage starts with a fresh optimiser, as Keras recompiles.
                 self.optimizer.restart();
             }
-            let backbone = match frozen {
-                true => Some(InferenceModel::new(&self.net.to_model().backbone())?),
-                false => None,
-            };
+            if frozen && backbone.is_none() {
+                backbone = Some(InferenceModel::new(&self.net.to_model().backbone())?);
+            }
             let mut features = backbone
                 .as_ref()
+                .filter(|_| frozen)
                 .map(|b| b.session(o.batch_size.max(1), o.threads));
             let loader = Loader::new(
                 train,
