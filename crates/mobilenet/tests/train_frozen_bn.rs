@@ -15,12 +15,11 @@ use mobilenet::weights::ModelFile;
 
 #[test]
 fn frozen_batch_norm_forward_is_the_inference_forward() {
-    let Some(data) = common::shared_data("frozen_batch_norm_forward_is_the_inference_forward")
+    let Some((model, images, labels)) =
+        official("frozen_batch_norm_forward_is_the_inference_forward", 128)
     else {
         return;
     };
-    let path = data.join("mobilenet_v1/float/mobilenet_v1_1.0_224_imagenet_float.safetensors");
-    let (model, images, labels) = official(&path, 128);
     let batch = labels.len();
 
     let plan = InferenceModel::new(&model).expect("plan");
@@ -59,31 +58,33 @@ fn frozen_batch_norm_forward_is_the_inference_forward() {
     }
 }
 
-/// Google's 1.0 weights at `res` without dropout, four random images and their labels.
-fn official(path: &std::path::Path, res: usize) -> (ModelFile, Vec<f32>, [usize; 4]) {
+/// Google's 1.0 weights at `res` without dropout, four random images and their labels; `None`
+/// (after saying why) without the shared data, outside CI.
+fn official(test: &str, res: usize) -> Option<(ModelFile, Vec<f32>, [usize; 4])> {
+    let path = common::shared_data(test)?
+        .join("mobilenet_v1/float/mobilenet_v1_1.0_224_imagenet_float.safetensors");
     let options = ImportOptions {
         resolution: Some(res),
         labels: None,
     };
-    let (mut model, _) = import(path, &options).expect("official weights import");
+    let (mut model, _) = import(&path, &options).expect("official weights import");
     model.config = model.config.with_dropout(0.0).expect("no dropout");
     let mut rng = Rng::new(7);
     let images: Vec<f32> = (0..4 * res * res * 3)
         .map(|_| rng.uniform() * 2.0 - 1.0)
         .collect();
-    (model, images, [3, 281, 500, 999])
+    Some((model, images, [3, 281, 500, 999]))
 }
 
 /// Along the gradient's own direction, `(L(θ + εĝ) − L(θ − εĝ)) / 2ε ≈ |g|` for the whole
 /// pretrained network with frozen batch norm.
 #[test]
 fn frozen_batch_norm_gradient_on_the_pretrained_network() {
-    let Some(data) = common::shared_data("frozen_batch_norm_gradient_on_the_pretrained_network")
+    let Some((model, images, labels)) =
+        official("frozen_batch_norm_gradient_on_the_pretrained_network", 64)
     else {
         return;
     };
-    let path = data.join("mobilenet_v1/float/mobilenet_v1_1.0_224_imagenet_float.safetensors");
-    let (model, images, labels) = official(&path, 64);
     let mut net = TrainNet::from_model(&model, 2).expect("trainable");
     let step = StepOptions {
         bn_frozen: true,
@@ -91,27 +92,10 @@ fn frozen_batch_norm_gradient_on_the_pretrained_network() {
     };
     let mut grads = net.zero_gradients();
     net.step(&images, &labels, &mut Rng::new(0), &step, &mut grads);
-    let norm: f64 = grads
-        .iter()
-        .flatten()
-        .map(|&g| (g as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let base: Vec<Vec<f32>> = net.params.iter().map(|p| p.value.clone()).collect();
-    let mut along = |t: f64| {
-        for ((p, b), g) in net.params.iter_mut().zip(&base).zip(&grads) {
-            for ((v, &b), &g) in p.value.iter_mut().zip(b).zip(g) {
-                *v = (b as f64 + t * g as f64 / norm) as f32;
-            }
-        }
+    let loss_of = |net: &mut TrainNet| {
         let mut scratch = net.zero_gradients();
         net.step(&images, &labels, &mut Rng::new(0), &step, &mut scratch)
             .loss as f64
     };
-    let eps = 1e-3;
-    let directional = (along(eps) - along(-eps)) / (2.0 * eps);
-    assert!(
-        (directional - norm).abs() <= 0.05 * norm,
-        "directional derivative {directional} vs gradient norm {norm}"
-    );
+    common::check_directional_derivative(&mut net, &grads, loss_of);
 }

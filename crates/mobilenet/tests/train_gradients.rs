@@ -6,6 +6,8 @@ use mobilenet::train::Rng;
 use mobilenet::{MobileNetConfig, ModelFile, Padding, Stem, Variant};
 use mobilenet_kernels::Isa;
 
+mod common;
+
 /// α 0.25 at 64×64: the last maps are 2×2, so with a batch of 4 every batch norm sees at
 /// least 16 values per channel (with fewer it is too ill-conditioned for finite differences).
 fn tiny(stem: Stem, padding: Padding) -> ModelFile {
@@ -106,27 +108,7 @@ fn gradient_check_with(stem: Stem, padding: Padding, threads: usize, bn_frozen: 
     ];
     check_coordinates(&mut net, &tail, &grads, loss_of);
 
-    let norm: f64 = grads
-        .iter()
-        .flatten()
-        .map(|&g| (g as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let base: Vec<Vec<f32>> = net.params.iter().map(|p| p.value.clone()).collect();
-    let mut along = |t: f64| {
-        for ((p, b), g) in net.params.iter_mut().zip(&base).zip(&grads) {
-            for ((v, &b), &g) in p.value.iter_mut().zip(b).zip(g) {
-                *v = (b as f64 + t * g as f64 / norm) as f32;
-            }
-        }
-        loss_of(&mut net)
-    };
-    let eps = 1e-3;
-    let directional = (along(eps) - along(-eps)) / (2.0 * eps);
-    assert!(
-        (directional - norm).abs() <= 0.05 * norm,
-        "directional derivative {directional} vs gradient norm {norm}"
-    );
+    common::check_directional_derivative(&mut net, &grads, loss_of);
 }
 
 /// Frozen batch norm through the whole network: the same checks.

@@ -374,6 +374,35 @@ mod tests {
     use crate::train::gradcheck::{check_gradient, project};
     use crate::train::Rng;
 
+    /// The threaded backward on `z` and its output `a` (`c` channels) for the output gradient
+    /// `da`: `(dz, dγ, dβ)`.
+    fn backward(
+        pool: &mut SpinPool,
+        (z, a, c): (&[f32], &[f32], usize),
+        cache: &BnCache,
+        gamma: &[f32],
+        act: Activation,
+        da: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let mut da = da.to_vec();
+        let (mut dz, mut dg, mut db) = (vec![0.0; z.len()], vec![0.0; c], vec![0.0; c]);
+        bn_act_backward(
+            pool,
+            Isa::detect(),
+            z,
+            a,
+            c,
+            cache,
+            gamma,
+            act,
+            &mut da,
+            &mut dz,
+            &mut dg,
+            &mut db,
+        );
+        (dz, dg, db)
+    }
+
     #[test]
     fn batch_norm_gradients() {
         let (rows, c) = (12, 5);
@@ -437,22 +466,7 @@ mod tests {
             act,
             &mut a,
         );
-        let mut da = r.clone();
-        let (mut dz, mut dg, mut db) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
-        bn_act_backward(
-            &mut pool,
-            Isa::detect(),
-            &z,
-            &a,
-            c,
-            &cache,
-            &gamma,
-            act,
-            &mut da,
-            &mut dz,
-            &mut dg,
-            &mut db,
-        );
+        let (dz, dg, db) = backward(&mut pool, (&z, &a, c), &cache, &gamma, act, &r);
         let (g0, b0, z0) = (gamma.clone(), beta.clone(), z.clone());
         check_gradient("frozen bn dz", &mut z, &dz, |z| loss(z, &g0, &b0));
         check_gradient("frozen bn dgamma", &mut gamma, &dg, |g| loss(&z0, g, &b0));
@@ -521,22 +535,7 @@ mod tests {
             close(&a, &a_ref, "a");
             close(&cache.mean, &cache_ref.mean, "mean");
             close(&var, &var_ref, "var");
-            let mut da = da0.clone();
-            let (mut dz, mut dg, mut db) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
-            bn_act_backward(
-                &mut pool,
-                Isa::detect(),
-                &z,
-                &a,
-                c,
-                &cache,
-                &gamma,
-                act,
-                &mut da,
-                &mut dz,
-                &mut dg,
-                &mut db,
-            );
+            let (dz, dg, db) = backward(&mut pool, (&z, &a, c), &cache, &gamma, act, &da0);
             close(&dz, &dz_ref, "dz");
             close(&dg, &dg_ref, "dgamma");
             close(&db, &db_ref, "dbeta");

@@ -42,3 +42,35 @@ pub fn f32s(v: &serde_json::Value) -> Vec<f32> {
         .map(|x| x.as_f64().expect("number") as f32)
         .collect()
 }
+
+/// The gradient checked along its own direction for all parameters at once:
+/// `(L(θ + εĝ) − L(θ − εĝ)) / 2ε ≈ |g|` within 5%, where `loss_of` is the step's loss at the
+/// network's current parameters. (ReLU6 kinks make single coordinates of early layers
+/// unreliable; along the gradient the crossings average out.) Leaves the parameters moved.
+pub fn check_directional_derivative(
+    net: &mut mobilenet::train::net::TrainNet,
+    grads: &[Vec<f32>],
+    mut loss_of: impl FnMut(&mut mobilenet::train::net::TrainNet) -> f64,
+) {
+    let norm: f64 = grads
+        .iter()
+        .flatten()
+        .map(|&g| (g as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let base: Vec<Vec<f32>> = net.params.iter().map(|p| p.value.clone()).collect();
+    let mut along = |t: f64| {
+        for ((p, b), g) in net.params.iter_mut().zip(&base).zip(grads) {
+            for ((v, &b), &g) in p.value.iter_mut().zip(b).zip(g) {
+                *v = (b as f64 + t * g as f64 / norm) as f32;
+            }
+        }
+        loss_of(net)
+    };
+    let eps = 1e-3;
+    let directional = (along(eps) - along(-eps)) / (2.0 * eps);
+    assert!(
+        (directional - norm).abs() <= 0.05 * norm,
+        "directional derivative {directional} vs gradient norm {norm}"
+    );
+}
