@@ -31,6 +31,16 @@ fn train_on(folder: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
         .expect("run")
 }
 
+/// The standard output of a run that must have succeeded (its standard error otherwise).
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 #[test]
 fn init_takes_the_network_from_the_official_file() {
     let Some(data) = shared::shared_data("init_takes_the_network_from_the_official_file") else {
@@ -59,12 +69,7 @@ fn init_takes_the_network_from_the_official_file() {
     // α, stem, padding and preprocessing come from the file; a smaller resolution is allowed
     // (and said) to keep the test quick.
     let out = train("b", &["--resolution", "64", "--epochs", "1"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ok(&out);
     assert!(
         stdout.contains("1.0_224") && stdout.contains("new 3-class classifier"),
         "{stdout}"
@@ -87,12 +92,7 @@ fn init_takes_the_network_from_the_official_file() {
     // The new user's command: --init and nothing about the network; a frozen backbone (a
     // linear probe at the file's 224×224) keeps every pretrained tensor as it was.
     let out = train("c", &["--freeze", "backbone", "--epochs", "2"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ok(&out);
     assert!(stdout.contains("backbone frozen"), "{stdout}");
     let probe = mobilenet::ModelFile::load(&root.join("c/model-last.safetensors")).expect("model");
     assert_eq!(probe.config.resolution(), 224);
@@ -114,12 +114,7 @@ fn init_takes_the_network_from_the_official_file() {
             "64",
         ],
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ok(&out);
     assert!(
         stdout.contains("backbone frozen for the first 1 epoch"),
         "{stdout}"
@@ -149,12 +144,7 @@ fn init_takes_the_network_from_the_official_file() {
     assert!(!root.join("e").exists(), "nothing made for a refused run");
     let recipe = ["--optimizer", "adam", "--lr", "0.001", "--freeze", "conv_9"];
     let out = train("f", &[&keras[..], &recipe[..]].concat());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ok(&out);
     assert!(
         stdout.contains("Adam (β₁ 0.9") && stdout.contains("then the layers after conv_9"),
         "{stdout}"
@@ -186,14 +176,6 @@ fn distillation_from_f32_and_int8_teachers() {
         let mut args = vec!["--epochs", "1"];
         args.extend_from_slice(extra);
         train_on(&folder, &root.join(out), &args)
-    };
-    let ok = |out: &std::process::Output| {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
     };
     ok(&train("teacher", &["--alpha", "0.5"]));
     let teacher = root.join("teacher/model-best.safetensors");

@@ -274,27 +274,14 @@ fn distilled_step_gradients() {
     assert_eq!((sa, &a), (sb, &b), "weight 0 is the plain step");
 
     let options = with(0.7);
-    let mut grads = net.zero_gradients();
-    net.step_distilled(
-        &images,
-        &labels,
-        &soft,
-        &mut Rng::new(0),
-        &options,
-        &mut grads,
-    );
-    let loss_of = |net: &mut TrainNet| {
-        let mut scratch = net.zero_gradients();
-        net.step_distilled(
-            &images,
-            &labels,
-            &soft,
-            &mut Rng::new(0),
-            &options,
-            &mut scratch,
-        )
-        .loss as f64
+    let step = |net: &mut TrainNet, grads: &mut [Vec<f32>]| {
+        let rng = &mut Rng::new(0);
+        net.step_distilled(&images, &labels, &soft, rng, &options, grads)
+            .loss as f64
     };
+    let mut grads = net.zero_gradients();
+    step(&mut net, &mut grads);
+    let loss_of = |net: &mut TrainNet| step(net, &mut net.zero_gradients());
     let names = ["fc/weight", "fc/bias", "conv_13/pointwise/bn/gamma"];
     check_coordinates(&mut net, &names, &grads, loss_of);
 }

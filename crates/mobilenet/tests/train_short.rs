@@ -136,13 +136,26 @@ fn a_non_finite_statistic_stops_the_run_before_anything_is_saved() {
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 
+/// Trains `start` on 96 images for `options`, in a run directory of its own: the final model
+/// and the loss after every step.
+fn train_from(start: &ModelFile, options: TrainOptions, name: &str) -> (ModelFile, Vec<f32>) {
+    let (train, val) = fashion(96, 9000..9032);
+    let dir = std::env::temp_dir().join(format!("mobilenet-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut trainer = Trainer::new(start, options, &dir).expect("trainer");
+    let mut losses = Quiet(Vec::new());
+    trainer.run(&train, &val, &mut losses).expect("run");
+    let model = trainer.net.to_model();
+    drop(trainer);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+    (model, losses.0)
+}
+
 /// A frozen backbone stays bit-identical (weights and moving statistics) while the classifier
 /// learns; in two-stage fine-tuning the backbone starts to move once it is unfrozen.
 #[test]
 fn a_frozen_backbone_is_left_untouched_and_unfrozen_later() {
-    let (train, val) = fashion(96, 9000..9032);
-    let config = small_config();
-    let start = ModelFile::random(config, 5);
+    let start = ModelFile::random(small_config(), 5);
     let run = |freeze_epochs: usize, name: &str| {
         let options = TrainOptions {
             lr: 0.05,
@@ -152,15 +165,7 @@ fn a_frozen_backbone_is_left_untouched_and_unfrozen_later() {
             unfreeze_lr_scale: 0.1,
             ..options(2)
         };
-        let dir = std::env::temp_dir().join(format!("mobilenet-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut trainer = Trainer::new(&start, options, &dir).expect("trainer");
-        let mut losses = Quiet(Vec::new());
-        trainer.run(&train, &val, &mut losses).expect("run");
-        let model = trainer.net.to_model();
-        drop(trainer);
-        std::fs::remove_dir_all(&dir).expect("clean up");
-        (model, losses.0)
+        train_from(&start, options, name)
     };
     let changed = |model: &ModelFile, name: &str| model.tensor(name) != start.tensor(name);
 
@@ -217,43 +222,19 @@ fn patience_stops_a_run_that_no_longer_improves() {
 /// included) train.
 #[test]
 fn frozen_batch_norm_keeps_the_moving_statistics() {
-    let (train, val) = fashion(64, 9000..9032);
-    let config = small_config();
-    let start = ModelFile::random(config, 4);
+    let start = ModelFile::random(small_config(), 4);
     let options = TrainOptions {
         lr: 0.01,
         freeze_bn: true,
         ..options(1)
     };
-    let dir = std::env::temp_dir().join(format!("mobilenet-bn-frozen-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut trainer = Trainer::new(&start, options, &dir).expect("trainer");
-    let mut losses = Quiet(Vec::new());
-    trainer.run(&train, &val, &mut losses).expect("run");
-    assert!(losses.0.iter().all(|l| l.is_finite()));
-    let end = trainer.net.to_model();
-    drop(trainer);
-    std::fs::remove_dir_all(&dir).expect("clean up");
+    let (end, losses) = train_from(&start, options, "bn-frozen");
+    assert!(losses.iter().all(|l| l.is_finite()));
     for (name, tensor) in start.tensors() {
         let moved = end.tensor(name) != Some(tensor);
         let statistic = name.ends_with("moving_mean") || name.ends_with("moving_variance");
         assert_eq!(moved, !statistic, "{name}");
     }
-}
-
-/// Trains `start` on 96 images for `options`, in a run directory of its own; the final model.
-fn train_from(start: &ModelFile, options: TrainOptions, name: &str) -> ModelFile {
-    let (train, val) = fashion(96, 9000..9032);
-    let dir = std::env::temp_dir().join(format!("mobilenet-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut trainer = Trainer::new(start, options, &dir).expect("trainer");
-    trainer
-        .run(&train, &val, &mut Quiet(Vec::new()))
-        .expect("run");
-    let model = trainer.net.to_model();
-    drop(trainer);
-    std::fs::remove_dir_all(&dir).expect("clean up");
-    model
 }
 
 /// The second stage of fine-tuning starts from a fresh optimiser: unfrozen at a negligible
@@ -268,7 +249,7 @@ fn unfreezing_starts_a_fresh_optimiser() {
         unfreeze_lr_scale: 1e-9,
         ..options(1)
     };
-    let frozen = train_from(
+    let (frozen, _) = train_from(
         &start,
         TrainOptions {
             freeze_epochs: usize::MAX,
@@ -276,7 +257,7 @@ fn unfreezing_starts_a_fresh_optimiser() {
         },
         "stage-one",
     );
-    let two_stage = train_from(
+    let (two_stage, _) = train_from(
         &start,
         TrainOptions {
             epochs: 2,
@@ -318,8 +299,8 @@ fn the_classifier_learns_at_its_own_rate() {
         head_lr: Some(0.05),
         ..base
     };
-    let a = train_from(&start, plain, "head-lr-plain");
-    let b = train_from(&start, split, "head-lr-split");
+    let (a, _) = train_from(&start, plain, "head-lr-plain");
+    let (b, _) = train_from(&start, split, "head-lr-split");
     assert_ne!(a.tensor("fc/weight"), start.tensor("fc/weight"));
     assert_eq!(a.tensor("fc/weight"), b.tensor("fc/weight"));
 }
