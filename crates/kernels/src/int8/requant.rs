@@ -187,9 +187,16 @@ impl Requant {
         v.wrapping_add(self.zero_point).clamp(self.min, self.max) as u8
     }
 
-    /// Requantizes `acc[j] + add` for channels `j0 .. j0 + acc.len()` into `out`.
+    /// Requantizes `acc[j] + add` for channels `j0 .. j0 + acc.len()` into `out`. The vector
+    /// forms load their constants in blocks of 8 or 16 channels: a row that starts elsewhere
+    /// goes the scalar way.
     pub fn row(&self, isa: IntIsa, acc: &[i32], add: i32, j0: usize, out: &mut [u8]) {
         assert!(out.len() >= acc.len() && j0 + acc.len() <= self.n);
+        let isa = if j0.is_multiple_of(16) {
+            isa
+        } else {
+            IntIsa::SCALAR
+        };
         match isa {
             #[cfg(target_arch = "x86_64")]
             _ if isa.avx512() => {
@@ -460,16 +467,16 @@ mod tests {
                         continue;
                     }
                     let add = row as i32 * 3 - 40;
-                    let mut got = vec![0u8; n];
-                    rq.row(isa, chunk, add, 0, &mut got);
-                    for j in 0..n {
-                        let x = chunk[j].wrapping_add(add).wrapping_add(bias[j]);
-                        let want = (requantize(x, mults[j], shifts[j]) + 7).clamp(3, 250) as u8;
-                        assert_eq!(
-                            got[j], want,
-                            "{isa} acc {} ch {j} shift {}",
-                            chunk[j], shifts[j]
-                        );
+                    // From channel 0, and from channels where no vector block starts.
+                    for j0 in [0, 5, 16] {
+                        let mut got = vec![0u8; n - j0];
+                        rq.row(isa, &chunk[j0..], add, j0, &mut got);
+                        for (i, (&acc, &g)) in chunk[j0..].iter().zip(&got).enumerate() {
+                            let j = j0 + i;
+                            let x = acc.wrapping_add(add).wrapping_add(bias[j]);
+                            let want = (requantize(x, mults[j], shifts[j]) + 7).clamp(3, 250) as u8;
+                            assert_eq!(g, want, "{isa} acc {acc} ch {j} shift {}", shifts[j]);
+                        }
                     }
                 }
             }

@@ -104,7 +104,7 @@ impl Rq8 {
     }
 }
 
-/// [`Requant::row`] for AVX2.
+/// [`Requant::row`] for AVX2, from a channel `j0` that is a multiple of 8.
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn requant_row_avx2(
     rq: &Requant,
@@ -122,14 +122,7 @@ pub(crate) unsafe fn requant_row_avx2(
             let mut lanes = [0i32; 8];
             std::ptr::copy_nonoverlapping(acc.add(j), lanes.as_mut_ptr(), w);
             let a = _mm256_loadu_si256(lanes.as_ptr().cast());
-            if (j0 + j).is_multiple_of(8) {
-                Rq8::load(rq, j0 + j).store(_mm256_add_epi32(a, addv), w, out.add(j));
-            } else {
-                // Channels that do not start on a multiple of 8: one at a time.
-                for (t, &lane) in lanes.iter().enumerate().take(w) {
-                    *out.add(j + t) = rq.apply(j0 + j + t, lane.wrapping_add(add));
-                }
-            }
+            Rq8::load(rq, j0 + j).store(_mm256_add_epi32(a, addv), w, out.add(j));
             j += 8;
         }
     }

@@ -3,11 +3,9 @@
 
 use std::arch::asm;
 use std::arch::x86_64::*;
-use std::ops::Range;
 
 use super::super::requant::x86::Rq16;
-use super::super::Requant;
-use super::{vnni, PackedQB, NR};
+use super::{vnni, Job, NR};
 
 /// Rows of a block: two 16-row A tiles.
 const MB: usize = 32;
@@ -46,25 +44,25 @@ pub(super) fn takes(k: usize) -> bool {
 /// bytes (64, or all of a short K). A ragged last block is copied into a zero-padded
 /// buffer first. Each block's products land in four tiles, are stored to a 4 KB buffer
 /// and requantized from there. Depths the tiles do not take go to the VNNI kernel.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
-pub(super) unsafe fn gemm(
-    m: usize,
-    a: *const u8,
-    lda: usize,
-    b: &PackedQB,
-    row_coeff: i32,
-    rq: &Requant,
-    c: *mut u8,
-    ldc: usize,
-    panels: Range<usize>,
-) {
-    let k = b.k;
-    if !takes(k) {
+pub(super) unsafe fn gemm(job: Job) {
+    if !takes(job.b.k) {
         // Safety: as qgemm_ptr's.
-        unsafe { vnni::gemm(m, a, lda, b, row_coeff, rq, c, ldc, panels) };
+        unsafe { vnni::gemm(job) };
         return;
     }
+    let Job {
+        m,
+        a,
+        lda,
+        b,
+        row_coeff,
+        rq,
+        c,
+        ldc,
+        panels,
+    } = job;
+    let k = b.k;
     let kc = k.min(64);
     let chunks = k / kc;
     let blocks = m.div_ceil(MB);

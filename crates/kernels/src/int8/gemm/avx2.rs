@@ -8,11 +8,10 @@
 //! register (exact, [`Rq8`]) and stores bytes.
 
 use std::arch::x86_64::*;
-use std::ops::Range;
 
 use super::super::requant::x86_avx2::Rq8;
 use super::super::Requant;
-use super::{PackedQB, NR};
+use super::{Job, NR};
 
 /// Rows per tile: 3 for 16 columns (12 accumulators), 6 when B has at most 8 columns (the
 /// stem of a thin network, its first pointwise layers).
@@ -25,19 +24,19 @@ const MR_NARROW: usize = 6;
 ///
 /// AVX2 must be present; `a` holds `m` rows of `b.k()` bytes at stride `lda`; `c` is valid
 /// for writes of rows `0..m` (stride `ldc`) in the columns of `panels`.
-#[allow(clippy::too_many_arguments)] // a GEMM's shape is this many numbers
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn gemm(
-    m: usize,
-    a: *const u8,
-    lda: usize,
-    b: &PackedQB,
-    row_coeff: i32,
-    rq: &Requant,
-    c: *mut u8,
-    ldc: usize,
-    panels: Range<usize>,
-) {
+pub(super) unsafe fn gemm(job: Job) {
+    let Job {
+        m,
+        a,
+        lda,
+        b,
+        row_coeff,
+        rq,
+        c,
+        ldc,
+        panels,
+    } = job;
     let (k, quads) = (b.k, b.quads);
     let mr = if b.n <= 8 { MR_NARROW } else { MR };
     let mut wide = vec![0i16; mr * quads * 4];
@@ -55,6 +54,13 @@ pub(super) unsafe fn gemm(
             let sum: i32 = row.iter().map(|&v| v as i32).sum();
             add[r] = row_coeff.wrapping_mul(sum);
         }
+        let tile_rows = Rows {
+            wide: &wide,
+            quads,
+            add,
+            rq,
+            ldc,
+        };
         for p in panels.clone() {
             let panel = &b.data[p * quads * NR * 4..][..quads * NR * 4];
             for half in 0..NR / 16 {
@@ -66,9 +72,13 @@ pub(super) unsafe fn gemm(
                 // Safety: AVX2 is present; the panel holds quads·128 bytes, `wide` rows·quads·4
                 // values; rows i0.. and columns j..j+cols of C are the caller's.
                 unsafe {
-                    let out = c.add(i0 * ldc + j);
-                    let bp = panel.as_ptr().add(half * 64);
-                    let t = (&wide[..], quads, bp, rq, j, cols, &add, out, ldc);
+                    let t = (
+                        &tile_rows,
+                        panel.as_ptr().add(half * 64),
+                        j,
+                        cols,
+                        c.add(i0 * ldc + j),
+                    );
                     match (rows, cols > 8) {
                         (3, true) => tile::<3, 4>(t),
                         (2, true) => tile::<2, 4>(t),
@@ -87,26 +97,29 @@ pub(super) unsafe fn gemm(
     }
 }
 
-/// A tile's operands: A's widened rows, quads, B's half panel, the requantization, the first
-/// column, the columns stored, the rows' `row_coeff·Σ` terms, C and its stride.
-type TileArgs<'a> = (
-    &'a [i16],
-    usize,
-    *const i8,
-    &'a Requant,
-    usize,
-    usize,
-    &'a [i32; MR_NARROW],
-    *mut u8,
-    usize,
-);
+/// What the tiles of one row tile share: A's rows widened to i16 (`quads·4` values each),
+/// their `row_coeff·Σ` terms, the requantization and C's stride.
+struct Rows<'a> {
+    wide: &'a [i16],
+    quads: usize,
+    add: [i32; MR_NARROW],
+    rq: &'a Requant,
+    ldc: usize,
+}
 
-/// `R` rows × `4·V` columns (`cols` of them stored) from column `j`: V = 4 (16 columns) or 2
-/// (8).
+/// `R` rows × `4·V` columns (V = 4: 16 columns, V = 2: 8) from B's half panel at `bp`, for C's
+/// columns `j..j + cols` at `out`.
 #[inline(always)]
 unsafe fn tile<const R: usize, const V: usize>(
-    (wide, quads, bp, rq, j, cols, add, out, ldc): TileArgs,
+    (rows, bp, j, cols, out): (&Rows, *const i8, usize, usize, *mut u8),
 ) {
+    let Rows {
+        wide,
+        quads,
+        add,
+        rq,
+        ldc,
+    } = *rows;
     unsafe {
         let mut acc = [[_mm256_setzero_si256(); V]; R];
         for q in 0..quads {

@@ -156,26 +156,52 @@ pub unsafe fn qgemm_ptr(
         "A shorter than m·lda"
     );
     assert!(ldc >= n, "ldc shorter than a row of C");
+    let job = Job {
+        m,
+        a: a.as_ptr(),
+        lda,
+        b,
+        row_coeff,
+        rq,
+        c,
+        ldc,
+        panels,
+    };
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
         IntIsaKind::Amx => {
             // Safety: the CPU has AMX and AVX-512 VNNI, the tile state is granted; A checked
             // above, C by the caller.
-            unsafe { amx::gemm(m, a.as_ptr(), lda, b, row_coeff, rq, c, ldc, panels) }
+            unsafe { amx::gemm(job) }
         }
         #[cfg(target_arch = "x86_64")]
         _ if isa.avx512() => {
             // Safety: the CPU has AVX-512 VNNI; A checked above, C by the caller.
-            unsafe { vnni::gemm(m, a.as_ptr(), lda, b, row_coeff, rq, c, ldc, panels) }
+            unsafe { vnni::gemm(job) }
         }
         #[cfg(target_arch = "x86_64")]
         IntIsaKind::Avx2 => {
             // Safety: the CPU has AVX2; A checked above, C by the caller.
-            unsafe { avx2::gemm(m, a.as_ptr(), lda, b, row_coeff, rq, c, ldc, panels) }
+            unsafe { avx2::gemm(job) }
         }
-        // Safety: C by the caller.
-        _ => unsafe { portable(m, a, lda, b, row_coeff, rq, c, ldc, panels) },
+        // Safety: A checked above, C by the caller.
+        _ => unsafe { portable(job) },
     }
+}
+
+/// One call of [`qgemm_ptr`] as its variants take it, checked: `m` rows of `b.k()` bytes of A
+/// at stride `lda`, C valid for writes of those rows (stride `ldc`) in the columns of `panels`.
+#[derive(Clone)]
+struct Job<'a> {
+    m: usize,
+    a: *const u8,
+    lda: usize,
+    b: &'a PackedQB,
+    row_coeff: i32,
+    rq: &'a Requant,
+    c: *mut u8,
+    ldc: usize,
+    panels: Range<usize>,
 }
 
 /// Scalar: each 1 × 32 tile is accumulated into memory, then requantized.
@@ -183,22 +209,23 @@ pub unsafe fn qgemm_ptr(
 /// # Safety
 ///
 /// As [`qgemm_ptr`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn portable(
-    m: usize,
-    a: &[u8],
-    lda: usize,
-    b: &PackedQB,
-    row_coeff: i32,
-    rq: &Requant,
-    c: *mut u8,
-    ldc: usize,
-    panels: Range<usize>,
-) {
+unsafe fn portable(job: Job) {
+    let Job {
+        m,
+        a,
+        lda,
+        b,
+        row_coeff,
+        rq,
+        c,
+        ldc,
+        panels,
+    } = job;
     let k = b.k;
     let mut acc = [0i32; NR];
     for i in 0..m {
-        let row = &a[i * lda..][..k];
+        // Safety: row i of A holds k bytes (checked by qgemm_ptr).
+        let row = unsafe { std::slice::from_raw_parts(a.add(i * lda), k) };
         let add = if row_coeff == 0 {
             0
         } else {
@@ -228,26 +255,25 @@ fn scalar_tile(row: &[u8], panel: &[i8], acc: &mut [i32; NR]) {
 #[cfg(target_arch = "x86_64")]
 mod vnni {
     use std::arch::x86_64::*;
-    use std::ops::Range;
 
     use super::super::requant::x86::Rq16;
     use super::super::Requant;
-    use super::{PackedQB, MR, NR};
+    use super::{Job, MR, NR};
 
     /// Row tiles of MR rows (the rows' bytes stay in L1) × every panel of the range.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
-    pub(super) unsafe fn gemm(
-        m: usize,
-        a: *const u8,
-        lda: usize,
-        b: &PackedQB,
-        row_coeff: i32,
-        rq: &Requant,
-        c: *mut u8,
-        ldc: usize,
-        panels: Range<usize>,
-    ) {
+    pub(super) unsafe fn gemm(job: Job) {
+        let Job {
+            m,
+            a,
+            lda,
+            b,
+            row_coeff,
+            rq,
+            c,
+            ldc,
+            panels,
+        } = job;
         let k = b.k;
         // Row terms first; then panel by panel (its K×32 bytes stay in L1) over the row tiles
         // (A streams from L2: 12 broadcasts per 24 multiply-adds, less than B's two vectors).
