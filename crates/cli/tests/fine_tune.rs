@@ -146,9 +146,26 @@ fn init_takes_the_network_from_the_official_file() {
     let out = train("f", &[&keras[..], &recipe[..]].concat());
     let stdout = ok(&out);
     assert!(
-        stdout.contains("Adam (β₁ 0.9") && stdout.contains("then the layers after conv_9"),
+        stdout.contains("Adam (β₁ 0.9, β₂ 0.999, ε 1e-7)")
+            && stdout.contains("then the layers after conv_9"),
         "{stdout}"
     );
+    // The kept epoch is named: the best held-out accuracy, equal ones by the lower loss.
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(root.join("f/metrics.jsonl"))
+        .expect("metrics")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let key = |m: &serde_json::Value| {
+        let f = |k: &str| m[k].as_f64().expect("number");
+        (f("val_accuracy"), -f("val_loss"))
+    };
+    let best = metrics
+        .iter()
+        .reduce(|b, m| if key(m) > key(b) { m } else { b })
+        .expect("epochs");
+    let said = format!("% (epoch {}) →", best["epoch"]);
+    assert!(stdout.contains(&said), "{said} in {stdout}");
     let partial =
         mobilenet::ModelFile::load(&root.join("f/model-last.safetensors")).expect("model");
     for (name, tensor) in partial.tensors() {

@@ -349,7 +349,7 @@ fn a_bad_image_stops_the_run_unless_bad_images_are_skipped() {
         "the bad file is named once over two epochs: {stderr}"
     );
     assert!(stderr.contains("broken.jpg"), "{stderr}");
-    assert_eq!(stdout.matches("(1 images skipped)").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("(1 image skipped)").count(), 2, "{stdout}");
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics");
     assert!(
         metrics.lines().all(|l| l.contains("\"skipped_images\":1")),

@@ -397,9 +397,11 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
         );
     }
     let best = dir.join(MODEL_BEST);
+    let history = &trainer.state.history;
     println!(
-        "done: best held-out accuracy {:.2}% → {}; curves in {}",
+        "done: best held-out accuracy {:.2}% (epoch {}) → {}; curves in {}",
         100.0 * trainer.state.best_val_accuracy,
+        history.len() - epochs_since_best(history),
         best.display(),
         dir.join("curves.png").display()
     );
@@ -407,7 +409,7 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
 }
 
 /// `1 epoch`, `3 epochs`.
-fn plural(n: usize, what: &str) -> String {
+pub(super) fn plural(n: usize, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 

@@ -76,7 +76,7 @@ impl Progress for Bars {
         };
         let skipped = match m.skipped_images {
             0 => String::new(),
-            n => format!("  ({n} images skipped)"),
+            n => format!("  ({} skipped)", super::train::plural(n, "image")),
         };
         println!(
             "epoch {:>3}  train loss {:.4} acc {:5.1}%  held-out loss {:.4} acc {:5.1}%{top5}  lr {:.2e}  {:.0} img/s  {:.1}s{skipped}",

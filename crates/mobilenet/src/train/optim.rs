@@ -62,7 +62,8 @@ pub enum OptimizerKind {
 }
 
 impl std::fmt::Display for OptimizerKind {
-    /// In words: `RMSprop (TF: decay 0.9, momentum 0.9, ε 1)`, `SGD (momentum 0.9)`.
+    /// In words: `RMSprop (TF: decay 0.9, momentum 0.9, ε 1)`, `SGD (momentum 0.9)`, `Adam (β₁ 0.9,
+    /// β₂ 0.999, ε 1e-7)`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
             OptimizerKind::RmsProp {
@@ -88,7 +89,7 @@ impl std::fmt::Display for OptimizerKind {
                 decoupled,
             } => write!(
                 f,
-                "{} (β₁ {beta1}, β₂ {beta2}, ε {epsilon})",
+                "{} (β₁ {beta1}, β₂ {beta2}, ε {epsilon:e})",
                 if decoupled { "AdamW" } else { "Adam" }
             ),
         }

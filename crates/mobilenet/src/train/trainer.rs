@@ -406,7 +406,7 @@ impl Trainer {
                 .as_ref()
                 .filter(|_| frozen)
                 .map(|b| b.session(o.batch_size.max(1), o.threads));
-            let loader = Loader::new(
+            let mut loader = Loader::new(
                 train,
                 order,
                 o.batch_size,
@@ -417,7 +417,6 @@ impl Trainer {
                 loader_seed,
                 o.loader_workers,
             );
-            let mut loader = loader;
             loop {
                 let t = Instant::now();
                 let Some(batch) = loader.next() else { break };
