@@ -175,6 +175,7 @@ fn profile_prints_the_time_per_operation_and_changes_nothing() {
     let plain = run("plain", &[]);
     assert!(!plain.contains("time per operation"), "{plain}");
     let stdout = run("profiled", &["--profile"]);
+    // 300 images, 100 held out: 3 epochs of 200 in batches of 16 (13 steps each).
     assert!(
         stdout.contains("time per operation over 39 steps of 600 images"),
         "{stdout}"
@@ -205,6 +206,7 @@ fn profile_prints_the_time_per_operation_and_changes_nothing() {
             .unwrap_or_else(|| panic!("a share in {line:?}"));
         share += percent;
     }
+    // Twelve shares printed to 0.1%: their rounding adds up to at most 0.6.
     assert!(
         (share - 100.0).abs() < 0.7,
         "shares add to {share}: {stdout}"

@@ -124,6 +124,7 @@ fn network_gradients_with_frozen_batch_norm() {
 fn a_frozen_prefix_stops_the_backward_pass() {
     let model = tiny(Stem::Standard, Padding::TfSame);
     let net = TrainNet::from_model(&model, 1).expect("trainable");
+    // The stem, then a depthwise and a pointwise layer per block.
     assert_eq!(net.layers_through("conv_0"), Ok(1));
     assert_eq!(net.layers_through("conv_1/depthwise"), Ok(2));
     assert_eq!(net.layers_through("conv_1"), Ok(3));
