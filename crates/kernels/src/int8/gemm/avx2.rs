@@ -22,22 +22,12 @@ const MR_NARROW: usize = 6;
 ///
 /// # Safety
 ///
-/// AVX2 must be present; `a` holds `m` rows of `b.k()` bytes at stride `lda`; `c` is valid
-/// for writes of rows `0..m` (stride `ldc`) in the columns of `panels`.
+/// AVX2 must be present, and `job` as [`super::qgemm_ptr`] checks it (C's rows are the
+/// caller's to write in the columns of the panels).
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn gemm(job: Job) {
-    let Job {
-        m,
-        a,
-        lda,
-        b,
-        row_coeff,
-        rq,
-        c,
-        ldc,
-        panels,
-    } = job;
-    let (k, quads) = (b.k, b.quads);
+    let (m, b) = (job.m, job.b);
+    let quads = b.quads;
     let mr = if b.n <= 8 { MR_NARROW } else { MR };
     let mut wide = vec![0i16; mr * quads * 4];
     let mut i0 = 0;
@@ -45,23 +35,22 @@ pub(super) unsafe fn gemm(job: Job) {
         let rows = (m - i0).min(mr);
         let mut add = [0i32; MR_NARROW];
         for r in 0..rows {
-            // Safety: row i0 + r holds k bytes.
-            let row = unsafe { std::slice::from_raw_parts(a.add((i0 + r) * lda), k) };
+            // Safety: i0 + r < m.
+            let row = unsafe { job.a_row(i0 + r) };
             let dst = &mut wide[r * quads * 4..][..quads * 4];
             for (d, &x) in dst.iter_mut().zip(row) {
                 *d = x as i16;
             }
-            let sum: i32 = row.iter().map(|&v| v as i32).sum();
-            add[r] = row_coeff.wrapping_mul(sum);
+            add[r] = job.row_term(row);
         }
         let tile_rows = Rows {
             wide: &wide,
             quads,
             add,
-            rq,
-            ldc,
+            rq: job.rq,
+            ldc: job.ldc,
         };
-        for p in panels.clone() {
+        for p in job.panels.clone() {
             let panel = &b.data[p * quads * NR * 4..][..quads * NR * 4];
             for half in 0..NR / 16 {
                 let j = p * NR + half * 16;
@@ -77,7 +66,7 @@ pub(super) unsafe fn gemm(job: Job) {
                         panel.as_ptr().add(half * 64),
                         j,
                         cols,
-                        c.add(i0 * ldc + j),
+                        job.c_at(i0, j),
                     );
                     match (rows, cols > 8) {
                         (3, true) => tile::<3, 4>(t),

@@ -204,40 +204,50 @@ struct Job<'a> {
     panels: Range<usize>,
 }
 
+impl Job<'_> {
+    /// Row `i` of A, `b.k()` bytes.
+    ///
+    /// # Safety
+    ///
+    /// `i < m`.
+    unsafe fn a_row(&self, i: usize) -> &[u8] {
+        // Safety: qgemm_ptr checked that A holds m rows of k bytes at stride lda.
+        unsafe { std::slice::from_raw_parts(self.a.add(i * self.lda), self.b.k) }
+    }
+
+    /// The row's term of a uint8 B's zero point: `row_coeff·Σ row`.
+    fn row_term(&self, row: &[u8]) -> i32 {
+        match self.row_coeff {
+            0 => 0,
+            coeff => coeff.wrapping_mul(row.iter().map(|&v| v as i32).sum::<i32>()),
+        }
+    }
+
+    /// C's byte at row `i`, column `j`.
+    fn c_at(&self, i: usize, j: usize) -> *mut u8 {
+        self.c.wrapping_add(i * self.ldc + j)
+    }
+}
+
 /// Scalar: each 1 × 32 tile is accumulated into memory, then requantized.
 ///
 /// # Safety
 ///
 /// As [`qgemm_ptr`].
 unsafe fn portable(job: Job) {
-    let Job {
-        m,
-        a,
-        lda,
-        b,
-        row_coeff,
-        rq,
-        c,
-        ldc,
-        panels,
-    } = job;
-    let k = b.k;
+    let b = job.b;
     let mut acc = [0i32; NR];
-    for i in 0..m {
-        // Safety: row i of A holds k bytes (checked by qgemm_ptr).
-        let row = unsafe { std::slice::from_raw_parts(a.add(i * lda), k) };
-        let add = if row_coeff == 0 {
-            0
-        } else {
-            row_coeff.wrapping_mul(row.iter().map(|&v| v as i32).sum::<i32>())
-        };
-        for p in panels.clone() {
+    for i in 0..job.m {
+        // Safety: i < m.
+        let row = unsafe { job.a_row(i) };
+        let add = job.row_term(row);
+        for p in job.panels.clone() {
             let cols = (b.n - p * NR).min(NR);
             let panel = &b.data[p * b.quads * NR * 4..][..b.quads * NR * 4];
             scalar_tile(row, panel, &mut acc);
             // Safety: row i's columns of panel p are the caller's to write.
-            let out = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc + p * NR), cols) };
-            rq.row(IntIsa::SCALAR, &acc[..cols], add, p * NR, out);
+            let out = unsafe { std::slice::from_raw_parts_mut(job.c_at(i, p * NR), cols) };
+            job.rq.row(IntIsa::SCALAR, &acc[..cols], add, p * NR, out);
         }
     }
 }
