@@ -7,6 +7,32 @@
 use crate::simd::SimdF32;
 use crate::Isa;
 
+/// The per-channel vectors of a batch norm followed by a clamp to `[0, hi]`, as its backward
+/// pass reads them: `x̂ = (z − mean)·inv_std`, and the forward's `y = z·scale + shift` (the
+/// same fused multiply-add as [`affine_clamp`]) tells where the clamp passed the gradient, so
+/// the backward pass needs neither the clamped output nor a masked copy of the gradient.
+#[derive(Clone, Copy, Debug)]
+pub struct BnAct<'a> {
+    /// Mean per channel.
+    pub mean: &'a [f32],
+    /// `1/√(σ² + ε)` per channel.
+    pub inv_std: &'a [f32],
+    /// The forward pass's per-channel scale.
+    pub scale: &'a [f32],
+    /// The forward pass's per-channel shift.
+    pub shift: &'a [f32],
+    /// Upper bound of the clamp (∞ for ReLU).
+    pub hi: f32,
+}
+
+impl BnAct<'_> {
+    fn check(&self, c: usize) {
+        for v in [self.mean, self.inv_std, self.scale, self.shift] {
+            assert!(v.len() >= c, "per-channel vectors shorter than c");
+        }
+    }
+}
+
 enum Job<'a> {
     Moments {
         x: &'a [f32],
@@ -25,27 +51,28 @@ enum Job<'a> {
     },
     BackwardSums {
         z: &'a [f32],
-        a: &'a [f32],
-        d: &'a mut [f32],
+        da: &'a [f32],
         c: usize,
-        mean: &'a [f32],
-        inv_std: &'a [f32],
-        hi: f32,
+        bn: BnAct<'a>,
         sum_dy: &'a mut [f32],
         sum_dyx: &'a mut [f32],
     },
     BackwardApply {
         z: &'a [f32],
-        dy: &'a [f32],
+        da: &'a [f32],
         c: usize,
-        mean: &'a [f32],
-        inv_std: &'a [f32],
+        bn: BnAct<'a>,
         k: &'a [f32],
         mean_dy: &'a [f32],
         mean_dyx: &'a [f32],
         dz: &'a mut [f32],
     },
 }
+
+/// Values of one operand in a tile of rows: every pass walks the rows a tile at a time and
+/// the channel blocks within it, so the rows it revisits for the next block are still in L1.
+/// (Walking all rows once per block of channels read 32-channel layers twice from memory.)
+const TILE_VALUES: usize = 2048;
 
 /// Adds each channel's sum and sum of squares over the rows of `x` to `sum` and `sq`.
 pub fn channel_moments(isa: Isa, x: &[f32], c: usize, sum: &mut [f32], sq: &mut [f32]) {
@@ -90,75 +117,64 @@ pub fn affine_clamp(
     );
 }
 
-/// Backward sums of batch norm followed by a clamp to `[0, hi]`: zeroes `d` where the output `a`
-/// sat on a bound (`d` becomes dL/dy), then adds `Σd` and `Σd·x̂` (x̂ = (z − mean)·inv_std) per
+/// Backward sums of batch norm followed by a clamp to `[0, hi]`: with `dy = da` where the
+/// forward's `y` lay strictly inside the bounds and 0 elsewhere, adds `Σdy` and `Σdy·x̂` per
 /// channel to `sum_dy` and `sum_dyx`.
-#[allow(clippy::too_many_arguments)]
 pub fn backward_sums(
     isa: Isa,
-    z: &[f32],
-    a: &[f32],
-    d: &mut [f32],
+    (z, da): (&[f32], &[f32]),
     c: usize,
-    mean: &[f32],
-    inv_std: &[f32],
-    hi: f32,
+    bn: &BnAct<'_>,
     sum_dy: &mut [f32],
     sum_dyx: &mut [f32],
 ) {
     assert!(
-        c > 0 && z.len().is_multiple_of(c) && a.len() >= z.len() && d.len() >= z.len(),
+        c > 0 && z.len().is_multiple_of(c) && da.len() >= z.len(),
         "shapes"
     );
+    bn.check(c);
     assert!(
-        mean.len() >= c && inv_std.len() >= c && sum_dy.len() >= c && sum_dyx.len() >= c,
-        "per-channel vectors shorter than c"
+        sum_dy.len() >= c && sum_dyx.len() >= c,
+        "per-channel sums shorter than c"
     );
     run(
         isa,
         &mut Job::BackwardSums {
             z,
-            a,
-            d,
+            da,
             c,
-            mean,
-            inv_std,
-            hi,
+            bn: *bn,
             sum_dy,
             sum_dyx,
         },
     );
 }
 
-/// `dz = k · (dy − mean_dy − x̂ · mean_dyx)` per channel, x̂ = (z − mean)·inv_std.
-#[allow(clippy::too_many_arguments)]
+/// `dz = k · (dy − mean_dy − x̂ · mean_dyx)` per channel, `dy` the clamp's gradient from `da`
+/// as in [`backward_sums`].
 pub fn backward_apply(
     isa: Isa,
-    z: &[f32],
-    dy: &[f32],
+    (z, da): (&[f32], &[f32]),
     c: usize,
-    mean: &[f32],
-    inv_std: &[f32],
-    k: &[f32],
-    mean_dy: &[f32],
-    mean_dyx: &[f32],
+    bn: &BnAct<'_>,
+    (k, mean_dy, mean_dyx): (&[f32], &[f32], &[f32]),
     dz: &mut [f32],
 ) {
     assert!(
-        c > 0 && z.len().is_multiple_of(c) && dy.len() >= z.len() && dz.len() >= z.len(),
+        c > 0 && z.len().is_multiple_of(c) && da.len() >= z.len() && dz.len() >= z.len(),
         "shapes"
     );
-    for v in [mean, inv_std, k, mean_dy, mean_dyx] {
+    bn.check(c);
+    for v in [k, mean_dy, mean_dyx] {
         assert!(v.len() >= c, "per-channel vectors shorter than c");
     }
     run(
         isa,
         &mut Job::BackwardApply {
             z,
-            dy,
+            da,
             c,
-            mean,
-            inv_std,
+            bn: *bn,
             k,
             mean_dy,
             mean_dyx,
@@ -178,15 +194,23 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
     // Safety: every row holds c values; channel blocks stop at c (partial loads and stores for
     // the last one); the per-channel vectors hold at least c values (checked by the callers).
     unsafe {
-        // For each block of channels [cb, cb + n): `$body` with `ld!`/`st!` for that width.
-        macro_rules! blocks {
-            ($c:expr, |$cb:ident, $n:ident, $full:ident| $body:block) => {{
-                let mut $cb = 0;
-                while $cb < $c {
-                    let $n = ($c - $cb).min(lanes);
-                    let $full = $n == lanes;
-                    $body
-                    $cb += lanes;
+        // For each tile of rows [r0, r1) of `$x` and each block of channels [cb, cb + n)
+        // within it: `$body` with `ld!`/`st!` for that width.
+        macro_rules! tiles {
+            ($x:expr, $c:expr, |$r0:ident, $r1:ident, $cb:ident, $n:ident, $full:ident| $body:block) => {{
+                let rows = $x.len() / $c;
+                let step = (TILE_VALUES / $c).max(1);
+                let mut $r0 = 0;
+                while $r0 < rows {
+                    let $r1 = ($r0 + step).min(rows);
+                    let mut $cb = 0;
+                    while $cb < $c {
+                        let $n = ($c - $cb).min(lanes);
+                        let $full = $n == lanes;
+                        $body
+                        $cb += lanes;
+                    }
+                    $r0 = $r1;
                 }
             }};
         }
@@ -208,16 +232,27 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
                 }
             };
         }
+        // The clamp's gradient mask and x̂ of channel block `cb`: `(y, −mean, inv_std)` where
+        // `y = (scale, shift)` recomputes the forward's pre-clamp value.
+        macro_rules! bn_block {
+            ($bn:expr, $cb:expr, $full:expr, $n:expr) => {{
+                let neg_mu = s.mul(ld!($bn.mean.as_ptr().add($cb), $full, $n), s.splat(-1.0));
+                let is = ld!($bn.inv_std.as_ptr().add($cb), $full, $n);
+                let m = ld!($bn.scale.as_ptr().add($cb), $full, $n);
+                let t = ld!($bn.shift.as_ptr().add($cb), $full, $n);
+                (neg_mu, is, m, t)
+            }};
+        }
         match job {
             Job::Moments { x, c, sum, sq } => {
                 let c = *c;
-                blocks!(c, |cb, n, full| {
+                tiles!(x, c, |r0, r1, cb, n, full| {
                     let (mut a, mut b) = (
                         ld!(sum.as_ptr().add(cb), full, n),
                         ld!(sq.as_ptr().add(cb), full, n),
                     );
-                    for row in x.chunks_exact(c) {
-                        let v = ld!(row.as_ptr().add(cb), full, n);
+                    for r in r0..r1 {
+                        let v = ld!(x.as_ptr().add(r * c + cb), full, n);
                         a = s.add(a, v);
                         b = s.fma(v, v, b);
                     }
@@ -236,49 +271,40 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
             } => {
                 let c = *c;
                 let (lo, hi) = (s.splat(*lo), s.splat(*hi));
-                blocks!(c, |cb, n, full| {
+                tiles!(x, c, |r0, r1, cb, n, full| {
                     let (m, t) = (
                         ld!(scale.as_ptr().add(cb), full, n),
                         ld!(shift.as_ptr().add(cb), full, n),
                     );
-                    for (xr, yr) in x.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
-                        let v = s.fma(ld!(xr.as_ptr().add(cb), full, n), m, t);
-                        st!(yr.as_mut_ptr().add(cb), s.min(s.max(v, lo), hi), full, n);
+                    for r in r0..r1 {
+                        let o = r * c + cb;
+                        let v = s.fma(ld!(x.as_ptr().add(o), full, n), m, t);
+                        st!(y.as_mut_ptr().add(o), s.min(s.max(v, lo), hi), full, n);
                     }
                 });
             }
             Job::BackwardSums {
                 z,
-                a,
-                d,
+                da,
                 c,
-                mean,
-                inv_std,
-                hi,
+                bn,
                 sum_dy,
                 sum_dyx,
             } => {
-                let (c, hi) = (*c, *hi);
-                blocks!(c, |cb, n, full| {
-                    let neg_mu = s.mul(ld!(mean.as_ptr().add(cb), full, n), s.splat(-1.0));
-                    let is = ld!(inv_std.as_ptr().add(cb), full, n);
+                let c = *c;
+                let (lo, hi) = (s.zero(), s.splat(bn.hi));
+                tiles!(z, c, |r0, r1, cb, n, full| {
+                    let (neg_mu, is, m, t) = bn_block!(bn, cb, full, n);
                     let (mut sd, mut sdx) = (
                         ld!(sum_dy.as_ptr().add(cb), full, n),
                         ld!(sum_dyx.as_ptr().add(cb), full, n),
                     );
-                    let (lo, hi) = (s.zero(), s.splat(hi));
-                    let rows = z.len() / c;
-                    for r in 0..rows {
+                    for r in r0..r1 {
                         let o = r * c + cb;
-                        let dp = d.as_mut_ptr().add(o);
-                        let dv = s.keep_inside(
-                            ld!(a.as_ptr().add(o), full, n),
-                            lo,
-                            hi,
-                            ld!(dp, full, n),
-                        );
-                        st!(dp, dv, full, n);
-                        let xhat = s.mul(s.add(ld!(z.as_ptr().add(o), full, n), neg_mu), is);
+                        let zv = ld!(z.as_ptr().add(o), full, n);
+                        let y = s.fma(zv, m, t);
+                        let dv = s.keep_inside(y, lo, hi, ld!(da.as_ptr().add(o), full, n));
+                        let xhat = s.mul(s.add(zv, neg_mu), is);
                         sd = s.add(sd, dv);
                         sdx = s.fma(dv, xhat, sdx);
                     }
@@ -288,32 +314,30 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
             }
             Job::BackwardApply {
                 z,
-                dy,
+                da,
                 c,
-                mean,
-                inv_std,
+                bn,
                 k,
                 mean_dy,
                 mean_dyx,
                 dz,
             } => {
                 let c = *c;
-                blocks!(c, |cb, n, full| {
-                    let neg = s.splat(-1.0);
-                    let neg_mu = s.mul(ld!(mean.as_ptr().add(cb), full, n), neg);
-                    let is = ld!(inv_std.as_ptr().add(cb), full, n);
+                let (lo, hi) = (s.zero(), s.splat(bn.hi));
+                let neg = s.splat(-1.0);
+                tiles!(z, c, |r0, r1, cb, n, full| {
+                    let (neg_mu, is, m, t) = bn_block!(bn, cb, full, n);
                     let kk = ld!(k.as_ptr().add(cb), full, n);
                     let neg_md = s.mul(ld!(mean_dy.as_ptr().add(cb), full, n), neg);
                     let neg_mdx = s.mul(ld!(mean_dyx.as_ptr().add(cb), full, n), neg);
-                    for ((zr, dr), or) in z
-                        .chunks_exact(c)
-                        .zip(dy.chunks_exact(c))
-                        .zip(dz.chunks_exact_mut(c))
-                    {
-                        let xhat = s.mul(s.add(ld!(zr.as_ptr().add(cb), full, n), neg_mu), is);
-                        let t = s.add(ld!(dr.as_ptr().add(cb), full, n), neg_md);
-                        let t = s.fma(xhat, neg_mdx, t);
-                        st!(or.as_mut_ptr().add(cb), s.mul(kk, t), full, n);
+                    for r in r0..r1 {
+                        let o = r * c + cb;
+                        let zv = ld!(z.as_ptr().add(o), full, n);
+                        let y = s.fma(zv, m, t);
+                        let dv = s.keep_inside(y, lo, hi, ld!(da.as_ptr().add(o), full, n));
+                        let xhat = s.mul(s.add(zv, neg_mu), is);
+                        let v = s.fma(xhat, neg_mdx, s.add(dv, neg_md));
+                        st!(dz.as_mut_ptr().add(o), s.mul(kk, v), full, n);
                     }
                 });
             }
@@ -328,8 +352,8 @@ mod tests {
 
     #[test]
     fn every_isa_matches_scalar_formulas() {
-        for c in [1, 5, 8, 16, 17, 40] {
-            let rows = 23;
+        // The last two span several tiles of rows.
+        for (c, rows) in [(1, 23), (5, 23), (8, 23), (16, 23), (17, 300), (40, 120)] {
             let mut rng = Rng::new(c as u64);
             let x = rng.signed_vec(rows * c);
             let per = |rng: &mut Rng| rng.signed_vec(c);
@@ -342,11 +366,6 @@ mod tests {
                 per(&mut rng),
             );
             let inv: Vec<f32> = per(&mut rng).iter().map(|v| v.abs() + 0.5).collect();
-            let a: Vec<f32> = rng
-                .signed_vec(rows * c)
-                .iter()
-                .map(|v| 4.0 * v + 2.0)
-                .collect();
             let d0 = rng.signed_vec(rows * c);
             // Scalar formulas.
             let mut want_sum = vec![0.0f32; c];
@@ -361,8 +380,9 @@ mod tests {
                     let i = r * c + ch;
                     want_sum[ch] += x[i];
                     want_sq[ch] += x[i] * x[i];
-                    want_y[i] = (x[i] * scale[ch] + shift[ch]).clamp(0.0, 6.0);
-                    if !(a[i] > 0.0 && a[i] < 6.0) {
+                    let y = x[i].mul_add(scale[ch], shift[ch]);
+                    want_y[i] = y.clamp(0.0, 6.0);
+                    if !(y > 0.0 && y < 6.0) {
                         want_d[i] = 0.0;
                     }
                     let xhat = (x[i] - mean[ch]) * inv[ch];
@@ -379,14 +399,19 @@ mod tests {
                 let mut y = vec![0.0; rows * c];
                 affine_clamp(isa, &x, c, &scale, &shift, 0.0, 6.0, &mut y);
                 assert_close(&y, &want_y, 1e-6, &format!("{isa} affine c{c}"));
-                let mut d = d0.clone();
+                let bn = BnAct {
+                    mean: &mean,
+                    inv_std: &inv,
+                    scale: &scale,
+                    shift: &shift,
+                    hi: 6.0,
+                };
                 let (mut sd, mut sdx) = (vec![0.0; c], vec![0.0; c]);
-                backward_sums(isa, &x, &a, &mut d, c, &mean, &inv, 6.0, &mut sd, &mut sdx);
-                assert_eq!(d, want_d, "{isa} mask c{c}");
+                backward_sums(isa, (&x, &d0), c, &bn, &mut sd, &mut sdx);
                 assert_close(&sd, &want_sd, 1e-5, &format!("{isa} sum dy c{c}"));
                 assert_close(&sdx, &want_sdx, 1e-5, &format!("{isa} sum dy·x̂ c{c}"));
                 let mut dz = vec![0.0; rows * c];
-                backward_apply(isa, &x, &want_d, c, &mean, &inv, &k, &md, &mdx, &mut dz);
+                backward_apply(isa, (&x, &d0), c, &bn, (&k, &md, &mdx), &mut dz);
                 assert_close(&dz, &want_dz, 1e-5, &format!("{isa} apply c{c}"));
             }
         }

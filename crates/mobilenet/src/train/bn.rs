@@ -3,10 +3,11 @@
 //! forward/backward pair the network runs, rows of `[rows, c]` (NHWC, rows = N·H·W) split
 //! between the execution layer's threads.
 
+use mobilenet_kernels::bn::BnAct;
 use mobilenet_kernels::Isa;
 
 use crate::config::Activation;
-use crate::exec::{for_each_part, map_parts, map_ranges, split, SpinPool};
+use crate::exec::{for_each_part, map_ranges, split, SpinPool};
 
 /// What batch norm's backward pass needs from its forward pass.
 #[derive(Clone, Debug, Default)]
@@ -15,6 +16,11 @@ pub struct BnCache {
     pub mean: Vec<f32>,
     /// `1 / √(σ²_batch + ε)` per channel (of the moving variance when `fixed`).
     pub inv_std: Vec<f32>,
+    /// The forward's `y = z·scale + shift` per channel (`scale = γ·inv_std`): the backward
+    /// pass recomputes `y` to see where the activation passed the gradient.
+    pub scale: Vec<f32>,
+    /// See `scale`.
+    pub shift: Vec<f32>,
     /// The statistics were fixed, not the batch's: they do not depend on the input, so the
     /// backward pass has no terms through them.
     pub fixed: bool,
@@ -37,6 +43,31 @@ pub(crate) fn channel_moments(isa: Isa, x: &[f32], c: usize) -> (Vec<f64>, Vec<f
         }
     }
     (sum, sq)
+}
+
+impl BnCache {
+    /// Sets `scale = γ·inv_std` and `shift = β − mean·scale` from the statistics.
+    fn set_affine(&mut self, gamma: &[f32], beta: &[f32]) {
+        self.scale = gamma
+            .iter()
+            .zip(&self.inv_std)
+            .map(|(g, s)| g * s)
+            .collect();
+        self.shift = (beta.iter().zip(&self.mean).zip(&self.scale))
+            .map(|((b, m), s)| b - m * s)
+            .collect();
+    }
+
+    /// The kernels' view of this cache for an activation with upper bound `hi`.
+    fn channels(&self, hi: f32) -> BnAct<'_> {
+        BnAct {
+            mean: &self.mean,
+            inv_std: &self.inv_std,
+            scale: &self.scale,
+            shift: &self.shift,
+            hi,
+        }
+    }
 }
 
 /// Batch statistics from per-channel `Σx` and `Σx²` over `rows` values: the cache (mean,
@@ -72,15 +103,12 @@ pub fn bn_forward_train(
 ) -> (BnCache, Vec<f32>) {
     let rows = x.len() / c;
     let (sum, sq) = channel_moments(Isa::SCALAR, x, c);
-    let (cache, unbiased) = bn_statistics(&sum, &sq, rows, eps);
+    let (mut cache, unbiased) = bn_statistics(&sum, &sq, rows, eps);
     // y = x·scale + shift with scale = γ·inv_std, shift = β − mean·scale.
-    let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect();
-    let shift: Vec<f32> = (0..c)
-        .map(|ch| beta[ch] - cache.mean[ch] * scale[ch])
-        .collect();
+    cache.set_affine(gamma, beta);
     for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
         for ch in 0..c {
-            yr[ch] = xr[ch] * scale[ch] + shift[ch];
+            yr[ch] = xr[ch] * cache.scale[ch] + cache.shift[ch];
         }
     }
     (cache, unbiased)
@@ -164,42 +192,26 @@ pub fn bn_backward(
 }
 
 /// The sums batch norm's backward pass needs, over a block of rows, with the activation's
-/// derivative applied first: `dy = da · act'(a)` is written back into `da`, and the result is
-/// `(Σdy, Σdy·x̂)` per channel (x̂ recomputed from `z` and the cache).
+/// derivative applied first: `(Σdy, Σdy·x̂)` per channel for `dy = da · act'(y)` (`y` and x̂
+/// recomputed from `z` and the cache).
 pub(crate) fn bn_act_backward_sums(
     isa: Isa,
     z: &[f32],
-    a: &[f32],
-    da: &mut [f32],
+    da: &[f32],
     c: usize,
     cache: &BnCache,
     act: Activation,
 ) -> (Vec<f64>, Vec<f64>) {
-    let hi = activation_max(act);
+    let bn = cache.channels(activation_max(act));
     let mut sum_dy = vec![0.0f64; c];
     let mut sum_dyx = vec![0.0f64; c];
     let mut b_dy = vec![0.0f32; c];
     let mut b_dyx = vec![0.0f32; c];
     let block = 256 * c;
-    for ((zb, ab), db) in z
-        .chunks(block)
-        .zip(a.chunks(block))
-        .zip(da.chunks_mut(block))
-    {
+    for (zb, db) in z.chunks(block).zip(da.chunks(block)) {
         b_dy.fill(0.0);
         b_dyx.fill(0.0);
-        mobilenet_kernels::bn::backward_sums(
-            isa,
-            zb,
-            ab,
-            db,
-            c,
-            &cache.mean,
-            &cache.inv_std,
-            hi,
-            &mut b_dy,
-            &mut b_dyx,
-        );
+        mobilenet_kernels::bn::backward_sums(isa, (zb, db), c, &bn, &mut b_dy, &mut b_dyx);
         for ch in 0..c {
             sum_dy[ch] += b_dy[ch] as f64;
             sum_dyx[ch] += b_dyx[ch] as f64;
@@ -256,16 +268,9 @@ pub(crate) fn bn_act_forward(
     let (sum, sq) = combine(&map_ranges(pool, &ranges, |_, r| {
         channel_moments(isa, &z[r.start * c..r.end * c], c)
     }));
-    let (cache, unbiased) = bn_statistics(&sum, &sq, rows, eps);
-    let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect();
-    let shift: Vec<f32> = (0..c)
-        .map(|ch| beta[ch] - cache.mean[ch] * scale[ch])
-        .collect();
-    let hi = activation_max(act);
-    for_each_part(pool, a, &ranges, c, |_, row, out| {
-        let x = &z[row * c..row * c + out.len()];
-        mobilenet_kernels::bn::affine_clamp(isa, x, c, &scale, &shift, 0.0, hi, out);
-    });
+    let (mut cache, unbiased) = bn_statistics(&sum, &sq, rows, eps);
+    cache.set_affine(gamma, beta);
+    affine_act(pool, isa, z, &cache, act, a);
     (cache, unbiased)
 }
 
@@ -283,47 +288,58 @@ pub(crate) fn bn_act_forward_fixed(
     act: Activation,
     a: &mut [f32],
 ) -> BnCache {
-    let c = gamma.len();
-    let cache = BnCache {
+    let mut cache = BnCache {
         mean: mean.to_vec(),
         inv_std: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
         fixed: true,
+        ..BnCache::default()
     };
-    let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect();
-    let shift: Vec<f32> = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
-    let ranges = split(z.len() / c, pool.threads(), 1);
-    let hi = activation_max(act);
-    for_each_part(pool, a, &ranges, c, |_, row, out| {
-        let x = &z[row * c..row * c + out.len()];
-        mobilenet_kernels::bn::affine_clamp(isa, x, c, &scale, &shift, 0.0, hi, out);
-    });
+    cache.set_affine(gamma, beta);
+    affine_act(pool, isa, z, &cache, act, a);
     cache
 }
 
-/// Backward of [`bn_act_forward`]: `da` (dL/da in, dL/dy out) → `dz`, `dgamma`, `dbeta`, rows
-/// split between threads. The reference is [`activation_backward`] then
-/// [`bn_backward`].
+/// `a = act(z·scale + shift)` with the cache's per-channel scale and shift, rows split between
+/// the pool's threads.
+fn affine_act(
+    pool: &mut SpinPool,
+    isa: Isa,
+    z: &[f32],
+    cache: &BnCache,
+    act: Activation,
+    a: &mut [f32],
+) {
+    let c = cache.scale.len();
+    let ranges = split(z.len() / c, pool.threads(), 1);
+    let (scale, shift, hi) = (&cache.scale, &cache.shift, activation_max(act));
+    for_each_part(pool, a, &ranges, c, |_, row, out| {
+        let x = &z[row * c..row * c + out.len()];
+        mobilenet_kernels::bn::affine_clamp(isa, x, c, scale, shift, 0.0, hi, out);
+    });
+}
+
+/// Backward of [`bn_act_forward`]: `da` (dL/da) → `dz`, `dgamma`, `dbeta`, rows split between
+/// threads: one pass over `z` and `da` for the sums, one that writes `dz`. The reference is
+/// [`activation_backward`] then [`bn_backward`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_act_backward(
     pool: &mut SpinPool,
     isa: Isa,
     z: &[f32],
-    a: &[f32],
     c: usize,
     cache: &BnCache,
     gamma: &[f32],
     act: Activation,
-    da: &mut [f32],
+    da: &[f32],
     dz: &mut [f32],
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
     let rows = z.len() / c;
     let ranges = split(rows, pool.threads(), 1);
-    let sums = map_parts(pool, da, &ranges, c, |_, row, d| {
-        let (start, len) = (row * c, d.len());
-        let (z, a) = (&z[start..start + len], &a[start..start + len]);
-        bn_act_backward_sums(isa, z, a, d, c, cache, act)
+    let sums = map_ranges(pool, &ranges, |_, r| {
+        let part = r.start * c..r.end * c;
+        bn_act_backward_sums(isa, &z[part.clone()], &da[part], c, cache, act)
     });
     let (sum_dy, sum_dyx) = combine(&sums);
     let n = rows as f64;
@@ -336,22 +352,12 @@ pub(crate) fn bn_act_backward(
     let n = if cache.fixed { f64::INFINITY } else { n };
     let mean_dy: Vec<f32> = (0..c).map(|ch| (sum_dy[ch] / n) as f32).collect();
     let mean_dyx: Vec<f32> = (0..c).map(|ch| (sum_dyx[ch] / n) as f32).collect();
-    let dy: &[f32] = da;
+    let bn = cache.channels(activation_max(act));
     for_each_part(pool, dz, &ranges, c, |_, row, out| {
-        let (start, len) = (row * c, out.len());
-        let (zs, ds) = (&z[start..start + len], &dy[start..start + len]);
-        mobilenet_kernels::bn::backward_apply(
-            isa,
-            zs,
-            ds,
-            c,
-            &cache.mean,
-            &cache.inv_std,
-            &k,
-            &mean_dy,
-            &mean_dyx,
-            out,
-        );
+        let part = row * c..row * c + out.len();
+        let (zs, ds) = (&z[part.clone()], &da[part]);
+        let means = (&k[..], &mean_dy[..], &mean_dyx[..]);
+        mobilenet_kernels::bn::backward_apply(isa, (zs, ds), c, &bn, means, out);
     });
 }
 
@@ -374,28 +380,26 @@ mod tests {
     use crate::train::gradcheck::{check_gradient, project};
     use crate::train::Rng;
 
-    /// The threaded backward on `z` and its output `a` (`c` channels) for the output gradient
+    /// The threaded backward on `z` (`c` channels) for the output gradient
     /// `da`: `(dz, dγ, dβ)`.
     fn backward(
         pool: &mut SpinPool,
-        (z, a, c): (&[f32], &[f32], usize),
+        (z, c): (&[f32], usize),
         cache: &BnCache,
         gamma: &[f32],
         act: Activation,
         da: &[f32],
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let mut da = da.to_vec();
         let (mut dz, mut dg, mut db) = (vec![0.0; z.len()], vec![0.0; c], vec![0.0; c]);
         bn_act_backward(
             pool,
             Isa::detect(),
             z,
-            a,
             c,
             cache,
             gamma,
             act,
-            &mut da,
+            da,
             &mut dz,
             &mut dg,
             &mut db,
@@ -466,7 +470,7 @@ mod tests {
             act,
             &mut a,
         );
-        let (dz, dg, db) = backward(&mut pool, (&z, &a, c), &cache, &gamma, act, &r);
+        let (dz, dg, db) = backward(&mut pool, (&z, c), &cache, &gamma, act, &r);
         let (g0, b0, z0) = (gamma.clone(), beta.clone(), z.clone());
         check_gradient("frozen bn dz", &mut z, &dz, |z| loss(z, &g0, &b0));
         check_gradient("frozen bn dgamma", &mut gamma, &dg, |g| loss(&z0, g, &b0));
@@ -535,7 +539,7 @@ mod tests {
             close(&a, &a_ref, "a");
             close(&cache.mean, &cache_ref.mean, "mean");
             close(&var, &var_ref, "var");
-            let (dz, dg, db) = backward(&mut pool, (&z, &a, c), &cache, &gamma, act, &da0);
+            let (dz, dg, db) = backward(&mut pool, (&z, c), &cache, &gamma, act, &da0);
             close(&dz, &dz_ref, "dz");
             close(&dg, &dg_ref, "dgamma");
             close(&db, &db_ref, "dbeta");

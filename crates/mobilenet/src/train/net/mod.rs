@@ -449,13 +449,11 @@ impl TrainNet {
                 let (lo, hi) = grads.split_at_mut(p.beta);
                 let (dgamma, dbeta) = (&mut lo[p.gamma], &mut hi[0]);
                 let act = self.config.activation();
-                let (z, a) = (&st.zs[j], &st.acts[j + 1]);
-                let d = &mut da[..out_len];
+                let (z, d) = (&st.zs[j], &da[..out_len]);
                 bn_act_backward(
                     &mut self.pool,
                     self.isa,
                     z,
-                    a,
                     c,
                     &st.bn[j],
                     gamma,
