@@ -12,10 +12,10 @@ use crate::Isa;
 /// The pointers in `args` must cover the shapes it states.
 pub(super) unsafe fn dispatch(isa: Isa, args: &Args) {
     crate::simd_dispatch!(isa, (args: &Args) {
-        avx512: gemm_panels::<_, 12>,
-        avx2: gemm_panels::<_, 6>,
-        neon: gemm_panels::<_, 8>,
-        scalar: gemm_panels::<_, 4>,
+        avx512: gemm_any::<_, 12>,
+        avx2: gemm_any::<_, 6>,
+        neon: gemm_any::<_, 8>,
+        scalar: gemm_any::<_, 4>,
     })
 }
 
@@ -29,6 +29,8 @@ pub(super) struct Args {
     pub p0: usize,
     pub a: *const f32,
     pub lda: usize,
+    /// A is given transposed: `a` holds Aᵀ (`[k, m]`, row stride `lda`).
+    pub a_trans: bool,
     pub b: *const f32,
     pub c: *mut f32,
     pub ldc: usize,
@@ -49,9 +51,22 @@ const B_BLOCK_BYTES: usize = 256 << 10;
 /// 16 steps cover an L3 access).
 const PREFETCH_K: usize = 16;
 
-/// Loops: blocks of B panels that fit in L2 → tiles of MR rows of A → panels of the block.
+/// The loops below for A as given or transposed (one compiled body each).
 #[inline(always)]
-unsafe fn gemm_panels<S: SimdF32, const MR: usize>(s: S, x: &Args) {
+unsafe fn gemm_any<S: SimdF32, const MR: usize>(s: S, x: &Args) {
+    // Safety: forwarded.
+    unsafe {
+        match x.a_trans {
+            false => gemm_panels::<S, MR, false>(s, x),
+            true => gemm_panels::<S, MR, true>(s, x),
+        }
+    }
+}
+
+/// Loops: blocks of B panels that fit in L2 → tiles of MR rows of A → panels of the block.
+/// `TA`: A is read transposed (element `(i, kk)` at `kk·lda + i`).
+#[inline(always)]
+unsafe fn gemm_panels<S: SimdF32, const MR: usize, const TA: bool>(s: S, x: &Args) {
     let nr = 2 * S::LANES;
     let panels = x.n.div_ceil(nr);
     let block = (B_BLOCK_BYTES / (x.k * nr * 4).max(1)).max(1);
@@ -73,7 +88,7 @@ unsafe fn gemm_panels<S: SimdF32, const MR: usize>(s: S, x: &Args) {
                 } else {
                     left.min(MR)
                 };
-                let a = x.a.add(i * x.lda);
+                let a = if TA { x.a.add(i) } else { x.a.add(i * x.lda) };
                 for p in p_start..p_end {
                     let cols = (x.n - p * nr).min(nr);
                     let bp = x.b.add(p * x.k * nr);
@@ -91,9 +106,9 @@ unsafe fn gemm_panels<S: SimdF32, const MR: usize>(s: S, x: &Args) {
                         bias,
                     };
                     if rows == MR {
-                        tile::<S, MR>(s, x, &t);
+                        tile::<S, MR, TA>(s, x, &t);
                     } else {
-                        tail_tile::<S, MR>(s, x, &t, rows);
+                        tail_tile::<S, MR, TA>(s, x, &t, rows);
                     }
                 }
                 i += rows;
@@ -105,7 +120,7 @@ unsafe fn gemm_panels<S: SimdF32, const MR: usize>(s: S, x: &Args) {
 
 /// Pointers of one microkernel call.
 struct Tile {
-    /// First of the tile's rows of A (row stride `Args::lda`).
+    /// First of the tile's rows of A (row stride `Args::lda`; its first column when transposed).
     a: *const f32,
     bp: *const f32,
     c: *mut f32,
@@ -115,21 +130,26 @@ struct Tile {
 
 /// Dispatches the last `rows < MR` rows to a tile of exactly that height.
 #[inline(always)]
-unsafe fn tail_tile<S: SimdF32, const MR: usize>(s: S, x: &Args, t: &Tile, rows: usize) {
+unsafe fn tail_tile<S: SimdF32, const MR: usize, const TA: bool>(
+    s: S,
+    x: &Args,
+    t: &Tile,
+    rows: usize,
+) {
     // Safety: forwarded from gemm_blocks; `rows` rows remain in A and C.
     unsafe {
         match rows {
-            1 => tile::<S, 1>(s, x, t),
-            2 => tile::<S, 2>(s, x, t),
-            3 => tile::<S, 3>(s, x, t),
-            4 => tile::<S, 4>(s, x, t),
-            5 => tile::<S, 5>(s, x, t),
-            6 => tile::<S, 6>(s, x, t),
-            7 => tile::<S, 7>(s, x, t),
-            8 => tile::<S, 8>(s, x, t),
-            9 => tile::<S, 9>(s, x, t),
-            10 => tile::<S, 10>(s, x, t),
-            11 => tile::<S, 11>(s, x, t),
+            1 => tile::<S, 1, TA>(s, x, t),
+            2 => tile::<S, 2, TA>(s, x, t),
+            3 => tile::<S, 3, TA>(s, x, t),
+            4 => tile::<S, 4, TA>(s, x, t),
+            5 => tile::<S, 5, TA>(s, x, t),
+            6 => tile::<S, 6, TA>(s, x, t),
+            7 => tile::<S, 7, TA>(s, x, t),
+            8 => tile::<S, 8, TA>(s, x, t),
+            9 => tile::<S, 9, TA>(s, x, t),
+            10 => tile::<S, 10, TA>(s, x, t),
+            11 => tile::<S, 11, TA>(s, x, t),
             _ => {
                 // MR ≤ 12 for every instruction set, so rows < 12 always matched above.
                 debug_assert!(rows < MR && MR <= 12);
@@ -140,11 +160,12 @@ unsafe fn tail_tile<S: SimdF32, const MR: usize>(s: S, x: &Args, t: &Tile, rows:
 
 /// One `R × NR` tile of C: accumulate over all of K in registers, then bias, clamp, store.
 #[inline(always)]
-unsafe fn tile<S: SimdF32, const R: usize>(s: S, x: &Args, t: &Tile) {
+unsafe fn tile<S: SimdF32, const R: usize, const TA: bool>(s: S, x: &Args, t: &Tile) {
     let lanes = S::LANES;
     let nr = 2 * lanes;
     let (a, bp, c, cols, bias) = (t.a, t.bp, t.c, t.cols, t.bias);
-    // Safety: A holds R rows of k values at stride lda; the panel holds k·nr values;
+    // Safety: A holds R rows of k values at stride lda (k rows of R values when transposed);
+    // the panel holds k·nr values;
     // C rows hold `cols` writable values each (partial stores below `nr`).
     unsafe {
         let mut acc0 = [s.zero(); R];
@@ -157,7 +178,8 @@ unsafe fn tile<S: SimdF32, const R: usize>(s: S, x: &Args, t: &Tile) {
             let b0 = s.load(bp.add(kk * nr));
             let b1 = s.load(bp.add(kk * nr + lanes));
             for i in 0..R {
-                let av = s.splat(*a.add(i * x.lda + kk));
+                let at = if TA { kk * x.lda + i } else { i * x.lda + kk };
+                let av = s.splat(*a.add(at));
                 acc0[i] = s.fma(av, b0, acc0[i]);
                 acc1[i] = s.fma(av, b1, acc1[i]);
             }

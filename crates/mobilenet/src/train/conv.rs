@@ -9,7 +9,7 @@ use mobilenet_kernels::backward::{
 };
 use mobilenet_kernels::conv::{conv2d, ConvShape};
 use mobilenet_kernels::dwconv::dwconv3x3;
-use mobilenet_kernels::gemm::{gemm, PackedB};
+use mobilenet_kernels::gemm::{gemm_transposed_a, PackedB};
 use mobilenet_kernels::{ConvGeometry, Epilogue, Isa};
 
 use crate::config::Padding;
@@ -111,22 +111,16 @@ impl ConvLayer {
         let (cin, cout) = (shape.cin, shape.cout);
         match self.kind {
             LayerKind::Pointwise => {
-                // dW = Xᵀ · dZ, in blocks of rows: Xᵀ of the block as A, the block of dZ as B.
+                // dW = Xᵀ · dZ, in blocks of rows: the block of X read transposed in place as
+                // A, the block of dZ packed as B.
                 let m = batch * self.pixels;
                 sum_per_part(pool, m, scratch, dw, |rows, acc| {
-                    let mut xt = Vec::new();
                     let mut r = rows.start;
                     while r < rows.end {
                         let n = (rows.end - r).min(WGRAD_BLOCK_ROWS);
-                        xt.clear();
-                        xt.resize(cin * n, 0.0);
-                        for (i, row) in x[r * cin..(r + n) * cin].chunks_exact(cin).enumerate() {
-                            for (ci, &v) in row.iter().enumerate() {
-                                xt[ci * n + i] = v;
-                            }
-                        }
                         let b = PackedB::new(isa, &dz[r * cout..(r + n) * cout], n, cout);
-                        gemm(cin, &xt, n, &b, acc, cout, &Epilogue::accumulating());
+                        let xb = &x[r * cin..(r + n) * cin];
+                        gemm_transposed_a(cin, xb, cin, &b, acc, cout, &Epilogue::accumulating());
                         r += n;
                     }
                 });
