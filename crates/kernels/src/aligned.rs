@@ -47,6 +47,16 @@ impl AlignedVec {
         v
     }
 
+    /// Makes the buffer `len` long, keeping its memory when that holds `len` values. The values
+    /// are left as they were (zero where new): for callers that overwrite them all.
+    pub fn set_len(&mut self, len: usize) {
+        if len <= self.buf.len() - self.start {
+            self.len = len;
+        } else {
+            *self = AlignedVec::zeros(len);
+        }
+    }
+
     /// Makes the buffer at least `len` long (new values zero; existing ones kept).
     pub fn grow(&mut self, len: usize) {
         if len > self.len {

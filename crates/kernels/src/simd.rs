@@ -52,6 +52,20 @@ pub unsafe trait SimdF32: Copy {
     /// Hints the cache line holding `p` into L1 (no effect where unsupported). Never faults.
     #[inline(always)]
     unsafe fn prefetch(self, _p: *const f32) {}
+    /// Adds the lanes of `v`, widened to f64, to `dst[..LANES]` (running sums that must not
+    /// lose precision over many rows).
+    #[inline(always)]
+    unsafe fn add_to_f64(self, v: Self::V, dst: *mut f64) {
+        let mut lanes = [0.0f32; 16];
+        debug_assert!(Self::LANES <= lanes.len());
+        // Safety: LANES ≤ 16 values fit `lanes`; `dst` holds LANES values (the contract).
+        unsafe {
+            self.store(lanes.as_mut_ptr(), v);
+            for (i, &x) in lanes[..Self::LANES].iter().enumerate() {
+                *dst.add(i) += f64::from(x);
+            }
+        }
+    }
 }
 
 /// One lane, portable Rust. Used by the scalar variants (and as a test of the kernels' logic).
@@ -208,6 +222,16 @@ mod x86 {
         #[inline(always)]
         unsafe fn prefetch(self, p: *const f32) {
             unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+        }
+        #[inline(always)]
+        unsafe fn add_to_f64(self, v: __m256, dst: *mut f64) {
+            unsafe {
+                let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+                let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
+                _mm256_storeu_pd(dst, _mm256_add_pd(_mm256_loadu_pd(dst), lo));
+                let d1 = dst.add(4);
+                _mm256_storeu_pd(d1, _mm256_add_pd(_mm256_loadu_pd(d1), hi));
+            }
         }
         #[inline(always)]
         unsafe fn keep_inside(self, a: __m256, lo: __m256, hi: __m256, d: __m256) -> __m256 {

@@ -38,6 +38,9 @@ pub(super) struct Args {
     pub min: f32,
     pub max: f32,
     pub accumulate: bool,
+    /// Null, or per-column running sums `[Σc, Σc²]` (f64, each `panels · nr` long, indexed by
+    /// column) to which every tile adds its columns' sums over its rows.
+    pub moments: *mut f64,
 }
 
 /// Bytes of packed B in one block of panels: the block stays in L2 while every row tile of A
@@ -98,12 +101,19 @@ unsafe fn gemm_panels<S: SimdF32, const MR: usize, const TA: bool>(s: S, x: &Arg
                         x.bias.add(p * nr)
                     };
                     let c = x.c.add(i * x.ldc + (p - x.p0) * nr);
+                    let moments = if x.moments.is_null() {
+                        x.moments
+                    } else {
+                        x.moments.add(p * nr)
+                    };
                     let t = Tile {
                         a,
                         bp,
                         c,
                         cols,
                         bias,
+                        moments,
+                        squares: panels * nr,
                     };
                     if rows == MR {
                         tile::<S, MR, TA>(s, x, &t);
@@ -126,6 +136,9 @@ struct Tile {
     c: *mut f32,
     cols: usize,
     bias: *const f32,
+    /// This panel's column sums (null: none); the sums of squares follow `squares` later.
+    moments: *mut f64,
+    squares: usize,
 }
 
 /// Dispatches the last `rows < MR` rows to a tile of exactly that height.
@@ -204,6 +217,7 @@ unsafe fn tile<S: SimdF32, const R: usize, const TA: bool>(s: S, x: &Args, t: &T
             };
             (b0, b1)
         };
+        let (mut s0, mut s1, mut q0, mut q1) = (s.zero(), s.zero(), s.zero(), s.zero());
         for i in 0..R {
             let row = c.add(i * x.ldc);
             let (mut a0, mut a1) = (acc0[i], acc1[i]);
@@ -225,6 +239,10 @@ unsafe fn tile<S: SimdF32, const R: usize, const TA: bool>(s: S, x: &Args, t: &T
             }
             let v0 = s.min(s.max(s.add(a0, bias0), lo), hi);
             let v1 = s.min(s.max(s.add(a1, bias1), lo), hi);
+            if !t.moments.is_null() {
+                (s0, s1) = (s.add(s0, v0), s.add(s1, v1));
+                (q0, q1) = (s.fma(v0, v0, q0), s.fma(v1, v1, q1));
+            }
             if cols == nr {
                 s.store(row, v0);
                 s.store(row.add(lanes), v1);
@@ -238,6 +256,14 @@ unsafe fn tile<S: SimdF32, const R: usize, const TA: bool>(s: S, x: &Args, t: &T
                     s.store_partial(row.add(lanes), v1, n1);
                 }
             }
+        }
+        if !t.moments.is_null() {
+            // The padding columns of a last panel are zero (B is zero there, no bias).
+            let (sum, sq) = (t.moments, t.moments.add(t.squares));
+            s.add_to_f64(s0, sum);
+            s.add_to_f64(s1, sum.add(lanes));
+            s.add_to_f64(q0, sq);
+            s.add_to_f64(q1, sq.add(lanes));
         }
     }
 }

@@ -41,6 +41,20 @@ impl PackedB {
         })
     }
 
+    /// Packs row-major `b` (`[k, n]`) into this buffer, reusing its memory: for a B that changes
+    /// with every call (the weight gradient's blocks of dZ), without allocating and zeroing a
+    /// new buffer each time.
+    ///
+    /// # Panics
+    ///
+    /// If `b.len() != k · n`.
+    pub fn repack(&mut self, b: &[f32], k: usize, n: usize) {
+        assert_eq!(b.len(), k * n, "B must be k·n = {k}·{n} values");
+        self.fill(k, n, |kk, col, dst| {
+            dst.copy_from_slice(&b[kk * n + col..][..dst.len()]);
+        });
+    }
+
     /// Packs `B = btᵀ` for `isa`, where `bt` is `[n, k]` row-major (so B is `[k, n]`): the
     /// backward pass multiplies by transposed weights (`dX = dY · Wᵀ`).
     ///
@@ -59,22 +73,31 @@ impl PackedB {
     /// Panels of `nr` columns, each `k` rows of `nr` values (zero padded on the right), filled
     /// by `row(kk, first column, destination)` with row `kk` of B from that column on.
     fn pack(isa: Isa, k: usize, n: usize, row: impl Fn(usize, usize, &mut [f32])) -> PackedB {
-        let nr = panel_width(isa);
+        let mut packed = PackedB {
+            isa,
+            k: 0,
+            n: 0,
+            nr: panel_width(isa),
+            data: AlignedVec::new(),
+        };
+        packed.fill(k, n, row);
+        packed
+    }
+
+    /// [`PackedB::pack`] into this buffer's memory; the padding past `n` is written as zeros.
+    fn fill(&mut self, k: usize, n: usize, row: impl Fn(usize, usize, &mut [f32])) {
+        let nr = self.nr;
         let panels = n.div_ceil(nr);
-        let mut data = AlignedVec::zeros(panels * k * nr);
+        self.data.set_len(panels * k * nr);
         for p in 0..panels {
             let cols = (n - p * nr).min(nr);
             for kk in 0..k {
-                row(kk, p * nr, &mut data[(p * k + kk) * nr..][..cols]);
+                let dst = &mut self.data[(p * k + kk) * nr..][..nr];
+                row(kk, p * nr, &mut dst[..cols]);
+                dst[cols..].fill(0.0);
             }
         }
-        PackedB {
-            isa,
-            k,
-            n,
-            nr,
-            data,
-        }
+        (self.k, self.n) = (k, n);
     }
 
     /// Rows of B (the shared dimension).
@@ -84,6 +107,11 @@ impl PackedB {
     /// Columns of B (and of C).
     pub fn n(&self) -> usize {
         self.n
+    }
+    /// Columns rounded up to whole panels: the length of each half of
+    /// [`gemm_moments`]'s sums.
+    pub fn padded_n(&self) -> usize {
+        self.n.div_ceil(self.nr) * self.nr
     }
     /// The instruction set this packing is for.
     pub fn isa(&self) -> Isa {
@@ -159,6 +187,57 @@ pub fn gemm_transposed_a(
         min: epi.min,
         max: epi.max,
         accumulate: epi.accumulate,
+        moments: std::ptr::null_mut(),
+    };
+    // Safety: the pointers cover the shapes checked above.
+    unsafe { dispatch(b.isa, &args) }
+}
+
+/// `C[m, n] = A · B` (no bias, no clamp) that also adds each column's sum and sum of squares
+/// over the `m` rows to `moments` (`[Σ, Σ²]`, each [`PackedB::padded_n`] long; the padding
+/// columns get zeros), summed per tile of rows in f32 and then in f64: batch norm's statistics
+/// of a 1×1 convolution's output while it is still in registers, not in another pass over
+/// memory.
+///
+/// # Panics
+///
+/// If a slice is shorter than its shape says, or `lda < k`, `ldc < n`.
+pub fn gemm_moments(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    moments: &mut [f64],
+) {
+    let (k, n) = (b.k, b.n);
+    assert!(
+        moments.len() >= 2 * b.padded_n(),
+        "moments shorter than 2 · padded n"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(lda >= k && ldc >= n, "row strides shorter than rows");
+    assert!(a.len() >= (m - 1) * lda + k, "A shorter than m rows");
+    assert!(c.len() >= (m - 1) * ldc + n, "C shorter than m rows");
+    let args = Args {
+        m,
+        k,
+        n,
+        p0: 0,
+        a: a.as_ptr(),
+        lda,
+        a_trans: false,
+        b: b.data.as_ptr(),
+        c: c.as_mut_ptr(),
+        ldc,
+        bias: std::ptr::null(),
+        min: f32::NEG_INFINITY,
+        max: f32::INFINITY,
+        accumulate: false,
+        moments: moments.as_mut_ptr(),
     };
     // Safety: the pointers cover the shapes checked above.
     unsafe { dispatch(b.isa, &args) }
@@ -217,6 +296,7 @@ pub fn gemm_cols(
         min: epi.min,
         max: epi.max,
         accumulate: epi.accumulate,
+        moments: std::ptr::null_mut(),
     };
     // Safety: the pointers cover the shapes checked above.
     unsafe { dispatch(b.isa, &args) }
@@ -316,6 +396,7 @@ impl ColumnBlock<'_> {
             min: epi.min,
             max: epi.max,
             accumulate: epi.accumulate,
+            moments: std::ptr::null_mut(),
         };
         // Safety: the block's pointer covers its columns of m rows (column_blocks checked the
         // matrix), A and B are checked above, and support of b.isa is checked in dispatch.
@@ -452,9 +533,14 @@ mod tests {
         let plain = gemm_reference(m, k, n, &a, &b, &Epilogue::linear());
         let expected: Vec<f32> = plain.iter().zip(&c0).map(|(x, y)| x + y).collect();
         for isa in Isa::available() {
+            // Packed again over a bigger packing: no stale values in the padding.
+            let mut reused = PackedB::new(isa, &rng.signed_vec((k + 3) * (n + 5)), k + 3, n + 5);
+            reused.repack(&b, k, n);
+            assert_eq!(reused, PackedB::new(isa, &b, k, n), "{isa} repacked");
             for packed in [
                 PackedB::new(isa, &b, k, n),
                 PackedB::from_transposed(isa, &bt, k, n),
+                reused,
             ] {
                 let mut c = c0.clone();
                 gemm(m, &a, k, &packed, &mut c, n, &Epilogue::accumulating());
@@ -492,6 +578,45 @@ mod tests {
                 let mut c = c0.clone();
                 gemm_transposed_a(m, &at, lda, &packed, &mut c, n, &Epilogue::accumulating());
                 assert_close(&c, &expected, 1e-4, &format!("{isa} m{m} k{k} n{n}"));
+            }
+        }
+    }
+
+    /// The column sums and sums of squares of C, added to what the buffer held, next to the
+    /// product itself; across tile and panel edges.
+    #[test]
+    fn moments_are_the_column_sums_of_c() {
+        for (m, k, n) in [(1, 3, 5), (7, 16, 33), (50, 9, 16), (13, 1, 70)] {
+            let mut rng = Rng::new((m * 17 + k + n * 5) as u64);
+            let (a, b) = (rng.signed_vec(m * k), rng.signed_vec(k * n));
+            let expected = gemm_reference(m, k, n, &a, &b, &Epilogue::linear());
+            for isa in Isa::available() {
+                let packed = PackedB::new(isa, &b, k, n);
+                let np = packed.padded_n();
+                let mut moments = vec![1.0f64; 2 * np];
+                let mut c = vec![f32::NAN; m * n];
+                gemm_moments(m, &a, k, &packed, &mut c, n, &mut moments);
+                assert_close(&c, &expected, 1e-5, &format!("{isa} C m{m} k{k} n{n}"));
+                for j in 0..np {
+                    let col = (0..m).map(|i| {
+                        if j < n {
+                            expected[i * n + j] as f64
+                        } else {
+                            0.0
+                        }
+                    });
+                    let (want_s, want_q) = col.fold((1.0, 1.0), |(s, q), v| (s + v, q + v * v));
+                    let (got_s, got_q) = (moments[j], moments[np + j]);
+                    let what = format!("{isa} m{m} k{k} n{n} column {j}");
+                    assert!(
+                        (got_s - want_s).abs() < 1e-4 * (1.0 + want_s.abs()),
+                        "Σ {what}"
+                    );
+                    assert!(
+                        (got_q - want_q).abs() < 1e-4 * (1.0 + want_q.abs()),
+                        "Σ² {what}"
+                    );
+                }
             }
         }
     }

@@ -8,7 +8,7 @@
 use std::ops::Range;
 use std::sync::Mutex;
 
-use mobilenet_kernels::gemm::{column_blocks, gemm, PackedB};
+use mobilenet_kernels::gemm::{column_blocks, gemm, gemm_moments, PackedB};
 use mobilenet_kernels::int8::gemm::{qgemm, qgemm_ptr, PackedQB};
 use mobilenet_kernels::int8::{IntIsa, IntIsaKind, Requant};
 use mobilenet_kernels::Epilogue;
@@ -275,6 +275,42 @@ pub fn par_gemm(
             });
         }
     }
+}
+
+/// `C[m, n] = A · B` by bands of rows, returning each column's `(Σ, Σ²)` over the `m` rows in
+/// f64: every part sums its tiles as [`gemm_moments`] stores them, and the parts are added in
+/// part order.
+pub fn par_gemm_moments(
+    pool: &mut SpinPool,
+    m: usize,
+    (a, lda): (&[f32], usize),
+    b: &PackedB,
+    (c, ldc): (&mut [f32], usize),
+) -> (Vec<f64>, Vec<f64>) {
+    let ranges = self::split(m, pool.threads(), 1);
+    let padded = b.padded_n();
+    let parts = map_parts(pool, &mut c[..m * ldc], &ranges, ldc, |_, row, chunk| {
+        let mut moments = vec![0.0f64; 2 * padded];
+        gemm_moments(
+            chunk.len() / ldc,
+            &a[row * lda..],
+            lda,
+            b,
+            chunk,
+            ldc,
+            &mut moments,
+        );
+        moments
+    });
+    let n = b.n();
+    let (mut sum, mut sq) = (vec![0.0f64; n], vec![0.0f64; n]);
+    for part in parts.iter().filter(|p| !p.is_empty()) {
+        for j in 0..n {
+            sum[j] += part[j];
+            sq[j] += part[padded + j];
+        }
+    }
+    (sum, sq)
 }
 
 /// The int8 GEMM `C[m, n] = requant(A · B)` on the pool's threads: by bands of rows when there

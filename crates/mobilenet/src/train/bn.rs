@@ -26,8 +26,11 @@ pub struct BnCache {
     pub fixed: bool,
 }
 
+/// Per-channel `(Σx, Σx²)` over rows, in f64.
+pub(crate) type Moments = (Vec<f64>, Vec<f64>);
+
 /// Per-channel sums over rows: `(Σx, Σx²)` in f64 (a batch of 32 at 112×112 has 401k rows).
-pub(crate) fn channel_moments(isa: Isa, x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn channel_moments(isa: Isa, x: &[f32], c: usize) -> Moments {
     let mut sum = vec![0.0f64; c];
     let mut sq = vec![0.0f64; c];
     // Sum each block of rows in f32 (vectorises), then add the block to the f64 totals.
@@ -248,14 +251,14 @@ pub fn activation_backward(a: &[f32], act: Activation, d: &mut [f32]) {
 }
 
 /// Batch norm with batch statistics followed by the activation, rows split between threads:
-/// per-thread channel sums, combined, then `a = act(z·scale + shift)` in parallel. Returns the
-/// cache and the unbiased batch variance. The single-threaded reference is
-/// [`bn_forward_train`] followed by [`activation_forward`].
+/// per-thread channel sums (or the `moments` of `z` its producer took), combined, then
+/// `a = act(z·scale + shift)` in parallel. Returns the cache and the unbiased batch variance.
+/// The single-threaded reference is [`bn_forward_train`] followed by [`activation_forward`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_act_forward(
     pool: &mut SpinPool,
     isa: Isa,
-    z: &[f32],
+    (z, moments): (&[f32], Option<Moments>),
     c: usize,
     gamma: &[f32],
     beta: &[f32],
@@ -265,9 +268,11 @@ pub(crate) fn bn_act_forward(
 ) -> (BnCache, Vec<f32>) {
     let rows = z.len() / c;
     let ranges = split(rows, pool.threads(), 1);
-    let (sum, sq) = combine(&map_ranges(pool, &ranges, |_, r| {
-        channel_moments(isa, &z[r.start * c..r.end * c], c)
-    }));
+    let (sum, sq) = moments.unwrap_or_else(|| {
+        combine(&map_ranges(pool, &ranges, |_, r| {
+            channel_moments(isa, &z[r.start * c..r.end * c], c)
+        }))
+    });
     let (mut cache, unbiased) = bn_statistics(&sum, &sq, rows, eps);
     cache.set_affine(gamma, beta);
     affine_act(pool, isa, z, &cache, act, a);
@@ -362,7 +367,7 @@ pub(crate) fn bn_act_backward(
 }
 
 /// Adds up per-part `(Σa, Σb)` channel sums.
-fn combine(parts: &[(Vec<f64>, Vec<f64>)]) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn combine(parts: &[Moments]) -> Moments {
     let c = parts.iter().map(|p| p.0.len()).max().unwrap_or(0);
     let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
     for (pa, pb) in parts {
@@ -520,7 +525,7 @@ mod tests {
             let (cache, var) = bn_act_forward(
                 &mut pool,
                 Isa::detect(),
-                &z,
+                (&z, None),
                 c,
                 &gamma,
                 &beta,

@@ -12,8 +12,10 @@ use mobilenet_kernels::dwconv::dwconv3x3;
 use mobilenet_kernels::gemm::{gemm_transposed_a, PackedB};
 use mobilenet_kernels::{ConvGeometry, Epilogue, Isa};
 
+use super::bn::{channel_moments, combine, Moments};
 use crate::config::Padding;
-use crate::exec::{par_gemm, per_image, sum_per_part, GemmSplit, SpinPool};
+use crate::exec::{map_parts, par_gemm, par_gemm_moments, per_image, split, sum_per_part};
+use crate::exec::{GemmSplit, SpinPool};
 use crate::layers::{Layer, LayerKind};
 
 /// One convolution layer of the network as the trainer runs it.
@@ -49,7 +51,10 @@ impl ConvLayer {
         }
     }
 
-    /// `z = conv(x, w)` for a batch of `batch` images.
+    /// `z = conv(x, w)` for a batch of `batch` images, and with `moments` each output
+    /// channel's `(Σz, Σz²)`, taken while the output is still in cache (the GEMM's tiles, each
+    /// image's output) rather than by batch norm in another pass over memory.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         pool: &mut SpinPool,
@@ -58,33 +63,56 @@ impl ConvLayer {
         x: &[f32],
         z: &mut [f32],
         batch: usize,
-    ) {
+        moments: bool,
+    ) -> Option<Moments> {
         let (g, shape, in_len) = (&self.geometry, self.shape, self.in_len);
         let linear = Epilogue::linear();
-        match self.kind {
-            LayerKind::Pointwise => {
-                let (cin, cout) = (shape.cin, shape.cout);
-                let packed = PackedB::new(isa, w, cin, cout);
-                let m = batch * self.pixels;
-                par_gemm(
-                    pool,
-                    GemmSplit::Rows,
-                    m,
-                    (x, cin),
-                    &packed,
-                    (z, cout),
-                    &linear,
-                );
+        let (cin, cout) = (shape.cin, shape.cout);
+        if self.kind == LayerKind::Pointwise {
+            let packed = PackedB::new(isa, w, cin, cout);
+            let m = batch * self.pixels;
+            if moments {
+                return Some(par_gemm_moments(pool, m, (x, cin), &packed, (z, cout)));
             }
-            kind => per_image(pool, z, self.out_len, batch, &|i, out| {
-                let img = &x[i * in_len..(i + 1) * in_len];
-                if kind == LayerKind::Conv {
-                    conv2d(isa, g, shape, img, w, &linear, out, 0);
-                } else {
-                    dwconv3x3(isa, g, shape.cin, img, w, &linear, out, 0);
-                }
-            }),
+            par_gemm(
+                pool,
+                GemmSplit::Rows,
+                m,
+                (x, cin),
+                &packed,
+                (z, cout),
+                &linear,
+            );
+            return None;
         }
+        let ranges = split(batch, pool.threads(), 1);
+        let out_len = self.out_len;
+        let parts = map_parts(
+            pool,
+            &mut z[..batch * out_len],
+            &ranges,
+            out_len,
+            |_, i0, zs| {
+                let mut sums = (vec![0.0f64; cout], vec![0.0f64; cout]);
+                for (i, out) in (i0..).zip(zs.chunks_exact_mut(out_len)) {
+                    let img = &x[i * in_len..(i + 1) * in_len];
+                    if self.kind == LayerKind::Conv {
+                        conv2d(isa, g, shape, img, w, &linear, out, 0);
+                    } else {
+                        dwconv3x3(isa, g, cin, img, w, &linear, out, 0);
+                    }
+                    if moments {
+                        let (s, q) = channel_moments(isa, out, cout);
+                        for ch in 0..cout {
+                            sums.0[ch] += s[ch];
+                            sums.1[ch] += q[ch];
+                        }
+                    }
+                }
+                sums
+            },
+        );
+        moments.then(|| combine(&parts))
     }
 
     /// Gradients of the convolution: `dw` (overwritten) and, if asked, `dx`. `scratch` holds
@@ -115,10 +143,11 @@ impl ConvLayer {
                 // A, the block of dZ packed as B.
                 let m = batch * self.pixels;
                 sum_per_part(pool, m, scratch, dw, |rows, acc| {
+                    let mut b = PackedB::new(isa, &[], 0, cout);
                     let mut r = rows.start;
                     while r < rows.end {
                         let n = (rows.end - r).min(WGRAD_BLOCK_ROWS);
-                        let b = PackedB::new(isa, &dz[r * cout..(r + n) * cout], n, cout);
+                        b.repack(&dz[r * cout..(r + n) * cout], n, cout);
                         let xb = &x[r * cin..(r + n) * cin];
                         gemm_transposed_a(cin, xb, cin, &b, acc, cout, &Epilogue::accumulating());
                         r += n;

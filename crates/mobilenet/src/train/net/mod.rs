@@ -355,7 +355,10 @@ impl TrainNet {
                 .unwrap_or_else(|| unreachable!("convs are layers with parameters"));
             let w = &self.params[p.weight].value;
             let t = self.clock();
-            conv.forward(&mut self.pool, self.isa, w, &st.acts[j], &mut z, batch);
+            // Batch statistics, unless the moving ones normalise (frozen batch norm).
+            let fixed = options.bn_frozen || j < options.frozen_layers;
+            let x = &st.acts[j];
+            let moments = conv.forward(&mut self.pool, self.isa, w, x, &mut z, batch, !fixed);
             let kind = self.layers[li].kind;
             self.record(op_of(kind, TrainOp::StemForward), t);
             let t = self.clock();
@@ -367,7 +370,7 @@ impl TrainNet {
             let act = self.config.activation();
             let mean_name = names::bn(&layer.name, BnTensor::MovingMean);
             let var_name = names::bn(&layer.name, BnTensor::MovingVariance);
-            if options.bn_frozen || j < options.frozen_layers {
+            if fixed {
                 // The moving statistics normalise, and stay as they are.
                 let stats = (&self.buffers[&mean_name][..], &self.buffers[&var_name][..]);
                 st.bn[j] = bn_act_forward_fixed(
@@ -388,7 +391,7 @@ impl TrainNet {
             let (cache, var) = bn_act_forward(
                 &mut self.pool,
                 self.isa,
-                &z,
+                (&z, moments),
                 c,
                 gamma,
                 beta,
@@ -430,9 +433,11 @@ impl TrainNet {
         head::avgpool_forward(&st.acts[convs.len()], batch, pixels, fc, &mut st.pooled);
         let (stats, dpooled) = self.classifier_step(&mut st, labels, soft, rng, options, grads);
         let StepStats { loss, correct } = stats;
+        // The gradient buffers only grow (every use overwrites the part it takes): resizing
+        // them per layer zero-filled each growth, 1% of a step.
         let mut da = std::mem::take(&mut st.grad_a);
-        da.resize(batch * pixels * fc, 0.0);
-        head::avgpool_backward(&dpooled, batch, pixels, fc, &mut da);
+        at_least(&mut da, batch * pixels * fc);
+        head::avgpool_backward(&dpooled, batch, pixels, fc, &mut da[..batch * pixels * fc]);
         self.record(TrainOp::Head, t);
 
         // Backward: conv layers, last to first, down to the first one that trains.
@@ -442,7 +447,7 @@ impl TrainNet {
             let p = lp[li].unwrap_or_else(|| unreachable!("convs are layers with parameters"));
             let c = self.layers[li].output[2];
             let out_len = batch * self.layers[li].output.iter().product::<usize>();
-            dz.resize(out_len, 0.0);
+            at_least(&mut dz, out_len);
             let t = self.clock();
             {
                 let gamma = &self.params[p.gamma].value;
@@ -459,7 +464,7 @@ impl TrainNet {
                     gamma,
                     act,
                     d,
-                    &mut dz,
+                    &mut dz[..out_len],
                     dgamma,
                     dbeta,
                 );
@@ -469,7 +474,7 @@ impl TrainNet {
             let in_len = batch * self.layers[li].input.iter().product::<usize>();
             let need_dx = j > trained;
             if need_dx {
-                da.resize(in_len, 0.0);
+                at_least(&mut da, in_len);
             }
             let dw = &mut grads[p.weight];
             let dx = if need_dx {
@@ -487,7 +492,7 @@ impl TrainNet {
                 self.isa,
                 w,
                 x,
-                &dz,
+                &dz[..out_len],
                 dw,
                 dx,
                 batch,
@@ -547,6 +552,13 @@ impl TrainNet {
 
 /// The profile slot of a convolution of `kind`: depthwise, pointwise, or `stem` (the forward
 /// or backward slot of the full 3×3 convolutions).
+/// Grows `v` to at least `len` values (new ones zero); never shrinks it.
+fn at_least(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
 fn op_of(kind: LayerKind, stem: TrainOp) -> TrainOp {
     let forward = stem == TrainOp::StemForward;
     match (kind, forward) {
