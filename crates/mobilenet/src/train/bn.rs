@@ -324,8 +324,9 @@ fn affine_act(
 }
 
 /// Backward of [`bn_act_forward`]: `da` (dL/da) → `dz`, `dgamma`, `dbeta`, rows split between
-/// threads: one pass over `z` and `da` for the sums, one that writes `dz`. The reference is
-/// [`activation_backward`] then [`bn_backward`].
+/// threads: one pass over `z` and `da` for the sums ([`bn_act_backward_sums_all`]), one that
+/// writes `dz` ([`BnGrad::apply`]). The reference is [`activation_backward`] then
+/// [`bn_backward`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_act_backward(
     pool: &mut SpinPool,
@@ -340,6 +341,25 @@ pub(crate) fn bn_act_backward(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
+    let grad = bn_act_backward_sums_all(pool, isa, (z, da), cache, gamma, act, (dgamma, dbeta));
+    let ranges = split(z.len() / c, pool.threads(), 1);
+    for_each_part(pool, dz, &ranges, c, |_, row, out| {
+        grad.apply(isa, (z, da), row, out)
+    });
+}
+
+/// The first pass of [`bn_act_backward`] (rows split between threads): the sums over the
+/// batch, written as the γ and β gradients, and what the second pass needs.
+pub(crate) fn bn_act_backward_sums_all<'a>(
+    pool: &mut SpinPool,
+    isa: Isa,
+    (z, da): (&[f32], &[f32]),
+    cache: &'a BnCache,
+    gamma: &[f32],
+    act: Activation,
+    (dgamma, dbeta): (&mut [f32], &mut [f32]),
+) -> BnGrad<'a> {
+    let c = gamma.len();
     let rows = z.len() / c;
     let ranges = split(rows, pool.threads(), 1);
     let sums = map_ranges(pool, &ranges, |_, r| {
@@ -347,23 +367,43 @@ pub(crate) fn bn_act_backward(
         bn_act_backward_sums(isa, &z[part.clone()], &da[part], c, cache, act)
     });
     let (sum_dy, sum_dyx) = combine(&sums);
-    let n = rows as f64;
     for ch in 0..c {
         dbeta[ch] = sum_dy[ch] as f32;
         dgamma[ch] = sum_dyx[ch] as f32;
     }
-    let k: Vec<f32> = (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect();
     // Fixed statistics contribute no terms of their own: dz = k·dy.
-    let n = if cache.fixed { f64::INFINITY } else { n };
-    let mean_dy: Vec<f32> = (0..c).map(|ch| (sum_dy[ch] / n) as f32).collect();
-    let mean_dyx: Vec<f32> = (0..c).map(|ch| (sum_dyx[ch] / n) as f32).collect();
-    let bn = cache.channels(activation_max(act));
-    for_each_part(pool, dz, &ranges, c, |_, row, out| {
-        let part = row * c..row * c + out.len();
+    let n = if cache.fixed {
+        f64::INFINITY
+    } else {
+        rows as f64
+    };
+    BnGrad {
+        bn: cache.channels(activation_max(act)),
+        c,
+        k: (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect(),
+        mean_dy: sum_dy.iter().map(|s| (s / n) as f32).collect(),
+        mean_dyx: sum_dyx.iter().map(|s| (s / n) as f32).collect(),
+    }
+}
+
+/// Batch norm's backward pass once its sums are known: `dz = k·(dy − mean_dy − x̂·mean_dyx)`
+/// for any block of rows, so a consumer can make `dz` a block at a time.
+pub(crate) struct BnGrad<'a> {
+    bn: BnAct<'a>,
+    c: usize,
+    k: Vec<f32>,
+    mean_dy: Vec<f32>,
+    mean_dyx: Vec<f32>,
+}
+
+impl BnGrad<'_> {
+    /// `dz` of rows `first ..` (as many as `out` holds) of the whole batch's `z` and `da`.
+    pub(crate) fn apply(&self, isa: Isa, (z, da): (&[f32], &[f32]), first: usize, out: &mut [f32]) {
+        let part = first * self.c..first * self.c + out.len();
+        let means = (&self.k[..], &self.mean_dy[..], &self.mean_dyx[..]);
         let (zs, ds) = (&z[part.clone()], &da[part]);
-        let means = (&k[..], &mean_dy[..], &mean_dyx[..]);
-        mobilenet_kernels::bn::backward_apply(isa, (zs, ds), c, &bn, means, out);
-    });
+        mobilenet_kernels::bn::backward_apply(isa, (zs, ds), self.c, &self.bn, means, out);
+    }
 }
 
 /// Adds up per-part `(Σa, Σb)` channel sums.

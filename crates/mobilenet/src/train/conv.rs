@@ -9,12 +9,15 @@ use mobilenet_kernels::backward::{
 };
 use mobilenet_kernels::conv::{conv2d, ConvShape};
 use mobilenet_kernels::dwconv::dwconv3x3;
-use mobilenet_kernels::gemm::{gemm_transposed_a, PackedB};
+use std::ops::Range;
+
+use mobilenet_kernels::gemm::{gemm, gemm_transposed_a, PackedB};
 use mobilenet_kernels::{ConvGeometry, Epilogue, Isa};
 
 use super::bn::{channel_moments, combine, Moments};
 use crate::config::Padding;
-use crate::exec::{map_parts, par_gemm, par_gemm_moments, per_image, split, sum_per_part};
+use crate::exec::sum_per_part;
+use crate::exec::{map_parts, map_ranges, par_gemm, par_gemm_moments, per_image, split};
 use crate::exec::{GemmSplit, SpinPool};
 use crate::layers::{Layer, LayerKind};
 
@@ -33,6 +36,13 @@ pub(crate) struct ConvLayer {
 
 /// Rows of the pointwise weight gradient per block: Xᵀ and dZ of a block stay small.
 const WGRAD_BLOCK_ROWS: usize = 2048;
+
+/// Values of dZ per block of [`ConvLayer::backward_pointwise`]: a block stays in L2 between
+/// its making, its packing and the two GEMMs that read it.
+const FUSED_BLOCK_VALUES: usize = 32 << 10;
+
+/// Makes rows `first ..` of dZ (as many as the slice holds).
+pub(crate) type DzFn<'a> = dyn Fn(usize, &mut [f32]) + Sync + 'a;
 
 impl ConvLayer {
     /// `layer` (a `Conv`, `Depthwise` or `Pointwise` layer of the table) under `padding`.
@@ -113,6 +123,72 @@ impl ConvLayer {
             },
         );
         moments.then(|| combine(&parts))
+    }
+
+    /// Gradients of a pointwise layer with dZ made a block of rows at a time by `dz_of` (batch
+    /// norm's last backward pass): each thread makes a block, packs it, adds its part of
+    /// `dW = Xᵀ·dZ` and writes its rows of `dX = dZ·Wᵀ` while the block is in cache, so dZ is
+    /// never written out and read back twice. `dw` is overwritten.
+    ///
+    /// # Panics
+    ///
+    /// If the layer is not pointwise.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_pointwise(
+        &self,
+        pool: &mut SpinPool,
+        isa: Isa,
+        w: &[f32],
+        x: &[f32],
+        dz_of: &DzFn,
+        dw: &mut [f32],
+        dx: Option<&mut [f32]>,
+        batch: usize,
+    ) {
+        assert_eq!(self.kind, LayerKind::Pointwise, "a pointwise layer");
+        let (cin, cout) = (self.shape.cin, self.shape.cout);
+        let m = batch * self.pixels;
+        let wt = dx
+            .is_some()
+            .then(|| PackedB::from_transposed(isa, w, cout, cin));
+        // At least cin rows a block: the weight gradient adds its cin × cout block to the
+        // accumulator once per block.
+        let block = (FUSED_BLOCK_VALUES / cout)
+            .max(cin)
+            .clamp(64, WGRAD_BLOCK_ROWS);
+        let work = |rows: Range<usize>, mut dx: Option<&mut [f32]>| {
+            let mut acc = vec![0.0f32; cin * cout];
+            let mut dz = vec![0.0f32; block.min(rows.len()) * cout];
+            let mut b = PackedB::new(isa, &[], 0, cout);
+            let mut r = rows.start;
+            while r < rows.end {
+                let n = (rows.end - r).min(block);
+                let dz = &mut dz[..n * cout];
+                dz_of(r, dz);
+                b.repack(dz, n, cout);
+                let xb = &x[r * cin..(r + n) * cin];
+                gemm_transposed_a(cin, xb, cin, &b, &mut acc, cout, &Epilogue::accumulating());
+                if let (Some(dx), Some(wt)) = (dx.as_deref_mut(), &wt) {
+                    let out = &mut dx[(r - rows.start) * cin..][..n * cin];
+                    gemm(n, dz, cout, wt, out, cin, &Epilogue::linear());
+                }
+                r += n;
+            }
+            acc
+        };
+        let ranges = split(m, pool.threads(), 1);
+        let parts = match dx {
+            Some(dx) => map_parts(pool, &mut dx[..m * cin], &ranges, cin, |_, row, chunk| {
+                work(row..row + chunk.len() / cin, Some(chunk))
+            }),
+            None => map_ranges(pool, &ranges, |_, rows| work(rows.clone(), None)),
+        };
+        dw.fill(0.0);
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            for (d, p) in dw.iter_mut().zip(part) {
+                *d += p;
+            }
+        }
     }
 
     /// Gradients of the convolution: `dw` (overwritten) and, if asked, `dx`. `scratch` holds

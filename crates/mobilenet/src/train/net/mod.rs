@@ -13,7 +13,8 @@ use mobilenet_kernels::Isa;
 
 mod classifier;
 
-use super::bn::{bn_act_backward, bn_act_forward, bn_act_forward_fixed, BnCache};
+use super::bn::{bn_act_backward, bn_act_backward_sums_all, bn_act_forward};
+use super::bn::{bn_act_forward_fixed, BnCache};
 use super::conv::ConvLayer;
 use super::head;
 use super::profile::{TrainOp, TrainProfile};
@@ -445,6 +446,11 @@ impl TrainNet {
         let trained = options.frozen_layers.min(convs.len());
         for (j, &li) in convs.iter().enumerate().skip(trained).rev() {
             let p = lp[li].unwrap_or_else(|| unreachable!("convs are layers with parameters"));
+            if self.layers[li].kind == LayerKind::Pointwise {
+                let need_dx = j > trained;
+                self.pointwise_backward(&st, (j, li, p), (&mut da, &mut dz), need_dx, grads);
+                continue;
+            }
             let c = self.layers[li].output[2];
             let out_len = batch * self.layers[li].output.iter().product::<usize>();
             at_least(&mut dz, out_len);
@@ -505,6 +511,55 @@ impl TrainNet {
         st.grad_b = dz;
         self.state = st;
         StepStats { loss, correct }
+    }
+
+    /// Batch norm's and the convolution's backward pass for pointwise layer `j` (`li` in the
+    /// table): batch norm's sums first, then dZ made a block at a time inside the GEMMs' pass
+    /// ([`ConvLayer::backward_pointwise`]). The input gradient, if asked, is written to `spare`
+    /// and the buffers swap, so `da` holds it after, as after the other layers.
+    fn pointwise_backward(
+        &mut self,
+        st: &StepState,
+        (j, li, p): (usize, usize, LayerParams),
+        (da, spare): (&mut Vec<f32>, &mut Vec<f32>),
+        need_dx: bool,
+        grads: &mut [Vec<f32>],
+    ) {
+        let (batch, layer) = (st.batch, &self.layers[li]);
+        let out_len = batch * layer.output.iter().product::<usize>();
+        let in_len = batch * layer.input.iter().product::<usize>();
+        let (act, isa) = (self.config.activation(), self.isa);
+        let t = self.clock();
+        let (z, d) = (&st.zs[j][..], &da[..out_len]);
+        let grad = {
+            let (lo, hi) = grads.split_at_mut(p.beta);
+            let gamma = &self.params[p.gamma].value;
+            let cache = &st.bn[j];
+            let dgb = (&mut lo[p.gamma][..], &mut hi[0][..]);
+            bn_act_backward_sums_all(&mut self.pool, isa, (z, d), cache, gamma, act, dgb)
+        };
+        self.record(TrainOp::BnBackward, t);
+        let t = self.clock();
+        if need_dx {
+            at_least(spare, in_len);
+        }
+        let conv = self.convs[li]
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("convs are layers with parameters"));
+        conv.backward_pointwise(
+            &mut self.pool,
+            isa,
+            &self.params[p.weight].value,
+            &st.acts[j],
+            &|first, out| grad.apply(isa, (z, d), first, out),
+            &mut grads[p.weight],
+            need_dx.then(|| &mut spare[..in_len]),
+            batch,
+        );
+        if need_dx {
+            std::mem::swap(da, spare);
+        }
+        self.record(TrainOp::PointwiseBackward, t);
     }
 
     /// One training step of the classifier alone on the backbone's last feature maps
