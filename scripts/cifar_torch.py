@@ -69,11 +69,36 @@ class MobileNet(nn.Module):
 class TfRmsProp(torch.optim.Optimizer):
     """TF1's RMSPropOptimizer: ms starts at 1; mom = m*mom + lr*g/sqrt(ms+eps); w -= mom."""
 
-    def __init__(self, params, lr, decay=0.9, momentum=0.9, eps=1.0):
-        super().__init__(params, dict(lr=lr, decay=decay, momentum=momentum, eps=eps, wd=0.0))
+    def __init__(self, params, lr, decay=0.9, momentum=0.9, eps=1.0, foreach=True):
+        super().__init__(params, dict(lr=lr, decay=decay, momentum=momentum, eps=eps, wd=0.0,
+                                      foreach=foreach))
+
+    def step_foreach(self):
+        """The same update on all tensors of a group at once (torch._foreach_*), as PyTorch's
+        own optimisers run by default: one kernel per operation, not one per parameter."""
+        for g in self.param_groups:
+            params = [p for p in g["params"] if p.grad is not None]
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]["ms"] = torch.ones_like(p)
+                    self.state[p]["mom"] = torch.zeros_like(p)
+            ms = [self.state[p]["ms"] for p in params]
+            mom = [self.state[p]["mom"] for p in params]
+            grads = [p.grad for p in params]
+            if g["wd"]:
+                grads = torch._foreach_add(grads, params, alpha=g["wd"])
+            torch._foreach_mul_(ms, g["decay"])
+            torch._foreach_addcmul_(ms, grads, grads, value=1 - g["decay"])
+            denom = torch._foreach_add(ms, g["eps"])
+            torch._foreach_sqrt_(denom)
+            torch._foreach_mul_(mom, g["momentum"])
+            torch._foreach_add_(mom, torch._foreach_div(grads, denom), alpha=g["lr"])
+            torch._foreach_sub_(params, mom)
 
     @torch.no_grad()
     def step(self):
+        if self.defaults.get("foreach"):
+            return self.step_foreach()
         for g in self.param_groups:
             for p in g["params"]:
                 if p.grad is None:
@@ -145,6 +170,8 @@ def main():
     ap.add_argument("--resolution", type=int, default=32)
     ap.add_argument("--stem", choices=["small-input", "standard"], default="small-input")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--optimizer-loop", action="store_true",
+                    help="update parameter by parameter (the first version of this script)")
     a = ap.parse_args()
     torch.manual_seed(1)
     np.random.seed(1)
@@ -155,7 +182,8 @@ def main():
     # per group = 1), batch norm or biases.
     decayed = [p for p in model.parameters() if p.dim() > 1 and p.shape[1] != 1]
     rest = [p for p in model.parameters() if not (p.dim() > 1 and p.shape[1] != 1)]
-    opt = TfRmsProp([{"params": decayed, "wd": 4e-5}, {"params": rest, "wd": 0.0}], lr=a.lr)
+    opt = TfRmsProp([{"params": decayed, "wd": 4e-5}, {"params": rest, "wd": 0.0}], lr=a.lr,
+                    foreach=not a.optimizer_loop)
     train = torch.utils.data.DataLoader(Folder(os.path.join(a.data, "train"), True, a.resolution),
                                         batch_size=a.batch_size,
                                         shuffle=True, num_workers=a.workers, drop_last=False)
@@ -165,7 +193,7 @@ def main():
     steps = len(train)
     for epoch in range(a.epochs):
         model.train()
-        seen, correct, loss_sum, busy = 0, 0, 0.0, 0.0
+        seen, correct, loss_sum, busy, opt_time = 0, 0, 0.0, 0.0, 0.0
         for b, (x, y) in enumerate(train):
             t = time.perf_counter()
             e = epoch + b / steps
@@ -176,7 +204,9 @@ def main():
             loss = F.cross_entropy(out, y)
             opt.zero_grad()
             loss.backward()
+            t_opt = time.perf_counter()
             opt.step()
+            opt_time += time.perf_counter() - t_opt
             busy += time.perf_counter() - t
             seen += len(y)
             correct += (out.argmax(1) == y).sum().item()
@@ -189,6 +219,7 @@ def main():
                 total += len(y)
         print(json.dumps({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                           "test_accuracy": right / total, "images_per_second": seen / busy,
+                          "optimizer_share": opt_time / busy,
                           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                           "torch": torch.__version__}), flush=True)
 

@@ -326,7 +326,9 @@ fn affine_act(
 /// Backward of [`bn_act_forward`]: `da` (dL/da) → `dz`, `dgamma`, `dbeta`, rows split between
 /// threads: one pass over `z` and `da` for the sums ([`bn_act_backward_sums_all`]), one that
 /// writes `dz` ([`BnGrad::apply`]). The reference is [`activation_backward`] then
-/// [`bn_backward`].
+/// [`bn_backward`]. The network makes `dz` a block at a time inside the convolution's backward
+/// pass instead (`ConvLayer::backward`); this whole-batch form is what the tests check.
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_act_backward(
     pool: &mut SpinPool,

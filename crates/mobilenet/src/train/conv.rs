@@ -16,8 +16,7 @@ use mobilenet_kernels::{ConvGeometry, Epilogue, Isa};
 
 use super::bn::{channel_moments, combine, Moments};
 use crate::config::Padding;
-use crate::exec::sum_per_part;
-use crate::exec::{map_parts, map_ranges, par_gemm, par_gemm_moments, per_image, split};
+use crate::exec::{map_parts, map_ranges, par_gemm, par_gemm_moments, split};
 use crate::exec::{GemmSplit, SpinPool};
 use crate::layers::{Layer, LayerKind};
 
@@ -125,74 +124,11 @@ impl ConvLayer {
         moments.then(|| combine(&parts))
     }
 
-    /// Gradients of a pointwise layer with dZ made a block of rows at a time by `dz_of` (batch
-    /// norm's last backward pass): each thread makes a block, packs it, adds its part of
-    /// `dW = Xᵀ·dZ` and writes its rows of `dX = dZ·Wᵀ` while the block is in cache, so dZ is
-    /// never written out and read back twice. `dw` is overwritten.
-    ///
-    /// # Panics
-    ///
-    /// If the layer is not pointwise.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward_pointwise(
-        &self,
-        pool: &mut SpinPool,
-        isa: Isa,
-        w: &[f32],
-        x: &[f32],
-        dz_of: &DzFn,
-        dw: &mut [f32],
-        dx: Option<&mut [f32]>,
-        batch: usize,
-    ) {
-        assert_eq!(self.kind, LayerKind::Pointwise, "a pointwise layer");
-        let (cin, cout) = (self.shape.cin, self.shape.cout);
-        let m = batch * self.pixels;
-        let wt = dx
-            .is_some()
-            .then(|| PackedB::from_transposed(isa, w, cout, cin));
-        // At least cin rows a block: the weight gradient adds its cin × cout block to the
-        // accumulator once per block.
-        let block = (FUSED_BLOCK_VALUES / cout)
-            .max(cin)
-            .clamp(64, WGRAD_BLOCK_ROWS);
-        let work = |rows: Range<usize>, mut dx: Option<&mut [f32]>| {
-            let mut acc = vec![0.0f32; cin * cout];
-            let mut dz = vec![0.0f32; block.min(rows.len()) * cout];
-            let mut b = PackedB::new(isa, &[], 0, cout);
-            let mut r = rows.start;
-            while r < rows.end {
-                let n = (rows.end - r).min(block);
-                let dz = &mut dz[..n * cout];
-                dz_of(r, dz);
-                b.repack(dz, n, cout);
-                let xb = &x[r * cin..(r + n) * cin];
-                gemm_transposed_a(cin, xb, cin, &b, &mut acc, cout, &Epilogue::accumulating());
-                if let (Some(dx), Some(wt)) = (dx.as_deref_mut(), &wt) {
-                    let out = &mut dx[(r - rows.start) * cin..][..n * cin];
-                    gemm(n, dz, cout, wt, out, cin, &Epilogue::linear());
-                }
-                r += n;
-            }
-            acc
-        };
-        let ranges = split(m, pool.threads(), 1);
-        let parts = match dx {
-            Some(dx) => map_parts(pool, &mut dx[..m * cin], &ranges, cin, |_, row, chunk| {
-                work(row..row + chunk.len() / cin, Some(chunk))
-            }),
-            None => map_ranges(pool, &ranges, |_, rows| work(rows.clone(), None)),
-        };
-        dw.fill(0.0);
-        for part in parts.iter().filter(|p| !p.is_empty()) {
-            for (d, p) in dw.iter_mut().zip(part) {
-                *d += p;
-            }
-        }
-    }
-
-    /// Gradients of the convolution: `dw` (overwritten) and, if asked, `dx`. `scratch` holds
-    /// the per-thread partial weight gradients between calls.
+    /// Gradients of the convolution with dZ made a block of rows at a time by `dz_of` (batch
+    /// norm's last backward pass): `dw` (overwritten) and, if asked, `dx`. Each thread makes a
+    /// block (pointwise: a few hundred rows; depthwise and the stem: one image) into a buffer
+    /// that stays in cache and uses it at once for both gradients, so dZ is never written out
+    /// and read back.
     ///
     /// # Panics
     ///
@@ -204,70 +140,122 @@ impl ConvLayer {
         isa: Isa,
         w: &[f32],
         x: &[f32],
-        dz: &[f32],
+        dz_of: &DzFn,
         dw: &mut [f32],
         dx: Option<&mut [f32]>,
         batch: usize,
-        scratch: &mut Vec<f32>,
     ) {
-        let (g, shape) = (&self.geometry, self.shape);
-        let (in_len, out_len) = (self.in_len, self.out_len);
-        let (cin, cout) = (shape.cin, shape.cout);
-        match self.kind {
-            LayerKind::Pointwise => {
-                // dW = Xᵀ · dZ, in blocks of rows: the block of X read transposed in place as
-                // A, the block of dZ packed as B.
-                let m = batch * self.pixels;
-                sum_per_part(pool, m, scratch, dw, |rows, acc| {
-                    let mut b = PackedB::new(isa, &[], 0, cout);
-                    let mut r = rows.start;
-                    while r < rows.end {
-                        let n = (rows.end - r).min(WGRAD_BLOCK_ROWS);
-                        b.repack(&dz[r * cout..(r + n) * cout], n, cout);
-                        let xb = &x[r * cin..(r + n) * cin];
-                        gemm_transposed_a(cin, xb, cin, &b, acc, cout, &Epilogue::accumulating());
-                        r += n;
-                    }
-                });
-                if let Some(dx) = dx {
-                    // dX = dZ · Wᵀ.
-                    let wt = PackedB::from_transposed(isa, w, cout, cin);
-                    let linear = Epilogue::linear();
-                    par_gemm(
-                        pool,
-                        GemmSplit::Rows,
-                        m,
-                        (dz, cout),
-                        &wt,
-                        (dx, cin),
-                        &linear,
-                    );
-                }
+        let threads = pool.threads();
+        let parts = if self.kind == LayerKind::Pointwise {
+            let (cin, m) = (self.shape.cin, batch * self.pixels);
+            let wt = dx
+                .is_some()
+                .then(|| PackedB::from_transposed(isa, w, self.shape.cout, cin));
+            let ranges = split(m, threads, 1);
+            let wt = wt.as_ref();
+            match dx {
+                Some(dx) => map_parts(pool, &mut dx[..m * cin], &ranges, cin, |_, row, chunk| {
+                    let rows = row..row + chunk.len() / cin;
+                    self.pointwise_part(isa, x, dz_of, wt, rows, Some(chunk))
+                }),
+                None => map_ranges(pool, &ranges, |_, rows| {
+                    self.pointwise_part(isa, x, dz_of, wt, rows.clone(), None)
+                }),
             }
-            kind => {
-                // Weight gradient: one partial sum per thread, then added up.
-                sum_per_part(pool, batch, scratch, dw, |images, acc| {
-                    for i in images {
-                        let img = &x[i * in_len..(i + 1) * in_len];
-                        let d = &dz[i * out_len..(i + 1) * out_len];
-                        if kind == LayerKind::Conv {
-                            conv2d_backward_weights(isa, g, shape, img, d, acc);
-                        } else {
-                            dwconv3x3_backward_weights(isa, g, cin, img, d, acc);
-                        }
-                    }
-                });
-                if let Some(dx) = dx {
-                    assert!(
-                        kind == LayerKind::Depthwise,
-                        "the input gradient of a full conv is not implemented"
-                    );
-                    per_image(pool, dx, in_len, batch, &|i, out| {
-                        let d = &dz[i * out_len..(i + 1) * out_len];
-                        dwconv3x3_backward_input(isa, g, cin, d, w, out);
-                    });
-                }
+        } else {
+            assert!(
+                dx.is_none() || self.kind == LayerKind::Depthwise,
+                "the input gradient of a full conv is not implemented"
+            );
+            let in_len = self.in_len;
+            let ranges = split(batch, threads, 1);
+            match dx {
+                Some(dx) => map_parts(
+                    pool,
+                    &mut dx[..batch * in_len],
+                    &ranges,
+                    in_len,
+                    |_, i, c| {
+                        let images = i..i + c.len() / in_len;
+                        self.image_part(isa, (w, x), dz_of, images, Some(c))
+                    },
+                ),
+                None => map_ranges(pool, &ranges, |_, images| {
+                    self.image_part(isa, (w, x), dz_of, images.clone(), None)
+                }),
+            }
+        };
+        dw.fill(0.0);
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            for (d, p) in dw.iter_mut().zip(part) {
+                *d += p;
             }
         }
+    }
+
+    /// One thread's share of a pointwise backward pass: rows `rows` a block at a time; returns
+    /// its part of dW and writes its rows of dX (`Wᵀ` packed) to `dx`.
+    fn pointwise_part(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        dz_of: &DzFn,
+        wt: Option<&PackedB>,
+        rows: Range<usize>,
+        mut dx: Option<&mut [f32]>,
+    ) -> Vec<f32> {
+        let (cin, cout) = (self.shape.cin, self.shape.cout);
+        // At least cin rows a block: the weight gradient adds its cin × cout block to the
+        // accumulator once per block.
+        let block = (FUSED_BLOCK_VALUES / cout)
+            .max(cin)
+            .clamp(64, WGRAD_BLOCK_ROWS);
+        let mut acc = vec![0.0f32; cin * cout];
+        let mut dz = vec![0.0f32; block.min(rows.len()) * cout];
+        let mut b = PackedB::new(isa, &[], 0, cout);
+        let mut r = rows.start;
+        while r < rows.end {
+            let n = (rows.end - r).min(block);
+            let dz = &mut dz[..n * cout];
+            dz_of(r, dz);
+            b.repack(dz, n, cout);
+            let xb = &x[r * cin..(r + n) * cin];
+            gemm_transposed_a(cin, xb, cin, &b, &mut acc, cout, &Epilogue::accumulating());
+            if let (Some(dx), Some(wt)) = (dx.as_deref_mut(), wt) {
+                let out = &mut dx[(r - rows.start) * cin..][..n * cin];
+                gemm(n, dz, cout, wt, out, cin, &Epilogue::linear());
+            }
+            r += n;
+        }
+        acc
+    }
+
+    /// One thread's share of a depthwise or stem backward pass: images `images`, one at a
+    /// time; returns its part of dW and writes its images' dX to `dx`.
+    fn image_part(
+        &self,
+        isa: Isa,
+        (w, x): (&[f32], &[f32]),
+        dz_of: &DzFn,
+        images: Range<usize>,
+        mut dx: Option<&mut [f32]>,
+    ) -> Vec<f32> {
+        let (g, shape, in_len) = (&self.geometry, self.shape, self.in_len);
+        let mut acc = vec![0.0f32; w.len()];
+        let mut dz = vec![0.0f32; self.out_len];
+        for i in images.clone() {
+            dz_of(i * self.pixels, &mut dz);
+            let img = &x[i * in_len..(i + 1) * in_len];
+            if self.kind == LayerKind::Conv {
+                conv2d_backward_weights(isa, g, shape, img, &dz, &mut acc);
+            } else {
+                dwconv3x3_backward_weights(isa, g, shape.cin, img, &dz, &mut acc);
+            }
+            if let Some(dx) = dx.as_deref_mut() {
+                let out = &mut dx[(i - images.start) * in_len..][..in_len];
+                dwconv3x3_backward_input(isa, g, shape.cin, &dz, w, out);
+            }
+        }
+        acc
     }
 }

@@ -13,7 +13,7 @@ use mobilenet_kernels::Isa;
 
 mod classifier;
 
-use super::bn::{bn_act_backward, bn_act_backward_sums_all, bn_act_forward};
+use super::bn::{bn_act_backward_sums_all, bn_act_forward};
 use super::bn::{bn_act_forward_fixed, BnCache};
 use super::conv::ConvLayer;
 use super::head;
@@ -91,7 +91,6 @@ struct StepState {
     dlogits: Vec<f32>,
     grad_a: Vec<f32>,
     grad_b: Vec<f32>,
-    scratch: Vec<f32>,
 }
 
 /// Indices of a layer's parameters in `TrainNet::params`.
@@ -446,66 +445,8 @@ impl TrainNet {
         let trained = options.frozen_layers.min(convs.len());
         for (j, &li) in convs.iter().enumerate().skip(trained).rev() {
             let p = lp[li].unwrap_or_else(|| unreachable!("convs are layers with parameters"));
-            if self.layers[li].kind == LayerKind::Pointwise {
-                let need_dx = j > trained;
-                self.pointwise_backward(&st, (j, li, p), (&mut da, &mut dz), need_dx, grads);
-                continue;
-            }
-            let c = self.layers[li].output[2];
-            let out_len = batch * self.layers[li].output.iter().product::<usize>();
-            at_least(&mut dz, out_len);
-            let t = self.clock();
-            {
-                let gamma = &self.params[p.gamma].value;
-                let (lo, hi) = grads.split_at_mut(p.beta);
-                let (dgamma, dbeta) = (&mut lo[p.gamma], &mut hi[0]);
-                let act = self.config.activation();
-                let (z, d) = (&st.zs[j], &da[..out_len]);
-                bn_act_backward(
-                    &mut self.pool,
-                    self.isa,
-                    z,
-                    c,
-                    &st.bn[j],
-                    gamma,
-                    act,
-                    d,
-                    &mut dz[..out_len],
-                    dgamma,
-                    dbeta,
-                );
-            }
-            self.record(TrainOp::BnBackward, t);
-            let t = self.clock();
-            let in_len = batch * self.layers[li].input.iter().product::<usize>();
             let need_dx = j > trained;
-            if need_dx {
-                at_least(&mut da, in_len);
-            }
-            let dw = &mut grads[p.weight];
-            let dx = if need_dx {
-                Some(&mut da[..in_len])
-            } else {
-                None
-            };
-            let conv = self.convs[li]
-                .as_ref()
-                .unwrap_or_else(|| unreachable!("convs are layers with parameters"));
-            let w = &self.params[p.weight].value;
-            let x = &st.acts[j];
-            conv.backward(
-                &mut self.pool,
-                self.isa,
-                w,
-                x,
-                &dz[..out_len],
-                dw,
-                dx,
-                batch,
-                &mut st.scratch,
-            );
-            let kind = self.layers[li].kind;
-            self.record(op_of(kind, TrainOp::StemBackward), t);
+            self.layer_backward(&st, (j, li, p), (&mut da, &mut dz), need_dx, grads);
         }
         st.grad_a = da;
         st.grad_b = dz;
@@ -513,11 +454,11 @@ impl TrainNet {
         StepStats { loss, correct }
     }
 
-    /// Batch norm's and the convolution's backward pass for pointwise layer `j` (`li` in the
-    /// table): batch norm's sums first, then dZ made a block at a time inside the GEMMs' pass
-    /// ([`ConvLayer::backward_pointwise`]). The input gradient, if asked, is written to `spare`
-    /// and the buffers swap, so `da` holds it after, as after the other layers.
-    fn pointwise_backward(
+    /// Batch norm's and the convolution's backward pass for conv layer `j` (`li` in the
+    /// table): batch norm's sums first, then dZ made a block at a time inside the
+    /// convolution's pass ([`ConvLayer::backward`]). The input gradient, if asked, is written
+    /// to `spare` and the buffers swap, so `da` holds it after.
+    fn layer_backward(
         &mut self,
         st: &StepState,
         (j, li, p): (usize, usize, LayerParams),
@@ -546,7 +487,7 @@ impl TrainNet {
         let conv = self.convs[li]
             .as_ref()
             .unwrap_or_else(|| unreachable!("convs are layers with parameters"));
-        conv.backward_pointwise(
+        conv.backward(
             &mut self.pool,
             isa,
             &self.params[p.weight].value,
@@ -559,7 +500,7 @@ impl TrainNet {
         if need_dx {
             std::mem::swap(da, spare);
         }
-        self.record(TrainOp::PointwiseBackward, t);
+        self.record(op_of(self.layers[li].kind, TrainOp::StemBackward), t);
     }
 
     /// One training step of the classifier alone on the backbone's last feature maps
