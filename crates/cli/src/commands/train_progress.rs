@@ -60,8 +60,9 @@ impl Progress for Bars {
         });
         bar.set_position(batch as u64 + 1);
         bar.set_message(format!(
-            "loss {loss:.4} acc {:.1}% {ips:.0} img/s",
-            100.0 * accuracy
+            "loss {loss:.4} acc {:.1}% {} img/s",
+            100.0 * accuracy,
+            rate(f64::from(ips))
         ));
     }
 
@@ -79,14 +80,14 @@ impl Progress for Bars {
             n => format!("  ({} skipped)", super::train::plural(n, "image")),
         };
         println!(
-            "epoch {:>3}  train loss {:.4} acc {:5.1}%  held-out loss {:.4} acc {:5.1}%{top5}  lr {:.2e}  {:.0} img/s  {:.1}s{skipped}",
+            "epoch {:>3}  train loss {:.4} acc {:5.1}%  held-out loss {:.4} acc {:5.1}%{top5}  lr {:.2e}  {} img/s  {:.1}s{skipped}",
             m.epoch,
             m.train_loss,
             100.0 * m.train_accuracy,
             m.val_loss,
             100.0 * m.val_accuracy,
             m.lr,
-            m.images_per_second,
+            rate(f64::from(m.images_per_second)),
             m.seconds,
         );
         let png = self.dir.join("curves.png");
@@ -133,10 +134,19 @@ pub(super) fn profile_table(p: &TrainProfile) -> String {
     }
     let steps = total - p.get(TrainOp::Evaluation);
     format!(
-        "time per operation over {} steps of {} images:\n{}{:.0} training images/s over the steps (data wait included, evaluation not)\n",
+        "time per operation over {} steps of {} images:\n{}{} training images/s over the steps (data wait included, evaluation not)\n",
         p.steps,
         p.images,
         table.render(),
-        p.images as f64 / steps.max(1e-12)
+        rate(p.images as f64 / steps.max(1e-12))
     )
+}
+
+/// Images per second to three significant digits (1.0-224 trains at 15.1, not "15").
+fn rate(x: f64) -> String {
+    match x {
+        x if x < 10.0 => format!("{x:.2}"),
+        x if x < 100.0 => format!("{x:.1}"),
+        x => format!("{x:.0}"),
+    }
 }
