@@ -183,6 +183,27 @@ pub fn backward_apply(
     );
 }
 
+/// The clamp's gradient `dy` (`da` where the forward's `y = z·m + t` lay strictly inside
+/// `(lo, hi)`, else 0) and `x̂ = (z − mean)·inv_std` of the `n` channels at `z` and `da` (a
+/// whole vector when `n` is the lane count), from `neg_mu = −mean` and `is = inv_std`.
+#[inline(always)]
+unsafe fn dy_xhat<S: SimdF32>(
+    s: S,
+    (z, da, n): (*const f32, *const f32, usize),
+    (neg_mu, is, m, t): (S::V, S::V, S::V, S::V),
+    (lo, hi): (S::V, S::V),
+) -> (S::V, S::V) {
+    // Safety: the caller's pointers hold n values (its contract with the public functions).
+    unsafe {
+        let (z, da) = match n == S::LANES {
+            true => (s.load(z), s.load(da)),
+            false => (s.load_partial(z, n), s.load_partial(da, n)),
+        };
+        let dy = s.keep_inside(s.fma(z, m, t), lo, hi, da);
+        (dy, s.mul(s.add(z, neg_mu), is))
+    }
+}
+
 fn run(isa: Isa, job: &mut Job<'_>) {
     // Safety (of the variants): the public functions checked the slices against the shapes.
     crate::simd_dispatch!(isa, (job: &mut Job<'_>) => run_generic)
@@ -301,10 +322,8 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
                     );
                     for r in r0..r1 {
                         let o = r * c + cb;
-                        let zv = ld!(z.as_ptr().add(o), full, n);
-                        let y = s.fma(zv, m, t);
-                        let dv = s.keep_inside(y, lo, hi, ld!(da.as_ptr().add(o), full, n));
-                        let xhat = s.mul(s.add(zv, neg_mu), is);
+                        let at = (z.as_ptr().add(o), da.as_ptr().add(o), n);
+                        let (dv, xhat) = dy_xhat(s, at, (neg_mu, is, m, t), (lo, hi));
                         sd = s.add(sd, dv);
                         sdx = s.fma(dv, xhat, sdx);
                     }
@@ -332,10 +351,8 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
                     let neg_mdx = s.mul(ld!(mean_dyx.as_ptr().add(cb), full, n), neg);
                     for r in r0..r1 {
                         let o = r * c + cb;
-                        let zv = ld!(z.as_ptr().add(o), full, n);
-                        let y = s.fma(zv, m, t);
-                        let dv = s.keep_inside(y, lo, hi, ld!(da.as_ptr().add(o), full, n));
-                        let xhat = s.mul(s.add(zv, neg_mu), is);
+                        let at = (z.as_ptr().add(o), da.as_ptr().add(o), n);
+                        let (dv, xhat) = dy_xhat(s, at, (neg_mu, is, m, t), (lo, hi));
                         let v = s.fma(xhat, neg_mdx, s.add(dv, neg_md));
                         st!(dz.as_mut_ptr().add(o), s.mul(kk, v), full, n);
                     }

@@ -119,6 +119,36 @@ impl PackedB {
     }
 }
 
+impl Args {
+    /// All of `C = epilogue(A · B)` for `m` rows: every column of B, A as given, no column
+    /// sums. The GEMM forms change the fields they differ in.
+    fn plain(
+        m: usize,
+        (a, lda): (*const f32, usize),
+        b: &PackedB,
+        (c, ldc): (*mut f32, usize),
+        epi: &Epilogue,
+    ) -> Args {
+        Args {
+            m,
+            k: b.k,
+            n: b.n,
+            p0: 0,
+            a,
+            lda,
+            a_trans: false,
+            b: b.data.as_ptr(),
+            c,
+            ldc,
+            bias: epi.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+            min: epi.min,
+            max: epi.max,
+            accumulate: epi.accumulate,
+            moments: std::ptr::null_mut(),
+        }
+    }
+}
+
 /// Columns per packed panel: two vectors of the instruction set.
 pub fn panel_width(isa: Isa) -> usize {
     2 * isa.f32_lanes()
@@ -172,22 +202,10 @@ pub fn gemm_transposed_a(
     if let Some(bias) = epi.bias {
         assert!(bias.len() >= n, "bias shorter than n");
     }
+    let plain = Args::plain(m, (at.as_ptr(), lda), b, (c.as_mut_ptr(), ldc), epi);
     let args = Args {
-        m,
-        k,
-        n,
-        p0: 0,
-        a: at.as_ptr(),
-        lda,
         a_trans: true,
-        b: b.data.as_ptr(),
-        c: c.as_mut_ptr(),
-        ldc,
-        bias: epi.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
-        min: epi.min,
-        max: epi.max,
-        accumulate: epi.accumulate,
-        moments: std::ptr::null_mut(),
+        ..plain
     };
     // Safety: the pointers cover the shapes checked above.
     unsafe { dispatch(b.isa, &args) }
@@ -204,11 +222,9 @@ pub fn gemm_transposed_a(
 /// If a slice is shorter than its shape says, or `lda < k`, `ldc < n`.
 pub fn gemm_moments(
     m: usize,
-    a: &[f32],
-    lda: usize,
+    (a, lda): (&[f32], usize),
     b: &PackedB,
-    c: &mut [f32],
-    ldc: usize,
+    (c, ldc): (&mut [f32], usize),
     moments: &mut [f64],
 ) {
     let (k, n) = (b.k, b.n);
@@ -222,22 +238,11 @@ pub fn gemm_moments(
     assert!(lda >= k && ldc >= n, "row strides shorter than rows");
     assert!(a.len() >= (m - 1) * lda + k, "A shorter than m rows");
     assert!(c.len() >= (m - 1) * ldc + n, "C shorter than m rows");
+    let linear = Epilogue::linear();
+    let plain = Args::plain(m, (a.as_ptr(), lda), b, (c.as_mut_ptr(), ldc), &linear);
     let args = Args {
-        m,
-        k,
-        n,
-        p0: 0,
-        a: a.as_ptr(),
-        lda,
-        a_trans: false,
-        b: b.data.as_ptr(),
-        c: c.as_mut_ptr(),
-        ldc,
-        bias: std::ptr::null(),
-        min: f32::NEG_INFINITY,
-        max: f32::INFINITY,
-        accumulate: false,
         moments: moments.as_mut_ptr(),
+        ..plain
     };
     // Safety: the pointers cover the shapes checked above.
     unsafe { dispatch(b.isa, &args) }
@@ -281,22 +286,11 @@ pub fn gemm_cols(
     if let Some(bias) = epi.bias {
         assert!(bias.len() >= n, "bias shorter than n");
     }
+    let plain = Args::plain(m, (a.as_ptr(), lda), b, (c.as_mut_ptr(), ldc), epi);
     let args = Args {
-        m,
-        k,
         n: cols.end,
         p0: cols.start / b.nr,
-        a: a.as_ptr(),
-        lda,
-        a_trans: false,
-        b: b.data.as_ptr(),
-        c: c.as_mut_ptr(),
-        ldc,
-        bias: epi.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
-        min: epi.min,
-        max: epi.max,
-        accumulate: epi.accumulate,
-        moments: std::ptr::null_mut(),
+        ..plain
     };
     // Safety: the pointers cover the shapes checked above.
     unsafe { dispatch(b.isa, &args) }
@@ -381,22 +375,11 @@ impl ColumnBlock<'_> {
         if let Some(bias) = epi.bias {
             assert!(bias.len() >= n, "bias shorter than n");
         }
+        let plain = Args::plain(self.m, (a.as_ptr(), lda), b, (self.c, self.ldc), epi);
         let args = Args {
-            m: self.m,
-            k,
             n: self.cols.end,
             p0: self.cols.start / b.nr,
-            a: a.as_ptr(),
-            lda,
-            a_trans: false,
-            b: b.data.as_ptr(),
-            c: self.c,
-            ldc: self.ldc,
-            bias: epi.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
-            min: epi.min,
-            max: epi.max,
-            accumulate: epi.accumulate,
-            moments: std::ptr::null_mut(),
+            ..plain
         };
         // Safety: the block's pointer covers its columns of m rows (column_blocks checked the
         // matrix), A and B are checked above, and support of b.isa is checked in dispatch.
@@ -595,7 +578,7 @@ mod tests {
                 let np = packed.padded_n();
                 let mut moments = vec![1.0f64; 2 * np];
                 let mut c = vec![f32::NAN; m * n];
-                gemm_moments(m, &a, k, &packed, &mut c, n, &mut moments);
+                gemm_moments(m, (&a, k), &packed, (&mut c, n), &mut moments);
                 assert_close(&c, &expected, 1e-5, &format!("{isa} C m{m} k{k} n{n}"));
                 for j in 0..np {
                     let col = (0..m).map(|i| {

@@ -291,15 +291,8 @@ pub fn par_gemm_moments(
     let padded = b.padded_n();
     let parts = map_parts(pool, &mut c[..m * ldc], &ranges, ldc, |_, row, chunk| {
         let mut moments = vec![0.0f64; 2 * padded];
-        gemm_moments(
-            chunk.len() / ldc,
-            &a[row * lda..],
-            lda,
-            b,
-            chunk,
-            ldc,
-            &mut moments,
-        );
+        let rows = chunk.len() / ldc;
+        gemm_moments(rows, (&a[row * lda..], lda), b, (chunk, ldc), &mut moments);
         moments
     });
     let n = b.n();
