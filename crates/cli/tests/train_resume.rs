@@ -188,7 +188,7 @@ fn profile_prints_the_time_per_operation_and_changes_nothing() {
         "pointwise forward",
         "batch norm + act forward",
         "pool, classifier, loss",
-        "batch norm + act backward",
+        "batch norm backward sums",
         "stem conv backward",
         "depthwise backward",
         "pointwise backward",

@@ -19,7 +19,8 @@ pub enum TrainOp {
     BnForward,
     /// Average pool, dropout, classifier and loss, forward and backward.
     Head,
-    /// Batch norm and activation, backward.
+    /// Batch norm and activation, backward: the sums over the batch (the pass that makes dZ
+    /// from them runs inside each convolution's backward pass and is booked there).
     BnBackward,
     /// The stem's weight gradient.
     StemBackward,
@@ -65,7 +66,7 @@ impl TrainOp {
             TrainOp::PointwiseForward => "pointwise forward",
             TrainOp::BnForward => "batch norm + act forward",
             TrainOp::Head => "pool, classifier, loss",
-            TrainOp::BnBackward => "batch norm + act backward",
+            TrainOp::BnBackward => "batch norm backward sums",
             TrainOp::StemBackward => "stem conv backward",
             TrainOp::DepthwiseBackward => "depthwise backward",
             TrainOp::PointwiseBackward => "pointwise backward",
