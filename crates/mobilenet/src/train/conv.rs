@@ -14,7 +14,7 @@ use std::ops::Range;
 use mobilenet_kernels::gemm::{gemm, gemm_transposed_a, PackedB};
 use mobilenet_kernels::{ConvGeometry, Epilogue, Isa};
 
-use super::bn::{channel_moments, combine, Moments};
+use super::bn::{add_moments, channel_moments, combine, Moments};
 use crate::config::Padding;
 use crate::exec::{map_parts, map_ranges, par_gemm, par_gemm_moments, split};
 use crate::exec::{GemmSplit, SpinPool};
@@ -42,6 +42,13 @@ const FUSED_BLOCK_VALUES: usize = 32 << 10;
 
 /// Makes rows `first ..` of dZ (as many as the slice holds).
 pub(crate) type DzFn<'a> = dyn Fn(usize, &mut [f32]) + Sync + 'a;
+
+/// Batch norm's backward sums of the layer below over rows `first ..` of its dA (this layer's
+/// dX), taken while the block just written is in cache.
+pub(crate) type SumsFn<'a> = dyn Fn(usize, &[f32]) -> Moments + Sync + 'a;
+
+/// What one thread's share of a backward pass gives: its part of dW and of the sums.
+type Part = (Vec<f32>, Option<Moments>);
 
 impl ConvLayer {
     /// `layer` (a `Conv`, `Depthwise` or `Pointwise` layer of the table) under `padding`.
@@ -125,10 +132,10 @@ impl ConvLayer {
     }
 
     /// Gradients of the convolution with dZ made a block of rows at a time by `dz_of` (batch
-    /// norm's last backward pass): `dw` (overwritten) and, if asked, `dx`. Each thread makes a
-    /// block (pointwise: a few hundred rows; depthwise and the stem: one image) into a buffer
-    /// that stays in cache and uses it at once for both gradients, so dZ is never written out
-    /// and read back.
+    /// norm's last backward pass): `dw` (overwritten) and, if asked, `dx` with the sums
+    /// `sums_of` takes of each block of it (returned). Each thread makes a block (pointwise: a
+    /// few hundred rows; depthwise and the stem: one image) into a buffer that stays in cache
+    /// and uses it at once for both gradients, so dZ is never written out and read back.
     ///
     /// # Panics
     ///
@@ -142,9 +149,9 @@ impl ConvLayer {
         x: &[f32],
         dz_of: &DzFn,
         dw: &mut [f32],
-        dx: Option<&mut [f32]>,
+        dx: Option<(&mut [f32], &SumsFn)>,
         batch: usize,
-    ) {
+    ) -> Option<Moments> {
         let threads = pool.threads();
         let parts = if self.kind == LayerKind::Pointwise {
             let (cin, m) = (self.shape.cin, batch * self.pixels);
@@ -154,10 +161,12 @@ impl ConvLayer {
             let ranges = split(m, threads, 1);
             let wt = wt.as_ref();
             match dx {
-                Some(dx) => map_parts(pool, &mut dx[..m * cin], &ranges, cin, |_, row, chunk| {
-                    let rows = row..row + chunk.len() / cin;
-                    self.pointwise_part(isa, x, dz_of, wt, rows, Some(chunk))
-                }),
+                Some((dx, sums_of)) => {
+                    map_parts(pool, &mut dx[..m * cin], &ranges, cin, |_, row, chunk| {
+                        let rows = row..row + chunk.len() / cin;
+                        self.pointwise_part(isa, x, dz_of, wt, rows, Some((chunk, sums_of)))
+                    })
+                }
                 None => map_ranges(pool, &ranges, |_, rows| {
                     self.pointwise_part(isa, x, dz_of, wt, rows.clone(), None)
                 }),
@@ -170,14 +179,14 @@ impl ConvLayer {
             let in_len = self.in_len;
             let ranges = split(batch, threads, 1);
             match dx {
-                Some(dx) => map_parts(
+                Some((dx, sums_of)) => map_parts(
                     pool,
                     &mut dx[..batch * in_len],
                     &ranges,
                     in_len,
                     |_, i, c| {
                         let images = i..i + c.len() / in_len;
-                        self.image_part(isa, (w, x), dz_of, images, Some(c))
+                        self.image_part(isa, (w, x), dz_of, images, Some((c, sums_of)))
                     },
                 ),
                 None => map_ranges(pool, &ranges, |_, images| {
@@ -186,11 +195,16 @@ impl ConvLayer {
             }
         };
         dw.fill(0.0);
-        for part in parts.iter().filter(|p| !p.is_empty()) {
-            for (d, p) in dw.iter_mut().zip(part) {
+        let mut sums = None;
+        for (part, part_sums) in parts {
+            for (d, p) in dw.iter_mut().zip(&part) {
                 *d += p;
             }
+            if let Some(m) = part_sums {
+                add_moments(&mut sums, m);
+            }
         }
+        sums
     }
 
     /// One thread's share of a pointwise backward pass: rows `rows` a block at a time; returns
@@ -202,15 +216,15 @@ impl ConvLayer {
         dz_of: &DzFn,
         wt: Option<&PackedB>,
         rows: Range<usize>,
-        mut dx: Option<&mut [f32]>,
-    ) -> Vec<f32> {
+        mut dx: Option<(&mut [f32], &SumsFn)>,
+    ) -> Part {
         let (cin, cout) = (self.shape.cin, self.shape.cout);
         // At least cin rows a block: the weight gradient adds its cin × cout block to the
         // accumulator once per block.
         let block = (FUSED_BLOCK_VALUES / cout)
             .max(cin)
             .clamp(64, WGRAD_BLOCK_ROWS);
-        let mut acc = vec![0.0f32; cin * cout];
+        let (mut acc, mut sums) = (vec![0.0f32; cin * cout], None);
         let mut dz = vec![0.0f32; block.min(rows.len()) * cout];
         let mut b = PackedB::new(isa, &[], 0, cout);
         let mut r = rows.start;
@@ -221,13 +235,14 @@ impl ConvLayer {
             b.repack(dz, n, cout);
             let xb = &x[r * cin..(r + n) * cin];
             gemm_transposed_a(cin, xb, cin, &b, &mut acc, cout, &Epilogue::accumulating());
-            if let (Some(dx), Some(wt)) = (dx.as_deref_mut(), wt) {
+            if let (Some((dx, sums_of)), Some(wt)) = (dx.as_mut(), wt) {
                 let out = &mut dx[(r - rows.start) * cin..][..n * cin];
                 gemm(n, dz, cout, wt, out, cin, &Epilogue::linear());
+                add_moments(&mut sums, sums_of(r, out));
             }
             r += n;
         }
-        acc
+        (acc, sums)
     }
 
     /// One thread's share of a depthwise or stem backward pass: images `images`, one at a
@@ -238,10 +253,10 @@ impl ConvLayer {
         (w, x): (&[f32], &[f32]),
         dz_of: &DzFn,
         images: Range<usize>,
-        mut dx: Option<&mut [f32]>,
-    ) -> Vec<f32> {
+        mut dx: Option<(&mut [f32], &SumsFn)>,
+    ) -> Part {
         let (g, shape, in_len) = (&self.geometry, self.shape, self.in_len);
-        let mut acc = vec![0.0f32; w.len()];
+        let (mut acc, mut sums) = (vec![0.0f32; w.len()], None);
         let mut dz = vec![0.0f32; self.out_len];
         for i in images.clone() {
             dz_of(i * self.pixels, &mut dz);
@@ -251,11 +266,12 @@ impl ConvLayer {
             } else {
                 dwconv3x3_backward_weights(isa, g, shape.cin, img, &dz, &mut acc);
             }
-            if let Some(dx) = dx.as_deref_mut() {
+            if let Some((dx, sums_of)) = dx.as_mut() {
                 let out = &mut dx[(i - images.start) * in_len..][..in_len];
                 dwconv3x3_backward_input(isa, g, shape.cin, &dz, w, out);
+                add_moments(&mut sums, sums_of(i * (in_len / shape.cin), out));
             }
         }
-        acc
+        (acc, sums)
     }
 }

@@ -13,9 +13,9 @@ use mobilenet_kernels::Isa;
 
 mod classifier;
 
-use super::bn::{bn_act_backward_sums_all, bn_act_forward};
+use super::bn::{bn_act_backward_sums, bn_act_backward_sums_all, bn_act_forward, Moments};
 use super::bn::{bn_act_forward_fixed, BnCache};
-use super::conv::ConvLayer;
+use super::conv::{ConvLayer, SumsFn};
 use super::head;
 use super::profile::{TrainOp, TrainProfile};
 pub use super::step::{Distill, StepOptions, StepStats};
@@ -443,10 +443,13 @@ impl TrainNet {
         // Backward: conv layers, last to first, down to the first one that trains.
         let mut dz = std::mem::take(&mut st.grad_b);
         let trained = options.frozen_layers.min(convs.len());
+        // Batch norm's backward sums of the next layer down, taken by this one's dX pass.
+        let mut sums = None;
         for (j, &li) in convs.iter().enumerate().skip(trained).rev() {
             let p = lp[li].unwrap_or_else(|| unreachable!("convs are layers with parameters"));
             let need_dx = j > trained;
-            self.layer_backward(&st, (j, li, p), (&mut da, &mut dz), need_dx, grads);
+            let dab = (&mut da, &mut dz);
+            sums = self.layer_backward(&st, (j, li, p), dab, (need_dx, sums.take()), grads);
         }
         st.grad_a = da;
         st.grad_b = dz;
@@ -455,17 +458,18 @@ impl TrainNet {
     }
 
     /// Batch norm's and the convolution's backward pass for conv layer `j` (`li` in the
-    /// table): batch norm's sums first, then dZ made a block at a time inside the
-    /// convolution's pass ([`ConvLayer::backward`]). The input gradient, if asked, is written
-    /// to `spare` and the buffers swap, so `da` holds it after.
+    /// table): batch norm's sums (`sums` when the layer above took them), then dZ made a block
+    /// at a time inside the convolution's pass ([`ConvLayer::backward`]). The input gradient,
+    /// if asked, is written to `spare` and the buffers swap, so `da` holds it after; the sums
+    /// of layer `j − 1`'s batch norm, taken over it block by block, are returned.
     fn layer_backward(
         &mut self,
         st: &StepState,
         (j, li, p): (usize, usize, LayerParams),
         (da, spare): (&mut Vec<f32>, &mut Vec<f32>),
-        need_dx: bool,
+        (need_dx, sums): (bool, Option<Moments>),
         grads: &mut [Vec<f32>],
-    ) {
+    ) -> Option<Moments> {
         let (batch, layer) = (st.batch, &self.layers[li]);
         let out_len = batch * layer.output.iter().product::<usize>();
         let in_len = batch * layer.input.iter().product::<usize>();
@@ -477,7 +481,7 @@ impl TrainNet {
             let gamma = &self.params[p.gamma].value;
             let cache = &st.bn[j];
             let dgb = (&mut lo[p.gamma][..], &mut hi[0][..]);
-            bn_act_backward_sums_all(&mut self.pool, isa, (z, d), cache, gamma, act, dgb)
+            bn_act_backward_sums_all(&mut self.pool, isa, (z, d), sums, cache, gamma, act, dgb)
         };
         self.record(TrainOp::BnBackward, t);
         let t = self.clock();
@@ -487,20 +491,29 @@ impl TrainNet {
         let conv = self.convs[li]
             .as_ref()
             .unwrap_or_else(|| unreachable!("convs are layers with parameters"));
-        conv.backward(
+        // Layer j − 1's batch norm (unused when no dX is asked, as for j = 0).
+        let below = j.saturating_sub(1);
+        let c_below = self.layers[li].input[2];
+        let (z_below, cache_below) = (&st.zs[below][..], &st.bn[below]);
+        let sums_of = |first: usize, block: &[f32]| {
+            let zb = &z_below[first * c_below..first * c_below + block.len()];
+            bn_act_backward_sums(isa, zb, block, c_below, cache_below, act)
+        };
+        let sums = conv.backward(
             &mut self.pool,
             isa,
             &self.params[p.weight].value,
             &st.acts[j],
             &|first, out| grad.apply(isa, (z, d), first, out),
             &mut grads[p.weight],
-            need_dx.then(|| &mut spare[..in_len]),
+            need_dx.then(|| (&mut spare[..in_len], &sums_of as &SumsFn)),
             batch,
         );
         if need_dx {
             std::mem::swap(da, spare);
         }
         self.record(op_of(self.layers[li].kind, TrainOp::StemBackward), t);
+        sums
     }
 
     /// One training step of the classifier alone on the backbone's last feature maps
