@@ -134,7 +134,7 @@ pub(super) fn profile_table(p: &TrainProfile) -> String {
     }
     let steps = total - p.get(TrainOp::Evaluation);
     format!(
-        "time per operation over {} steps of {} images:\n{}(batch norm's backward apply runs inside each convolution's backward row)\n{} training images/s over the steps (data wait included, evaluation not)\n",
+        "time per operation over {} steps of {} images:\n{}(batch norm's backward passes run inside the convolutions' rows: the sums in the layer above's, the apply in its own)\n{} training images/s over the steps (data wait included, evaluation not)\n",
         p.steps,
         p.images,
         table.render(),

@@ -19,8 +19,10 @@ pub enum TrainOp {
     BnForward,
     /// Average pool, dropout, classifier and loss, forward and backward.
     Head,
-    /// Batch norm and activation, backward: the sums over the batch (the pass that makes dZ
-    /// from them runs inside each convolution's backward pass and is booked there).
+    /// Batch norm and activation, backward: the sums over the batch where no convolution above
+    /// took them (the top layer); the sums of the others are taken inside the dX pass of the
+    /// layer above, and the pass that makes dZ inside the layer's own convolution backward, and
+    /// are booked there.
     BnBackward,
     /// The stem's weight gradient.
     StemBackward,
