@@ -12,7 +12,7 @@ mod pool;
 
 pub use parallel::{
     by_rows, for_each_part, for_each_part2, map_parts, map_ranges, par_gemm, par_gemm_moments,
-    per_image, qgemm_split, split, sum_per_part, GemmSplit, RowsFn,
+    qgemm_split, split, GemmSplit, RowsFn,
 };
 pub use pool::SpinPool;
 

@@ -182,56 +182,6 @@ pub fn by_rows(
     });
 }
 
-/// Calls `f(image, output)` for every image of `out` (`batch` slices of `len`), the images split
-/// between the pool's threads.
-pub fn per_image(
-    pool: &mut SpinPool,
-    out: &mut [f32],
-    len: usize,
-    batch: usize,
-    f: &(dyn Fn(usize, &mut [f32]) + Sync),
-) {
-    let ranges = split(batch, pool.threads(), 1);
-    for_each_part(
-        pool,
-        &mut out[..batch * len],
-        &ranges,
-        len,
-        |_, first, chunk| {
-            for (j, img) in chunk.chunks_exact_mut(len).enumerate() {
-                f(first + j, img);
-            }
-        },
-    );
-}
-
-/// `total = Σ` over parts of what `f(range of items, accumulator)` adds into each part's own
-/// zeroed accumulator (`total.len()` values, kept in `scratch` between calls): `n` items split
-/// between the pool's threads, the partial sums added in part order.
-pub fn sum_per_part(
-    pool: &mut SpinPool,
-    n: usize,
-    scratch: &mut Vec<f32>,
-    total: &mut [f32],
-    f: impl Fn(Range<usize>, &mut [f32]) + Sync,
-) {
-    let threads = pool.threads();
-    let len = total.len();
-    scratch.clear();
-    scratch.resize(threads * len, 0.0);
-    let items = split(n, threads, 1);
-    let slots: Vec<Range<usize>> = (0..threads).map(|t| t..t + 1).collect();
-    for_each_part(pool, scratch, &slots, len, |t, _, acc| {
-        f(items[t].clone(), acc)
-    });
-    total.fill(0.0);
-    for part in scratch.chunks_exact(len) {
-        for (a, &b) in total.iter_mut().zip(part) {
-            *a += b;
-        }
-    }
-}
-
 /// How a GEMM is split between threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmSplit {
@@ -427,21 +377,6 @@ mod tests {
                 .flat_map(|r| [((r / out_h) * 100 + r % out_h) as f32; 2])
                 .collect();
             assert_eq!(dst, want, "{threads} threads");
-        }
-    }
-
-    #[test]
-    fn sum_per_part_adds_every_item_once() {
-        for threads in [1, 2, 3] {
-            let mut pool = SpinPool::new(threads);
-            let (mut scratch, mut total) = (Vec::new(), vec![0.0; 2]);
-            sum_per_part(&mut pool, 7, &mut scratch, &mut total, |items, acc| {
-                for i in items {
-                    acc[0] += i as f32;
-                    acc[1] += 1.0;
-                }
-            });
-            assert_eq!(total, [21.0, 7.0], "{threads} threads");
         }
     }
 

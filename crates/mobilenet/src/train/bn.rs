@@ -269,7 +269,7 @@ pub(crate) fn bn_act_forward(
     let rows = z.len() / c;
     let ranges = split(rows, pool.threads(), 1);
     let (sum, sq) = moments.unwrap_or_else(|| {
-        combine(&map_ranges(pool, &ranges, |_, r| {
+        combine(map_ranges(pool, &ranges, |_, r| {
             channel_moments(isa, &z[r.start * c..r.end * c], c)
         }))
     });
@@ -369,7 +369,7 @@ pub(crate) fn bn_act_backward_sums_all<'a>(
     let rows = z.len() / c;
     let ranges = split(rows, pool.threads(), 1);
     let (sum_dy, sum_dyx) = sums.unwrap_or_else(|| {
-        combine(&map_ranges(pool, &ranges, |_, r| {
+        combine(map_ranges(pool, &ranges, |_, r| {
             let part = r.start * c..r.end * c;
             bn_act_backward_sums(isa, &z[part.clone()], &da[part], c, cache, act)
         }))
@@ -428,17 +428,13 @@ pub(crate) fn add_moments(acc: &mut Option<Moments>, m: Moments) {
     }
 }
 
-/// Adds up per-part `(Σa, Σb)` channel sums.
-pub(crate) fn combine(parts: &[Moments]) -> Moments {
-    let c = parts.iter().map(|p| p.0.len()).max().unwrap_or(0);
-    let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
-    for (pa, pb) in parts {
-        for ch in 0..pa.len() {
-            a[ch] += pa[ch];
-            b[ch] += pb[ch];
-        }
+/// Adds up per-part `(Σa, Σb)` channel sums (parts past the work, left empty, add nothing).
+pub(crate) fn combine(parts: Vec<Moments>) -> Moments {
+    let mut total = None;
+    for part in parts.into_iter().filter(|p| !p.0.is_empty()) {
+        add_moments(&mut total, part);
     }
-    (a, b)
+    total.unwrap_or_default()
 }
 
 #[cfg(test)]

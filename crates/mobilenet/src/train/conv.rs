@@ -109,7 +109,7 @@ impl ConvLayer {
             &ranges,
             out_len,
             |_, i0, zs| {
-                let mut sums = (vec![0.0f64; cout], vec![0.0f64; cout]);
+                let mut sums = None;
                 for (i, out) in (i0..).zip(zs.chunks_exact_mut(out_len)) {
                     let img = &x[i * in_len..(i + 1) * in_len];
                     if self.kind == LayerKind::Conv {
@@ -118,17 +118,13 @@ impl ConvLayer {
                         dwconv3x3(isa, g, cin, img, w, &linear, out, 0);
                     }
                     if moments {
-                        let (s, q) = channel_moments(isa, out, cout);
-                        for ch in 0..cout {
-                            sums.0[ch] += s[ch];
-                            sums.1[ch] += q[ch];
-                        }
+                        add_moments(&mut sums, channel_moments(isa, out, cout));
                     }
                 }
-                sums
+                sums.unwrap_or_default()
             },
         );
-        moments.then(|| combine(&parts))
+        moments.then(|| combine(parts))
     }
 
     /// Gradients of the convolution with dZ made a block of rows at a time by `dz_of` (batch
