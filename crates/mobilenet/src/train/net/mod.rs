@@ -90,7 +90,8 @@ struct StepState {
     logits: Vec<f32>,
     dlogits: Vec<f32>,
     grad_a: Vec<f32>,
-    grad_b: Vec<f32>,
+    /// The other gradient buffer: a layer writes its input gradient here, then the two swap.
+    grad_spare: Vec<f32>,
 }
 
 /// Indices of a layer's parameters in `TrainNet::params`.
@@ -441,18 +442,18 @@ impl TrainNet {
         self.record(TrainOp::Head, t);
 
         // Backward: conv layers, last to first, down to the first one that trains.
-        let mut dz = std::mem::take(&mut st.grad_b);
+        let mut spare = std::mem::take(&mut st.grad_spare);
         let trained = options.frozen_layers.min(convs.len());
         // Batch norm's backward sums of the next layer down, taken by this one's dX pass.
         let mut sums = None;
         for (j, &li) in convs.iter().enumerate().skip(trained).rev() {
             let p = lp[li].unwrap_or_else(|| unreachable!("convs are layers with parameters"));
             let need_dx = j > trained;
-            let dab = (&mut da, &mut dz);
+            let dab = (&mut da, &mut spare);
             sums = self.layer_backward(&st, (j, li, p), dab, (need_dx, sums.take()), grads);
         }
         st.grad_a = da;
-        st.grad_b = dz;
+        st.grad_spare = spare;
         self.state = st;
         StepStats { loss, correct }
     }
