@@ -24,6 +24,7 @@ pub mod classify;
 mod config;
 mod cost;
 pub mod data;
+pub mod detect;
 mod error;
 pub mod eval;
 pub mod exec;

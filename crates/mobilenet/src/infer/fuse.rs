@@ -52,6 +52,7 @@ pub(super) fn fuse_separable(layers: Vec<PlannedLayer>) -> Vec<PlannedLayer> {
                 }),
                 PlannedLayer {
                     op: Op::Pointwise(pointwise),
+                    last,
                     input: pw_input,
                     output,
                     mult_adds,
@@ -69,6 +70,7 @@ pub(super) fn fuse_separable(layers: Vec<PlannedLayer>) -> Vec<PlannedLayer> {
                 debug_assert!(dw_min == min && dw_max == max);
                 out.push(PlannedLayer {
                     name: format!("{name}+pointwise"),
+                    last,
                     kind: LayerKind::Pointwise,
                     input,
                     output,
@@ -92,8 +94,12 @@ pub(super) fn fuse_separable(layers: Vec<PlannedLayer>) -> Vec<PlannedLayer> {
 }
 
 /// Joins the stem and the fused separable pairs right after it into one row pipeline, if one of
-/// them moves at least `min_bytes` of activations per image.
-pub(super) fn fuse_pipeline(layers: Vec<PlannedLayer>, min_bytes: usize) -> Vec<PlannedLayer> {
+/// them moves at least `min_bytes` of activations per image; at most `max_steps` steps.
+pub(super) fn fuse_pipeline(
+    layers: Vec<PlannedLayer>,
+    min_bytes: usize,
+    max_steps: usize,
+) -> Vec<PlannedLayer> {
     let lead = layers
         .iter()
         .enumerate()
@@ -103,7 +109,8 @@ pub(super) fn fuse_pipeline(layers: Vec<PlannedLayer>, min_bytes: usize) -> Vec<
             _ => false,
         })
         .count()
-        .min(MAX_STAGES);
+        .min(MAX_STAGES)
+        .min(max_steps);
     let traffic = layers[..lead]
         .iter()
         .map(|l| 4 * (l.input.iter().product::<usize>() + l.output.iter().product::<usize>()))
@@ -117,6 +124,7 @@ pub(super) fn fuse_pipeline(layers: Vec<PlannedLayer>, min_bytes: usize) -> Vec<
     let (first, last) = (&rest[0], &rest[lead - 1]);
     let name = format!("{}..{}", first.name, last.name);
     let (input, output, min, max) = (first.input, last.output, last.min, last.max);
+    let last_layer = last.last.clone();
     let mult_adds = rest.iter().map(|l| l.mult_adds).sum();
     let mut stages: Vec<Stage> = rest
         .into_iter()
@@ -148,6 +156,7 @@ pub(super) fn fuse_pipeline(layers: Vec<PlannedLayer>, min_bytes: usize) -> Vec<
     let mut out = Vec::with_capacity(tail.len() + 1);
     out.push(PlannedLayer {
         name,
+        last: last_layer,
         kind: LayerKind::Pointwise,
         input,
         output,

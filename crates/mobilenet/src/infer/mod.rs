@@ -23,7 +23,7 @@ use mobilenet_kernels::Isa;
 use crate::classifier::ModelInfo;
 use crate::config::{Activation, MobileNetConfig};
 use crate::error::ModelError;
-use crate::layers::{Hwc, LayerKind};
+use crate::layers::{Hwc, Layer, LayerKind};
 use crate::preprocess::Preprocessing;
 use crate::weights::ModelFile;
 
@@ -53,12 +53,28 @@ pub struct PlannedLayer {
     pub output: Hwc,
     /// Mult-Adds per image.
     pub mult_adds: u64,
+    /// Layer-table name of the last layer the step computes (the one whose output it writes).
+    pub last: String,
     op: Op,
     min: f32,
     max: f32,
 }
 
 impl PlannedLayer {
+    fn new(layer: Layer, op: Op, (min, max): (f32, f32)) -> PlannedLayer {
+        PlannedLayer {
+            mult_adds: layer.cost().mult_adds,
+            last: layer.name.clone(),
+            name: layer.name,
+            kind: layer.kind,
+            input: layer.input,
+            output: layer.output,
+            op,
+            min,
+            max,
+        }
+    }
+
     /// What the step runs, for reports: a layer kind's name, `dw+pw` for a fused separable
     /// pair, `pipeline` for a row pipeline.
     pub fn step_kind(&self) -> &'static str {
@@ -76,10 +92,59 @@ pub struct InferenceModel {
     info: ModelInfo,
     isa: Isa,
     layers: Vec<PlannedLayer>,
+    heads: Vec<Head>,
+}
+
+/// A convolution to plan, its batch norm already folded into `weights` and `bias`.
+#[derive(Debug)]
+pub(crate) struct ConvPlan {
+    pub layer: Layer,
+    /// In the model file's layout (`[k, k, cin, cout]`, `[k, k, c]` or `[cin, cout]`).
+    pub weights: Vec<f32>,
+    pub bias: Vec<f32>,
+    /// `None`: linear.
+    pub activation: Option<Activation>,
+}
+
+/// A 1×1 convolution with a bias and no activation reading the output of layer `after`.
+#[derive(Debug)]
+pub(crate) struct HeadPlan {
+    pub after: String,
+    /// `[cin, cout]`.
+    pub weights: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// A planned head: a GEMM over the output of step `step`.
+#[derive(Debug)]
+struct Head {
+    step: usize,
+    /// Pixels per image of the map it reads.
+    pixels: usize,
+    gemm: Gemm,
+}
+
+impl Head {
+    /// Output values per image.
+    fn values(&self) -> usize {
+        self.pixels * self.gemm.bias.len()
+    }
+}
+
+/// No clamp: a linear layer.
+const LINEAR: (f32, f32) = (f32::NEG_INFINITY, f32::INFINITY);
+
+/// The clamp an activation applies.
+fn clamp(activation: Option<Activation>) -> (f32, f32) {
+    match activation {
+        None => LINEAR,
+        Some(Activation::Relu) => (0.0, f32::INFINITY),
+        Some(Activation::Relu6) => (0.0, 6.0),
+    }
 }
 
 /// Multiplies each row of `w` (`[.., cout]`, output channel last) by `scale`.
-fn scale_columns(w: &[f32], scale: &[f32]) -> Vec<f32> {
+pub(crate) fn scale_columns(w: &[f32], scale: &[f32]) -> Vec<f32> {
     w.chunks_exact(scale.len())
         .flat_map(|row| row.iter().zip(scale).map(|(x, s)| x * s))
         .collect()
@@ -136,81 +201,172 @@ impl InferenceModel {
         pipeline_min_bytes: usize,
     ) -> Result<Self, ModelError> {
         let config = model.config;
-        let clamp = match config.activation() {
-            Activation::Relu => (0.0, f32::INFINITY),
-            Activation::Relu6 => (0.0, 6.0),
+        let mut fc = None;
+        let mut convs = Vec::new();
+        for layer in config.layers() {
+            match layer.kind {
+                LayerKind::AvgPool => {}
+                LayerKind::Fc => fc = Some(layer),
+                _ => {
+                    let w = model.conv(&layer)?;
+                    let (scale, bias) = w.folded_bn(model.bn_epsilon);
+                    convs.push(ConvPlan {
+                        weights: scale_columns(w.weight, &scale),
+                        bias,
+                        activation: Some(config.activation()),
+                        layer,
+                    });
+                }
+            }
+        }
+        let info = ModelInfo {
+            config,
+            preprocessing: model.preprocessing,
+            labels: model.labels.clone(),
         };
-        let linear = (f32::NEG_INFINITY, f32::INFINITY);
-        let layers = config
-            .layers()
+        let mut plan = InferenceModel::from_plans(info, isa, fusion, convs, Vec::new())?;
+        if fusion == Fusion::Pipeline {
+            plan.layers = fuse_pipeline(plan.layers, pipeline_min_bytes, usize::MAX);
+        }
+        if let Some(layer) = fc {
+            let fc = model.fc(&layer)?;
+            let (cin, classes) = (layer.input[2], layer.output[2]);
+            let pool_layer = config
+                .layers()
+                .into_iter()
+                .find(|l| l.kind == LayerKind::AvgPool);
+            if let Some(pool) = pool_layer {
+                plan.layers
+                    .push(PlannedLayer::new(pool, Op::AvgPool, LINEAR));
+            }
+            let op = Op::Fc(Gemm {
+                weights: PackedB::new(isa, fc.weight, cin, classes),
+                bias: fc.bias.to_vec(),
+            });
+            plan.layers.push(PlannedLayer::new(layer, op, LINEAR));
+        }
+        Ok(plan)
+    }
+
+    /// Plans a chain of convolutions whose batch norms are already folded (`convs`, in order),
+    /// with `heads` reading the outputs of some of them (a detector's box and class predictors).
+    /// Separable pairs are fused as `fusion` says; the row pipeline is left to the caller,
+    /// since it could swallow a layer a head reads.
+    ///
+    /// # Errors
+    ///
+    /// A weight or bias of the wrong size, or a head reading a layer the chain does not have
+    /// or with the wrong number of input channels.
+    pub(crate) fn from_plans(
+        info: ModelInfo,
+        isa: Isa,
+        fusion: Fusion,
+        convs: Vec<ConvPlan>,
+        heads: Vec<HeadPlan>,
+    ) -> Result<Self, ModelError> {
+        let padding = info.config.padding();
+        let bad = |reason: String| ModelError::Metadata {
+            path: "<model>".into(),
+            reason,
+        };
+        let mut layers = Vec::with_capacity(convs.len());
+        for ConvPlan {
+            layer,
+            weights,
+            bias,
+            activation,
+        } in convs
+        {
+            let (cin, cout, k) = (layer.input[2], layer.output[2], layer.kernel);
+            let want = match layer.kind {
+                LayerKind::Conv => k * k * cin * cout,
+                LayerKind::Depthwise => k * k * cin,
+                _ => cin * cout,
+            };
+            if weights.len() != want || bias.len() != cout {
+                return Err(bad(format!(
+                    "layer {}: {} weights and {} biases, expected {want} and {cout}",
+                    layer.name,
+                    weights.len(),
+                    bias.len()
+                )));
+            }
+            let op = match layer.kind {
+                LayerKind::Conv => Op::Conv(Conv {
+                    geometry: layer.geometry(padding),
+                    shape: ConvShape { k, cin, cout },
+                    weights,
+                    bias,
+                }),
+                LayerKind::Depthwise => Op::Depthwise(Depthwise {
+                    geometry: layer.geometry(padding),
+                    weights: AlignedVec::from_slice(&weights),
+                    bias: AlignedVec::from_slice(&bias),
+                }),
+                LayerKind::Pointwise => Op::Pointwise(Gemm {
+                    weights: PackedB::new(isa, &weights, cin, cout),
+                    bias,
+                }),
+                LayerKind::AvgPool | LayerKind::Fc => {
+                    return Err(bad(format!("layer {} is not a convolution", layer.name)))
+                }
+            };
+            layers.push(PlannedLayer::new(layer, op, clamp(activation)));
+        }
+        let layers = match fusion {
+            Fusion::None => layers,
+            Fusion::Separable | Fusion::Pipeline => fuse_separable(layers),
+        };
+        let heads = heads
             .into_iter()
-            .map(|layer| {
-                let (op, (min, max)) = match layer.kind {
-                    LayerKind::AvgPool => (Op::AvgPool, linear),
-                    LayerKind::Fc => {
-                        let fc = model.fc(&layer)?;
-                        let (cin, classes) = (layer.input[2], layer.output[2]);
-                        let op = Op::Fc(Gemm {
-                            weights: PackedB::new(isa, fc.weight, cin, classes),
-                            bias: fc.bias.to_vec(),
-                        });
-                        (op, linear)
-                    }
-                    kind => {
-                        let w = model.conv(&layer)?;
-                        let (scale, bias) = w.folded_bn(model.bn_epsilon);
-                        let weights = scale_columns(w.weight, &scale);
-                        let (cin, cout) = (layer.input[2], layer.output[2]);
-                        let op = match kind {
-                            LayerKind::Conv => Op::Conv(Conv {
-                                geometry: layer.geometry(config.padding()),
-                                shape: ConvShape {
-                                    k: layer.kernel,
-                                    cin,
-                                    cout,
-                                },
-                                weights,
-                                bias,
-                            }),
-                            LayerKind::Depthwise => Op::Depthwise(Depthwise {
-                                geometry: layer.geometry(config.padding()),
-                                weights: AlignedVec::from_slice(&weights),
-                                bias: AlignedVec::from_slice(&bias),
-                            }),
-                            _ => Op::Pointwise(Gemm {
-                                weights: PackedB::new(isa, &weights, cin, cout),
-                                bias,
-                            }),
-                        };
-                        (op, clamp)
-                    }
-                };
-                Ok(PlannedLayer {
-                    mult_adds: layer.cost().mult_adds,
-                    name: layer.name,
-                    kind: layer.kind,
-                    input: layer.input,
-                    output: layer.output,
-                    op,
-                    min,
-                    max,
+            .map(|head| {
+                let step = layers
+                    .iter()
+                    .position(|l| l.last == head.after)
+                    .ok_or_else(|| bad(format!("no layer {} for a head to read", head.after)))?;
+                let [h, w, cin] = layers[step].output;
+                let cout = head.bias.len();
+                if head.weights.len() != cin * cout {
+                    return Err(bad(format!(
+                        "head on {}: {} weights, expected {cin} × {cout}",
+                        head.after,
+                        head.weights.len()
+                    )));
+                }
+                Ok(Head {
+                    step,
+                    pixels: h * w,
+                    gemm: Gemm {
+                        weights: PackedB::new(isa, &head.weights, cin, cout),
+                        bias: head.bias,
+                    },
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        let layers = match fusion {
-            Fusion::None => layers,
-            Fusion::Separable => fuse_separable(layers),
-            Fusion::Pipeline => fuse_pipeline(fuse_separable(layers), pipeline_min_bytes),
-        };
         Ok(InferenceModel {
-            info: ModelInfo {
-                config,
-                preprocessing: model.preprocessing,
-                labels: model.labels.clone(),
-            },
+            info,
             isa,
             layers,
+            heads,
         })
+    }
+
+    /// Joins the leading layers into a row pipeline where that pays (see [`Fusion`]), ending
+    /// it at the first layer a head reads at the latest.
+    pub(crate) fn fuse_pipeline(&mut self) {
+        let max_steps = self
+            .heads
+            .iter()
+            .map(|h| h.step + 1)
+            .min()
+            .unwrap_or(usize::MAX);
+        let layers = std::mem::take(&mut self.layers);
+        let before = layers.len();
+        self.layers = fuse_pipeline(layers, PIPELINE_MIN_BYTES, max_steps);
+        let joined = before - self.layers.len();
+        for head in &mut self.heads {
+            head.step -= joined;
+        }
     }
 
     /// The network's configuration.
@@ -257,6 +413,10 @@ impl InferenceModel {
     /// Values per image in the network's output (classes, or the final feature map).
     pub fn output_len(&self) -> usize {
         self.layers.last().map_or(0, |l| l.output.iter().product())
+    }
+    /// Values per image each head writes, in the order they were planned.
+    pub fn head_values(&self) -> Vec<usize> {
+        self.heads.iter().map(Head::values).collect()
     }
     /// Values per image in the input (`resolution² · 3`).
     pub fn input_len(&self) -> usize {

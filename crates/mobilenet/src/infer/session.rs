@@ -6,7 +6,8 @@ use mobilenet_kernels::aligned::AlignedVec;
 
 use super::op::{run_layer, Op};
 use super::{InferenceModel, PlannedLayer};
-use crate::exec::{resolve_threads, SpinPool};
+use crate::exec::{par_gemm, resolve_threads, GemmSplit, SpinPool};
+use mobilenet_kernels::Epilogue;
 
 /// Per-image output size (values) from which a leading layer runs image by image in a batch:
 /// 128 K values (512 KB), a quarter of L2.
@@ -29,6 +30,8 @@ pub struct Session<'m> {
     /// Buffers for one image, for those layers.
     small_ping: AlignedVec,
     small_pong: AlignedVec,
+    /// The heads' outputs (`batch ×` each head's values).
+    heads: Vec<AlignedVec>,
     profile: Option<Vec<Duration>>,
 }
 
@@ -67,6 +70,11 @@ impl<'m> Session<'m> {
             stream,
             small_ping: AlignedVec::zeros(small),
             small_pong: AlignedVec::zeros(small),
+            heads: model
+                .head_values()
+                .into_iter()
+                .map(|n| AlignedVec::zeros(n * batch))
+                .collect(),
             profile: None,
         }
     }
@@ -98,6 +106,12 @@ impl<'m> Session<'m> {
         run_layer(self.model.isa, layer, self.batch, src, dst, &mut self.pool);
         std::mem::swap(&mut self.ping, &mut self.pong);
         out_len
+    }
+
+    /// The heads' outputs after [`Session::run`], in the order the plan lists them: for each
+    /// image, the head's 1×1 convolution over the map it reads (`[h, w, cout]`).
+    pub fn heads(&self) -> Vec<&[f32]> {
+        self.heads.iter().map(|h| &h[..]).collect()
     }
 
     /// Runs the network on `input` (`batch` preprocessed images, NHWC) and returns the
@@ -145,6 +159,14 @@ impl<'m> Session<'m> {
                     }
                     std::mem::swap(&mut self.small_ping, &mut self.small_pong);
                     cur_len = len;
+                    run_heads(
+                        model,
+                        i,
+                        &self.small_ping[..cur_len],
+                        (image, 1),
+                        &mut self.heads,
+                        &mut self.pool,
+                    );
                     observe(layer, &self.small_ping[..cur_len]);
                 }
                 self.ping[image * out_len..][..out_len]
@@ -167,12 +189,50 @@ impl<'m> Session<'m> {
                 }
                 _ => cur_len = self.step(layer, cur_len),
             }
+            run_heads(
+                model,
+                i,
+                &self.ping[..cur_len],
+                (0, batch),
+                &mut self.heads,
+                &mut self.pool,
+            );
             if let Some(p) = &mut self.profile {
                 p[i] += start.elapsed();
             }
             observe(layer, &self.ping[..cur_len]);
         }
         &self.ping[..cur_len]
+    }
+}
+
+/// Runs the heads that read step `step`'s output `src` (`images.1` images, the first of them
+/// image `images.0` of the batch) into their buffers.
+fn run_heads(
+    model: &InferenceModel,
+    step: usize,
+    src: &[f32],
+    (first, images): (usize, usize),
+    outs: &mut [AlignedVec],
+    pool: &mut SpinPool,
+) {
+    for (head, out) in model.heads.iter().zip(outs) {
+        if head.step != step {
+            continue;
+        }
+        let (cin, cout) = (head.gemm.weights.k(), head.gemm.weights.n());
+        let epi = Epilogue::new(Some(&head.gemm.bias), f32::NEG_INFINITY, f32::INFINITY);
+        let m = images * head.pixels;
+        let dst = &mut out[first * head.values()..][..m * cout];
+        par_gemm(
+            pool,
+            GemmSplit::Rows,
+            m,
+            (src, cin),
+            &head.gemm.weights,
+            (dst, cout),
+            &epi,
+        );
     }
 }
 

@@ -1,0 +1,30 @@
+//! Object detection: SSD with a MobileNet v1 backbone (the paper's Table 13; the TensorFlow
+//! Object Detection API's `ssd_mobilenet_v1`).
+//!
+//! | file | what |
+//! |---|---|
+//! | `config.rs` | the detector as data: input, feature maps, extra layers, anchors, classes, decoding, NMS; SSD300 and face-api's face detector |
+//! | `anchors.rs` | the multiple-grid anchor generator |
+//! | `boxes.rs` | the box coder, IoU, per-class non-maximum suppression |
+//! | `image.rs` | fitting an image to the square input, boxes back to pixels |
+//! | `file.rs` | the detector file (a backbone model file plus `ssd/` tensors) |
+//! | `model.rs` | the detector planned on the f32 engine (predictors as heads of the plan) |
+//! | `tfjs.rs` | TensorFlow.js manifests; face-api's detector into a detector file |
+
+mod anchors;
+mod boxes;
+mod config;
+mod file;
+mod image;
+mod model;
+pub mod tfjs;
+
+pub use anchors::generate as generate_anchors;
+pub use boxes::{decode, encode, iou, nms, Detection};
+pub use config::{
+    AnchorConfig, CostRow, DetectorConfig, Fit, InterpolatedPosition, NmsConfig, ScoreFunction,
+    COCO_LOGITS,
+};
+pub use file::{is_detector, tensor_specs, DetectorFile, PREFIX};
+pub use image::{fit, Frame};
+pub use model::{Detector, DetectorSession, RawDetections};
