@@ -1,6 +1,7 @@
 //! `mobilenet`: the command-line tool of the mobilenet project.
 
 mod commands;
+mod draw;
 mod plot;
 mod table;
 
@@ -30,6 +31,8 @@ enum Command {
     Import(commands::import::ImportArgs),
     /// Classify images with a model file or a quantized .tflite
     Classify(commands::classify::ClassifyArgs),
+    /// Find objects in images with an SSD detector file (boxes, scores, labels)
+    Detect(commands::detect::DetectArgs),
     /// Measure inference latency, throughput and memory (int8 next to f32 for a .tflite)
     Bench(commands::bench::BenchArgs),
     /// Train or fine-tune on an image data set (default: built-in Fashion-MNIST)
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Arch(args) => commands::arch::run(&args),
         Command::Import(args) => commands::import::run(&args),
         Command::Classify(args) => commands::classify::run(&args),
+        Command::Detect(args) => commands::detect::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
         Command::Train(args) => commands::train::run(&args, train_matches),
         Command::Eval(args) => commands::eval::run(&args),

@@ -11,7 +11,7 @@ use plotters::prelude::*;
 /// DejaVu Sans (Bitstream Vera license, see assets/DejaVuSans-LICENSE.txt).
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
-fn register_font() {
+pub(crate) fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The embedded font is a valid TrueType file; registration cannot fail for it.

@@ -124,3 +124,21 @@ fn bad_arguments_give_one_line_naming_the_value() {
         assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
     }
 }
+
+/// `arch --detector ssd300` prints the paper's Table 13 model: 1.2 B Mult-Adds, 6.8 M
+/// parameters (1,237,129,408 and 6,794,495 counted), with its 1,917 anchors.
+#[test]
+fn detector_table_reproduces_table_13() {
+    let json = json(&["arch", "--detector", "ssd300", "--json"]);
+    assert_eq!(json["mult_adds"], 1_237_129_408u64);
+    assert_eq!(json["params"], 6_794_495u64);
+    assert_eq!(json["anchors"], 1917);
+    let text = mobilenet(&["arch", "--detector", "ssd300"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("1.237 B Mult-Adds, 6.79 M parameters"),
+        "{text}"
+    );
+    let bad = mobilenet(&["arch", "--detector", "yolo"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected one of: ssd300, face"));
+}

@@ -51,6 +51,10 @@ pub struct ArchArgs {
     /// Print the paper's Tables 2–10 and 12 with our computed value beside each printed one
     #[arg(long, conflicts_with_all = ["preset", "alpha", "resolution", "json", "no_head"])]
     paper: bool,
+    /// An SSD detector's layer table instead: ssd300 (COCO, the paper's Table 13) or face
+    /// (face-api's 512×512 face detector)
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["preset", "alpha", "resolution", "no_head", "paper"])]
+    detector: Option<String>,
 }
 
 impl ArchArgs {
@@ -77,6 +81,9 @@ pub fn run(args: &ArchArgs) -> Result<()> {
     if args.paper {
         print!("{}", paper_report());
         return Ok(());
+    }
+    if let Some(name) = &args.detector {
+        return super::arch_detector::run(name, args.json);
     }
     let config = args.config()?;
     let cost = ModelCost::of(&config);

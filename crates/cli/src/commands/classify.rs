@@ -54,7 +54,7 @@ enum Format {
 
 /// The image files named by `paths`: files as given, folders searched recursively for image
 /// files (sorted by path; hidden files and folders skipped).
-fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(crate) fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?

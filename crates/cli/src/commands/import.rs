@@ -4,12 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
+use mobilenet::detect::tfjs::{import_face_api, is_manifest};
 use mobilenet::import::{import, read_labels, ImportOptions, SourceFormat};
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
     /// Weight file to convert (safetensors with TF-slim or Keras names, or a .tflite MobileNet v1;
-    /// the format is detected)
+    /// the format is detected), or face-api's SSD-MobileNet v1 weights manifest (.json, its .bin
+    /// beside it) into a detector file
     input: PathBuf,
     /// Where to write the model file
     #[arg(short, long)]
@@ -33,6 +35,9 @@ pub fn run(args: &ImportArgs) -> Result<()> {
             args.output.display()
         );
     }
+    if is_manifest(&args.input) {
+        return import_detector(args);
+    }
     let (model, format) = import(&args.input, &options)?;
     model.save(&args.output)?;
     let source = match format {
@@ -53,5 +58,38 @@ pub fn run(args: &ImportArgs) -> Result<()> {
     if model.labels.is_none() {
         println!("no labels: classify will print class indices (pass --labels to embed them)");
     }
+    Ok(())
+}
+
+/// face-api's TF.js manifest into a detector file.
+fn import_detector(args: &ImportArgs) -> Result<()> {
+    if args.labels.is_some() || args.resolution.is_some() {
+        bail!("--labels and --resolution apply to classifiers; the face detector has its own");
+    }
+    let detector = import_face_api(&args.input)?;
+    detector.save(&args.output)?;
+    let values: usize = detector
+        .backbone
+        .tensors()
+        .values()
+        .chain(detector.tensors.values())
+        .map(|t| t.data.len())
+        .sum();
+    println!(
+        "{}: face-api SSD-MobileNet v1 (TF.js, uint8-quantized) → {} ({:.2} M values)",
+        args.input.display(),
+        args.output.display(),
+        values as f64 / 1e6
+    );
+    let c = &detector.config;
+    println!(
+        "detector {:?}: {}×{} input, {} feature maps, classes {:?}; run it with `mobilenet detect --model {} IMAGE…`",
+        c.name,
+        c.input,
+        c.input,
+        c.maps_count(),
+        c.labels,
+        args.output.display()
+    );
     Ok(())
 }

@@ -1,6 +1,8 @@
 pub mod arch;
+mod arch_detector;
 pub mod bench;
 pub mod classify;
+pub mod detect;
 pub mod eval;
 pub mod import;
 pub mod quantize;

@@ -1,0 +1,134 @@
+//! `mobilenet import` of face-api's manifest, then `mobilenet detect` as a user runs it:
+//! the JSON lines the issue specifies, drawn PNGs, and clear errors.
+
+use std::path::Path;
+
+mod common;
+use common::mobilenet;
+
+#[path = "../../mobilenet/tests/common/mod.rs"]
+mod shared;
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn import_then_detect_faces() {
+    let Some(data) = shared::shared_data("import_then_detect_faces") else {
+        return;
+    };
+    let root = std::env::temp_dir().join(format!("mobilenet-detect-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let model = root.join("face.safetensors");
+    let manifest =
+        data.join("detection/ssd_mobilenet_v1_face/ssd_mobilenetv1_model-weights_manifest.json");
+    let out = mobilenet()
+        .args(["import", s(&manifest), "-o", s(&model)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let face = data.join("images/face.jpg");
+    let grace = data.join("images/grace_hopper.png");
+    let cat = data.join("images/cat.png");
+    let drawn = root.join("drawn");
+    let out = mobilenet()
+        .args(["detect", "--model", s(&model), "--json", "--threads", "2"])
+        .args(["--draw", s(&drawn), s(&face), s(&grace), s(&cat)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let counts: Vec<usize> = lines
+        .iter()
+        .map(|l| l["detections"].as_array().unwrap().len())
+        .collect();
+    // face-api finds 4 and 1 faces (reference_detections.json); the cat has none.
+    assert_eq!(counts, [4, 1, 0]);
+    assert_eq!(lines[1]["image"], s(&grace));
+    let d = &lines[1]["detections"][0];
+    assert_eq!(d["class"], 1);
+    assert_eq!(d["label"], "face");
+    let bbox: Vec<f64> = d["box"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    // face-api: [171.2, 121.6, 180.6, 206.1] in the image's pixels.
+    for (got, want) in bbox.iter().zip([171.2, 121.6, 180.6, 206.1]) {
+        assert!((got - want).abs() <= 1.0, "{bbox:?}");
+    }
+    // --min-score above every face's score leaves none.
+    let out = mobilenet()
+        .args([
+            "detect",
+            "--model",
+            s(&model),
+            "--json",
+            "--min-score",
+            "0.9999",
+            s(&face),
+        ])
+        .output()
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["detections"].as_array().unwrap().len(), 0);
+    // The drawn images have the input's size.
+    for (name, size) in [("face.png", (512, 355)), ("grace_hopper.png", (512, 600))] {
+        let img = image::open(drawn.join(name)).expect("drawn PNG");
+        assert_eq!((img.width(), img.height()), size);
+    }
+
+    // A classifier is not a detector; a bad image is named and the others still run.
+    let classifier = root.join("classifier.safetensors");
+    let official = data.join("mobilenet_v1/float/mobilenet_v1_1.0_224_imagenet_float.safetensors");
+    assert!(mobilenet()
+        .args(["import", s(&official), "-o", s(&classifier)])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let out = mobilenet()
+        .args(["detect", "--model", s(&classifier), s(&face)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not a detector"),
+        "{err}"
+    );
+    let broken = root.join("broken.jpg");
+    std::fs::write(&broken, b"\xff\xd8\xff not really").unwrap();
+    let out = mobilenet()
+        .args(["detect", "--model", s(&model), s(&broken), s(&grace)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a bad image must fail the run");
+    assert!(
+        err.contains("broken.jpg") && err.contains("1 of 2"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 object"));
+    let out = mobilenet()
+        .args(["detect", "--model", s(&model), "--iou", "0", s(&grace)])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--iou 0 is out of range"));
+    std::fs::remove_dir_all(&root).ok();
+}
