@@ -132,3 +132,108 @@ fn import_then_detect_faces() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--iou 0 is out of range"));
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// `eval-detect` on the face images with face-api's boxes as ground truth: every face found
+/// at IoU 0.5 (AP50 = 1), the results file in COCO's format, and a missing image or a
+/// malformed annotation named.
+#[test]
+fn eval_detect_on_faces() {
+    let Some(data) = shared::shared_data("eval_detect_on_faces") else {
+        return;
+    };
+    let root = std::env::temp_dir().join(format!("mobilenet-eval-detect-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let model = root.join("face.safetensors");
+    let manifest =
+        data.join("detection/ssd_mobilenet_v1_face/ssd_mobilenetv1_model-weights_manifest.json");
+    assert!(mobilenet()
+        .args(["import", s(&manifest), "-o", s(&model)])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let text = std::fs::read_to_string(
+        data.join("detection/ssd_mobilenet_v1_face/reference_detections.json"),
+    )
+    .unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut images = Vec::new();
+    let mut annotations = Vec::new();
+    for (i, (path, faces)) in reference["images"].as_object().unwrap().iter().enumerate() {
+        let img = image::open(data.join(path)).unwrap();
+        images.push(serde_json::json!({"id": i + 1, "file_name": path,
+            "width": img.width(), "height": img.height()}));
+        for face in faces.as_array().unwrap() {
+            let id = annotations.len() + 1;
+            annotations.push(serde_json::json!({"id": id, "image_id": i + 1,
+                "category_id": 1, "bbox": face["box"], "iscrowd": 0}));
+        }
+    }
+    let gt = serde_json::json!({"images": images, "annotations": annotations,
+        "categories": [{"id": 1, "name": "face"}]});
+    let ann = root.join("faces.json");
+    std::fs::write(&ann, gt.to_string()).unwrap();
+    let results = root.join("results.json");
+    let out = mobilenet()
+        .args(["eval-detect", "--model", s(&model), "--data", s(&data)])
+        .args(["--annotations", s(&ann), "--json", "--results", s(&results)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ap50"], 1.0, "{report}");
+    assert!(report["ap"].as_f64().unwrap() > 0.5, "{report}");
+    let written: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    assert_eq!(
+        written.len(),
+        report["detections"].as_u64().unwrap() as usize
+    );
+    assert!(written
+        .iter()
+        .all(|r| r["category_id"] == 1 && r["bbox"].as_array().unwrap().len() == 4));
+
+    // A missing image and a box outside its image are named.
+    let mut gt_missing = gt.clone();
+    gt_missing["images"][0]["file_name"] = "images/nope.jpg".into();
+    std::fs::write(&ann, gt_missing.to_string()).unwrap();
+    let out = mobilenet()
+        .args([
+            "eval-detect",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--annotations",
+            s(&ann),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("nope.jpg"), "{err}");
+    let mut gt_outside = gt.clone();
+    gt_outside["annotations"][0]["bbox"] = serde_json::json!([5000, 0, 10, 10]);
+    std::fs::write(&ann, gt_outside.to_string()).unwrap();
+    let out = mobilenet()
+        .args([
+            "eval-detect",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--annotations",
+            s(&ann),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("faces.json: annotations[0] (id 1): bbox [5000.0"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&root).ok();
+}

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod classify;
 pub mod detect;
 pub mod eval;
+pub mod eval_detect;
 pub mod import;
 pub mod quantize;
 pub mod train;

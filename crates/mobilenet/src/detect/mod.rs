@@ -6,6 +6,8 @@
 //! | `config.rs` | the detector as data: input, feature maps, extra layers, anchors, classes, decoding, NMS; SSD300 and face-api's face detector |
 //! | `anchors.rs` | the multiple-grid anchor generator |
 //! | `boxes.rs` | the box coder, IoU, per-class non-maximum suppression |
+//! | `coco.rs`, `cocoeval.rs` | COCO instances files (checked); box mAP exactly as pycocotools computes it |
+//! | `evaluate.rs` | a detector over an annotated folder, in COCO's results format |
 //! | `image.rs` | fitting an image to the square input, boxes back to pixels |
 //! | `file.rs` | the detector file (a backbone model file plus `ssd/` tensors) |
 //! | `model.rs` | the detector planned on the f32 engine (predictors as heads of the plan) |
@@ -13,7 +15,10 @@
 
 mod anchors;
 mod boxes;
+mod coco;
+mod cocoeval;
 mod config;
+mod evaluate;
 mod file;
 mod image;
 mod model;
@@ -21,10 +26,13 @@ pub mod tfjs;
 
 pub use anchors::generate as generate_anchors;
 pub use boxes::{decode, encode, iou, nms, Detection};
+pub use coco::{AnnotationError, CocoAnnotation, CocoCategory, CocoDataset, CocoImage};
+pub use cocoeval::{evaluate as coco_evaluate, CocoResult, CocoStats, EvalError};
 pub use config::{
     AnchorConfig, CostRow, DetectorConfig, Fit, InterpolatedPosition, NmsConfig, ScoreFunction,
     COCO_LOGITS,
 };
+pub use evaluate::{category_map, detect_dataset};
 pub use file::{is_detector, tensor_specs, DetectorFile, PREFIX};
 pub use image::{fit, Frame};
 pub use model::{Detector, DetectorSession, RawDetections};
