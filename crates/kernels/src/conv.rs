@@ -1,7 +1,9 @@
 //! Direct k×k convolution in NHWC with HWIO weights, vectorised over output channels.
 //!
 //! Used for MobileNet's stem (3×3, stride 2, 3 input channels), where a GEMM would waste
-//! most of its tile on a K of 27, and for the full-conv comparison network of the paper.
+//! most of its tile on a K of 27. Convolutions with many input channels (the paper's full-conv
+//! network, SSD's extra layers) go through [`im2col`] and the GEMM instead: the direct loop
+//! reaches a few GFLOP/s there, the GEMM its peak.
 
 use crate::simd::SimdF32;
 use crate::RowsCall;
@@ -239,6 +241,43 @@ unsafe fn conv_rows<S: SimdF32, const P: usize>(s: S, call: RowsCall<'_, ConvSha
     }
 }
 
+/// Writes the k×k patches of output rows `row0 ..` (`out.len() / (k·k·cin)` pixels, whole
+/// rows) as the rows of a matrix `[pixels, k·k·cin]`, columns in HWIO order `(ky, kx, ci)`, so
+/// that the patch matrix times the `[k·k·cin, cout]` weights is the convolution. Padding is
+/// zeros.
+///
+/// # Panics
+///
+/// If `out` is not whole output rows or reaches past `out_h`, or `input` is short.
+pub fn im2col(g: &ConvGeometry, k: usize, cin: usize, input: &[f32], out: &mut [f32], row0: usize) {
+    let patch = k * k * cin;
+    assert!(
+        patch > 0 && out.len().is_multiple_of(patch * g.out_w),
+        "out is not whole rows"
+    );
+    let rows = out.len() / (patch * g.out_w);
+    assert!(row0 + rows <= g.out_h, "rows past out_h");
+    assert!(
+        input.len() >= g.in_h * g.in_w * cin,
+        "input shorter than in_h·in_w·cin"
+    );
+    for (p, dst) in out.chunks_exact_mut(patch).enumerate() {
+        let (oy, ox) = (row0 + p / g.out_w, p % g.out_w);
+        for ky in 0..k {
+            let iy = (oy * g.stride + ky) as isize - g.pad_top as isize;
+            for kx in 0..k {
+                let ix = (ox * g.stride + kx) as isize - g.pad_left as isize;
+                let d = &mut dst[(ky * k + kx) * cin..][..cin];
+                if iy < 0 || ix < 0 || iy >= g.in_h as isize || ix >= g.in_w as isize {
+                    d.fill(0.0);
+                } else {
+                    d.copy_from_slice(&input[(iy as usize * g.in_w + ix as usize) * cin..][..cin]);
+                }
+            }
+        }
+    }
+}
+
 /// The obviously-correct definition of [`conv2d`], for tests.
 pub fn conv2d_reference(
     g: &ConvGeometry,
@@ -277,6 +316,47 @@ pub fn conv2d_reference(
 mod tests {
     use super::*;
     use crate::testing::{assert_close, Rng};
+
+    /// The patch matrix times the weights is the convolution, rows taken in two bands.
+    #[test]
+    fn im2col_times_weights_is_the_convolution() {
+        for (in_h, in_w, stride, same) in [(7, 5, 2, true), (6, 6, 1, false), (2, 3, 2, true)] {
+            let shape = ConvShape {
+                k: 3,
+                cin: 5,
+                cout: 4,
+            };
+            let g = if same {
+                ConvGeometry::tf_same(in_h, in_w, 3, stride)
+            } else {
+                ConvGeometry::symmetric(in_h, in_w, 3, stride, 1)
+            };
+            let mut rng = Rng::new(in_h as u64);
+            let input = rng.signed_vec(in_h * in_w * shape.cin);
+            let weights = rng.signed_vec(9 * shape.cin * shape.cout);
+            let epi = Epilogue::new(None, f32::NEG_INFINITY, f32::INFINITY);
+            let want = conv2d_reference(&g, shape, &input, &weights, &epi);
+            let patch = 9 * shape.cin;
+            let mut cols = vec![f32::NAN; g.out_h * g.out_w * patch];
+            let split = g.out_h / 2 * g.out_w * patch;
+            let (top, bottom) = cols.split_at_mut(split);
+            im2col(&g, 3, shape.cin, &input, top, 0);
+            im2col(&g, 3, shape.cin, &input, bottom, g.out_h / 2);
+            let weights = &weights;
+            let got: Vec<f32> = cols
+                .chunks_exact(patch)
+                .flat_map(|row| {
+                    (0..shape.cout).map(move |co| {
+                        row.iter()
+                            .enumerate()
+                            .map(|(i, x)| x * weights[i * shape.cout + co])
+                            .sum()
+                    })
+                })
+                .collect();
+            assert_close(&got, &want, 1e-5, &format!("{in_h}x{in_w} s{stride}"));
+        }
+    }
 
     fn check(in_h: usize, in_w: usize, shape: ConvShape, stride: usize, same: bool) {
         let g = if same {

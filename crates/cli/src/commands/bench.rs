@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
+use mobilenet::detect::DetectorFile;
 use mobilenet::import::{import, ImportOptions};
 use mobilenet::int8::QuantizedModel;
 use mobilenet::{AnyModel, Classifier, Fusion, InferenceModel, MobileNetConfig, ModelFile, Preset};
@@ -17,28 +18,36 @@ pub struct BenchArgs {
     /// Benchmark a preset with random weights (default 1.0_224)
     #[arg(long, conflicts_with = "model")]
     preset: Option<Preset>,
+    /// Benchmark an SSD detector with random weights: ssd300 or face (512×512); a detector
+    /// file given to --model is benchmarked the same way
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["model", "preset"])]
+    pub(crate) detector: Option<String>,
+    /// For a detector: time the whole detection (resize, network, decoding, NMS) on this
+    /// image too (default: a synthetic 640×480 image)
+    #[arg(long, value_name = "PATH")]
+    pub(crate) image: Option<PathBuf>,
     /// Benchmark a model file; for a quantized .tflite, the integer engine next to the f32
     /// engine on the same weights dequantized
     #[arg(long)]
     model: Option<PathBuf>,
     /// Images per forward pass
     #[arg(long, default_value_t = 1)]
-    batch: usize,
+    pub(crate) batch: usize,
     /// Worker threads (default: all cores)
     #[arg(long, default_value_t = 0, value_parser = crate::threads_arg)]
-    threads: usize,
+    pub(crate) threads: usize,
     /// Timed runs (after warm-up)
     #[arg(long, default_value_t = 50, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
-    runs: usize,
+    pub(crate) runs: usize,
     /// Untimed warm-up runs
     #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000_000))]
-    warmup: usize,
+    pub(crate) warmup: usize,
     /// Time per layer and per layer kind
     #[arg(long)]
-    profile: bool,
+    pub(crate) profile: bool,
     /// One JSON object on stdout
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Which layers run together: none (every layer on its own), separable (depthwise +
     /// pointwise pairs band by band), pipeline (also the stem and the early pairs as one row
     /// pipeline)
@@ -82,18 +91,29 @@ struct LayerJson {
 }
 
 /// Peak resident set size of this process, from /proc (Linux only).
-fn peak_rss_mb() -> Option<f64> {
+pub(crate) fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(name) = &args.detector {
+        let config = super::arch_detector::named(name)?;
+        let file = DetectorFile::random(config, 20170417)?;
+        return super::bench_detector::run(args, &file, &format!("{name} (random weights)"));
+    }
+    if let Some(path) = &args.model {
+        if mobilenet::detect::is_detector_file(path) {
+            let file = super::detect::load_detector(path)?;
+            return super::bench_detector::run(args, &file, &path.display().to_string());
+        }
+    }
     let (file, name) = match (&args.model, args.preset) {
         (Some(path), _) => match AnyModel::load(path)? {
             AnyModel::Quantized(q) => return run_quantized(args, path, q),
@@ -228,7 +248,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 }
 
 /// The `p` quantile (0..=1) of sorted timings.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 

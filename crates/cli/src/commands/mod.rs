@@ -1,6 +1,7 @@
 pub mod arch;
 mod arch_detector;
 pub mod bench;
+mod bench_detector;
 pub mod classify;
 pub mod detect;
 pub mod eval;

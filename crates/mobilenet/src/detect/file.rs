@@ -269,6 +269,33 @@ pub fn is_detector(bytes: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the file at `path` is a detector file (reads its safetensors header only; false
+/// for anything unreadable, which the real load then reports).
+pub fn is_detector_file(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut len = [0u8; 8];
+    if f.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let n = u64::from_le_bytes(len);
+    if n > 100 << 20 {
+        return false;
+    }
+    let mut header = vec![0u8; n as usize];
+    if f.read_exact(&mut header).is_err() {
+        return false;
+    }
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&header) else {
+        return false;
+    };
+    json.get("__metadata__")
+        .and_then(|m| m.get(DETECTOR_KEY))
+        .is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,30 +72,33 @@ pub fn fit(img: &RgbImage, config: &DetectorConfig, out: &mut [f32]) -> Frame {
         ),
     };
     let raw = img.as_raw();
-    let pixel = |x: usize, y: usize, c: usize| -> f64 {
-        if x < w && y < h {
-            raw[(y * w + x) * 3 + c] as f64
-        } else {
-            0.0
-        }
-    };
+    // Source position of each output column and row: (first, second, weight of the second).
     let axis = |i: usize, src: usize| -> (usize, usize, f64) {
         let pos = i as f64 * (src as f64 / side as f64);
         let lo = pos.floor().max(0.0);
         let hi = (pos.ceil() as usize).min(src - 1);
         (lo as usize, hi, pos - lo)
     };
-    for y in 0..side {
+    let columns: Vec<(usize, usize, f64)> = (0..side).map(|x| axis(x, src_w)).collect();
+    let black = [0u8; 3];
+    // A pixel of the (padded) source: the padding is black.
+    let pixel = |x: usize, y: usize| -> &[u8] {
+        if x < w && y < h {
+            &raw[(y * w + x) * 3..][..3]
+        } else {
+            &black
+        }
+    };
+    for (y, row) in out.chunks_exact_mut(side * 3).enumerate() {
         let (y0, y1, fy) = axis(y, src_h);
-        for x in 0..side {
-            let (x0, x1, fx) = axis(x, src_w);
+        for (&(x0, x1, fx), px) in columns.iter().zip(row.chunks_exact_mut(3)) {
+            let (tl, tr) = (pixel(x0, y0), pixel(x1, y0));
+            let (bl, br) = (pixel(x0, y1), pixel(x1, y1));
             for c in 0..3 {
-                let (tl, tr) = (pixel(x0, y0, c), pixel(x1, y0, c));
-                let (bl, br) = (pixel(x0, y1, c), pixel(x1, y1, c));
-                let top = tl + (tr - tl) * fx;
-                let bottom = bl + (br - bl) * fx;
+                let top = tl[c] as f64 + (tr[c] as f64 - tl[c] as f64) * fx;
+                let bottom = bl[c] as f64 + (br[c] as f64 - bl[c] as f64) * fx;
                 let v = (top + (bottom - top) * fy) as f32;
-                out[(y * side + x) * 3 + c] = v * config.scale + config.offset;
+                px[c] = v * config.scale + config.offset;
             }
         }
     }

@@ -37,7 +37,7 @@ pub use fuse::Fusion;
 pub use session::Session;
 
 use fuse::{fuse_pipeline, fuse_separable, PIPELINE_MIN_BYTES};
-use op::{Conv, Depthwise, Gemm, Op};
+use op::{Conv, Depthwise, Gemm, Op, IM2COL_MIN_CIN};
 
 /// One layer of the execution plan.
 #[derive(Debug)]
@@ -295,6 +295,8 @@ impl InferenceModel {
                 LayerKind::Conv => Op::Conv(Conv {
                     geometry: layer.geometry(padding),
                     shape: ConvShape { k, cin, cout },
+                    packed: (cin >= IM2COL_MIN_CIN)
+                        .then(|| PackedB::new(isa, &weights, k * k * cin, cout)),
                     weights,
                     bias,
                 }),

@@ -1,7 +1,7 @@
 //! What one planned step computes (one struct per kind of op) and how it runs on a batch.
 
 use mobilenet_kernels::aligned::AlignedVec;
-use mobilenet_kernels::conv::{conv2d, ConvShape};
+use mobilenet_kernels::conv::{conv2d, im2col, ConvShape};
 use mobilenet_kernels::dwconv::{dwconv3x3, dwconv3x3_ring};
 use mobilenet_kernels::gemm::{gemm, PackedB};
 use mobilenet_kernels::pool::global_avg_pool;
@@ -11,14 +11,26 @@ use super::pipeline::{run_pipeline, Stage};
 use super::PlannedLayer;
 use crate::exec::{by_rows, par_gemm, GemmSplit, SpinPool};
 
-/// A full k×k convolution (the stem), batch norm folded.
+/// A full k×k convolution (the stem, the full-conv network, SSD's extra layers), batch norm
+/// folded.
 #[derive(Debug)]
 pub(super) struct Conv {
     pub geometry: ConvGeometry,
     pub shape: ConvShape,
     pub weights: Vec<f32>,
     pub bias: Vec<f32>,
+    /// The weights packed as a `[k·k·cin, cout]` GEMM operand, for convolutions with at least
+    /// [`IM2COL_MIN_CIN`] input channels: those run as patches times weights.
+    pub packed: Option<PackedB>,
 }
+
+/// Input channels from which a full convolution runs as im2col + GEMM (the direct kernel is
+/// for the stem's 3; SSD300's `extra_0/conv`, 256 channels, ran at 4 GFLOP/s direct).
+pub(super) const IM2COL_MIN_CIN: usize = 16;
+
+/// Patch-matrix values per band of an im2col convolution (256 KB: beside the GEMM's panels in
+/// L2).
+const IM2COL_BAND_VALUES: usize = 64 << 10;
 
 /// A depthwise 3×3 convolution, batch norm folded.
 #[derive(Debug)]
@@ -72,6 +84,24 @@ impl Conv {
         row0: usize,
     ) {
         let epi = Epilogue::new(Some(&self.bias), min, max);
+        if let Some(packed) = &self.packed {
+            let g = &self.geometry;
+            let ConvShape { k, cin, cout } = self.shape;
+            let patch = k * k * cin;
+            let band_rows = (IM2COL_BAND_VALUES / (g.out_w * patch)).max(1);
+            BAND.with_borrow_mut(|tmp| {
+                for (b, band) in out.chunks_mut(band_rows * g.out_w * cout).enumerate() {
+                    let pixels = band.len() / cout;
+                    if tmp.len() < pixels * patch {
+                        tmp.grow(pixels * patch);
+                    }
+                    let cols = &mut tmp[..pixels * patch];
+                    im2col(g, k, cin, img, cols, row0 + b * band_rows);
+                    gemm(pixels, cols, patch, packed, band, cout, &epi);
+                }
+            });
+            return;
+        }
         conv2d(
             isa,
             &self.geometry,
