@@ -48,8 +48,12 @@ const net = await time(async () => {
   await out.boxes[0].data();
   tf.dispose([...out.boxes, ...out.scores]);
 });
+const simd = backend === 'wasm' ? await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT') : false;
+const threads = backend === 'wasm' ? await tf.env().getAsync('WASM_HAS_MULTITHREAD_SUPPORT') : false;
 console.log(JSON.stringify({
   runtime: `face-api 1.7.15, tfjs ${tf.version.tfjs}, backend ${tf.getBackend()}`,
+  wasm_simd: simd,
+  wasm_threads: threads,
   runs,
   detect_median_ms: detect.median, detect_min_ms: detect.min,
   network_median_ms: net.median, network_min_ms: net.min,

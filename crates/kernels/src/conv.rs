@@ -278,6 +278,53 @@ pub fn im2col(g: &ConvGeometry, k: usize, cin: usize, input: &[f32], out: &mut [
     }
 }
 
+/// The adjoint of [`im2col`]: adds each patch row of `cols` (output rows `row0 ..`) back onto
+/// the input positions it was read from (`input_grad`, `[in_h, in_w, cin]`, accumulated), so
+/// that `col2im(dcols)` is the input gradient when `dcols` is the patch matrix's gradient.
+///
+/// # Panics
+///
+/// As [`im2col`].
+pub fn col2im(
+    g: &ConvGeometry,
+    k: usize,
+    cin: usize,
+    cols: &[f32],
+    input_grad: &mut [f32],
+    row0: usize,
+) {
+    let patch = k * k * cin;
+    assert!(
+        patch > 0 && cols.len().is_multiple_of(patch * g.out_w),
+        "cols is not whole rows"
+    );
+    let rows = cols.len() / (patch * g.out_w);
+    assert!(row0 + rows <= g.out_h, "rows past out_h");
+    assert!(
+        input_grad.len() >= g.in_h * g.in_w * cin,
+        "input_grad shorter than in_h·in_w·cin"
+    );
+    for (p, src) in cols.chunks_exact(patch).enumerate() {
+        let (oy, ox) = (row0 + p / g.out_w, p % g.out_w);
+        for ky in 0..k {
+            let iy = (oy * g.stride + ky) as isize - g.pad_top as isize;
+            if iy < 0 || iy >= g.in_h as isize {
+                continue;
+            }
+            for kx in 0..k {
+                let ix = (ox * g.stride + kx) as isize - g.pad_left as isize;
+                if ix < 0 || ix >= g.in_w as isize {
+                    continue;
+                }
+                let d = &mut input_grad[(iy as usize * g.in_w + ix as usize) * cin..][..cin];
+                for (d, s) in d.iter_mut().zip(&src[(ky * k + kx) * cin..][..cin]) {
+                    *d += s;
+                }
+            }
+        }
+    }
+}
+
 /// The obviously-correct definition of [`conv2d`], for tests.
 pub fn conv2d_reference(
     g: &ConvGeometry,
@@ -316,6 +363,32 @@ pub fn conv2d_reference(
 mod tests {
     use super::*;
     use crate::testing::{assert_close, Rng};
+
+    /// `<im2col(x), y> = <x, col2im(y)>`: col2im is im2col's adjoint.
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        for (in_h, in_w, stride, same) in [(7, 5, 2, true), (6, 6, 1, false), (2, 3, 2, true)] {
+            let (k, cin) = (3, 4);
+            let g = if same {
+                ConvGeometry::tf_same(in_h, in_w, k, stride)
+            } else {
+                ConvGeometry::symmetric(in_h, in_w, k, stride, 1)
+            };
+            let mut rng = Rng::new(in_w as u64 + 17);
+            let x = rng.signed_vec(in_h * in_w * cin);
+            let y = rng.signed_vec(g.out_h * g.out_w * k * k * cin);
+            let mut cols = vec![0.0; y.len()];
+            im2col(&g, k, cin, &x, &mut cols, 0);
+            let mut back = vec![0.0; x.len()];
+            col2im(&g, k, cin, &y, &mut back, 0);
+            let lhs: f64 = cols.iter().zip(&y).map(|(a, b)| (a * b) as f64).sum();
+            let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (a * b) as f64).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
+                "{lhs} vs {rhs}"
+            );
+        }
+    }
 
     /// The patch matrix times the weights is the convolution, rows taken in two bands.
     #[test]

@@ -33,6 +33,8 @@ pub use config::{
     COCO_LOGITS,
 };
 pub use evaluate::{category_map, detect_dataset};
-pub use file::{is_detector, is_detector_file, tensor_specs, DetectorFile, PREFIX};
+pub use file::{
+    is_detector, is_detector_file, name as tensor_name, tensor_specs, DetectorFile, PREFIX,
+};
 pub use image::{fit, Frame};
 pub use model::{Detector, DetectorSession, RawDetections};

@@ -7,7 +7,7 @@
 use mobilenet_kernels::backward::{
     conv2d_backward_weights, dwconv3x3_backward_input, dwconv3x3_backward_weights,
 };
-use mobilenet_kernels::conv::{conv2d, ConvShape};
+use mobilenet_kernels::conv::{col2im, conv2d, im2col, ConvShape};
 use mobilenet_kernels::dwconv::dwconv3x3;
 use std::ops::Range;
 
@@ -67,6 +67,17 @@ impl ConvLayer {
         }
     }
 
+    /// Whether this is a full convolution run through im2col and the GEMM: all but the
+    /// stem's 3-channel input, which runs direct (and needs no input gradient).
+    fn im2col(&self) -> bool {
+        self.kind == LayerKind::Conv && self.shape.cin > 3
+    }
+
+    /// Values per patch: `k·k·cin`.
+    fn patch(&self) -> usize {
+        self.shape.k * self.shape.k * self.shape.cin
+    }
+
     /// `z = conv(x, w)` for a batch of `batch` images, and with `moments` each output
     /// channel's `(Σz, Σz²)`, taken while the output is still in cache (the GEMM's tiles, each
     /// image's output) rather than by batch norm in another pass over memory.
@@ -110,9 +121,23 @@ impl ConvLayer {
             out_len,
             |_, i0, zs| {
                 let mut sums = None;
+                let packed = self
+                    .im2col()
+                    .then(|| PackedB::new(isa, w, self.patch(), cout));
+                let mut cols = vec![
+                    0.0f32;
+                    if packed.is_some() {
+                        self.pixels * self.patch()
+                    } else {
+                        0
+                    }
+                ];
                 for (i, out) in (i0..).zip(zs.chunks_exact_mut(out_len)) {
                     let img = &x[i * in_len..(i + 1) * in_len];
-                    if self.kind == LayerKind::Conv {
+                    if let Some(packed) = &packed {
+                        im2col(g, shape.k, cin, img, &mut cols, 0);
+                        gemm(self.pixels, &cols, self.patch(), packed, out, cout, &linear);
+                    } else if self.kind == LayerKind::Conv {
                         conv2d(isa, g, shape, img, w, &linear, out, 0);
                     } else {
                         dwconv3x3(isa, g, cin, img, w, &linear, out, 0);
@@ -169,8 +194,8 @@ impl ConvLayer {
             }
         } else {
             assert!(
-                dx.is_none() || self.kind == LayerKind::Depthwise,
-                "the input gradient of a full conv is not implemented"
+                dx.is_none() || self.kind == LayerKind::Depthwise || self.im2col(),
+                "the input gradient of a full conv with few input channels is not implemented"
             );
             let in_len = self.in_len;
             let ranges = split(batch, threads, 1);
@@ -254,6 +279,46 @@ impl ConvLayer {
         let (g, shape, in_len) = (&self.geometry, self.shape, self.in_len);
         let (mut acc, mut sums) = (vec![0.0f32; w.len()], None);
         let mut dz = vec![0.0f32; self.out_len];
+        if self.im2col() {
+            // dW += colsᵀ·dZ and dX = col2im(dZ·Wᵀ), image by image.
+            let (patch, cout) = (self.patch(), shape.cout);
+            let wt = dx
+                .is_some()
+                .then(|| PackedB::from_transposed(isa, w, cout, patch));
+            let mut cols = vec![0.0f32; self.pixels * patch];
+            let mut b = PackedB::new(isa, &[], 0, cout);
+            for i in images.clone() {
+                dz_of(i * self.pixels, &mut dz);
+                let img = &x[i * in_len..(i + 1) * in_len];
+                im2col(g, shape.k, shape.cin, img, &mut cols, 0);
+                b.repack(&dz, self.pixels, cout);
+                gemm_transposed_a(
+                    patch,
+                    &cols,
+                    patch,
+                    &b,
+                    &mut acc,
+                    cout,
+                    &Epilogue::accumulating(),
+                );
+                if let (Some((dx, sums_of)), Some(wt)) = (dx.as_mut(), wt.as_ref()) {
+                    gemm(
+                        self.pixels,
+                        &dz,
+                        cout,
+                        wt,
+                        &mut cols,
+                        patch,
+                        &Epilogue::linear(),
+                    );
+                    let out = &mut dx[(i - images.start) * in_len..][..in_len];
+                    out.fill(0.0);
+                    col2im(g, shape.k, shape.cin, &cols, out, 0);
+                    add_moments(&mut sums, sums_of(i * (in_len / shape.cin), out));
+                }
+            }
+            return (acc, sums);
+        }
         for i in images.clone() {
             dz_of(i * self.pixels, &mut dz);
             let img = &x[i * in_len..(i + 1) * in_len];

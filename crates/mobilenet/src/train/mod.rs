@@ -15,6 +15,7 @@
 //! | `history.rs` | [`trainer::EpochMetrics`] and the choice of the best epoch |
 //! | `failure.rs` | [`trainer::TrainFailure`]: why a run stopped |
 //! | `profile.rs` | [`profile::TrainProfile`]: seconds per operation (`train --profile`) |
+//! | `ssd/` | SSD detectors: anchor matching and the loss, the trainable network, the training loop |
 //! | `run.rs` | the data record a resume checks, the run directory's lock |
 
 pub mod bn;
@@ -31,6 +32,7 @@ mod options;
 pub mod profile;
 pub mod recipe;
 pub mod run;
+pub mod ssd;
 mod step;
 pub mod trainer;
 
