@@ -39,6 +39,8 @@ enum Command {
     Train(Box<commands::train::TrainArgs>),
     /// Top-1/top-5, per-class accuracy and confusion matrix of a model on labelled data
     Eval(commands::eval::EvalArgs),
+    /// Train an SSD detector on COCO-annotated images (from an ImageNet backbone)
+    TrainDetect(Box<commands::train_detect::TrainDetectArgs>),
     /// COCO box mAP (as pycocotools computes it) of a detector on an annotated image folder
     EvalDetect(commands::eval_detect::EvalDetectArgs),
     /// Post-training int8 quantization of a float model into a .tflite file
@@ -85,6 +87,7 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::train::run(&args, train_matches),
         Command::Eval(args) => commands::eval::run(&args),
         Command::EvalDetect(args) => commands::eval_detect::run(&args),
+        Command::TrainDetect(args) => commands::train_detect::run(&args),
         Command::Quantize(args) => commands::quantize::run(&args),
     };
     match result {

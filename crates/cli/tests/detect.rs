@@ -19,14 +19,14 @@ fn import_then_detect_faces() {
         return;
     };
     let root = std::env::temp_dir().join(format!("mobilenet-detect-{}", std::process::id()));
-    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&root).expect("should succeed");
     let model = root.join("face.safetensors");
     let manifest =
         data.join("detection/ssd_mobilenet_v1_face/ssd_mobilenetv1_model-weights_manifest.json");
     let out = mobilenet()
         .args(["import", s(&manifest), "-o", s(&model)])
         .output()
-        .unwrap();
+        .expect("should succeed");
     assert!(
         out.status.success(),
         "{}",
@@ -41,21 +41,21 @@ fn import_then_detect_faces() {
         .args(["detect", "--model", s(&model), "--json", "--threads", "2"])
         .args(["--draw", s(&drawn), s(&face), s(&grace), s(&cat)])
         .output()
-        .unwrap();
+        .expect("should succeed");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
+        .expect("should succeed")
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect();
     assert_eq!(lines.len(), 3);
     let counts: Vec<usize> = lines
         .iter()
-        .map(|l| l["detections"].as_array().unwrap().len())
+        .map(|l| l["detections"].as_array().expect("should succeed").len())
         .collect();
     // face-api finds 4 and 1 faces (reference_detections.json); the cat has none.
     assert_eq!(counts, [4, 1, 0]);
@@ -65,9 +65,9 @@ fn import_then_detect_faces() {
     assert_eq!(d["label"], "face");
     let bbox: Vec<f64> = d["box"]
         .as_array()
-        .unwrap()
+        .expect("should succeed")
         .iter()
-        .map(|v| v.as_f64().unwrap())
+        .map(|v| v.as_f64().expect("should succeed"))
         .collect();
     // face-api: [171.2, 121.6, 180.6, 206.1] in the image's pixels.
     for (got, want) in bbox.iter().zip([171.2, 121.6, 180.6, 206.1]) {
@@ -85,9 +85,12 @@ fn import_then_detect_faces() {
             s(&face),
         ])
         .output()
-        .unwrap();
-    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(line["detections"].as_array().unwrap().len(), 0);
+        .expect("should succeed");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("should succeed");
+    assert_eq!(
+        line["detections"].as_array().expect("should succeed").len(),
+        0
+    );
     // The drawn images have the input's size.
     for (name, size) in [("face.png", (512, 355)), ("grace_hopper.png", (512, 600))] {
         let img = image::open(drawn.join(name)).expect("drawn PNG");
@@ -100,24 +103,24 @@ fn import_then_detect_faces() {
     assert!(mobilenet()
         .args(["import", s(&official), "-o", s(&classifier)])
         .output()
-        .unwrap()
+        .expect("should succeed")
         .status
         .success());
     let out = mobilenet()
         .args(["detect", "--model", s(&classifier), s(&face)])
         .output()
-        .unwrap();
+        .expect("should succeed");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("not a detector"),
         "{err}"
     );
     let broken = root.join("broken.jpg");
-    std::fs::write(&broken, b"\xff\xd8\xff not really").unwrap();
+    std::fs::write(&broken, b"\xff\xd8\xff not really").expect("should succeed");
     let out = mobilenet()
         .args(["detect", "--model", s(&model), s(&broken), s(&grace)])
         .output()
-        .unwrap();
+        .expect("should succeed");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a bad image must fail the run");
     assert!(
@@ -128,7 +131,7 @@ fn import_then_detect_faces() {
     let out = mobilenet()
         .args(["detect", "--model", s(&model), "--iou", "0", s(&grace)])
         .output()
-        .unwrap();
+        .expect("should succeed");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--iou 0 is out of range"));
     std::fs::remove_dir_all(&root).ok();
 }
@@ -142,28 +145,33 @@ fn eval_detect_on_faces() {
         return;
     };
     let root = std::env::temp_dir().join(format!("mobilenet-eval-detect-{}", std::process::id()));
-    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&root).expect("should succeed");
     let model = root.join("face.safetensors");
     let manifest =
         data.join("detection/ssd_mobilenet_v1_face/ssd_mobilenetv1_model-weights_manifest.json");
     assert!(mobilenet()
         .args(["import", s(&manifest), "-o", s(&model)])
         .output()
-        .unwrap()
+        .expect("should succeed")
         .status
         .success());
     let text = std::fs::read_to_string(
         data.join("detection/ssd_mobilenet_v1_face/reference_detections.json"),
     )
-    .unwrap();
-    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    .expect("should succeed");
+    let reference: serde_json::Value = serde_json::from_str(&text).expect("should succeed");
     let mut images = Vec::new();
     let mut annotations = Vec::new();
-    for (i, (path, faces)) in reference["images"].as_object().unwrap().iter().enumerate() {
-        let img = image::open(data.join(path)).unwrap();
+    for (i, (path, faces)) in reference["images"]
+        .as_object()
+        .expect("should succeed")
+        .iter()
+        .enumerate()
+    {
+        let img = image::open(data.join(path)).expect("should succeed");
         images.push(serde_json::json!({"id": i + 1, "file_name": path,
             "width": img.width(), "height": img.height()}));
-        for face in faces.as_array().unwrap() {
+        for face in faces.as_array().expect("should succeed") {
             let id = annotations.len() + 1;
             annotations.push(serde_json::json!({"id": id, "image_id": i + 1,
                 "category_id": 1, "bbox": face["box"], "iscrowd": 0}));
@@ -172,35 +180,42 @@ fn eval_detect_on_faces() {
     let gt = serde_json::json!({"images": images, "annotations": annotations,
         "categories": [{"id": 1, "name": "face"}]});
     let ann = root.join("faces.json");
-    std::fs::write(&ann, gt.to_string()).unwrap();
+    std::fs::write(&ann, gt.to_string()).expect("should succeed");
     let results = root.join("results.json");
     let out = mobilenet()
         .args(["eval-detect", "--model", s(&model), "--data", s(&data)])
         .args(["--annotations", s(&ann), "--json", "--results", s(&results)])
         .output()
-        .unwrap();
+        .expect("should succeed");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("should succeed");
     assert_eq!(report["ap50"], 1.0, "{report}");
-    assert!(report["ap"].as_f64().unwrap() > 0.5, "{report}");
+    assert!(
+        report["ap"].as_f64().expect("should succeed") > 0.5,
+        "{report}"
+    );
     let written: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(&results).expect("should succeed"))
+            .expect("should succeed");
     assert_eq!(
         written.len(),
-        report["detections"].as_u64().unwrap() as usize
+        report["detections"].as_u64().expect("should succeed") as usize
     );
-    assert!(written
-        .iter()
-        .all(|r| r["category_id"] == 1 && r["bbox"].as_array().unwrap().len() == 4));
+    assert!(
+        written
+            .iter()
+            .all(|r| r["category_id"] == 1
+                && r["bbox"].as_array().expect("should succeed").len() == 4)
+    );
 
     // A missing image and a box outside its image are named.
     let mut gt_missing = gt.clone();
     gt_missing["images"][0]["file_name"] = "images/nope.jpg".into();
-    std::fs::write(&ann, gt_missing.to_string()).unwrap();
+    std::fs::write(&ann, gt_missing.to_string()).expect("should succeed");
     let out = mobilenet()
         .args([
             "eval-detect",
@@ -212,12 +227,12 @@ fn eval_detect_on_faces() {
             s(&ann),
         ])
         .output()
-        .unwrap();
+        .expect("should succeed");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("nope.jpg"), "{err}");
     let mut gt_outside = gt.clone();
     gt_outside["annotations"][0]["bbox"] = serde_json::json!([5000, 0, 10, 10]);
-    std::fs::write(&ann, gt_outside.to_string()).unwrap();
+    std::fs::write(&ann, gt_outside.to_string()).expect("should succeed");
     let out = mobilenet()
         .args([
             "eval-detect",
@@ -229,7 +244,7 @@ fn eval_detect_on_faces() {
             s(&ann),
         ])
         .output()
-        .unwrap();
+        .expect("should succeed");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("faces.json: annotations[0] (id 1): bbox [5000.0"),

@@ -64,12 +64,12 @@ fn face_api_detections_match_for_every_isa() {
                 .collect();
             assert_eq!(got.len(), want.len(), "{isa:?} {image}: {got:?}");
             for (g, w) in got.iter().zip(want) {
-                let score = w["score"].as_f64().unwrap() as f32;
+                let score = w["score"].as_f64().expect("should succeed") as f32;
                 let bbox: Vec<f64> = w["box"]
                     .as_array()
-                    .unwrap()
+                    .expect("should succeed")
                     .iter()
-                    .map(|v| v.as_f64().unwrap())
+                    .map(|v| v.as_f64().expect("should succeed"))
                     .collect();
                 // The reference is rounded to 4 decimals (scores) and 0.1 pixel (boxes).
                 assert!(

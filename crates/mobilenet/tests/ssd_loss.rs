@@ -21,7 +21,7 @@ fn f32s(v: &serde_json::Value) -> Vec<f32> {
 fn loss_and_gradient_match_torchvision() {
     let fixture: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/ssd_loss.json")).expect("fixture");
-    let classes = fixture["classes"].as_u64().unwrap() as usize;
+    let classes = fixture["classes"].as_u64().expect("should succeed") as usize;
     let anchors: Vec<[f32; 4]> = f32s(&fixture["anchors"])
         .chunks_exact(4)
         .map(|c| [c[0], c[1], c[2], c[3]])
@@ -29,7 +29,7 @@ fn loss_and_gradient_match_torchvision() {
     let n = anchors.len();
     let targets: Vec<Targets> = fixture["targets"]
         .as_array()
-        .unwrap()
+        .expect("should succeed")
         .iter()
         .map(|t| Targets {
             boxes: f32s(&t["boxes"])
@@ -38,9 +38,9 @@ fn loss_and_gradient_match_torchvision() {
                 .collect(),
             classes: t["classes"]
                 .as_array()
-                .unwrap()
+                .expect("should succeed")
                 .iter()
-                .map(|c| c.as_u64().unwrap() as usize)
+                .map(|c| c.as_u64().expect("should succeed") as usize)
                 .collect(),
         })
         .collect();
@@ -49,12 +49,17 @@ fn loss_and_gradient_match_torchvision() {
         .iter()
         .map(|t| match_anchors(&anchors, t, 0.5))
         .collect();
-    for (i, want) in fixture["matches"].as_array().unwrap().iter().enumerate() {
+    for (i, want) in fixture["matches"]
+        .as_array()
+        .expect("should succeed")
+        .iter()
+        .enumerate()
+    {
         let want: Vec<Option<usize>> = want
             .as_array()
-            .unwrap()
+            .expect("should succeed")
             .iter()
-            .map(|m| usize::try_from(m.as_i64().unwrap()).ok())
+            .map(|m| usize::try_from(m.as_i64().expect("should succeed")).ok())
             .collect();
         assert_eq!(matches[i], want, "image {i}");
     }
@@ -76,8 +81,8 @@ fn loss_and_gradient_match_torchvision() {
         &mut dcr,
         &mut dlr,
     );
-    let want_boxes = fixture["loss_boxes"].as_f64().unwrap();
-    let want_classes = fixture["loss_classes"].as_f64().unwrap();
+    let want_boxes = fixture["loss_boxes"].as_f64().expect("should succeed");
+    let want_classes = fixture["loss_classes"].as_f64().expect("should succeed");
     assert!(
         (loss.boxes - want_boxes).abs() < 1e-5 * want_boxes,
         "{} vs {want_boxes}",

@@ -10,4 +10,5 @@ pub mod import;
 pub mod quantize;
 pub mod train;
 mod train_data;
+pub mod train_detect;
 mod train_progress;

@@ -242,7 +242,7 @@ mod tests {
 
     #[test]
     fn reads_and_names_bad_entries() {
-        let d = parse(OK).unwrap();
+        let d = parse(OK).expect("should succeed");
         assert_eq!(CocoDataset::area(&d.annotations[0]), 16.0);
         let cases = [
             (
@@ -266,11 +266,11 @@ mod tests {
             (OK[..40].to_string(), "not COCO instances JSON"),
         ];
         for (text, want) in cases {
-            let err = parse(&text).unwrap_err().to_string();
+            let err = parse(&text).expect_err("should fail").to_string();
             assert!(err.starts_with("ann.json: ") && err.contains(want), "{err}");
         }
         // No annotations at all is a valid (empty) data set.
         let empty = r#"{"images": [], "categories": [{"id": 1, "name": "x"}]}"#;
-        assert!(parse(empty).unwrap().annotations.is_empty());
+        assert!(parse(empty).expect("should succeed").annotations.is_empty());
     }
 }

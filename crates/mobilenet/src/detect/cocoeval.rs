@@ -395,7 +395,7 @@ mod tests {
               {"id": 2, "image_id": 1, "category_id": 1, "bbox": [50, 50, 10, 10], "area": 100}]}"#,
             Path::new("gt.json"),
         )
-        .unwrap();
+        .expect("should succeed");
         let r = |bbox: [f64; 4], score| CocoResult {
             image_id: 1,
             category_id: 1,
@@ -408,7 +408,7 @@ mod tests {
             r([0.0, 0.0, 10.0, 10.0], 0.8),
             r([50.0, 50.0, 10.0, 7.5], 0.7),
         ];
-        let s = evaluate(&gt, &results).unwrap();
+        let s = evaluate(&gt, &results).expect("should succeed");
         // IoU ≥ 0.75 for thresholds 0.50..0.75 (6 of 10): precision 1 up to recall 0.5, then
         // 2/3 up to 1 → (51·1 + 50·2/3)/101; above 0.75 only the first object: 51/101.
         let both = (51.0 + 50.0 * 2.0 / 3.0) / 101.0;
@@ -427,7 +427,7 @@ mod tests {
             ..results[0].clone()
         }];
         assert!(evaluate(&gt, &bad)
-            .unwrap_err()
+            .expect_err("should fail")
             .to_string()
             .contains("image_id 9"));
     }

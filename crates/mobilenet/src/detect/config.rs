@@ -400,13 +400,13 @@ mod tests {
     #[test]
     fn ssd300_matches_table_13() {
         let config = DetectorConfig::ssd300(COCO_LOGITS, vec!["person".into()]);
-        config.validate().unwrap();
-        let (_, total) = config.cost().unwrap();
+        config.validate().expect("should succeed");
+        let (_, total) = config.cost().expect("should succeed");
         assert_eq!(total.mult_adds, 1_237_129_408);
         assert_eq!(total.params(), 6_794_495);
         assert_eq!((total.mult_adds as f64 / 1e9 * 10.0).round(), 12.0);
         assert_eq!((total.params() as f64 / 1e6 * 10.0).round(), 68.0);
-        let shapes = config.map_shapes().unwrap();
+        let shapes = config.map_shapes().expect("should succeed");
         assert_eq!(
             shapes,
             vec![
@@ -429,8 +429,8 @@ mod tests {
     #[test]
     fn face_api_has_5118_anchors_at_512() {
         let config = DetectorConfig::face_api();
-        config.validate().unwrap();
-        let shapes = config.map_shapes().unwrap();
+        config.validate().expect("should succeed");
+        let shapes = config.map_shapes().expect("should succeed");
         let sides: Vec<usize> = shapes.iter().map(|s| s[0]).collect();
         assert_eq!(sides, [32, 16, 8, 4, 2, 1]);
         assert_eq!(config.head_channels(0), (12, 9));
@@ -441,9 +441,9 @@ mod tests {
     fn bad_configs_are_named() {
         let mut c = DetectorConfig::face_api();
         c.body_maps[0] = "conv_99/pointwise".into();
-        assert!(c.validate().unwrap_err().contains("conv_99"));
+        assert!(c.validate().expect_err("should fail").contains("conv_99"));
         let mut c = DetectorConfig::face_api();
         c.labels = vec!["a".into(), "b".into(), "c".into()];
-        assert!(c.validate().unwrap_err().contains("labels"));
+        assert!(c.validate().expect_err("should fail").contains("labels"));
     }
 }

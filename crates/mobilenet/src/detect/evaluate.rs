@@ -115,7 +115,7 @@ mod tests {
         );
         let ids = labels(&["a", "b", "c", "d", "e"]);
         assert_eq!(category_map(&ids, &coco), Ok(vec![1, 2, 3, 4, 5]));
-        let err = category_map(&labels(&["face"]), &coco).unwrap_err();
+        let err = category_map(&labels(&["face"]), &coco).expect_err("should fail");
         assert!(err.contains("\"face\"") && err.contains("up to 5"), "{err}");
     }
 }

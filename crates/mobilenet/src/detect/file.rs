@@ -26,7 +26,15 @@ use crate::Rng;
 /// Prefix of the detector's own tensors in the file.
 pub const PREFIX: &str = "ssd/";
 
-/// Value of the `detector` metadata key's format version.
+/// A detector with the extra tensors and the metadata of its file
+/// ([`DetectorFile::from_bytes_with`]).
+pub type WithExtras = (
+    DetectorFile,
+    BTreeMap<String, Tensor>,
+    HashMap<String, String>,
+);
+
+/// The metadata key of the detector's configuration.
 const DETECTOR_KEY: &str = "detector";
 
 /// A detector: its configuration, the backbone and the tensors of the extra layers and heads.
@@ -189,6 +197,9 @@ impl DetectorFile {
             let data = match leaf {
                 "gamma" | "moving_variance" => vec![1.0; n],
                 "beta" | "moving_mean" | "bias" => vec![0.0; n],
+                // Predictors start small, N(0, 0.03²) as the Object Detection API's SSD
+                // configs have it: He-scaled logits made the first steps' class loss ~30.
+                _ if spec.name.contains("/head_") => (0..n).map(|_| 0.03 * rng.normal()).collect(),
                 _ => {
                     let fan_in = n / spec.shape.last().copied().unwrap_or(1);
                     let a = (6.0 / fan_in.max(1) as f32).sqrt();
@@ -198,6 +209,44 @@ impl DetectorFile {
             tensors.insert(spec.name, Tensor::new(spec.shape, data));
         }
         DetectorFile::new(config, backbone, tensors, Path::new("<random>"))
+    }
+
+    /// A new detector for `config` whose backbone is `init`'s body (a classifier or backbone
+    /// file of the same α: an ImageNet model), the extra layers and predictors seeded random.
+    ///
+    /// # Errors
+    ///
+    /// `init`'s body does not fit the configuration (another α), or an invalid configuration.
+    pub fn from_backbone(
+        config: DetectorConfig,
+        init: &ModelFile,
+        seed: u64,
+    ) -> Result<DetectorFile, ModelError> {
+        let random = DetectorFile::random(config.clone(), seed)?;
+        let body = random.backbone.config;
+        let tensors = init
+            .tensors()
+            .iter()
+            .filter(|(name, _)| !name.starts_with("fc/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let path = Path::new("<init>");
+        let backbone = ModelFile::new(
+            body,
+            init.bn_epsilon,
+            DetectorFile::backbone_preprocessing(),
+            None,
+            tensors,
+            path,
+        )
+        .map_err(|e| ModelError::Metadata {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the initial weights ({}) are not a backbone for this detector ({body}): {e}",
+                init.config
+            ),
+        })?;
+        DetectorFile::new(config, backbone, random.tensors, path)
     }
 
     /// Reads a detector file.
@@ -218,9 +267,33 @@ impl DetectorFile {
     ///
     /// # Errors
     ///
-    /// As [`DetectorFile::load`].
+    /// As [`DetectorFile::load`]; tensors of neither the backbone nor the detector.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<DetectorFile, ModelError> {
-        let (backbone, tensors, metadata) = ModelFile::from_bytes_with(bytes, path, PREFIX)?;
+        Ok(DetectorFile::from_bytes_with(bytes, path, None)?.0)
+    }
+
+    /// As [`DetectorFile::from_bytes`], also returning the tensors whose names start with
+    /// `extra_prefix` (a checkpoint's optimiser state) and the metadata.
+    ///
+    /// # Errors
+    ///
+    /// As [`DetectorFile::from_bytes`].
+    pub fn from_bytes_with(
+        bytes: &[u8],
+        path: &Path,
+        extra_prefix: Option<&str>,
+    ) -> Result<WithExtras, ModelError> {
+        let (all, metadata) = crate::weights::read_safetensors(bytes, path)?;
+        let (mut body, mut ssd, mut extra) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        for (name, t) in all {
+            if name.starts_with(PREFIX) {
+                ssd.insert(name, t);
+            } else if extra_prefix.is_some_and(|p| name.starts_with(p)) {
+                extra.insert(name, t);
+            } else {
+                body.insert(name, t);
+            }
+        }
         let text = metadata
             .get(DETECTOR_KEY)
             .ok_or_else(|| ModelError::Metadata {
@@ -234,7 +307,12 @@ impl DetectorFile {
                 path: path.to_path_buf(),
                 reason: format!("invalid detector metadata: {e}"),
             })?;
-        DetectorFile::new(config, backbone, tensors, path)
+        let backbone = ModelFile::from_parts(body, &metadata, path)?;
+        Ok((
+            DetectorFile::new(config, backbone, ssd, path)?,
+            extra,
+            metadata,
+        ))
     }
 
     /// The file's bytes.
@@ -243,12 +321,28 @@ impl DetectorFile {
     ///
     /// Serialisation failed (not expected for a checked detector).
     pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        self.to_bytes_with(&BTreeMap::new(), HashMap::new())
+    }
+
+    /// The file's bytes with `extra` tensors and metadata (a checkpoint's optimiser state and
+    /// position); [`DetectorFile::from_bytes_with`] reads them back.
+    ///
+    /// # Errors
+    ///
+    /// As [`DetectorFile::to_bytes`].
+    pub fn to_bytes_with(
+        &self,
+        extra: &BTreeMap<String, Tensor>,
+        mut metadata: HashMap<String, String>,
+    ) -> Result<Vec<u8>, ModelError> {
         let json = serde_json::to_string(&self.config).map_err(|e| ModelError::Metadata {
             path: "<detector>".into(),
             reason: e.to_string(),
         })?;
-        let metadata = HashMap::from([(DETECTOR_KEY.to_string(), json)]);
-        self.backbone.to_bytes_with(&self.tensors, metadata)
+        metadata.insert(DETECTOR_KEY.to_string(), json);
+        let mut tensors = self.tensors.clone();
+        tensors.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.backbone.to_bytes_with(&tensors, metadata)
     }
 
     /// Writes the detector atomically (see [`crate::weights::write_atomic`]).
@@ -304,15 +398,17 @@ mod tests {
     fn round_trip_and_bad_tensors() {
         let mut config = DetectorConfig::face_api();
         config.input = 64;
-        let file = DetectorFile::random(config, 3).unwrap();
-        let bytes = file.to_bytes().unwrap();
+        let file = DetectorFile::random(config, 3).expect("should succeed");
+        let bytes = file.to_bytes().expect("should succeed");
         assert!(is_detector(&bytes));
-        let back = DetectorFile::from_bytes(&bytes, Path::new("d.safetensors")).unwrap();
+        let back =
+            DetectorFile::from_bytes(&bytes, Path::new("d.safetensors")).expect("should succeed");
         assert_eq!(back, file);
         // A classifier is refused with a clear message.
-        let classifier = file.backbone.to_bytes().unwrap();
+        let classifier = file.backbone.to_bytes().expect("should succeed");
         assert!(!is_detector(&classifier));
-        let err = DetectorFile::from_bytes(&classifier, Path::new("c.safetensors")).unwrap_err();
+        let err = DetectorFile::from_bytes(&classifier, Path::new("c.safetensors"))
+            .expect_err("should fail");
         assert!(err.to_string().contains("not a detector"), "{err}");
         // A mis-shaped predictor is named.
         let mut tensors = file.tensors.clone();
@@ -324,7 +420,7 @@ mod tests {
             tensors,
             Path::new("x"),
         )
-        .unwrap_err();
+        .expect_err("should fail");
         assert!(err.to_string().contains(&key), "{err}");
     }
 }

@@ -117,7 +117,7 @@ mod tests {
         config.input = 4;
         config.scale = 1.0;
         config.offset = 0.0;
-        let img = RgbImage::from_raw(2, 1, vec![0, 0, 0, 200, 100, 40]).unwrap();
+        let img = RgbImage::from_raw(2, 1, vec![0, 0, 0, 200, 100, 40]).expect("should succeed");
         let mut out = vec![0.0; 4 * 4 * 3];
         let frame = fit(&img, &config, &mut out);
         let red: Vec<f32> = out.iter().step_by(3).copied().collect();

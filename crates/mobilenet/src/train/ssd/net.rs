@@ -471,7 +471,7 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences() {
         let file = tiny();
-        let mut net = SsdTrainNet::new(&file, 1).unwrap();
+        let mut net = SsdTrainNet::new(&file, 1).expect("should succeed");
         let mut rng = crate::Rng::new(3);
         let batch = 3;
         let images: Vec<f32> = (0..batch * 128 * 128 * 3).map(|_| rng.signed()).collect();
