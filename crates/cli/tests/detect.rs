@@ -97,7 +97,17 @@ fn import_then_detect_faces() {
         assert_eq!((img.width(), img.height()), size);
     }
 
-    // A classifier is not a detector; a bad image is named and the others still run.
+    // A detector is not a classifier, and the other way round; a bad image is named and the
+    // others still run.
+    let out = mobilenet()
+        .args(["classify", "--model", s(&model), s(&face)])
+        .output()
+        .expect("should succeed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not a classifier: run it with `mobilenet detect`"),
+        "{err}"
+    );
     let classifier = root.join("classifier.safetensors");
     let official = data.join("mobilenet_v1/float/mobilenet_v1_1.0_224_imagenet_float.safetensors");
     assert!(mobilenet()

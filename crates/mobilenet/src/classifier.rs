@@ -213,6 +213,12 @@ impl AnyModel {
                 return QuantizedModel::from_graph(&g, path).map(AnyModel::Quantized);
             }
         }
+        if crate::detect::is_detector(&bytes) {
+            return Err(ModelError::Metadata {
+                path: path.to_path_buf(),
+                reason: "an SSD detector, not a classifier: run it with `mobilenet detect`".into(),
+            });
+        }
         let (model, _) = crate::import::import_bytes(&bytes, path, &Default::default())?;
         Ok(AnyModel::Float(model))
     }
