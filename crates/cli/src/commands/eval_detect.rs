@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use mobilenet::detect::{
-    category_map, coco_evaluate, detect_dataset, CocoDataset, CocoStats, Detector, NmsConfig,
+    category_map, coco_evaluate, detect_dataset, CocoStats, Detector, NmsConfig,
 };
 use serde::Serialize;
 
@@ -18,7 +18,7 @@ pub struct EvalDetectArgs {
     /// Folder of the images the annotations name
     #[arg(long)]
     data: PathBuf,
-    /// COCO instances JSON (images, annotations, categories)
+    /// COCO instances JSON, or a folder of Pascal VOC XML files
     #[arg(long)]
     annotations: PathBuf,
     /// Smallest score kept (COCO evaluation wants low-scoring detections too)
@@ -83,7 +83,7 @@ pub fn run(args: &EvalDetectArgs) -> Result<()> {
         bail!("--max-detections 0 keeps nothing: give at least 1");
     }
     let file = super::detect::load_detector(&args.model)?;
-    let data = CocoDataset::load(&args.annotations)?;
+    let data = mobilenet::detect::load_annotations(&args.annotations)?;
     if data.images.is_empty() {
         bail!("{}: no images to evaluate", args.annotations.display());
     }

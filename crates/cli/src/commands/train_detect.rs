@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mobilenet::detect::{CocoDataset, DetectorConfig, DetectorFile};
+use mobilenet::detect::{DetectorConfig, DetectorFile};
 use mobilenet::import::{import, ImportOptions};
 use mobilenet::train::optim::{OptimizerKind, RmsPropVariant, Schedule};
 use mobilenet::train::ssd::{DetectionData, SsdRun, SsdTrainOptions};
@@ -18,7 +18,7 @@ pub struct TrainDetectArgs {
     /// Folder of the training images
     #[arg(long, required_unless_present = "resume")]
     data: Option<PathBuf>,
-    /// COCO instances JSON of the training images
+    /// COCO instances JSON of the training images, or a folder of Pascal VOC XML files
     #[arg(long, required_unless_present = "resume")]
     annotations: Option<PathBuf>,
     /// Starting weights: an ImageNet classifier (model file or TF-slim/Keras weights) whose body
@@ -31,7 +31,7 @@ pub struct TrainDetectArgs {
     /// Run directory: checkpoint, detector, metrics.jsonl, curves.png
     #[arg(long, default_value = "runs/detect")]
     out: PathBuf,
-    /// Evaluate COCO mAP on these annotations (default: the training set)
+    /// Evaluate COCO mAP on these annotations, COCO JSON or VOC folder (default: the training set)
     #[arg(long, requires = "val_data")]
     val_annotations: Option<PathBuf>,
     /// Folder of the evaluation images
@@ -92,7 +92,7 @@ pub fn run(args: &TrainDetectArgs) -> Result<()> {
     let (Some(data_dir), Some(ann_path)) = (&args.data, &args.annotations) else {
         bail!("--data and --annotations name the training images (also when resuming)");
     };
-    let annotations = CocoDataset::load(ann_path)?;
+    let annotations = mobilenet::detect::load_annotations(ann_path)?;
     let mut data = DetectionData::from_coco(&annotations, data_dir);
     if data.samples.is_empty() {
         bail!("{}: no images", ann_path.display());
@@ -143,7 +143,7 @@ pub fn run(args: &TrainDetectArgs) -> Result<()> {
     };
     let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
     let eval_set = match (&args.val_annotations, &args.val_data) {
-        (Some(a), Some(d)) => Some((CocoDataset::load(a)?, d.clone())),
+        (Some(a), Some(d)) => Some((mobilenet::detect::load_annotations(a)?, d.clone())),
         _ => None,
     };
     let eval = match &eval_set {

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Errors reading annotations: the file and what is wrong with which entry.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +38,7 @@ pub enum AnnotationError {
 }
 
 /// One image of the data set.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CocoImage {
     /// Image id.
     pub id: u64,
@@ -51,7 +51,7 @@ pub struct CocoImage {
 }
 
 /// One object.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CocoAnnotation {
     /// Annotation id.
     pub id: u64,
@@ -66,12 +66,12 @@ pub struct CocoAnnotation {
     #[serde(default)]
     pub area: Option<f64>,
     /// A crowd region: matching it neither helps nor hurts.
-    #[serde(default, deserialize_with = "flag")]
+    #[serde(default, deserialize_with = "flag", serialize_with = "flag_out")]
     pub iscrowd: bool,
 }
 
 /// One category.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CocoCategory {
     /// Category id (COCO: 1–90 with gaps).
     pub id: u64,
@@ -80,7 +80,7 @@ pub struct CocoCategory {
 }
 
 /// A COCO instances file.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CocoDataset {
     /// The images.
     pub images: Vec<CocoImage>,
@@ -89,6 +89,10 @@ pub struct CocoDataset {
     pub annotations: Vec<CocoAnnotation>,
     /// The categories.
     pub categories: Vec<CocoCategory>,
+}
+
+fn flag_out<S: serde::Serializer>(v: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u8(u8::from(*v))
 }
 
 fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {

@@ -11,6 +11,7 @@
 //! | `image.rs` | fitting an image to the square input, boxes back to pixels |
 //! | `file.rs` | the detector file (a backbone model file plus `ssd/` tensors) |
 //! | `model.rs` | the detector planned on the f32 engine (predictors as heads of the plan) |
+//! | `voc.rs` | Pascal VOC XML folders, read as a COCO data set |
 //! | `tfjs.rs` | TensorFlow.js manifests; face-api's detector into a detector file |
 
 mod anchors;
@@ -23,6 +24,7 @@ mod file;
 mod image;
 mod model;
 pub mod tfjs;
+mod voc;
 
 pub use anchors::generate as generate_anchors;
 pub use boxes::{decode, encode, iou, nms, Detection};
@@ -38,3 +40,4 @@ pub use file::{
 };
 pub use image::{fit, Frame};
 pub use model::{Detector, DetectorSession, RawDetections};
+pub use voc::{load_annotations, load_voc};
