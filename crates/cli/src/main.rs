@@ -127,12 +127,21 @@ fn usage_error(err: clap::Error) -> ExitCode {
             }
         }
         _ => {
+            // The message runs to the usage block; a missing-argument error lists the
+            // arguments on the lines after its first (which alone said nothing useful).
             let text = err.to_string();
-            let first = text
+            let message: Vec<&str> = text
                 .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("error");
-            eprintln!("{first}");
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let line = if message.is_empty() {
+                "error".to_string()
+            } else {
+                message.join(" ")
+            };
+            eprintln!("{line}");
             ExitCode::from(2)
         }
     }

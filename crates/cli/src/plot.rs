@@ -267,52 +267,49 @@ pub fn detection_curves(
     root.fill(&WHITE)?;
     let root = root.titled(&format!("{title}: training"), ("sans-serif", 17))?;
     let (left, right) = root.split_horizontally(600);
-    let last = history.len().max(1) as f32;
+    let epochs = history.len().max(1) as f32;
     let losses: Vec<(f32, f32)> = history
         .iter()
         .map(|e| (e.epoch as f32, (e.loss_boxes + e.loss_classes) as f32))
         .collect();
-    let top = losses.iter().map(|p| p.1).fold(0.0f32, f32::max).max(1e-3) * 1.1;
-    let mut chart = ChartBuilder::on(&left)
-        .margin(16)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .caption("loss (box + class)", ("sans-serif", 15))
-        .build_cartesian_2d(0.5f32..last + 0.5, 0f32..top)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .x_label_formatter(&epoch_label)
-        .draw()?;
-    chart.draw_series(LineSeries::new(losses.clone(), BLUE.stroke_width(2)))?;
-    chart.draw_series(losses.into_iter().map(|p| Circle::new(p, 3, BLUE.filled())))?;
-    let maps: Vec<(f32, f32, f32)> = history
+    let evaluated: Vec<_> = history
         .iter()
-        .filter_map(|e| Some((e.epoch as f32, e.map? as f32, e.ap50? as f32)))
+        .filter_map(|e| Some((e.epoch as f32, e.map?, e.ap50?)))
         .collect();
-    let top = maps.iter().map(|p| p.2).fold(0.0f32, f32::max).max(0.01) * 1.15;
-    let mut chart = ChartBuilder::on(&right)
-        .margin(16)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .caption("COCO mAP@[.5:.95] (red), AP50 (green)", ("sans-serif", 15))
-        .build_cartesian_2d(0.5f32..last + 0.5, 0f32..top)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .x_label_formatter(&epoch_label)
-        .draw()?;
-    for (color, pick) in [(RED, 1usize), (GREEN, 2)] {
-        let points: Vec<(f32, f32)> = maps
+    let maps: Vec<(f32, f32)> = evaluated.iter().map(|p| (p.0, p.1 as f32)).collect();
+    let ap50: Vec<(f32, f32)> = evaluated.iter().map(|p| (p.0, p.2 as f32)).collect();
+    let panels = [
+        (&left, "loss (box + class)", vec![(losses, BLUE)]),
+        (
+            &right,
+            "COCO mAP@[.5:.95] (red), AP50 (green)",
+            vec![(maps, RED), (ap50, GREEN)],
+        ),
+    ];
+    for (area, caption, lines) in panels {
+        let top = lines
             .iter()
-            .map(|p| (p.0, if pick == 1 { p.1 } else { p.2 }))
-            .collect();
-        chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?;
-        chart.draw_series(
-            points
-                .into_iter()
-                .map(|p| Circle::new(p, 3, color.filled())),
-        )?;
+            .flat_map(|(l, _)| l.iter().map(|p| p.1))
+            .fold(0.0f32, f32::max);
+        let mut chart = ChartBuilder::on(area)
+            .margin(16)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .caption(caption, ("sans-serif", 15))
+            .build_cartesian_2d(0.5f32..epochs + 0.5, 0f32..top.max(0.01) * 1.15)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .x_label_formatter(&epoch_label)
+            .draw()?;
+        for (points, color) in lines {
+            chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?;
+            chart.draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 3, color.filled())),
+            )?;
+        }
     }
     root.present()?;
     Ok(())

@@ -223,42 +223,148 @@ fn eval_detect_on_faces() {
     );
 
     // A missing image and a box outside its image are named.
+    let failure = |broken: serde_json::Value| {
+        std::fs::write(&ann, broken.to_string()).expect("should succeed");
+        let out = mobilenet()
+            .args(["eval-detect", "--model", s(&model), "--data", s(&data)])
+            .args(["--annotations", s(&ann)])
+            .output()
+            .expect("should succeed");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
     let mut gt_missing = gt.clone();
     gt_missing["images"][0]["file_name"] = "images/nope.jpg".into();
-    std::fs::write(&ann, gt_missing.to_string()).expect("should succeed");
-    let out = mobilenet()
-        .args([
-            "eval-detect",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--annotations",
-            s(&ann),
-        ])
-        .output()
-        .expect("should succeed");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("nope.jpg"), "{err}");
+    let err = failure(gt_missing);
+    assert!(err.contains("nope.jpg"), "{err}");
     let mut gt_outside = gt.clone();
     gt_outside["annotations"][0]["bbox"] = serde_json::json!([5000, 0, 10, 10]);
-    std::fs::write(&ann, gt_outside.to_string()).expect("should succeed");
-    let out = mobilenet()
-        .args([
-            "eval-detect",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--annotations",
-            s(&ann),
-        ])
-        .output()
-        .expect("should succeed");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failure(gt_outside);
     assert!(
         err.contains("faces.json: annotations[0] (id 1): bbox [5000.0"),
         "{err}"
     );
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// `train-detect` from Google's ImageNet weights on a few COCO128 images at 96×96: the run
+/// directory's files, one metrics line per epoch, the curves, resuming for more epochs, and
+/// clear errors for a classifier's labels mismatch and missing arguments.
+#[test]
+fn train_detect_writes_a_run_and_resumes() {
+    let Some(data) = shared::shared_data("train_detect_writes_a_run_and_resumes") else {
+        return;
+    };
+    let root = std::env::temp_dir().join(format!("mobilenet-train-detect-{}", std::process::id()));
+    std::fs::create_dir_all(&root).expect("should succeed");
+    // The first 4 images of COCO128 and their objects.
+    let coco: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("detection/coco128/instances_coco128.json"))
+            .expect("should succeed"),
+    )
+    .expect("should succeed");
+    let images: Vec<serde_json::Value> =
+        coco["images"].as_array().expect("should succeed")[..4].to_vec();
+    let ids: Vec<u64> = images
+        .iter()
+        .map(|i| i["id"].as_u64().expect("should succeed"))
+        .collect();
+    let annotations: Vec<serde_json::Value> = coco["annotations"]
+        .as_array()
+        .expect("should succeed")
+        .iter()
+        .filter(|a| ids.contains(&a["image_id"].as_u64().expect("should succeed")))
+        .cloned()
+        .collect();
+    let small = serde_json::json!({"images": images, "annotations": annotations,
+        "categories": coco["categories"]});
+    let ann = root.join("small.json");
+    std::fs::write(&ann, small.to_string()).expect("should succeed");
+    let official = data.join("mobilenet_v1/float/mobilenet_v1_1.0_224_imagenet_float.safetensors");
+    let images_dir = data.join("detection/coco128/images");
+    let out_dir = root.join("run");
+    let train = |extra: &[&str]| {
+        mobilenet()
+            .args([
+                "train-detect",
+                "--data",
+                s(&images_dir),
+                "--annotations",
+                s(&ann),
+            ])
+            .args(["--batch-size", "2", "--threads", "2"])
+            .args(extra)
+            .output()
+            .expect("should succeed")
+    };
+    let out = train(&[
+        "--init",
+        s(&official),
+        "--input",
+        "96",
+        "--epochs",
+        "2",
+        "--out",
+        s(&out_dir),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("epoch   2") && text.contains("mAP"), "{text}");
+    for file in [
+        "checkpoint.safetensors",
+        "detector.safetensors",
+        "curves.png",
+    ] {
+        assert!(out_dir.join(file).exists(), "{file} missing");
+    }
+    let lines = |dir: &Path| {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .expect("should succeed")
+            .lines()
+            .count()
+    };
+    assert_eq!(lines(&out_dir), 2);
+    let curves = image::open(out_dir.join("curves.png")).expect("should succeed");
+    assert_eq!((curves.width(), curves.height()), (1200, 480));
+    // The trained detector runs in `detect`.
+    let detector = out_dir.join("detector.safetensors");
+    let run = mobilenet()
+        .args([
+            "detect",
+            "--model",
+            s(&detector),
+            "--json",
+            s(&images_dir.join("000000000009.jpg")),
+        ])
+        .output()
+        .expect("should succeed");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // Resume: a finished run adds nothing; --epochs sets a new total.
+    let out = train(&["--resume", s(&out_dir)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines(&out_dir), 2, "a finished run resumes to nothing new");
+    let out = train(&["--resume", s(&out_dir), "--epochs", "3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines(&out_dir), 3);
+    // No starting point is an error that names the options.
+    let out = train(&["--out", s(&root.join("x"))]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--init"), "{err}");
     std::fs::remove_dir_all(&root).ok();
 }

@@ -40,9 +40,9 @@ pub struct TrainDetectArgs {
     /// Input side of a new detector (SSD300: 300)
     #[arg(long, default_value_t = 300)]
     input: usize,
-    /// Passes over the data
-    #[arg(long, default_value_t = 20)]
-    epochs: usize,
+    /// Passes over the data (default 20; with --resume, a new total to train to)
+    #[arg(long)]
+    epochs: Option<usize>,
     /// Images per step
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
@@ -98,9 +98,16 @@ pub fn run(args: &TrainDetectArgs) -> Result<()> {
         bail!("{}: no images", ann_path.display());
     }
     let mut run = match (&args.resume, &args.init) {
-        (Some(dir), _) => SsdRun::resume(dir, args.threads)?,
+        (Some(dir), _) => {
+            let mut run = SsdRun::resume(dir, args.threads)?;
+            if let Some(epochs) = args.epochs {
+                run.options.epochs = epochs;
+            }
+            run
+        }
         (None, Some(init)) => {
-            if !(args.batch_size >= 1 && args.lr > 0.0 && args.lr.is_finite() && args.epochs >= 1) {
+            let epochs = args.epochs.unwrap_or(20);
+            if !(args.batch_size >= 1 && args.lr > 0.0 && args.lr.is_finite() && epochs >= 1) {
                 bail!("--batch-size and --epochs must be at least 1 and --lr positive");
             }
             let file = if mobilenet::detect::is_detector_file(init) {
@@ -124,11 +131,11 @@ pub fn run(args: &TrainDetectArgs) -> Result<()> {
                 );
             }
             let options = SsdTrainOptions {
-                epochs: args.epochs,
+                epochs,
                 batch_size: args.batch_size,
                 lr: args.lr,
                 schedule: Schedule::Cosine {
-                    warmup_epochs: (args.epochs as f32 / 10.0).min(2.0),
+                    warmup_epochs: (epochs as f32 / 10.0).min(2.0),
                 },
                 optimizer: optimizer(&args.optimizer)?,
                 weight_decay: args.weight_decay,

@@ -337,6 +337,16 @@ impl DetectorConfig {
             .collect())
     }
 
+    /// The anchors of every map, in prediction order (see [`super::generate_anchors`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`DetectorConfig::backbone`].
+    pub fn all_anchors(&self) -> Result<Vec<[f32; 4]>, ConfigError> {
+        let grids: Vec<(usize, usize)> = self.map_shapes()?.iter().map(|s| (s[0], s[1])).collect();
+        Ok(super::anchors::generate(&self.anchors, &grids))
+    }
+
     /// Output channels of map `index`'s box predictor and class predictor.
     pub fn head_channels(&self, index: usize) -> (usize, usize) {
         let boxes = self.anchors.boxes_per_position(index);

@@ -126,37 +126,8 @@ impl DetectorFile {
                 backbone.config
             )));
         }
-        let specs = tensor_specs(&config)?;
-        for spec in &specs {
-            match tensors.get(&spec.name) {
-                None if spec.optional => {}
-                None => {
-                    return Err(ModelError::MissingTensor {
-                        path: path.to_path_buf(),
-                        name: spec.name.clone(),
-                        shape: spec.shape.clone(),
-                    })
-                }
-                Some(t) if t.shape != spec.shape => {
-                    return Err(bad(format!(
-                        "tensor {:?} has shape {:?}, expected {:?}",
-                        spec.name, t.shape, spec.shape
-                    )))
-                }
-                Some(t) if t.data.iter().any(|v| !v.is_finite()) => {
-                    return Err(bad(format!("tensor {:?} is not finite", spec.name)))
-                }
-                Some(_) => {}
-            }
-        }
-        if let Some(extra) = tensors
-            .keys()
-            .find(|k| !specs.iter().any(|s| &s.name == *k))
-        {
-            return Err(bad(format!(
-                "tensor {extra:?} is not part of this detector"
-            )));
-        }
+        let owner = format!("detector {:?}", config.name);
+        crate::weights::check_tensors(&tensor_specs(&config)?, &tensors, path, &owner)?;
         Ok(DetectorFile {
             config,
             backbone,

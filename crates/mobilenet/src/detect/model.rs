@@ -3,7 +3,6 @@
 use image::RgbImage;
 use mobilenet_kernels::Isa;
 
-use super::anchors;
 use super::boxes::{decode, nms, Detection};
 use super::config::{DetectorConfig, NmsConfig, ScoreFunction};
 use super::file::{name, DetectorFile, PREFIX};
@@ -112,13 +111,7 @@ impl Detector {
         };
         let mut plan = InferenceModel::from_plans(info, isa, Fusion::Separable, convs, heads)?;
         plan.fuse_pipeline();
-        let grids: Vec<(usize, usize)> = config
-            .map_shapes()
-            .map_err(config_error)?
-            .iter()
-            .map(|s| (s[0], s[1]))
-            .collect();
-        let anchors = anchors::generate(&config.anchors, &grids);
+        let anchors = config.all_anchors().map_err(config_error)?;
         Ok(Detector {
             config,
             plan,

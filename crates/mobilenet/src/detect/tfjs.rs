@@ -61,33 +61,52 @@ struct Quantization {
 /// The manifest is not valid JSON of the format, a shard is missing or shorter than the
 /// manifest says, a dtype is not supported, a shape overflows.
 pub fn read_manifest(path: &Path) -> Result<BTreeMap<String, Tensor>, ModelError> {
-    let bad = |reason: String| ModelError::Format {
-        path: path.to_path_buf(),
-        reason,
-    };
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| ModelError::Io { path: p, source }
     };
     let size = std::fs::metadata(path).map_err(io(path))?.len();
     if size > MAX_MANIFEST_BYTES {
-        return Err(bad(format!("{size} bytes is too large for a manifest")));
+        return Err(ModelError::Format {
+            path: path.to_path_buf(),
+            reason: format!("{size} bytes is too large for a manifest"),
+        });
     }
     let text = crate::files::read_regular(path).map_err(io(path))?;
-    let groups: Vec<Group> = serde_json::from_slice(&text)
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    parse_manifest(&text, path, &mut |shard| {
+        let shard_path: PathBuf = dir.join(shard);
+        crate::files::read_regular(&shard_path).map_err(io(&shard_path))
+    })
+}
+
+/// [`read_manifest`] on a manifest's bytes, with `shard(name)` giving each weight file's bytes
+/// (`path` names the manifest in messages).
+///
+/// # Errors
+///
+/// As [`read_manifest`].
+pub fn parse_manifest(
+    text: &[u8],
+    path: &Path,
+    shard: &mut dyn FnMut(&str) -> Result<Vec<u8>, ModelError>,
+) -> Result<BTreeMap<String, Tensor>, ModelError> {
+    let bad = |reason: String| ModelError::Format {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let groups: Vec<Group> = serde_json::from_slice(text)
         .map_err(|e| bad(format!("not a TensorFlow.js weights manifest: {e}")))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
     let mut tensors = BTreeMap::new();
     for (g, group) in groups.iter().enumerate() {
         let mut bytes = Vec::new();
-        for shard in &group.paths {
-            let shard_path: PathBuf = dir.join(shard);
-            if shard.contains("..") || Path::new(shard).is_absolute() {
+        for name in &group.paths {
+            if name.contains("..") || Path::new(name).is_absolute() {
                 return Err(bad(format!(
-                    "group {g}: shard path {shard:?} leaves the folder"
+                    "group {g}: shard path {name:?} leaves the folder"
                 )));
             }
-            let data = crate::files::read_regular(&shard_path).map_err(io(&shard_path))?;
+            let data = shard(name)?;
             if (bytes.len() + data.len()) as u64 > MAX_WEIGHT_BYTES {
                 return Err(bad(format!(
                     "group {g}: weights larger than {MAX_WEIGHT_BYTES} bytes"

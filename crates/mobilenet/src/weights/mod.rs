@@ -244,59 +244,12 @@ impl ModelFile {
     /// Checks that the tensors are exactly those the configuration needs, with the right
     /// shapes and finite values, and that the labels match the class count.
     pub fn validate(&self, path: &Path) -> Result<(), ModelError> {
-        let specs = tensor_specs(&self.config);
-        for spec in &specs {
-            match self.tensors.get(&spec.name) {
-                None if spec.optional => {}
-                None => {
-                    return Err(ModelError::MissingTensor {
-                        path: path.to_path_buf(),
-                        name: spec.name.clone(),
-                        shape: spec.shape.clone(),
-                    })
-                }
-                Some(t) if t.shape != spec.shape => {
-                    return Err(ModelError::Shape {
-                        path: path.to_path_buf(),
-                        name: spec.name.clone(),
-                        expected: spec.shape.clone(),
-                        found: t.shape.clone(),
-                    })
-                }
-                Some(t) => {
-                    if let Some(index) = t.data.iter().position(|v| !v.is_finite()) {
-                        return Err(ModelError::NonFinite {
-                            path: path.to_path_buf(),
-                            name: spec.name.clone(),
-                            index,
-                        });
-                    }
-                    // A negative variance makes batch norm's square root NaN, which ReLU6
-                    // then hides as 0: a model that answers one class for every image.
-                    let variance = BnTensor::MovingVariance.leaf();
-                    if spec.name.ends_with(variance) {
-                        if let Some(index) = t.data.iter().position(|&v| v < 0.0) {
-                            return Err(ModelError::Metadata {
-                                path: path.to_path_buf(),
-                                reason: format!(
-                                    "tensor {:?} holds a negative variance ({}) at index {index}",
-                                    spec.name, t.data[index]
-                                ),
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        for name in self.tensors.keys() {
-            if !specs.iter().any(|s| &s.name == name) {
-                return Err(ModelError::UnexpectedTensor {
-                    path: path.to_path_buf(),
-                    name: name.clone(),
-                    config: self.config.to_string(),
-                });
-            }
-        }
+        check_tensors(
+            &tensor_specs(&self.config),
+            &self.tensors,
+            path,
+            &self.config.to_string(),
+        )?;
         if let (Some(labels), Some(classes)) = (&self.labels, self.config.classes()) {
             if labels.len() != classes {
                 return Err(ModelError::Metadata {
@@ -313,6 +266,70 @@ impl ModelFile {
         }
         Ok(())
     }
+}
+
+/// Checks that `tensors` are exactly those `specs` name (optional ones may be absent), with
+/// their shapes, finite values and no negative variance; `owner` describes the network in
+/// the message about a tensor it has no use for.
+pub(crate) fn check_tensors(
+    specs: &[TensorSpec],
+    tensors: &BTreeMap<String, Tensor>,
+    path: &Path,
+    owner: &str,
+) -> Result<(), ModelError> {
+    for spec in specs {
+        match tensors.get(&spec.name) {
+            None if spec.optional => {}
+            None => {
+                return Err(ModelError::MissingTensor {
+                    path: path.to_path_buf(),
+                    name: spec.name.clone(),
+                    shape: spec.shape.clone(),
+                })
+            }
+            Some(t) if t.shape != spec.shape => {
+                return Err(ModelError::Shape {
+                    path: path.to_path_buf(),
+                    name: spec.name.clone(),
+                    expected: spec.shape.clone(),
+                    found: t.shape.clone(),
+                })
+            }
+            Some(t) => {
+                if let Some(index) = t.data.iter().position(|v| !v.is_finite()) {
+                    return Err(ModelError::NonFinite {
+                        path: path.to_path_buf(),
+                        name: spec.name.clone(),
+                        index,
+                    });
+                }
+                // A negative variance makes batch norm's square root NaN, which ReLU6
+                // then hides as 0: a model that answers one class for every image.
+                let variance = BnTensor::MovingVariance.leaf();
+                if spec.name.ends_with(variance) {
+                    if let Some(index) = t.data.iter().position(|&v| v < 0.0) {
+                        return Err(ModelError::Metadata {
+                            path: path.to_path_buf(),
+                            reason: format!(
+                                "tensor {:?} holds a negative variance ({}) at index {index}",
+                                spec.name, t.data[index]
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    for name in tensors.keys() {
+        if !specs.iter().any(|s| &s.name == name) {
+            return Err(ModelError::UnexpectedTensor {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                config: owner.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

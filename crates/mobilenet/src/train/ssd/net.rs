@@ -9,7 +9,7 @@ use mobilenet_kernels::gemm::{gemm, gemm_transposed_a, PackedB};
 use mobilenet_kernels::{Epilogue, Isa};
 
 use super::loss::{match_anchors, ssd_loss, SsdLoss, Targets};
-use crate::detect::{generate_anchors, DetectorConfig, DetectorFile, PREFIX};
+use crate::detect::{DetectorConfig, DetectorFile, PREFIX};
 use crate::error::ModelError;
 use crate::exec::{par_gemm, resolve_threads, GemmSplit, SpinPool};
 use crate::layers::Layer;
@@ -133,13 +133,7 @@ impl SsdTrainNet {
                     .unwrap_or_else(|| unreachable!("validated maps are layers"))
             })
             .collect();
-        let grids: Vec<(usize, usize)> = config
-            .map_shapes()
-            .map_err(config_error)?
-            .iter()
-            .map(|s| (s[0], s[1]))
-            .collect();
-        let anchors = generate_anchors(&config.anchors, &grids);
+        let anchors = config.all_anchors().map_err(config_error)?;
         let convs = layers
             .iter()
             .map(|l| ConvLayer::new(l, config.padding))
