@@ -106,6 +106,11 @@ fn a_small_detector_learns_and_resumes_exactly() {
     // The checkpoint's detector file detects as the evaluation did.
     let saved =
         DetectorFile::load(&root.join("a").join("detector.safetensors")).expect("should succeed");
+    // It scores with softmax, the loss it was trained with.
+    assert_eq!(
+        saved.config.score,
+        mobilenet::detect::ScoreFunction::Softmax
+    );
     let detector = mobilenet::detect::Detector::new(&saved).expect("should succeed");
     let map = mobilenet::detect::category_map(&saved.config.labels, &coco.categories)
         .expect("should succeed");

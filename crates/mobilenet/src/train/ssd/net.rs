@@ -61,7 +61,8 @@ fn file_name(layer: &Layer) -> String {
 }
 
 impl SsdTrainNet {
-    /// A trainable detector starting from `file`'s weights, on `threads` threads (0: all).
+    /// A trainable detector starting from `file`'s weights, on `threads` threads (0: all),
+    /// scoring with softmax (the loss it minimises).
     /// A conv bias (face-api's folded batch norm) moves into the moving mean, which is exact:
     /// batch norm subtracts the mean right after.
     ///
@@ -69,7 +70,10 @@ impl SsdTrainNet {
     ///
     /// A weight of the wrong size.
     pub fn new(file: &DetectorFile, threads: usize) -> Result<SsdTrainNet, ModelError> {
-        let config = file.config.clone();
+        // The loss is softmax cross-entropy over all logits, so the trained detector scores
+        // with softmax (a sigmoid-scored file, face-api's, changes to it when trained here).
+        let mut config = file.config.clone();
+        config.score = crate::detect::ScoreFunction::Softmax;
         let config_error = |source| ModelError::Config {
             path: "<detector>".into(),
             source,
