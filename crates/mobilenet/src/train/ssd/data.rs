@@ -71,7 +71,7 @@ impl DetectionData {
         }
     }
 
-    /// Decodes sample `i` (kept in memory while the set fits [`CACHE_BYTES`]).
+    /// Decodes sample `i` (kept in memory while the decoded set stays under 2 GB).
     ///
     /// # Errors
     ///
