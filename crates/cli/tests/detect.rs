@@ -13,12 +13,10 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-#[test]
-fn import_then_detect_faces() {
-    let Some(data) = shared::shared_data("import_then_detect_faces") else {
-        return;
-    };
-    let root = std::env::temp_dir().join(format!("mobilenet-detect-{}", std::process::id()));
+/// A fresh folder `name` under the temporary directory, and face-api's detector imported into
+/// it as `face.safetensors` (through `mobilenet import`, as a user converts it).
+fn imported_face(data: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let root = std::env::temp_dir().join(format!("mobilenet-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&root).expect("should succeed");
     let model = root.join("face.safetensors");
     let manifest =
@@ -32,6 +30,15 @@ fn import_then_detect_faces() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (root, model)
+}
+
+#[test]
+fn import_then_detect_faces() {
+    let Some(data) = shared::shared_data("import_then_detect_faces") else {
+        return;
+    };
+    let (root, model) = imported_face(&data, "detect");
 
     let face = data.join("images/face.jpg");
     let grace = data.join("images/grace_hopper.png");
@@ -154,17 +161,7 @@ fn eval_detect_on_faces() {
     let Some(data) = shared::shared_data("eval_detect_on_faces") else {
         return;
     };
-    let root = std::env::temp_dir().join(format!("mobilenet-eval-detect-{}", std::process::id()));
-    std::fs::create_dir_all(&root).expect("should succeed");
-    let model = root.join("face.safetensors");
-    let manifest =
-        data.join("detection/ssd_mobilenet_v1_face/ssd_mobilenetv1_model-weights_manifest.json");
-    assert!(mobilenet()
-        .args(["import", s(&manifest), "-o", s(&model)])
-        .output()
-        .expect("should succeed")
-        .status
-        .success());
+    let (root, model) = imported_face(&data, "eval-detect");
     let text = std::fs::read_to_string(
         data.join("detection/ssd_mobilenet_v1_face/reference_detections.json"),
     )
