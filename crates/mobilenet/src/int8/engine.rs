@@ -73,11 +73,145 @@ impl Step {
     }
 }
 
+/// Plans one convolution of the IR onto the kernels; `col_len` grows to the im2col buffer it
+/// needs.
+fn conv_step(conv: &QConv, offset: i32, col_len: &mut usize) -> Result<Step, Unsupported> {
+    let byte = |v: i32, what: &str| -> Result<u8, Unsupported> {
+        u8::try_from(v + offset).map_err(|_| Unsupported(format!("{what} {v} is not a byte")))
+    };
+    let QConv {
+        depthwise,
+        weights,
+        weight_zp,
+        weight_signed,
+        bias,
+        k,
+        stride,
+        pad_top,
+        pad_left,
+        cin,
+        cout,
+        in_hw,
+        out_hw,
+        input_zp,
+        multipliers,
+        output_zp,
+        act,
+    } = conv;
+    let zp = byte(*input_zp, "input zero point")?;
+    let rq = |bias: &[i32]| -> Result<Requant, Unsupported> {
+        let (m, s): (Vec<i32>, Vec<i32>) =
+            multipliers.iter().map(|q| (q.multiplier, q.shift)).unzip();
+        if s.iter().any(|s| !(-31..=30).contains(s)) {
+            return Err(Unsupported("a requantization shift is out of range".into()));
+        }
+        if m.iter().any(|&m| m != 0 && m < 1 << 30) {
+            return Err(Unsupported("a negative requantization multiplier".into()));
+        }
+        let (lo, hi) = (act.0 + offset, act.1 + offset);
+        if !(0 <= lo && lo <= hi && hi <= 255 && (0..=255).contains(&(output_zp + offset))) {
+            return Err(Unsupported(format!(
+                "output range {}..={} or zero point {output_zp} outside the type",
+                act.0, act.1
+            )));
+        }
+        Ok(Requant::new(
+            bias,
+            &m,
+            &s,
+            output_zp + offset,
+            act.0 + offset,
+            act.1 + offset,
+        ))
+    };
+    let g = ConvGeometry {
+        in_h: in_hw.0,
+        in_w: in_hw.1,
+        out_h: out_hw.0,
+        out_w: out_hw.1,
+        stride: *stride,
+        pad_top: *pad_top,
+        pad_left: *pad_left,
+    };
+    if *depthwise {
+        if *k != 3 {
+            return Err(Unsupported(format!("{k}×{k} depthwise")));
+        }
+        if weights.iter().any(|w| !(-32768..32768).contains(w)) {
+            return Err(Unsupported("depthwise weights beyond 16 bits".into()));
+        }
+        Ok(Step::Depthwise {
+            g,
+            w: QDwWeights::new(weights, *cout, zp),
+            rq: rq(bias)?,
+        })
+    } else {
+        let depth = k * k * cin;
+        // Signed bytes for the GEMM and the per-row coefficient they leave out.
+        let zps: Vec<i32> = (0..*cout)
+            .map(|co| weight_zp[if weight_zp.len() == 1 { 0 } else { co }])
+            .collect();
+        let base = if *weight_signed { 0 } else { 128 };
+        let coeff = base - zps[0];
+        if zps.iter().any(|&z| base - z != coeff) {
+            return Err(Unsupported(
+                "per-channel weight zero points that differ".into(),
+            ));
+        }
+        let mut w8 = Vec::with_capacity(weights.len());
+        let mut bias_adj = bias.clone();
+        for co in 0..*cout {
+            let row = &weights[co * depth..][..depth];
+            for &w in row {
+                let v = w.wrapping_add(zps[co]).wrapping_sub(base);
+                w8.push(
+                    i8::try_from(v).map_err(|_| {
+                        Unsupported(format!("weight {v} does not fit a signed byte"))
+                    })?,
+                );
+            }
+            // Modulo 2^32, as the int32 accumulator it folds into.
+            let sum = row.iter().fold(0i32, |a, &w| a.wrapping_add(w));
+            bias_adj[co] = bias_adj[co].wrapping_sub((zp as i32).wrapping_mul(sum));
+        }
+        let rq = rq(&bias_adj)?;
+        if *k == 1 {
+            Ok(Step::Gemm {
+                pixels: out_hw.0 * out_hw.1,
+                b: PackedQB::new(&w8, depth, *cout),
+                row_coeff: coeff,
+                rq,
+            })
+        } else if *k == 3 {
+            let kp = depth.div_ceil(4) * 4;
+            // im2col rows padded with zero weights up to kp.
+            let mut padded = vec![0i8; cout * kp];
+            for co in 0..*cout {
+                padded[co * kp..][..depth].copy_from_slice(&w8[co * depth..][..depth]);
+            }
+            *col_len = (*col_len).max(out_hw.0 * out_hw.1 * kp);
+            Ok(Step::Stem {
+                g,
+                cin: *cin,
+                kp,
+                pad: zp,
+                b: PackedQB::new(&padded, kp, *cout),
+                row_coeff: coeff,
+                rq,
+            })
+        } else {
+            Err(Unsupported(format!("{k}×{k} convolution")))
+        }
+    }
+}
+
 /// A quantized MobileNet planned for the integer kernels of one instruction set.
 #[derive(Debug)]
 pub struct QuantEngine {
     isa: IntIsa,
     steps: Vec<Step>,
+    /// 1×1 convolutions reading step `.0`'s output (a detector's predictors).
+    heads: Vec<(usize, Step)>,
     /// 128 for int8 models (bytes are `x + 128`), 0 for uint8.
     offset: i32,
     input_len: usize,
@@ -109,138 +243,7 @@ impl QuantEngine {
         let mut last_c = 3;
         for op in &model.ops {
             let step = match op {
-                QOp::Conv(conv) => {
-                    let QConv {
-                        depthwise,
-                        weights,
-                        weight_zp,
-                        weight_signed,
-                        bias,
-                        k,
-                        stride,
-                        pad_top,
-                        pad_left,
-                        cin,
-                        cout,
-                        in_hw,
-                        out_hw,
-                        input_zp,
-                        multipliers,
-                        output_zp,
-                        act,
-                    } = conv;
-                    let zp = byte(*input_zp, "input zero point")?;
-                    let rq = |bias: &[i32]| -> Result<Requant, Unsupported> {
-                        let (m, s): (Vec<i32>, Vec<i32>) =
-                            multipliers.iter().map(|q| (q.multiplier, q.shift)).unzip();
-                        if s.iter().any(|s| !(-31..=30).contains(s)) {
-                            return Err(Unsupported(
-                                "a requantization shift is out of range".into(),
-                            ));
-                        }
-                        if m.iter().any(|&m| m != 0 && m < 1 << 30) {
-                            return Err(Unsupported("a negative requantization multiplier".into()));
-                        }
-                        let (lo, hi) = (act.0 + offset, act.1 + offset);
-                        if !(0 <= lo
-                            && lo <= hi
-                            && hi <= 255
-                            && (0..=255).contains(&(output_zp + offset)))
-                        {
-                            return Err(Unsupported(format!(
-                                "output range {}..={} or zero point {output_zp} outside the type",
-                                act.0, act.1
-                            )));
-                        }
-                        Ok(Requant::new(
-                            bias,
-                            &m,
-                            &s,
-                            output_zp + offset,
-                            act.0 + offset,
-                            act.1 + offset,
-                        ))
-                    };
-                    let g = ConvGeometry {
-                        in_h: in_hw.0,
-                        in_w: in_hw.1,
-                        out_h: out_hw.0,
-                        out_w: out_hw.1,
-                        stride: *stride,
-                        pad_top: *pad_top,
-                        pad_left: *pad_left,
-                    };
-                    last_c = *cout;
-                    if *depthwise {
-                        if *k != 3 {
-                            return Err(Unsupported(format!("{k}×{k} depthwise")));
-                        }
-                        if weights.iter().any(|w| !(-32768..32768).contains(w)) {
-                            return Err(Unsupported("depthwise weights beyond 16 bits".into()));
-                        }
-                        Step::Depthwise {
-                            g,
-                            w: QDwWeights::new(weights, *cout, zp),
-                            rq: rq(bias)?,
-                        }
-                    } else {
-                        let depth = k * k * cin;
-                        // Signed bytes for the GEMM and the per-row coefficient they leave out.
-                        let zps: Vec<i32> = (0..*cout)
-                            .map(|co| weight_zp[if weight_zp.len() == 1 { 0 } else { co }])
-                            .collect();
-                        let base = if *weight_signed { 0 } else { 128 };
-                        let coeff = base - zps[0];
-                        if zps.iter().any(|&z| base - z != coeff) {
-                            return Err(Unsupported(
-                                "per-channel weight zero points that differ".into(),
-                            ));
-                        }
-                        let mut w8 = Vec::with_capacity(weights.len());
-                        let mut bias_adj = bias.clone();
-                        for co in 0..*cout {
-                            let row = &weights[co * depth..][..depth];
-                            for &w in row {
-                                let v = w.wrapping_add(zps[co]).wrapping_sub(base);
-                                w8.push(i8::try_from(v).map_err(|_| {
-                                    Unsupported(format!("weight {v} does not fit a signed byte"))
-                                })?);
-                            }
-                            // Modulo 2^32, as the int32 accumulator it folds into.
-                            let sum = row.iter().fold(0i32, |a, &w| a.wrapping_add(w));
-                            bias_adj[co] = bias_adj[co].wrapping_sub((zp as i32).wrapping_mul(sum));
-                        }
-                        let rq = rq(&bias_adj)?;
-                        if *k == 1 {
-                            Step::Gemm {
-                                pixels: out_hw.0 * out_hw.1,
-                                b: PackedQB::new(&w8, depth, *cout),
-                                row_coeff: coeff,
-                                rq,
-                            }
-                        } else if *k == 3 {
-                            let kp = depth.div_ceil(4) * 4;
-                            // im2col rows padded with zero weights up to kp.
-                            let mut padded = vec![0i8; cout * kp];
-                            for co in 0..*cout {
-                                padded[co * kp..][..depth]
-                                    .copy_from_slice(&w8[co * depth..][..depth]);
-                            }
-                            col_len = col_len.max(out_hw.0 * out_hw.1 * kp);
-                            Step::Stem {
-                                g,
-                                cin: *cin,
-                                kp,
-                                pad: zp,
-                                b: PackedQB::new(&padded, kp, *cout),
-                                row_coeff: coeff,
-                                rq,
-                            }
-                        } else {
-                            return Err(Unsupported(format!("{k}×{k} convolution")));
-                        }
-                    }
-                }
+                QOp::Conv(conv) => conv_step(conv, offset, &mut col_len)?,
                 QOp::AvgPool { hw, c, act } => Step::Pool {
                     pixels: *hw,
                     c: *c,
@@ -264,6 +267,14 @@ impl QuantEngine {
             }
             steps.push(step);
         }
+        let heads = model
+            .heads
+            .iter()
+            .map(|h| match conv_step(&h.conv, offset, &mut col_len)? {
+                step @ Step::Gemm { .. } => Ok((h.after, step)),
+                _ => Err(Unsupported("a head that is not a 1×1 convolution".into())),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let max_len = steps
             .iter()
             .map(Step::output_len)
@@ -273,6 +284,7 @@ impl QuantEngine {
         Ok(QuantEngine {
             isa,
             steps,
+            heads,
             offset,
             input_len: model.input_len,
             output_len: last_c,
@@ -327,6 +339,19 @@ impl QuantEngine {
             b: vec![0; self.max_len],
             col: vec![0; self.col_len],
             out: vec![0; self.output_len],
+            head_bytes: vec![
+                0;
+                self.heads
+                    .iter()
+                    .map(|h| h.1.output_len())
+                    .max()
+                    .unwrap_or(0)
+            ],
+            head_out: self
+                .heads
+                .iter()
+                .map(|h| vec![0; h.1.output_len()])
+                .collect(),
             profile: None,
         }
     }
@@ -341,6 +366,8 @@ pub struct QuantSession<'e> {
     b: Vec<u8>,
     col: Vec<u8>,
     out: Vec<i32>,
+    head_bytes: Vec<u8>,
+    head_out: Vec<Vec<i32>>,
     profile: Option<Vec<Duration>>,
 }
 
@@ -459,10 +486,30 @@ impl QuantSession<'_> {
                     continue;
                 }
             }
+            len = step.output_len();
+            for ((after, head), out) in e.heads.iter().zip(&mut self.head_out) {
+                let Step::Gemm {
+                    pixels,
+                    b,
+                    row_coeff,
+                    rq,
+                } = head
+                else {
+                    unreachable!("heads are planned as GEMMs");
+                };
+                if *after != i {
+                    continue;
+                }
+                let bytes = &mut self.head_bytes[..out.len()];
+                let src = &self.b[..len];
+                qgemm_split(&mut self.pool, isa, *pixels, src, b, *row_coeff, rq, bytes);
+                for (o, &v) in out.iter_mut().zip(bytes.iter()) {
+                    *o = v as i32 - e.offset;
+                }
+            }
             if let (Some(p), Some(t)) = (&mut self.profile, started) {
                 p[i] += t.elapsed();
             }
-            len = step.output_len();
             std::mem::swap(&mut self.a, &mut self.b);
         }
         match native {
@@ -474,5 +521,11 @@ impl QuantSession<'_> {
             }
         }
         &self.out
+    }
+
+    /// The heads' outputs of the last [`QuantSession::run`] (quantized values in the model's
+    /// domain), in the order of the model's outputs.
+    pub fn heads(&self) -> &[Vec<i32>] {
+        &self.head_out
     }
 }

@@ -14,72 +14,12 @@
 
 use std::path::Path;
 
-use mobilenet_kernels::int8::requantize;
-
-use crate::layers::LayerKind;
+pub use super::multiplier::QuantizedMultiplier;
+use crate::layers::{Layer, LayerKind};
 use crate::tflite::{
-    ElementType, FusedActivation, Graph, MobileNetGraph, OpKind, TfPadding, TfliteError,
+    ConvTensors, ElementType, FusedActivation, Graph, MobileNetGraph, OpKind, TfPadding,
+    TfliteError,
 };
-
-/// A real multiplier as TFLite stores it: `m · 2^shift` with `m` a Q31 fixed-point number in
-/// [0.5, 1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QuantizedMultiplier {
-    /// Q31 mantissa.
-    pub multiplier: i32,
-    /// Power-of-two exponent (positive: left shift).
-    pub shift: i32,
-}
-
-impl QuantizedMultiplier {
-    /// TFLite's `QuantizeMultiplier`: `frexp`, round the fraction to Q31 (half away from zero),
-    /// renormalise 2^31 to 2^30 with the exponent one higher, flush exponents below −31 to zero.
-    pub fn new(real: f64) -> QuantizedMultiplier {
-        if real == 0.0 || !real.is_finite() {
-            return QuantizedMultiplier {
-                multiplier: 0,
-                shift: 0,
-            };
-        }
-        let (fraction, mut shift) = frexp(real);
-        let mut q = (fraction * (1i64 << 31) as f64).round() as i64;
-        if q == 1i64 << 31 {
-            q /= 2;
-            shift += 1;
-        }
-        if shift < -31 {
-            return QuantizedMultiplier {
-                multiplier: 0,
-                shift: 0,
-            };
-        }
-        QuantizedMultiplier {
-            multiplier: q as i32,
-            shift,
-        }
-    }
-
-    /// TFLite's `MultiplyByQuantizedMultiplier(x, m, shift)`.
-    pub fn apply(self, x: i32) -> i32 {
-        requantize(x, self.multiplier, self.shift)
-    }
-}
-
-/// `x = fraction · 2^exponent` with |fraction| in [0.5, 1), as C's `frexp`.
-fn frexp(x: f64) -> (f64, i32) {
-    if x == 0.0 || !x.is_finite() {
-        return (x, 0);
-    }
-    let bits = x.to_bits();
-    let exp = ((bits >> 52) & 0x7ff) as i32;
-    if exp == 0 {
-        // Subnormal: scale up first.
-        let (f, e) = frexp(x * (1u64 << 54) as f64);
-        return (f, e - 54);
-    }
-    let fraction = f64::from_bits((bits & !(0x7ffu64 << 52)) | (1022u64 << 52));
-    (fraction, exp - 1022)
-}
 
 /// A convolution of the integer IR (stem, depthwise, pointwise, or the classifier as a 1×1
 /// convolution on a 1×1 map).
@@ -126,10 +66,22 @@ pub(crate) enum QOp {
     },
 }
 
+/// A 1×1 convolution reading the output of op `after` rather than continuing the chain: a
+/// detector's box or class predictor. Its output is one of the model's outputs.
+#[derive(Clone, Debug)]
+pub(crate) struct QHead {
+    pub after: usize,
+    pub conv: QConv,
+    /// Output quantization `(scale, zero point)`.
+    pub output: (f32, i32),
+}
+
 /// A quantized MobileNet ready to run with integer arithmetic.
 #[derive(Clone, Debug)]
 pub struct QuantModel {
     pub(crate) ops: Vec<QOp>,
+    /// Predictors reading intermediate outputs (a detector's; none for a classifier).
+    pub(crate) heads: Vec<QHead>,
     /// Element type of the activations (uint8 or int8).
     pub kind: ElementType,
     /// Input quantization `(scale, zero point)`.
@@ -148,6 +100,222 @@ fn qrange(kind: ElementType) -> (i32, i32) {
     }
 }
 
+/// Sizes of one convolution: channels, kernel side, input and output grids.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvShape {
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub in_hw: (usize, usize),
+    pub out_hw: (usize, usize),
+}
+
+impl ConvShape {
+    /// The shape of a layer of the table.
+    pub fn of(l: &Layer) -> ConvShape {
+        ConvShape {
+            cin: l.input[2],
+            cout: l.output[2],
+            k: if l.kind == LayerKind::Pointwise || l.kind == LayerKind::Fc {
+                1
+            } else {
+                3
+            },
+            in_hw: (l.input[0], l.input[1]),
+            out_hw: (l.output[0], l.output[1]),
+        }
+    }
+}
+
+/// Converts the operators of one quantized graph into the IR, checking every tensor it reads.
+pub(crate) struct Reader<'g> {
+    pub graph: &'g Graph,
+    path: &'g Path,
+    /// The activations' type (the input's).
+    pub kind: ElementType,
+}
+
+impl<'g> Reader<'g> {
+    /// A reader for `graph`, whose input must be uint8 or int8.
+    pub fn new(graph: &'g Graph, input: usize, path: &'g Path) -> Result<Reader<'g>, TfliteError> {
+        let kind = graph.tensors[input].kind;
+        let reader = Reader { graph, path, kind };
+        if kind != ElementType::U8 && kind != ElementType::I8 {
+            return Err(reader.bad(format!(
+                "input is {kind:?}: the integer engine runs uint8 or int8 graphs"
+            )));
+        }
+        Ok(reader)
+    }
+
+    pub fn bad(&self, reason: String) -> TfliteError {
+        TfliteError {
+            path: self.path.to_path_buf(),
+            reason,
+        }
+    }
+
+    fn t(&self, i: usize) -> &'g crate::tflite::TensorInfo {
+        &self.graph.tensors[i]
+    }
+
+    /// A quantized tensor's scales and zero points, checked as TFLite checks them: positive
+    /// finite scales, zero points inside the type.
+    pub fn quant(&self, i: usize) -> Result<(Vec<f32>, Vec<i64>), TfliteError> {
+        let t = self.t(i);
+        let qp = t
+            .quantization
+            .as_ref()
+            .ok_or_else(|| self.bad(format!("tensor {:?} is not quantized", t.name)))?;
+        if qp.scale.is_empty() {
+            return Err(self.bad(format!("tensor {:?} has no quantization scale", t.name)));
+        }
+        if let Some(s) = qp.scale.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(self.bad(format!("tensor {:?} has scale {s}", t.name)));
+        }
+        let range = match t.kind {
+            ElementType::U8 => 0..=255,
+            ElementType::I8 => -128..=127,
+            _ => 0..=0,
+        };
+        if let Some(z) = qp.zero_point.iter().find(|z| !range.contains(*z)) {
+            return Err(self.bad(format!(
+                "tensor {:?} ({:?}) has zero point {z}",
+                t.name, t.kind
+            )));
+        }
+        Ok((qp.scale.clone(), qp.zero_point.clone()))
+    }
+
+    /// `(scale, zero point)` of a per-tensor quantized activation.
+    pub fn activation(&self, i: usize) -> Result<(f32, i32), TfliteError> {
+        let (s, z) = self.quant(i)?;
+        Ok((s[0], z[0] as i32))
+    }
+
+    fn ints(&self, i: usize) -> Vec<i32> {
+        let t = self.t(i);
+        match t.kind {
+            ElementType::U8 => t.data.iter().map(|&b| b as i32).collect(),
+            ElementType::I8 => t.data.iter().map(|&b| b as i8 as i32).collect(),
+            _ => t
+                .data
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        }
+    }
+
+    /// A convolution or depthwise operator `op` with tensors `ct` as layer `name` of shape
+    /// `shape`; `pad` is the (top, left) of a PAD in front of it.
+    pub fn conv(
+        &self,
+        op: &OpKind,
+        ct: ConvTensors,
+        name: &str,
+        shape: ConvShape,
+        pad: Option<(usize, usize)>,
+    ) -> Result<QConv, TfliteError> {
+        let (activation, padding, stride, depthwise) = match op {
+            OpKind::Conv2d {
+                activation,
+                padding,
+                stride,
+            } => (activation, padding, stride, false),
+            OpKind::Depthwise {
+                activation,
+                padding,
+                stride,
+                ..
+            } => (activation, padding, stride, true),
+            other => return Err(self.bad(format!("layer {name}: {other:?} is no convolution"))),
+        };
+        let (qmin, qmax) = qrange(self.kind);
+        let (in_s, in_z) = self.quant(ct.input)?;
+        let (w_s, w_z) = self.quant(ct.weights)?;
+        let (out_s, out_z) = self.quant(ct.output)?;
+        let ConvShape {
+            cin,
+            cout,
+            k,
+            in_hw: (ih, iw),
+            out_hw: (oh, ow),
+        } = shape;
+        let raw = self.ints(ct.weights);
+        let per_channel = w_s.len() > 1;
+        let want = if depthwise {
+            9 * cout
+        } else {
+            k * k * cin * cout
+        };
+        check_lengths(
+            &|r| self.bad(r),
+            name,
+            raw.len(),
+            want,
+            w_s.len(),
+            cout,
+            ct.bias.map(|b| self.ints(b).len()),
+        )?;
+        let weights: Vec<i32> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let ch = if depthwise {
+                    i % cout
+                } else {
+                    i / (raw.len() / cout)
+                };
+                w - w_z[if per_channel { ch } else { 0 }] as i32
+            })
+            .collect();
+        let bias = match ct.bias {
+            Some(b) => self.ints(b),
+            None => vec![0; cout],
+        };
+        let multipliers = (0..cout)
+            .map(|ch| {
+                let ws = w_s[if per_channel { ch } else { 0 }];
+                QuantizedMultiplier::new(effective_scale(
+                    in_s[0],
+                    ws,
+                    out_s[0],
+                    self.kind == ElementType::U8,
+                ))
+            })
+            .collect();
+        let output_zp = out_z[0] as i32;
+        let act = activation_range(activation, out_s[0], output_zp, qmin, qmax);
+        let (pad_top, pad_left) = match (pad, padding) {
+            (Some(p), _) => p,
+            (None, TfPadding::Same) => {
+                let total = |o: usize, i: usize, s: usize| ((o - 1) * s + k).saturating_sub(i);
+                (total(oh, ih, stride.0) / 2, total(ow, iw, stride.1) / 2)
+            }
+            (None, TfPadding::Valid) => (0, 0),
+        };
+        Ok(QConv {
+            depthwise,
+            weights,
+            weight_zp: w_z.iter().map(|&z| z as i32).collect(),
+            weight_signed: self.t(ct.weights).kind == ElementType::I8,
+            bias,
+            k,
+            stride: stride.0,
+            pad_top,
+            pad_left,
+            cin,
+            cout,
+            in_hw: (ih, iw),
+            out_hw: (oh, ow),
+            input_zp: in_z[0] as i32,
+            multipliers,
+            output_zp,
+            act,
+        })
+    }
+}
+
 impl QuantModel {
     /// Plans the integer execution of a quantized MobileNet graph.
     pub fn new(
@@ -155,58 +323,10 @@ impl QuantModel {
         net: &MobileNetGraph,
         path: &Path,
     ) -> Result<QuantModel, TfliteError> {
-        let bad = |reason: String| TfliteError {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let t = |i: usize| &graph.tensors[i];
-        let kind = t(net.input).kind;
-        if kind != ElementType::U8 && kind != ElementType::I8 {
-            return Err(bad(format!(
-                "input is {kind:?}: the integer engine runs uint8 or int8 graphs"
-            )));
-        }
+        let r = Reader::new(graph, net.input, path)?;
+        let bad = |reason: String| r.bad(reason);
+        let kind = r.kind;
         let (qmin, qmax) = qrange(kind);
-        let q = |i: usize| -> Result<(Vec<f32>, Vec<i64>), TfliteError> {
-            let qp = t(i)
-                .quantization
-                .as_ref()
-                .ok_or_else(|| bad(format!("tensor {:?} is not quantized", t(i).name)))?;
-            if qp.scale.is_empty() {
-                return Err(bad(format!(
-                    "tensor {:?} has no quantization scale",
-                    t(i).name
-                )));
-            }
-            // TFLite's own checks: positive finite scales, zero points inside the type.
-            if let Some(s) = qp.scale.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-                return Err(bad(format!("tensor {:?} has scale {s}", t(i).name)));
-            }
-            let range = match t(i).kind {
-                ElementType::U8 => 0..=255,
-                ElementType::I8 => -128..=127,
-                _ => 0..=0,
-            };
-            if let Some(z) = qp.zero_point.iter().find(|z| !range.contains(*z)) {
-                return Err(bad(format!(
-                    "tensor {:?} ({:?}) has zero point {z}",
-                    t(i).name,
-                    t(i).kind
-                )));
-            }
-            Ok((qp.scale.clone(), qp.zero_point.clone()))
-        };
-        let as_i32 = |i: usize| -> Vec<i32> {
-            let d = &t(i).data;
-            match t(i).kind {
-                ElementType::U8 => d.iter().map(|&b| b as i32).collect(),
-                ElementType::I8 => d.iter().map(|&b| b as i8 as i32).collect(),
-                _ => d
-                    .chunks_exact(4)
-                    .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-            }
-        };
         let table: Vec<_> = net
             .config
             .layers()
@@ -223,135 +343,49 @@ impl QuantModel {
                 OpKind::Pad { paddings } => {
                     pending_pad = Some((paddings[1].0, paddings[2].0));
                 }
-                OpKind::Conv2d {
-                    activation,
-                    padding,
-                    stride,
-                }
-                | OpKind::Depthwise {
-                    activation,
-                    padding,
-                    stride,
-                    ..
-                } => {
+                OpKind::Conv2d { .. } | OpKind::Depthwise { .. } => {
                     let (l, ct) = layer_iter
                         .next()
                         .ok_or_else(|| bad("more convolutions than layers".into()))?;
-                    let depthwise = matches!(op.kind, OpKind::Depthwise { .. });
-                    let (in_s, in_z) = q(ct.input)?;
-                    let (w_s, w_z) = q(ct.weights)?;
-                    let (out_s, out_z) = q(ct.output)?;
-                    let (cin, cout) = (l.input[2], l.output[2]);
-                    let k = if l.kind == LayerKind::Pointwise || l.kind == LayerKind::Fc {
-                        1
-                    } else {
-                        3
-                    };
-                    let raw = as_i32(ct.weights);
-                    let per_channel = w_s.len() > 1;
-                    let want = if depthwise {
-                        9 * cout
-                    } else {
-                        k * k * cin * cout
-                    };
-                    check_lengths(
-                        &bad,
+                    let conv = r.conv(
+                        &op.kind,
+                        *ct,
                         l.name.as_str(),
-                        raw.len(),
-                        want,
-                        w_s.len(),
-                        cout,
-                        ct.bias.map(|b| as_i32(b).len()),
+                        ConvShape::of(l),
+                        pending_pad.take(),
                     )?;
-                    let weights: Vec<i32> = raw
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &w)| {
-                            let ch = if depthwise {
-                                i % cout
-                            } else {
-                                i / (raw.len() / cout)
-                            };
-                            w - w_z[if per_channel { ch } else { 0 }] as i32
-                        })
-                        .collect();
-                    let bias = match ct.bias {
-                        Some(b) => as_i32(b),
-                        None => vec![0; cout],
-                    };
-                    let multipliers = (0..cout)
-                        .map(|ch| {
-                            let ws = w_s[if per_channel { ch } else { 0 }];
-                            QuantizedMultiplier::new(effective_scale(
-                                in_s[0],
-                                ws,
-                                out_s[0],
-                                kind == ElementType::U8,
-                            ))
-                        })
-                        .collect();
-                    let output_zp = out_z[0] as i32;
-                    let act = activation_range(activation, out_s[0], output_zp, qmin, qmax);
-                    let (ih, iw) = (l.input[0], l.input[1]);
-                    let (oh, ow) = (l.output[0], l.output[1]);
-                    let (pad_top, pad_left) = match (pending_pad.take(), padding) {
-                        (Some(p), _) => p,
-                        (None, TfPadding::Same) => {
-                            let total =
-                                |o: usize, i: usize, s: usize| ((o - 1) * s + k).saturating_sub(i);
-                            (total(oh, ih, stride.0) / 2, total(ow, iw, stride.1) / 2)
-                        }
-                        (None, TfPadding::Valid) => (0, 0),
-                    };
-                    ops.push(QOp::Conv(QConv {
-                        depthwise,
-                        weights,
-                        weight_zp: w_z.iter().map(|&z| z as i32).collect(),
-                        weight_signed: t(ct.weights).kind == ElementType::I8,
-                        bias,
-                        k,
-                        stride: stride.0,
-                        pad_top,
-                        pad_left,
-                        cin,
-                        cout,
-                        in_hw: (ih, iw),
-                        out_hw: (oh, ow),
-                        input_zp: in_z[0] as i32,
-                        multipliers,
-                        output_zp,
-                        act,
-                    }));
+                    ops.push(QOp::Conv(conv));
                 }
                 OpKind::FullyConnected { activation } => {
                     let (l, ct) = layer_iter
                         .next()
                         .ok_or_else(|| bad("more layers than the table".into()))?;
-                    let (in_s, in_z) = q(ct.input)?;
-                    let (w_s, w_z) = q(ct.weights)?;
-                    let (out_s, out_z) = q(ct.output)?;
+                    let (in_s, in_z) = r.quant(ct.input)?;
+                    let (w_s, w_z) = r.quant(ct.weights)?;
+                    let (out_s, out_z) = r.quant(ct.output)?;
                     let (cin, cout) = (l.input[2], l.output[2]);
                     check_lengths(
                         &bad,
                         "fc",
-                        as_i32(ct.weights).len(),
+                        r.ints(ct.weights).len(),
                         cin * cout,
                         w_s.len().min(1),
                         cout,
-                        ct.bias.map(|b| as_i32(b).len()),
+                        ct.bias.map(|b| r.ints(b).len()),
                     )?;
-                    let weights = as_i32(ct.weights)
+                    let weights = r
+                        .ints(ct.weights)
                         .iter()
                         .map(|&w| w - w_z[0] as i32)
                         .collect();
-                    let bias = ct.bias.map_or(vec![0; cout], as_i32);
+                    let bias = ct.bias.map_or(vec![0; cout], |b| r.ints(b));
                     let m =
                         QuantizedMultiplier::new(effective_scale(in_s[0], w_s[0], out_s[0], true));
                     ops.push(QOp::Conv(QConv {
                         depthwise: false,
                         weights,
                         weight_zp: vec![w_z[0] as i32],
-                        weight_signed: t(ct.weights).kind == ElementType::I8,
+                        weight_signed: graph.tensors[ct.weights].kind == ElementType::I8,
                         bias,
                         k: 1,
                         stride: 1,
@@ -383,12 +417,12 @@ impl QuantModel {
                         .copied()
                         .flatten()
                         .ok_or_else(|| bad("softmax without input".into()))?;
-                    let (in_s, _) = q(input)?;
+                    let (in_s, _) = r.quant(input)?;
                     let output = *op
                         .outputs
                         .first()
                         .ok_or_else(|| bad("softmax without output".into()))?;
-                    let (out_s, out_z) = q(output)?;
+                    let (out_s, out_z) = r.quant(output)?;
                     let scale = -in_s[0] * beta;
                     let mut table = vec![0.0f32; 256];
                     for v in 0..=255i32 {
@@ -403,15 +437,14 @@ impl QuantModel {
                 }
             }
         }
-        let (is, iz) = q(net.input)?;
-        let (os, oz) = q(net.output)?;
-        let r = net.config.resolution();
+        let res = net.config.resolution();
         Ok(QuantModel {
             ops,
+            heads: Vec::new(),
             kind,
-            input: (is[0], iz[0] as i32),
-            output: (os[0], oz[0] as i32),
-            input_len: r * r * 3,
+            input: r.activation(net.input)?,
+            output: r.activation(net.output)?,
+            input_len: res * res * 3,
         })
     }
 }
@@ -472,47 +505,5 @@ fn activation_range(
         FusedActivation::Relu => (qmin.max(quantize(0.0)), qmax),
         FusedActivation::Relu6 => (qmin.max(quantize(0.0)), qmax.min(quantize(6.0))),
         _ => (qmin, qmax),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fixed_point_helpers_match_their_definitions() {
-        // 0.75 = 0.75·2^0 → Q31 0.75·2^31.
-        assert_eq!(
-            QuantizedMultiplier::new(0.75),
-            QuantizedMultiplier {
-                multiplier: 1_610_612_736,
-                shift: 0
-            }
-        );
-        assert_eq!(
-            QuantizedMultiplier::new(0.0),
-            QuantizedMultiplier {
-                multiplier: 0,
-                shift: 0
-            }
-        );
-        // 3.0 = 0.75·2^2.
-        assert_eq!(QuantizedMultiplier::new(3.0).shift, 2);
-        // A fraction that rounds up to 2^31 renormalises.
-        let m = QuantizedMultiplier::new(0.999_999_999_9);
-        assert_eq!((m.multiplier, m.shift), (1 << 30, 1));
-        // x · 0.5 with the multiplier 2^30 (shift 0): ties round upward in the doubling high
-        // multiply (3.5 → 4, −3.5 → −3).
-        let half = QuantizedMultiplier::new(0.5);
-        assert_eq!(half.apply(7), 4);
-        assert_eq!(half.apply(-7), -3);
-        for &(x, real) in &[(1000, 0.0123), (-777, 0.5), (123_456, 1.7), (5, 3e-5)] {
-            let got = QuantizedMultiplier::new(real).apply(x) as f64;
-            assert!((got - x as f64 * real).abs() <= 1.0, "{x}·{real}: {got}");
-        }
-        let (f, e) = frexp(10.0);
-        assert_eq!((f, e), (0.625, 4));
-        let (f, e) = frexp(f64::MIN_POSITIVE / 4.0);
-        assert!((f * 2f64.powi(e) - f64::MIN_POSITIVE / 4.0).abs() < 1e-320);
     }
 }

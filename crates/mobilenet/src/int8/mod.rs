@@ -6,22 +6,24 @@
 //! |---|---|
 //! | `ir.rs` | [`QuantModel`]: the integer IR read from a `.tflite` graph, and the reference interpreter |
 //! | `engine.rs` | [`QuantEngine`]: the IR planned onto the int8 kernels, same bytes, fast |
-//! | `ptq.rs` | calibration ([`Calibrator`]) and post-training quantization ([`quantize`]) |
+//! | `calibrate.rs` | calibration ([`Calibrator`]): activation ranges on sample images |
+//! | `ptq.rs` | post-training quantization ([`quantize`]) into a TFLite graph |
 //! | `model.rs` | [`QuantizedModel`]: the engine with its preprocessing and labels |
 //!
 //! The `.tflite` format itself (reading, writing, matching against the layer table) is in
 //! [`crate::tflite`].
 
+mod calibrate;
 mod engine;
 mod ir;
 mod model;
+mod multiplier;
 mod ptq;
 mod reference;
 mod runner;
 
+pub use calibrate::{Calibration, Calibrator};
 pub use engine::{QuantEngine, QuantSession, Unsupported};
 pub use ir::{QuantModel, QuantizedMultiplier};
 pub use model::QuantizedModel;
-pub use ptq::{
-    quantize, Calibration, Calibrator, QuantizeError, LABELS_METADATA, PREPROCESSING_METADATA,
-};
+pub use ptq::{quantize, QuantizeError, LABELS_METADATA, PREPROCESSING_METADATA};

@@ -8,7 +8,18 @@ impl QuantModel {
     /// Runs one image (quantized input values: 0..255 for uint8, −128..127 for int8) and returns
     /// the quantized outputs; `observe` sees every layer's output.
     pub fn run(&self, input: &[i32], observe: &mut dyn FnMut(usize, &[i32])) -> Vec<i32> {
+        self.run_with_heads(input, observe).0
+    }
+
+    /// Like [`QuantModel::run`], also returning each head's output (a detector's predictors,
+    /// in the order of the model's outputs).
+    pub fn run_with_heads(
+        &self,
+        input: &[i32],
+        observe: &mut dyn FnMut(usize, &[i32]),
+    ) -> (Vec<i32>, Vec<Vec<i32>>) {
         let mut x = input.to_vec();
+        let mut heads = vec![Vec::new(); self.heads.len()];
         for (i, op) in self.ops.iter().enumerate() {
             x = match op {
                 QOp::Conv(conv) => conv.reference(&x),
@@ -34,8 +45,13 @@ impl QuantModel {
                 } => softmax(table, *output_scale, *output_zp, *signed, &x),
             };
             observe(i, &x);
+            for (head, out) in self.heads.iter().zip(&mut heads) {
+                if head.after == i {
+                    *out = head.conv.reference(&x);
+                }
+            }
         }
-        x
+        (x, heads)
     }
 }
 
