@@ -1,5 +1,6 @@
 """Our integer engine against TFLite on a quantized .tflite file: the same images (smooth
-gradients with noise, and pure noise) through both, output bytes compared.
+gradients with noise, and pure noise) through both, output bytes compared (all outputs, in
+order: an int8 detector's predictors too).
 
     cargo build --release -p mobilenet --example qrun
     python scripts/litert_parity.py model.tflite [images] [OpResolverType]
@@ -34,7 +35,9 @@ same = 0
 for k in range(n):
     x = px[k:k+1].astype(np.int16)
     if i['dtype'] == np.int8: x = x - 128
-    it.set_tensor(i['index'], x.astype(i['dtype'])); it.invoke(); y = it.get_tensor(o['index']).astype(np.int32).ravel()
+    it.set_tensor(i['index'], x.astype(i['dtype'])); it.invoke()
+    # Every output in order (an int8 detector has one per predictor).
+    y = np.concatenate([it.get_tensor(d['index']).astype(np.int32).ravel() for d in it.get_output_details()])
     mine = np.array([int(v) for v in ours[k].split()])
     same += np.array_equal(y, mine)
     if not np.array_equal(y, mine): print('image', k, 'differs: max', np.abs(y - mine).max(), 'count', (y != mine).sum())

@@ -153,6 +153,92 @@ fn import_then_detect_faces() {
     std::fs::remove_dir_all(&root).ok();
 }
 
+/// `quantize` of a detector file, then `detect` and `bench` on the int8 `.tflite`: the same
+/// faces as float, and clear errors for what cannot be done.
+#[test]
+fn quantize_then_detect_faces_in_int8() {
+    let Some(data) = shared::shared_data("quantize_then_detect_faces_in_int8") else {
+        return;
+    };
+    let (root, model) = imported_face(&data, "detect-int8");
+    let int8 = root.join("face.tflite");
+    let out = mobilenet()
+        .args(["quantize", "--model", s(&model), "--images", "8"])
+        .args(["--calibration", s(&data.join("images")), "-o", s(&int8)])
+        .output()
+        .expect("should succeed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("int8 detector face") && text.contains("matched"),
+        "{text}"
+    );
+    let face = data.join("images/face.jpg");
+    let grace = data.join("images/grace_hopper.png");
+    let out = mobilenet()
+        .args(["detect", "--model", s(&int8), "--json", s(&face), s(&grace)])
+        .output()
+        .expect("should succeed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .expect("should succeed")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let counts: Vec<usize> = lines
+        .iter()
+        .map(|l| l["detections"].as_array().expect("should succeed").len())
+        .collect();
+    assert_eq!(counts, [4, 1], "the faces float finds");
+    let bbox: Vec<f64> = lines[1]["detections"][0]["box"]
+        .as_array()
+        .expect("should succeed")
+        .iter()
+        .map(|v| v.as_f64().expect("should succeed"))
+        .collect();
+    // face-api in float: [171.2, 121.6, 180.6, 206.1]; int8 moves edges by a few pixels.
+    for (got, want) in bbox.iter().zip([171.2, 121.6, 180.6, 206.1]) {
+        assert!((got - want).abs() <= 8.0, "{bbox:?}");
+    }
+    let out = mobilenet()
+        .args(["bench", "--model", s(&int8), "--runs", "1", "--warmup", "0"])
+        .args(["--threads", "1", "--json"])
+        .output()
+        .expect("should succeed");
+    let bench: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench JSON");
+    assert_eq!(bench["precision"], "int8");
+    assert_eq!(bench["detector"], "face");
+    // An int8 detector is not quantized again, and is no classifier.
+    let out = mobilenet()
+        .args(["quantize", "--model", s(&int8), "--calibration"])
+        .args([s(&data.join("images")), "-o", s(&root.join("again.tflite"))])
+        .output()
+        .expect("should succeed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("already int8"),
+        "{err}"
+    );
+    let out = mobilenet()
+        .args(["classify", "--model", s(&int8), s(&face)])
+        .output()
+        .expect("should succeed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("mobilenet detect"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
+
 /// `eval-detect` on the face images with face-api's boxes as ground truth: every face found
 /// at IoU 0.5 (AP50 = 1), the results file in COCO's format, and a missing image or a
 /// malformed annotation named.

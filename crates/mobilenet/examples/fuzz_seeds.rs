@@ -90,6 +90,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             mobilenet::tflite::write(&graph),
         )?;
     }
+    // An int8 detector at the same minimum depths (face-api's layout on 32×32 inputs).
+    {
+        let mut config = mobilenet::detect::DetectorConfig::face_api();
+        config.input = 32;
+        config.alpha = 8.0 / 1024.0;
+        config.extra_depths = vec![8, 8, 8, 8];
+        let file = mobilenet::detect::DetectorFile::random(config, 5)?;
+        let mut cal = mobilenet::detect::calibrator(&file)?;
+        let images: Vec<f32> = (0..2 * cal.input_len())
+            .map(|i| ((i * 37) % 255) as f32 / 127.5 - 1.0)
+            .collect();
+        cal.observe(&images, 1);
+        let graph = mobilenet::detect::quantize_detector(&file, &cal.finish())?;
+        std::fs::write(
+            root.join("tflite/int8_detector.tflite"),
+            mobilenet::tflite::write(&graph),
+        )?;
+    }
     std::fs::write(root.join("import/reshape.tflite"), &tflite)?;
 
     for (name, format) in [

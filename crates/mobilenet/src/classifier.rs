@@ -184,7 +184,7 @@ pub enum AnyModel {
     /// Runs on the f32 engine.
     Float(ModelFile),
     /// Runs on the integer engine.
-    Quantized(QuantizedModel),
+    Quantized(Box<QuantizedModel>),
 }
 
 impl AnyModel {
@@ -199,6 +199,12 @@ impl AnyModel {
             path: path.to_path_buf(),
             source,
         })?;
+        if crate::detect::is_detector(&bytes) || crate::detect::is_quantized_detector(&bytes) {
+            return Err(ModelError::Metadata {
+                path: path.to_path_buf(),
+                reason: "an SSD detector, not a classifier: run it with `mobilenet detect`".into(),
+            });
+        }
         if tflite::is_tflite(&bytes) {
             let g = tflite::read(&bytes, path).map_err(|e| ModelError::Metadata {
                 path: e.path,
@@ -210,14 +216,9 @@ impl AnyModel {
                 .and_then(|&i| g.tensors.get(i))
                 .is_some_and(|t| t.kind == ElementType::F32);
             if !float_input {
-                return QuantizedModel::from_graph(&g, path).map(AnyModel::Quantized);
+                return QuantizedModel::from_graph(&g, path)
+                    .map(|q| AnyModel::Quantized(Box::new(q)));
             }
-        }
-        if crate::detect::is_detector(&bytes) {
-            return Err(ModelError::Metadata {
-                path: path.to_path_buf(),
-                reason: "an SSD detector, not a classifier: run it with `mobilenet detect`".into(),
-            });
         }
         let (model, _) = crate::import::import_bytes(&bytes, path, &Default::default())?;
         Ok(AnyModel::Float(model))
@@ -232,7 +233,7 @@ impl AnyModel {
     pub fn into_classifier(self) -> Result<Box<dyn Classifier>, ModelError> {
         Ok(match self {
             AnyModel::Float(file) => Box::new(InferenceModel::new(&file)?),
-            AnyModel::Quantized(q) => Box::new(q),
+            AnyModel::Quantized(q) => q,
         })
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use mobilenet::detect::DetectorFile;
+use mobilenet::detect::{AnyDetector, Detector, DetectorFile};
 use mobilenet::import::{import, ImportOptions};
 use mobilenet::int8::QuantizedModel;
 use mobilenet::{AnyModel, Classifier, Fusion, InferenceModel, MobileNetConfig, ModelFile, Preset};
@@ -106,7 +106,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(name) = &args.detector {
         let config = super::arch_detector::named(name)?;
         let file = DetectorFile::random(config, 20170417)?;
-        return super::bench_detector::run(args, &file, &format!("{name} (random weights)"));
+        let detector = AnyDetector::Float(Detector::new(&file)?);
+        return super::bench_detector::run(args, &detector, &format!("{name} (random weights)"));
     }
     if let Some(path) = &args.model {
         if mobilenet::detect::is_detector_file(path) {
@@ -116,7 +117,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let (file, name) = match (&args.model, args.preset) {
         (Some(path), _) => match AnyModel::load(path)? {
-            AnyModel::Quantized(q) => return run_quantized(args, path, q),
+            AnyModel::Quantized(q) => return run_quantized(args, path, *q),
             AnyModel::Float(file) => (file, path.display().to_string()),
         },
         (None, preset) => {

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use mobilenet::detect::{Detector, DetectorFile};
+use mobilenet::detect::{AnyDetector, DetectSession};
 use mobilenet::preprocess::load_image;
 use serde::Serialize;
 
@@ -15,6 +15,7 @@ use crate::table::{thousands, Align, Table};
 struct DetectorBenchJson {
     model: String,
     detector: String,
+    precision: String,
     input: usize,
     isa: String,
     threads: usize,
@@ -48,14 +49,31 @@ fn time(warmup: usize, runs: usize, f: &mut dyn FnMut()) -> Vec<Duration> {
     times
 }
 
-pub fn run(args: &BenchArgs, file: &DetectorFile, name: &str) -> Result<()> {
+/// Network and whole-detection times of `session` on `input` and `img`, and the detections.
+fn measure(
+    args: &BenchArgs,
+    session: &mut dyn DetectSession,
+    input: &[f32],
+    img: &image::RgbImage,
+) -> (Vec<Duration>, Vec<Duration>, usize) {
+    let runs = args.runs.max(1);
+    let network = time(args.warmup, runs, &mut || {
+        std::hint::black_box(session.run(input));
+    });
+    let mut found = 0;
+    let detect = time(args.warmup.min(3), runs, &mut || {
+        found = session.detect(img, None).0.len();
+    });
+    (network, detect, found)
+}
+
+pub fn run(args: &BenchArgs, detector: &AnyDetector, name: &str) -> Result<()> {
     if args.batch != 1 {
         bail!(
             "a detector runs one image at a time: --batch {} is not supported",
             args.batch
         );
     }
-    let detector = Detector::new(file)?;
     let config = detector.config();
     let img = match &args.image {
         Some(path) => load_image(path)?,
@@ -63,26 +81,64 @@ pub fn run(args: &BenchArgs, file: &DetectorFile, name: &str) -> Result<()> {
             image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
         }),
     };
-    let mut session = detector.session(args.threads);
-    let threads = session.engine().threads();
     let input: Vec<f32> = (0..config.input * config.input * 3)
         .map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0)
         .collect();
     let runs = args.runs.max(1);
-    let network = time(args.warmup, runs, &mut || {
-        std::hint::black_box(session.run(&input));
-    });
-    let mut found = 0;
-    let detect = time(args.warmup.min(3), runs, &mut || {
-        found = session.detect(&img, None).0.len();
-    });
+    // Per-step profile rows: (name, kind, total time over `runs` runs).
+    let mut profile: Vec<(String, String, Duration)> = Vec::new();
+    let (isa, threads, (network, detect, found)) = match detector {
+        AnyDetector::Float(d) => {
+            let mut session = d.session(args.threads);
+            let threads = session.engine().threads();
+            let timed = measure(args, &mut session, &input, &img);
+            if args.profile {
+                session.enable_profiling();
+                for _ in 0..runs {
+                    session.run(&input);
+                }
+                if let Some(p) = session.engine().profile() {
+                    profile = d
+                        .plan()
+                        .layers()
+                        .iter()
+                        .zip(p)
+                        .map(|(l, t)| (l.name.clone(), l.step_kind().to_string(), *t))
+                        .collect();
+                }
+            }
+            (format!("{:?}", d.plan().isa()), threads, timed)
+        }
+        AnyDetector::Int8(d) => {
+            let mut session = d.session(args.threads);
+            let threads = session.engine().threads();
+            let timed = measure(args, &mut session, &input, &img);
+            if args.profile {
+                session.engine().enable_profile();
+                for _ in 0..runs {
+                    session.run(&input);
+                }
+                if let Some(p) = session.engine().profile() {
+                    profile = d
+                        .engine()
+                        .step_names()
+                        .into_iter()
+                        .zip(p)
+                        .map(|(n, t)| (n, "int8".to_string(), *t))
+                        .collect();
+                }
+            }
+            (format!("{:?}", d.engine().isa()), threads, timed)
+        }
+    };
     let (_, total) = config.cost()?;
     let median = percentile(&network, 0.5);
     let result = DetectorBenchJson {
         model: name.to_string(),
         detector: config.name.clone(),
+        precision: detector.precision().to_string(),
         input: config.input,
-        isa: format!("{:?}", detector.plan().isa()),
+        isa,
         threads,
         runs,
         network_median_ms: ms(median),
@@ -100,11 +156,18 @@ pub fn run(args: &BenchArgs, file: &DetectorFile, name: &str) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} — detector {} at {}×{}, {} thread(s), {}, {runs} runs after {} warm-up",
-        result.model, result.detector, result.input, result.input, threads, result.isa, args.warmup
+        "{} — detector {} ({}) at {}×{}, {} thread(s), {}, {runs} runs after {} warm-up",
+        result.model,
+        result.detector,
+        result.precision,
+        result.input,
+        result.input,
+        threads,
+        result.isa,
+        args.warmup
     );
     println!(
-        "network + box decoding  median {:.3} ms (min {:.3}), {:.1} GFLOP/s ({} Mult-Adds)",
+        "network + box decoding  median {:.3} ms (min {:.3}), {:.1} G(FL)OP/s ({} Mult-Adds)",
         result.network_median_ms,
         result.network_min_ms,
         result.gflops,
@@ -121,31 +184,24 @@ pub fn run(args: &BenchArgs, file: &DetectorFile, name: &str) -> Result<()> {
     if let Some(rss) = result.peak_rss_mb {
         println!("peak memory  {rss:.1} MB resident");
     }
-    if args.profile {
-        session.enable_profiling();
-        for _ in 0..runs {
-            session.run(&input);
-        }
-        if let Some(profile) = session.engine().profile() {
-            let mut t = Table::new(&[
-                ("step", Align::Left),
-                ("kind", Align::Left),
-                ("ms", Align::Right),
-                ("share", Align::Right),
+    if !profile.is_empty() {
+        let mut t = Table::new(&[
+            ("step", Align::Left),
+            ("kind", Align::Left),
+            ("ms", Align::Right),
+            ("share", Align::Right),
+        ]);
+        let total: f64 = profile.iter().map(|p| ms(p.2)).sum();
+        for (step, kind, d) in &profile {
+            t.row([
+                step.clone(),
+                kind.clone(),
+                format!("{:.3}", ms(*d) / runs as f64),
+                format!("{:.1}%", 100.0 * ms(*d) / total),
             ]);
-            let total: f64 = profile.iter().map(|d| ms(*d)).sum();
-            for (layer, d) in detector.plan().layers().iter().zip(profile) {
-                let v = ms(*d) / runs as f64;
-                t.row([
-                    layer.name.clone(),
-                    layer.step_kind().to_string(),
-                    format!("{v:.3}"),
-                    format!("{:.1}%", 100.0 * ms(*d) / total),
-                ]);
-            }
-            println!("\nper step (a map's predictors are timed with the step that writes it):");
-            print!("{}", t.render());
         }
+        println!("\nper step (a map's predictors are timed with the step that writes it):");
+        print!("{}", t.render());
     }
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mobilenet::detect::{Detection, Detector, DetectorFile, Frame, NmsConfig};
+use mobilenet::detect::{AnyDetector, Detection, Frame, NmsConfig};
 use mobilenet::preprocess::load_image;
 use serde::Serialize;
 
@@ -12,7 +12,8 @@ use crate::draw::draw_detections;
 
 #[derive(Debug, Args)]
 pub struct DetectArgs {
-    /// Detector file (from `mobilenet import` of face-api's manifest, or `train-detect`)
+    /// Detector file (from `mobilenet import` of face-api's manifest, or `train-detect`), or
+    /// an int8 .tflite detector from `mobilenet quantize`
     #[arg(long)]
     model: PathBuf,
     /// Images (JPEG, PNG, BMP, WebP), or folders of them (searched recursively)
@@ -77,28 +78,18 @@ fn nms_config(args: &DetectArgs, defaults: NmsConfig) -> Result<NmsConfig> {
     Ok(config)
 }
 
-/// Loads a detector file, saying what to do with anything else.
-pub(crate) fn load_detector(path: &Path) -> Result<DetectorFile> {
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("tflite"))
-    {
-        bail!(
-            "{}: int8 detectors (.tflite) do not run yet; use a float detector file",
-            path.display()
-        );
-    }
-    Ok(DetectorFile::load(path)?)
+/// Loads a detector: a detector file, or an int8 `.tflite` from `mobilenet quantize`.
+pub(crate) fn load_detector(path: &Path) -> Result<AnyDetector> {
+    Ok(AnyDetector::load(path)?)
 }
 
 pub fn run(args: &DetectArgs) -> Result<()> {
-    let file = load_detector(&args.model)?;
-    let nms = nms_config(args, file.config.nms)?;
+    let detector = load_detector(&args.model)?;
+    let nms = nms_config(args, detector.config().nms)?;
     let images = super::classify::expand(&args.images)?;
     if let Some(dir) = &args.draw {
         std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
     }
-    let detector = Detector::new(&file)?;
     let labels = detector.config().labels.clone();
     let mut session = detector.session(args.threads);
     let mut failed = 0;

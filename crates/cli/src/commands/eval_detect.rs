@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mobilenet::detect::{
-    category_map, coco_evaluate, detect_dataset, CocoStats, Detector, NmsConfig,
-};
+use mobilenet::detect::{category_map, coco_evaluate, detect_dataset, CocoStats, NmsConfig};
 use serde::Serialize;
 
 #[derive(Debug, Args)]
@@ -82,25 +80,24 @@ pub fn run(args: &EvalDetectArgs) -> Result<()> {
     if args.max_detections == 0 {
         bail!("--max-detections 0 keeps nothing: give at least 1");
     }
-    let file = super::detect::load_detector(&args.model)?;
+    let detector = super::detect::load_detector(&args.model)?;
     let data = mobilenet::detect::load_annotations(&args.annotations)?;
     if data.images.is_empty() {
         bail!("{}: no images to evaluate", args.annotations.display());
     }
-    let map = category_map(&file.config.labels, &data.categories)
+    let map = category_map(&detector.config().labels, &data.categories)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.model.display()))?;
-    let detector = Detector::new(&file)?;
     let mut session = detector.session(args.threads);
     let nms = NmsConfig {
         min_score: args.min_score,
         max_detections: args.max_detections,
-        ..file.config.nms
+        ..detector.config().nms
     };
     let bar = ProgressBar::new(data.images.len() as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} images  {elapsed} (eta {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let results = detect_dataset(&mut session, &data, &args.data, &nms, &map, &mut |n| {
+    let results = detect_dataset(&mut *session, &data, &args.data, &nms, &map, &mut |n| {
         bar.set_position(n as u64)
     })?;
     bar.finish_and_clear();

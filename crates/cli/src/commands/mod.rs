@@ -8,6 +8,7 @@ pub mod eval;
 pub mod eval_detect;
 pub mod import;
 pub mod quantize;
+pub mod quantize_detector;
 pub mod train;
 mod train_data;
 pub mod train_detect;

@@ -14,29 +14,30 @@ use rayon::prelude::*;
 
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
-    /// Float model: a model file, TF-slim/Keras safetensors or a float .tflite
+    /// Float model: a model file, TF-slim/Keras safetensors, a float .tflite, or a detector
+    /// file (quantized with its predictors; run the result with `detect`)
     #[arg(long)]
-    model: PathBuf,
+    pub(crate) model: PathBuf,
     /// Calibration images: a folder of images, an image-folder data set (class sub-folders),
     /// CIFAR-10 .bin files or IDX files
     #[arg(long)]
-    calibration: PathBuf,
+    pub(crate) calibration: PathBuf,
     /// Calibration images used (spread evenly over the set)
     #[arg(long, default_value_t = 200)]
-    images: usize,
+    pub(crate) images: usize,
     /// Where to write the int8 .tflite file
     #[arg(short, long)]
-    output: PathBuf,
+    pub(crate) output: PathBuf,
     /// Class labels, one per line (when the model has none)
     #[arg(long)]
-    labels: Option<PathBuf>,
+    pub(crate) labels: Option<PathBuf>,
     /// Use the observed min/max as activation ranges (TFLite's converter default) instead of
     /// clipping post-ReLU ranges where that lowers the expected quantization error
     #[arg(long)]
-    min_max: bool,
+    pub(crate) min_max: bool,
     /// Compute threads (default: all cores)
     #[arg(long, default_value_t = 0, value_parser = crate::threads_arg)]
-    threads: usize,
+    pub(crate) threads: usize,
 }
 
 /// Image files directly inside `dir`, sorted.
@@ -58,48 +59,84 @@ fn flat_images(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Where calibration images come from: a flat folder of images, or anything `train` reads.
+pub(crate) enum Source {
+    Files(Vec<PathBuf>),
+    Data(Dataset),
+}
+
+impl Source {
+    pub(crate) fn open(path: &Path) -> Result<Source> {
+        let flat = if path.is_dir() {
+            flat_images(path)
+        } else {
+            Vec::new()
+        };
+        if !flat.is_empty() {
+            return Ok(Source::Files(flat));
+        }
+        Ok(Source::Data(Dataset::open(path).map_err(|e| {
+            anyhow::anyhow!(
+                "no images to calibrate with ({e}); --calibration takes a folder of images, class folders, CIFAR .bin or IDX files"
+            )
+        })?))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Source::Files(f) => f.len(),
+            Source::Data(d) => d.len(),
+        }
+    }
+
+    pub(crate) fn image(&self, i: usize) -> Result<image::RgbImage> {
+        Ok(match self {
+            Source::Files(f) => load_image(&f[i])?,
+            Source::Data(d) => d.image(i)?,
+        })
+    }
+
+    /// `n` indices spread evenly over the source.
+    pub(crate) fn picks(&self, n: usize) -> Vec<usize> {
+        let total = self.len();
+        let n = n.min(total);
+        (0..n).map(|i| i * total / n).collect()
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file (no half-written model on a kill).
+pub(crate) fn write_model(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tflite.partial");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
 pub fn run(args: &QuantizeArgs) -> Result<()> {
     if args.images == 0 {
         bail!("--images 0: calibration needs at least one image");
     }
-    let options = ImportOptions {
-        resolution: None,
-        labels: args.labels.as_deref().map(read_labels).transpose()?,
-    };
     if crate::same_file(&args.model, &args.output) {
         bail!(
             "{}: -o names the input model; write the quantized file to another path",
             args.output.display()
         );
     }
+    if mobilenet::detect::is_detector_file(&args.model) {
+        return super::quantize_detector::run(args);
+    }
+    let options = ImportOptions {
+        resolution: None,
+        labels: args.labels.as_deref().map(read_labels).transpose()?,
+    };
     let (file, _) = import(&args.model, &options)?;
     let res = file.config.resolution();
     let pre = file.preprocessing;
-    // Calibration images: a flat folder of images, else anything `train` reads.
-    let flat = if args.calibration.is_dir() {
-        flat_images(&args.calibration)
-    } else {
-        Vec::new()
-    };
-    let data = if flat.is_empty() {
-        Some(Dataset::open(&args.calibration).map_err(|e| {
-            anyhow::anyhow!(
-                "no images to calibrate with ({e}); --calibration takes a folder of images, class folders, CIFAR .bin or IDX files"
-            )
-        })?)
-    } else {
-        None
-    };
-    let total = data.as_ref().map_or(flat.len(), |d| d.len());
-    let n = args.images.min(total);
-    let picks: Vec<usize> = (0..n).map(|i| i * total / n).collect();
+    let source = Source::open(&args.calibration)?;
+    let picks = source.picks(args.images);
     let images: Vec<Vec<f32>> = picks
         .par_iter()
         .map(|&i| -> Result<Vec<f32>> {
-            let img = match &data {
-                Some(d) => d.image(i)?,
-                None => load_image(&flat[i])?,
-            };
+            let img = source.image(i)?;
             let mut x = vec![0.0; res * res * 3];
             pre.apply(&img, res, &mut x);
             Ok(x)
@@ -120,10 +157,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     // Read what we wrote back through the same path `classify` uses, before writing it.
     let q = QuantizedModel::from_bytes(&bytes, &args.output)
         .context("the quantized graph does not read back (a bug: please report it)")?;
-    let tmp = args.output.with_extension("tflite.partial");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &args.output)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    write_model(&args.output, &bytes)?;
     println!(
         "calibrated on {} image(s) from {}; wrote {} ({:.2} MB, int8, {} classes)",
         calibration.images(),
@@ -142,10 +176,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         let mut agree = 0;
         let checked = images.len().min(64);
         for &i in picks.iter().take(checked) {
-            let img = match &data {
-                Some(d) => d.image(i)?,
-                None => load_image(&flat[i])?,
-            };
+            let img = source.image(i)?;
             // The quantized model's metadata carries the float model's crop.
             for ((c, r), p) in classifiers.iter().zip(&mut runners).zip(&mut probs) {
                 r.load(&c.pixels(&img));

@@ -3,10 +3,13 @@
 
 use std::path::Path;
 
+use serde::Serialize;
+
+use super::any::DetectSession;
+use super::boxes::{iou, Detection};
 use super::coco::{CocoCategory, CocoDataset};
 use super::cocoeval::CocoResult;
 use super::config::NmsConfig;
-use super::model::DetectorSession;
 use crate::error::ImageError;
 use crate::preprocess::load_image;
 
@@ -51,7 +54,7 @@ pub fn category_map(labels: &[String], categories: &[CocoCategory]) -> Result<Ve
 /// An image that cannot be read or decoded (named), or whose size differs from the
 /// annotations' (boxes would land in the wrong place).
 pub fn detect_dataset(
-    session: &mut DetectorSession<'_>,
+    session: &mut dyn DetectSession,
     data: &CocoDataset,
     images: &Path,
     nms: &NmsConfig,
@@ -90,6 +93,73 @@ pub fn detect_dataset(
         progress(i + 1);
     }
     Ok(results)
+}
+
+/// How closely one detector's detections follow another's (int8 against float) over images:
+/// each reference detection, best score first, matched to the unmatched detection of its
+/// class that overlaps it most, if that IoU reaches the threshold.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Agreement {
+    /// Detections of the reference.
+    pub reference: usize,
+    /// Detections of the other.
+    pub other: usize,
+    /// Pairs matched.
+    pub matched: usize,
+    /// Sum of the matched pairs' IoU.
+    pub iou_sum: f64,
+    /// Smallest IoU of a matched pair (0 when none).
+    pub iou_min: f64,
+    /// Sum and largest absolute score difference of the matched pairs.
+    pub score_diff_sum: f64,
+    /// See `score_diff_sum`.
+    pub score_diff_max: f64,
+}
+
+impl Agreement {
+    /// Adds one image's detections.
+    pub fn add(&mut self, reference: &[Detection], other: &[Detection], min_iou: f32) {
+        self.reference += reference.len();
+        self.other += other.len();
+        let mut taken = vec![false; other.len()];
+        let mut order: Vec<&Detection> = reference.iter().collect();
+        order.sort_by(|a, b| b.score.total_cmp(&a.score));
+        for r in order {
+            let best = other
+                .iter()
+                .enumerate()
+                .filter(|(j, o)| !taken[*j] && o.class == r.class)
+                .map(|(j, o)| (j, iou(r.bbox, o.bbox)))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((j, v)) = best.filter(|b| b.1 >= min_iou) {
+                taken[j] = true;
+                self.iou_min = if self.matched == 0 {
+                    v as f64
+                } else {
+                    self.iou_min.min(v as f64)
+                };
+                self.matched += 1;
+                self.iou_sum += v as f64;
+                let d = (r.score - other[j].score).abs() as f64;
+                self.score_diff_sum += d;
+                self.score_diff_max = self.score_diff_max.max(d);
+            }
+        }
+    }
+
+    /// Mean IoU of the matched pairs (1 when none).
+    pub fn mean_iou(&self) -> f64 {
+        if self.matched == 0 {
+            1.0
+        } else {
+            self.iou_sum / self.matched as f64
+        }
+    }
+
+    /// Mean absolute score difference of the matched pairs.
+    pub fn mean_score_diff(&self) -> f64 {
+        self.score_diff_sum / self.matched.max(1) as f64
+    }
 }
 
 #[cfg(test)]

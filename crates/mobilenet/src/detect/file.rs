@@ -334,8 +334,9 @@ pub fn is_detector(bytes: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
-/// Whether the file at `path` is a detector file (reads its safetensors header only; false
-/// for anything unreadable, which the real load then reports).
+/// Whether the file at `path` is a detector: a detector file (reads its safetensors header
+/// only) or an int8 `.tflite` detector. False for anything unreadable, which the real load
+/// then reports.
 pub fn is_detector_file(path: &Path) -> bool {
     use std::io::Read;
     let Ok(mut f) = std::fs::File::open(path) else {
@@ -344,6 +345,10 @@ pub fn is_detector_file(path: &Path) -> bool {
     let mut len = [0u8; 8];
     if f.read_exact(&mut len).is_err() {
         return false;
+    }
+    if &len[4..8] == b"TFL3" {
+        let mut bytes = len.to_vec();
+        return f.read_to_end(&mut bytes).is_ok() && super::quant::is_quantized_detector(&bytes);
     }
     let n = u64::from_le_bytes(len);
     if n > 100 << 20 {

@@ -37,83 +37,11 @@ impl Detector {
     ///
     /// As [`Detector::new`].
     pub fn with_isa(file: &DetectorFile, isa: Isa) -> Result<Detector, ModelError> {
-        let config = file.config.clone();
-        let backbone = &file.backbone;
-        let config_error = |source| ModelError::Config {
-            path: "<detector>".into(),
-            source,
-        };
-        let body = backbone.config.layers();
-        let extras = config.extra_layers(backbone.config.feature_shape());
-        let mut convs = Vec::with_capacity(body.len() + extras.len());
-        for layer in body {
-            let w = backbone.conv(&layer)?;
-            convs.push(folded(layer, w, backbone.bn_epsilon, &config));
-        }
-        for layer in extras {
-            let full = format!("{PREFIX}{}", layer.name);
-            let get = |name: &str| -> Result<&[f32], ModelError> {
-                file.tensors
-                    .get(name)
-                    .map(|t| t.data.as_slice())
-                    .ok_or_else(|| ModelError::Metadata {
-                        path: "<detector>".into(),
-                        reason: format!("tensor {name:?} is missing"),
-                    })
-            };
-            let bn = |t| get(&names::bn(&full, t));
-            let bias_name = names::bias(&full);
-            let w = ConvWeights {
-                weight: get(&names::weight(&full))?,
-                bias: file.tensors.get(&bias_name).map(|t| t.data.as_slice()),
-                bn: BnWeights {
-                    gamma: bn(BnTensor::Gamma)?,
-                    beta: bn(BnTensor::Beta)?,
-                    mean: bn(BnTensor::MovingMean)?,
-                    variance: bn(BnTensor::MovingVariance)?,
-                },
-            };
-            convs.push(folded(layer, w, config.bn_epsilon, &config));
-        }
-        let mut heads = Vec::new();
-        for (m, after) in config.map_layers().into_iter().enumerate() {
-            // Box and class predictors read the same map: one GEMM, box channels first.
-            let part = |p: &str, leaf: &str| {
-                file.tensors
-                    .get(&name(&format!("head_{m}/{p}"), leaf))
-                    .ok_or_else(|| ModelError::Metadata {
-                        path: "<detector>".into(),
-                        reason: format!("head {m} has no {p} {leaf}"),
-                    })
-            };
-            let (bw, cw) = (part("box", "weight")?, part("class", "weight")?);
-            let (nb, nc) = (bw.shape[1], cw.shape[1]);
-            let weights = bw
-                .data
-                .chunks_exact(nb)
-                .zip(cw.data.chunks_exact(nc))
-                .flat_map(|(b, c)| b.iter().chain(c).copied())
-                .collect();
-            let bias = [part("box", "bias")?, part("class", "bias")?]
-                .iter()
-                .flat_map(|t| t.data.iter().copied())
-                .collect();
-            heads.push(HeadPlan {
-                after,
-                weights,
-                bias,
-            });
-        }
-        let info = ModelInfo {
-            config: config.backbone().map_err(config_error)?,
-            preprocessing: backbone.preprocessing,
-            labels: None,
-        };
-        let mut plan = InferenceModel::from_plans(info, isa, Fusion::Separable, convs, heads)?;
+        let mut plan = plan(file, isa, Fusion::Separable)?;
         plan.fuse_pipeline();
-        let anchors = config.all_anchors().map_err(config_error)?;
+        let anchors = file.config.all_anchors().map_err(config_error)?;
         Ok(Detector {
-            config,
+            config: file.config.clone(),
             plan,
             anchors,
         })
@@ -140,6 +68,98 @@ impl Detector {
             input: vec![0.0; self.plan.input_len()],
         }
     }
+}
+
+fn config_error(source: crate::error::ConfigError) -> ModelError {
+    ModelError::Config {
+        path: "<detector>".into(),
+        source,
+    }
+}
+
+/// The body and extra layers with batch norm folded, and each map's box and class predictors
+/// as one head (box channels first).
+pub(crate) fn parts(file: &DetectorFile) -> Result<(Vec<ConvPlan>, Vec<HeadPlan>), ModelError> {
+    let config = &file.config;
+    let backbone = &file.backbone;
+    let body = backbone.config.layers();
+    let extras = config.extra_layers(backbone.config.feature_shape());
+    let mut convs = Vec::with_capacity(body.len() + extras.len());
+    for layer in body {
+        let w = backbone.conv(&layer)?;
+        convs.push(folded(layer, w, backbone.bn_epsilon, config));
+    }
+    for layer in extras {
+        let full = format!("{PREFIX}{}", layer.name);
+        let get = |name: &str| -> Result<&[f32], ModelError> {
+            file.tensors
+                .get(name)
+                .map(|t| t.data.as_slice())
+                .ok_or_else(|| ModelError::Metadata {
+                    path: "<detector>".into(),
+                    reason: format!("tensor {name:?} is missing"),
+                })
+        };
+        let bn = |t| get(&names::bn(&full, t));
+        let bias_name = names::bias(&full);
+        let w = ConvWeights {
+            weight: get(&names::weight(&full))?,
+            bias: file.tensors.get(&bias_name).map(|t| t.data.as_slice()),
+            bn: BnWeights {
+                gamma: bn(BnTensor::Gamma)?,
+                beta: bn(BnTensor::Beta)?,
+                mean: bn(BnTensor::MovingMean)?,
+                variance: bn(BnTensor::MovingVariance)?,
+            },
+        };
+        convs.push(folded(layer, w, config.bn_epsilon, config));
+    }
+    let mut heads = Vec::new();
+    for (m, after) in config.map_layers().into_iter().enumerate() {
+        // Box and class predictors read the same map: one GEMM, box channels first.
+        let part = |p: &str, leaf: &str| {
+            file.tensors
+                .get(&name(&format!("head_{m}/{p}"), leaf))
+                .ok_or_else(|| ModelError::Metadata {
+                    path: "<detector>".into(),
+                    reason: format!("head {m} has no {p} {leaf}"),
+                })
+        };
+        let (bw, cw) = (part("box", "weight")?, part("class", "weight")?);
+        let (nb, nc) = (bw.shape[1], cw.shape[1]);
+        let weights = bw
+            .data
+            .chunks_exact(nb)
+            .zip(cw.data.chunks_exact(nc))
+            .flat_map(|(b, c)| b.iter().chain(c).copied())
+            .collect();
+        let bias = [part("box", "bias")?, part("class", "bias")?]
+            .iter()
+            .flat_map(|t| t.data.iter().copied())
+            .collect();
+        heads.push(HeadPlan {
+            after,
+            weights,
+            bias,
+        });
+    }
+    Ok((convs, heads))
+}
+
+/// The detector as one plan of the f32 engine, separable pairs fused as `fusion` says (no row
+/// pipeline: calibration observes every layer).
+pub(crate) fn plan(
+    file: &DetectorFile,
+    isa: Isa,
+    fusion: Fusion,
+) -> Result<InferenceModel, ModelError> {
+    let (convs, heads) = parts(file)?;
+    let info = ModelInfo {
+        config: file.config.backbone().map_err(config_error)?,
+        preprocessing: file.backbone.preprocessing,
+        labels: None,
+    };
+    InferenceModel::from_plans(info, isa, fusion, convs, heads)
 }
 
 /// Folds a convolution's batch norm and pairs it with its layer.
@@ -192,26 +212,11 @@ impl DetectorSession<'_> {
     /// If `input` has the wrong length.
     pub fn run(&mut self, input: &[f32]) -> RawDetections {
         self.session.run(input);
-        let config = &self.detector.config;
-        let (logits, labelled) = (config.classes, config.labels.len());
-        let mut boxes = Vec::with_capacity(self.detector.anchors.len());
-        let mut scores = Vec::with_capacity(self.detector.anchors.len() * labelled);
-        let mut anchors = self.detector.anchors.iter();
-        for (m, out) in self.session.heads().into_iter().enumerate() {
-            let (nb, nc) = config.head_channels(m);
-            for pixel in out.chunks_exact(nb + nc) {
-                let (codes, classes) = pixel.split_at(nb);
-                for (code, logit) in codes.chunks_exact(4).zip(classes.chunks_exact(logits)) {
-                    let Some(&anchor) = anchors.next() else {
-                        unreachable!("one anchor per predicted box by construction");
-                    };
-                    let code = [code[0], code[1], code[2], code[3]];
-                    boxes.push(decode(anchor, code, config.box_scales));
-                    push_scores(config.score, logit, labelled, &mut scores);
-                }
-            }
-        }
-        RawDetections { boxes, scores }
+        decode_heads(
+            &self.detector.config,
+            &self.detector.anchors,
+            &self.session.heads(),
+        )
     }
 
     /// Detections in an image: fitted to the input, run, decoded, suppressed (`nms`, or the
@@ -235,6 +240,34 @@ impl DetectorSession<'_> {
         );
         (found, frame)
     }
+}
+
+/// Boxes and scores of every anchor from the maps' predictor outputs (per map, each pixel's
+/// box codes then class logits).
+pub(crate) fn decode_heads(
+    config: &DetectorConfig,
+    anchors: &[[f32; 4]],
+    heads: &[&[f32]],
+) -> RawDetections {
+    let (logits, labelled) = (config.classes, config.labels.len());
+    let mut boxes = Vec::with_capacity(anchors.len());
+    let mut scores = Vec::with_capacity(anchors.len() * labelled);
+    let mut anchors = anchors.iter();
+    for (m, out) in heads.iter().enumerate() {
+        let (nb, nc) = config.head_channels(m);
+        for pixel in out.chunks_exact(nb + nc) {
+            let (codes, classes) = pixel.split_at(nb);
+            for (code, logit) in codes.chunks_exact(4).zip(classes.chunks_exact(logits)) {
+                let Some(&anchor) = anchors.next() else {
+                    unreachable!("one anchor per predicted box by construction");
+                };
+                let code = [code[0], code[1], code[2], code[3]];
+                boxes.push(decode(anchor, code, config.box_scales));
+                push_scores(config.score, logit, labelled, &mut scores);
+            }
+        }
+    }
+    RawDetections { boxes, scores }
 }
 
 /// Appends the scores of classes `1..=labelled` from one anchor's logits.

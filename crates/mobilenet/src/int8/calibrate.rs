@@ -2,6 +2,7 @@
 //! quantization ([`super::quantize`]) turns into the int8 tensors' scales and zero points.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use crate::error::ModelError;
 use crate::infer::{Fusion, InferenceModel};
@@ -76,6 +77,8 @@ pub struct Calibrator {
     model: InferenceModel,
     calibration: Calibration,
     histograms: HashMap<String, Vec<u64>>,
+    /// Named channel groups of each head's output.
+    heads: Vec<Vec<(String, Range<usize>)>>,
 }
 
 impl Calibrator {
@@ -93,7 +96,23 @@ impl Calibrator {
             )?,
             calibration: Calibration::default(),
             histograms: HashMap::new(),
+            heads: Vec::new(),
         })
+    }
+
+    /// A calibrator for a plan with heads (a detector's, planned without fusion so that every
+    /// layer's output is seen): `heads[i]` names groups of head `i`'s output channels, each
+    /// observed as one range.
+    pub(crate) fn with_heads(
+        model: InferenceModel,
+        heads: Vec<Vec<(String, Range<usize>)>>,
+    ) -> Self {
+        Calibrator {
+            model,
+            calibration: Calibration::default(),
+            histograms: HashMap::new(),
+            heads,
+        }
     }
 
     /// Values per preprocessed image.
@@ -123,6 +142,19 @@ impl Calibrator {
             let r = ranges.entry(layer.name.clone()).or_insert((lo, hi));
             *r = (r.0.min(lo), r.1.max(hi));
         });
+        for (out, groups) in session.heads().into_iter().zip(&self.heads) {
+            let channels = groups.iter().map(|g| g.1.end).max().unwrap_or(0);
+            for (name, group) in groups {
+                let (lo, hi) = out
+                    .chunks_exact(channels)
+                    .flat_map(|pixel| &pixel[group.clone()])
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                        (lo.min(v), hi.max(v))
+                    });
+                let r = ranges.entry(name.clone()).or_insert((lo, hi));
+                *r = (r.0.min(lo), r.1.max(hi));
+            }
+        }
         self.calibration.images += n;
     }
 

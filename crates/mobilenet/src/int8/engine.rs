@@ -372,6 +372,11 @@ pub struct QuantSession<'e> {
 }
 
 impl QuantSession<'_> {
+    /// Compute threads.
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
     /// Starts accumulating the time spent in each step (see [`QuantSession::profile`]).
     pub fn enable_profile(&mut self) {
         self.profile = Some(vec![Duration::ZERO; self.engine.steps.len()]);

@@ -5,6 +5,7 @@
 //! | file | what |
 //! |---|---|
 //! | `ir.rs` | [`QuantModel`]: the integer IR read from a `.tflite` graph, and the reference interpreter |
+//! | `chain.rs` | a chain of convolutions with 1×1 heads (a quantized detector) read against its layers |
 //! | `engine.rs` | [`QuantEngine`]: the IR planned onto the int8 kernels, same bytes, fast |
 //! | `calibrate.rs` | calibration ([`Calibrator`]): activation ranges on sample images |
 //! | `ptq.rs` | post-training quantization ([`quantize`]) into a TFLite graph |
@@ -14,6 +15,7 @@
 //! [`crate::tflite`].
 
 mod calibrate;
+mod chain;
 mod engine;
 mod ir;
 mod model;
@@ -23,7 +25,9 @@ mod reference;
 mod runner;
 
 pub use calibrate::{Calibration, Calibrator};
+pub use chain::HeadSpec;
 pub use engine::{QuantEngine, QuantSession, Unsupported};
 pub use ir::{QuantModel, QuantizedMultiplier};
 pub use model::QuantizedModel;
+pub(crate) use ptq::{fused, input_params, range_of, Builder};
 pub use ptq::{quantize, QuantizeError, LABELS_METADATA, PREPROCESSING_METADATA};

@@ -1,0 +1,100 @@
+//! Any detector file on its runtime: a float detector file on the f32 engine, an int8
+//! `.tflite` on the integer engine, behind one session interface.
+
+use std::path::Path;
+
+use image::RgbImage;
+
+use super::config::{DetectorConfig, NmsConfig};
+use super::file::DetectorFile;
+use super::model::{Detector, DetectorSession, RawDetections};
+use super::quant::{is_quantized_detector, QuantDetector, QuantDetectorSession};
+use super::{Detection, Frame};
+use crate::error::ModelError;
+
+/// What every detector session does.
+pub trait DetectSession {
+    /// Boxes and scores for every anchor of a fitted input (`input² · 3` normalised values).
+    fn run(&mut self, input: &[f32]) -> RawDetections;
+    /// Detections in an image: fitted, run, decoded, suppressed (`nms`, or the detector's).
+    fn detect(&mut self, img: &RgbImage, nms: Option<&NmsConfig>) -> (Vec<Detection>, Frame);
+}
+
+impl DetectSession for DetectorSession<'_> {
+    fn run(&mut self, input: &[f32]) -> RawDetections {
+        DetectorSession::run(self, input)
+    }
+    fn detect(&mut self, img: &RgbImage, nms: Option<&NmsConfig>) -> (Vec<Detection>, Frame) {
+        DetectorSession::detect(self, img, nms)
+    }
+}
+
+impl DetectSession for QuantDetectorSession<'_> {
+    fn run(&mut self, input: &[f32]) -> RawDetections {
+        QuantDetectorSession::run(self, input)
+    }
+    fn detect(&mut self, img: &RgbImage, nms: Option<&NmsConfig>) -> (Vec<Detection>, Frame) {
+        QuantDetectorSession::detect(self, img, nms)
+    }
+}
+
+/// A detector as `detect`, `eval-detect` and `bench` take it.
+#[derive(Debug)]
+pub enum AnyDetector {
+    /// A detector file on the f32 engine.
+    Float(Detector),
+    /// An int8 `.tflite` on the integer engine.
+    Int8(QuantDetector),
+}
+
+impl AnyDetector {
+    /// Loads `path` by its contents: a `.tflite` file is an int8 detector, anything else a
+    /// detector file.
+    ///
+    /// # Errors
+    ///
+    /// An unreadable or malformed file, or one that is not a detector.
+    pub fn load(path: &Path) -> Result<AnyDetector, ModelError> {
+        let bytes = crate::files::read_regular(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if crate::tflite::is_tflite(&bytes) {
+            if !is_quantized_detector(&bytes) {
+                return Err(ModelError::Metadata {
+                    path: path.to_path_buf(),
+                    reason:
+                        "a .tflite classifier, not a detector: run it with `mobilenet classify`"
+                            .into(),
+                });
+            }
+            return QuantDetector::from_bytes(&bytes, path).map(AnyDetector::Int8);
+        }
+        let file = DetectorFile::from_bytes(&bytes, path)?;
+        Detector::new(&file).map(AnyDetector::Float)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DetectorConfig {
+        match self {
+            AnyDetector::Float(d) => d.config(),
+            AnyDetector::Int8(d) => d.config(),
+        }
+    }
+
+    /// `"f32"` or `"int8"`.
+    pub fn precision(&self) -> &'static str {
+        match self {
+            AnyDetector::Float(_) => "f32",
+            AnyDetector::Int8(_) => "int8",
+        }
+    }
+
+    /// A session for one image at a time on `threads` threads (0: all cores).
+    pub fn session(&self, threads: usize) -> Box<dyn DetectSession + '_> {
+        match self {
+            AnyDetector::Float(d) => Box::new(d.session(threads)),
+            AnyDetector::Int8(d) => Box::new(d.session(threads)),
+        }
+    }
+}
