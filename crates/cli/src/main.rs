@@ -3,6 +3,7 @@
 mod commands;
 mod draw;
 mod plot;
+mod serve;
 mod table;
 
 use std::process::ExitCode;
@@ -45,6 +46,8 @@ enum Command {
     EvalDetect(commands::eval_detect::EvalDetectArgs),
     /// Post-training int8 quantization of a float model into a .tflite file
     Quantize(commands::quantize::QuantizeArgs),
+    /// Serve classifiers and detectors over HTTP (JSON API, batching, metrics, a web page)
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::EvalDetect(args) => commands::eval_detect::run(&args),
         Command::TrainDetect(args) => commands::train_detect::run(&args),
         Command::Quantize(args) => commands::quantize::run(&args),
+        Command::Serve(args) => serve::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,323 @@
+//! `mobilenet serve`: an HTTP inference server over the classifiers and detectors of the
+//! library, with dynamic batching (`batch.rs`), Prometheus metrics (`metrics.rs`), JSON errors
+//! and limits (`http.rs`), and a page to try it in a browser (`page.html`).
+
+mod batch;
+mod http;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use clap::Args;
+use mobilenet::detect::{is_detector_file, AnyDetector};
+use mobilenet::Classifier;
+use tokio::sync::{oneshot, Semaphore};
+
+use batch::{Queue, Settings, Work};
+use metrics::Metrics;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Models to serve: model files, quantized .tflite files, detector files; each is named by
+    /// its file name without extension (the `model` query parameter)
+    #[arg(long, required = true, num_args = 1..)]
+    model: Vec<PathBuf>,
+    /// Address to listen on (loopback by default; 0.0.0.0:PORT to serve the network)
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: SocketAddr,
+    /// Most images per engine batch
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_batch: u32,
+    /// Longest wait for more images once a batch has its first, in milliseconds
+    #[arg(long, default_value_t = 2)]
+    max_delay_ms: u64,
+    /// Most requests waiting per model; beyond it requests get 429 with Retry-After
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    queue: u32,
+    /// Engine threads (default: all cores); one batch runs at a time
+    #[arg(long, default_value_t = 0, value_parser = crate::threads_arg)]
+    threads: usize,
+    /// Images decoded at once (decoding runs beside the engine)
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
+    decode_threads: u32,
+    /// Largest request body in bytes
+    #[arg(long, default_value_t = 32 << 20)]
+    max_body_bytes: usize,
+    /// Most images in one multipart request
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    max_images: u32,
+    /// Longest a request may take, in milliseconds (then 503)
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
+}
+
+/// What a loaded model runs on.
+pub(crate) enum Kind {
+    Classifier(Arc<dyn Classifier>),
+    Detector(Arc<AnyDetector>),
+}
+
+/// A model the server answers for.
+pub(crate) struct Model {
+    name: String,
+    kind: Kind,
+    queue: Queue,
+    /// What `/v1/models` says of it.
+    describe: serde_json::Value,
+}
+
+/// Request limits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    max_body: usize,
+    max_images: usize,
+    timeout: Duration,
+}
+
+/// What every handler sees.
+pub(crate) struct AppState {
+    models: Vec<Model>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    decode: Semaphore,
+    ready: AtomicBool,
+}
+
+/// A name for each model: its file stem, made unique.
+fn names(paths: &[PathBuf]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in paths {
+        let stem = p
+            .file_stem()
+            .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+        let mut name = stem.clone();
+        let mut k = 2;
+        while out.contains(&name) {
+            name = format!("{stem}-{k}");
+            k += 1;
+        }
+        out.push(name);
+    }
+    out
+}
+
+fn describe_classifier(
+    name: &str,
+    path: &std::path::Path,
+    c: &dyn Classifier,
+) -> serde_json::Value {
+    let r = c.resolution();
+    serde_json::json!({
+        "name": name,
+        "kind": "classifier",
+        "file": path.display().to_string(),
+        "precision": c.precision(),
+        "alpha": c.config().alpha(),
+        "resolution": r,
+        "input": [r, r, 3],
+        "classes": c.classes(),
+        "labels": c.labels().is_some(),
+    })
+}
+
+fn describe_detector(name: &str, path: &std::path::Path, d: &AnyDetector) -> serde_json::Value {
+    let c = d.config();
+    serde_json::json!({
+        "name": name,
+        "kind": "detector",
+        "file": path.display().to_string(),
+        "precision": d.precision(),
+        "alpha": c.alpha,
+        "resolution": c.input,
+        "input": [c.input, c.input, 3],
+        "classes": c.labels.len(),
+        "labels": c.labels,
+    })
+}
+
+/// Counts every request in the metrics, by endpoint and status.
+async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let endpoint = match req.uri().path() {
+        p @ ("/v1/classify" | "/v1/detect" | "/v1/models" | "/healthz" | "/readyz" | "/metrics"
+        | "/") => p.to_string(),
+        _ => "other".to_string(),
+    };
+    let started = Instant::now();
+    let response = next.run(req).await;
+    state
+        .metrics
+        .request(&endpoint, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    let settings = Settings {
+        max_batch: args.max_batch as usize,
+        max_delay: Duration::from_millis(args.max_delay_ms),
+        threads: args.threads,
+        queue: args.queue as usize,
+    };
+    let compute = Arc::new(Mutex::new(()));
+    let metrics = Arc::new(Metrics::default());
+    let mut models = Vec::new();
+    let mut workers = Vec::new();
+    for (path, name) in args.model.iter().zip(names(&args.model)) {
+        let (kind, describe, (queue, worker)) = if is_detector_file(path) {
+            let d = Arc::new(AnyDetector::load(path)?);
+            let describe = describe_detector(&name, path, &d);
+            let q = batch::detector(
+                Arc::clone(&d),
+                settings,
+                Arc::clone(&compute),
+                Arc::clone(&metrics),
+            );
+            (Kind::Detector(d), describe, q)
+        } else {
+            let c: Arc<dyn Classifier> = Arc::from(mobilenet::classifier::load(path)?);
+            if c.classes().is_none() {
+                bail!("{}: the model has no classifier head", path.display());
+            }
+            let describe = describe_classifier(&name, path, c.as_ref());
+            let q = batch::classifier(
+                Arc::clone(&c),
+                settings,
+                Arc::clone(&compute),
+                Arc::clone(&metrics),
+            );
+            (Kind::Classifier(c), describe, q)
+        };
+        models.push(Model {
+            name,
+            kind,
+            queue,
+            describe,
+        });
+        workers.push(worker);
+    }
+    warm_up(&models)?;
+    let state = Arc::new(AppState {
+        models,
+        metrics,
+        limits: Limits {
+            max_body: args.max_body_bytes,
+            max_images: args.max_images as usize,
+            timeout: Duration::from_millis(args.timeout_ms),
+        },
+        decode: Semaphore::new(args.decode_threads as usize),
+        ready: AtomicBool::new(true),
+    });
+    let app = Router::new()
+        .route("/v1/classify", post(http::classify))
+        .route("/v1/detect", post(http::detect))
+        .route("/v1/models", get(http::models))
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
+        .route("/", get(http::page))
+        .fallback(http::not_found)
+        .method_not_allowed_fallback(http::wrong_method)
+        .layer(DefaultBodyLimit::max(args.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            record,
+        ))
+        .with_state(Arc::clone(&state));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(args.decode_threads as usize + 2)
+        .enable_all()
+        .build()
+        .context("cannot start the server's runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.bind))?;
+        let addr = listener.local_addr()?;
+        let names: Vec<&str> = state.models.iter().map(|m| m.name.as_str()).collect();
+        println!("listening on http://{addr} (models: {})", names.join(", "));
+        let shutdown_state = Arc::clone(&state);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                shutdown_state.ready.store(false, Ordering::Relaxed);
+                eprintln!("shutting down: finishing the requests in flight");
+            })
+            .await
+            .context("the server failed")
+    })?;
+    for m in &state.models {
+        m.queue.close();
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    eprintln!("stopped");
+    Ok(())
+}
+
+/// One image through every model before the server takes requests (plans touched, buffers
+/// allocated), so the first request does not pay for it.
+fn warm_up(models: &[Model]) -> Result<()> {
+    for m in models {
+        let (tx, rx) = oneshot::channel();
+        let work = match &m.kind {
+            Kind::Classifier(c) => {
+                let (tx2, rx2) = oneshot::channel();
+                m.queue
+                    .submit(Work::Classify {
+                        pixels: vec![128; c.pixels_len()],
+                        reply: tx2,
+                    })
+                    .map_err(|e| anyhow::anyhow!("warm-up of {}: {e:?}", m.name))?;
+                rx2.blocking_recv()
+                    .map_err(|_| anyhow::anyhow!("warm-up of {} failed", m.name))?
+                    .map_err(|e| anyhow::anyhow!("warm-up of {}: {e}", m.name))?;
+                continue;
+            }
+            Kind::Detector(d) => Work::Detect {
+                image: image::RgbImage::new(64, 64),
+                nms: d.config().nms,
+                reply: tx,
+            },
+        };
+        m.queue
+            .submit(work)
+            .map_err(|e| anyhow::anyhow!("warm-up of {}: {e:?}", m.name))?;
+        rx.blocking_recv()
+            .map_err(|_| anyhow::anyhow!("warm-up of {} failed", m.name))?
+            .map_err(|e| anyhow::anyhow!("warm-up of {}: {e}", m.name))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! `mobilenet serve` over real HTTP on an ephemeral loopback port: answers equal to
+//! `classify --json`, multipart, detection, every bad request as a JSON error, a full queue
+//! answering 429 with Retry-After, timeouts, body limits, metrics, and a graceful shutdown that
+//! finishes the requests in flight.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::http::{multipart, png, post, request, Reply, Server};
+use common::mobilenet;
+use mobilenet::{MobileNetConfig, ModelFile};
+
+use common::http::s;
+
+/// A fresh folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mobilenet-serve-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("should succeed");
+    dir
+}
+
+/// A random classifier with labels, saved in `dir` as `NAME.safetensors`.
+pub fn classifier(dir: &Path, name: &str, alpha: f64, resolution: usize) -> PathBuf {
+    let config = MobileNetConfig::new(alpha, resolution)
+        .expect("should succeed")
+        .with_classes(5)
+        .expect("should succeed");
+    let mut file = ModelFile::random(config, 3);
+    file.labels = Some(
+        ["ant", "bee", "cat", "dog", "eel"]
+            .map(String::from)
+            .to_vec(),
+    );
+    let path = dir.join(format!("{name}.safetensors"));
+    file.save(&path).expect("should succeed");
+    path
+}
+
+#[test]
+fn serve_classifies_like_classify_and_answers_bad_requests_in_json() {
+    let dir = scratch("classify");
+    let small = classifier(&dir, "small", 0.25, 96);
+    let image = dir.join("a.png");
+    std::fs::write(&image, png(7, 120, 90)).expect("should succeed");
+    let mut server = Server::start(&["--model", s(&small), "--threads", "1"]);
+    let addr = server.addr.clone();
+
+    // The same top-3 as `classify --json`.
+    let out = mobilenet()
+        .args([
+            "classify",
+            "--model",
+            s(&small),
+            "--json",
+            "--top",
+            "3",
+            s(&image),
+        ])
+        .output()
+        .expect("should succeed");
+    let want: serde_json::Value = serde_json::from_slice(&out.stdout).expect("classify JSON");
+    let r = post(&addr, "/v1/classify?top=3", &png(7, 120, 90));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let got = r.json();
+    assert_eq!(got["model"], "small");
+    assert_eq!(got["top"], want["top"]);
+    assert!(got["ms"].as_f64().expect("ms") >= 0.0);
+
+    // Multipart: an array, one answer per image, named.
+    let (a, b) = (png(7, 120, 90), png(9, 64, 64));
+    let (ct, body) = multipart(&[("a.png", &a), ("b.png", &b)]);
+    let r = request(&addr, "POST", "/v1/classify?top=1", Some(&ct), &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let list = r.json();
+    let list = list.as_array().expect("an array");
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["image"], "a.png");
+    assert_eq!(list[0]["top"][0], want["top"][0]);
+    assert_eq!(list[1]["top"].as_array().expect("top").len(), 1);
+
+    // The models, health, readiness and metrics.
+    let r = request(&addr, "GET", "/v1/models", None, b"");
+    let models = r.json();
+    assert_eq!(models["models"][0]["name"], "small");
+    assert_eq!(models["models"][0]["resolution"], 96);
+    assert_eq!(models["models"][0]["classes"], 5);
+    assert_eq!(models["models"][0]["precision"], "f32");
+    assert_eq!(request(&addr, "GET", "/healthz", None, b"").status, 200);
+    assert_eq!(
+        request(&addr, "GET", "/readyz", None, b"").json()["ready"],
+        true
+    );
+    let page = request(&addr, "GET", "/", None, b"");
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/html")));
+
+    // Every bad request: a 4xx with a JSON error that says what is wrong.
+    let truncated = &a[..a.len() / 2];
+    let cases: Vec<(Reply, u16, &str)> = vec![
+        (post(&addr, "/v1/classify", b""), 400, "empty body"),
+        (
+            post(&addr, "/v1/classify", b"not an image at all"),
+            400,
+            "cannot decode",
+        ),
+        (post(&addr, "/v1/classify", truncated), 400, "cannot decode"),
+        (
+            post(&addr, "/v1/classify?model=nope", &a),
+            404,
+            "unknown model \"nope\"",
+        ),
+        (post(&addr, "/v1/classify?top=x", &a), 400, "bad query"),
+        (post(&addr, "/v1/classify?top=0", &a), 400, "top=0"),
+        (post(&addr, "/v1/classify?colour=red", &a), 400, "bad query"),
+        (post(&addr, "/v1/detect", &a), 400, "no detector"),
+        (
+            request(&addr, "GET", "/v1/classify", None, b""),
+            405,
+            "wrong method",
+        ),
+        (
+            request(&addr, "GET", "/v2/anything", None, b""),
+            404,
+            "no such endpoint",
+        ),
+        (
+            request(
+                &addr,
+                "POST",
+                "/v1/classify",
+                Some("multipart/form-data; boundary=x"),
+                b"--x--\r\n",
+            ),
+            400,
+            "no image",
+        ),
+    ];
+    for (r, status, says) in &cases {
+        assert_eq!(r.status, *status, "{}", String::from_utf8_lossy(&r.body));
+        assert!(
+            r.error().contains(says),
+            "{:?} should say {says:?}",
+            r.error()
+        );
+    }
+    let metrics = String::from_utf8(request(&addr, "GET", "/metrics", None, b"").body)
+        .expect("should succeed");
+    assert!(
+        metrics.contains("mobilenet_requests_total{endpoint=\"/v1/classify\",status=\"200\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mobilenet_batch_size_count"), "{metrics}");
+    assert!(
+        metrics.contains("mobilenet_queue_depth{model=\"small\"} 0"),
+        "{metrics}"
+    );
+    let (ok, err) = server.terminate();
+    assert!(ok && err.contains("stopped"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn serve_limits_queue_timeouts_and_bodies() {
+    let dir = scratch("limits");
+    // Big enough that one image takes milliseconds: the queue of one fills under a burst.
+    let big = classifier(&dir, "big", 1.0, 224);
+    let server = Server::start(&[
+        "--model",
+        s(&big),
+        "--threads",
+        "1",
+        "--max-batch",
+        "1",
+        "--queue",
+        "1",
+        "--max-body-bytes",
+        "20000",
+    ]);
+    let addr = server.addr.clone();
+    let img = png(3, 100, 100);
+    let burst: Vec<_> = (0..24)
+        .map(|_| {
+            let (addr, img) = (addr.clone(), img.clone());
+            std::thread::spawn(move || post(&addr, "/v1/classify", &img))
+        })
+        .collect();
+    let replies: Vec<Reply> = burst
+        .into_iter()
+        .map(|t| t.join().expect("should succeed"))
+        .collect();
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let full: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(ok + full.len(), replies.len(), "only 200 and 429");
+    assert!(
+        ok >= 1 && !full.is_empty(),
+        "{ok} answered, {} refused",
+        full.len()
+    );
+    assert_eq!(full[0].header("retry-after"), Some("1"));
+    assert!(full[0].error().contains("queue is full"));
+    // A body over the limit.
+    let large = png(1, 400, 400);
+    assert!(large.len() > 20000);
+    let r = post(&addr, "/v1/classify", &large);
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.error().contains("--max-body-bytes"));
+    drop(server);
+
+    // A request that cannot finish in time.
+    let server = Server::start(&["--model", s(&big), "--threads", "1", "--timeout-ms", "1"]);
+    let r = post(&server.addr, "/v1/classify", &img);
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.error().contains("--timeout-ms"));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    drop(server);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn serve_detects_and_shuts_down_after_the_requests_in_flight() {
+    let dir = scratch("detect");
+    let mut config = mobilenet::detect::DetectorConfig::face_api();
+    // Large enough (tens of milliseconds an image) for requests to be in flight at SIGTERM.
+    config.input = 256;
+    let detector = dir.join("faces.safetensors");
+    mobilenet::detect::DetectorFile::random(config, 5)
+        .expect("should succeed")
+        .save(&detector)
+        .expect("should succeed");
+    let small = classifier(&dir, "small", 0.25, 96);
+    let mut server = Server::start(&["--model", s(&detector), s(&small), "--threads", "1"]);
+    let addr = server.addr.clone();
+    let img = png(5, 200, 150);
+    let r = post(&addr, "/v1/detect?min_score=0&max_detections=3", &img);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let got = r.json();
+    assert_eq!(got["model"], "faces");
+    assert_eq!(
+        (got["width"].clone(), got["height"].clone()),
+        (200.into(), 150.into())
+    );
+    let found = got["detections"].as_array().expect("detections");
+    assert_eq!(found.len(), 3, "min_score 0 keeps the best three");
+    assert_eq!(found[0]["label"], "face");
+    assert_eq!(found[0]["box"].as_array().expect("box").len(), 4);
+    let r = post(&addr, "/v1/detect?iou=0", &img);
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("iou"));
+    let r = post(&addr, "/v1/classify?model=faces", &img);
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("not a classifier"));
+
+    // Requests in flight when SIGTERM arrives are answered; then the process ends cleanly.
+    let (ct, body) = multipart(&[("a.png", &img), ("b.png", &img), ("c.png", &img)]);
+    let inflight: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, ct, body) = (addr.clone(), ct.clone(), body.clone());
+            std::thread::spawn(move || request(&addr, "POST", "/v1/detect", Some(&ct), &body))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    // (Measured: the process ends ~300 ms after SIGTERM, while it finishes them.)
+    let (ok, err) = server.terminate();
+    for t in inflight {
+        let r = t.join().expect("should succeed");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json().as_array().expect("array").len(), 3);
+    }
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("finishing the requests in flight") && err.contains("stopped"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
