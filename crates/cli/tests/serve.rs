@@ -210,6 +210,37 @@ fn serve_limits_queue_timeouts_and_bodies() {
     assert!(r.error().contains("--max-body-bytes"));
     drop(server);
 
+    // A request whose decoded images outgrow the in-flight memory budget, and a budget that
+    // cannot hold one body.
+    let server = Server::start(&[
+        "--model",
+        s(&big),
+        "--threads",
+        "1",
+        "--max-inflight-mb",
+        "1",
+        "--max-body-bytes",
+        "500000",
+    ]);
+    let small_png = png(3, 32, 32);
+    let parts: Vec<(&str, &[u8])> = (0..8).map(|_| ("x.png", small_png.as_slice())).collect();
+    let (ct, body) = multipart(&parts);
+    let r = request(&server.addr, "POST", "/v1/classify", Some(&ct), &body);
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.error().contains("--max-inflight-mb"), "{}", r.error());
+    assert_eq!(post(&server.addr, "/v1/classify", &small_png).status, 200);
+    drop(server);
+    let out = mobilenet()
+        .args(["serve", "--model", s(&big), "--max-inflight-mb", "1"])
+        .args(["--max-body-bytes", "2000000"])
+        .output()
+        .expect("should succeed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("less than one request body"),
+        "{err}"
+    );
+
     // A request that cannot finish in time.
     let server = Server::start(&["--model", s(&big), "--threads", "1", "--timeout-ms", "1"]);
     let r = post(&server.addr, "/v1/classify", &img);

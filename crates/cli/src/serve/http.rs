@@ -211,6 +211,42 @@ async fn images(state: &AppState, req: Request) -> ApiResult<(Vec<(String, Bytes
     Ok((parts, true))
 }
 
+/// Reserves `bytes` of the server's in-flight memory budget for as long as the permit lives,
+/// or refuses at once (503) when the budget is spent: bodies being read and decoded images
+/// waiting for the engine never exceed `--max-inflight-mb`.
+fn reserve(state: &AppState, bytes: usize) -> ApiResult<tokio::sync::SemaphorePermit<'_>> {
+    let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    if u64::from(kib) > state.limits.max_inflight_mb * 1024 {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "this request needs {:.1} MB in memory, more than the server's budget ({} MB, --max-inflight-mb)",
+                bytes as f64 / 1e6,
+                state.limits.max_inflight_mb
+            ),
+        ));
+    }
+    state.memory.try_acquire_many(kib).map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the server holds its in-flight memory budget ({} MB, --max-inflight-mb): retry later",
+                state.limits.max_inflight_mb
+            ),
+        )
+    })
+}
+
+/// The memory a request's body may take: its Content-Length, or the body limit.
+fn body_bytes(state: &AppState, req: &Request) -> usize {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(state.limits.max_body)
+        .min(state.limits.max_body)
+}
+
 /// Decodes an image on the decoding pool (at most `--decode-threads` at once).
 async fn decode(state: &AppState, name: String, bytes: Bytes) -> ApiResult<RgbImage> {
     let _permit = state
@@ -277,6 +313,7 @@ async fn classify_images(
         Some(k) => k.min(classes),
         None => 5.min(classes),
     };
+    let _body = reserve(state, body_bytes(state, &req))?;
     let (parts, multipart) = images(state, req).await?;
     // Decode every image first (a bad one fails the request before any engine work).
     let mut decoded = Vec::with_capacity(parts.len());
@@ -284,6 +321,7 @@ async fn classify_images(
         let img = decode(state, name.clone(), bytes).await?;
         decoded.push((name, classifier.pixels(&img)));
     }
+    let _work = reserve(state, decoded.iter().map(|d| d.1.len()).sum())?;
     let mut pending = Vec::with_capacity(decoded.len());
     let mut names = Vec::with_capacity(decoded.len());
     for (name, pixels) in decoded {
@@ -379,11 +417,13 @@ async fn detect_images(
     if nms.max_detections == 0 {
         return Err(ApiError::bad("max_detections must be at least 1"));
     }
+    let _body = reserve(state, body_bytes(state, &req))?;
     let (parts, multipart) = images(state, req).await?;
     let mut decoded = Vec::with_capacity(parts.len());
     for (name, bytes) in parts {
         decoded.push((name.clone(), decode(state, name, bytes).await?));
     }
+    let _work = reserve(state, decoded.iter().map(|d| d.1.as_raw().len()).sum())?;
     let mut pending = Vec::with_capacity(decoded.len());
     for (name, image) in decoded {
         let (tx, rx) = oneshot::channel();

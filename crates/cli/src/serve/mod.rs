@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// Most images in one multipart request
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     max_images: u32,
+    /// Memory that request bodies being read and decoded images waiting for the engine may
+    /// hold at once, in MB; beyond it requests get 503 with Retry-After
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1 << 22))]
+    max_inflight_mb: u64,
     /// Longest a request may take, in milliseconds (then 503)
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
@@ -81,6 +85,7 @@ pub(crate) struct Model {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
     max_body: usize,
+    max_inflight_mb: u64,
     max_images: usize,
     timeout: Duration,
 }
@@ -91,6 +96,8 @@ pub(crate) struct AppState {
     metrics: Arc<Metrics>,
     limits: Limits,
     decode: Semaphore,
+    /// The in-flight memory budget, in KiB.
+    memory: Semaphore,
     ready: AtomicBool,
 }
 
@@ -190,6 +197,13 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         threads: args.threads,
         queue: args.queue as usize,
     };
+    if (args.max_inflight_mb as u128) << 20 < args.max_body_bytes as u128 {
+        bail!(
+            "--max-inflight-mb {} is less than one request body (--max-body-bytes {})",
+            args.max_inflight_mb,
+            args.max_body_bytes
+        );
+    }
     let compute = Arc::new(Mutex::new(()));
     let metrics = Arc::new(Metrics::default());
     let mut models = Vec::new();
@@ -233,10 +247,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         metrics,
         limits: Limits {
             max_body: args.max_body_bytes,
+            max_inflight_mb: args.max_inflight_mb,
             max_images: args.max_images as usize,
             timeout: Duration::from_millis(args.timeout_ms),
         },
         decode: Semaphore::new(args.decode_threads as usize),
+        memory: Semaphore::new(args.max_inflight_mb as usize * 1024),
         ready: AtomicBool::new(true),
     });
     let app = Router::new()
@@ -297,33 +313,30 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 /// allocated), so the first request does not pay for it.
 fn warm_up(models: &[Model]) -> Result<()> {
     for m in models {
-        let (tx, rx) = oneshot::channel();
-        let work = match &m.kind {
+        let failed = |why: String| anyhow::anyhow!("warm-up of {}: {why}", m.name);
+        let answered = match &m.kind {
             Kind::Classifier(c) => {
-                let (tx2, rx2) = oneshot::channel();
+                let (tx, rx) = oneshot::channel();
+                let pixels = vec![128; c.pixels_len()];
                 m.queue
-                    .submit(Work::Classify {
-                        pixels: vec![128; c.pixels_len()],
-                        reply: tx2,
-                    })
-                    .map_err(|e| anyhow::anyhow!("warm-up of {}: {e:?}", m.name))?;
-                rx2.blocking_recv()
-                    .map_err(|_| anyhow::anyhow!("warm-up of {} failed", m.name))?
-                    .map_err(|e| anyhow::anyhow!("warm-up of {}: {e}", m.name))?;
-                continue;
+                    .submit(Work::Classify { pixels, reply: tx })
+                    .map_err(|e| failed(format!("{e:?}")))?;
+                rx.blocking_recv().map(|r| r.map(|_| ()))
             }
-            Kind::Detector(d) => Work::Detect {
-                image: image::RgbImage::new(64, 64),
-                nms: d.config().nms,
-                reply: tx,
-            },
+            Kind::Detector(d) => {
+                let (tx, rx) = oneshot::channel();
+                let work = Work::Detect {
+                    image: image::RgbImage::new(64, 64),
+                    nms: d.config().nms,
+                    reply: tx,
+                };
+                m.queue.submit(work).map_err(|e| failed(format!("{e:?}")))?;
+                rx.blocking_recv().map(|r| r.map(|_| ()))
+            }
         };
-        m.queue
-            .submit(work)
-            .map_err(|e| anyhow::anyhow!("warm-up of {}: {e:?}", m.name))?;
-        rx.blocking_recv()
-            .map_err(|_| anyhow::anyhow!("warm-up of {} failed", m.name))?
-            .map_err(|e| anyhow::anyhow!("warm-up of {}: {e}", m.name))?;
+        answered
+            .map_err(|_| failed("no answer".into()))?
+            .map_err(failed)?;
     }
     Ok(())
 }
