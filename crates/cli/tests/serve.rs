@@ -317,8 +317,25 @@ fn serve_detects_and_shuts_down_after_the_requests_in_flight() {
 #[test]
 fn serve_survives_random_requests() {
     let dir = scratch("random");
-    let small = classifier(&dir, "small", 0.25, 96);
-    let server = Server::start(&["--model", s(&small), "--threads", "1"]);
+    // A model without labels, given them by --labels.
+    let config = MobileNetConfig::new(0.25, 96)
+        .expect("should succeed")
+        .with_classes(5)
+        .expect("should succeed");
+    let small = dir.join("small.safetensors");
+    ModelFile::random(config, 3)
+        .save(&small)
+        .expect("should succeed");
+    let labels = dir.join("labels.txt");
+    std::fs::write(&labels, "one\ntwo\nthree\nfour\nfive\n").expect("should succeed");
+    let server = Server::start(&[
+        "--model",
+        s(&small),
+        "--labels",
+        s(&labels),
+        "--threads",
+        "1",
+    ]);
     let addr = server.addr.clone();
     let good = png(2, 40, 30);
     let mut rng = mobilenet::Rng::new(99);
@@ -386,5 +403,10 @@ fn serve_survives_random_requests() {
     assert_eq!(request(&addr, "GET", "/healthz", None, b"").status, 200);
     let r = post(&addr, "/v1/classify", &good);
     assert_eq!(r.status, 200);
+    let label = r.json()["top"][0]["label"].clone();
+    assert!(
+        ["one", "two", "three", "four", "five"].contains(&label.as_str().expect("label")),
+        "{label}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// its file name without extension (the `model` query parameter)
     #[arg(long, required = true, num_args = 1..)]
     model: Vec<PathBuf>,
+    /// Class labels, one per line, for the classifiers without their own that have as many
+    /// classes (Google's ImageNet files: imagenet_labels_1001.txt)
+    #[arg(long)]
+    labels: Option<PathBuf>,
     /// Address to listen on (loopback by default; 0.0.0.0:PORT to serve the network)
     #[arg(long, default_value = "127.0.0.1:8080")]
     bind: SocketAddr,
@@ -206,6 +210,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     }
     let compute = Arc::new(Mutex::new(()));
     let metrics = Arc::new(Metrics::default());
+    let labels = args
+        .labels
+        .as_deref()
+        .map(mobilenet::import::read_labels)
+        .transpose()?;
+    let mut labelled = 0;
     let mut models = Vec::new();
     let mut workers = Vec::new();
     for (path, name) in args.model.iter().zip(names(&args.model)) {
@@ -220,10 +230,17 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             );
             (Kind::Detector(d), describe, q)
         } else {
-            let c: Arc<dyn Classifier> = Arc::from(mobilenet::classifier::load(path)?);
-            if c.classes().is_none() {
+            let mut c = mobilenet::classifier::load(path)?;
+            let Some(classes) = c.classes() else {
                 bail!("{}: the model has no classifier head", path.display());
+            };
+            if let Some(l) = labels.as_ref().filter(|l| l.len() == classes) {
+                if c.labels().is_none() {
+                    c.set_labels(l.clone())?;
+                    labelled += 1;
+                }
             }
+            let c: Arc<dyn Classifier> = Arc::from(c);
             let describe = describe_classifier(&name, path, c.as_ref());
             let q = batch::classifier(
                 Arc::clone(&c),
@@ -240,6 +257,14 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             describe,
         });
         workers.push(worker);
+    }
+    if let (Some(path), Some(l), 0) = (&args.labels, &labels, labelled) {
+        bail!(
+            "{}: {} labels, and no classifier without labels has {} classes",
+            path.display(),
+            l.len(),
+            l.len()
+        );
     }
     warm_up(&models)?;
     let state = Arc::new(AppState {
