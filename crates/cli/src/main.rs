@@ -48,6 +48,8 @@ enum Command {
     Quantize(commands::quantize::QuantizeArgs),
     /// Serve classifiers and detectors over HTTP (JSON API, batching, metrics, a web page)
     Serve(serve::ServeArgs),
+    /// Time every α × resolution here and pick the most accurate under a latency budget
+    Pick(commands::pick::PickArgs),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
         Command::TrainDetect(args) => commands::train_detect::run(&args),
         Command::Quantize(args) => commands::quantize::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Pick(args) => commands::pick::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

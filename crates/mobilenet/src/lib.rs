@@ -19,6 +19,7 @@
 //! # Ok::<(), mobilenet::ConfigError>(())
 //! ```
 
+pub mod checkpoints;
 pub mod classifier;
 pub mod classify;
 mod config;

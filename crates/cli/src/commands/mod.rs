@@ -7,6 +7,7 @@ pub mod detect;
 pub mod eval;
 pub mod eval_detect;
 pub mod import;
+pub mod pick;
 pub mod quantize;
 pub mod quantize_detector;
 pub mod train;
