@@ -6,7 +6,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -80,6 +80,18 @@ pub enum Refused {
 }
 
 impl Queue {
+    /// A queue of `capacity`, the worker's end of it, and its depth counter.
+    fn new(capacity: usize) -> (Queue, Receiver<Work>, Arc<AtomicUsize>) {
+        let (tx, rx) = sync_channel::<Work>(capacity);
+        let depth = Arc::new(AtomicUsize::new(0));
+        let queue = Queue {
+            tx: Mutex::new(Some(tx)),
+            depth: Arc::clone(&depth),
+            capacity,
+        };
+        (queue, rx, depth)
+    }
+
     /// Queues `work` unless the queue is full or closed.
     pub fn submit(&self, work: Work) -> Result<(), Refused> {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
@@ -119,13 +131,7 @@ pub fn classifier(
     compute: Arc<Mutex<()>>,
     metrics: Arc<Metrics>,
 ) -> (Queue, JoinHandle<()>) {
-    let (tx, rx) = sync_channel::<Work>(settings.queue);
-    let depth = Arc::new(AtomicUsize::new(0));
-    let queue = Queue {
-        tx: Mutex::new(Some(tx)),
-        depth: Arc::clone(&depth),
-        capacity: settings.queue,
-    };
+    let (queue, rx, depth) = Queue::new(settings.queue);
     let handle = std::thread::spawn(move || {
         let classes = model.classes().unwrap_or(0);
         let per = model.pixels_len();
@@ -202,13 +208,7 @@ pub fn detector(
     compute: Arc<Mutex<()>>,
     metrics: Arc<Metrics>,
 ) -> (Queue, JoinHandle<()>) {
-    let (tx, rx) = sync_channel::<Work>(settings.queue);
-    let depth = Arc::new(AtomicUsize::new(0));
-    let queue = Queue {
-        tx: Mutex::new(Some(tx)),
-        depth: Arc::clone(&depth),
-        capacity: settings.queue,
-    };
+    let (queue, rx, depth) = Queue::new(settings.queue);
     let handle = std::thread::spawn(move || {
         let mut session = detector.session(settings.threads);
         while let Ok(job) = rx.recv() {

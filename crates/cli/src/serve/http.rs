@@ -277,11 +277,37 @@ pub async fn classify(
     req: Request,
 ) -> Response {
     let started = Instant::now();
-    let work = classify_images(&state, q, req, started);
+    within_limit(&state, classify_images(&state, q, req, started)).await
+}
+
+/// A request's work within `--timeout-ms`, its error as a JSON answer.
+async fn within_limit(
+    state: &AppState,
+    work: impl std::future::Future<Output = ApiResult<Response>>,
+) -> Response {
     match tokio::time::timeout(state.limits.timeout, work).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => e.into_response(),
-        Err(_) => timed_out(&state),
+        Err(_) => timed_out(state),
+    }
+}
+
+/// The answer to a request: one object per image (an array for a multipart form, else the one
+/// object), each with the request's time so far.
+fn respond<T: Serialize>(
+    mut answers: Vec<T>,
+    multipart: bool,
+    started: Instant,
+    set_ms: fn(&mut T, f64),
+) -> Response {
+    let ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0;
+    for a in &mut answers {
+        set_ms(a, ms);
+    }
+    if multipart || answers.len() != 1 {
+        Json(answers).into_response()
+    } else {
+        Json(answers.remove(0)).into_response()
     }
 }
 
@@ -346,15 +372,7 @@ async fn classify_images(
             ms: 0.0,
         });
     }
-    let ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0;
-    for a in &mut answers {
-        a.ms = ms;
-    }
-    Ok(if multipart {
-        Json(answers).into_response()
-    } else {
-        Json(answers.remove(0)).into_response()
-    })
+    Ok(respond(answers, multipart, started, |a, ms| a.ms = ms))
 }
 
 #[derive(Serialize)]
@@ -383,12 +401,7 @@ pub async fn detect(
     req: Request,
 ) -> Response {
     let started = Instant::now();
-    let work = detect_images(&state, q, req, started);
-    match tokio::time::timeout(state.limits.timeout, work).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => e.into_response(),
-        Err(_) => timed_out(&state),
-    }
+    within_limit(&state, detect_images(&state, q, req, started)).await
 }
 
 async fn detect_images(
@@ -465,15 +478,7 @@ async fn detect_images(
             ms: 0.0,
         });
     }
-    let ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0;
-    for a in &mut answers {
-        a.ms = ms;
-    }
-    Ok(if multipart {
-        Json(answers).into_response()
-    } else {
-        Json(answers.remove(0)).into_response()
-    })
+    Ok(respond(answers, multipart, started, |a, ms| a.ms = ms))
 }
 
 pub async fn models(State(state): State<Arc<AppState>>) -> Response {
