@@ -33,6 +33,38 @@ fn imported_face(data: &Path, name: &str) -> (std::path::PathBuf, std::path::Pat
     (root, model)
 }
 
+/// The JSON lines of a successful `detect --json`.
+fn json_lines(out: std::process::Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("should succeed")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
+/// Detections per image of `detect --json` lines.
+fn counts(lines: &[serde_json::Value]) -> Vec<usize> {
+    lines
+        .iter()
+        .map(|l| l["detections"].as_array().expect("should succeed").len())
+        .collect()
+}
+
+/// The box of a detection.
+fn bbox(d: &serde_json::Value) -> Vec<f64> {
+    d["box"]
+        .as_array()
+        .expect("should succeed")
+        .iter()
+        .map(|v| v.as_f64().expect("should succeed"))
+        .collect()
+}
+
 #[test]
 fn import_then_detect_faces() {
     let Some(data) = shared::shared_data("import_then_detect_faces") else {
@@ -49,36 +81,18 @@ fn import_then_detect_faces() {
         .args(["--draw", s(&drawn), s(&face), s(&grace), s(&cat)])
         .output()
         .expect("should succeed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .expect("should succeed")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let lines = json_lines(out);
     assert_eq!(lines.len(), 3);
-    let counts: Vec<usize> = lines
-        .iter()
-        .map(|l| l["detections"].as_array().expect("should succeed").len())
-        .collect();
     // face-api finds 4 and 1 faces (reference_detections.json); the cat has none.
-    assert_eq!(counts, [4, 1, 0]);
+    assert_eq!(counts(&lines), [4, 1, 0]);
     assert_eq!(lines[1]["image"], s(&grace));
     let d = &lines[1]["detections"][0];
     assert_eq!(d["class"], 1);
     assert_eq!(d["label"], "face");
-    let bbox: Vec<f64> = d["box"]
-        .as_array()
-        .expect("should succeed")
-        .iter()
-        .map(|v| v.as_f64().expect("should succeed"))
-        .collect();
+    let b = bbox(d);
     // face-api: [171.2, 121.6, 180.6, 206.1] in the image's pixels.
-    for (got, want) in bbox.iter().zip([171.2, 121.6, 180.6, 206.1]) {
-        assert!((got - want).abs() <= 1.0, "{bbox:?}");
+    for (got, want) in b.iter().zip([171.2, 121.6, 180.6, 206.1]) {
+        assert!((got - want).abs() <= 1.0, "{b:?}");
     }
     // --min-score above every face's score leaves none.
     let out = mobilenet()
@@ -183,30 +197,12 @@ fn quantize_then_detect_faces_in_int8() {
         .args(["detect", "--model", s(&int8), "--json", s(&face), s(&grace)])
         .output()
         .expect("should succeed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .expect("should succeed")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
-    let counts: Vec<usize> = lines
-        .iter()
-        .map(|l| l["detections"].as_array().expect("should succeed").len())
-        .collect();
-    assert_eq!(counts, [4, 1], "the faces float finds");
-    let bbox: Vec<f64> = lines[1]["detections"][0]["box"]
-        .as_array()
-        .expect("should succeed")
-        .iter()
-        .map(|v| v.as_f64().expect("should succeed"))
-        .collect();
+    let lines = json_lines(out);
+    assert_eq!(counts(&lines), [4, 1], "the faces float finds");
+    let b = bbox(&lines[1]["detections"][0]);
     // face-api in float: [171.2, 121.6, 180.6, 206.1]; int8 moves edges by a few pixels.
-    for (got, want) in bbox.iter().zip([171.2, 121.6, 180.6, 206.1]) {
-        assert!((got - want).abs() <= 8.0, "{bbox:?}");
+    for (got, want) in b.iter().zip([171.2, 121.6, 180.6, 206.1]) {
+        assert!((got - want).abs() <= 8.0, "{b:?}");
     }
     let out = mobilenet()
         .args(["bench", "--model", s(&int8), "--runs", "1", "--warmup", "0"])
