@@ -104,6 +104,10 @@ fn pick_times_the_grid_and_picks_under_the_budget() {
             vec!["--budget-ms", "5", "--time-per-model", "0"],
             "--time-per-model",
         ),
+        (
+            vec!["--budget-ms", "5", "--precision", "bf16"],
+            "no bf16 path",
+        ),
     ] {
         let out = mobilenet()
             .arg("pick")
