@@ -44,7 +44,17 @@ fn serve_classifies_like_classify_and_answers_bad_requests_in_json() {
     let small = classifier(&dir, "small", 0.25, 96);
     let image = dir.join("a.png");
     std::fs::write(&image, png(7, 120, 90)).expect("should succeed");
-    let mut server = Server::start(&["--model", s(&small), "--threads", "1"]);
+    // The same model quantized to int8, served beside it.
+    let file = ModelFile::load(&small).expect("should succeed");
+    let mut cal = mobilenet::int8::Calibrator::new(&file).expect("should succeed");
+    let images: Vec<f32> = (0..2 * cal.input_len())
+        .map(|i| ((i * 37) % 255) as f32 / 127.5 - 1.0)
+        .collect();
+    cal.observe(&images, 1);
+    let graph = mobilenet::int8::quantize(&file, &cal.finish()).expect("should succeed");
+    let int8 = dir.join("small_int8.tflite");
+    std::fs::write(&int8, mobilenet::tflite::write(&graph)).expect("should succeed");
+    let mut server = Server::start(&["--model", s(&small), s(&int8), "--threads", "1"]);
     let addr = server.addr.clone();
 
     // The same top-3 as `classify --json`.
@@ -87,6 +97,13 @@ fn serve_classifies_like_classify_and_answers_bad_requests_in_json() {
     assert_eq!(models["models"][0]["resolution"], 96);
     assert_eq!(models["models"][0]["classes"], 5);
     assert_eq!(models["models"][0]["precision"], "f32");
+    assert_eq!(models["models"][1]["name"], "small_int8");
+    assert_eq!(models["models"][1]["precision"], "int8");
+    let r = post(&addr, "/v1/classify?model=small_int8&top=5", &a);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let top = r.json()["top"].as_array().expect("top").clone();
+    assert_eq!(top.len(), 5, "int8 answers with the labels of its metadata");
+    assert!(top.iter().any(|p| p["label"] == "cat"));
     assert_eq!(request(&addr, "GET", "/healthz", None, b"").status, 200);
     assert_eq!(
         request(&addr, "GET", "/readyz", None, b"").json()["ready"],
@@ -150,7 +167,7 @@ fn serve_classifies_like_classify_and_answers_bad_requests_in_json() {
     let metrics = String::from_utf8(request(&addr, "GET", "/metrics", None, b"").body)
         .expect("should succeed");
     assert!(
-        metrics.contains("mobilenet_requests_total{endpoint=\"/v1/classify\",status=\"200\"} 2"),
+        metrics.contains("mobilenet_requests_total{endpoint=\"/v1/classify\",status=\"200\"} 3"),
         "{metrics}"
     );
     assert!(metrics.contains("mobilenet_batch_size_count"), "{metrics}");
