@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::mobilenet;
+use common::{json_stdout, mobilenet};
 
 #[test]
 fn pick_times_the_grid_and_picks_under_the_budget() {
@@ -24,12 +24,7 @@ fn pick_times_the_grid_and_picks_under_the_budget() {
         .args(["--plot", png.to_str().expect("utf-8")])
         .output()
         .expect("should succeed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let v = json_stdout(out);
     let models = v["models"].as_array().expect("models");
     // 5 widths × 5 resolutions; the 16 released ones carry ImageNet's top-1.
     assert_eq!(models.len(), 25);
@@ -78,12 +73,7 @@ fn pick_times_the_grid_and_picks_under_the_budget() {
         .args(["--threads", "1", "--accuracy", acc.to_str().expect("utf-8")])
         .output()
         .expect("should succeed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let v = json_stdout(out);
     assert_eq!(v["best"]["name"], "0.25_128");
     assert_eq!(v["accuracy_source"], "user");
 

@@ -10,6 +10,16 @@ use std::time::{Duration, Instant};
 
 use mobilenet::data::Dataset;
 
+/// The JSON object a successful command printed (fails the test with its stderr otherwise).
+pub fn json_stdout(out: Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
 /// The binary under test.
 pub fn mobilenet() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mobilenet"))
