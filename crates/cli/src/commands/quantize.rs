@@ -104,6 +104,39 @@ impl Source {
     }
 }
 
+/// Calibrates `cal` on the images at `picks`, each prepared into `len` values by `prepare`
+/// (decoded, cropped or fitted, normalised) 16 at a time: ranges, then unless `--min-max` the
+/// histograms, decoding again for the second pass rather than holding every prepared image
+/// (200 of a 512² detector's inputs are 630 MB).
+pub(crate) fn calibrate(
+    source: &Source,
+    picks: &[usize],
+    len: usize,
+    prepare: &(dyn Fn(&image::RgbImage, &mut [f32]) + Sync),
+    cal: &mut Calibrator,
+    args: &QuantizeArgs,
+) -> Result<()> {
+    let passes = if args.min_max { 1 } else { 2 };
+    for pass in 0..passes {
+        for chunk in picks.chunks(16) {
+            let batch: Vec<Vec<f32>> = chunk
+                .par_iter()
+                .map(|&i| -> Result<Vec<f32>> {
+                    let mut x = vec![0.0; len];
+                    prepare(&source.image(i)?, &mut x);
+                    Ok(x)
+                })
+                .collect::<Result<_>>()?;
+            if pass == 0 {
+                cal.observe(&batch.concat(), args.threads);
+            } else {
+                cal.observe_histogram(&batch.concat(), args.threads);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` through a temporary file (no half-written model on a kill).
 pub(crate) fn write_model(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tflite.partial");
@@ -133,24 +166,15 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     let pre = file.preprocessing;
     let source = Source::open(&args.calibration)?;
     let picks = source.picks(args.images);
-    let images: Vec<Vec<f32>> = picks
-        .par_iter()
-        .map(|&i| -> Result<Vec<f32>> {
-            let img = source.image(i)?;
-            let mut x = vec![0.0; res * res * 3];
-            pre.apply(&img, res, &mut x);
-            Ok(x)
-        })
-        .collect::<Result<_>>()?;
     let mut cal = Calibrator::new(&file)?;
-    for chunk in images.chunks(16) {
-        cal.observe(&chunk.concat(), args.threads);
-    }
-    if !args.min_max {
-        for chunk in images.chunks(16) {
-            cal.observe_histogram(&chunk.concat(), args.threads);
-        }
-    }
+    calibrate(
+        &source,
+        &picks,
+        res * res * 3,
+        &|img, x| pre.apply(img, res, x),
+        &mut cal,
+        args,
+    )?;
     let calibration = cal.finish();
     let graph = quantize(&file, &calibration)?;
     let bytes = mobilenet::tflite::write(&graph);
@@ -174,7 +198,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         let classes = float.output_len();
         let mut probs = [vec![0.0; classes], vec![0.0; classes]];
         let mut agree = 0;
-        let checked = images.len().min(64);
+        let checked = picks.len().min(64);
         for &i in picks.iter().take(checked) {
             let img = source.image(i)?;
             // The quantized model's metadata carries the float model's crop.

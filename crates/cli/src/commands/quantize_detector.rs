@@ -6,9 +6,8 @@ use anyhow::{bail, Context, Result};
 use mobilenet::detect::{
     calibrator, fit, quantize_detector, Agreement, Detector, DetectorFile, QuantDetector,
 };
-use rayon::prelude::*;
 
-use super::quantize::{write_model, QuantizeArgs, Source};
+use super::quantize::{calibrate, write_model, QuantizeArgs, Source};
 
 /// Calibration images whose detections are compared, at most.
 const COMPARED: usize = 64;
@@ -32,23 +31,17 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     let side = config.input;
     let source = Source::open(&args.calibration)?;
     let picks = source.picks(args.images);
-    let images: Vec<Vec<f32>> = picks
-        .par_iter()
-        .map(|&i| -> Result<Vec<f32>> {
-            let mut x = vec![0.0; side * side * 3];
-            fit(&source.image(i)?, config, &mut x);
-            Ok(x)
-        })
-        .collect::<Result<_>>()?;
     let mut cal = calibrator(&file)?;
-    for chunk in images.chunks(8) {
-        cal.observe(&chunk.concat(), args.threads);
-    }
-    if !args.min_max {
-        for chunk in images.chunks(8) {
-            cal.observe_histogram(&chunk.concat(), args.threads);
-        }
-    }
+    calibrate(
+        &source,
+        &picks,
+        side * side * 3,
+        &|img, x| {
+            fit(img, config, x);
+        },
+        &mut cal,
+        args,
+    )?;
     let calibration = cal.finish();
     let graph = quantize_detector(&file, &calibration)?;
     let bytes = mobilenet::tflite::write(&graph);
