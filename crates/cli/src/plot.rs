@@ -115,6 +115,22 @@ where
     DB::ErrorType: 'static,
 {
     let points: Vec<(f32, f32)> = history.iter().map(|m| (m.epoch as f32, value(m))).collect();
+    line_with_points(chart, points, color)
+}
+
+/// A line through `points` with a dot on each.
+fn line_with_points<DB: DrawingBackend>(
+    chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf32, plotters::coord::types::RangedCoordf32>,
+    >,
+    points: Vec<(f32, f32)>,
+    color: RGBColor,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
     chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?;
     chart.draw_series(
         points
@@ -303,12 +319,7 @@ pub fn detection_curves(
             .x_label_formatter(&epoch_label)
             .draw()?;
         for (points, color) in lines {
-            chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?;
-            chart.draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 3, color.filled())),
-            )?;
+            line_with_points(&mut chart, points, color)?;
         }
     }
     root.present()?;
