@@ -199,17 +199,21 @@ impl AnyModel {
             path: path.to_path_buf(),
             source,
         })?;
-        if crate::detect::is_detector(&bytes) || crate::detect::is_quantized_detector(&bytes) {
-            return Err(ModelError::Metadata {
-                path: path.to_path_buf(),
-                reason: "an SSD detector, not a classifier: run it with `mobilenet detect`".into(),
-            });
+        let detector = || ModelError::Metadata {
+            path: path.to_path_buf(),
+            reason: "an SSD detector, not a classifier: run it with `mobilenet detect`".into(),
+        };
+        if crate::detect::is_detector(&bytes) {
+            return Err(detector());
         }
         if tflite::is_tflite(&bytes) {
             let g = tflite::read(&bytes, path).map_err(|e| ModelError::Metadata {
                 path: e.path,
                 reason: e.reason,
             })?;
+            if g.metadata_entry(crate::detect::DETECTOR_METADATA).is_some() {
+                return Err(detector());
+            }
             let float_input = g
                 .inputs
                 .first()

@@ -8,7 +8,7 @@ use image::RgbImage;
 use super::config::{DetectorConfig, NmsConfig};
 use super::file::DetectorFile;
 use super::model::{Detector, DetectorSession, RawDetections};
-use super::quant::{is_quantized_detector, QuantDetector, QuantDetectorSession};
+use super::quant::{QuantDetector, QuantDetectorSession, DETECTOR_METADATA};
 use super::{Detection, Frame};
 use crate::error::ModelError;
 
@@ -60,7 +60,11 @@ impl AnyDetector {
             source,
         })?;
         if crate::tflite::is_tflite(&bytes) {
-            if !is_quantized_detector(&bytes) {
+            let graph = crate::tflite::read(&bytes, path).map_err(|e| ModelError::Metadata {
+                path: e.path,
+                reason: e.reason,
+            })?;
+            if graph.metadata_entry(DETECTOR_METADATA).is_none() {
                 return Err(ModelError::Metadata {
                     path: path.to_path_buf(),
                     reason:
@@ -68,7 +72,7 @@ impl AnyDetector {
                             .into(),
                 });
             }
-            return QuantDetector::from_bytes(&bytes, path).map(AnyDetector::Int8);
+            return QuantDetector::from_graph(&graph, path).map(AnyDetector::Int8);
         }
         let file = DetectorFile::from_bytes(&bytes, path)?;
         Detector::new(&file).map(AnyDetector::Float)

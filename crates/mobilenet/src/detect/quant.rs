@@ -121,12 +121,11 @@ pub fn quantize_detector(
     Ok(g.graph)
 }
 
-/// Whether `bytes` are a `.tflite` file with a detector's metadata (cheap: no parsing).
+/// Whether `bytes` are a `.tflite` file with a detector's metadata.
 pub fn is_quantized_detector(bytes: &[u8]) -> bool {
     tflite::is_tflite(bytes)
-        && bytes
-            .windows(DETECTOR_METADATA.len())
-            .any(|w| w == DETECTOR_METADATA.as_bytes())
+        && tflite::read(bytes, Path::new(""))
+            .is_ok_and(|g| g.metadata_entry(DETECTOR_METADATA).is_some())
 }
 
 /// An int8 detector ready for the integer engine.
@@ -164,12 +163,22 @@ impl QuantDetector {
             reason,
         };
         let graph = tflite::read(bytes, path).map_err(|e| bad(e.reason))?;
-        let json = graph
-            .metadata
-            .iter()
-            .find(|(n, _)| n == DETECTOR_METADATA)
-            .map(|(_, d)| d)
-            .ok_or_else(|| bad("a .tflite file without detector metadata (not a detector from `mobilenet quantize`)".into()))?;
+        QuantDetector::from_graph(&graph, path)
+    }
+
+    /// As [`QuantDetector::load`] from a graph already read (`path` is used in messages).
+    ///
+    /// # Errors
+    ///
+    /// As [`QuantDetector::load`].
+    pub fn from_graph(graph: &Graph, path: &Path) -> Result<QuantDetector, ModelError> {
+        let bad = |reason: String| ModelError::Metadata {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let json = graph.metadata_entry(DETECTOR_METADATA).ok_or_else(|| {
+            bad("a .tflite file without detector metadata (not a detector from `mobilenet quantize`)".into())
+        })?;
         let config: DetectorConfig = serde_json::from_slice(json)
             .map_err(|e| bad(format!("the detector metadata does not parse: {e}")))?;
         config
@@ -188,7 +197,7 @@ impl QuantDetector {
                 })
             })
             .collect();
-        let model = QuantModel::chain(&graph, &layers, &heads, path).map_err(|e| bad(e.reason))?;
+        let model = QuantModel::chain(graph, &layers, &heads, path).map_err(|e| bad(e.reason))?;
         let engine = QuantEngine::new(&model).map_err(|e| bad(e.to_string()))?;
         let anchors = config.all_anchors().map_err(|e| bad(e.to_string()))?;
         Ok(QuantDetector {

@@ -63,10 +63,10 @@ impl QuantizedModel {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let meta = |name: &str| g.metadata.iter().find(|(n, _)| n == name).map(|(_, d)| d);
+        let meta = |name: &str| g.metadata_entry(name);
         let labels = match meta(LABELS_METADATA) {
             Some(d) => Some(
-                String::from_utf8(d.clone())
+                String::from_utf8(d.to_vec())
                     .map_err(|_| ModelError::Metadata {
                         path: path.to_path_buf(),
                         reason: "the labels metadata is not UTF-8".into(),

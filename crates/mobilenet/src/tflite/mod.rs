@@ -200,6 +200,16 @@ pub struct Graph {
     pub metadata: Vec<(String, Vec<u8>)>,
 }
 
+impl Graph {
+    /// The metadata buffer named `name`, if any.
+    pub fn metadata_entry(&self, name: &str) -> Option<&[u8]> {
+        self.metadata
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d.as_slice())
+    }
+}
+
 /// Schema codes of the builtin operators MobileNet uses.
 mod builtin {
     pub const AVERAGE_POOL_2D: i32 = 1;
