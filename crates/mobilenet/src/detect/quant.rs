@@ -135,6 +135,8 @@ pub struct QuantDetector {
     anchors: Vec<[f32; 4]>,
     model: QuantModel,
     engine: QuantEngine,
+    /// Each output's `(scale, zero point)`: box codes then class logits, map by map.
+    outputs: Vec<(f32, i32)>,
 }
 
 impl QuantDetector {
@@ -200,11 +202,13 @@ impl QuantDetector {
         let model = QuantModel::chain(graph, &layers, &heads, path).map_err(|e| bad(e.reason))?;
         let engine = QuantEngine::new(&model).map_err(|e| bad(e.to_string()))?;
         let anchors = config.all_anchors().map_err(|e| bad(e.to_string()))?;
+        let model_outputs = model.head_outputs();
         Ok(QuantDetector {
             config,
             anchors,
             model,
             engine,
+            outputs: model_outputs,
         })
     }
 
@@ -245,7 +249,7 @@ impl QuantDetector {
     /// Each map's predictions dequantized as the float detector lays them out (per pixel, box
     /// codes then class logits), from the heads' quantized outputs.
     pub fn dequantize_heads(&self, heads: &[Vec<i32>], maps: &mut Vec<Vec<f32>>) {
-        let params = self.model.head_outputs();
+        let params = &self.outputs;
         maps.resize(self.config.maps_count(), Vec::new());
         for (m, map) in maps.iter_mut().enumerate() {
             let (nb, nc) = self.config.head_channels(m);
