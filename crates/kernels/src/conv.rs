@@ -69,6 +69,7 @@ pub fn conv2d(
         avx512: conv_rows::<_, 8>,
         avx2: conv_rows::<_, 4>,
         neon: conv_rows::<_, 4>,
+        wasm: conv_rows::<_, 4>,
         scalar: conv_rows::<_, 4>,
     })
 }

@@ -18,6 +18,9 @@ pub enum IsaKind {
     Scalar,
     /// aarch64 Advanced SIMD, 4 f32 lanes (always present on aarch64).
     Neon,
+    /// WebAssembly SIMD128, 4 f32 lanes: present when the module was built with `simd128`
+    /// (WebAssembly cannot test for it at run time; see [`crate::simd::Wasm128`]).
+    Wasm128,
     /// x86-64 AVX2 with FMA3, 8 f32 lanes.
     Avx2Fma,
     /// x86-64 AVX-512 F, 16 f32 lanes.
@@ -30,6 +33,7 @@ impl IsaKind {
         match self {
             IsaKind::Scalar => true,
             IsaKind::Neon => cfg!(target_arch = "aarch64"),
+            IsaKind::Wasm128 => cfg!(all(target_arch = "wasm32", target_feature = "simd128")),
             #[cfg(target_arch = "x86_64")]
             IsaKind::Avx2Fma => {
                 std::arch::is_x86_feature_detected!("avx2")
@@ -57,7 +61,7 @@ impl Isa {
 
     /// The best instruction set this CPU supports, detected once and cached.
     ///
-    /// `MOBILENET_ISA=<name>` (`scalar`, `neon`, `avx2fma`, `avx512`) forces another variant
+    /// `MOBILENET_ISA=<name>` (`scalar`, `neon`, `wasm128`, `avx2fma`, `avx512`) forces another variant
     /// this CPU has, to measure it; a name it lacks is reported on stderr and the best is used.
     pub fn detect() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
@@ -74,6 +78,7 @@ impl Isa {
         [
             IsaKind::Scalar,
             IsaKind::Neon,
+            IsaKind::Wasm128,
             IsaKind::Avx2Fma,
             IsaKind::Avx512,
         ]
@@ -97,7 +102,7 @@ impl Isa {
     pub fn f32_lanes(self) -> usize {
         match self.0 {
             IsaKind::Scalar => 1,
-            IsaKind::Neon => 4,
+            IsaKind::Neon | IsaKind::Wasm128 => 4,
             IsaKind::Avx2Fma => 8,
             IsaKind::Avx512 => 16,
         }
@@ -108,6 +113,7 @@ impl Isa {
         match self.0 {
             IsaKind::Scalar => "scalar",
             IsaKind::Neon => "neon",
+            IsaKind::Wasm128 => "wasm128",
             IsaKind::Avx2Fma => "avx2fma",
             IsaKind::Avx512 => "avx512",
         }
@@ -154,7 +160,8 @@ impl fmt::Display for Isa {
 ///
 /// ```ignore
 /// simd_dispatch!(isa, (g: &ConvGeometry, out: &mut [f32]) {
-///     avx512: rows::<_, 8>, avx2: rows::<_, 4>, neon: rows::<_, 4>, scalar: rows::<_, 4>,
+///     avx512: rows::<_, 8>, avx2: rows::<_, 4>, neon: rows::<_, 4>, wasm: rows::<_, 4>,
+///     scalar: rows::<_, 4>,
 /// })
 /// simd_dispatch!(isa, (job: &mut Job<'_>) => run_generic) // the same function for all
 /// ```
@@ -167,11 +174,12 @@ macro_rules! simd_dispatch {
     // One generic function for every instruction set.
     ($isa:expr, ($($arg:ident: $ty:ty),* $(,)?) => $f:expr) => {
         $crate::simd_dispatch!($isa, ($($arg: $ty),*) {
-            avx512: $f, avx2: $f, neon: $f, scalar: $f,
+            avx512: $f, avx2: $f, neon: $f, wasm: $f, scalar: $f,
         })
     };
     ($isa:expr, ($($arg:ident: $ty:ty),* $(,)?) {
-        avx512: $f512:expr, avx2: $favx2:expr, neon: $fneon:expr, scalar: $fscalar:expr $(,)?
+        avx512: $f512:expr, avx2: $favx2:expr, neon: $fneon:expr, wasm: $fwasm:expr,
+        scalar: $fscalar:expr $(,)?
     }) => {{
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f,avx2,fma")]
@@ -199,6 +207,8 @@ macro_rules! simd_dispatch {
                 $crate::IsaKind::Avx2Fma => avx2($($arg),*),
                 #[cfg(target_arch = "aarch64")]
                 $crate::IsaKind::Neon => $fneon($crate::simd::Neon, $($arg),*),
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                $crate::IsaKind::Wasm128 => $fwasm($crate::simd::Wasm128, $($arg),*),
                 // Kinds of the other architecture cannot occur (no `Isa` of them exists here).
                 _ => $fscalar($crate::simd::Scalar, $($arg),*),
             }
@@ -220,6 +230,15 @@ mod tests {
     }
 
     #[test]
+    fn a_module_built_with_simd128_runs_it() {
+        let simd128 = cfg!(all(target_arch = "wasm32", target_feature = "simd128"));
+        assert_eq!(Isa::of_kind(IsaKind::Wasm128).is_some(), simd128);
+        if simd128 {
+            assert_eq!(Isa::detect().kind(), IsaKind::Wasm128);
+        }
+    }
+
+    #[test]
     fn x86_and_arm_variants_are_exclusive() {
         let available = Isa::available();
         let has_x86 = available
@@ -234,6 +253,7 @@ mod tests {
         for kind in [
             IsaKind::Scalar,
             IsaKind::Neon,
+            IsaKind::Wasm128,
             IsaKind::Avx2Fma,
             IsaKind::Avx512,
         ] {

@@ -409,3 +409,104 @@ mod arm {
         }
     }
 }
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub use wasm::Wasm128;
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm {
+    use super::SimdF32;
+    use std::arch::wasm32::*;
+
+    /// WebAssembly SIMD128, 4 lanes. WebAssembly has no run-time feature test: a module built
+    /// with `simd128` does not validate where it is missing, so the choice between this and
+    /// the scalar build is made when the module is loaded (`crates/wasm`'s loader).
+    ///
+    /// `fma` is `f32x4.relaxed_madd` when the module is built with `relaxed-simd` (fused where
+    /// the machine has FMA, so results may differ from the unfused build in the last bit), and
+    /// a multiply then an add otherwise.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Wasm128;
+
+    // Safety: built only with `simd128` enabled, which every engine that validated the module
+    // runs.
+    unsafe impl SimdF32 for Wasm128 {
+        const LANES: usize = 4;
+        type V = v128;
+        #[inline(always)]
+        unsafe fn zero(self) -> v128 {
+            f32x4_splat(0.0)
+        }
+        #[inline(always)]
+        unsafe fn splat(self, x: f32) -> v128 {
+            f32x4_splat(x)
+        }
+        #[inline(always)]
+        unsafe fn load(self, p: *const f32) -> v128 {
+            // Safety: the caller guarantees 4 values at p; v128_load takes any alignment.
+            unsafe { v128_load(p.cast()) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32, v: v128) {
+            // Safety: as for `load`.
+            unsafe { v128_store(p.cast(), v) }
+        }
+        #[inline(always)]
+        unsafe fn load_partial(self, p: *const f32, n: usize) -> v128 {
+            let mut tmp = [0.0f32; 4];
+            // Safety: n < 4 values at p (the contract); tmp holds 4.
+            unsafe {
+                std::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr(), n);
+                v128_load(tmp.as_ptr().cast())
+            }
+        }
+        #[inline(always)]
+        unsafe fn store_partial(self, p: *mut f32, v: v128, n: usize) {
+            let mut tmp = [0.0f32; 4];
+            // Safety: as for `load_partial`.
+            unsafe {
+                v128_store(tmp.as_mut_ptr().cast(), v);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), p, n);
+            }
+        }
+        #[inline(always)]
+        unsafe fn fma(self, a: v128, b: v128, c: v128) -> v128 {
+            #[cfg(target_feature = "relaxed-simd")]
+            {
+                f32x4_relaxed_madd(a, b, c)
+            }
+            #[cfg(not(target_feature = "relaxed-simd"))]
+            {
+                f32x4_add(f32x4_mul(a, b), c)
+            }
+        }
+        #[inline(always)]
+        unsafe fn add(self, a: v128, b: v128) -> v128 {
+            f32x4_add(a, b)
+        }
+        #[inline(always)]
+        unsafe fn mul(self, a: v128, b: v128) -> v128 {
+            f32x4_mul(a, b)
+        }
+        // The pseudo-minimum and -maximum (`b < a ? b : a`) compile to one x86 `minps`/`maxps`;
+        // the IEEE `f32x4.min`/`max` take several instructions to order NaNs and zeros, which
+        // clamps and ReLUs do not need (a NaN passes through, as in the other variants' `max`).
+        #[inline(always)]
+        unsafe fn max(self, a: v128, b: v128) -> v128 {
+            f32x4_pmax(a, b)
+        }
+        #[inline(always)]
+        unsafe fn min(self, a: v128, b: v128) -> v128 {
+            f32x4_pmin(a, b)
+        }
+        #[inline(always)]
+        unsafe fn reduce_sum(self, v: v128) -> f32 {
+            let pairs = f32x4_add(v, i32x4_shuffle::<2, 3, 0, 1>(v, v));
+            f32x4_extract_lane::<0>(pairs) + f32x4_extract_lane::<1>(pairs)
+        }
+        #[inline(always)]
+        unsafe fn keep_inside(self, a: v128, lo: v128, hi: v128, d: v128) -> v128 {
+            v128_and(v128_and(f32x4_gt(a, lo), f32x4_lt(a, hi)), d)
+        }
+    }
+}

@@ -15,7 +15,6 @@ mod rows;
 
 use rows::dw_rows;
 
-use crate::RowsCall;
 use crate::{ConvGeometry, Epilogue, Isa};
 
 /// Kernel size (3×3).
@@ -117,10 +116,11 @@ fn run(
     // Safety (of the variants): the slices are as long as the shapes say (checked above and
     // by the callers).
     let call = (g, (c, ring), input, weights, epi, output, row0, rows);
-    crate::simd_dispatch!(isa, (call: RowsCall<'_, (usize, usize)>) {
+    crate::simd_dispatch!(isa, (call: crate::RowsCall<'_, (usize, usize)>) {
         avx512: dw_rows::<_, 8, 4>,
         avx2: dw_rows::<_, 4, 4>,
         neon: dw_rows::<_, 4, 4>,
+        wasm: dw_rows::<_, 4, 4>,
         scalar: dw_rows::<_, 4, 4>,
     })
 }

@@ -15,6 +15,7 @@ pub(super) unsafe fn dispatch(isa: Isa, args: &Args) {
         avx512: gemm_any::<_, 12>,
         avx2: gemm_any::<_, 6>,
         neon: gemm_any::<_, 8>,
+        wasm: gemm_any::<_, 6>,
         scalar: gemm_any::<_, 4>,
     })
 }

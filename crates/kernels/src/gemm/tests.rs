@@ -71,6 +71,7 @@ fn column_ranges_compose_the_whole() {
 }
 
 #[test]
+#[cfg_attr(target_family = "wasm", ignore = "WebAssembly here has no threads")]
 fn column_blocks_on_threads_compose_the_whole() {
     let (m, k, n) = (5, 64, 100);
     let mut rng = Rng::new(8);

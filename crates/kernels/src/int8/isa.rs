@@ -85,6 +85,7 @@ impl IntIsa {
     }
 
     /// Whether the AVX-512 kernels (VNNI, or AMX's companions) run.
+    #[cfg(target_arch = "x86_64")]
     pub(crate) fn avx512(self) -> bool {
         matches!(self.0, IntIsaKind::Avx512Vnni | IntIsaKind::Amx)
     }

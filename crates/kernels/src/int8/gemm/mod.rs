@@ -16,12 +16,15 @@ use std::ops::Range;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
-use super::{IntIsa, IntIsaKind, Requant};
+#[cfg(target_arch = "x86_64")]
+use super::IntIsaKind;
+use super::{IntIsa, Requant};
 
 /// Columns per packed panel.
 pub const NR: usize = 32;
 
 /// Rows per AVX-512 tile.
+#[cfg(target_arch = "x86_64")]
 const MR: usize = 12;
 
 /// B packed for [`qgemm`].
