@@ -199,15 +199,25 @@ impl AnyModel {
             path: path.to_path_buf(),
             source,
         })?;
+        AnyModel::from_bytes(&bytes, path)
+    }
+
+    /// [`AnyModel::load`] of a file already read (`path` names it in errors and tells the
+    /// importer its format by its extension, as for a file).
+    ///
+    /// # Errors
+    ///
+    /// As [`AnyModel::load`].
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AnyModel, ModelError> {
         let detector = || ModelError::Metadata {
             path: path.to_path_buf(),
             reason: "an SSD detector, not a classifier: run it with `mobilenet detect`".into(),
         };
-        if crate::detect::is_detector(&bytes) {
+        if crate::detect::is_detector(bytes) {
             return Err(detector());
         }
-        if tflite::is_tflite(&bytes) {
-            let g = tflite::read(&bytes, path).map_err(|e| ModelError::Metadata {
+        if tflite::is_tflite(bytes) {
+            let g = tflite::read(bytes, path).map_err(|e| ModelError::Metadata {
                 path: e.path,
                 reason: e.reason,
             })?;
@@ -224,7 +234,7 @@ impl AnyModel {
                     .map(|q| AnyModel::Quantized(Box::new(q)));
             }
         }
-        let (model, _) = crate::import::import_bytes(&bytes, path, &Default::default())?;
+        let (model, _) = crate::import::import_bytes(bytes, path, &Default::default())?;
         Ok(AnyModel::Float(model))
     }
 

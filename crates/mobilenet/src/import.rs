@@ -53,6 +53,15 @@ pub fn read_labels(path: &Path) -> Result<Vec<String>, ModelError> {
         path: path.to_path_buf(),
         reason: "the labels file is not UTF-8 text".into(),
     })?;
+    parse_labels(&text, path)
+}
+
+/// Labels from the text of a labels file, one per line (`path` names it in errors).
+///
+/// # Errors
+///
+/// Text without a label.
+pub fn parse_labels(text: &str, path: &Path) -> Result<Vec<String>, ModelError> {
     let labels: Vec<String> = text
         .trim_end()
         .lines()

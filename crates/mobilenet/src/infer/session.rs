@@ -150,11 +150,12 @@ impl<'m> Session<'m> {
                 let mut cur_len = in_len;
                 self.small_ping[..in_len].copy_from_slice(&input[image * in_len..][..in_len]);
                 for (i, layer) in model.layers[..prefix].iter().enumerate() {
-                    let start = Instant::now();
+                    // Only when profiling: WebAssembly in a browser has no `Instant`.
+                    let start = self.profile.as_ref().map(|_| Instant::now());
                     let len: usize = layer.output.iter().product();
                     let (src, dst) = (&self.small_ping[..cur_len], &mut self.small_pong[..len]);
                     run_layer(model.isa, layer, 1, src, dst, &mut self.pool);
-                    if let Some(p) = &mut self.profile {
+                    if let (Some(p), Some(start)) = (&mut self.profile, start) {
                         p[i] += start.elapsed();
                     }
                     std::mem::swap(&mut self.small_ping, &mut self.small_pong);
@@ -180,7 +181,7 @@ impl<'m> Session<'m> {
             n => batch * model.layers[n - 1].output.iter().product::<usize>(),
         };
         for (i, layer) in model.layers.iter().enumerate().skip(prefix) {
-            let start = Instant::now();
+            let start = self.profile.as_ref().map(|_| Instant::now());
             match &layer.op {
                 Op::Pipeline(stages) if !self.stream => {
                     for stage in stages {
@@ -197,7 +198,7 @@ impl<'m> Session<'m> {
                 &mut self.heads,
                 &mut self.pool,
             );
-            if let Some(p) = &mut self.profile {
+            if let (Some(p), Some(start)) = (&mut self.profile, start) {
                 p[i] += start.elapsed();
             }
             observe(layer, &self.ping[..cur_len]);
