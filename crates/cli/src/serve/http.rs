@@ -521,7 +521,7 @@ pub async fn page() -> Response {
 pub async fn not_found() -> Response {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such endpoint: POST /v1/classify or /v1/detect; GET /v1/models, /healthz, /readyz, /metrics, /",
+        "no such endpoint: POST /v1/classify or /v1/detect; GET /v1/models, /healthz, /readyz, /metrics, /, /web/",
     )
     .into_response()
 }

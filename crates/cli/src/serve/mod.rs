@@ -5,6 +5,7 @@
 mod batch;
 mod http;
 mod metrics;
+mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,6 +69,10 @@ pub struct ServeArgs {
     /// Longest a request may take, in milliseconds (then 503)
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
+    /// Serve the browser package built by scripts/build_wasm.sh from this directory at
+    /// /web/: a page that classifies with the served classifiers entirely in the browser
+    #[arg(long, value_name = "DIR")]
+    web: Option<PathBuf>,
 }
 
 /// What a loaded model runs on.
@@ -79,6 +84,8 @@ pub(crate) enum Kind {
 /// A model the server answers for.
 pub(crate) struct Model {
     name: String,
+    /// The file it was loaded from.
+    path: PathBuf,
     kind: Kind,
     queue: Queue,
     /// What `/v1/models` says of it.
@@ -103,6 +110,17 @@ pub(crate) struct AppState {
     /// The in-flight memory budget, in KiB.
     memory: Semaphore,
     ready: AtomicBool,
+    /// What `--web` serves.
+    web: web::WebFiles,
+}
+
+impl Model {
+    /// The name of the file it was loaded from.
+    fn file_name(&self) -> String {
+        self.path
+            .file_name()
+            .map_or_else(|| self.name.clone(), |n| n.to_string_lossy().into_owned())
+    }
 }
 
 /// A name for each model: its file stem, made unique.
@@ -208,6 +226,15 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             args.max_body_bytes
         );
     }
+    if let Some(dir) = &args.web {
+        if !dir.join("mobilenet.js").is_file() || !dir.join("index.html").is_file() {
+            bail!(
+                "--web {0}: not a browser package (no mobilenet.js and index.html there); \
+                 build one with scripts/build_wasm.sh {0}",
+                dir.display()
+            );
+        }
+    }
     let compute = Arc::new(Mutex::new(()));
     let metrics = Arc::new(Metrics::default());
     let labels = args
@@ -252,6 +279,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         };
         models.push(Model {
             name,
+            path: path.clone(),
             kind,
             queue,
             describe,
@@ -279,6 +307,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         decode: Semaphore::new(args.decode_threads as usize),
         memory: Semaphore::new(args.max_inflight_mb as usize * 1024),
         ready: AtomicBool::new(true),
+        web: web::WebFiles {
+            dir: args.web.clone(),
+            labels: args.labels.clone(),
+        },
     });
     let app = Router::new()
         .route("/v1/classify", post(http::classify))
@@ -288,6 +320,14 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))
         .route("/", get(http::page))
+        .route(
+            "/web",
+            get(|| async { axum::response::Redirect::permanent("/web/") }),
+        )
+        .route("/web/", get(web::static_file))
+        .route("/web/models/{name}", get(web::model_file))
+        .route("/web/labels", get(web::labels))
+        .route("/web/{*file}", get(web::static_file))
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::wrong_method)
         .layer(DefaultBodyLimit::max(args.max_body_bytes))
