@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod browser;
 pub mod http;
 
 use std::path::Path;
