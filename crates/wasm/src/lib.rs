@@ -14,8 +14,8 @@ use std::path::Path;
 
 use image::RgbImage;
 use mobilenet::classifier::softmax_rows;
-use mobilenet::classify::top_k;
-use mobilenet::{AnyModel, Classifier, InferenceModel};
+use mobilenet::preprocess::Preprocessing;
+use mobilenet::{AnyModel, Classifier, InferenceModel, Session};
 use wasm_bindgen::prelude::*;
 
 /// Largest image side accepted (a canvas's limit in Chromium is 32767; 16384² RGBA is 1 GiB).
@@ -26,14 +26,29 @@ pub const MAX_SIDE: u32 = 16_384;
 #[derive(Debug)]
 pub struct Model {
     engine: Engine,
+    /// Crop, resize and normalisation (the page may change the crop).
+    preprocessing: Preprocessing,
+    /// One per class, when known.
+    labels: Option<Vec<String>>,
     /// The preprocessed input of the last image (f32 models).
     input: Vec<f32>,
 }
 
+self_cell::self_cell!(
+    /// The f32 engine and its session (the session's buffers are reused between calls: at
+    /// 1.0-224 a new one zeroes 6 MB).
+    struct FloatEngine {
+        owner: InferenceModel,
+        #[not_covariant]
+        dependent: Session,
+    }
+    impl {Debug}
+);
+
 #[derive(Debug)]
 enum Engine {
     /// The f32 engine: logits are available.
-    Float(Box<InferenceModel>),
+    Float(Box<FloatEngine>),
     /// The integer engine (an int8 or uint8 `.tflite`): probabilities only.
     Int8(Box<dyn Classifier>),
 }
@@ -41,7 +56,7 @@ enum Engine {
 impl Engine {
     fn classifier(&self) -> &dyn Classifier {
         match self {
-            Engine::Float(m) => m.as_ref(),
+            Engine::Float(m) => m.borrow_owner(),
             Engine::Int8(c) => c.as_ref(),
         }
     }
@@ -65,27 +80,33 @@ impl Model {
         let path = Path::new(name);
         let engine = match AnyModel::from_bytes(bytes, path).map_err(error)? {
             AnyModel::Float(file) => {
-                Engine::Float(Box::new(InferenceModel::new(&file).map_err(error)?))
+                let model = InferenceModel::new(&file).map_err(error)?;
+                Engine::Float(Box::new(FloatEngine::new(model, |m| m.session(1, 1))))
             }
             AnyModel::Quantized(q) => Engine::Int8(q),
         };
-        let mut model = Model {
-            engine,
-            input: Vec::new(),
-        };
-        if model.classes() == 0 {
+        let c = engine.classifier();
+        let Some(classes) = c.classes() else {
             return Err(error(format!(
                 "{name}: a feature extractor (no classifier head); this API classifies"
             )));
-        }
+        };
+        let mut model = Model {
+            preprocessing: *c.preprocessing(),
+            labels: c.labels().map(<[String]>::to_vec),
+            engine,
+            input: Vec::new(),
+        };
         if let Some(text) = labels {
             let labels =
                 mobilenet::import::parse_labels(&text, Path::new("labels")).map_err(error)?;
-            match &mut model.engine {
-                Engine::Float(m) => m.set_labels(labels),
-                Engine::Int8(c) => c.set_labels(labels),
+            if labels.len() != classes {
+                return Err(error(format!(
+                    "{} labels for a model with {classes} classes",
+                    labels.len()
+                )));
             }
-            .map_err(error)?;
+            model.labels = Some(labels);
         }
         Ok(model)
     }
@@ -114,7 +135,7 @@ impl Model {
         self.engine.classifier().isa()
     }
 
-    /// The network, as `classify` prints it (`MobileNet v1 α=1.0 224×224 …`).
+    /// The network, as `classify` prints it (`MobileNet v1 1.0_224, 1001 classes, …`).
     #[wasm_bindgen(getter)]
     pub fn description(&self) -> String {
         self.engine.classifier().config().to_string()
@@ -124,7 +145,7 @@ impl Model {
     /// image).
     #[wasm_bindgen(getter)]
     pub fn crop(&self) -> f32 {
-        self.engine.classifier().preprocessing().crop
+        self.preprocessing.crop
     }
 
     /// Sets the central-crop fraction.
@@ -137,18 +158,14 @@ impl Model {
         if !(crop > 0.0 && crop <= 1.0) {
             return Err(error(format!("crop {crop}: must be in (0, 1]")));
         }
-        match &mut self.engine {
-            Engine::Float(m) => m.set_crop(crop),
-            Engine::Int8(c) => c.set_crop(crop),
-        }
+        self.preprocessing.crop = crop;
         Ok(())
     }
 
     /// The label of class `index` (`class <index>` when the model has none).
     pub fn label(&self, index: usize) -> String {
-        self.engine
-            .classifier()
-            .labels()
+        self.labels
+            .as_ref()
             .and_then(|l| l.get(index).cloned())
             .unwrap_or_else(|| format!("class {index}"))
     }
@@ -174,9 +191,9 @@ impl Model {
                 softmax_rows(&logits, classes, &mut out);
             }
             Engine::Int8(c) => {
-                let pixels = c.pixels(&img);
+                let resized = self.preprocessing.pixels(&img, c.resolution());
                 let mut runner = c.runner(1, 1);
-                runner.load(&pixels);
+                runner.load(resized.as_ref().unwrap_or(&img).as_raw());
                 runner.run();
                 runner.probabilities(&mut out);
             }
@@ -202,53 +219,37 @@ impl Model {
     ///
     /// Another length, a non-finite value, or an integer model.
     pub fn logits_of_input(&mut self, input: &[f32]) -> Result<Vec<f32>, JsError> {
-        let Engine::Float(m) = &self.engine else {
-            return Err(error("logits: an integer model outputs probabilities only"));
+        let Engine::Float(engine) = &mut self.engine else {
+            return Err(not_float());
         };
-        if input.len() != m.input_len() {
+        let r = engine.borrow_owner().config().resolution();
+        if input.len() != r * r * 3 {
             return Err(error(format!(
-                "{} input values for a {}×{}×3 model",
-                input.len(),
-                m.config().resolution(),
-                m.config().resolution()
+                "{} input values for a {r}×{r}×3 model",
+                input.len()
             )));
         }
         if let Some(i) = input.iter().position(|v| !v.is_finite()) {
             return Err(error(format!("input value {i} is not finite")));
         }
-        Ok(m.session(1, 1).run(input).to_vec())
+        Ok(engine.with_dependent_mut(|_, session| session.run(input).to_vec()))
     }
+}
 
-    /// The `k` most probable classes of an RGBA image: class indices, most probable first
-    /// (labels through [`Model::label`], probabilities through [`Model::probabilities`]).
-    ///
-    /// # Errors
-    ///
-    /// As [`Model::probabilities`].
-    pub fn top(
-        &mut self,
-        rgba: &[u8],
-        width: u32,
-        height: u32,
-        k: usize,
-    ) -> Result<Vec<u32>, JsError> {
-        let p = self.probabilities(rgba, width, height)?;
-        Ok(top_k(&p, k, None)
-            .into_iter()
-            .map(|t| t.class as u32)
-            .collect())
-    }
+fn not_float() -> JsError {
+    error("logits: an integer model outputs probabilities only")
 }
 
 impl Model {
     fn float_logits(&mut self, img: &RgbImage) -> Result<Vec<f32>, JsError> {
-        let Engine::Float(m) = &self.engine else {
-            return Err(error("logits: an integer model outputs probabilities only"));
+        let Engine::Float(engine) = &mut self.engine else {
+            return Err(not_float());
         };
-        self.input.resize(m.input_len(), 0.0);
-        m.preprocessing()
-            .apply(img, m.config().resolution(), &mut self.input);
-        Ok(m.session(1, 1).run(&self.input).to_vec())
+        let r = engine.borrow_owner().config().resolution();
+        self.input.resize(r * r * 3, 0.0);
+        self.preprocessing.apply(img, r, &mut self.input);
+        let input = &self.input;
+        Ok(engine.with_dependent_mut(|_, session| session.run(input).to_vec()))
     }
 }
 
