@@ -15,7 +15,9 @@ pub(super) unsafe fn dispatch(isa: Isa, args: &Args) {
         avx512: gemm_any::<_, 12>,
         avx2: gemm_any::<_, 6>,
         neon: gemm_any::<_, 8>,
-        wasm: gemm_any::<_, 6>,
+        // 4 rows, not 6 as on AVX2's 16 registers too: V8 spills at 6 (1.0-224 in Chromium
+        // 156 on Zen 3: 75 ms at MR 6, 53 at 4, 55 at 3; BENCHMARKS.md).
+        wasm: gemm_any::<_, 4>,
         scalar: gemm_any::<_, 4>,
     })
 }
