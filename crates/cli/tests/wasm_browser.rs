@@ -2,8 +2,9 @@
 //! package from `mobilenet serve --web`, runs the reference images of
 //! `../shared/data/reference` through every build the browser runs (relaxed SIMD, SIMD128,
 //! scalar) and checks the logits against TensorFlow's within 1e-3 and the int8 engine's
-//! output against LiteRT's byte for byte; a malformed model or image rejects the promise and
-//! the page goes on working; the demo page classifies a picked image.
+//! output against LiteRT's byte for byte; face-api's face detector finds face-api's faces; a
+//! malformed model or image rejects the promise and the page goes on working; the demo page
+//! classifies a picked image.
 //!
 //! The package is built here by `scripts/build_wasm.sh` (three release builds, a few minutes
 //! the first time). Skips with a printed reason where chromium, chromedriver, the
@@ -87,11 +88,11 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// The page's helper: decodes a base64 PNG the way a page gets an image (createImageBitmap,
-/// no colour conversion) and returns its ImageData.
-const DECODE_PNG: &str = "window.decodePng = async b64 => {
+/// The page's helper: decodes a base64 image file the way a page gets an image
+/// (createImageBitmap, no colour conversion) and returns its ImageData.
+const DECODE: &str = "window.decodeImage = async (b64, type = 'image/png') => {
     const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
-    const bitmap = await createImageBitmap(new Blob([bytes], { type: 'image/png' }),
+    const bitmap = await createImageBitmap(new Blob([bytes], { type }),
         { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
     const c = new OffscreenCanvas(bitmap.width, bitmap.height);
     const ctx = c.getContext('2d', { willReadFrequently: true });
@@ -99,9 +100,19 @@ const DECODE_PNG: &str = "window.decodePng = async b64 => {
     return ctx.getImageData(0, 0, bitmap.width, bitmap.height);
 };";
 
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 struct Setup {
     browser: Browser,
     _server: Server,
+    _dir: TempDir,
     cases: Vec<serde_json::Value>,
     data: PathBuf,
 }
@@ -111,10 +122,27 @@ fn setup(test: &str) -> Option<Setup> {
     let data = shared::shared_data(test)?;
     let pkg = package(test)?;
     let browser = Browser::start(test)?;
+    // face-api's detector, imported as `mobilenet import` does it.
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("mobilenet-{test}-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("should succeed");
+    let face = dir.0.join("face.safetensors");
+    let manifest =
+        data.join("detection/ssd_mobilenet_v1_face/ssd_mobilenetv1_model-weights_manifest.json");
+    let out = common::mobilenet()
+        .args(["import", s(&manifest), "-o", s(&face)])
+        .output()
+        .expect("run import");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let server = Server::start(&[
         "--model",
         s(&data.join(FLOAT_MODEL)),
         s(&data.join(QUANT_MODEL)),
+        s(&face),
         "--labels",
         s(&data.join("imagenet/imagenet_labels_1001.txt")),
         "--threads",
@@ -127,12 +155,13 @@ fn setup(test: &str) -> Option<Setup> {
     let expected: serde_json::Value = serde_json::from_str(&text).expect("parse it");
     let cases = expected["cases"].as_array().expect("cases").clone();
     browser.open(&format!("http://{}/web/", server.addr));
-    browser.run(DECODE_PNG, serde_json::json!([]));
+    browser.run(DECODE, serde_json::json!([]));
     Some(Setup {
         browser,
         _server: server,
         cases,
         data,
+        _dir: dir,
     })
 }
 
@@ -184,12 +213,12 @@ fn every_build_matches_tensorflow_and_litert_in_chromium() {
              const f = await load('models/mobilenet_v1_1.0_224_imagenet_float', { variant, labels: './labels' });
              f.crop = 1; // the reference inputs are whole images at 224×224
              const logits = [];
-             for (const b64 of floatPngs) logits.push(Array.from(await f.logits(await decodePng(b64))));
-             const top = await f.classify(await decodePng(floatPngs[0]), { topK: 1 });
+             for (const b64 of floatPngs) logits.push(Array.from(await f.logits(await decodeImage(b64))));
+             const top = await f.classify(await decodeImage(floatPngs[0]), { topK: 1 });
              const q = await load('models/mobilenet_v1_0.25_128_quant', { variant });
              q.crop = 1;
              const probs = [];
-             for (const b64 of quantPngs) probs.push(Array.from(await q.probabilities(await decodePng(b64))));
+             for (const b64 of quantPngs) probs.push(Array.from(await q.probabilities(await decodeImage(b64))));
              const r = { variant: f.variant, isa: f.isa, qisa: q.isa, precision: q.precision, logits, probs, top };
              f.dispose(); q.dispose();
              return r;",
@@ -250,6 +279,52 @@ fn every_build_matches_tensorflow_and_litert_in_chromium() {
 }
 
 #[test]
+fn the_face_detector_finds_face_apis_faces_in_chromium() {
+    let Some(t) = setup("the_face_detector_finds_face_apis_faces_in_chromium") else {
+        return;
+    };
+    let reference = std::fs::read_to_string(
+        t.data
+            .join("detection/ssd_mobilenet_v1_face/reference_detections.json"),
+    )
+    .expect("reference detections");
+    let reference: serde_json::Value = serde_json::from_str(&reference).expect("JSON");
+    for (image, kind) in [
+        ("images/face.jpg", "image/jpeg"),
+        ("images/grace_hopper.png", "image/png"),
+    ] {
+        let bytes = std::fs::read(t.data.join(image)).expect("the image");
+        let got = t.browser.run_async(
+            "const [b64, type] = arguments;
+             const { loadDetector } = await import('./mobilenet.js');
+             const d = await loadDetector('models/face');
+             const found = await d.detect(await decodeImage(b64, type), { minScore: 0.5 });
+             const r = { found, precision: d.precision, resolution: d.resolution };
+             d.dispose();
+             return r;",
+            serde_json::json!([base64(&bytes), kind]),
+        );
+        assert!(got.get("rejected").is_none(), "{image}: {got}");
+        assert_eq!(got["precision"], "f32");
+        let found = got["found"].as_array().expect("detections");
+        let want = reference["images"][image].as_array().expect("reference");
+        // face-api's boxes (tfjs CPU on PIL's decoding) within 1.5 pixels, scores within 0.01.
+        assert_eq!(found.len(), want.len(), "{image}: {got}");
+        for (f, w) in found.iter().zip(want) {
+            assert_eq!(f["label"], "face");
+            let score = f["score"].as_f64().expect("score");
+            assert!(
+                (score - w["score"].as_f64().expect("score")).abs() < 0.01,
+                "{image}: {f} vs {w}"
+            );
+            for (a, b) in floats(&f["box"]).iter().zip(floats(&w["box"])) {
+                assert!((a - b).abs() <= 1.5, "{image}: {f} vs {w}");
+            }
+        }
+    }
+}
+
+#[test]
 fn malformed_models_and_images_reject_and_the_page_goes_on() {
     let Some(t) = setup("malformed_models_and_images_reject_and_the_page_goes_on") else {
         return;
@@ -257,7 +332,7 @@ fn malformed_models_and_images_reject_and_the_page_goes_on() {
     let model = std::fs::read(t.data.join(QUANT_MODEL)).expect("the model");
     let got = t.browser.run_async(
         "const [model] = arguments;
-         const { load } = await import('./mobilenet.js');
+         const { load, loadDetector } = await import('./mobilenet.js');
          const bytes = Uint8Array.from(atob(model), c => c.charCodeAt(0));
          const reason = async f => { try { await f(); return 'resolved'; } catch (e) { return e.message; } };
          const out = {};
@@ -265,6 +340,10 @@ fn malformed_models_and_images_reject_and_the_page_goes_on() {
          out.truncated = await reason(() => load(bytes.slice(0, bytes.length >> 1), { name: 'cut.tflite' }));
          out.missing = await reason(() => load('models/nothing'));
          out.variant = await reason(() => load(bytes, { variant: 'avx' }));
+         out.notDetector = await reason(() => loadDetector(bytes, { name: 'q.tflite' }));
+         out.notClassifier = await reason(() => load('models/face'));
+         const d = await loadDetector('models/face');
+         out.minScore = await reason(() => d.detect(new ImageData(8, 8), { minScore: 2 }));
          out.labels = await reason(() => load(bytes, { name: 'q.tflite', labels: 'one\\ntwo\\n' }));
          const m = await load(bytes, { name: 'q.tflite' });
          out.short = await reason(() => m.classify({ data: new Uint8Array(10), width: 4, height: 4 }));
@@ -290,6 +369,9 @@ fn malformed_models_and_images_reject_and_the_page_goes_on() {
         ("truncated", "cut.tflite"),
         ("missing", "HTTP 404"),
         ("variant", "expected relaxed, simd or scalar"),
+        ("notDetector", "a .tflite classifier, not a detector"),
+        ("notClassifier", "an SSD detector, not a classifier"),
+        ("minScore", "minScore 2: must be in [0, 1]"),
         ("labels", "2 labels for a model with 1001 classes"),
         ("short", "10 bytes for a 4×4 RGBA image (needs 64)"),
         ("empty", "each side must be 1 to 16384 pixels"),

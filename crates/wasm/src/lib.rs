@@ -1,5 +1,6 @@
 //! MobileNet in the browser: the f32 engine (and the int8 one) compiled to WebAssembly, behind
-//! a small API that `www/mobilenet.js` wraps in promises.
+//! a small API (classifiers here, SSD detectors in `detect.rs`) that `www/mobilenet.js` wraps in
+//! promises.
 //!
 //! The kernels use WebAssembly SIMD128 when the module is built with it (`simd128`, and
 //! `relaxed-simd` for a fused multiply-add); `scripts/build_wasm.sh` builds the three variants
@@ -10,6 +11,8 @@
 //! that leaves the module unusable, so nothing a page passes in may cause one: a malformed
 //! model or image is an `Err`, which the JS side sees as a rejected promise.
 
+mod detect;
+
 use std::path::Path;
 
 use image::RgbImage;
@@ -17,6 +20,8 @@ use mobilenet::classifier::softmax_rows;
 use mobilenet::preprocess::Preprocessing;
 use mobilenet::{AnyModel, Classifier, InferenceModel, Session};
 use wasm_bindgen::prelude::*;
+
+pub use detect::Detector;
 
 /// Largest image side accepted (a canvas's limit in Chromium is 32767; 16384² RGBA is 1 GiB).
 pub const MAX_SIDE: u32 = 16_384;
@@ -62,7 +67,7 @@ impl Engine {
     }
 }
 
-fn error(e: impl std::fmt::Display) -> JsError {
+pub(crate) fn error(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
 
@@ -254,7 +259,7 @@ impl Model {
 }
 
 /// The RGB image of an RGBA buffer, checked.
-fn rgb_image(rgba: &[u8], width: u32, height: u32) -> Result<RgbImage, JsError> {
+pub(crate) fn rgb_image(rgba: &[u8], width: u32, height: u32) -> Result<RgbImage, JsError> {
     if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
         return Err(error(format!(
             "a {width}×{height} image: each side must be 1 to {MAX_SIDE} pixels"

@@ -6,6 +6,8 @@
 //   const model = await load('mobilenet_v1_1.0_224.safetensors', { labels: '...text...' });
 //   const top = await model.classify(imageElementOrImageData, { topK: 5 });
 //   // [{ index: 653, label: 'military uniform', probability: 0.80 }, ...]
+//   const faces = await (await loadDetector('face.safetensors')).detect(image);
+//   // [{ class: 1, label: 'face', score: 0.99, box: [x, y, width, height] }, ...]
 
 // Three builds of the same crate (scripts/build_wasm.sh): WebAssembly cannot test for an
 // instruction set at run time, so the choice is made here, by validating a tiny module that
@@ -161,6 +163,50 @@ export class MobileNet {
   }
   /** Frees the model's memory in the module. */
   dispose() { if (this._model) { try { this._model.free(); } catch { /* trapped */ } this._model = null; } }
+}
+
+/** An SSD detector running in this page. */
+export class ObjectDetector {
+  constructor(inst, detector) { this._inst = inst; this._d = detector; }
+  /** Input side in pixels (images are fitted to it). */
+  get resolution() { return this._d.resolution; }
+  /** `f32` or `int8`. */
+  get precision() { return this._d.precision; }
+  /** The kernels' instruction set: `wasm128` or `scalar`. */
+  get isa() { return this._inst.glue.isa(); }
+  /** The build running: `relaxed`, `simd` or `scalar`. */
+  get variant() { return this._inst.variant; }
+  /** The detector's name. */
+  get description() { return this._d.description; }
+
+  /** Objects in the image: `[{ class, label, score, box: [x, y, width, height] }]`, the box
+   * in the image's pixels. Options default to the detector's own settings. */
+  async detect(image, { minScore, iou, maxDetections } = {}) {
+    const { data, width, height } = rgbaOf(image);
+    return guarded(this._inst, () => {
+      const [s0, i0, m0] = this._d.defaultNms();
+      const flat = this._d.detect(data, width, height, minScore ?? s0, iou ?? i0, maxDetections ?? m0);
+      const out = [];
+      for (let k = 0; k < flat.length; k += 6) {
+        out.push({ class: flat[k], label: this._d.label(flat[k]), score: flat[k + 1], box: Array.from(flat.subarray(k + 2, k + 6)) });
+      }
+      return out;
+    });
+  }
+  /** Frees the detector's memory in the module. */
+  dispose() { if (this._d) { try { this._d.free(); } catch { /* trapped */ } this._d = null; } }
+}
+
+/**
+ * Loads an SSD detector: a URL, ArrayBuffer, typed array or Blob/File holding a file
+ * `mobilenet detect` accepts (a detector file from `mobilenet import` or `train-detect`, or an
+ * int8 detector `.tflite` from `mobilenet quantize`). Options: `name`, `variant`.
+ */
+export async function loadDetector(source, { name, variant } = {}) {
+  const v = checkVariant(variant);
+  const [bytes, inst] = await Promise.all([bytesOf(source), instance(v)]);
+  const d = guarded(inst, () => new inst.glue.Detector(bytes, nameOf(source, name)));
+  return new ObjectDetector(inst, d);
 }
 
 /**

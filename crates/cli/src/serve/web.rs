@@ -1,5 +1,5 @@
 //! `--web DIR`: the browser package (`scripts/build_wasm.sh`'s output) under `/web/`, with the
-//! served classifiers' files under `/web/models/<name>` and the `--labels` file at
+//! served models' files under `/web/models/<name>` and the `--labels` file at
 //! `/web/labels`, so that the in-page demo (`/web/`) classifies with the same model the server
 //! runs, entirely in the browser.
 
@@ -11,9 +11,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::http::ApiError;
-use super::{AppState, Kind};
+use super::AppState;
 
-/// What `--web` serves besides the package: the classifiers' files and the labels file.
+/// What `--web` serves besides the package: the models' files and the labels file.
 #[derive(Debug, Default)]
 pub(crate) struct WebFiles {
     /// The package directory, when `--web` was given.
@@ -91,7 +91,8 @@ pub async fn static_file(
     file(&dir.join(relative), None).await
 }
 
-/// `GET /web/models/<name>`: the file a served classifier was loaded from.
+/// `GET /web/models/<name>`: the file a served model (classifier or detector) was loaded
+/// from.
 pub async fn model_file(
     State(state): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
@@ -99,15 +100,12 @@ pub async fn model_file(
     if state.web.dir.is_none() {
         return no_web().into_response();
     }
-    let found = state
-        .models
-        .iter()
-        .find(|m| m.name == name && matches!(m.kind, Kind::Classifier(_)));
+    let found = state.models.iter().find(|m| m.name == name);
     match found {
         Some(m) => file(&m.path, Some(&m.file_name())).await,
         None => ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no classifier named '{name}' (GET /v1/models lists them)"),
+            format!("no model named '{name}' (GET /v1/models lists them)"),
         )
         .into_response(),
     }

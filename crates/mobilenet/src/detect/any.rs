@@ -59,8 +59,17 @@ impl AnyDetector {
             path: path.to_path_buf(),
             source,
         })?;
-        if crate::tflite::is_tflite(&bytes) {
-            let graph = crate::tflite::read(&bytes, path).map_err(|e| ModelError::Metadata {
+        AnyDetector::from_bytes(&bytes, path)
+    }
+
+    /// [`AnyDetector::load`] of a file already read (`path` names it in errors).
+    ///
+    /// # Errors
+    ///
+    /// As [`AnyDetector::load`].
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AnyDetector, ModelError> {
+        if crate::tflite::is_tflite(bytes) {
+            let graph = crate::tflite::read(bytes, path).map_err(|e| ModelError::Metadata {
                 path: e.path,
                 reason: e.reason,
             })?;
@@ -74,7 +83,7 @@ impl AnyDetector {
             }
             return QuantDetector::from_graph(&graph, path).map(AnyDetector::Int8);
         }
-        let file = DetectorFile::from_bytes(&bytes, path)?;
+        let file = DetectorFile::from_bytes(bytes, path)?;
         Detector::new(&file).map(AnyDetector::Float)
     }
 
