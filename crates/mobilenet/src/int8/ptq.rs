@@ -13,18 +13,15 @@
 //! this crate's integer engine and TFLite run with the same output bytes.
 
 use super::calibrate::Calibration;
-use crate::config::{Activation, Padding, Variant};
+use crate::config::{Padding, Variant};
 use crate::layers::{Layer, LayerKind};
 use crate::tflite::{
     ElementType, FusedActivation, Graph, OpInfo, OpKind, Quantization, TensorInfo, TfPadding,
 };
 use crate::weights::ModelFile;
 
-/// Metadata entry holding the class labels, one per line.
-pub const LABELS_METADATA: &str = "mobilenet_labels";
-/// Metadata entry holding the preprocessing as JSON (the crop; normalisation is the input
-/// quantization).
-pub const PREPROCESSING_METADATA: &str = "mobilenet_preprocessing";
+pub(crate) use crate::tflite::fused;
+pub use crate::tflite::{LABELS_METADATA, PREPROCESSING_METADATA};
 
 /// Why a model cannot be quantized.
 #[derive(Debug, thiserror::Error)]
@@ -157,31 +154,7 @@ impl Builder {
     ) -> Act {
         let [oh, ow, cout] = l.output;
         let cin = l.input[2];
-        // TFLite layouts: OHWI (conv, 1×1), 1HWC (depthwise).
-        let k = l.kernel;
-        let (tflite_w, shape, axis): (Vec<f32>, Vec<usize>, usize) = match l.kind {
-            LayerKind::Conv => {
-                let mut o = vec![0.0; w.len()];
-                for co in 0..cout {
-                    for t in 0..k * k {
-                        for ci in 0..cin {
-                            o[(co * k * k + t) * cin + ci] = w[(t * cin + ci) * cout + co];
-                        }
-                    }
-                }
-                (o, vec![cout, k, k, cin], 0)
-            }
-            LayerKind::Depthwise => (w.to_vec(), vec![1, 3, 3, cin], 3),
-            _ => {
-                let mut o = vec![0.0; w.len()];
-                for ci in 0..cin {
-                    for co in 0..cout {
-                        o[co * cin + ci] = w[ci * cout + co];
-                    }
-                }
-                (o, vec![cout, 1, 1, cin], 0)
-            }
-        };
+        let (tflite_w, shape, axis) = crate::tflite::tflite_weights(l, w);
         let per = tflite_w.len() / cout;
         // The int32 bias is b / (s_in·s_w): a channel with tiny (or no) weights but a real bias
         // — batch norm's β of a near-dead channel — needs its weight scale raised until the
@@ -237,7 +210,7 @@ impl Builder {
         // explicit PAD.
         let mut tf_padding = TfPadding::Same;
         let mut input = src.tensor;
-        if k == 3 && l.stride == 2 && padding == Padding::Symmetric {
+        if l.kernel == 3 && l.stride == 2 && padding == Padding::Symmetric {
             let [ih, iw, _] = l.input;
             let pads: Vec<u8> = [0i32, 0, 1, 1, 1, 1, 0, 0]
                 .iter()
@@ -292,14 +265,6 @@ impl Builder {
 pub(crate) fn input_params(scale: f32, offset: f32) -> (f32, i64) {
     let zp = ((-offset / scale).round() - 128.0).clamp(-128.0, 127.0) as i64;
     (scale, zp)
-}
-
-/// The fused activation of a non-linearity.
-pub(crate) fn fused(a: Activation) -> FusedActivation {
-    match a {
-        Activation::Relu => FusedActivation::Relu,
-        Activation::Relu6 => FusedActivation::Relu6,
-    }
 }
 
 /// The observed range of a layer's output.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::export::{LABELS_METADATA, PREPROCESSING_METADATA};
 use super::{ElementType, FusedActivation, Graph, OpKind, TensorInfo, TfPadding, TfliteError};
 use crate::config::{Activation, MobileNetConfig, Padding, Stem, Variant};
 use crate::layers::LayerKind;
@@ -467,8 +468,27 @@ impl MobileNetGraph {
             // files here are the VWW detector (x/255).
             _ => PixelNorm::Unit,
         };
-        let pre = Preprocessing { crop: 1.0, norm };
-        ModelFile::new(self.config, 0.0, pre, None, tensors, path).map_err(|e| bad(e.to_string()))
+        let mut pre = Preprocessing { crop: 1.0, norm };
+        // Files this crate writes (`export`, `quantize`) record the preprocessing and labels.
+        if let Some(d) = graph.metadata_entry(PREPROCESSING_METADATA) {
+            let p: Preprocessing = serde_json::from_slice(d)
+                .map_err(|e| bad(format!("the preprocessing metadata does not parse: {e}")))?;
+            pre.crop = p.crop;
+            if graph.tensors[self.input].kind == ElementType::F32 {
+                pre.norm = p.norm;
+            }
+        }
+        let labels = match graph.metadata_entry(LABELS_METADATA) {
+            Some(d) => Some(
+                std::str::from_utf8(d)
+                    .map_err(|_| bad("the labels metadata is not UTF-8".into()))?
+                    .lines()
+                    .map(str::to_string)
+                    .collect(),
+            ),
+            None => None,
+        };
+        ModelFile::new(self.config, 0.0, pre, labels, tensors, path).map_err(|e| bad(e.to_string()))
     }
 }
 

@@ -8,10 +8,13 @@
 //! α, resolution, classes and the activation.
 
 mod convert;
+mod export;
 mod fb;
 mod write;
 
 pub use convert::{ConvTensors, MobileNetGraph};
+pub use export::{float_graph, ExportError, LABELS_METADATA, PREPROCESSING_METADATA};
+pub(crate) use export::{fused, tflite_weights};
 pub use write::write;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,139 @@
+//! Float `.tflite` export (`mobilenet export --format tflite`).
+//!
+//! Two seeded models (TF-SAME padding with ReLU6; symmetric padding with ReLU, which exports
+//! PAD operators) are exported, and the bytes are checked against `fixtures/export_tflite.json`:
+//! their length and FNV-1a hash, and the logits LiteRT computed from those very files
+//! (`scripts/export_fixture.py`, ai-edge-litert 2.3) for a fixed input, which our engine must
+//! match within 1e-4. So CI checks the bytes we write even without LiteRT. To regenerate:
+//! `MOBILENET_WRITE_EXPORTS=DIR cargo test -p mobilenet --test export_tflite`, then
+//! `python scripts/export_fixture.py DIR > crates/mobilenet/tests/fixtures/export_tflite.json`.
+//!
+//! Google's float 1.0-224 exported and read back (`AnyModel::from_bytes`) gives the same
+//! logits, labels and preprocessing.
+
+mod common;
+
+use std::path::Path;
+
+use mobilenet::preprocess::Preprocessing;
+use mobilenet::tflite::{float_graph, write};
+use mobilenet::{Activation, AnyModel, InferenceModel, MobileNetConfig, ModelFile, Padding};
+
+/// The fixed input both sides use: `((i · 7919) mod 256) / 127.5 − 1`.
+fn input(len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 7919) % 256) as f32 / 127.5 - 1.0)
+        .collect()
+}
+
+/// FNV-1a, 64 bits.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn seeded() -> Vec<(&'static str, ModelFile)> {
+    let config = MobileNetConfig::new(0.25, 64)
+        .expect("should succeed")
+        .with_classes(10)
+        .expect("should succeed");
+    let tf = ModelFile::random(config.clone(), 20170417);
+    let sym = ModelFile::random(
+        config
+            .with_padding(Padding::Symmetric)
+            .with_activation(Activation::Relu),
+        4,
+    );
+    vec![("tf_same_relu6", tf), ("symmetric_relu", sym)]
+}
+
+#[test]
+fn seeded_exports_are_the_bytes_litert_ran() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/export_tflite.json"))
+            .expect("parse the fixture");
+    let exports: Vec<_> = seeded()
+        .into_iter()
+        .map(|(name, file)| {
+            let bytes = write(&float_graph(&file).expect("should succeed"));
+            (name, file, bytes)
+        })
+        .collect();
+    if let Some(dir) = std::env::var_os("MOBILENET_WRITE_EXPORTS") {
+        for (name, _, bytes) in &exports {
+            std::fs::write(Path::new(&dir).join(format!("{name}.tflite")), bytes)
+                .expect("should succeed");
+        }
+    }
+    for (name, file, bytes) in exports {
+        let want = &fixture["models"][name];
+        assert_eq!(want["bytes"], bytes.len(), "{name}: file length");
+        assert_eq!(
+            want["fnv1a64"],
+            format!("{:016x}", fnv1a(&bytes)),
+            "{name}: the exported bytes changed; regenerate the fixture if on purpose"
+        );
+        let model = InferenceModel::new(&file).expect("should succeed");
+        let ours = model.session(1, 1).run(&input(model.input_len())).to_vec();
+        let litert: Vec<f64> = want["litert_logits"]
+            .as_array()
+            .expect("logits")
+            .iter()
+            .map(|v| v.as_f64().expect("a number"))
+            .collect();
+        assert_eq!(ours.len(), litert.len());
+        let worst = ours
+            .iter()
+            .zip(&litert)
+            .map(|(&a, b)| (a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            worst <= 1e-4,
+            "{name}: max |Δlogit| against LiteRT {worst:.2e}"
+        );
+    }
+}
+
+#[test]
+fn an_exported_model_reads_back_with_its_logits_labels_and_preprocessing() {
+    let Some(data) = common::shared_data("an_exported_model_reads_back") else {
+        return;
+    };
+    let path = data.join("mobilenet_v1/float/mobilenet_v1_1.0_224_imagenet_float.safetensors");
+    let (mut file, _) =
+        mobilenet::import::import(&path, &Default::default()).expect("should succeed");
+    let labels = mobilenet::import::read_labels(&data.join("imagenet/imagenet_labels_1001.txt"))
+        .expect("should succeed");
+    file.labels = Some(labels.clone());
+    file.preprocessing = Preprocessing {
+        crop: 0.9,
+        ..file.preprocessing
+    };
+    let bytes = write(&float_graph(&file).expect("should succeed"));
+    let AnyModel::Float(back) =
+        AnyModel::from_bytes(&bytes, Path::new("exported.tflite")).expect("should succeed")
+    else {
+        panic!("a float .tflite reads back as a float model");
+    };
+    assert_eq!(back.labels.as_deref(), Some(labels.as_slice()));
+    assert_eq!(back.preprocessing, file.preprocessing);
+    let (a, b) = (
+        InferenceModel::new(&file).expect("should succeed"),
+        InferenceModel::new(&back).expect("should succeed"),
+    );
+    let x = input(a.input_len());
+    let (la, lb) = (
+        a.session(1, 1).run(&x).to_vec(),
+        b.session(1, 1).run(&x).to_vec(),
+    );
+    let worst = la
+        .iter()
+        .zip(&lb)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        worst <= 1e-5,
+        "max |Δlogit| after the round trip {worst:.2e}"
+    );
+}
