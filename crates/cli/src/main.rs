@@ -46,6 +46,8 @@ enum Command {
     EvalDetect(commands::eval_detect::EvalDetectArgs),
     /// Post-training int8 quantization of a float model into a .tflite file
     Quantize(commands::quantize::QuantizeArgs),
+    /// Write a float model as a file another runtime loads (float .tflite)
+    Export(commands::export::ExportArgs),
     /// Serve classifiers and detectors over HTTP (JSON API, batching, metrics, a web page)
     Serve(serve::ServeArgs),
     /// Time every α × resolution here and pick the most accurate under a latency budget
@@ -94,6 +96,7 @@ fn main() -> ExitCode {
         Command::EvalDetect(args) => commands::eval_detect::run(&args),
         Command::TrainDetect(args) => commands::train_detect::run(&args),
         Command::Quantize(args) => commands::quantize::run(&args),
+        Command::Export(args) => commands::export::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Pick(args) => commands::pick::run(&args),
     };

@@ -38,7 +38,7 @@ fn seeded() -> Vec<(&'static str, ModelFile)> {
         .expect("should succeed")
         .with_classes(10)
         .expect("should succeed");
-    let tf = ModelFile::random(config.clone(), 20170417);
+    let tf = ModelFile::random(config, 20170417);
     let sym = ModelFile::random(
         config
             .with_padding(Padding::Symmetric)

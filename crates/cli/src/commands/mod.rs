@@ -6,6 +6,7 @@ pub mod classify;
 pub mod detect;
 pub mod eval;
 pub mod eval_detect;
+pub mod export;
 pub mod import;
 pub mod pick;
 pub mod quantize;
