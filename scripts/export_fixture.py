@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Runs the float .tflite files `crates/mobilenet/tests/export_tflite.rs` exported (with
-MOBILENET_WRITE_EXPORTS=DIR) in LiteRT and prints the test's fixture: each file's length,
-FNV-1a 64 hash and LiteRT's logits for the test's fixed input ((i * 7919) % 256 / 127.5 - 1).
+"""Runs the files `crates/mobilenet/tests/export_{tflite,onnx}.rs` exported (with
+MOBILENET_WRITE_EXPORTS=DIR) in LiteRT or ONNX Runtime and prints a test's fixture: each file's
+length, FNV-1a 64 hash and the runtime's logits for the test's fixed input
+((i * 7919) % 256 / 127.5 - 1, NHWC; transposed for the NCHW files).
 
 Usage: python scripts/export_fixture.py DIR > crates/mobilenet/tests/fixtures/export_tflite.json
-(the peer environment's python: ai-edge-litert and numpy).
+       python scripts/export_fixture.py DIR onnx > crates/mobilenet/tests/fixtures/export_onnx.json
+(the peer environment's python: ai-edge-litert, onnxruntime and numpy).
 """
 import json
 import os
@@ -21,30 +23,58 @@ def fnv1a(data):
     return h
 
 
+def fixed_input(shape_nhwc):
+    n = int(np.prod(shape_nhwc))
+    return (((np.arange(n, dtype=np.int64) * 7919) % 256).astype(np.float32) / np.float32(127.5)
+            - np.float32(1.0)).reshape(shape_nhwc)
+
+
+def tflite_logits(path):
+    # TFLite's reference kernels: the semantics, not one backend's rounding.
+    it = Interpreter(model_path=path, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    it.allocate_tensors()
+    inp = it.get_input_details()[0]
+    it.set_tensor(inp["index"], fixed_input(inp["shape"]))
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"]).reshape(-1)
+
+
+def onnx_logits(path):
+    import onnxruntime as ort
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    i = s.get_inputs()[0]
+    shape = i.shape
+    if path.endswith("_nchw.onnx"):
+        x = fixed_input([shape[0], shape[2], shape[3], shape[1]]).transpose(0, 3, 1, 2)
+    else:
+        x = fixed_input(shape)
+    return s.run(None, {i.name: np.ascontiguousarray(x)})[0].reshape(-1)
+
+
 def main():
     d = sys.argv[1]
+    onnx = len(sys.argv) > 2 and sys.argv[2] == "onnx"
     models = {}
-    for name in ["tf_same_relu6", "symmetric_relu"]:
-        path = os.path.join(d, name + ".tflite")
+    names = ["tf_same_relu6", "symmetric_relu"]
+    if onnx:
+        names = [n + "_" + l for n in names for l in ["nchw", "nhwc"]]
+    for name in names:
+        path = os.path.join(d, name + (".onnx" if onnx else ".tflite"))
         data = open(path, "rb").read()
-        # TFLite's reference kernels: the semantics, not one backend's rounding.
-        it = Interpreter(model_path=path, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-        it.allocate_tensors()
-        inp = it.get_input_details()[0]
-        n = int(np.prod(inp["shape"]))
-        x = (((np.arange(n, dtype=np.int64) * 7919) % 256).astype(np.float32) / np.float32(127.5)
-             - np.float32(1.0)).reshape(inp["shape"])
-        it.set_tensor(inp["index"], x)
-        it.invoke()
-        out = it.get_tensor(it.get_output_details()[0]["index"]).reshape(-1)
+        out = onnx_logits(path) if onnx else tflite_logits(path)
         models[name] = {
             "bytes": len(data),
             "fnv1a64": "%016x" % fnv1a(data),
-            "litert_logits": [float(v) for v in out],
+            ("ort_logits" if onnx else "litert_logits"): [float(v) for v in out],
         }
-    import ai_edge_litert
+    if onnx:
+        import onnxruntime
+        generator = "onnxruntime " + onnxruntime.__version__
+    else:
+        import ai_edge_litert
+        generator = "ai-edge-litert " + getattr(ai_edge_litert, "__version__", "?") + " reference kernels"
     print(json.dumps({
-        "generator": "scripts/export_fixture.py, ai-edge-litert " + getattr(ai_edge_litert, "__version__", "?") + " reference kernels",
+        "generator": "scripts/export_fixture.py, " + generator,
         "input": "(i * 7919) % 256 / 127.5 - 1, NHWC",
         "models": models,
     }, indent=1))

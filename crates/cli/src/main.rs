@@ -46,7 +46,7 @@ enum Command {
     EvalDetect(commands::eval_detect::EvalDetectArgs),
     /// Post-training int8 quantization of a float model into a .tflite file
     Quantize(commands::quantize::QuantizeArgs),
-    /// Write a float model as a file another runtime loads (float .tflite)
+    /// Write a float model as a file another runtime loads (float .tflite or ONNX)
     Export(commands::export::ExportArgs),
     /// Serve classifiers and detectors over HTTP (JSON API, batching, metrics, a web page)
     Serve(serve::ServeArgs),

@@ -35,6 +35,7 @@ pub mod infer;
 pub mod int8;
 mod layers;
 pub mod memory;
+pub mod onnx;
 pub mod paper;
 pub mod preprocess;
 mod preset;

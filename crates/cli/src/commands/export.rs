@@ -1,12 +1,13 @@
-//! `mobilenet export`: a float model as a file another runtime loads. Float TFLite today
-//! (TFLite and LiteRT run it; `classify` and `import` read it back with its labels and
-//! preprocessing); ONNX is refused with a clear message until its writer lands.
+//! `mobilenet export`: a float model as a file another runtime loads: float TFLite (TFLite and
+//! LiteRT run it; `classify` and `import` read it back with its labels and preprocessing) or
+//! ONNX (opset 13; ONNX Runtime runs it), both with batch norm folded and logits out.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use mobilenet::import::{import, read_labels, ImportOptions};
+use mobilenet::onnx::{export_onnx, Layout};
 use mobilenet::tflite::{float_graph, write};
 use mobilenet::weights::write_atomic;
 
@@ -14,8 +15,17 @@ use mobilenet::weights::write_atomic;
 pub enum Format {
     /// Float TFLite: NHWC f32 input normalised as the model expects, logits out
     Tflite,
-    /// ONNX (not written yet: refused)
+    /// ONNX opset 13: f32 input normalised as the model expects (NCHW unless --layout nhwc),
+    /// logits out
     Onnx,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InputLayout {
+    /// [1, 3, R, R]
+    Nchw,
+    /// [1, R, R, 3]
+    Nhwc,
 }
 
 #[derive(Debug, Args)]
@@ -32,15 +42,12 @@ pub struct ExportArgs {
     /// Class labels, one per line (when the model has none), written into the file
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// Input layout of an ONNX export (a .tflite is always NHWC)
+    #[arg(long, value_enum, default_value = "nchw")]
+    layout: InputLayout,
 }
 
 pub fn run(args: &ExportArgs) -> Result<()> {
-    if args.format == Format::Onnx {
-        bail!(
-            "--format onnx: not implemented yet (the ONNX writer is still to come); \
-             --format tflite writes a float .tflite (tf2onnx converts one to ONNX)"
-        );
-    }
     if crate::same_file(&args.model, &args.output) {
         bail!(
             "{}: -o names the input model; write the export to another path",
@@ -52,12 +59,21 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         labels: args.labels.as_deref().map(read_labels).transpose()?,
     };
     let (file, _) = import(&args.model, &options)?;
-    let graph = float_graph(&file)?;
-    let bytes = write(&graph);
-    write_atomic(&args.output, &bytes)?;
     let r = file.config.resolution();
+    let (bytes, input) = match (args.format, args.layout) {
+        (Format::Tflite, _) => (write(&float_graph(&file)?), format!("[1, {r}, {r}, 3]")),
+        (Format::Onnx, InputLayout::Nchw) => (
+            export_onnx(&file, Layout::Nchw)?,
+            format!("[1, 3, {r}, {r}]"),
+        ),
+        (Format::Onnx, InputLayout::Nhwc) => (
+            export_onnx(&file, Layout::Nhwc)?,
+            format!("[1, {r}, {r}, 3]"),
+        ),
+    };
+    write_atomic(&args.output, &bytes)?;
     eprintln!(
-        "wrote {} ({} bytes): {}, input [1, {r}, {r}, 3] f32 normalised as {:?}, output {}",
+        "wrote {} ({} bytes): {}, input {input} f32 normalised as {:?}, output {}",
         args.output.display(),
         bytes.len(),
         file.config,
