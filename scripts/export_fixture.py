@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs the files `crates/mobilenet/tests/export_{tflite,onnx}.rs` exported (with
+"""Runs the files `crates/mobilenet/tests/export.rs` exported (with
 MOBILENET_WRITE_EXPORTS=DIR) in LiteRT or ONNX Runtime and prints a test's fixture: each file's
 length, FNV-1a 64 hash and the runtime's logits for the test's fixed input
 ((i * 7919) % 256 / 127.5 - 1, NHWC; transposed for the NCHW files).

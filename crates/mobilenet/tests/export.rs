@@ -1,20 +1,23 @@
-//! Float `.tflite` export (`mobilenet export --format tflite`).
+//! Float export: `.tflite` (`tflite::float_graph`) and ONNX (`onnx::export_onnx`).
 //!
 //! Two seeded models (TF-SAME padding with ReLU6; symmetric padding with ReLU, which exports
-//! PAD operators) are exported, and the bytes are checked against `fixtures/export_tflite.json`:
-//! their length and FNV-1a hash, and the logits LiteRT computed from those very files
-//! (`scripts/export_fixture.py`, ai-edge-litert 2.3) for a fixed input, which our engine must
-//! match within 1e-4. So CI checks the bytes we write even without LiteRT. To regenerate:
-//! `MOBILENET_WRITE_EXPORTS=DIR cargo test -p mobilenet --test export_tflite`, then
-//! `python scripts/export_fixture.py DIR > crates/mobilenet/tests/fixtures/export_tflite.json`.
+//! PAD operators or asymmetric pads) are exported, and the bytes are checked against the
+//! fixtures `fixtures/export_{tflite,onnx}.json`: their length and FNV-1a hash, and the logits
+//! LiteRT's reference kernels (ai-edge-litert 2.3) and ONNX Runtime 1.32 computed from those
+//! very files for a fixed input (`scripts/export_fixture.py`), which our engine must match
+//! within 1e-4. So CI checks the bytes we write even without either runtime. To regenerate:
+//! `MOBILENET_WRITE_EXPORTS=DIR cargo test -p mobilenet --test export`, then
+//! `python scripts/export_fixture.py DIR > crates/mobilenet/tests/fixtures/export_tflite.json`
+//! and `python scripts/export_fixture.py DIR onnx > …/export_onnx.json`.
 //!
-//! Google's float 1.0-224 exported and read back (`AnyModel::from_bytes`) gives the same
-//! logits, labels and preprocessing.
+//! Google's float 1.0-224 exported to `.tflite` and read back (`AnyModel::from_bytes`) gives
+//! the same logits, labels and preprocessing.
 
 mod common;
 
 use std::path::Path;
 
+use mobilenet::onnx::{export_onnx, Layout};
 use mobilenet::preprocess::Preprocessing;
 use mobilenet::tflite::{float_graph, write};
 use mobilenet::{Activation, AnyModel, InferenceModel, MobileNetConfig, ModelFile, Padding};
@@ -48,51 +51,76 @@ fn seeded() -> Vec<(&'static str, ModelFile)> {
     vec![("tf_same_relu6", tf), ("symmetric_relu", sym)]
 }
 
-#[test]
-fn seeded_exports_are_the_bytes_litert_ran() {
-    let fixture: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/export_tflite.json"))
-            .expect("parse the fixture");
-    let exports: Vec<_> = seeded()
-        .into_iter()
-        .map(|(name, file)| {
-            let bytes = write(&float_graph(&file).expect("should succeed"));
-            (name, file, bytes)
-        })
-        .collect();
+/// Checks each export against `fixture` (its `logits` key holding the runtime's logits), after
+/// writing them to `$MOBILENET_WRITE_EXPORTS` when set.
+fn check(exports: &[(String, &ModelFile, Vec<u8>)], fixture: &str, logits: &str, ext: &str) {
     if let Some(dir) = std::env::var_os("MOBILENET_WRITE_EXPORTS") {
-        for (name, _, bytes) in &exports {
-            std::fs::write(Path::new(&dir).join(format!("{name}.tflite")), bytes)
+        for (name, _, bytes) in exports {
+            std::fs::write(Path::new(&dir).join(format!("{name}.{ext}")), bytes)
                 .expect("should succeed");
         }
     }
+    let fixture: serde_json::Value = serde_json::from_str(fixture).expect("parse the fixture");
     for (name, file, bytes) in exports {
         let want = &fixture["models"][name];
-        assert_eq!(want["bytes"], bytes.len(), "{name}: file length");
+        assert_eq!(want["bytes"], bytes.len(), "{name}.{ext}: file length");
         assert_eq!(
             want["fnv1a64"],
-            format!("{:016x}", fnv1a(&bytes)),
-            "{name}: the exported bytes changed; regenerate the fixture if on purpose"
+            format!("{:016x}", fnv1a(bytes)),
+            "{name}.{ext}: the exported bytes changed; regenerate the fixture if on purpose"
         );
-        let model = InferenceModel::new(&file).expect("should succeed");
+        let model = InferenceModel::new(file).expect("should succeed");
         let ours = model.session(1, 1).run(&input(model.input_len())).to_vec();
-        let litert: Vec<f64> = want["litert_logits"]
+        let theirs: Vec<f64> = want[logits]
             .as_array()
             .expect("logits")
             .iter()
             .map(|v| v.as_f64().expect("a number"))
             .collect();
-        assert_eq!(ours.len(), litert.len());
+        assert_eq!(ours.len(), theirs.len());
         let worst = ours
             .iter()
-            .zip(&litert)
+            .zip(&theirs)
             .map(|(&a, b)| (a as f64 - b).abs())
             .fold(0.0, f64::max);
-        assert!(
-            worst <= 1e-4,
-            "{name}: max |Δlogit| against LiteRT {worst:.2e}"
-        );
+        assert!(worst <= 1e-4, "{name}.{ext}: max |Δlogit| {worst:.2e}");
     }
+}
+
+#[test]
+fn seeded_tflite_exports_are_the_bytes_litert_ran() {
+    let models = seeded();
+    let exports: Vec<_> = models
+        .iter()
+        .map(|(name, file)| {
+            let bytes = write(&float_graph(file).expect("should succeed"));
+            (name.to_string(), file, bytes)
+        })
+        .collect();
+    check(
+        &exports,
+        include_str!("fixtures/export_tflite.json"),
+        "litert_logits",
+        "tflite",
+    );
+}
+
+#[test]
+fn seeded_onnx_exports_are_the_bytes_onnx_runtime_ran() {
+    let models = seeded();
+    let mut exports = Vec::new();
+    for (name, file) in &models {
+        for (layout, tag) in [(Layout::Nchw, "nchw"), (Layout::Nhwc, "nhwc")] {
+            let bytes = export_onnx(file, layout).expect("should succeed");
+            exports.push((format!("{name}_{tag}"), file, bytes));
+        }
+    }
+    check(
+        &exports,
+        include_str!("fixtures/export_onnx.json"),
+        "ort_logits",
+        "onnx",
+    );
 }
 
 #[test]
