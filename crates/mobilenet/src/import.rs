@@ -32,6 +32,8 @@ pub enum SourceFormat {
     Keras,
     /// A TFLite flatbuffer (float weights, or 8-bit weights dequantized).
     Tflite,
+    /// An ONNX MobileNet v1 graph (batch norm folded), by its `.onnx` extension.
+    Onnx,
 }
 
 /// Options that the source file cannot tell.
@@ -94,6 +96,17 @@ pub fn import_bytes(
     path: &Path,
     options: &ImportOptions,
 ) -> Result<(ModelFile, SourceFormat), ModelError> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    {
+        let mut model = crate::onnx::read_onnx(bytes, path)?;
+        if let Some(labels) = &options.labels {
+            model.labels = Some(labels.clone());
+        }
+        model.validate(path)?;
+        return Ok((model, SourceFormat::Onnx));
+    }
     if crate::tflite::is_tflite(bytes) {
         let bad = |e: crate::tflite::TfliteError| ModelError::Metadata {
             path: e.path,
@@ -129,7 +142,7 @@ pub fn import_bytes(
         SourceFormat::Native => ModelFile::from_parts(tensors, &metadata, path)?,
         SourceFormat::TfSlim => convert(path, tensors, &TF_SLIM, options)?,
         SourceFormat::Keras => convert(path, tensors, &KERAS, options)?,
-        SourceFormat::Tflite => unreachable!("TFLite files returned above"),
+        SourceFormat::Tflite | SourceFormat::Onnx => unreachable!("returned above"),
     };
     if let Some(labels) = &options.labels {
         model.labels = Some(labels.clone());

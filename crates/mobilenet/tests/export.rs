@@ -11,7 +11,9 @@
 //! and `python scripts/export_fixture.py DIR onnx > …/export_onnx.json`.
 //!
 //! Google's float 1.0-224 exported to `.tflite` and read back (`AnyModel::from_bytes`) gives
-//! the same logits, labels and preprocessing.
+//! the same logits, labels and preprocessing; so do ONNX exports imported back, and the peers'
+//! ONNX files (where `../shared/bench/peers` has generated them) import with Keras's
+//! probabilities. Malformed and foreign ONNX graphs are refused naming the node.
 
 mod common;
 
@@ -164,4 +166,106 @@ fn an_exported_model_reads_back_with_its_logits_labels_and_preprocessing() {
         worst <= 1e-5,
         "max |Δlogit| after the round trip {worst:.2e}"
     );
+}
+
+/// Logits of a model file on the fixed input.
+fn logits(file: &ModelFile) -> Vec<f32> {
+    let m = InferenceModel::new(file).expect("should succeed");
+    m.session(1, 1).run(&input(m.input_len())).to_vec()
+}
+
+#[test]
+fn onnx_exports_import_back_with_their_logits_labels_and_preprocessing() {
+    for (name, mut file) in seeded() {
+        file.labels = Some((0..10).map(|i| format!("class {i}!")).collect());
+        file.preprocessing.crop = 0.8;
+        let want = logits(&file);
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            let bytes = export_onnx(&file, layout).expect("should succeed");
+            let (back, format) = mobilenet::import::import_bytes(
+                &bytes,
+                Path::new("exported.onnx"),
+                &Default::default(),
+            )
+            .expect("should succeed");
+            assert_eq!(format, mobilenet::import::SourceFormat::Onnx);
+            assert_eq!(back.config, file.config, "{name} {layout:?}");
+            assert_eq!(back.labels, file.labels);
+            assert_eq!(back.preprocessing, file.preprocessing);
+            let got = logits(&back);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(worst <= 1e-5, "{name} {layout:?}: {worst:.2e}");
+        }
+    }
+}
+
+#[test]
+fn malformed_and_foreign_onnx_graphs_are_refused_naming_what() {
+    let (_, file) = seeded().remove(0);
+    let bytes = export_onnx(&file, Layout::Nchw).expect("should succeed");
+    let read = |b: &[u8]| {
+        mobilenet::import::import_bytes(b, Path::new("bad.onnx"), &Default::default())
+            .map(|_| ())
+            .expect_err("refused")
+            .to_string()
+    };
+    let cut = read(&bytes[..bytes.len() / 2]);
+    assert!(
+        cut.contains("bad.onnx") && cut.contains("malformed ONNX"),
+        "{cut}"
+    );
+    assert!(read(b"").contains("no graph"), "{}", read(b""));
+    // A node renamed to another operator: named in the error.
+    let needle = b"GlobalAveragePool";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the pool node");
+    let mut foreign = bytes.clone();
+    foreign[at..at + needle.len()].copy_from_slice(b"GlobalMaxPool\0\0\0\0");
+    let err = read(&foreign);
+    assert!(err.contains("operator GlobalMaxPool"), "{err}");
+}
+
+#[test]
+fn the_peers_onnx_files_import_with_kerass_probabilities() {
+    let dir = std::env::var_os("MOBILENET_PEERS_MODELS")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| Path::new(&h).join(".cache/mobilenet-peers/peers/models"))
+        })
+        .filter(|d| d.join("mobilenet_v1_0.25_128.onnx").is_file());
+    let Some(dir) = dir else {
+        eprintln!("skipping: the peers' ONNX files are not generated here (../shared/bench/peers)");
+        return;
+    };
+    for name in ["mobilenet_v1_0.25_128", "mobilenet_v1_1.0_224"] {
+        let path = dir.join(format!("{name}.onnx"));
+        let (file, _) = mobilenet::import::import(&path, &Default::default()).expect("imports");
+        let npy = |p: &Path| -> Vec<f32> {
+            let b = std::fs::read(p).expect("npy");
+            let header = u16::from_le_bytes([b[8], b[9]]) as usize;
+            b[10 + header..]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let x = npy(&dir.join(format!("ref/{name}.input_nhwc.npy")));
+        let want = npy(&dir.join(format!("ref/{name}.probs.npy")));
+        let m = InferenceModel::new(&file).expect("should succeed");
+        let l = m.session(1, 1).run(&x).to_vec();
+        let mut p = vec![0.0; l.len()];
+        mobilenet::classifier::softmax_rows(&l, l.len(), &mut p);
+        let worst = p
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst <= 1e-5, "{name}: max |Δp| against Keras {worst:.2e}");
+    }
 }

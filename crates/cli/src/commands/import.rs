@@ -9,9 +9,9 @@ use mobilenet::import::{import, read_labels, ImportOptions, SourceFormat};
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// Weight file to convert (safetensors with TF-slim or Keras names, or a .tflite MobileNet v1;
-    /// the format is detected), or face-api's SSD-MobileNet v1 weights manifest (.json, its .bin
-    /// beside it) into a detector file
+    /// Weight file to convert (safetensors with TF-slim or Keras names, a .tflite MobileNet v1,
+    /// or an .onnx one with batch norm folded; the format is detected), or face-api's
+    /// SSD-MobileNet v1 weights manifest (.json, its .bin beside it) into a detector file
     input: PathBuf,
     /// Where to write the model file
     #[arg(short, long)]
@@ -45,6 +45,7 @@ pub fn run(args: &ImportArgs) -> Result<()> {
         SourceFormat::TfSlim => "TF-slim",
         SourceFormat::Keras => "Keras",
         SourceFormat::Tflite => "TFLite",
+        SourceFormat::Onnx => "ONNX",
     };
     let params: usize = model.tensors().values().map(|t| t.data.len()).sum();
     println!(

@@ -1,18 +1,11 @@
-//! A float model as an ONNX file (opset 13), what `mobilenet export --format onnx` writes:
-//! batch norm folded into the convolutions, ReLU6 as `Clip(0, 6)` (ReLU as `Relu`), explicit
-//! pads (TF-SAME's bottom/right padding or symmetric), depthwise convolutions as grouped
-//! `Conv`, `GlobalAveragePool`, `Flatten` and the classifier as `Gemm` giving `[1, classes]`
-//! logits. The input is the normalised image, NCHW `[1, 3, R, R]` by default or NHWC (a
-//! `Transpose` first); node and tensor names come from the layer table; labels and the
-//! preprocessing go in `metadata_props`.
-//!
-//! The protobuf is written by hand: the handful of ONNX messages needed (field numbers from
-//! `onnx/onnx.proto`) are varints, length-delimited fields and fixed 32-bit floats.
+//! The ONNX writer (see the module docs of [`super`]).
 
 use crate::config::{Activation, Padding};
 use crate::layers::{Layer, LayerKind};
 use crate::tflite::ExportError;
 use crate::weights::ModelFile;
+
+use super::proto::Msg;
 
 /// The input layout of an exported graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,45 +14,6 @@ pub enum Layout {
     Nchw,
     /// `[1, R, R, 3]`, as TensorFlow and our engine.
     Nhwc,
-}
-
-/// A protobuf message being written.
-#[derive(Default)]
-struct Msg(Vec<u8>);
-
-impl Msg {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push(v as u8 | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
-    }
-    fn key(&mut self, field: u32, wire: u32) {
-        self.varint(u64::from(field << 3 | wire));
-    }
-    fn int(&mut self, field: u32, v: i64) -> &mut Self {
-        self.key(field, 0);
-        self.varint(v as u64);
-        self
-    }
-    fn bytes(&mut self, field: u32, b: &[u8]) -> &mut Self {
-        self.key(field, 2);
-        self.varint(b.len() as u64);
-        self.0.extend_from_slice(b);
-        self
-    }
-    fn string(&mut self, field: u32, s: &str) -> &mut Self {
-        self.bytes(field, s.as_bytes())
-    }
-    fn msg(&mut self, field: u32, m: &Msg) -> &mut Self {
-        self.bytes(field, &m.0)
-    }
-    fn float(&mut self, field: u32, v: f32) -> &mut Self {
-        self.key(field, 5);
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
 }
 
 // TensorProto.DataType.
@@ -127,7 +81,7 @@ impl GraphBuilder {
 }
 
 /// `[top, left, bottom, right]` padding of a 3×3 layer (none for 1×1).
-fn pads(l: &Layer, padding: Padding) -> [usize; 4] {
+pub(super) fn pads(l: &Layer, padding: Padding) -> [usize; 4] {
     if l.kernel == 1 {
         return [0; 4];
     }
