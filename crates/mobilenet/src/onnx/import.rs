@@ -222,15 +222,21 @@ pub fn read_onnx(buf: &[u8], path: &Path) -> Result<ModelFile, ModelError> {
             )));
         }
         let init = |i: usize| {
-            n.inputs
-                .get(i)
-                .and_then(|name| p.inits.get(name))
-                .ok_or_else(|| {
-                    bad(format!(
-                        "node {:?}: input {i} is not an initializer",
-                        n.name
-                    ))
-                })
+            let name = n.inputs.get(i).map_or("", String::as_str);
+            let t = p.inits.get(name).ok_or_else(|| {
+                bad(format!(
+                    "node {:?}: input {i} ({name:?}) is not an initializer",
+                    n.name
+                ))
+            })?;
+            // Non-float initializers are read without their values.
+            if t.values.len() != t.dims.iter().product::<usize>() {
+                return Err(bad(format!(
+                    "tensor {name:?} of node {:?}: not float32",
+                    n.name
+                )));
+            }
+            Ok(t)
         };
         match n.op.as_str() {
             "Transpose" if convs.is_empty() && n.ints.get("perm") == Some(&vec![0, 3, 1, 2]) => {
