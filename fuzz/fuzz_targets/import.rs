@@ -1,4 +1,5 @@
-//! Weight import (TF-slim, Keras, native) on arbitrary bytes: an error, never a panic.
+//! Weight import (TF-slim, Keras, native, TFLite; ONNX by its extension) on arbitrary bytes: an
+//! error, never a panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -7,4 +8,5 @@ use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
     let _ = import_bytes(data, Path::new("fuzz.safetensors"), &ImportOptions::default());
+    let _ = import_bytes(data, Path::new("fuzz.onnx"), &ImportOptions::default());
 });
