@@ -8,7 +8,7 @@ use crate::config::{Activation, MobileNetConfig, Padding};
 use crate::error::ModelError;
 use crate::layers::LayerKind;
 use crate::preprocess::Preprocessing;
-use crate::weights::{names, BnTensor, ModelFile, Tensor};
+use crate::weights::{names, ModelFile, Tensor};
 
 /// A float initializer.
 struct Init {
@@ -426,19 +426,7 @@ pub fn read_onnx(buf: &[u8], path: &Path) -> Result<ModelFile, ModelError> {
             }
             None => vec![0.0; cout],
         };
-        tensors.insert(names::bias(&l.name), Tensor::new(vec![cout], bias));
-        // The folded layer's batch norm is the identity.
-        for (t, value) in [
-            (BnTensor::Gamma, 1.0),
-            (BnTensor::Beta, 0.0),
-            (BnTensor::MovingMean, 0.0),
-            (BnTensor::MovingVariance, 1.0),
-        ] {
-            tensors.insert(
-                names::bn(&l.name, t),
-                Tensor::new(vec![cout], vec![value; cout]),
-            );
-        }
+        crate::weights::insert_folded_bias(&mut tensors, &l.name, bias);
     }
     if let Some((w, b, trans, n)) = fc {
         let cin = last.w.dims[0];

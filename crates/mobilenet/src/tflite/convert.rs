@@ -9,7 +9,7 @@ use super::{ElementType, FusedActivation, Graph, OpKind, TensorInfo, TfPadding, 
 use crate::config::{Activation, MobileNetConfig, Padding, Stem, Variant};
 use crate::layers::LayerKind;
 use crate::preprocess::{PixelNorm, Preprocessing};
-use crate::weights::{names, BnTensor, ModelFile, Tensor};
+use crate::weights::{names, ModelFile, Tensor};
 
 /// The tensors of one convolution of the graph: input, weights, bias, output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -437,17 +437,7 @@ impl MobileNetGraph {
             if l.kind == LayerKind::Fc {
                 tensors.insert(names::FC_BIAS.into(), Tensor::new(vec![cout], bias));
             } else {
-                tensors.insert(names::bias(&l.name), Tensor::new(vec![cout], bias));
-                // The folded layer's batch norm is the identity.
-                for (t, value) in [
-                    (BnTensor::Gamma, 1.0),
-                    (BnTensor::Beta, 0.0),
-                    (BnTensor::MovingMean, 0.0),
-                    (BnTensor::MovingVariance, 1.0),
-                ] {
-                    let identity = Tensor::new(vec![cout], vec![value; cout]);
-                    tensors.insert(names::bn(&l.name, t), identity);
-                }
+                crate::weights::insert_folded_bias(&mut tensors, &l.name, bias);
             }
         }
         let norm = match &graph.tensors[self.input].quantization {

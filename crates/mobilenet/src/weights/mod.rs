@@ -31,6 +31,26 @@ pub use file::{write_atomic, WithExtras};
 pub use init::WeightInit;
 pub use view::{names, BnTensor, BnWeights, ConvWeights, FcWeights};
 
+/// Adds the bias of a layer whose batch norm is folded into its weights (an imported `.tflite`
+/// or ONNX graph), and that layer's batch norm as the identity (γ 1, β 0, mean 0, variance 1,
+/// with the file's ε 0).
+pub(crate) fn insert_folded_bias(
+    tensors: &mut BTreeMap<String, Tensor>,
+    layer: &str,
+    bias: Vec<f32>,
+) {
+    let n = bias.len();
+    tensors.insert(names::bias(layer), Tensor::new(vec![n], bias));
+    for (t, value) in [
+        (BnTensor::Gamma, 1.0),
+        (BnTensor::Beta, 0.0),
+        (BnTensor::MovingMean, 0.0),
+        (BnTensor::MovingVariance, 1.0),
+    ] {
+        tensors.insert(names::bn(layer, t), Tensor::new(vec![n], vec![value; n]));
+    }
+}
+
 /// Value of the `format` metadata key.
 pub const FORMAT: &str = "mobilenet-v1";
 /// Version of the file layout; bumped when names or layouts change.
