@@ -30,7 +30,7 @@ pub enum InputLayout {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// Float model: a model file, TF-slim/Keras safetensors or a float .tflite
+    /// Float model: a model file, TF-slim/Keras safetensors, a float .tflite or an .onnx
     #[arg(long)]
     model: PathBuf,
     /// What to write
