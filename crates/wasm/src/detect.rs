@@ -100,21 +100,14 @@ impl Detector {
         iou: f32,
         max_detections: usize,
     ) -> Result<Vec<f32>, JsError> {
-        if !(0.0..=1.0).contains(&min_score) {
-            return Err(error(format!("minScore {min_score}: must be in [0, 1]")));
-        }
-        if !(iou > 0.0 && iou <= 1.0) {
-            return Err(error(format!("iou {iou}: must be in (0, 1]")));
-        }
-        if max_detections == 0 {
-            return Err(error("maxDetections 0 reports nothing: give at least 1"));
-        }
-        let img = rgb_image(rgba, width, height)?;
         let nms = NmsConfig {
             min_score,
             iou,
             max_detections,
         };
+        nms.check(["minScore", "iou", "maxDetections"])
+            .map_err(error)?;
+        let img = rgb_image(rgba, width, height)?;
         let (found, frame) = self
             .engine
             .with_dependent_mut(|_, session| session.detect(&img, Some(&nms)));

@@ -63,18 +63,9 @@ fn nms_config(args: &DetectArgs, defaults: NmsConfig) -> Result<NmsConfig> {
         iou: args.iou.unwrap_or(defaults.iou),
         max_detections: args.max_detections.unwrap_or(defaults.max_detections),
     };
-    if !(0.0..=1.0).contains(&config.min_score) {
-        bail!(
-            "--min-score {} is out of range: it must be in [0, 1]",
-            config.min_score
-        );
-    }
-    if !(config.iou > 0.0 && config.iou <= 1.0) {
-        bail!("--iou {} is out of range: it must be in (0, 1]", config.iou);
-    }
-    if config.max_detections == 0 {
-        bail!("--max-detections 0 reports nothing: give at least 1");
-    }
+    config
+        .check(["--min-score", "--iou", "--max-detections"])
+        .map_err(anyhow::Error::msg)?;
     Ok(config)
 }
 

@@ -71,16 +71,14 @@ pub(crate) fn summary(stats: &CocoStats) -> String {
 }
 
 pub fn run(args: &EvalDetectArgs) -> Result<()> {
-    if !(0.0..=1.0).contains(&args.min_score) {
-        bail!(
-            "--min-score {} is out of range: it must be in [0, 1]",
-            args.min_score
-        );
-    }
-    if args.max_detections == 0 {
-        bail!("--max-detections 0 keeps nothing: give at least 1");
-    }
     let detector = super::detect::load_detector(&args.model)?;
+    let nms = NmsConfig {
+        min_score: args.min_score,
+        max_detections: args.max_detections,
+        ..detector.config().nms
+    };
+    nms.check(["--min-score", "--iou", "--max-detections"])
+        .map_err(anyhow::Error::msg)?;
     let data = mobilenet::detect::load_annotations(&args.annotations)?;
     if data.images.is_empty() {
         bail!("{}: no images to evaluate", args.annotations.display());
@@ -88,11 +86,6 @@ pub fn run(args: &EvalDetectArgs) -> Result<()> {
     let map = category_map(&detector.config().labels, &data.categories)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.model.display()))?;
     let mut session = detector.session(args.threads);
-    let nms = NmsConfig {
-        min_score: args.min_score,
-        max_detections: args.max_detections,
-        ..detector.config().nms
-    };
     let bar = ProgressBar::new(data.images.len() as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} images  {elapsed} (eta {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),

@@ -421,15 +421,8 @@ async fn detect_images(
         iou: q.iou.unwrap_or(config.nms.iou),
         max_detections: q.max_detections.unwrap_or(config.nms.max_detections),
     };
-    if !(0.0..=1.0).contains(&nms.min_score) {
-        return Err(ApiError::bad("min_score must be in [0, 1]"));
-    }
-    if !(nms.iou > 0.0 && nms.iou <= 1.0) {
-        return Err(ApiError::bad("iou must be in (0, 1]"));
-    }
-    if nms.max_detections == 0 {
-        return Err(ApiError::bad("max_detections must be at least 1"));
-    }
+    nms.check(["min_score", "iou", "max_detections"])
+        .map_err(ApiError::bad)?;
     let _body = reserve(state, body_bytes(state, &req))?;
     let (parts, multipart) = images(state, req).await?;
     let mut decoded = Vec::with_capacity(parts.len());

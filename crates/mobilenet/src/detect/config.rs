@@ -94,6 +94,29 @@ pub struct NmsConfig {
     pub max_detections: usize,
 }
 
+impl NmsConfig {
+    /// Checks the settings: a minimum score in [0, 1], an IoU in (0, 1], at least one
+    /// detection. `names` are the three settings as the caller's user writes them (flags,
+    /// query parameters, option keys), for the message.
+    ///
+    /// # Errors
+    ///
+    /// The first setting out of range, as `"<name> <value>: must be …"`.
+    pub fn check(&self, names: [&str; 3]) -> Result<(), String> {
+        let [score, iou, max] = names;
+        if !(0.0..=1.0).contains(&self.min_score) {
+            return Err(format!("{score} {}: must be in [0, 1]", self.min_score));
+        }
+        if !(self.iou > 0.0 && self.iou <= 1.0) {
+            return Err(format!("{iou} {}: must be in (0, 1]", self.iou));
+        }
+        if self.max_detections == 0 {
+            return Err(format!("{max} 0: must be at least 1 (0 reports nothing)"));
+        }
+        Ok(())
+    }
+}
+
 /// An SSD detector with a MobileNet v1 backbone.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DetectorConfig {
@@ -402,6 +425,38 @@ impl DetectorConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nms_settings_out_of_range_are_named_with_the_callers_names() {
+        let ok = NmsConfig {
+            min_score: 0.5,
+            iou: 0.6,
+            max_detections: 100,
+        };
+        let names = ["--min-score", "--iou", "--max-detections"];
+        assert_eq!(ok.check(names), Ok(()));
+        let bad = |n: NmsConfig| n.check(names).expect_err("out of range");
+        let e = bad(NmsConfig {
+            min_score: 1.5,
+            ..ok
+        });
+        assert_eq!(e, "--min-score 1.5: must be in [0, 1]");
+        assert_eq!(
+            bad(NmsConfig { iou: 0.0, ..ok }),
+            "--iou 0: must be in (0, 1]"
+        );
+        assert!(bad(NmsConfig {
+            max_detections: 0,
+            ..ok
+        })
+        .starts_with("--max-detections 0"));
+        // A NaN is out of every range.
+        assert!(bad(NmsConfig {
+            min_score: f32::NAN,
+            ..ok
+        })
+        .starts_with("--min-score NaN"));
+    }
 
     /// The paper's Table 13: SSD 300 with MobileNet, 1.2 billion Mult-Adds and 6.8 million
     /// parameters, for COCO's 90 classes plus background. Counted: every convolution's
