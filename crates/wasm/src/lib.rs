@@ -18,7 +18,7 @@ use std::path::Path;
 use image::RgbImage;
 use mobilenet::classifier::softmax_rows;
 use mobilenet::preprocess::Preprocessing;
-use mobilenet::{AnyModel, Classifier, InferenceModel, Session};
+use mobilenet::{AnyModel, Classifier, InferenceModel, Runner, Session};
 use wasm_bindgen::prelude::*;
 
 pub use detect::Detector;
@@ -31,10 +31,9 @@ pub const MAX_SIDE: u32 = 16_384;
 #[derive(Debug)]
 pub struct Model {
     engine: Engine,
-    /// Crop, resize and normalisation (the page may change the crop).
+    /// Crop, resize and normalisation (the page may change the crop; the engine's copy is
+    /// shared with its session and stays as loaded).
     preprocessing: Preprocessing,
-    /// One per class, when known.
-    labels: Option<Vec<String>>,
     /// The preprocessed input of the last image (f32 models).
     input: Vec<f32>,
 }
@@ -50,19 +49,38 @@ self_cell::self_cell!(
     impl {Debug}
 );
 
+type IntRunner<'a> = Box<dyn Runner + 'a>;
+
+self_cell::self_cell!(
+    /// The integer engine and its runner (buffers reused between calls, as for f32).
+    struct IntEngine {
+        owner: Box<dyn Classifier>,
+        #[not_covariant]
+        dependent: IntRunner,
+    }
+);
+
+impl std::fmt::Debug for IntEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntEngine")
+            .field("classifier", self.borrow_owner())
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 enum Engine {
     /// The f32 engine: logits are available.
     Float(Box<FloatEngine>),
     /// The integer engine (an int8 or uint8 `.tflite`): probabilities only.
-    Int8(Box<dyn Classifier>),
+    Int8(Box<IntEngine>),
 }
 
 impl Engine {
     fn classifier(&self) -> &dyn Classifier {
         match self {
             Engine::Float(m) => m.borrow_owner(),
-            Engine::Int8(c) => c.as_ref(),
+            Engine::Int8(c) => c.borrow_owner().as_ref(),
         }
     }
 }
@@ -83,37 +101,37 @@ impl Model {
     #[wasm_bindgen(constructor)]
     pub fn new(bytes: &[u8], name: &str, labels: Option<String>) -> Result<Model, JsError> {
         let path = Path::new(name);
+        let labels = labels
+            .map(|text| mobilenet::import::parse_labels(&text, Path::new("labels")))
+            .transpose()
+            .map_err(error)?;
         let engine = match AnyModel::from_bytes(bytes, path).map_err(error)? {
             AnyModel::Float(file) => {
-                let model = InferenceModel::new(&file).map_err(error)?;
+                let mut model = InferenceModel::new(&file).map_err(error)?;
+                if let Some(labels) = labels {
+                    model.set_labels(labels).map_err(error)?;
+                }
                 Engine::Float(Box::new(FloatEngine::new(model, |m| m.session(1, 1))))
             }
-            AnyModel::Quantized(q) => Engine::Int8(q),
+            AnyModel::Quantized(mut q) => {
+                if let Some(labels) = labels {
+                    q.set_labels(labels).map_err(error)?;
+                }
+                let q: Box<dyn Classifier> = q;
+                Engine::Int8(Box::new(IntEngine::new(q, |c| c.runner(1, 1))))
+            }
         };
         let c = engine.classifier();
-        let Some(classes) = c.classes() else {
+        if c.classes().is_none() {
             return Err(error(format!(
                 "{name}: a feature extractor (no classifier head); this API classifies"
             )));
-        };
-        let mut model = Model {
+        }
+        Ok(Model {
             preprocessing: *c.preprocessing(),
-            labels: c.labels().map(<[String]>::to_vec),
             engine,
             input: Vec::new(),
-        };
-        if let Some(text) = labels {
-            let labels =
-                mobilenet::import::parse_labels(&text, Path::new("labels")).map_err(error)?;
-            if labels.len() != classes {
-                return Err(error(format!(
-                    "{} labels for a model with {classes} classes",
-                    labels.len()
-                )));
-            }
-            model.labels = Some(labels);
-        }
-        Ok(model)
+        })
     }
 
     /// Input side in pixels.
@@ -169,8 +187,9 @@ impl Model {
 
     /// The label of class `index` (`class <index>` when the model has none).
     pub fn label(&self, index: usize) -> String {
-        self.labels
-            .as_ref()
+        self.engine
+            .classifier()
+            .labels()
             .and_then(|l| l.get(index).cloned())
             .unwrap_or_else(|| format!("class {index}"))
     }
@@ -190,17 +209,19 @@ impl Model {
         let img = rgb_image(rgba, width, height)?;
         let classes = self.classes();
         let mut out = vec![0.0; classes];
-        match &self.engine {
+        match &mut self.engine {
             Engine::Float(_) => {
                 let logits = self.float_logits(&img)?;
                 softmax_rows(&logits, classes, &mut out);
             }
-            Engine::Int8(c) => {
-                let resized = self.preprocessing.pixels(&img, c.resolution());
-                let mut runner = c.runner(1, 1);
-                runner.load(resized.as_ref().unwrap_or(&img).as_raw());
-                runner.run();
-                runner.probabilities(&mut out);
+            Engine::Int8(engine) => {
+                let preprocessing = &self.preprocessing;
+                engine.with_dependent_mut(|c, runner| {
+                    let resized = preprocessing.pixels(&img, c.resolution());
+                    runner.load(resized.as_ref().unwrap_or(&img).as_raw());
+                    runner.run();
+                    runner.probabilities(&mut out);
+                });
             }
         }
         Ok(out)
