@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::engine::{QuantEngine, QuantSession};
 use super::ir::QuantModel;
-use super::ptq::{LABELS_METADATA, PREPROCESSING_METADATA};
+use super::ptq::PREPROCESSING_METADATA;
 use crate::classifier::ModelInfo;
 use crate::error::ModelError;
 use crate::preprocess::{PixelNorm, Preprocessing};
@@ -64,19 +64,10 @@ impl QuantizedModel {
             reason: e.to_string(),
         })?;
         let meta = |name: &str| g.metadata_entry(name);
-        let labels = match meta(LABELS_METADATA) {
-            Some(d) => Some(
-                String::from_utf8(d.to_vec())
-                    .map_err(|_| ModelError::Metadata {
-                        path: path.to_path_buf(),
-                        reason: "the labels metadata is not UTF-8".into(),
-                    })?
-                    .lines()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>(),
-            ),
-            None => None,
-        };
+        let labels = g.labels().map_err(|reason| ModelError::Metadata {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         // The input quantization is the normalisation: real = s·(q − z), q the pixel (uint8)
         // or pixel − 128 (int8). Only the crop comes from our metadata (else none).
         let offset = if model.kind == ElementType::I8 {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::export::{LABELS_METADATA, PREPROCESSING_METADATA};
+use super::export::PREPROCESSING_METADATA;
 use super::{ElementType, FusedActivation, Graph, OpKind, TensorInfo, TfPadding, TfliteError};
 use crate::config::{Activation, MobileNetConfig, Padding, Stem, Variant};
 use crate::layers::LayerKind;
@@ -468,16 +468,7 @@ impl MobileNetGraph {
                 pre.norm = p.norm;
             }
         }
-        let labels = match graph.metadata_entry(LABELS_METADATA) {
-            Some(d) => Some(
-                std::str::from_utf8(d)
-                    .map_err(|_| bad("the labels metadata is not UTF-8".into()))?
-                    .lines()
-                    .map(str::to_string)
-                    .collect(),
-            ),
-            None => None,
-        };
+        let labels = graph.labels().map_err(bad)?;
         ModelFile::new(self.config, 0.0, pre, labels, tensors, path).map_err(|e| bad(e.to_string()))
     }
 }

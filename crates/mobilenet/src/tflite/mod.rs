@@ -211,6 +211,21 @@ impl Graph {
             .find(|(n, _)| n == name)
             .map(|(_, d)| d.as_slice())
     }
+
+    /// The class labels this crate writes into the metadata (`export`, `quantize`), if any.
+    ///
+    /// # Errors
+    ///
+    /// Labels that are not UTF-8.
+    pub fn labels(&self) -> Result<Option<Vec<String>>, String> {
+        self.metadata_entry(LABELS_METADATA)
+            .map(|d| {
+                std::str::from_utf8(d)
+                    .map(|t| t.lines().map(str::to_string).collect())
+                    .map_err(|_| "the labels metadata is not UTF-8".to_string())
+            })
+            .transpose()
+    }
 }
 
 /// Schema codes of the builtin operators MobileNet uses.
