@@ -371,7 +371,10 @@ fn malformed_models_and_images_reject_and_the_page_goes_on() {
         ("variant", "expected relaxed, simd or scalar"),
         ("notDetector", "a .tflite classifier, not a detector"),
         ("notClassifier", "an SSD detector, not a classifier"),
-        ("minScore", "minScore 2: must be in [0, 1]"),
+        (
+            "minScore",
+            "minScore 2 is out of range: it must be in [0, 1]",
+        ),
         ("labels", "2 labels for a model with 1001 classes"),
         ("short", "10 bytes for a 4×4 RGBA image (needs 64)"),
         ("empty", "each side must be 1 to 16384 pixels"),

@@ -101,17 +101,23 @@ impl NmsConfig {
     ///
     /// # Errors
     ///
-    /// The first setting out of range, as `"<name> <value>: must be …"`.
+    /// The first setting out of range, as `"<name> <value> is out of range: it must be …"`.
     pub fn check(&self, names: [&str; 3]) -> Result<(), String> {
         let [score, iou, max] = names;
         if !(0.0..=1.0).contains(&self.min_score) {
-            return Err(format!("{score} {}: must be in [0, 1]", self.min_score));
+            return Err(format!(
+                "{score} {} is out of range: it must be in [0, 1]",
+                self.min_score
+            ));
         }
         if !(self.iou > 0.0 && self.iou <= 1.0) {
-            return Err(format!("{iou} {}: must be in (0, 1]", self.iou));
+            return Err(format!(
+                "{iou} {} is out of range: it must be in (0, 1]",
+                self.iou
+            ));
         }
         if self.max_detections == 0 {
-            return Err(format!("{max} 0: must be at least 1 (0 reports nothing)"));
+            return Err(format!("{max} 0 reports nothing: give at least 1"));
         }
         Ok(())
     }
@@ -440,10 +446,10 @@ mod tests {
             min_score: 1.5,
             ..ok
         });
-        assert_eq!(e, "--min-score 1.5: must be in [0, 1]");
+        assert_eq!(e, "--min-score 1.5 is out of range: it must be in [0, 1]");
         assert_eq!(
             bad(NmsConfig { iou: 0.0, ..ok }),
-            "--iou 0: must be in (0, 1]"
+            "--iou 0 is out of range: it must be in (0, 1]"
         );
         assert!(bad(NmsConfig {
             max_detections: 0,
