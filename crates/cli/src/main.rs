@@ -28,7 +28,7 @@ struct Cli {
 enum Command {
     /// Print the layer table with shapes, Mult-Adds and parameters (or the paper's tables)
     Arch(commands::arch::ArchArgs),
-    /// Convert TF-slim, Keras or float .tflite weights into a mobilenet model file
+    /// Convert TF-slim, Keras, timm, .tflite or ONNX weights into a mobilenet model file
     Import(commands::import::ImportArgs),
     /// Classify images with a model file or a quantized .tflite
     Classify(commands::classify::ClassifyArgs),

@@ -108,7 +108,7 @@ pub enum ModelError {
         found: Vec<usize>,
     },
     /// A tensor of the wrong element type.
-    #[error("{path}: tensor {name:?} has dtype {found}, expected F32")]
+    #[error("{path}: tensor {name:?} has dtype {found}, expected F32, F16 or BF16")]
     Dtype {
         /// The file.
         path: std::path::PathBuf,

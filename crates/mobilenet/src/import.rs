@@ -6,6 +6,10 @@
 //!   padding, ReLU6, BN ε 1e-3, input `x/127.5 − 1`.
 //! - **Keras** (`conv1.kernel`, `conv_dw_1.depthwise_kernel`, …, `conv_preds.kernel`): the
 //!   layout `keras.applications.MobileNet` saves (used by the peer benchmark's models).
+//! - **timm** (`conv_stem.weight`, `blocks.S.I.conv_dw.weight`, …, `classifier.weight`): a
+//!   PyTorch state dict of timm's `mobilenetv1_100` family saved as safetensors. Weights are
+//!   OIHW and transposed on the way in; symmetric padding, ReLU6, BN ε 1e-5, and by default the
+//!   input `x/127.5 − 1` of timm's published `ra4` weights (Inception mean and std, 0.5).
 //! - **TFLite** flatbuffers of MobileNet v1 graphs (see [`crate::tflite`]): float weights as
 //!   they are, 8-bit weights dequantized.
 //!
@@ -30,6 +34,8 @@ pub enum SourceFormat {
     TfSlim,
     /// Keras `applications.MobileNet` names.
     Keras,
+    /// A timm `mobilenetv1_*` state dict (PyTorch names and OIHW layout).
+    Timm,
     /// A TFLite flatbuffer (float weights, or 8-bit weights dequantized).
     Tflite,
     /// An ONNX MobileNet v1 graph (batch norm folded), by its `.onnx` extension.
@@ -43,6 +49,26 @@ pub struct ImportOptions {
     pub resolution: Option<usize>,
     /// Class labels, one per output.
     pub labels: Option<Vec<String>>,
+    /// Input normalisation, where the source's convention is not the one its weights were
+    /// trained with (a timm model trained with ImageNet's mean and std).
+    pub norm: Option<PixelNorm>,
+    /// Centre-crop fraction, likewise.
+    pub crop: Option<f32>,
+}
+
+impl ImportOptions {
+    /// Puts the labels and preprocessing the user gave over what the source said.
+    fn apply(&self, model: &mut ModelFile) {
+        if let Some(labels) = &self.labels {
+            model.labels = Some(labels.clone());
+        }
+        if let Some(norm) = self.norm {
+            model.preprocessing.norm = norm;
+        }
+        if let Some(crop) = self.crop {
+            model.preprocessing.crop = crop;
+        }
+    }
 }
 
 /// Reads a labels file: one label per line; blank lines at the end are ignored.
@@ -101,9 +127,7 @@ pub fn import_bytes(
         .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
     {
         let mut model = crate::onnx::read_onnx(bytes, path)?;
-        if let Some(labels) = &options.labels {
-            model.labels = Some(labels.clone());
-        }
+        options.apply(&mut model);
         model.validate(path)?;
         return Ok((model, SourceFormat::Onnx));
     }
@@ -115,9 +139,7 @@ pub fn import_bytes(
         let graph = crate::tflite::read(bytes, path).map_err(bad)?;
         let net = crate::tflite::MobileNetGraph::from_graph(&graph, path).map_err(bad)?;
         let mut model = net.to_model_file(&graph, path).map_err(bad)?;
-        if let Some(labels) = &options.labels {
-            model.labels = Some(labels.clone());
-        }
+        options.apply(&mut model);
         model.validate(path)?;
         return Ok((model, SourceFormat::Tflite));
     }
@@ -128,11 +150,15 @@ pub fn import_bytes(
         SourceFormat::TfSlim
     } else if tensors.contains_key("conv1.kernel") {
         SourceFormat::Keras
+    } else if tensors.contains_key("conv_stem.weight") {
+        refuse_other_timm_models(&tensors, path)?;
+        SourceFormat::Timm
     } else {
         return Err(ModelError::Metadata {
             path: path.to_path_buf(),
             reason: "unrecognised weight names: expected TF-slim (MobilenetV1/...), Keras \
-                     (conv1.kernel, ...) or a mobilenet model file"
+                     (conv1.kernel, ...), timm (conv_stem.weight, blocks.0.0.conv_dw.weight, \
+                     ...) or a mobilenet model file"
                 .to_string(),
         });
     };
@@ -142,11 +168,10 @@ pub fn import_bytes(
         SourceFormat::Native => ModelFile::from_parts(tensors, &metadata, path)?,
         SourceFormat::TfSlim => convert(path, tensors, &TF_SLIM, options)?,
         SourceFormat::Keras => convert(path, tensors, &KERAS, options)?,
+        SourceFormat::Timm => convert(path, tensors, &TIMM, options)?,
         SourceFormat::Tflite | SourceFormat::Onnx => unreachable!("returned above"),
     };
-    if let Some(labels) = &options.labels {
-        model.labels = Some(labels.clone());
-    }
+    options.apply(&mut model);
     if let Some(res) = options.resolution {
         model.config =
             rebuild_with_resolution(&model.config, res).map_err(|source| ModelError::Config {
@@ -188,9 +213,67 @@ struct Naming {
     /// Output of the last pointwise layer, from which α is inferred.
     last_pointwise: &'static str,
     /// Conventions of models in this format.
+    layout: Layout,
     padding: Padding,
     activation: Activation,
+    bn_epsilon: f32,
     preprocessing: Preprocessing,
+}
+
+/// How a source orders the dimensions of its weights.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// TensorFlow's `[kh, kw, cin, cout]` (depthwise `[kh, kw, c, 1]`, dense `[cin, cout]`):
+    /// ours, up to unit dimensions.
+    Hwio,
+    /// PyTorch's `[cout, cin, kh, kw]` (depthwise `[c, 1, kh, kw]`, dense `[cout, cin]`).
+    Oihw,
+}
+
+impl Layout {
+    /// Output channels of a weight of this layout.
+    fn out_channels(self, shape: &[usize]) -> Option<usize> {
+        match self {
+            Layout::Hwio => shape.last().copied(),
+            Layout::Oihw => shape.first().copied(),
+        }
+    }
+
+    /// The shape a source of this layout gives our tensor of `shape` (`dense`: the classifier,
+    /// whose 2-D weight is not a 1×1 convolution's).
+    fn source_shape(self, shape: &[usize], dense: bool) -> Vec<usize> {
+        match (self, shape) {
+            (Layout::Hwio, _) => shape.to_vec(),
+            (Layout::Oihw, &[kh, kw, i, o]) => vec![o, i, kh, kw],
+            (Layout::Oihw, &[kh, kw, c]) => vec![c, 1, kh, kw],
+            (Layout::Oihw, &[i, o]) if dense => vec![o, i],
+            (Layout::Oihw, &[i, o]) => vec![o, i, 1, 1],
+            (Layout::Oihw, _) => shape.to_vec(),
+        }
+    }
+
+    /// The weight in TensorFlow's order (a copy for OIHW, the tensor itself for HWIO).
+    fn to_hwio(self, t: Tensor) -> Tensor {
+        match (self, t.shape.as_slice()) {
+            (Layout::Oihw, &[o, i, kh, kw]) => {
+                let mut data = vec![0.0; t.data.len()];
+                for (n, &v) in t.data.iter().enumerate() {
+                    let (oi, rest) = (n / (i * kh * kw), n % (i * kh * kw));
+                    let (ii, k) = (rest / (kh * kw), rest % (kh * kw));
+                    data[(k * i + ii) * o + oi] = v;
+                }
+                Tensor::new(vec![kh, kw, i, o], data)
+            }
+            (Layout::Oihw, &[o, i]) => {
+                let mut data = vec![0.0; t.data.len()];
+                for (n, &v) in t.data.iter().enumerate() {
+                    data[(n % i) * o + n / i] = v;
+                }
+                Tensor::new(vec![i, o], data)
+            }
+            _ => t,
+        }
+    }
 }
 
 const TF_SLIM: Naming = Naming {
@@ -208,8 +291,10 @@ const TF_SLIM: Naming = Naming {
     ),
     stem: "MobilenetV1/Conv2d_0/weights",
     last_pointwise: "MobilenetV1/Conv2d_13_pointwise/weights",
+    layout: Layout::Hwio,
     padding: Padding::TfSame,
     activation: Activation::Relu6,
+    bn_epsilon: DEFAULT_BN_EPSILON,
     preprocessing: Preprocessing {
         crop: 0.875,
         norm: PixelNorm::MinusOneToOne,
@@ -238,13 +323,101 @@ const KERAS: Naming = Naming {
     fc: ("conv_preds.kernel", "conv_preds.bias"),
     stem: "conv1.kernel",
     last_pointwise: "conv_pw_13.kernel",
+    layout: Layout::Hwio,
     padding: Padding::TfSame,
     activation: Activation::Relu6,
+    bn_epsilon: DEFAULT_BN_EPSILON,
     preprocessing: Preprocessing {
         crop: 0.875,
         norm: PixelNorm::MinusOneToOne,
     },
 };
+
+/// timm's module of block `i` (1–13): its stages hold 1, 2, 2, 6 and 2 blocks (Table 1's
+/// rows between stride-2 layers), named `blocks.{stage}.{index}`.
+fn timm_scope(l: &Layer) -> Option<String> {
+    let i = l.block?;
+    if i == 0 {
+        return (l.kind == LayerKind::Conv).then(String::new);
+    }
+    let (stage, first) = [(0, 1), (1, 2), (2, 4), (3, 6), (4, 12)]
+        .into_iter()
+        .rev()
+        .find(|&(_, first)| i >= first)?;
+    (i <= 13).then(|| format!("blocks.{stage}.{}.", i - first))
+}
+
+const TIMM: Naming = Naming {
+    weight: |l| {
+        let scope = timm_scope(l)?;
+        Some(match l.kind {
+            LayerKind::Conv => "conv_stem.weight".to_string(),
+            LayerKind::Depthwise => format!("{scope}conv_dw.weight"),
+            _ => format!("{scope}conv_pw.weight"),
+        })
+    },
+    bn: |l, p| {
+        let leaf = match p {
+            "gamma" => "weight",
+            "beta" => "bias",
+            "moving_mean" => "running_mean",
+            _ => "running_var",
+        };
+        // The stem's norm is `bn1`; in a block `bn1` follows the depthwise conv, `bn2` the
+        // pointwise one.
+        let bn = if l.kind == LayerKind::Pointwise {
+            "bn2"
+        } else {
+            "bn1"
+        };
+        Some(format!("{}{bn}.{leaf}", timm_scope(l)?))
+    },
+    fc: ("classifier.weight", "classifier.bias"),
+    stem: "conv_stem.weight",
+    last_pointwise: "blocks.4.1.conv_pw.weight",
+    layout: Layout::Oihw,
+    padding: Padding::Symmetric,
+    activation: Activation::Relu6,
+    bn_epsilon: 1e-5,
+    // timm's published MobileNet v1 weights (`mobilenetv1_100.ra4_e3600_r224_in1k`) take
+    // Inception's mean and std (0.5, 0.5): x/127.5 − 1.
+    preprocessing: Preprocessing {
+        crop: 0.875,
+        norm: PixelNorm::MinusOneToOne,
+    },
+};
+
+/// timm names many networks' stems `conv_stem`; say which other one a file holds rather than
+/// report the first MobileNet v1 tensor it lacks.
+fn refuse_other_timm_models(
+    tensors: &BTreeMap<String, Tensor>,
+    path: &Path,
+) -> Result<(), ModelError> {
+    let what = |name: &str| {
+        let part = name.split('.').rev().nth(1).unwrap_or(name);
+        match part {
+            "conv_head" => Some(
+                "a head convolution after the last block (timm's \
+                                 mobilenetv1_100h, MobileNet v2/v3, EfficientNet)",
+            ),
+            "conv_pwl" => Some("inverted residual blocks (MobileNet v2/v3, EfficientNet)"),
+            "conv_reduce" | "conv_expand" => {
+                Some("squeeze-and-excitation (MobileNet v3, EfficientNet)")
+            }
+            _ => None,
+        }
+    };
+    match tensors.keys().find_map(|n| what(n).map(|w| (n, w))) {
+        Some((name, what)) => Err(ModelError::Metadata {
+            path: path.to_path_buf(),
+            reason: format!(
+                "a timm state dict, but not of MobileNet v1: tensor {name:?} belongs to {what}, \
+                 which MobileNet v1 (the paper's Table 1) does not have"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
 
 fn convert(
     path: &Path,
@@ -261,7 +434,7 @@ fn convert(
     let last = source
         .get(naming.last_pointwise)
         .ok_or_else(|| missing(naming.last_pointwise, vec![1, 1, 0, 0]))?;
-    let width = *last.shape.last().unwrap_or(&0);
+    let width = naming.layout.out_channels(&last.shape).unwrap_or(0);
     // The width gives α up to rounding; prefer the two-decimal α that reproduces it
     // (0.35, not 0.349609375) so that names and reports read as the checkpoint's.
     let exact = width as f64 / 1024.0;
@@ -274,7 +447,7 @@ fn convert(
     let fc = source
         .get(naming.fc.0)
         .ok_or_else(|| missing(naming.fc.0, vec![1, 1, width, 0]))?;
-    let classes = *fc.shape.last().unwrap_or(&0);
+    let classes = naming.layout.out_channels(&fc.shape).unwrap_or(0);
     let resolution = options.resolution.unwrap_or(224);
     let config = MobileNetConfig::new(alpha, resolution)
         .and_then(|c| c.with_classes(classes))
@@ -284,7 +457,10 @@ fn convert(
         })?
         .with_padding(naming.padding)
         .with_activation(naming.activation);
-    if source.get(naming.stem).map(|t| t.shape.last().copied()) != Some(Some(config.depth(32))) {
+    let stem_width = source
+        .get(naming.stem)
+        .and_then(|t| naming.layout.out_channels(&t.shape));
+    if stem_width != Some(config.depth(32)) {
         return Err(ModelError::Metadata {
             path: path.to_path_buf(),
             reason: format!(
@@ -301,25 +477,23 @@ fn convert(
             .remove(from)
             .ok_or_else(|| missing(from, shape.clone()))?;
         let count: usize = shape.iter().product();
-        if t.data.len() != count {
-            return Err(ModelError::Shape {
-                path: path.to_path_buf(),
-                name: from.to_string(),
-                expected: shape,
-                found: t.shape,
-            });
-        }
-        // Only unit dimensions differ between the source layout and ours
-        // ([1,1,cin,cout] → [cin,cout], [3,3,c,1] → [3,3,c]); check the rest match.
+        let expected = naming.layout.source_shape(&shape, to == names::FC_WEIGHT);
+        // TF layouts differ from ours only in unit dimensions ([1,1,cin,cout] → [cin,cout],
+        // [3,3,c,1] → [3,3,c]); PyTorch's must be exactly the transposed shape.
         let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
-        if squeeze(&t.shape) != squeeze(&shape) {
+        let fits = match naming.layout {
+            Layout::Hwio => squeeze(&t.shape) == squeeze(&shape),
+            Layout::Oihw => t.shape == expected,
+        };
+        if t.data.len() != count || !fits {
             return Err(ModelError::Shape {
                 path: path.to_path_buf(),
                 name: from.to_string(),
-                expected: shape,
+                expected,
                 found: t.shape,
             });
         }
+        let t = naming.layout.to_hwio(t);
         tensors.insert(to, Tensor::new(shape, t.data));
         Ok(())
     };
@@ -359,7 +533,7 @@ fn convert(
         });
     }
     let (eps, pre, labels) = (
-        DEFAULT_BN_EPSILON,
+        naming.bn_epsilon,
         naming.preprocessing,
         options.labels.clone(),
     );

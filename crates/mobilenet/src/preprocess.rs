@@ -62,6 +62,20 @@ impl Default for Preprocessing {
     }
 }
 
+impl std::fmt::Display for Preprocessing {
+    /// `centre crop 87.5%, x/127.5 − 1` and the like, as reports print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "centre crop {}%, ", self.crop * 100.0)?;
+        match self.norm {
+            PixelNorm::MinusOneToOne => write!(f, "x/127.5 − 1"),
+            PixelNorm::Unit => write!(f, "x/255"),
+            PixelNorm::MeanStd { mean, std } => {
+                write!(f, "(x/255 − mean)/std, mean {mean:?}, std {std:?}")
+            }
+        }
+    }
+}
+
 /// Decodes an image file (JPEG, PNG, BMP, WebP) to 8-bit RGB; grayscale is replicated to
 /// three channels and alpha is dropped.
 pub fn load_image(path: &Path) -> Result<RgbImage, ImageError> {

@@ -60,6 +60,7 @@ fn keras_weights_match_keras_logits() {
         let options = ImportOptions {
             resolution: Some(res),
             labels: None,
+            ..Default::default()
         };
         let (model, format) = import(&weights, &options).expect("import Keras weights");
         assert_eq!(format, SourceFormat::Keras);

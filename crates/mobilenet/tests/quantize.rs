@@ -124,10 +124,7 @@ fn quantized_official_float_model_keeps_the_reference_top1() {
     else {
         return;
     };
-    let options = mobilenet::import::ImportOptions {
-        resolution: None,
-        labels: None,
-    };
+    let options = mobilenet::import::ImportOptions::default();
     let path = data.join("mobilenet_v1/float/mobilenet_v1_1.0_224_imagenet_float.safetensors");
     let (file, _) = mobilenet::import::import(&path, &options).expect("import");
     let mut photos: Vec<_> = std::fs::read_dir(data.join("detection/coco128/images"))

@@ -20,6 +20,7 @@ fn float_model(data: &Path) -> ModelFile {
     let options = ImportOptions {
         resolution: None,
         labels: Some(read_labels(&data.join("imagenet/imagenet_labels_1001.txt")).expect("labels")),
+        ..Default::default()
     };
     let path = data.join("mobilenet_v1/float/mobilenet_v1_1.0_224_imagenet_float.safetensors");
     let (model, format) = import(&path, &options).expect("import TF-slim weights");

@@ -66,6 +66,7 @@ fn official(test: &str, res: usize) -> Option<(ModelFile, Vec<f32>, [usize; 4])>
     let options = ImportOptions {
         resolution: Some(res),
         labels: None,
+        ..Default::default()
     };
     let (mut model, _) = import(&path, &options).expect("official weights import");
     model.config = model.config.with_dropout(0.0).expect("no dropout");

@@ -57,6 +57,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     let options = ImportOptions {
         resolution: None,
         labels: args.labels.as_deref().map(read_labels).transpose()?,
+        ..Default::default()
     };
     let (file, _) = import(&args.model, &options)?;
     let r = file.config.resolution();
@@ -73,11 +74,11 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     };
     write_atomic(&args.output, &bytes)?;
     eprintln!(
-        "wrote {} ({} bytes): {}, input {input} f32 normalised as {:?}, output {}",
+        "wrote {} ({} bytes): {}, input {input} f32 ({}), output {}",
         args.output.display(),
         bytes.len(),
         file.config,
-        file.preprocessing.norm,
+        file.preprocessing,
         match file.config.classes() {
             Some(c) => format!("[1, {c}] logits"),
             None => "pooled features".to_string(),

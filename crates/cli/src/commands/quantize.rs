@@ -160,6 +160,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     let options = ImportOptions {
         resolution: None,
         labels: args.labels.as_deref().map(read_labels).transpose()?,
+        ..Default::default()
     };
     let (file, _) = import(&args.model, &options)?;
     let res = file.config.resolution();

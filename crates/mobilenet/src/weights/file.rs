@@ -217,18 +217,31 @@ pub(crate) fn read_safetensors(bytes: &[u8], path: &Path) -> Result<RawSafetenso
     let st = SafeTensors::deserialize(bytes).map_err(format)?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
-        if view.dtype() != Dtype::F32 {
-            return Err(ModelError::Dtype {
-                path: path.to_path_buf(),
-                name,
-                found: format!("{:?}", view.dtype()),
-            });
-        }
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let bytes = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            // Half-precision state dicts (`model.half()`, bf16 training) widen exactly.
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            // PyTorch's batch-norm step counter: state, not a weight; nothing reads it.
+            Dtype::I64 if name.ends_with(".num_batches_tracked") => continue,
+            other => {
+                return Err(ModelError::Dtype {
+                    path: path.to_path_buf(),
+                    name,
+                    found: format!("{other:?}"),
+                })
+            }
+        };
         tensors.insert(name, Tensor::new(view.shape().to_vec(), data));
     }
     Ok((tensors, metadata))

@@ -471,7 +471,7 @@ mod tests {
         let err = ModelFile::from_bytes(&bytes, Path::new("d.safetensors")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "d.safetensors: tensor \"x\" has dtype F64, expected F32"
+            "d.safetensors: tensor \"x\" has dtype F64, expected F32, F16 or BF16"
         );
     }
 
