@@ -6,6 +6,10 @@ length, FNV-1a 64 hash and the runtime's logits for the test's fixed input
 
 Usage: python scripts/export_fixture.py DIR > crates/mobilenet/tests/fixtures/export_tflite.json
        python scripts/export_fixture.py DIR onnx > crates/mobilenet/tests/fixtures/export_onnx.json
+       python scripts/export_fixture.py DIR qdq > crates/mobilenet/tests/fixtures/export_qdq.json
+
+The int8 (QDQ) files take integer pixels q = (i * 7919) % 256 (minus 128 for int8 models),
+given as the float input scale·(q − zero point) with the graph's own input quantization.
 (the peer environment's python: ai-edge-litert, onnxruntime and numpy).
 """
 import json
@@ -51,8 +55,44 @@ def onnx_logits(path):
     return s.run(None, {i.name: np.ascontiguousarray(x)})[0].reshape(-1)
 
 
+def qdq_logits(path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+    s, z = inits["input/scale"], inits["input/zero_point"]
+    so = ort.SessionOptions()
+    so.log_severity_level = 2
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    i = sess.get_inputs()[0]
+    nchw = i.shape[1] == 3
+    nhwc = [i.shape[0], i.shape[2], i.shape[3], i.shape[1]] if nchw else list(i.shape)
+    n = int(np.prod(nhwc))
+    q = ((np.arange(n, dtype=np.int64) * 7919) % 256).astype(np.int32)
+    if z.dtype == np.int8:
+        q = q - 128
+    x = (np.float32(s) * (q.astype(np.float32) - np.float32(z))).reshape(nhwc)
+    if nchw:
+        x = x.transpose(0, 3, 1, 2)
+    return sess.run(None, {i.name: np.ascontiguousarray(x)})[0].reshape(-1)
+
+
 def main():
     d = sys.argv[1]
+    if len(sys.argv) > 2 and sys.argv[2] == "qdq":
+        import onnxruntime
+        models = {}
+        for name in ["mobilenet_v1_0.25_128_quant_nchw", "vww_96_int8_nhwc"]:
+            path = os.path.join(d, name + ".onnx")
+            data = open(path, "rb").read()
+            models[name] = {"bytes": len(data), "fnv1a64": "%016x" % fnv1a(data),
+                            "ort_logits": [float(v) for v in qdq_logits(path)]}
+        print(json.dumps({
+            "generator": "scripts/export_fixture.py, onnxruntime " + onnxruntime.__version__,
+            "input": "q = (i * 7919) % 256 (int8: - 128), as scale * (q - zero point), NHWC order",
+            "models": models,
+        }, indent=1))
+        return
     onnx = len(sys.argv) > 2 and sys.argv[2] == "onnx"
     models = {}
     names = ["tf_same_relu6", "symmetric_relu"]

@@ -76,3 +76,83 @@ fn an_exported_tflite_classifies_like_its_model() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_quantized_tflite_exports_as_int8_onnx_and_a_float_model_is_told_to_quantize_first() {
+    let dir = std::env::temp_dir().join(format!("mobilenet-export-int8-{}", std::process::id()));
+    let images = dir.join("calibration");
+    std::fs::create_dir_all(&images).expect("should succeed");
+    for i in 0..4 {
+        std::fs::write(
+            images.join(format!("{i}.png")),
+            common::http::png(3 + i, 70, 60),
+        )
+        .expect("should succeed");
+    }
+    let config = MobileNetConfig::new(0.25, 64)
+        .expect("should succeed")
+        .with_classes(3)
+        .expect("should succeed");
+    let model = dir.join("m.safetensors");
+    ModelFile::random(config, 9)
+        .save(&model)
+        .expect("should succeed");
+    let run = |args: &[&str]| {
+        let out = mobilenet().args(args).output().expect("should succeed");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.success(), err)
+    };
+    let path = |name: &str| dir.join(name).to_string_lossy().to_string();
+    let (ok, err) = run(&[
+        "quantize",
+        "--model",
+        &path("m.safetensors"),
+        "--calibration",
+        &path("calibration"),
+        "-o",
+        &path("q.tflite"),
+    ]);
+    assert!(ok, "{err}");
+    // A quantized .tflite goes to ONNX as int8 (QDQ) unless asked otherwise.
+    let (ok, err) = run(&[
+        "export",
+        "--model",
+        &path("q.tflite"),
+        "--format",
+        "onnx",
+        "-o",
+        &path("q.onnx"),
+    ]);
+    assert!(ok && err.contains("int8 ONNX in QDQ form"), "{err}");
+    let onnx = std::fs::read(dir.join("q.onnx")).expect("written");
+    let count = |needle: &[u8]| onnx.windows(needle.len()).filter(|w| *w == needle).count();
+    assert_eq!(count(b"QLinearConv"), 0, "QDQ, not QOperator form");
+    assert!(count(b"QuantizeLinear") > 27, "a QuantizeLinear per layer");
+    let (ok, err) = run(&[
+        "export",
+        "--model",
+        &path("q.tflite"),
+        "--format",
+        "onnx",
+        "--precision",
+        "f32",
+        "-o",
+        &path("f.onnx"),
+    ]);
+    assert!(ok && err.contains("[1, 3] logits"), "{err}");
+    // Int8 from a float model needs calibration: the error says how.
+    let (ok, err) = run(&[
+        "export",
+        "--model",
+        &path("m.safetensors"),
+        "--format",
+        "onnx",
+        "--precision",
+        "int8",
+        "-o",
+        &path("x.onnx"),
+    ]);
+    assert!(!ok && err.contains("quantize it first"), "{err}");
+    assert!(!dir.join("x.onnx").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,14 +1,15 @@
-//! `mobilenet export`: a float model as a file another runtime loads: float TFLite (TFLite and
+//! `mobilenet export`: a model as a file another runtime loads: float TFLite (TFLite and
 //! LiteRT run it; `classify` and `import` read it back with its labels and preprocessing) or
-//! ONNX (opset 13; ONNX Runtime runs it), both with batch norm folded and logits out.
+//! ONNX (opset 13; ONNX Runtime runs it), both with batch norm folded and logits out; a
+//! quantized `.tflite` goes to ONNX as int8 in QDQ form.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use mobilenet::import::{import, read_labels, ImportOptions};
-use mobilenet::onnx::{export_onnx, Layout};
-use mobilenet::tflite::{float_graph, write};
+use mobilenet::onnx::{export_onnx, export_qdq, Layout};
+use mobilenet::tflite::{float_graph, is_tflite, read, write, ElementType, Graph};
 use mobilenet::weights::write_atomic;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -45,6 +46,34 @@ pub struct ExportArgs {
     /// Input layout of an ONNX export (a .tflite is always NHWC)
     #[arg(long, value_enum, default_value = "nchw")]
     layout: InputLayout,
+    /// Numbers of the export: f32, or int8 (ONNX in QDQ form, from a quantized .tflite).
+    /// Default: the model's own (int8 for a quantized .tflite, f32 otherwise)
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    /// Float weights and activations (a quantized model's weights dequantized)
+    F32,
+    /// Integer weights and activations (uint8 or int8, as the .tflite has them)
+    Int8,
+}
+
+/// A quantized `.tflite` read, or `None` for a float model of any format.
+fn quantized(path: &std::path::Path) -> Result<Option<Graph>> {
+    let mut head = [0u8; 8];
+    let is_tflite = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok_and(|()| is_tflite(&head));
+    if !is_tflite {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let graph =
+        read(&bytes, path).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.reason))?;
+    let input = graph.inputs.first().map(|&i| graph.tensors[i].kind);
+    Ok(matches!(input, Some(ElementType::U8 | ElementType::I8)).then_some(graph))
 }
 
 pub fn run(args: &ExportArgs) -> Result<()> {
@@ -59,6 +88,14 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         labels: args.labels.as_deref().map(read_labels).transpose()?,
         ..Default::default()
     };
+    let graph = quantized(&args.model)?;
+    let precision = args.precision.unwrap_or(match (&graph, args.format) {
+        (Some(_), Format::Onnx) => Precision::Int8,
+        _ => Precision::F32,
+    });
+    if precision == Precision::Int8 {
+        return export_int8(args, graph.as_ref(), options.labels.as_deref());
+    }
     let (file, _) = import(&args.model, &options)?;
     let r = file.config.resolution();
     let (bytes, input) = match (args.format, args.layout) {
@@ -82,6 +119,42 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         match file.config.classes() {
             Some(c) => format!("[1, {c}] logits"),
             None => "pooled features".to_string(),
+        }
+    );
+    Ok(())
+}
+
+/// A quantized `.tflite` as int8 ONNX (QDQ).
+fn export_int8(args: &ExportArgs, graph: Option<&Graph>, labels: Option<&[String]>) -> Result<()> {
+    let Some(graph) = graph else {
+        bail!(
+            "{} is a float model: quantize it first (mobilenet quantize --model {} --calibration DIR -o q.tflite), then export q.tflite",
+            args.model.display(),
+            args.model.display()
+        );
+    };
+    if args.format == Format::Tflite {
+        bail!(
+            "{} is already a quantized .tflite; --precision f32 writes a float one with its weights dequantized",
+            args.model.display()
+        );
+    }
+    let layout = match args.layout {
+        InputLayout::Nchw => Layout::Nchw,
+        InputLayout::Nhwc => Layout::Nhwc,
+    };
+    let bytes = export_qdq(graph, &args.model, layout, labels)?;
+    write_atomic(&args.output, &bytes)?;
+    let kind = graph.inputs.first().map(|&i| graph.tensors[i].kind);
+    eprintln!(
+        "wrote {} ({} bytes): {} as int8 ONNX in QDQ form ({} activations), input {} f32 normalised as the .tflite's input quantization expects, output logits",
+        args.output.display(),
+        bytes.len(),
+        args.model.display(),
+        if kind == Some(ElementType::I8) { "int8" } else { "uint8" },
+        match layout {
+            Layout::Nchw => "NCHW",
+            Layout::Nhwc => "NHWC",
         }
     );
     Ok(())

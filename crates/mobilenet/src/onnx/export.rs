@@ -2,6 +2,7 @@
 
 use crate::config::{Activation, Padding};
 use crate::layers::{Layer, LayerKind};
+use crate::preprocess::Preprocessing;
 use crate::tflite::ExportError;
 use crate::weights::ModelFile;
 
@@ -17,38 +18,53 @@ pub enum Layout {
 }
 
 // TensorProto.DataType.
-const FLOAT: i64 = 1;
+pub(super) const FLOAT: i64 = 1;
+pub(super) const UINT8: i64 = 2;
+pub(super) const INT8: i64 = 3;
+pub(super) const INT32: i64 = 6;
 // AttributeProto.AttributeType.
 const ATTR_FLOAT: i64 = 1;
 const ATTR_INT: i64 = 2;
 const ATTR_INTS: i64 = 7;
 
-enum Attr {
+pub(super) enum Attr {
     Int(i64),
     Ints(Vec<i64>),
     Float(f32),
 }
 
-/// The graph under construction: nodes, initializers, and the name of the last output.
-struct GraphBuilder {
+/// The graph under construction: nodes and initializers.
+#[derive(Default)]
+pub(super) struct GraphBuilder {
     nodes: Vec<Msg>,
     initializers: Vec<Msg>,
 }
 
 impl GraphBuilder {
-    fn initializer(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
+    pub(super) fn initializer(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializer_raw(name, dims, FLOAT, &raw)
+    }
+
+    /// A constant of element type `dtype` (a TensorProto.DataType) from its little-endian bytes.
+    pub(super) fn initializer_raw(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        dtype: i64,
+        raw: &[u8],
+    ) -> String {
         let mut t = Msg::default();
         for &d in dims {
             t.int(1, d as i64);
         }
-        t.int(2, FLOAT).string(8, name);
-        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        t.bytes(9, &raw);
+        t.int(2, dtype).string(8, name);
+        t.bytes(9, raw);
         self.initializers.push(t);
         name.to_string()
     }
 
-    fn node(
+    pub(super) fn node(
         &mut self,
         op: &str,
         name: &str,
@@ -118,26 +134,8 @@ fn value_info(name: &str, dims: &[usize]) -> Msg {
 /// A weight the layer table needs is missing or of the wrong size.
 pub fn export_onnx(file: &ModelFile, layout: Layout) -> Result<Vec<u8>, ExportError> {
     let config = &file.config;
-    let res = config.resolution();
-    let mut g = GraphBuilder {
-        nodes: Vec::new(),
-        initializers: Vec::new(),
-    };
-    let input_dims = match layout {
-        Layout::Nchw => [1, 3, res, res],
-        Layout::Nhwc => [1, res, res, 3],
-    };
-    let mut cur = "input".to_string();
-    if layout == Layout::Nhwc {
-        g.node(
-            "Transpose",
-            "input/nchw",
-            &["input"],
-            "input/nchw",
-            &[("perm", Attr::Ints(vec![0, 3, 1, 2]))],
-        );
-        cur = "input/nchw".into();
-    }
+    let mut g = GraphBuilder::default();
+    let (input_dims, mut cur) = g.input(layout, config.resolution());
     let bad = |e: crate::error::ModelError| ExportError(e.to_string());
     // Clip's bounds, only where there is a ReLU6 to clip (an unused initializer is a warning).
     let (zero, six) = match config.activation() {
@@ -244,34 +242,72 @@ pub fn export_onnx(file: &ModelFile, layout: Layout) -> Result<Vec<u8>, ExportEr
         Some(c) => vec![1, c],
         None => vec![1, config.layers().last().map_or(0, |l| l.output[2])],
     };
-    let mut graph = Msg::default();
-    for n in &g.nodes {
-        graph.msg(1, n);
+    g.finish(
+        &input_dims,
+        (&cur, &out_dims),
+        file.labels.as_deref(),
+        &file.preprocessing,
+    )
+}
+
+impl GraphBuilder {
+    /// The graph's input `[1, 3, R, R]` or `[1, R, R, 3]`: its dimensions, and the name of the
+    /// NCHW value the first layer reads (after a `Transpose` for NHWC).
+    pub(super) fn input(&mut self, layout: Layout, res: usize) -> ([usize; 4], String) {
+        match layout {
+            Layout::Nchw => ([1, 3, res, res], "input".to_string()),
+            Layout::Nhwc => {
+                self.node(
+                    "Transpose",
+                    "input/nchw",
+                    &["input"],
+                    "input/nchw",
+                    &[("perm", Attr::Ints(vec![0, 3, 1, 2]))],
+                );
+                ([1, res, res, 3], "input/nchw".to_string())
+            }
+        }
     }
-    graph.string(2, "mobilenet_v1");
-    for t in &g.initializers {
-        graph.msg(5, t);
+
+    /// The model: this graph with float input `input` of `input_dims` and output `cur` of
+    /// `out_dims`, opset 13, labels and preprocessing in the metadata.
+    pub(super) fn finish(
+        self,
+        input_dims: &[usize],
+        (cur, out_dims): (&str, &[usize]),
+        labels: Option<&[String]>,
+        preprocessing: &Preprocessing,
+    ) -> Result<Vec<u8>, ExportError> {
+        let g = self;
+        let mut graph = Msg::default();
+        for n in &g.nodes {
+            graph.msg(1, n);
+        }
+        graph.string(2, "mobilenet_v1");
+        for t in &g.initializers {
+            graph.msg(5, t);
+        }
+        graph.msg(11, &value_info("input", input_dims));
+        graph.msg(12, &value_info(cur, out_dims));
+        let mut model = Msg::default();
+        model
+            .int(1, 8) // IR version 8 (ONNX 1.13+)
+            .string(2, "mobilenet")
+            .string(3, env!("CARGO_PKG_VERSION"))
+            .msg(7, &graph);
+        let mut opset = Msg::default();
+        opset.string(1, "").int(2, 13);
+        model.msg(8, &opset);
+        let mut meta = |key: &str, value: &str| {
+            let mut e = Msg::default();
+            e.string(1, key).string(2, value);
+            model.msg(14, &e);
+        };
+        if let Some(labels) = labels {
+            meta(crate::tflite::LABELS_METADATA, &labels.join("\n"));
+        }
+        let pre = serde_json::to_string(preprocessing).map_err(|e| ExportError(e.to_string()))?;
+        meta(crate::tflite::PREPROCESSING_METADATA, &pre);
+        Ok(model.0)
     }
-    graph.msg(11, &value_info("input", &input_dims));
-    graph.msg(12, &value_info(&cur, &out_dims));
-    let mut model = Msg::default();
-    model
-        .int(1, 8) // IR version 8 (ONNX 1.13+)
-        .string(2, "mobilenet")
-        .string(3, env!("CARGO_PKG_VERSION"))
-        .msg(7, &graph);
-    let mut opset = Msg::default();
-    opset.string(1, "").int(2, 13);
-    model.msg(8, &opset);
-    let mut meta = |key: &str, value: &str| {
-        let mut e = Msg::default();
-        e.string(1, key).string(2, value);
-        model.msg(14, &e);
-    };
-    if let Some(labels) = &file.labels {
-        meta(crate::tflite::LABELS_METADATA, &labels.join("\n"));
-    }
-    let pre = serde_json::to_string(&file.preprocessing).map_err(|e| ExportError(e.to_string()))?;
-    meta(crate::tflite::PREPROCESSING_METADATA, &pre);
-    Ok(model.0)
 }

@@ -293,6 +293,13 @@ pub fn read_onnx(buf: &[u8], path: &Path) -> Result<ModelFile, ModelError> {
                 fc = Some((init(1)?, init(2)?, trans, n));
             }
             "Softmax" if fc.is_some() => {}
+            "QuantizeLinear" | "DequantizeLinear" | "QLinearConv" | "ConvInteger" => {
+                return Err(bad(format!(
+                    "node {:?}: operator {}: a quantized ONNX graph; import reads float graphs \
+                     (run or import the quantized .tflite it was exported from instead)",
+                    n.name, n.op
+                )))
+            }
             other => {
                 return Err(bad(format!(
                     "node {:?}: operator {other} where a MobileNet v1 has none",

@@ -8,6 +8,10 @@
 //! `Transpose` first); node and tensor names come from the layer table; labels and the
 //! preprocessing go in `metadata_props`.
 //!
+//! Int8 export (`qdq.rs`, [`export_qdq`]): a quantized `.tflite` as a QDQ graph
+//! (`QuantizeLinear`/`DequantizeLinear` around float operators, integer initializers), which
+//! ONNX Runtime runs with integer kernels.
+//!
 //! Import (`import.rs`, through [`crate::import`] for `.onnx` files): a MobileNet v1 graph of
 //! that shape — ours, or the peers' (`make_models.py`: BN folded, a `Softmax` at the end) —
 //! matched node by node against the layer table; anything else is refused naming the node or
@@ -20,6 +24,8 @@
 mod export;
 mod import;
 mod proto;
+mod qdq;
 
 pub use export::{export_onnx, Layout};
 pub use import::read_onnx;
+pub use qdq::export_qdq;
