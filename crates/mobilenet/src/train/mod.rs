@@ -17,9 +17,11 @@
 //! | `profile.rs` | [`profile::TrainProfile`]: seconds per operation (`train --profile`) |
 //! | `ssd/` | SSD detectors: anchor matching and the loss, the trainable network, the training loop |
 //! | `run.rs` | the data record a resume checks, the run directory's lock |
+//! | `dist.rs` | data parallelism: [`dist::Collective`], synchronised batch norm, gradient averaging |
 
 pub mod bn;
 mod conv;
+pub mod dist;
 mod distill;
 mod failure;
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::time::Instant;
 use mobilenet_kernels::Isa;
 
 mod classifier;
+mod group;
 
 use super::bn::{bn_act_backward_sums, bn_act_backward_sums_all, bn_act_forward, Moments};
 use super::bn::{bn_act_forward_fixed, BnCache};
@@ -74,6 +75,8 @@ pub struct TrainNet {
     state: StepState,
     /// Seconds per operation, when asked for.
     profile: Option<TrainProfile>,
+    /// The ranks this one trains with (data parallelism), if any.
+    group: Option<super::dist::Group>,
 }
 
 /// Activations and caches of the last forward pass, reused between steps.
@@ -175,6 +178,7 @@ impl TrainNet {
             pool: SpinPool::new(resolve_threads(threads)),
             state: StepState::default(),
             profile: None,
+            group: None,
         })
     }
 
@@ -360,6 +364,11 @@ impl TrainNet {
             let fixed = options.bn_frozen || j < options.frozen_layers;
             let x = &st.acts[j];
             let moments = conv.forward(&mut self.pool, self.isa, w, x, &mut z, batch, !fixed);
+            let c = self.layers[li].output[2];
+            let moments = match fixed {
+                true => moments,
+                false => self.group_moments(moments, &z, c),
+            };
             let kind = self.layers[li].kind;
             self.record(op_of(kind, TrainOp::StemForward), t);
             let t = self.clock();
@@ -389,7 +398,7 @@ impl TrainNet {
                 self.record(TrainOp::BnForward, t);
                 continue;
             }
-            let (cache, var) = bn_act_forward(
+            let (cache, mut var) = bn_act_forward(
                 &mut self.pool,
                 self.isa,
                 (&z, moments),
@@ -400,6 +409,7 @@ impl TrainNet {
                 act,
                 &mut a,
             );
+            self.group_variance(&mut var, z.len() / c);
             if options.update_bn_stats {
                 let d = options.bn_decay;
                 for (m, &b) in self
@@ -455,7 +465,9 @@ impl TrainNet {
         st.grad_a = da;
         st.grad_spare = spare;
         self.state = st;
-        StepStats { loss, correct }
+        let stats = StepStats { loss, correct };
+        let moved = options.update_bn_stats && !options.bn_frozen;
+        self.group_finish(grads, stats, batch, moved)
     }
 
     /// Batch norm's and the convolution's backward pass for conv layer `j` (`li` in the
@@ -477,6 +489,7 @@ impl TrainNet {
         let (act, isa) = (self.config.activation(), self.isa);
         let t = self.clock();
         let (z, d) = (&st.zs[j][..], &da[..out_len]);
+        let sums = self.group_backward_sums(sums, (z, d), &st.bn[j], layer.output[2]);
         let grad = {
             let (lo, hi) = grads.split_at_mut(p.beta);
             let gamma = &self.params[p.gamma].value;
@@ -551,7 +564,7 @@ impl TrainNet {
         let (stats, _) = self.classifier_step(&mut st, labels, soft, rng, options, grads);
         self.record(TrainOp::Head, t);
         self.state = st;
-        stats
+        self.group_finish(grads, stats, batch, false)
     }
 
     /// Index of the classifier's first parameter (the ones [`TrainNet::head_step`] trains).

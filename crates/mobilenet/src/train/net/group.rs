@@ -1,0 +1,113 @@
+//! [`TrainNet`] in a group of ranks (see [`crate::train::dist`]): the step's hooks.
+
+use super::super::bn::{bn_act_backward_sums, channel_moments, BnCache, Moments};
+use super::super::dist::{average, sync_sums, Group};
+use super::{StepStats, TrainNet};
+use crate::weights::{names, BnTensor};
+
+impl TrainNet {
+    /// Trains as one rank of `group` from now on: each step takes this rank's shard of the
+    /// global batch (every rank an equal one), and leaves the same weights on every rank.
+    /// `None`: a single process.
+    pub fn set_group(&mut self, group: Option<Group>) {
+        self.group = group;
+    }
+
+    /// The group this network trains in, if any.
+    pub fn group(&self) -> Option<&Group> {
+        self.group.as_ref()
+    }
+
+    /// The group, if batch statistics are synchronised across it.
+    fn sync_bn(&self) -> Option<&Group> {
+        self.group.as_ref().filter(|g| g.sync_bn)
+    }
+
+    /// Forward: the moments of conv output `z` (`c` channels) summed over the group (the
+    /// shard's `m` as they are outside one).
+    pub(super) fn group_moments(&self, m: Option<Moments>, z: &[f32], c: usize) -> Option<Moments> {
+        let Some(g) = self.sync_bn() else {
+            return m;
+        };
+        let mut m = m.unwrap_or_else(|| channel_moments(self.isa, z, c));
+        sync_sums(&*g.collective, &mut m);
+        Some(m)
+    }
+
+    /// The unbiased batch variance batch norm returned for a shard of `rows` rows, made the
+    /// global batch's (`rows` × ranks): the moving variance a single process would keep.
+    pub(super) fn group_variance(&self, var: &mut [f32], rows: usize) {
+        let Some(g) = self.sync_bn() else { return };
+        let (n, total) = (rows as f64, (rows * g.collective.size()) as f64);
+        let shard = if rows > 1 { (n - 1.0) / n } else { 1.0 };
+        let factor = shard * total / (total - 1.0);
+        for v in var {
+            *v = (*v as f64 * factor) as f32;
+        }
+    }
+
+    /// Backward: batch norm's sums (Σdy, Σdy·x̂) of conv layer output `z` summed over the group
+    /// (those of fixed statistics stay the shard's: they only make γ and β's gradients).
+    pub(super) fn group_backward_sums(
+        &self,
+        sums: Option<Moments>,
+        (z, da): (&[f32], &[f32]),
+        cache: &BnCache,
+        c: usize,
+    ) -> Option<Moments> {
+        let Some(g) = self.sync_bn().filter(|_| !cache.fixed) else {
+            return sums;
+        };
+        let act = self.config.activation();
+        let mut s = sums.unwrap_or_else(|| bn_act_backward_sums(self.isa, z, da, c, cache, act));
+        sync_sums(&*g.collective, &mut s);
+        Some(s)
+    }
+
+    /// After a step: gradients averaged over the group, the moving statistics too when each
+    /// rank's batch norm had its own (with synchronised ones they are the same everywhere), and
+    /// the loss and accuracy of the global batch.
+    pub(super) fn group_finish(
+        &mut self,
+        grads: &mut [Vec<f32>],
+        stats: StepStats,
+        batch: usize,
+        moved_bn: bool,
+    ) -> StepStats {
+        let Some(g) = self.group.clone() else {
+            return stats;
+        };
+        let c = &*g.collective;
+        average(c, grads);
+        if moved_bn && !g.sync_bn {
+            let keys: Vec<String> = self
+                .layers
+                .iter()
+                .flat_map(|l| {
+                    [BnTensor::MovingMean, BnTensor::MovingVariance].map(|t| names::bn(&l.name, t))
+                })
+                .filter(|k| self.buffers.contains_key(k))
+                .collect();
+            let mut flat: Vec<f32> = keys.iter().flat_map(|k| self.buffers[k].clone()).collect();
+            c.sum_f32(&mut flat);
+            let inv = 1.0 / c.size() as f32;
+            let mut at = 0;
+            for k in &keys {
+                let b = self
+                    .buffers
+                    .get_mut(k)
+                    .unwrap_or_else(|| unreachable!("kept"));
+                for (x, y) in b.iter_mut().zip(&flat[at..]) {
+                    *x = y * inv;
+                }
+                at += b.len();
+            }
+        }
+        let mut totals = [stats.loss as f64 * batch as f64, stats.correct as f64];
+        c.sum_f64(&mut totals);
+        StepStats {
+            loss: (totals[0] / (batch * c.size()) as f64) as f32,
+            correct: totals[1].round() as usize,
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Data-parallel training steps (`train::dist`) with ranks as threads: one step on 2 and 4
+//! ranks with synchronised batch norm equals one step of a single process on the same global
+//! batch within 1e-5 (the parameters after an RMSprop update, the moving statistics; the
+//! gradients within 1e-6 of a process whose threads split the batch as the ranks do), and
+//! every rank ends with the same bits. With per-rank batch norm the ranks still agree with each other, and
+//! differ from the single process (the check can tell the two apart). The same arithmetic runs
+//! over MPI in `crates/cli/tests/mpi.rs`.
+
+use std::sync::Arc;
+
+use mobilenet::train::dist::{Collective, Group, ThreadGroup};
+use mobilenet::train::net::{StepOptions, TrainNet};
+use mobilenet::train::optim::{Optimizer, OptimizerKind};
+use mobilenet::train::Rng;
+use mobilenet::{MobileNetConfig, ModelFile};
+
+const BATCH: usize = 8;
+const RES: usize = 32;
+
+fn model() -> ModelFile {
+    let config = MobileNetConfig::new(0.25, RES)
+        .and_then(|c| c.with_classes(10))
+        .and_then(|c| c.with_dropout(0.0))
+        .expect("should succeed");
+    ModelFile::random(config, 11)
+}
+
+fn batch() -> (Vec<f32>, Vec<usize>) {
+    let mut rng = Rng::new(3);
+    let images = rng.signed_vec(BATCH * RES * RES * 3);
+    let labels = (0..BATCH).map(|i| (i * 7) % 10).collect();
+    (images, labels)
+}
+
+/// What one step leaves: gradients, parameters after an RMSprop update, moving statistics.
+struct After {
+    grads: Vec<Vec<f32>>,
+    params: Vec<Vec<f32>>,
+    buffers: Vec<Vec<f32>>,
+    loss: f32,
+}
+
+fn step(net: &mut TrainNet, images: &[f32], labels: &[usize]) -> After {
+    let mut grads = net.zero_gradients();
+    let stats = net.step(
+        images,
+        labels,
+        &mut Rng::new(0),
+        &StepOptions::default(),
+        &mut grads,
+    );
+    let mut opt = Optimizer::new(OptimizerKind::paper(), 4e-5, &net.params);
+    opt.update(&mut net.params, &grads, 0.01);
+    After {
+        grads,
+        params: net.params.iter().map(|p| p.value.clone()).collect(),
+        buffers: net.buffers.values().cloned().collect(),
+        loss: stats.loss,
+    }
+}
+
+/// One process on the whole batch with `threads` threads (each takes an equal run of rows,
+/// as ranks take shards, so it adds up the same partial sums in f32).
+fn single(threads: usize) -> After {
+    let (images, labels) = batch();
+    let mut net = TrainNet::from_model(&model(), threads).expect("should succeed");
+    step(&mut net, &images, &labels)
+}
+
+/// Each rank's step on its shard of the batch, in `ranks` threads.
+fn ranks(ranks: usize, sync_bn: bool) -> Vec<After> {
+    let (images, labels) = batch();
+    let shard = BATCH / ranks;
+    let px = RES * RES * 3;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ThreadGroup::new(ranks)
+            .into_iter()
+            .map(|g| {
+                let (images, labels) = (&images, &labels);
+                s.spawn(move || {
+                    let r = g.rank();
+                    let mut net = TrainNet::from_model(&model(), 1).expect("should succeed");
+                    net.set_group(Some(Group {
+                        collective: Arc::new(g),
+                        sync_bn,
+                    }));
+                    let x = &images[r * shard * px..(r + 1) * shard * px];
+                    step(&mut net, x, &labels[r * shard..(r + 1) * shard])
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a rank"))
+            .collect()
+    })
+}
+
+/// The largest |a − b| over tensors, relative to max(1, |b|).
+fn worst(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs() / q.abs().max(1.0))
+        })
+        .fold(0.0, f32::max)
+}
+
+/// The largest |a − b| of each tensor relative to that tensor's largest |b|, over tensors.
+fn worst_of_tensors(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let m = y.iter().fold(1e-30f32, |m, v| m.max(v.abs()));
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max)
+                / m
+        })
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn synchronised_batch_norm_steps_equal_one_process_on_the_global_batch() {
+    let one = single(1);
+    for n in [2, 4] {
+        let all = ranks(n, true);
+        // The same partition of the batch in one process: the same sums, up to the order
+        // the shards' totals are added in.
+        let threads = single(n);
+        for (r, after) in all.iter().enumerate() {
+            let (p, b) = (
+                worst(&after.params, &one.params),
+                worst(&after.buffers, &one.buffers),
+            );
+            assert!(
+                p <= 1e-5 && b <= 1e-5,
+                "{n} ranks, rank {r}: parameters {p:.1e}, moving statistics {b:.1e} from one process"
+            );
+            // Gradients: f32 sums in another order move the smallest ones (batch norm's γ,
+            // differences of large sums) by up to 6e-4 of their tensor's largest between one
+            // thread and n; the ranks are where n threads are.
+            let g = worst_of_tensors(&after.grads, &threads.grads);
+            assert!(
+                g <= 1e-6,
+                "{n} ranks, rank {r}: gradients {g:.1e} from {n} threads"
+            );
+            assert!((after.loss - one.loss).abs() <= 1e-5, "the global loss");
+            // Every rank holds the same bits.
+            assert_eq!(
+                after.params, all[0].params,
+                "{n} ranks: rank {r}'s parameters"
+            );
+            assert_eq!(
+                after.buffers, all[0].buffers,
+                "{n} ranks: rank {r}'s statistics"
+            );
+        }
+    }
+}
+
+#[test]
+fn per_rank_batch_norm_keeps_ranks_identical_and_differs_from_one_process() {
+    let one = single(1);
+    let all = ranks(2, false);
+    assert_eq!(all[0].params, all[1].params);
+    assert_eq!(all[0].buffers, all[1].buffers);
+    let g = worst(&all[0].params, &one.params);
+    assert!(g > 1e-3, "shard statistics change the step ({g:.1e})");
+}
