@@ -3,7 +3,8 @@
 //! batch within 1e-5 (the parameters after an RMSprop update, the moving statistics; the
 //! gradients within 1e-6 of a process whose threads split the batch as the ranks do), and
 //! every rank ends with the same bits. With per-rank batch norm the ranks still agree with each other, and
-//! differ from the single process (the check can tell the two apart). The same arithmetic runs
+//! differ from the single process (the check can tell the two apart). Uneven shards (8 images
+//! on 3 ranks) weigh each rank by its images. The same arithmetic runs
 //! over MPI in `crates/cli/tests/mpi.rs`.
 
 use std::sync::Arc;
@@ -67,10 +68,10 @@ fn single(threads: usize) -> After {
     step(&mut net, &images, &labels)
 }
 
-/// Each rank's step on its shard of the batch, in `ranks` threads.
+/// Each rank's step on its shard of the batch (images `r·B/n ..` `(r+1)·B/n`), in `ranks`
+/// threads.
 fn ranks(ranks: usize, sync_bn: bool) -> Vec<After> {
     let (images, labels) = batch();
-    let shard = BATCH / ranks;
     let px = RES * RES * 3;
     std::thread::scope(|s| {
         let handles: Vec<_> = ThreadGroup::new(ranks)
@@ -84,8 +85,8 @@ fn ranks(ranks: usize, sync_bn: bool) -> Vec<After> {
                         collective: Arc::new(g),
                         sync_bn,
                     }));
-                    let x = &images[r * shard * px..(r + 1) * shard * px];
-                    step(&mut net, x, &labels[r * shard..(r + 1) * shard])
+                    let (a, b) = (r * BATCH / ranks, (r + 1) * BATCH / ranks);
+                    step(&mut net, &images[a * px..b * px], &labels[a..b])
                 })
             })
             .collect();
@@ -170,4 +171,23 @@ fn per_rank_batch_norm_keeps_ranks_identical_and_differs_from_one_process() {
     assert_eq!(all[0].buffers, all[1].buffers);
     let g = worst(&all[0].params, &one.params);
     assert!(g > 1e-3, "shard statistics change the step ({g:.1e})");
+}
+
+#[test]
+fn uneven_shards_weigh_each_rank_by_its_images() {
+    // 8 images on 3 ranks: shards of 2, 3 and 3.
+    let one = single(1);
+    let all = ranks(3, true);
+    for (r, after) in all.iter().enumerate() {
+        let (p, b) = (
+            worst(&after.params, &one.params),
+            worst(&after.buffers, &one.buffers),
+        );
+        assert!(
+            p <= 1e-5 && b <= 1e-5,
+            "rank {r}: parameters {p:.1e}, moving statistics {b:.1e} from one process"
+        );
+        assert!((after.loss - one.loss).abs() <= 1e-5, "the global loss");
+        assert_eq!(after.params, all[0].params, "rank {r}'s parameters");
+    }
 }

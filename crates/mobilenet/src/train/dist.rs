@@ -1,13 +1,13 @@
 //! Synchronous data parallelism: the collective operations a training step needs, and what a
 //! step does with them.
 //!
-//! Every rank holds the same weights and takes an equal, disjoint shard of each global batch.
-//! The step runs on the shard; with synchronised batch norm (the default) each layer's batch
-//! statistics are summed across ranks before they normalise (Σz, Σz² per channel) and so are the
-//! backward sums (Σdy, Σdy·x̂), so every rank normalises and differentiates as a single
-//! process on the whole batch would. Its loss is the mean over its shard, which scales its
-//! gradients by the rank count relative to the global batch's mean; [`average`] undoes that
-//! while summing them. With per-rank batch norm each rank uses its shard's statistics and the
+//! Every rank holds the same weights and takes a disjoint shard of each global batch (as even
+//! as the batch allows; rank r's `share` is its images over the batch's). The step runs on the
+//! shard; with synchronised batch norm (the default) each layer's batch statistics are summed
+//! across ranks before they normalise (Σz, Σz² per channel) and so are the backward sums (Σdy,
+//! Σdy·x̂), so every rank normalises and differentiates as a single process on the whole batch
+//! would. Its loss is the mean over its shard, so its gradients are the global mean's over its
+//! share; [`average`] weighs each rank's by its share while summing them. With per-rank batch norm each rank uses its shard's statistics and the
 //! moving averages are averaged across ranks after every step, so the ranks stay identical.
 //!
 //! The transport is behind [`Collective`]: MPI for `mpirun` (the CLI's `mpi` feature), or
@@ -44,39 +44,53 @@ pub struct Group {
     pub sync_bn: bool,
 }
 
-/// Batch-norm sums `(Σa, Σb)` of every rank's shard, divided by the rank count: what one
-/// shard's sums would be if every shard had the global batch's statistics. Batch norm then
-/// divides by the shard's rows and gets the global means; its γ and β gradients (the sums
-/// themselves) come out as the global ones over the rank count, which [`average`] restores.
-pub(crate) fn sync_sums(c: &dyn Collective, (a, b): &mut Moments) {
-    let n = a.len();
-    let mut both: Vec<f64> = a.iter().chain(b.iter()).copied().collect();
-    c.sum_f64(&mut both);
-    let inv = 1.0 / c.size() as f64;
-    for (x, y) in a.iter_mut().chain(b.iter_mut()).zip(&both) {
-        *x = y * inv;
-    }
-    debug_assert_eq!(a.len(), n);
+/// Forward: the moments `(Σz, Σz²)` of every rank's shard, summed, times this rank's
+/// `share`: what this shard's sums would be if it had the global batch's statistics, so that
+/// batch norm, dividing by the shard's rows, gets the global means.
+pub(crate) fn sync_moments(c: &dyn Collective, m: &mut Moments, share: f64) {
+    sum_pair(c, m, 1.0, share);
 }
 
-/// Gradients summed across ranks in one allreduce of all of them and divided by the rank
-/// count (each shard's loss is a mean over its shard, so each rank's gradients are the rank
-/// count times its share of the global batch's).
-pub(crate) fn average(c: &dyn Collective, grads: &mut [Vec<f32>]) {
+/// Backward: batch norm's sums `(Σdy, Σdy·x̂)` as one process would have them. Each rank's dy
+/// is the global loss's over its `share` (its loss is its shard's mean), so the sums are
+/// weighed by the shares: Σ_r share_r·S_r, the same on every rank, which batch norm divides by
+/// the shard's rows for means in the shard's scale, and which are γ and β's global gradients.
+pub(crate) fn sync_backward_sums(c: &dyn Collective, s: &mut Moments, share: f64) {
+    sum_pair(c, s, share, 1.0);
+}
+
+/// `(a, b)` ← `after · Σ_ranks(before · (a, b))`, in one allreduce.
+fn sum_pair(c: &dyn Collective, (a, b): &mut Moments, before: f64, after: f64) {
+    let mut both: Vec<f64> = a.iter().chain(b.iter()).map(|v| v * before).collect();
+    c.sum_f64(&mut both);
+    for (x, y) in a.iter_mut().chain(b.iter_mut()).zip(&both) {
+        *x = y * after;
+    }
+}
+
+/// Gradients as one process on the global batch would have them: Σ_r share_r·g_r, in one
+/// allreduce of all of them. With equal shards, their mean.
+pub(crate) fn average(c: &dyn Collective, grads: &mut [Vec<f32>], share: f32) {
     let total: usize = grads.iter().map(Vec::len).sum();
     let mut flat = Vec::with_capacity(total);
     for g in grads.iter() {
-        flat.extend_from_slice(g);
+        flat.extend(g.iter().map(|v| v * share));
     }
     c.sum_f32(&mut flat);
-    let inv = 1.0 / c.size() as f32;
     let mut at = 0;
     for g in grads.iter_mut() {
-        for (x, y) in g.iter_mut().zip(&flat[at..]) {
-            *x = y * inv;
-        }
-        at += g.len();
+        let n = g.len();
+        g.copy_from_slice(&flat[at..at + n]);
+        at += n;
     }
+}
+
+/// This rank's share of the global batch: its `batch` images over every rank's.
+pub(crate) fn share(c: &dyn Collective, batch: usize) -> (f64, usize) {
+    let mut n = [batch as f64];
+    c.sum_f64(&mut n);
+    let total = n[0].round() as usize;
+    (batch as f64 / total.max(1) as f64, total)
 }
 
 /// Bytes one rank sends into [`average`] per step for gradients of these lengths.

@@ -1,11 +1,51 @@
-//! The classifier's step and the layer arithmetic of partial freezing.
+//! The classifier's step (alone on a frozen backbone's features, or at the top of a whole
+//! step) and the layer arithmetic of partial freezing.
 
 use super::{is_conv, StepOptions, StepState, StepStats, TrainNet};
 use crate::layers::Layer;
 use crate::train::head::{self, fc_backward, fc_forward};
+use crate::train::profile::TrainOp;
 use crate::train::Rng;
 
 impl TrainNet {
+    /// One training step of the classifier alone on the backbone's last feature maps
+    /// (`batch × pixels × channels`, NHWC, as a frozen backbone run in the inference engine
+    /// gives them): average pool, dropout, classifier, loss and their backward. Writes the
+    /// classifier's gradients (from index [`TrainNet::classifier_param`] on) and leaves the
+    /// others as they are.
+    ///
+    /// # Panics
+    ///
+    /// If the sizes do not match or a label is not a class.
+    pub fn head_step(
+        &mut self,
+        features: &[f32],
+        labels: &[usize],
+        soft: Option<&[f32]>,
+        rng: &mut Rng,
+        options: &StepOptions,
+        grads: &mut [Vec<f32>],
+    ) -> StepStats {
+        let (batch, channels) = (labels.len(), self.params[self.fc_param].shape[0]);
+        assert!(
+            batch > 0 && features.len().is_multiple_of(batch * channels),
+            "features must be batch × pixels × channels"
+        );
+        let pixels = features.len() / (batch * channels);
+        let classes = self.config.classes().unwrap_or(0);
+        assert!(labels.iter().all(|&l| l < classes), "label out of range");
+        self.group_start(batch);
+        let mut st = std::mem::take(&mut self.state);
+        st.batch = batch;
+        st.pooled.resize(batch * channels, 0.0);
+        let t = self.clock();
+        head::avgpool_forward(features, batch, pixels, channels, &mut st.pooled);
+        let (stats, _) = self.classifier_step(&mut st, labels, soft, rng, options, grads);
+        self.record(TrainOp::Head, t);
+        self.state = st;
+        self.group_finish(grads, stats, batch, false)
+    }
+
     /// How many convolution layers, from the input, a freeze through `name` holds fixed: a
     /// layer (`conv_3/depthwise`) or a whole block (`conv_3`, through its pointwise layer).
     ///

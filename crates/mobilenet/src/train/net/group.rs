@@ -1,16 +1,25 @@
 //! [`TrainNet`] in a group of ranks (see [`crate::train::dist`]): the step's hooks.
 
 use super::super::bn::{bn_act_backward_sums, channel_moments, BnCache, Moments};
-use super::super::dist::{average, sync_sums, Group};
+use super::super::dist::{average, share, sync_backward_sums, sync_moments, Group};
 use super::{StepStats, TrainNet};
 use crate::weights::{names, BnTensor};
 
 impl TrainNet {
     /// Trains as one rank of `group` from now on: each step takes this rank's shard of the
-    /// global batch (every rank an equal one), and leaves the same weights on every rank.
-    /// `None`: a single process.
+    /// global batch (at least one image), and leaves the same weights on every rank. `None`: a
+    /// single process.
     pub fn set_group(&mut self, group: Option<Group>) {
         self.group = group;
+    }
+
+    /// Start of a step on `batch` images: this rank's share of the global batch and the
+    /// global batch's size (1 and `batch` alone).
+    pub(super) fn group_start(&mut self, batch: usize) {
+        self.group_share = match &self.group {
+            Some(g) => share(&*g.collective, batch),
+            None => (1.0, batch),
+        };
     }
 
     /// The group this network trains in, if any.
@@ -30,15 +39,17 @@ impl TrainNet {
             return m;
         };
         let mut m = m.unwrap_or_else(|| channel_moments(self.isa, z, c));
-        sync_sums(&*g.collective, &mut m);
+        sync_moments(&*g.collective, &mut m, self.group_share.0);
         Some(m)
     }
 
     /// The unbiased batch variance batch norm returned for a shard of `rows` rows, made the
     /// global batch's (`rows` × ranks): the moving variance a single process would keep.
     pub(super) fn group_variance(&self, var: &mut [f32], rows: usize) {
-        let Some(g) = self.sync_bn() else { return };
-        let (n, total) = (rows as f64, (rows * g.collective.size()) as f64);
+        if self.sync_bn().is_none() {
+            return;
+        }
+        let (n, total) = (rows as f64, rows as f64 / self.group_share.0);
         let shard = if rows > 1 { (n - 1.0) / n } else { 1.0 };
         let factor = shard * total / (total - 1.0);
         for v in var {
@@ -60,7 +71,7 @@ impl TrainNet {
         };
         let act = self.config.activation();
         let mut s = sums.unwrap_or_else(|| bn_act_backward_sums(self.isa, z, da, c, cache, act));
-        sync_sums(&*g.collective, &mut s);
+        sync_backward_sums(&*g.collective, &mut s, self.group_share.0);
         Some(s)
     }
 
@@ -78,7 +89,8 @@ impl TrainNet {
             return stats;
         };
         let c = &*g.collective;
-        average(c, grads);
+        let (share, total) = self.group_share;
+        average(c, grads, share as f32);
         if moved_bn && !g.sync_bn {
             let keys: Vec<String> = self
                 .layers
@@ -106,7 +118,7 @@ impl TrainNet {
         let mut totals = [stats.loss as f64 * batch as f64, stats.correct as f64];
         c.sum_f64(&mut totals);
         StepStats {
-            loss: (totals[0] / (batch * c.size()) as f64) as f32,
+            loss: (totals[0] / total.max(1) as f64) as f32,
             correct: totals[1].round() as usize,
         }
     }

@@ -75,8 +75,10 @@ pub struct TrainNet {
     state: StepState,
     /// Seconds per operation, when asked for.
     profile: Option<TrainProfile>,
-    /// The ranks this one trains with (data parallelism), if any.
+    /// The ranks this one trains with (data parallelism), if any, and this step's share of
+    /// the global batch with the global batch's size.
     group: Option<super::dist::Group>,
+    group_share: (f64, usize),
 }
 
 /// Activations and caches of the last forward pass, reused between steps.
@@ -179,6 +181,7 @@ impl TrainNet {
             state: StepState::default(),
             profile: None,
             group: None,
+            group_share: (1.0, 0),
         })
     }
 
@@ -341,6 +344,7 @@ impl TrainNet {
         let convs: Vec<usize> = (0..self.layers.len())
             .filter(|&i| lp[i].is_some())
             .collect();
+        self.group_start(batch);
         let mut st = std::mem::take(&mut self.state);
         st.batch = batch;
         st.acts.resize_with(convs.len() + 1, Vec::new);
@@ -528,43 +532,6 @@ impl TrainNet {
         }
         self.record(op_of(self.layers[li].kind, TrainOp::StemBackward), t);
         sums
-    }
-
-    /// One training step of the classifier alone on the backbone's last feature maps
-    /// (`batch × pixels × channels`, NHWC, as a frozen backbone run in the inference engine
-    /// gives them): average pool, dropout, classifier, loss and their backward. Writes the
-    /// classifier's gradients (from index [`TrainNet::classifier_param`] on) and leaves the
-    /// others as they are.
-    ///
-    /// # Panics
-    ///
-    /// If the sizes do not match or a label is not a class.
-    pub fn head_step(
-        &mut self,
-        features: &[f32],
-        labels: &[usize],
-        soft: Option<&[f32]>,
-        rng: &mut Rng,
-        options: &StepOptions,
-        grads: &mut [Vec<f32>],
-    ) -> StepStats {
-        let (batch, channels) = (labels.len(), self.params[self.fc_param].shape[0]);
-        assert!(
-            batch > 0 && features.len().is_multiple_of(batch * channels),
-            "features must be batch × pixels × channels"
-        );
-        let pixels = features.len() / (batch * channels);
-        let classes = self.config.classes().unwrap_or(0);
-        assert!(labels.iter().all(|&l| l < classes), "label out of range");
-        let mut st = std::mem::take(&mut self.state);
-        st.batch = batch;
-        st.pooled.resize(batch * channels, 0.0);
-        let t = self.clock();
-        head::avgpool_forward(features, batch, pixels, channels, &mut st.pooled);
-        let (stats, _) = self.classifier_step(&mut st, labels, soft, rng, options, grads);
-        self.record(TrainOp::Head, t);
-        self.state = st;
-        self.group_finish(grads, stats, batch, false)
     }
 
     /// Index of the classifier's first parameter (the ones [`TrainNet::head_step`] trains).
