@@ -2,6 +2,8 @@
 
 mod commands;
 mod draw;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod plot;
 mod serve;
 mod table;

@@ -22,6 +22,11 @@ impl TrainNet {
         };
     }
 
+    /// Images of the global batch of the last step (the step's alone outside a group).
+    pub fn last_global_batch(&self) -> usize {
+        self.group_share.1
+    }
+
     /// The group this network trains in, if any.
     pub fn group(&self) -> Option<&Group> {
         self.group.as_ref()

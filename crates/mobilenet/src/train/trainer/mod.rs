@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::dist::Group;
 use super::distill::{load_teacher, soft_targets, Teacher};
 pub use super::failure::TrainFailure;
 pub use super::history::{better, epochs_since_best, EpochMetrics, PartialEpoch};
@@ -25,10 +26,12 @@ use super::run::{DataRecord, RunLock};
 use super::Rng;
 use crate::classifier::Classifier;
 use crate::data::{shuffle, Dataset, Loader};
-use crate::error::ModelError;
 use crate::eval::evaluate;
 use crate::infer::InferenceModel;
 use crate::weights::{write_atomic, ModelFile, Tensor};
+
+mod ranks;
+mod resume;
 
 /// The trainer's position and history, stored in checkpoints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -111,8 +114,8 @@ pub struct Trainer {
     /// Position and history.
     pub state: TrainerState,
     dir: PathBuf,
-    /// This process's hold on `dir`.
-    _lock: RunLock,
+    /// This process's hold on `dir` (rank 0's, in a group of ranks).
+    _lock: Option<RunLock>,
     /// The teacher `new` loaded to check it, kept for the first `run`.
     teacher: Option<Teacher>,
 }
@@ -140,6 +143,20 @@ impl Trainer {
         options: TrainOptions,
         dir: &Path,
     ) -> Result<Trainer, TrainFailure> {
+        Trainer::new_in(model, options, dir, None)
+    }
+
+    /// A new run as one rank of `group` (`None`: alone): every rank trains, rank 0 alone
+    /// holds and writes `dir` (see [`crate::train::dist`]).
+    pub fn new_in(
+        model: &ModelFile,
+        options: TrainOptions,
+        dir: &Path,
+        group: Option<Group>,
+    ) -> Result<Trainer, TrainFailure> {
+        if let Some(g) = &group {
+            ranks::check_batch(options.batch_size, g)?;
+        }
         options.validate().map_err(TrainFailure::Options)?;
         check_memory(&model.config, options.batch_size)?;
         // A teacher that cannot serve is an error before the run directory is made.
@@ -147,12 +164,13 @@ impl Trainer {
             Some(d) => Some(Teacher(load_teacher(d, model.config.classes())?)),
             None => None,
         };
-        let net = TrainNet::from_model(model, options.threads)?;
+        let mut net = TrainNet::from_model(model, options.threads)?;
         if let Some(name) = &options.freeze_through {
             net.layers_through(name).map_err(TrainFailure::Options)?;
         }
         let optimizer = Optimizer::new(options.optimizer, options.weight_decay, &net.params);
-        let lock = RunLock::acquire(dir)?;
+        let lock = ranks::lock(dir, group.as_ref())?;
+        net.set_group(group);
         Ok(Trainer {
             net,
             optimizer,
@@ -170,90 +188,6 @@ impl Trainer {
             _lock: lock,
             teacher,
         })
-    }
-
-    /// Resumes the run in `dir` from its checkpoint.
-    pub fn resume(dir: &Path) -> Result<Trainer, TrainFailure> {
-        if !dir.is_dir() {
-            // Not created by the lock below: a mistyped path is an error, not a new folder.
-            return Err(TrainFailure::Checkpoint {
-                path: dir.to_path_buf(),
-                reason: "no such run directory".into(),
-            });
-        }
-        let lock = RunLock::acquire(dir)?;
-        let path = dir.join(CHECKPOINT);
-        if !path.exists() {
-            return Err(TrainFailure::Checkpoint {
-                path,
-                reason: "no checkpoint: the run stopped before its first one was written (start \
-                         it again without --resume), or this is not a run directory"
-                    .into(),
-            });
-        }
-        let bytes = crate::files::read_regular(&path).map_err(|source| ModelError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let (model, extra, metadata) = ModelFile::from_bytes_with(&bytes, &path, "optimizer/")?;
-        let bad = |reason: String| TrainFailure::Checkpoint {
-            path: path.clone(),
-            reason,
-        };
-        let state: TrainerState = serde_json::from_str(
-            metadata
-                .get("trainer")
-                .ok_or_else(|| bad("no trainer state".into()))?,
-        )
-        .map_err(|e| bad(format!("invalid trainer state: {e}")))?;
-        let optimizer_meta: Optimizer = serde_json::from_str(
-            metadata
-                .get("optimizer")
-                .ok_or_else(|| bad("no optimiser state".into()))?,
-        )
-        .map_err(|e| bad(format!("invalid optimiser state: {e}")))?;
-        check_memory(&model.config, state.options.batch_size)?;
-        let net = TrainNet::from_model(&model, state.options.threads)?;
-        let mut optimizer = Optimizer::new(
-            optimizer_meta.kind,
-            optimizer_meta.weight_decay,
-            &net.params,
-        );
-        optimizer.step = optimizer_meta.step;
-        for (i, p) in net.params.iter().enumerate() {
-            for (prefix, target) in [
-                ("optimizer/mean_square/", &mut optimizer.mean_square[i]),
-                ("optimizer/momentum/", &mut optimizer.momentum[i]),
-            ] {
-                if target.is_empty() {
-                    continue;
-                }
-                let t = extra
-                    .get(&format!("{prefix}{}", p.name))
-                    .ok_or_else(|| bad(format!("missing {prefix}{}", p.name)))?;
-                if t.data.len() != target.len() {
-                    return Err(bad(format!(
-                        "{prefix}{} has {} values, expected {}",
-                        p.name,
-                        t.data.len(),
-                        target.len()
-                    )));
-                }
-                target.copy_from_slice(&t.data);
-            }
-        }
-        let trainer = Trainer {
-            net,
-            optimizer,
-            state,
-            dir: dir.to_path_buf(),
-            _lock: lock,
-            teacher: None,
-        };
-        if let Some(tensor) = trainer.first_non_finite() {
-            return Err(bad(format!("{tensor} holds NaN or infinite values")));
-        }
-        Ok(trainer)
     }
 
     /// The first parameter, statistic or optimiser tensor holding a NaN or an infinity.
@@ -352,7 +286,13 @@ impl Trainer {
         let o = self.state.options.clone();
         let res = self.net.config().resolution();
         let pre = self.net.to_model().preprocessing;
-        let batches = train.len().div_ceil(o.batch_size.max(1));
+        let group = self.net.group().cloned();
+        let g = group.as_ref();
+        // Rank 0 alone writes the run directory; every rank reports to `progress` (the CLI's
+        // other ranks print nothing).
+        let writes = g.is_none_or(|g| g.collective.rank() == 0);
+        let batches = ranks::batches(train.len(), o.batch_size.max(1), g);
+        let shard_batch = o.batch_size / g.map_or(1, |g| g.collective.size());
         let frozen_layers = match &o.freeze_through {
             Some(name) => self
                 .net
@@ -406,10 +346,13 @@ impl Trainer {
                 .as_ref()
                 .filter(|_| frozen)
                 .map(|b| b.session(o.batch_size.max(1), o.threads));
+            if let Some(g) = g {
+                order = ranks::shard(&order, o.batch_size, g);
+            }
             let mut loader = Loader::new(
                 train,
                 order,
-                o.batch_size,
+                shard_batch,
                 self.state.batch,
                 res,
                 o.augment,
@@ -514,12 +457,13 @@ impl Trainer {
                     (head, lr, head_lr),
                 );
                 self.profile(TrainOp::Optimizer, t_update);
+                // Images of the global batch (the step's statistics are the global batch's).
+                let n = self.net.last_global_batch();
                 if let Some(p) = self.net.profile_mut() {
                     p.steps += 1;
-                    p.images += batch.labels.len();
+                    p.images += n;
                 }
                 let p = &mut self.state.partial;
-                let n = batch.labels.len();
                 p.loss_sum += stats.loss as f64 * n as f64;
                 p.correct += stats.correct;
                 p.seen += n;
@@ -535,9 +479,11 @@ impl Trainer {
                     p.correct as f32 / p.seen as f32,
                     (p.seen as f64 / p.step_seconds.max(1e-9)) as f32,
                 );
-                if progress.stop_requested() && self.state.batch < batches {
+                if ranks::any(g, progress.stop_requested()) && self.state.batch < batches {
                     self.check_finite()?;
-                    self.save_checkpoint()?;
+                    if writes {
+                        self.save_checkpoint()?;
+                    }
                     return Ok(RunEnd::Interrupted);
                 }
             }
@@ -546,7 +492,11 @@ impl Trainer {
             let t = Instant::now();
             let model = self.net.to_model();
             let plan = InferenceModel::new(&model)?;
-            let report = evaluate(&plan, val, o.batch_size.max(1), o.threads, o.loader_workers)?;
+            let sizes = (o.batch_size.max(1), o.threads, o.loader_workers);
+            let report = match g {
+                Some(g) => ranks::evaluate_shared(&plan, val, sizes, g)?,
+                None => evaluate(&plan, val, sizes.0, sizes.1, sizes.2)?,
+            };
             self.profile(TrainOp::Evaluation, t);
             for e in &report.skipped {
                 progress.skipped(e);
@@ -575,15 +525,19 @@ impl Trainer {
                 .iter()
                 .map(|m| serde_json::to_string(m).unwrap_or_default() + "\n")
                 .collect();
-            write_atomic(&self.dir.join(METRICS), lines.as_bytes())?;
-            model.save(&self.dir.join(MODEL_LAST))?;
             if epochs_since_best(&self.state.history) == 0 {
                 self.state.best_val_accuracy = metrics.val_accuracy;
-                model.save(&self.dir.join(MODEL_BEST))?;
             }
-            self.save_checkpoint()?;
+            if writes {
+                write_atomic(&self.dir.join(METRICS), lines.as_bytes())?;
+                model.save(&self.dir.join(MODEL_LAST))?;
+                if epochs_since_best(&self.state.history) == 0 {
+                    model.save(&self.dir.join(MODEL_BEST))?;
+                }
+                self.save_checkpoint()?;
+            }
             progress.epoch(&metrics, &self.state.history);
-            if progress.stop_requested() && self.state.epoch < o.epochs {
+            if ranks::any(g, progress.stop_requested()) && self.state.epoch < o.epochs {
                 return Ok(RunEnd::Interrupted);
             }
             if let Some(patience) = o.patience {
