@@ -2,8 +2,6 @@
 
 mod commands;
 mod draw;
-#[cfg(feature = "mpi")]
-mod mpi;
 mod plot;
 mod serve;
 mod table;

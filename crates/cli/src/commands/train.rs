@@ -18,6 +18,7 @@ use mobilenet::weights::{ModelFile, WeightInit};
 use mobilenet::{Classifier, InferenceModel, MobileNetConfig, Padding, Preset, Stem};
 
 use super::train_data::{data_source, datasets, resume_source};
+mod ranks;
 mod setup;
 
 use super::train_progress::{profile_table, Bars};
@@ -252,6 +253,14 @@ pub struct TrainArgs {
     /// Time every operation of the training steps and print where the time went
     #[arg(long)]
     profile: bool,
+    /// Under mpirun: batch norm with each rank's own batch statistics instead of the global
+    /// batch's (synchronised batch norm, the default)
+    #[arg(long)]
+    per_rank_bn: bool,
+    /// Under mpirun: seconds a rank waits for the others in one collective before it ends the
+    /// job (a rank died or is stuck)
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    mpi_timeout: f64,
 }
 
 pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
@@ -259,6 +268,28 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
         anyhow::bail!(
             "--freeze backbone holds the backbone in every epoch, --freeze-epochs N in the first \
              N: give one (--freeze conv_K with --freeze-epochs N unfreezes the layers after conv_K)"
+        );
+    }
+    if !(args.mpi_timeout.is_finite() && args.mpi_timeout > 0.0) {
+        anyhow::bail!(
+            "--mpi-timeout {} is out of range: it must be a positive number of seconds",
+            args.mpi_timeout
+        );
+    }
+    let group = ranks::join(args)?;
+    let rank = group.as_ref().map_or(0, |g| g.collective.rank());
+    if rank != 0 {
+        ranks::quiet_stdout();
+    }
+    if let Some(g) = &group {
+        println!(
+            "{} ranks over MPI, {} batch norm",
+            g.collective.size(),
+            if g.sync_bn {
+                "synchronised"
+            } else {
+                "per-rank"
+            }
         );
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -276,7 +307,7 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
     }
     let resumed = match &args.resume {
         Some(dir) => {
-            let mut t = Trainer::resume(dir)?;
+            let mut t = Trainer::resume_in(dir, group.clone())?;
             let source = resume_source(args, matches, dir, &mut t)?;
             Some((t, source))
         }
@@ -351,7 +382,7 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
                 );
             }
             println!("run directory: {}", dir.display());
-            let mut t = Trainer::new(&model, opts, &dir)?;
+            let mut t = Trainer::new_in(&model, opts, &dir, group.clone())?;
             t.state.data = Some(DataRecord {
                 source,
                 train: train_print,
@@ -366,9 +397,13 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
         trainer.net.config().preset(),
         described
     );
+    let mut silent = ranks::Silent(stop.clone());
     let mut bars = Bars::new(stop, dir.clone(), title, train.classes().len());
     trainer.net.set_profiling(args.profile);
-    let end = trainer.run(&train, &val, &mut bars)?;
+    let end = match rank {
+        0 => trainer.run(&train, &val, &mut bars)?,
+        _ => trainer.run(&train, &val, &mut silent)?,
+    };
     if let Some(bar) = bars.bar.take() {
         bar.finish_and_clear();
     }
@@ -376,7 +411,9 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
         print!("{}", profile_table(profile));
     }
     if end == RunEnd::Interrupted {
-        trainer.save_checkpoint()?;
+        if rank == 0 {
+            trainer.save_checkpoint()?;
+        }
         eprintln!(
             "checkpoint saved; continue with: mobilenet train --resume {}",
             dir.display()
@@ -405,7 +442,10 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
         best.display(),
         dir.join("curves.png").display()
     );
-    show_predictions(&best, &val, args.show)
+    match rank {
+        0 => show_predictions(&best, &val, args.show),
+        _ => Ok(()),
+    }
 }
 
 /// `1 epoch`, `3 epochs`.

@@ -18,6 +18,7 @@
 //! | `ssd/` | SSD detectors: anchor matching and the loss, the trainable network, the training loop |
 //! | `run.rs` | the data record a resume checks, the run directory's lock |
 //! | `dist.rs` | data parallelism: [`dist::Collective`], synchronised batch norm, gradient averaging |
+//! | `mpi.rs` | the `mpi` feature: [`dist::Collective`] over Open MPI, with a timeout |
 
 pub mod bn;
 mod conv;
@@ -28,6 +29,8 @@ mod failure;
 mod gradcheck;
 pub mod head;
 mod history;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod net;
 pub mod optim;
 mod options;

@@ -1,4 +1,4 @@
-//! MPI as the collective of data-parallel training (the `mpi` feature): `mpirun -np N
+//! MPI as the [`Collective`] of data-parallel training (the `mpi` feature): `mpirun -np N
 //! mobilenet train …` runs N ranks over Open MPI through the `mpi` crate (rsmpi).
 //!
 //! Each operation is a non-blocking MPI collective polled until it completes or until the
@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use mobilenet::train::dist::Collective;
+use super::dist::Collective;
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
@@ -38,27 +38,19 @@ unsafe impl Send for Mpi {}
 // SAFETY: as for `Send`: shared access only reaches MPI through the lock.
 unsafe impl Sync for Mpi {}
 
-/// Whether this process was started by an MPI launcher (Open MPI's `mpirun`, or a PMI one
-/// such as Slurm's `srun`).
-pub fn launched() -> bool {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
-}
-
 impl Mpi {
     /// Initialises MPI; `timeout` bounds every collective operation.
     ///
     /// # Errors
     ///
     /// MPI was initialised already, or cannot give serialized threading.
-    pub fn init(timeout: Duration) -> anyhow::Result<Mpi> {
+    pub fn init(timeout: Duration) -> Result<Mpi, String> {
         let (universe, level) = mpi::initialize_with_threading(Threading::Serialized)
-            .ok_or_else(|| anyhow::anyhow!("MPI is initialised already"))?;
+            .ok_or_else(|| "MPI is initialised already".to_string())?;
         if level < Threading::Serialized {
-            anyhow::bail!(
+            return Err(format!(
                 "this MPI library gives threading level {level:?}; training needs Serialized"
-            );
+            ));
         }
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);

@@ -1,0 +1,187 @@
+//! Data-parallel steps over MPI (the `mpi` feature): the test starts itself under
+//! `mpirun -np 2 --oversubscribe` and each rank checks, as `train_data_parallel.rs` does with
+//! threads, that one step with synchronised batch norm equals one process's on the whole batch
+//! within 1e-5 on every parameter, and that both ranks hold the same bits. A rank that leaves
+//! or hangs ends the job with a message (Open MPI's, or the survivor's after its timeout)
+//! instead of a hang.
+
+#![cfg(feature = "mpi")]
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mobilenet::train::dist::{Collective, Group};
+use mobilenet::train::mpi::Mpi;
+use mobilenet::train::net::{StepOptions, TrainNet};
+use mobilenet::train::optim::{Optimizer, OptimizerKind};
+use mobilenet::train::Rng;
+use mobilenet::{MobileNetConfig, ModelFile};
+
+/// Set in the ranks mpirun starts: which check to run.
+const CHILD: &str = "MOBILENET_MPI_TEST";
+const BATCH: usize = 8;
+const RES: usize = 32;
+
+/// Runs this test binary's test `name` on 2 ranks with `CHILD` = `mode`; its output and
+/// whether it succeeded, and how long it took.
+fn mpirun(name: &str, mode: &str) -> Option<(bool, String, Duration)> {
+    if Command::new("mpirun").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mpirun is not installed (CI=true): .ci/run installs openmpi-bin"
+        );
+        eprintln!("skipping: mpirun is not installed (openmpi-bin)");
+        return None;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let start = Instant::now();
+    let out = Command::new("mpirun")
+        .args(["--oversubscribe", "-np", "2"])
+        .arg(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .env(CHILD, mode)
+        // Containers and CI machines run as root, which Open MPI refuses unless told.
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .expect("mpirun starts");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    Some((out.status.success(), text, start.elapsed()))
+}
+
+fn model() -> ModelFile {
+    let config = MobileNetConfig::new(0.25, RES)
+        .and_then(|c| c.with_classes(10))
+        .and_then(|c| c.with_dropout(0.0))
+        .expect("should succeed");
+    ModelFile::random(config, 11)
+}
+
+/// A step and an RMSprop update on `images`; the parameters and moving statistics after.
+fn step(net: &mut TrainNet, images: &[f32], labels: &[usize]) -> (Vec<f32>, Vec<f32>) {
+    let mut grads = net.zero_gradients();
+    net.step(
+        images,
+        labels,
+        &mut Rng::new(0),
+        &StepOptions::default(),
+        &mut grads,
+    );
+    let mut opt = Optimizer::new(OptimizerKind::paper(), 4e-5, &net.params);
+    opt.update(&mut net.params, &grads, 0.01);
+    (
+        net.params.iter().flat_map(|p| p.value.clone()).collect(),
+        net.buffers.values().flatten().copied().collect(),
+    )
+}
+
+fn worst(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(p, q)| (p - q).abs() / q.abs().max(1.0))
+        .fold(0.0, f32::max)
+}
+
+/// One rank: the step on its shard against one process on the whole batch.
+fn rank_step() {
+    let mpi = Mpi::init(Duration::from_secs(60)).expect("MPI starts");
+    let (r, n) = (mpi.rank(), mpi.size());
+    assert_eq!(n, 2);
+    let mut rng = Rng::new(3);
+    let images = rng.signed_vec(BATCH * RES * RES * 3);
+    let labels: Vec<usize> = (0..BATCH).map(|i| (i * 7) % 10).collect();
+    let (want_params, want_stats) = step(
+        &mut TrainNet::from_model(&model(), 1).expect("should succeed"),
+        &images,
+        &labels,
+    );
+    let collective = Arc::new(mpi);
+    let mut net = TrainNet::from_model(&model(), 1).expect("should succeed");
+    net.set_group(Some(Group {
+        collective: collective.clone(),
+        sync_bn: true,
+    }));
+    let px = RES * RES * 3;
+    let (a, b) = (r * BATCH / n, (r + 1) * BATCH / n);
+    let (params, stats) = step(&mut net, &images[a * px..b * px], &labels[a..b]);
+    let (p, s) = (worst(&params, &want_params), worst(&stats, &want_stats));
+    println!("rank {r}: parameters {p:.1e}, moving statistics {s:.1e} from one process");
+    assert!(p <= 1e-5 && s <= 1e-5, "rank {r}: {p:.1e} {s:.1e}");
+    // The same bits on both ranks: rank 0's, broadcast, equal ours.
+    let mut theirs = params.clone();
+    collective.broadcast_f32(&mut theirs);
+    assert_eq!(theirs, params, "rank {r} differs from rank 0");
+    println!("rank {r}: same parameters as rank 0");
+}
+
+/// Rank 1 leaves (`stuck`: hangs for a minute); rank 0 waits in an allreduce, 3 s at most.
+fn rank_leaves(stuck: bool) {
+    let mpi = Mpi::init(Duration::from_secs(3)).expect("MPI starts");
+    if mpi.rank() == 1 {
+        if stuck {
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        std::process::exit(0);
+    }
+    let mut v = [1.0f64];
+    mpi.sum_f64(&mut v);
+    unreachable!("the allreduce cannot complete without rank 1");
+}
+
+#[test]
+fn two_mpi_ranks_step_as_one_process_with_the_same_bits() {
+    match std::env::var(CHILD).as_deref() {
+        Ok("step") => return rank_step(),
+        Ok(_) => return,
+        Err(_) => {}
+    }
+    let Some((ok, text, _)) = mpirun(
+        "two_mpi_ranks_step_as_one_process_with_the_same_bits",
+        "step",
+    ) else {
+        return;
+    };
+    assert!(ok, "{text}");
+    for r in 0..2 {
+        assert!(
+            text.contains(&format!("rank {r}: same parameters as rank 0")),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_rank_that_leaves_or_hangs_ends_the_job_with_a_message() {
+    let name = "a_rank_that_leaves_or_hangs_ends_the_job_with_a_message";
+    match std::env::var(CHILD).as_deref() {
+        Ok("leave") => return rank_leaves(false),
+        Ok("hang") => return rank_leaves(true),
+        Ok(_) => return,
+        Err(_) => {}
+    }
+    // A rank that exits: Open MPI ends the job and says which rank.
+    let Some((ok, text, took)) = mpirun(name, "leave") else {
+        return;
+    };
+    assert!(!ok, "the job fails: {text}");
+    assert!(
+        took < Duration::from_secs(30),
+        "ended in {took:?}, not hung"
+    );
+    assert!(text.contains("process rank 1"), "{text}");
+    // A rank that hangs: the other's collective times out, says so and aborts the job.
+    let Some((ok, text, took)) = mpirun(name, "hang") else {
+        return;
+    };
+    assert!(!ok, "the job fails: {text}");
+    assert!(
+        took < Duration::from_secs(30),
+        "ended in {took:?}, not hung"
+    );
+    assert!(
+        text.contains("rank 0 of 2: no answer from the other ranks for 3 s in an allreduce"),
+        "{text}"
+    );
+}
