@@ -391,6 +391,20 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
             t
         }
     };
+    if trainer.net.group().is_some() {
+        let (grads, bn, calls) = trainer.net.allreduce_per_step();
+        println!(
+            "allreduce per step and rank: {:.2} MB of gradients{}",
+            grads as f64 / 1e6,
+            match calls {
+                0 => String::new(),
+                n => format!(
+                    ", {:.2} MB of batch-norm sums in {n} more allreduces",
+                    bn as f64 / 1e6
+                ),
+            }
+        );
+    }
     let dir = trainer.dir().to_path_buf();
     let title = format!(
         "MobileNet v1 {} on {}",

@@ -77,7 +77,6 @@ impl Mpi {
         bytes: usize,
     ) {
         let start = Instant::now();
-        let mut spins = 0u32;
         loop {
             match request.test() {
                 Ok(_) => return,
@@ -94,11 +93,11 @@ impl Mpi {
                 );
                 world.abort(3);
             }
-            // Spin briefly (an allreduce on one machine takes microseconds to milliseconds),
-            // then sleep between polls so that a long wait does not take a core.
-            spins += 1;
-            if spins < 2000 {
-                std::hint::spin_loop();
+            // Yield between polls for the first 50 ms (an allreduce on one machine takes
+            // microseconds to milliseconds, and yielding lets a rank sharing this core compute),
+            // then sleep so that a long wait does not take a core.
+            if start.elapsed() < Duration::from_millis(50) {
+                std::thread::yield_now();
             } else {
                 std::thread::sleep(Duration::from_micros(200));
             }

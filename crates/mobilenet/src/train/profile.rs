@@ -38,11 +38,13 @@ pub enum TrainOp {
     FrozenBackbone,
     /// Held-out evaluation at the end of each epoch.
     Evaluation,
+    /// Waiting for the other ranks in collectives (gradients, synchronised batch norm).
+    Collectives,
 }
 
 impl TrainOp {
     /// Every operation, in the order of [`TrainProfile::seconds`].
-    pub const ALL: [TrainOp; 14] = [
+    pub const ALL: [TrainOp; 15] = [
         TrainOp::Data,
         TrainOp::StemForward,
         TrainOp::DepthwiseForward,
@@ -57,6 +59,7 @@ impl TrainOp {
         TrainOp::Teacher,
         TrainOp::FrozenBackbone,
         TrainOp::Evaluation,
+        TrainOp::Collectives,
     ];
 
     /// Short name for reports.
@@ -76,6 +79,7 @@ impl TrainOp {
             TrainOp::Teacher => "teacher forward",
             TrainOp::FrozenBackbone => "frozen backbone forward",
             TrainOp::Evaluation => "held-out evaluation",
+            TrainOp::Collectives => "allreduce across ranks",
         }
     }
 
@@ -91,7 +95,7 @@ impl TrainOp {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TrainProfile {
     /// Seconds by operation, in the order of [`TrainOp::ALL`].
-    pub seconds: [f64; 14],
+    pub seconds: [f64; 15],
     /// Training steps timed.
     pub steps: usize,
     /// Training images in those steps.

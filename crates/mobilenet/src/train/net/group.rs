@@ -3,6 +3,7 @@
 use super::super::bn::{bn_act_backward_sums, channel_moments, BnCache, Moments};
 use super::super::dist::{average, share, sync_backward_sums, sync_moments, Group};
 use super::{StepStats, TrainNet};
+use crate::train::profile::TrainOp;
 use crate::weights::{names, BnTensor};
 
 impl TrainNet {
@@ -27,6 +28,28 @@ impl TrainNet {
         self.group_share.1
     }
 
+    /// What one step sends into collectives per rank: bytes of gradients (one allreduce),
+    /// bytes of synchronised batch norm's sums and how many allreduces they take (two per
+    /// convolution layer: forward and backward; none with per-rank batch norm).
+    pub fn allreduce_per_step(&self) -> (usize, usize, usize) {
+        let grads = 4 * self.params.iter().map(|p| p.value.len()).sum::<usize>();
+        let convs: Vec<usize> = self
+            .layers
+            .iter()
+            .filter(|l| {
+                !matches!(
+                    l.kind,
+                    crate::layers::LayerKind::AvgPool | crate::layers::LayerKind::Fc
+                )
+            })
+            .map(|l| l.output[2])
+            .collect();
+        match self.sync_bn() {
+            Some(_) => (grads, 32 * convs.iter().sum::<usize>(), 2 * convs.len()),
+            None => (grads, 0, 0),
+        }
+    }
+
     /// The group this network trains in, if any.
     pub fn group(&self) -> Option<&Group> {
         self.group.as_ref()
@@ -39,12 +62,19 @@ impl TrainNet {
 
     /// Forward: the moments of conv output `z` (`c` channels) summed over the group (the
     /// shard's `m` as they are outside one).
-    pub(super) fn group_moments(&self, m: Option<Moments>, z: &[f32], c: usize) -> Option<Moments> {
-        let Some(g) = self.sync_bn() else {
+    pub(super) fn group_moments(
+        &mut self,
+        m: Option<Moments>,
+        z: &[f32],
+        c: usize,
+    ) -> Option<Moments> {
+        let Some(g) = self.sync_bn().cloned() else {
             return m;
         };
         let mut m = m.unwrap_or_else(|| channel_moments(self.isa, z, c));
+        let t = self.clock();
         sync_moments(&*g.collective, &mut m, self.group_share.0);
+        self.record(TrainOp::Collectives, t);
         Some(m)
     }
 
@@ -65,18 +95,20 @@ impl TrainNet {
     /// Backward: batch norm's sums (Σdy, Σdy·x̂) of conv layer output `z` summed over the group
     /// (those of fixed statistics stay the shard's: they only make γ and β's gradients).
     pub(super) fn group_backward_sums(
-        &self,
+        &mut self,
         sums: Option<Moments>,
         (z, da): (&[f32], &[f32]),
         cache: &BnCache,
         c: usize,
     ) -> Option<Moments> {
-        let Some(g) = self.sync_bn().filter(|_| !cache.fixed) else {
+        let Some(g) = self.sync_bn().filter(|_| !cache.fixed).cloned() else {
             return sums;
         };
         let act = self.config.activation();
         let mut s = sums.unwrap_or_else(|| bn_act_backward_sums(self.isa, z, da, c, cache, act));
+        let t = self.clock();
         sync_backward_sums(&*g.collective, &mut s, self.group_share.0);
+        self.record(TrainOp::Collectives, t);
         Some(s)
     }
 
@@ -95,6 +127,7 @@ impl TrainNet {
         };
         let c = &*g.collective;
         let (share, total) = self.group_share;
+        let t = self.clock();
         average(c, grads, share as f32);
         if moved_bn && !g.sync_bn {
             let keys: Vec<String> = self
@@ -122,6 +155,7 @@ impl TrainNet {
         }
         let mut totals = [stats.loss as f64 * batch as f64, stats.correct as f64];
         c.sum_f64(&mut totals);
+        self.record(TrainOp::Collectives, t);
         StepStats {
             loss: (totals[0] / total.max(1) as f64) as f32,
             correct: totals[1].round() as usize,

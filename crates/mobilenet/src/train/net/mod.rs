@@ -368,13 +368,13 @@ impl TrainNet {
             let fixed = options.bn_frozen || j < options.frozen_layers;
             let x = &st.acts[j];
             let moments = conv.forward(&mut self.pool, self.isa, w, x, &mut z, batch, !fixed);
+            let kind = self.layers[li].kind;
+            self.record(op_of(kind, TrainOp::StemForward), t);
             let c = self.layers[li].output[2];
             let moments = match fixed {
                 true => moments,
                 false => self.group_moments(moments, &z, c),
             };
-            let kind = self.layers[li].kind;
-            self.record(op_of(kind, TrainOp::StemForward), t);
             let t = self.clock();
             let layer = &self.layers[li];
             let c = layer.output[2];
@@ -491,9 +491,9 @@ impl TrainNet {
         let out_len = batch * layer.output.iter().product::<usize>();
         let in_len = batch * layer.input.iter().product::<usize>();
         let (act, isa) = (self.config.activation(), self.isa);
-        let t = self.clock();
         let (z, d) = (&st.zs[j][..], &da[..out_len]);
         let sums = self.group_backward_sums(sums, (z, d), &st.bn[j], layer.output[2]);
+        let t = self.clock();
         let grad = {
             let (lo, hi) = grads.split_at_mut(p.beta);
             let gamma = &self.params[p.gamma].value;
