@@ -264,3 +264,63 @@ fn a_global_batch_that_does_not_split_evenly_is_refused() {
     let err = Trainer::new_in(&model(), o, &temp("odd"), Some(group)).expect_err("16 on 3 ranks");
     assert!(err.to_string().contains("multiple of 3"), "{err}");
 }
+
+#[test]
+fn a_shard_whose_images_all_fail_to_decode_is_skipped_by_every_rank() {
+    // Two classes of four PNGs, one of them not a PNG; batches of 2: one image per rank, so
+    // the bad image leaves one rank's shard of its batch empty.
+    let root = temp("bad");
+    for (class, seed) in [("a", 1u8), ("b", 2)] {
+        let dir = root.join(class);
+        std::fs::create_dir_all(&dir).expect("should succeed");
+        for i in 0..4u8 {
+            let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                image::Rgb([(x as u8).wrapping_mul(seed + i), y as u8, seed * 60])
+            });
+            img.save(dir.join(format!("{i}.png")))
+                .expect("should succeed");
+        }
+    }
+    std::fs::write(root.join("a/0.png"), b"not a png").expect("should succeed");
+    let data = Dataset::image_folder(&root)
+        .expect("should succeed")
+        .skipping_bad_images(true);
+    let o = TrainOptions {
+        epochs: 1,
+        batch_size: 2,
+        ..options()
+    };
+    let dir = temp("bad-run");
+    let steps: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = ThreadGroup::new(2)
+            .into_iter()
+            .map(|g| {
+                let (data, o, dir) = (&data, o.clone(), &dir);
+                s.spawn(move || {
+                    let group = Group {
+                        collective: Arc::new(g),
+                        sync_bn: true,
+                    };
+                    let mut t = Trainer::new_in(&model(), o, dir, Some(group)).expect("new");
+                    let mut p = Record {
+                        epochs: Vec::new(),
+                        stop_after: None,
+                    };
+                    t.run(data, data, &mut p)
+                        .expect("trains past the bad image");
+                    t.state.step
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a rank"))
+            .collect()
+    });
+    // Four batches, the one with the bad image skipped by both ranks.
+    assert_eq!(steps, vec![3, 3]);
+    let _ = (
+        std::fs::remove_dir_all(&root),
+        std::fs::remove_dir_all(&dir),
+    );
+}

@@ -36,12 +36,7 @@ impl TrainNet {
         let convs: Vec<usize> = self
             .layers
             .iter()
-            .filter(|l| {
-                !matches!(
-                    l.kind,
-                    crate::layers::LayerKind::AvgPool | crate::layers::LayerKind::Fc
-                )
-            })
+            .filter(|l| super::is_conv(l))
             .map(|l| l.output[2])
             .collect();
         match self.sync_bn() {

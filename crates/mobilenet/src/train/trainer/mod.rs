@@ -369,8 +369,9 @@ impl Trainer {
                     progress.skipped(&e.to_string());
                 }
                 self.state.partial.skipped += batch.skipped.len();
-                if batch.labels.is_empty() {
-                    // Every image of the batch was skipped.
+                if ranks::any(g, batch.labels.is_empty()) {
+                    // Every image of the batch was skipped (in a group: of some rank's shard,
+                    // and every rank skips the batch with it, so that they step together).
                     self.state.batch = batch.index + 1;
                     continue;
                 }
