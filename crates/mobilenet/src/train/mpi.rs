@@ -12,7 +12,7 @@ use super::dist::Collective;
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
-use mpi::traits::{Communicator, CommunicatorCollectives, Root};
+use mpi::traits::{Communicator, CommunicatorCollectives, Equivalence, Root};
 use mpi::Threading;
 
 /// The ranks of `MPI_COMM_WORLD`.
@@ -68,6 +68,23 @@ impl Mpi {
         op(&guard.world());
     }
 
+    /// Sums `values` across ranks in place: a non-blocking allreduce, waited for under the
+    /// timeout.
+    fn all_sum<T: Equivalence + Copy>(&self, values: &mut [T]) {
+        let (send, bytes) = (values.to_vec(), std::mem::size_of_val(values));
+        self.with_world(|world| {
+            mpi::request::scope(|scope| {
+                let r = world.immediate_all_reduce_into(
+                    scope,
+                    &send[..],
+                    values,
+                    SystemOperation::sum(),
+                );
+                self.wait(world, r, "an allreduce", bytes);
+            });
+        });
+    }
+
     /// Polls `request` until it completes; past the timeout, says so and aborts the job.
     fn wait<'a, D: ?Sized, S: mpi::request::Scope<'a>>(
         &self,
@@ -115,33 +132,11 @@ impl Collective for Mpi {
     }
 
     fn sum_f64(&self, values: &mut [f64]) {
-        let send = values.to_vec();
-        self.with_world(|world| {
-            mpi::request::scope(|scope| {
-                let r = world.immediate_all_reduce_into(
-                    scope,
-                    &send[..],
-                    values,
-                    SystemOperation::sum(),
-                );
-                self.wait(world, r, "an allreduce", 8 * send.len());
-            });
-        });
+        self.all_sum(values);
     }
 
     fn sum_f32(&self, values: &mut [f32]) {
-        let send = values.to_vec();
-        self.with_world(|world| {
-            mpi::request::scope(|scope| {
-                let r = world.immediate_all_reduce_into(
-                    scope,
-                    &send[..],
-                    values,
-                    SystemOperation::sum(),
-                );
-                self.wait(world, r, "an allreduce", 4 * send.len());
-            });
-        });
+        self.all_sum(values);
     }
 
     fn broadcast_f32(&self, values: &mut [f32]) {
