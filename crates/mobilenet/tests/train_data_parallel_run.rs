@@ -253,6 +253,56 @@ fn a_run_stopped_on_two_ranks_resumes_in_one_process() {
 }
 
 #[test]
+fn a_run_stopped_in_one_process_resumes_on_two_ranks() {
+    let (whole_dir, split_dir) = (temp("whole1"), temp("split1"));
+    let (whole, _) = run(&whole_dir, (0, 2), None);
+    let (_, first) = run(&split_dir, (0, 2), Some(1));
+    assert_eq!(first.len(), 1, "stopped after the first epoch");
+    let (train, val) = data();
+    let resumed: Vec<Trainer> = std::thread::scope(|s| {
+        let handles: Vec<_> = ThreadGroup::new(2)
+            .into_iter()
+            .map(|g| {
+                let (train, val, dir) = (&train, &val, &split_dir);
+                s.spawn(move || {
+                    let group = Group {
+                        collective: Arc::new(g),
+                        sync_bn: true,
+                    };
+                    let mut t = Trainer::resume_in(dir, Some(group)).expect("resumes");
+                    let mut p = Record {
+                        epochs: Vec::new(),
+                        stop_after: None,
+                    };
+                    assert_eq!(t.run(train, val, &mut p).expect("trains"), RunEnd::Finished);
+                    t
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a rank"))
+            .collect()
+    });
+    assert_eq!(
+        resumed[0].state.history.len(),
+        2,
+        "both epochs in the history"
+    );
+    assert_eq!(resumed[0].net.params, resumed[1].net.params);
+    let w = worst(&resumed[0], &whole[0]);
+    let (noise, _) = thread_noise();
+    assert!(
+        w <= noise,
+        "resumed weights {w:.1e} from the one-process run (noise {noise:.1e})"
+    );
+    let _ = (
+        std::fs::remove_dir_all(&whole_dir),
+        std::fs::remove_dir_all(&split_dir),
+    );
+}
+
+#[test]
 fn a_global_batch_that_does_not_split_evenly_is_refused() {
     let g = ThreadGroup::new(3).remove(0);
     let group = Group {
