@@ -82,6 +82,29 @@ fn temp(name: &str) -> PathBuf {
     dir
 }
 
+/// `f` on `n` ranks, threads sharing a [`ThreadGroup`] with synchronised batch norm; each
+/// rank's result, in rank order.
+fn on_ranks<T: Send>(n: usize, f: impl Fn(Group) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ThreadGroup::new(n)
+            .into_iter()
+            .map(|g| {
+                let f = &f;
+                s.spawn(move || {
+                    f(Group {
+                        collective: Arc::new(g),
+                        sync_bn: true,
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a rank"))
+            .collect()
+    })
+}
+
 /// A run in `dir` on `ranks` ranks, or (`ranks` 0) one process with `threads` threads; every
 /// rank's trainer and the epochs rank 0 saw.
 fn run(
@@ -103,31 +126,14 @@ fn run(
         t.run(&train, &val, &mut p).expect("trains");
         return (vec![t], p.epochs);
     }
-    let results: Vec<(Trainer, Vec<EpochMetrics>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = ThreadGroup::new(ranks)
-            .into_iter()
-            .map(|g| {
-                let (train, val) = (&train, &val);
-                s.spawn(move || {
-                    let group = Group {
-                        collective: Arc::new(g),
-                        sync_bn: true,
-                    };
-                    let mut t = Trainer::new_in(&model(), options(), dir, Some(group))
-                        .expect("should succeed");
-                    let mut p = Record {
-                        epochs: Vec::new(),
-                        stop_after,
-                    };
-                    t.run(train, val, &mut p).expect("trains");
-                    (t, p.epochs)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a rank"))
-            .collect()
+    let results = on_ranks(ranks, |group| {
+        let mut t = Trainer::new_in(&model(), options(), dir, Some(group)).expect("new");
+        let mut p = Record {
+            epochs: Vec::new(),
+            stop_after,
+        };
+        t.run(&train, &val, &mut p).expect("trains");
+        (t, p.epochs)
     });
     let epochs = results[0].1.clone();
     (results.into_iter().map(|r| r.0).collect(), epochs)
@@ -259,30 +265,17 @@ fn a_run_stopped_in_one_process_resumes_on_two_ranks() {
     let (_, first) = run(&split_dir, (0, 2), Some(1));
     assert_eq!(first.len(), 1, "stopped after the first epoch");
     let (train, val) = data();
-    let resumed: Vec<Trainer> = std::thread::scope(|s| {
-        let handles: Vec<_> = ThreadGroup::new(2)
-            .into_iter()
-            .map(|g| {
-                let (train, val, dir) = (&train, &val, &split_dir);
-                s.spawn(move || {
-                    let group = Group {
-                        collective: Arc::new(g),
-                        sync_bn: true,
-                    };
-                    let mut t = Trainer::resume_in(dir, Some(group)).expect("resumes");
-                    let mut p = Record {
-                        epochs: Vec::new(),
-                        stop_after: None,
-                    };
-                    assert_eq!(t.run(train, val, &mut p).expect("trains"), RunEnd::Finished);
-                    t
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a rank"))
-            .collect()
+    let resumed = on_ranks(2, |group| {
+        let mut t = Trainer::resume_in(&split_dir, Some(group)).expect("resumes");
+        let mut p = Record {
+            epochs: Vec::new(),
+            stop_after: None,
+        };
+        assert_eq!(
+            t.run(&train, &val, &mut p).expect("trains"),
+            RunEnd::Finished
+        );
+        t
     });
     assert_eq!(
         resumed[0].state.history.len(),
@@ -341,31 +334,15 @@ fn a_shard_whose_images_all_fail_to_decode_is_skipped_by_every_rank() {
         ..options()
     };
     let dir = temp("bad-run");
-    let steps: Vec<u64> = std::thread::scope(|s| {
-        let handles: Vec<_> = ThreadGroup::new(2)
-            .into_iter()
-            .map(|g| {
-                let (data, o, dir) = (&data, o.clone(), &dir);
-                s.spawn(move || {
-                    let group = Group {
-                        collective: Arc::new(g),
-                        sync_bn: true,
-                    };
-                    let mut t = Trainer::new_in(&model(), o, dir, Some(group)).expect("new");
-                    let mut p = Record {
-                        epochs: Vec::new(),
-                        stop_after: None,
-                    };
-                    t.run(data, data, &mut p)
-                        .expect("trains past the bad image");
-                    t.state.step
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a rank"))
-            .collect()
+    let steps = on_ranks(2, |group| {
+        let mut t = Trainer::new_in(&model(), o.clone(), &dir, Some(group)).expect("new");
+        let mut p = Record {
+            epochs: Vec::new(),
+            stop_after: None,
+        };
+        t.run(&data, &data, &mut p)
+            .expect("trains past the bad image");
+        t.state.step
     });
     // Four batches, the one with the bad image skipped by both ranks.
     assert_eq!(steps, vec![3, 3]);
