@@ -406,8 +406,12 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
         );
     }
     let dir = trainer.dir().to_path_buf();
+    let ranks = match trainer.net.group() {
+        Some(g) => format!(", {} ranks", g.collective.size()),
+        None => String::new(),
+    };
     let title = format!(
-        "MobileNet v1 {} on {}",
+        "MobileNet v1 {} on {}{ranks}",
         trainer.net.config().preset(),
         described
     );

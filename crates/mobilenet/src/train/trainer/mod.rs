@@ -7,6 +7,9 @@
 //!   after every epoch and on interruption.
 //! - `model-last.safetensors`, `model-best.safetensors`: plain model files for `classify`/`eval`.
 //! - `metrics.jsonl`: one JSON object per epoch (rewritten from the checkpointed history).
+//!
+//! In a group of ranks ([`crate::train::dist`], `new_in`/`resume_in`) every rank trains on its
+//! shard of each global batch and rank 0 alone holds and writes the directory (`ranks.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
