@@ -7,7 +7,7 @@
 //! across ranks before they normalise (Σz, Σz² per channel) and so are the backward sums (Σdy,
 //! Σdy·x̂), so every rank normalises and differentiates as a single process on the whole batch
 //! would. Its loss is the mean over its shard, so its gradients are the global mean's over its
-//! share; [`average`] weighs each rank's by its share while summing them. With per-rank batch norm each rank uses its shard's statistics and the
+//! share; `average` weighs each rank's by its share while summing them. With per-rank batch norm each rank uses its shard's statistics and the
 //! moving averages are averaged across ranks after every step, so the ranks stay identical.
 //!
 //! The transport is behind [`Collective`]: MPI for `mpirun` (the CLI's `mpi` feature), or
@@ -91,11 +91,6 @@ pub(crate) fn share(c: &dyn Collective, batch: usize) -> (f64, usize) {
     c.sum_f64(&mut n);
     let total = n[0].round() as usize;
     (batch as f64 / total.max(1) as f64, total)
-}
-
-/// Bytes one rank sends into [`average`] per step for gradients of these lengths.
-pub fn gradient_bytes(grads: &[Vec<f32>]) -> usize {
-    4 * grads.iter().map(Vec::len).sum::<usize>()
 }
 
 /// Ranks as threads of one process: sums in rank order, so every rank gets the same bits.
