@@ -300,9 +300,12 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
             if stop.swap(true, Ordering::Relaxed) {
                 std::process::exit(130);
             }
-            eprintln!(
-                "\ninterrupted: saving a checkpoint at the current step (Ctrl-C again to quit now)"
-            );
+            // Every rank gets the signal; rank 0 speaks for the run.
+            if rank == 0 {
+                eprintln!(
+                    "\ninterrupted: saving a checkpoint at the current step (Ctrl-C again to quit now)"
+                );
+            }
         });
     }
     let resumed = match &args.resume {
@@ -431,13 +434,14 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
     if end == RunEnd::Interrupted {
         if rank == 0 {
             trainer.save_checkpoint()?;
+            eprintln!(
+                "checkpoint saved; continue with: mobilenet train --resume {}",
+                dir.display()
+            );
         }
-        eprintln!(
-            "checkpoint saved; continue with: mobilenet train --resume {}",
-            dir.display()
-        );
-        // Release the run directory's lock: exit() skips destructors.
+        // Release the run directory's lock and end MPI (exit() skips destructors).
         drop(trainer);
+        drop(group);
         std::process::exit(130);
     }
     if end == RunEnd::EarlyStopped {
