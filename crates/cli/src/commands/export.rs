@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use mobilenet::import::{import, read_labels, ImportOptions};
+use mobilenet::import::{import, import_bytes, read_labels, ImportOptions};
 use mobilenet::onnx::{export_onnx, export_qdq, Layout};
 use mobilenet::tflite::{float_graph, is_tflite, read, write, ElementType, Graph};
 use mobilenet::weights::write_atomic;
@@ -60,8 +60,8 @@ pub enum Precision {
     Int8,
 }
 
-/// A quantized `.tflite` read, or `None` for a float model of any format.
-fn quantized(path: &std::path::Path) -> Result<Option<Graph>> {
+/// A `.tflite` file read (its bytes and graph), or `None` for a model of another format.
+fn read_tflite(path: &std::path::Path) -> Result<Option<(Vec<u8>, Graph)>> {
     let mut head = [0u8; 8];
     let is_tflite = std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
@@ -72,8 +72,13 @@ fn quantized(path: &std::path::Path) -> Result<Option<Graph>> {
     let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let graph =
         read(&bytes, path).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.reason))?;
+    Ok(Some((bytes, graph)))
+}
+
+/// Whether a graph takes integer input (a quantized model).
+fn is_quantized(graph: &Graph) -> bool {
     let input = graph.inputs.first().map(|&i| graph.tensors[i].kind);
-    Ok(matches!(input, Some(ElementType::U8 | ElementType::I8)).then_some(graph))
+    matches!(input, Some(ElementType::U8 | ElementType::I8))
 }
 
 pub fn run(args: &ExportArgs) -> Result<()> {
@@ -88,15 +93,20 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         labels: args.labels.as_deref().map(read_labels).transpose()?,
         ..Default::default()
     };
-    let graph = quantized(&args.model)?;
-    let precision = args.precision.unwrap_or(match (&graph, args.format) {
+    let tflite = read_tflite(&args.model)?;
+    let graph = tflite.as_ref().map(|(_, g)| g).filter(|g| is_quantized(g));
+    let precision = args.precision.unwrap_or(match (graph, args.format) {
         (Some(_), Format::Onnx) => Precision::Int8,
         _ => Precision::F32,
     });
     if precision == Precision::Int8 {
-        return export_int8(args, graph.as_ref(), options.labels.as_deref());
+        return export_int8(args, graph, options.labels.as_deref());
     }
-    let (file, _) = import(&args.model, &options)?;
+    // A .tflite already read is not read again.
+    let (file, _) = match &tflite {
+        Some((bytes, _)) => import_bytes(bytes, &args.model, &options)?,
+        None => import(&args.model, &options)?,
+    };
     let r = file.config.resolution();
     let (bytes, input) = match (args.format, args.layout) {
         (Format::Tflite, _) => (write(&float_graph(&file)?), format!("[1, {r}, {r}, 3]")),

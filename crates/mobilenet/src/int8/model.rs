@@ -122,6 +122,11 @@ impl QuantizedModel {
         &self.engine
     }
 
+    /// The graph as the layer table matched it: each layer's tensors.
+    pub fn graph(&self) -> &MobileNetGraph {
+        &self.graph
+    }
+
     /// The bit-exact reference interpreter.
     pub fn reference(&self) -> &QuantModel {
         &self.model

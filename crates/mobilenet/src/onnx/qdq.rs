@@ -25,9 +25,7 @@ use super::Layout;
 use crate::classifier::Classifier;
 use crate::int8::QuantizedModel;
 use crate::layers::LayerKind;
-use crate::tflite::{
-    ElementType, ExportError, FusedActivation, Graph, MobileNetGraph, OpKind, TfPadding,
-};
+use crate::tflite::{ElementType, ExportError, FusedActivation, Graph, OpKind, TfPadding};
 
 /// `graph` (a quantized MobileNet v1 `.tflite`) as a QDQ ONNX model with input `layout`;
 /// `labels` replace the file's own, if any.
@@ -42,11 +40,11 @@ pub fn export_qdq(
     layout: Layout,
     labels: Option<&[String]>,
 ) -> Result<Vec<u8>, ExportError> {
-    let text = |e: crate::tflite::TfliteError| ExportError(e.reason);
-    let net = MobileNetGraph::from_graph(graph, path).map_err(text)?;
     // What the integer engine accepts is what this writes: the same checks of scales, zero
-    // points and sizes, and the labels and preprocessing it reports.
+    // points and sizes, the same match of the graph against the layer table, and the labels and
+    // preprocessing it reports.
     let model = QuantizedModel::from_graph(graph, path).map_err(|e| ExportError(e.to_string()))?;
+    let net = model.graph();
     let mut w = Writer {
         g: GraphBuilder::default(),
         graph,
