@@ -11,17 +11,15 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::data_parallel::{batch, model, step, BATCH, RES};
 use mobilenet::train::dist::{Collective, Group};
 use mobilenet::train::mpi::Mpi;
-use mobilenet::train::net::{StepOptions, TrainNet};
-use mobilenet::train::optim::{Optimizer, OptimizerKind};
-use mobilenet::train::Rng;
-use mobilenet::{MobileNetConfig, ModelFile};
+use mobilenet::train::net::TrainNet;
 
 /// Set in the ranks mpirun starts: which check to run.
 const CHILD: &str = "MOBILENET_MPI_TEST";
-const BATCH: usize = 8;
-const RES: usize = 32;
 
 /// Runs this test binary's test `name` on 2 ranks with `CHILD` = `mode`; its output and
 /// whether it succeeded, and how long it took.
@@ -51,30 +49,10 @@ fn mpirun(name: &str, mode: &str) -> Option<(bool, String, Duration)> {
     Some((out.status.success(), text, start.elapsed()))
 }
 
-fn model() -> ModelFile {
-    let config = MobileNetConfig::new(0.25, RES)
-        .and_then(|c| c.with_classes(10))
-        .and_then(|c| c.with_dropout(0.0))
-        .expect("should succeed");
-    ModelFile::random(config, 11)
-}
-
-/// A step and an RMSprop update on `images`; the parameters and moving statistics after.
-fn step(net: &mut TrainNet, images: &[f32], labels: &[usize]) -> (Vec<f32>, Vec<f32>) {
-    let mut grads = net.zero_gradients();
-    net.step(
-        images,
-        labels,
-        &mut Rng::new(0),
-        &StepOptions::default(),
-        &mut grads,
-    );
-    let mut opt = Optimizer::new(OptimizerKind::paper(), 4e-5, &net.params);
-    opt.update(&mut net.params, &grads, 0.01);
-    (
-        net.params.iter().flat_map(|p| p.value.clone()).collect(),
-        net.buffers.values().flatten().copied().collect(),
-    )
+/// A step's parameters and moving statistics, each flattened into one vector.
+fn flat_step(net: &mut TrainNet, images: &[f32], labels: &[usize]) -> (Vec<f32>, Vec<f32>) {
+    let after = step(net, images, labels);
+    (after.params.concat(), after.buffers.concat())
 }
 
 fn worst(a: &[f32], b: &[f32]) -> f32 {
@@ -89,10 +67,8 @@ fn rank_step() {
     let mpi = Mpi::init(Duration::from_secs(60)).expect("MPI starts");
     let (r, n) = (mpi.rank(), mpi.size());
     assert_eq!(n, 2);
-    let mut rng = Rng::new(3);
-    let images = rng.signed_vec(BATCH * RES * RES * 3);
-    let labels: Vec<usize> = (0..BATCH).map(|i| (i * 7) % 10).collect();
-    let (want_params, want_stats) = step(
+    let (images, labels) = batch();
+    let (want_params, want_stats) = flat_step(
         &mut TrainNet::from_model(&model(), 1).expect("should succeed"),
         &images,
         &labels,
@@ -105,7 +81,7 @@ fn rank_step() {
     }));
     let px = RES * RES * 3;
     let (a, b) = (r * BATCH / n, (r + 1) * BATCH / n);
-    let (params, stats) = step(&mut net, &images[a * px..b * px], &labels[a..b]);
+    let (params, stats) = flat_step(&mut net, &images[a * px..b * px], &labels[a..b]);
     let (p, s) = (worst(&params, &want_params), worst(&stats, &want_stats));
     println!("rank {r}: parameters {p:.1e}, moving statistics {s:.1e} from one process");
     assert!(p <= 1e-5 && s <= 1e-5, "rank {r}: {p:.1e} {s:.1e}");

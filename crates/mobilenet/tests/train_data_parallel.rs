@@ -9,56 +9,11 @@
 
 use std::sync::Arc;
 
+mod common;
+
+use common::data_parallel::{batch, model, step, After, BATCH, RES};
 use mobilenet::train::dist::{Collective, Group, ThreadGroup};
-use mobilenet::train::net::{StepOptions, TrainNet};
-use mobilenet::train::optim::{Optimizer, OptimizerKind};
-use mobilenet::train::Rng;
-use mobilenet::{MobileNetConfig, ModelFile};
-
-const BATCH: usize = 8;
-const RES: usize = 32;
-
-fn model() -> ModelFile {
-    let config = MobileNetConfig::new(0.25, RES)
-        .and_then(|c| c.with_classes(10))
-        .and_then(|c| c.with_dropout(0.0))
-        .expect("should succeed");
-    ModelFile::random(config, 11)
-}
-
-fn batch() -> (Vec<f32>, Vec<usize>) {
-    let mut rng = Rng::new(3);
-    let images = rng.signed_vec(BATCH * RES * RES * 3);
-    let labels = (0..BATCH).map(|i| (i * 7) % 10).collect();
-    (images, labels)
-}
-
-/// What one step leaves: gradients, parameters after an RMSprop update, moving statistics.
-struct After {
-    grads: Vec<Vec<f32>>,
-    params: Vec<Vec<f32>>,
-    buffers: Vec<Vec<f32>>,
-    loss: f32,
-}
-
-fn step(net: &mut TrainNet, images: &[f32], labels: &[usize]) -> After {
-    let mut grads = net.zero_gradients();
-    let stats = net.step(
-        images,
-        labels,
-        &mut Rng::new(0),
-        &StepOptions::default(),
-        &mut grads,
-    );
-    let mut opt = Optimizer::new(OptimizerKind::paper(), 4e-5, &net.params);
-    opt.update(&mut net.params, &grads, 0.01);
-    After {
-        grads,
-        params: net.params.iter().map(|p| p.value.clone()).collect(),
-        buffers: net.buffers.values().cloned().collect(),
-        loss: stats.loss,
-    }
-}
+use mobilenet::train::net::TrainNet;
 
 /// One process on the whole batch with `threads` threads (each takes an equal run of rows,
 /// as ranks take shards, so it adds up the same partial sums in f32).

@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 
+pub mod data_parallel;
+
 /// The shared data folder, or `None` (after printing why) when it is absent outside CI.
 pub fn shared_data(test: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("MOBILENET_SHARED_DATA")
