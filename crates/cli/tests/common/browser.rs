@@ -16,11 +16,14 @@ pub fn find(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// One headless browser session; the browser and chromedriver end when it is dropped.
+/// One headless browser session; the browser and chromedriver end when it is dropped, and
+/// the browser's profile folder (tens of MB, which chromedriver's own temporary ones left
+/// behind in /tmp on every run) is removed.
 pub struct Browser {
     driver: Child,
     addr: String,
     session: String,
+    profile: PathBuf,
 }
 
 impl Drop for Browser {
@@ -29,6 +32,7 @@ impl Drop for Browser {
         let _ = request(&self.addr, "DELETE", &path, None, b"");
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
@@ -55,6 +59,10 @@ impl Browser {
             .spawn()
             .expect("start chromedriver");
         let addr = format!("127.0.0.1:{port}");
+        let profile = std::env::temp_dir().join(format!(
+            "mobilenet-browser-{test}-{}-{port}",
+            std::process::id()
+        ));
         let start = Instant::now();
         while std::net::TcpStream::connect(&addr).is_err() {
             assert!(
@@ -67,7 +75,9 @@ impl Browser {
             driver,
             addr,
             session: String::new(),
+            profile,
         };
+        let user_data = format!("--user-data-dir={}", browser.profile.display());
         browser.session = browser.command(
             "POST",
             "/session",
@@ -76,7 +86,8 @@ impl Browser {
                 "goog:chromeOptions": {
                     "binary": chromium,
                     "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                             "--disable-dev-shm-usage", "--window-size=1200,800"]
+                             "--disable-dev-shm-usage", "--window-size=1200,800",
+                             user_data]
                 },
                 "timeouts": { "script": 600_000 }
             }}}),
