@@ -124,9 +124,18 @@ pub fn qdwconv3x3(
             // Safety: AVX2 is present; shapes checked above.
             unsafe { avx2::rows(g, input, w, rq, output, row0, rows) }
         }
+        #[cfg(target_arch = "aarch64")]
+        _ if isa.neon() && c.is_multiple_of(8) => {
+            // Safety: shapes checked above (NEON is part of every aarch64 CPU).
+            unsafe { neon::rows(g, input, w, rq, output, row0, rows) }
+        }
         _ => scalar_rows(g, input, w, rq, output, row0, rows),
     }
 }
+
+#[cfg(target_arch = "aarch64")]
+#[path = "dwconv_neon.rs"]
+mod neon;
 
 fn scalar_rows(
     g: &ConvGeometry,

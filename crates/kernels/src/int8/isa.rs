@@ -16,6 +16,15 @@ pub enum IntIsaKind {
     /// instruction) for the GEMMs whose depth is a multiple of 64; Linux only (the kernel
     /// must grant the tile state).
     Amx,
+    /// aarch64 Advanced SIMD without the dot-product extension (Cortex-A53/A72: Raspberry Pi
+    /// 3 and 4): 8 u8·s8 products widened to i16 (`smull`), pairs added into i32 (`sadalp`).
+    Neon,
+    /// aarch64 with the dot-product extension (`sdot`: four s8·s8 products per i32 lane;
+    /// Cortex-A55/A76 and later, Graviton 2, Apple M1).
+    NeonDot,
+    /// aarch64 with the int8 matrix multiply extension (`usmmla`: a 2×8 u8 by 8×2 s8 product
+    /// per instruction; Graviton 3, Cortex-A510/A710 and later).
+    NeonI8mm,
 }
 
 impl IntIsaKind {
@@ -37,6 +46,16 @@ impl IntIsaKind {
             IntIsaKind::Amx => IntIsaKind::Avx512Vnni.is_supported() && amx_granted(),
             #[cfg(not(target_arch = "x86_64"))]
             IntIsaKind::Avx2 | IntIsaKind::Avx512Vnni | IntIsaKind::Amx => false,
+            IntIsaKind::Neon => cfg!(target_arch = "aarch64"),
+            #[cfg(target_arch = "aarch64")]
+            IntIsaKind::NeonDot => std::arch::is_aarch64_feature_detected!("dotprod"),
+            #[cfg(target_arch = "aarch64")]
+            IntIsaKind::NeonI8mm => {
+                std::arch::is_aarch64_feature_detected!("dotprod")
+                    && std::arch::is_aarch64_feature_detected!("i8mm")
+            }
+            #[cfg(not(target_arch = "aarch64"))]
+            IntIsaKind::NeonDot | IntIsaKind::NeonI8mm => false,
         }
     }
 }
@@ -54,7 +73,7 @@ impl IntIsa {
     pub const SCALAR: IntIsa = IntIsa(IntIsaKind::Scalar);
 
     /// The best variant this CPU runs, detected once. `MOBILENET_INT_ISA=<name>` (`scalar`,
-    /// `avx2`, `avx512vnni`, `amx`) forces another it has — a machine with AMX can measure its
+    /// `avx2`, `avx512vnni`, `amx`, `neon`, `neondot`, `i8mm`) forces another it has — a machine with AMX can measure its
     /// VNNI path; a name it lacks is reported on stderr and the best is used.
     pub fn detect() -> IntIsa {
         static BEST: OnceLock<IntIsa> = OnceLock::new();
@@ -72,6 +91,9 @@ impl IntIsa {
             IntIsaKind::Avx2,
             IntIsaKind::Avx512Vnni,
             IntIsaKind::Amx,
+            IntIsaKind::Neon,
+            IntIsaKind::NeonDot,
+            IntIsaKind::NeonI8mm,
         ]
         .into_iter()
         .filter(|i| i.is_supported())
@@ -90,6 +112,15 @@ impl IntIsa {
         matches!(self.0, IntIsaKind::Avx512Vnni | IntIsaKind::Amx)
     }
 
+    /// Whether the aarch64 kernels (any of the three) run.
+    #[cfg(target_arch = "aarch64")]
+    pub(crate) fn neon(self) -> bool {
+        matches!(
+            self.0,
+            IntIsaKind::Neon | IntIsaKind::NeonDot | IntIsaKind::NeonI8mm
+        )
+    }
+
     /// Short name for reports.
     pub fn name(self) -> &'static str {
         match self.0 {
@@ -97,6 +128,9 @@ impl IntIsa {
             IntIsaKind::Avx2 => "avx2",
             IntIsaKind::Avx512Vnni => "avx512vnni",
             IntIsaKind::Amx => "amx",
+            IntIsaKind::Neon => "neon",
+            IntIsaKind::NeonDot => "neondot",
+            IntIsaKind::NeonI8mm => "i8mm",
         }
     }
 }

@@ -219,6 +219,11 @@ impl Requant {
                     )
                 }
             }
+            #[cfg(target_arch = "aarch64")]
+            _ if isa.neon() => {
+                // Safety: out holds acc.len() bytes; j0 + acc.len() ≤ n (both checked above).
+                unsafe { neon::requant_row(self, acc, add, j0, out.as_mut_ptr()) }
+            }
             _ => {
                 for (j, (&a, o)) in acc.iter().zip(out.iter_mut()).enumerate() {
                     *o = self.apply(j0 + j, a.wrapping_add(add));
@@ -401,6 +406,10 @@ pub(crate) mod x86 {
 #[path = "requant_avx2.rs"]
 pub(crate) mod x86_avx2;
 
+#[cfg(target_arch = "aarch64")]
+#[path = "requant_neon.rs"]
+pub(crate) mod neon;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,7 +453,8 @@ mod tests {
             s ^= s << 13;
             s ^= s >> 17;
             s ^= s << 5;
-            v.push((s as i32) >> (s % 20));
+            // Magnitudes from 2^31 down to 2^4: the small ones land inside the output range.
+            v.push((s as i32) >> (s % 28));
         }
         v
     }
@@ -455,12 +465,16 @@ mod tests {
         let n = 37;
         let bias: Vec<i32> = (0..n as i32).map(|i| i * 1001 - 17_000).collect();
         let mults: Vec<i32> = (0..n as i32).map(|i| (1 << 30) + i * 19_999_999).collect();
-        // Exponents 0..=11 with left shifts, and 15..=31 (no zero-point folding).
-        for shifts in [
-            (0..n as i32).map(|i| (i % 14) - 11).collect::<Vec<_>>(),
-            (0..n as i32).map(|i| -15 - i % 17).collect(),
+        // Exponents 0..=11 with left shifts, and 15..=31 (no zero-point folding), then
+        // uint8's middle zero point with small exponents, where negative results are kept
+        // and their rounding (ties away from zero) shows.
+        for (shifts, zp) in [
+            ((0..n as i32).map(|i| (i % 14) - 11).collect::<Vec<_>>(), 7),
+            ((0..n as i32).map(|i| -15 - i % 17).collect(), 7),
+            ((0..n as i32).map(|i| -1 - i % 8).collect(), 128),
         ] {
-            let rq = Requant::new(&bias, &mults, &shifts, 7, 3, 250);
+            let (lo, hi) = if zp == 7 { (3, 250) } else { (0, 255) };
+            let rq = Requant::new(&bias, &mults, &shifts, zp, lo, hi);
             for isa in IntIsa::available() {
                 for (row, chunk) in values.chunks(n).enumerate() {
                     if chunk.len() < n {
@@ -474,7 +488,8 @@ mod tests {
                         for (i, (&acc, &g)) in chunk[j0..].iter().zip(&got).enumerate() {
                             let j = j0 + i;
                             let x = acc.wrapping_add(add).wrapping_add(bias[j]);
-                            let want = (requantize(x, mults[j], shifts[j]) + 7).clamp(3, 250) as u8;
+                            let want =
+                                (requantize(x, mults[j], shifts[j]) + zp).clamp(lo, hi) as u8;
                             assert_eq!(g, want, "{isa} acc {acc} ch {j} shift {}", shifts[j]);
                         }
                     }

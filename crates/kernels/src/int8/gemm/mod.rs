@@ -15,8 +15,10 @@ use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use super::IntIsaKind;
 use super::{IntIsa, Requant};
 
@@ -34,6 +36,10 @@ pub struct PackedQB {
     n: usize,
     quads: usize,
     data: Vec<i8>,
+    /// `128·Σ_k B[k, j]` per column (zeros past n): what the aarch64 kernels, which flip A's
+    /// bytes to signed, add back.
+    #[cfg(target_arch = "aarch64")]
+    xor_sums: Vec<i32>,
 }
 
 impl PackedQB {
@@ -53,7 +59,19 @@ impl PackedQB {
                 data[((p * quads + kk / 4) * NR + j) * 4 + kk % 4] = w[col * k + kk];
             }
         }
-        PackedQB { k, n, quads, data }
+        PackedQB {
+            k,
+            n,
+            quads,
+            data,
+            #[cfg(target_arch = "aarch64")]
+            xor_sums: (0..panels * NR)
+                .map(|j| match j < n {
+                    true => 128 * w[j * k..][..k].iter().map(|&v| v as i32).sum::<i32>(),
+                    false => 0,
+                })
+                .collect(),
+        }
     }
 
     /// Depth (the summed dimension).
@@ -186,6 +204,16 @@ pub unsafe fn qgemm_ptr(
         IntIsaKind::Avx2 => {
             // Safety: the CPU has AVX2; A checked above, C by the caller.
             unsafe { avx2::gemm(job) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        IntIsaKind::NeonDot | IntIsaKind::NeonI8mm => {
+            // Safety: the CPU has the dot product; A checked above, C by the caller.
+            unsafe { neon::gemm(job, neon::Form::Dot) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        IntIsaKind::Neon => {
+            // Safety: A checked above, C by the caller.
+            unsafe { neon::gemm(job, neon::Form::Mull) }
         }
         // Safety: A checked above, C by the caller.
         _ => unsafe { portable(job) },

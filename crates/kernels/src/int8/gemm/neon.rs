@@ -1,0 +1,274 @@
+//! aarch64 u8 × s8 GEMMs on the quad-packed B of [`super::PackedQB`].
+//!
+//! Both forms multiply signed bytes, so A's bytes are flipped to `a − 128` (one `eor` per 16
+//! bytes) and the accumulators start from `128·Σ_k B[k, j]` (packed with B), which restores
+//! `Σ a·b` exactly in wrapping i32 arithmetic.
+//!
+//! - **dot** (`sdot`, by element): B's 16 bytes hold 4 columns × one quad; `sdot v.4s, b.16b,
+//!   a.4b[l]` adds row's quad `l` against them — 16 multiply-adds per instruction. A tile is
+//!   4 rows × 16 columns: 16 accumulators, 4 A registers (16 bytes = 4 quads each), 4 B.
+//! - **mull** (no dot product): `smull`/`smull2` multiply B's 16 bytes by the row's quad
+//!   repeated (exact in i16: |a·b| ≤ 2^14), `sadalp` adds neighbouring pairs into i32 lanes,
+//!   and the pairs of a column are added once at the end (`addp`). A tile is 2 rows × 16
+//!   columns.
+
+use std::arch::aarch64::*;
+use std::arch::asm;
+
+use super::super::requant::neon::{narrow8, store_bytes, Rq4};
+use super::{Job, NR};
+
+/// Which instruction multiplies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Form {
+    Dot,
+    Mull,
+}
+
+/// Runs `job` with `form`.
+///
+/// # Safety
+///
+/// As [`super::qgemm_ptr`]; for [`Form::Dot`] the CPU must have the dot-product extension.
+pub(super) unsafe fn gemm(job: Job, form: Form) {
+    let b = job.b;
+    let rows_per_tile = match form {
+        Form::Dot => 4,
+        Form::Mull => 2,
+    };
+    let terms: Vec<i32> = (0..job.m)
+        // Safety: i < m.
+        .map(|i| job.row_term(unsafe { job.a_row(i) }))
+        .collect();
+    for p in job.panels.clone() {
+        for half in 0..2 {
+            let j0 = p * NR + half * 16;
+            if j0 >= b.n {
+                break;
+            }
+            let cols = (b.n - j0).min(16);
+            // Safety: the panel's quads are packed whole (columns past n are zeros).
+            let bp = unsafe { b.data.as_ptr().add(p * b.quads * NR * 4 + half * 64) };
+            let mut i = 0;
+            while i < job.m {
+                let r = (job.m - i).min(rows_per_tile);
+                let t = Tile {
+                    job: &job,
+                    i,
+                    bp,
+                    j0,
+                    cols,
+                    terms: &terms[i..i + r],
+                };
+                // Safety: rows i .. i + r exist; the caller's promises cover the rest.
+                unsafe {
+                    match (form, r) {
+                        (Form::Dot, 4) => dot_tile::<4>(&t),
+                        (Form::Dot, 3) => dot_tile::<3>(&t),
+                        (Form::Dot, 2) => dot_tile::<2>(&t),
+                        (Form::Dot, _) => dot_tile::<1>(&t),
+                        (Form::Mull, 2) => mull_tile::<2>(&t),
+                        (Form::Mull, _) => mull_tile::<1>(&t),
+                    }
+                }
+                i += r;
+            }
+        }
+    }
+}
+
+/// One tile: rows `i ..` of the job, the 16 columns from `j0` (`cols` of them real).
+struct Tile<'a, 'b> {
+    job: &'a Job<'b>,
+    i: usize,
+    /// The tile's first quad in B: its 16 columns' 64 bytes, the next quad 128 bytes on.
+    bp: *const i8,
+    j0: usize,
+    cols: usize,
+    terms: &'a [i32],
+}
+
+impl Tile<'_, '_> {
+    /// Bytes `16·g ..` of row `r` of the tile, flipped to signed; past k the bytes are
+    /// whatever (B is zero there).
+    ///
+    /// # Safety
+    ///
+    /// `r` is a row of the tile.
+    #[inline(always)]
+    unsafe fn a16(&self, r: usize, g: usize) -> int8x16_t {
+        let k = self.job.b.k;
+        // Safety: row i + r holds k bytes at a; a whole load only when 16 bytes remain.
+        unsafe {
+            let p = self.job.a.add((self.i + r) * self.job.lda + 16 * g);
+            let v = if 16 * g + 16 <= k {
+                vld1q_u8(p)
+            } else {
+                let mut buf = [0u8; 16];
+                std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), k - 16 * g);
+                vld1q_u8(buf.as_ptr())
+            };
+            vreinterpretq_s8_u8(veorq_u8(v, vdupq_n_u8(0x80)))
+        }
+    }
+
+    /// `128·Σ_k B[k, j]` for the tile's 16 columns.
+    #[inline(always)]
+    fn xor_sums(&self) -> [int32x4_t; 4] {
+        // Safety: xor_sums holds panels·NR values and j0 + 16 ≤ that.
+        std::array::from_fn(|v| unsafe {
+            vld1q_s32(self.job.b.xor_sums.as_ptr().add(self.j0 + 4 * v))
+        })
+    }
+
+    /// Requantizes row `r`'s four column vectors and stores the tile's columns.
+    ///
+    /// # Safety
+    ///
+    /// `r` is a row of the tile; C's row is the caller's to write.
+    #[inline(always)]
+    unsafe fn store(&self, r: usize, acc: [int32x4_t; 4]) {
+        // Safety: rq is padded past j0 + 16; C's columns j0 .. j0 + cols of the row exist.
+        unsafe {
+            let add = vdupq_n_s32(self.terms[r]);
+            let rq = self.job.rq;
+            let out: [int32x4_t; 4] = std::array::from_fn(|v| {
+                Rq4::load(rq, self.j0 + 4 * v).apply(vaddq_s32(acc[v], add))
+            });
+            let c = self.job.c_at(self.i + r, self.j0);
+            store_bytes(narrow8(out[0], out[1]), self.cols.min(8), c);
+            if self.cols > 8 {
+                store_bytes(narrow8(out[2], out[3]), self.cols - 8, c.add(8));
+            }
+        }
+    }
+
+    /// Quads in groups of 16 bytes: `(groups, quads in the last partial group)`.
+    fn groups(&self) -> (usize, usize) {
+        let k = self.job.b.k;
+        (k / 16, (k % 16).div_ceil(4))
+    }
+}
+
+/// `sdot acc.4s, b.16b, a.4b[L]`.
+#[inline(always)]
+unsafe fn sdot<const L: i32>(acc: int32x4_t, b: int8x16_t, a: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    // Safety: register-only arithmetic; the caller's function enables dotprod.
+    unsafe {
+        asm!(
+            "sdot {acc:v}.4s, {b:v}.16b, {a:v}.4b[{l}]",
+            acc = inout(vreg) acc,
+            b = in(vreg) b,
+            a = in(vreg) a,
+            l = const L,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    acc
+}
+
+/// Quad `L` of A's registers against the quad of B at `bp`.
+#[inline(always)]
+unsafe fn dot_quad<const L: i32, const R: usize>(
+    acc: &mut [[int32x4_t; 4]; R],
+    a: &[int8x16_t; R],
+    bp: *const i8,
+) {
+    // Safety: the quad's 64 bytes are inside the packed panel.
+    unsafe {
+        let b: [int8x16_t; 4] = std::array::from_fn(|v| vld1q_s8(bp.add(16 * v)));
+        for r in 0..R {
+            for v in 0..4 {
+                acc[r][v] = sdot::<L>(acc[r][v], b[v], a[r]);
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "dotprod")]
+unsafe fn dot_tile<const R: usize>(t: &Tile) {
+    let (full, rest) = t.groups();
+    let mut acc = [t.xor_sums(); R];
+    // Safety: quads below ⌈k/4⌉ are packed; rows of the tile exist.
+    unsafe {
+        for g in 0..full {
+            let a: [int8x16_t; R] = std::array::from_fn(|r| t.a16(r, g));
+            let bp = t.bp.add(4 * g * NR * 4);
+            dot_quad::<0, R>(&mut acc, &a, bp);
+            dot_quad::<1, R>(&mut acc, &a, bp.add(NR * 4));
+            dot_quad::<2, R>(&mut acc, &a, bp.add(2 * NR * 4));
+            dot_quad::<3, R>(&mut acc, &a, bp.add(3 * NR * 4));
+        }
+        if rest > 0 {
+            let a: [int8x16_t; R] = std::array::from_fn(|r| t.a16(r, full));
+            let bp = t.bp.add(4 * full * NR * 4);
+            dot_quad::<0, R>(&mut acc, &a, bp);
+            if rest > 1 {
+                dot_quad::<1, R>(&mut acc, &a, bp.add(NR * 4));
+            }
+            if rest > 2 {
+                dot_quad::<2, R>(&mut acc, &a, bp.add(2 * NR * 4));
+            }
+        }
+        for (r, acc) in acc.into_iter().enumerate() {
+            t.store(r, acc);
+        }
+    }
+}
+
+/// Quad `L` of A's registers against the quad of B at `bp`, as pair sums.
+#[inline(always)]
+unsafe fn mull_quad<const L: i32, const R: usize>(
+    acc: &mut [[int32x4_t; 8]; R],
+    a: &[int8x16_t; R],
+    bp: *const i8,
+) {
+    // Safety: the quad's 64 bytes are inside the packed panel.
+    unsafe {
+        let b: [int8x16_t; 4] = std::array::from_fn(|v| vld1q_s8(bp.add(16 * v)));
+        for r in 0..R {
+            let q = vreinterpretq_s8_s32(vdupq_laneq_s32::<L>(vreinterpretq_s32_s8(a[r])));
+            for v in 0..4 {
+                let lo = vmull_s8(vget_low_s8(b[v]), vget_low_s8(q));
+                let hi = vmull_high_s8(b[v], q);
+                acc[r][2 * v] = vpadalq_s16(acc[r][2 * v], lo);
+                acc[r][2 * v + 1] = vpadalq_s16(acc[r][2 * v + 1], hi);
+            }
+        }
+    }
+}
+
+unsafe fn mull_tile<const R: usize>(t: &Tile) {
+    let (full, rest) = t.groups();
+    // Safety: NEON is part of every aarch64 CPU; quads below ⌈k/4⌉ are packed; rows of the
+    // tile exist.
+    unsafe {
+        let mut acc = [[vdupq_n_s32(0); 8]; R];
+        for g in 0..full {
+            let a: [int8x16_t; R] = std::array::from_fn(|r| t.a16(r, g));
+            let bp = t.bp.add(4 * g * NR * 4);
+            mull_quad::<0, R>(&mut acc, &a, bp);
+            mull_quad::<1, R>(&mut acc, &a, bp.add(NR * 4));
+            mull_quad::<2, R>(&mut acc, &a, bp.add(2 * NR * 4));
+            mull_quad::<3, R>(&mut acc, &a, bp.add(3 * NR * 4));
+        }
+        if rest > 0 {
+            let a: [int8x16_t; R] = std::array::from_fn(|r| t.a16(r, full));
+            let bp = t.bp.add(4 * full * NR * 4);
+            mull_quad::<0, R>(&mut acc, &a, bp);
+            if rest > 1 {
+                mull_quad::<1, R>(&mut acc, &a, bp.add(NR * 4));
+            }
+            if rest > 2 {
+                mull_quad::<2, R>(&mut acc, &a, bp.add(2 * NR * 4));
+            }
+        }
+        let sums = t.xor_sums();
+        for (r, acc) in acc.into_iter().enumerate() {
+            let cols: [int32x4_t; 4] =
+                std::array::from_fn(|v| vaddq_s32(sums[v], vpaddq_s32(acc[2 * v], acc[2 * v + 1])));
+            t.store(r, cols);
+        }
+    }
+}
