@@ -40,6 +40,10 @@ pub struct PackedQB {
     /// bytes to signed, add back.
     #[cfg(target_arch = "aarch64")]
     xor_sums: Vec<i32>,
+    /// On CPUs with i8mm, B again in `usmmla`'s layout: per panel and octet of k, 16
+    /// column pairs of 16 bytes (each column's 8 bytes of the octet); empty elsewhere.
+    #[cfg(target_arch = "aarch64")]
+    octets: Vec<i8>,
 }
 
 impl PackedQB {
@@ -71,6 +75,11 @@ impl PackedQB {
                     false => 0,
                 })
                 .collect(),
+            #[cfg(target_arch = "aarch64")]
+            octets: match super::IntIsaKind::NeonI8mm.is_supported() {
+                true => neon::pack_octets(w, k, n),
+                false => Vec::new(),
+            },
         }
     }
 
@@ -206,7 +215,13 @@ pub unsafe fn qgemm_ptr(
             unsafe { avx2::gemm(job) }
         }
         #[cfg(target_arch = "aarch64")]
-        IntIsaKind::NeonDot | IntIsaKind::NeonI8mm => {
+        IntIsaKind::NeonI8mm => {
+            // Safety: the CPU has i8mm (so B was packed for it); A checked above, C by the
+            // caller.
+            unsafe { neon::gemm(job, neon::Form::Mmla) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        IntIsaKind::NeonDot => {
             // Safety: the CPU has the dot product; A checked above, C by the caller.
             unsafe { neon::gemm(job, neon::Form::Dot) }
         }

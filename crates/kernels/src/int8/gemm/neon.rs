@@ -11,6 +11,10 @@
 //!   repeated (exact in i16: |a·b| ≤ 2^14), `sadalp` adds neighbouring pairs into i32 lanes,
 //!   and the pairs of a column are added once at the end (`addp`). A tile is 2 rows × 16
 //!   columns.
+//! - **mmla** (i8mm): `usmmla` multiplies two rows' 8 unsigned bytes by two columns' 8 signed
+//!   bytes into a 2 × 2 block — 32 multiply-adds per instruction, no flip of A. B is packed
+//!   a second time for it ([`pack_octets`]); a tile is 4 rows × 16 columns (2 row pairs × 8
+//!   column pairs: 16 accumulators), each row pair's 16 bytes loaded as two 8-byte halves.
 
 use std::arch::aarch64::*;
 use std::arch::asm;
@@ -23,6 +27,25 @@ use super::{Job, NR};
 pub(super) enum Form {
     Dot,
     Mull,
+    Mmla,
+}
+
+/// Column pairs in a panel.
+const PAIRS: usize = NR / 2;
+
+/// `w` (`[n, k]`) in `usmmla`'s layout: panel `p`, octet `o`, column pair `c` at
+/// `((p·octets + o)·PAIRS + c)·16`, the pair's two columns' 8 bytes each (zeros past k and n).
+pub(super) fn pack_octets(w: &[i8], k: usize, n: usize) -> Vec<i8> {
+    let octets = k.div_ceil(8);
+    let mut data = vec![0i8; n.div_ceil(NR) * octets * PAIRS * 16];
+    for col in 0..n {
+        let (p, j) = (col / NR, col % NR);
+        for kk in 0..k {
+            data[((p * octets + kk / 8) * PAIRS + j / 2) * 16 + (j % 2) * 8 + kk % 8] =
+                w[col * k + kk];
+        }
+    }
+    data
 }
 
 /// Runs `job` with `form`.
@@ -33,9 +56,10 @@ pub(super) enum Form {
 pub(super) unsafe fn gemm(job: Job, form: Form) {
     let b = job.b;
     let rows_per_tile = match form {
-        Form::Dot => 4,
+        Form::Dot | Form::Mmla => 4,
         Form::Mull => 2,
     };
+    let octets = b.k.div_ceil(8);
     let terms: Vec<i32> = (0..job.m)
         // Safety: i < m.
         .map(|i| job.row_term(unsafe { job.a_row(i) }))
@@ -47,8 +71,16 @@ pub(super) unsafe fn gemm(job: Job, form: Form) {
                 break;
             }
             let cols = (b.n - j0).min(16);
-            // Safety: the panel's quads are packed whole (columns past n are zeros).
-            let bp = unsafe { b.data.as_ptr().add(p * b.quads * NR * 4 + half * 64) };
+            // Safety: the panel's quads (octets) are packed whole (columns past n are zeros).
+            let bp = unsafe {
+                match form {
+                    Form::Mmla => b
+                        .octets
+                        .as_ptr()
+                        .add((p * octets * PAIRS + half * PAIRS / 2) * 16),
+                    _ => b.data.as_ptr().add(p * b.quads * NR * 4 + half * 64),
+                }
+            };
             let mut i = 0;
             while i < job.m {
                 let r = (job.m - i).min(rows_per_tile);
@@ -69,6 +101,8 @@ pub(super) unsafe fn gemm(job: Job, form: Form) {
                         (Form::Dot, _) => dot_tile::<1>(&t),
                         (Form::Mull, 2) => mull_tile::<2>(&t),
                         (Form::Mull, _) => mull_tile::<1>(&t),
+                        (Form::Mmla, 3 | 4) => mmla_tile::<2>(&t, r),
+                        (Form::Mmla, _) => mmla_tile::<1>(&t, r),
                     }
                 }
                 i += r;
@@ -81,7 +115,8 @@ pub(super) unsafe fn gemm(job: Job, form: Form) {
 struct Tile<'a, 'b> {
     job: &'a Job<'b>,
     i: usize,
-    /// The tile's first quad in B: its 16 columns' 64 bytes, the next quad 128 bytes on.
+    /// The tile's first quad in B: its 16 columns' 64 bytes, the next quad 128 bytes on
+    /// (for `usmmla`: the first octet's 8 column pairs, the next octet 256 bytes on).
     bp: *const i8,
     j0: usize,
     cols: usize,
@@ -269,6 +304,78 @@ unsafe fn mull_tile<const R: usize>(t: &Tile) {
             let cols: [int32x4_t; 4] =
                 std::array::from_fn(|v| vaddq_s32(sums[v], vpaddq_s32(acc[2 * v], acc[2 * v + 1])));
             t.store(r, cols);
+        }
+    }
+}
+
+/// `usmmla acc.4s, a.16b, b.16b`: `acc[2i + j] += Σ_8 a[8i + t]·b[8j + t]`, a unsigned.
+#[inline(always)]
+unsafe fn usmmla(acc: int32x4_t, a: uint8x16_t, b: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    // Safety: register-only arithmetic; the caller's function enables i8mm.
+    unsafe {
+        asm!(
+            "usmmla {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) acc,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    acc
+}
+
+/// `P` row pairs (`rows` real rows, `2P − 1` or `2P`) × 16 columns with `usmmla`.
+#[target_feature(enable = "i8mm")]
+unsafe fn mmla_tile<const P: usize>(t: &Tile, rows: usize) {
+    let k = t.job.b.k;
+    // Row r's 8 bytes of octet o; a row past the tile's reads as zeros.
+    let half = |r: usize, o: usize| -> uint8x8_t {
+        // Safety: row i + r holds k bytes; a whole load only when 8 remain.
+        unsafe {
+            if r >= rows {
+                return vdup_n_u8(0);
+            }
+            let p = t.job.a.add((t.i + r) * t.job.lda + 8 * o);
+            if 8 * o + 8 <= k {
+                vld1_u8(p)
+            } else {
+                let mut buf = [0u8; 8];
+                std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), k - 8 * o);
+                vld1_u8(buf.as_ptr())
+            }
+        }
+    };
+    // Safety: the octets below ⌈k/8⌉ of the tile's 8 column pairs are packed.
+    unsafe {
+        let mut acc = [[vdupq_n_s32(0); PAIRS / 2]; P];
+        for o in 0..k.div_ceil(8) {
+            let bp = t.bp.add(o * PAIRS * 16);
+            let b: [int8x16_t; PAIRS / 2] = std::array::from_fn(|c| vld1q_s8(bp.add(16 * c)));
+            for (rp, acc) in acc.iter_mut().enumerate() {
+                let a = vcombine_u8(half(2 * rp, o), half(2 * rp + 1, o));
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    *acc = usmmla(*acc, a, b[c]);
+                }
+            }
+        }
+        // acc[rp][c] holds rows 2rp, 2rp + 1 × columns 2c, 2c + 1; rows come out of the
+        // 64-bit halves of two neighbouring pairs.
+        for (rp, acc) in acc.iter().enumerate() {
+            let pairs = acc.map(|v| vreinterpretq_s64_s32(v));
+            for r in 0..2 {
+                if 2 * rp + r >= rows {
+                    break;
+                }
+                let cols: [int32x4_t; 4] = std::array::from_fn(|v| {
+                    let (x, y) = (pairs[2 * v], pairs[2 * v + 1]);
+                    vreinterpretq_s32_s64(match r {
+                        0 => vzip1q_s64(x, y),
+                        _ => vzip2q_s64(x, y),
+                    })
+                });
+                t.store(2 * rp + r, cols);
+            }
         }
     }
 }
