@@ -151,8 +151,12 @@ fn worst(a: &Trainer, b: &Trainer) -> f32 {
 /// How far one process's weights move with the thread count (one thread against two, which
 /// split each batch as two ranks do): the rounding noise of this run.
 fn thread_noise() -> (f32, Trainer) {
-    let (mut one, _) = run(&temp("t1"), (0, 1), None);
-    let (mut two, _) = run(&temp("t2"), (0, 2), None);
+    let (one_dir, two_dir) = (temp("t1"), temp("t2"));
+    let (mut one, _) = run(&one_dir, (0, 1), None);
+    let (mut two, _) = run(&two_dir, (0, 2), None);
+    for dir in [one_dir, two_dir] {
+        std::fs::remove_dir_all(dir).expect("should succeed");
+    }
     let two = two.remove(0);
     (worst(&one.remove(0), &two), two)
 }
