@@ -25,6 +25,9 @@ pub struct QDwWeights {
     zw: Vec<i32>,
     /// `−x_zp·Σ_9 w'` per channel.
     zsum: Vec<i32>,
+    /// `w'` as i16 `[9][cp]`, the NEON kernel's operand.
+    #[cfg(target_arch = "aarch64")]
+    w16: Vec<i16>,
 }
 
 impl QDwWeights {
@@ -49,11 +52,17 @@ impl QDwWeights {
             w: vec![0; 9 * cp],
             zw: vec![0; 9 * cp],
             zsum: vec![0; cp],
+            #[cfg(target_arch = "aarch64")]
+            w16: vec![0; 9 * cp],
         };
         for t in 0..9 {
             for ch in 0..c {
                 let v = w[t * c + ch];
                 r.w[t * cp + ch] = v;
+                #[cfg(target_arch = "aarch64")]
+                {
+                    r.w16[t * cp + ch] = v as i16;
+                }
                 r.zw[t * cp + ch] = z * v;
                 r.zsum[ch] -= z * v;
             }

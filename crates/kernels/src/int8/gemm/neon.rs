@@ -329,35 +329,41 @@ unsafe fn usmmla(acc: int32x4_t, a: uint8x16_t, b: int8x16_t) -> int32x4_t {
 #[target_feature(enable = "i8mm")]
 unsafe fn mmla_tile<const P: usize>(t: &Tile, rows: usize) {
     let k = t.job.b.k;
-    // Row r's 8 bytes of octet o; a row past the tile's reads as zeros.
-    let half = |r: usize, o: usize| -> uint8x8_t {
-        // Safety: row i + r holds k bytes; a whole load only when 8 remain.
-        unsafe {
-            if r >= rows {
-                return vdup_n_u8(0);
-            }
-            let p = t.job.a.add((t.i + r) * t.job.lda + 8 * o);
-            if 8 * o + 8 <= k {
-                vld1_u8(p)
-            } else {
-                let mut buf = [0u8; 8];
-                std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), k - 8 * o);
-                vld1_u8(buf.as_ptr())
-            }
-        }
-    };
-    // Safety: the octets below ⌈k/8⌉ of the tile's 8 column pairs are packed.
+    // The rows' starts; a row past the tile's repeats the last real one (computed, never
+    // stored), so the loop loads without asking.
+    let rows_at: [*const u8; 4] =
+        std::array::from_fn(|r| t.job.a.wrapping_add((t.i + r.min(rows - 1)) * t.job.lda));
+    let (full, octets) = (k / 8, k.div_ceil(8));
+    // Safety: the octets below ⌈k/8⌉ of the tile's 8 column pairs are packed; whole 8-byte
+    // loads of A only below k / 8, the last partial octet through a buffer.
     unsafe {
         let mut acc = [[vdupq_n_s32(0); PAIRS / 2]; P];
-        for o in 0..k.div_ceil(8) {
+        let step = |acc: &mut [[int32x4_t; PAIRS / 2]; P], o: usize, a: [uint8x16_t; P]| {
             let bp = t.bp.add(o * PAIRS * 16);
             let b: [int8x16_t; PAIRS / 2] = std::array::from_fn(|c| vld1q_s8(bp.add(16 * c)));
-            for (rp, acc) in acc.iter_mut().enumerate() {
-                let a = vcombine_u8(half(2 * rp, o), half(2 * rp + 1, o));
-                for (c, acc) in acc.iter_mut().enumerate() {
-                    *acc = usmmla(*acc, a, b[c]);
+            for (acc, a) in acc.iter_mut().zip(a) {
+                for (acc, b) in acc.iter_mut().zip(b) {
+                    *acc = usmmla(*acc, a, b);
                 }
             }
+        };
+        for o in 0..full {
+            let a = std::array::from_fn(|rp| {
+                vcombine_u8(
+                    vld1_u8(rows_at[2 * rp].add(8 * o)),
+                    vld1_u8(rows_at[2 * rp + 1].add(8 * o)),
+                )
+            });
+            step(&mut acc, o, a);
+        }
+        if octets > full {
+            let tail = |r: usize| {
+                let mut buf = [0u8; 8];
+                std::ptr::copy_nonoverlapping(rows_at[r].add(8 * full), buf.as_mut_ptr(), k % 8);
+                vld1_u8(buf.as_ptr())
+            };
+            let a = std::array::from_fn(|rp| vcombine_u8(tail(2 * rp), tail(2 * rp + 1)));
+            step(&mut acc, full, a);
         }
         // acc[rp][c] holds rows 2rp, 2rp + 1 × columns 2c, 2c + 1; rows come out of the
         // 64-bit halves of two neighbouring pairs.
