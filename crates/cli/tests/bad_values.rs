@@ -48,6 +48,12 @@ fn training_options_out_of_range_are_refused() {
         ),
         ("--epochs", "0", "epochs 0 must be at least 1"),
         ("--momentum", "1.5", "momentum 1.5 must be in [0, 1)"),
+        ("--mpi-timeout", "0", "--mpi-timeout 0 is out of range"),
+        (
+            "--allreduce-bucket-mb",
+            "-1",
+            "--allreduce-bucket-mb -1 is out of range",
+        ),
     ] {
         let out = run(&[
             "train",

@@ -68,6 +68,10 @@ fn two_ranks_train_with_rank_0_speaking_and_the_run_resumes_alone() {
         1,
         "{text}"
     );
+    assert!(
+        text.contains("in buckets of 1.00 MB during the backward pass"),
+        "{text}"
+    );
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).expect("rank 0 wrote it");
     assert_eq!(metrics.lines().count(), 2);
     // The two-rank run goes on in one process.

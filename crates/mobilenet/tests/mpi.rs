@@ -74,14 +74,34 @@ fn rank_step() {
         &labels,
     );
     let collective = Arc::new(mpi);
-    let mut net = TrainNet::from_model(&model(), 1).expect("should succeed");
-    net.set_group(Some(Group {
-        collective: collective.clone(),
-        sync_bn: true,
-    }));
     let px = RES * RES * 3;
     let (a, b) = (r * BATCH / n, (r + 1) * BATCH / n);
-    let (params, stats) = flat_step(&mut net, &images[a * px..b * px], &labels[a..b]);
+    // Gradients in one allreduce after the backward pass, then in buckets of 4 KB: non-blocking
+    // allreduces in flight while the pass goes on, among its batch-norm allreduces.
+    let runs: Vec<_> = [0, 4096]
+        .into_iter()
+        .map(|bucket_bytes| {
+            let mut net = TrainNet::from_model(&model(), 1).expect("should succeed");
+            net.set_group(Some(Group {
+                collective: collective.clone(),
+                sync_bn: true,
+                bucket_bytes,
+            }));
+            let step = flat_step(&mut net, &images[a * px..b * px], &labels[a..b]);
+            (step, net.last_gradient_allreduces())
+        })
+        .collect();
+    let ((params, stats), buckets) = &runs[1];
+    println!(
+        "rank {r}: gradients in {} and {buckets} allreduces",
+        runs[0].1
+    );
+    assert!(runs[0].1 == 1 && *buckets >= 4, "{} {buckets}", runs[0].1);
+    assert_eq!(
+        runs[0].0, runs[1].0,
+        "rank {r}: buckets sum as one allreduce"
+    );
+    let (params, stats) = (params.clone(), stats.clone());
     let (p, s) = (worst(&params, &want_params), worst(&stats, &want_stats));
     println!("rank {r}: parameters {p:.1e}, moving statistics {s:.1e} from one process");
     assert!(p <= 1e-5 && s <= 1e-5, "rank {r}: {p:.1e} {s:.1e}");
@@ -125,6 +145,9 @@ fn two_mpi_ranks_step_as_one_process_with_the_same_bits() {
             text.contains(&format!("rank {r}: same parameters as rank 0")),
             "{text}"
         );
+        let buckets = format!("rank {r}: gradients in 1 and ");
+        let line = text.lines().find(|l| l.contains(&buckets));
+        eprintln!("{}", line.expect("the bucket line"));
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 mod common;
 
 use common::data_parallel::{batch, model, step, After, BATCH, RES};
-use mobilenet::train::dist::{Collective, Group, ThreadGroup};
+use mobilenet::train::dist::{Collective, Group, ThreadGroup, BUCKET_BYTES};
 use mobilenet::train::net::TrainNet;
 
 /// One process on the whole batch with `threads` threads (each takes an equal run of rows,
@@ -25,7 +25,7 @@ fn single(threads: usize) -> After {
 
 /// Each rank's step on its shard of the batch (images `r·B/n ..` `(r+1)·B/n`), in `ranks`
 /// threads.
-fn ranks(ranks: usize, sync_bn: bool) -> Vec<After> {
+fn ranks(ranks: usize, sync_bn: bool, bucket_bytes: usize) -> Vec<After> {
     let (images, labels) = batch();
     let px = RES * RES * 3;
     std::thread::scope(|s| {
@@ -39,6 +39,7 @@ fn ranks(ranks: usize, sync_bn: bool) -> Vec<After> {
                     net.set_group(Some(Group {
                         collective: Arc::new(g),
                         sync_bn,
+                        bucket_bytes,
                     }));
                     let (a, b) = (r * BATCH / ranks, (r + 1) * BATCH / ranks);
                     step(&mut net, &images[a * px..b * px], &labels[a..b])
@@ -100,7 +101,7 @@ fn like_one_process(who: &str, after: &After, one: &After) {
 fn synchronised_batch_norm_steps_equal_one_process_on_the_global_batch() {
     let one = single(1);
     for n in [2, 4] {
-        let all = ranks(n, true);
+        let all = ranks(n, true, BUCKET_BYTES);
         // The same partition of the batch in one process: the same sums, up to the order
         // the shards' totals are added in.
         let threads = single(n);
@@ -130,7 +131,7 @@ fn synchronised_batch_norm_steps_equal_one_process_on_the_global_batch() {
 #[test]
 fn per_rank_batch_norm_keeps_ranks_identical_and_differs_from_one_process() {
     let one = single(1);
-    let all = ranks(2, false);
+    let all = ranks(2, false, BUCKET_BYTES);
     assert_eq!(all[0].params, all[1].params);
     assert_eq!(all[0].buffers, all[1].buffers);
     let g = worst(&all[0].params, &one.params);
@@ -141,9 +142,35 @@ fn per_rank_batch_norm_keeps_ranks_identical_and_differs_from_one_process() {
 fn uneven_shards_weigh_each_rank_by_its_images() {
     // 8 images on 3 ranks: shards of 2, 3 and 3.
     let one = single(1);
-    let all = ranks(3, true);
+    let all = ranks(3, true, BUCKET_BYTES);
     for (r, after) in all.iter().enumerate() {
         like_one_process(&format!("rank {r}"), after, &one);
         assert_eq!(after.params, all[0].params, "rank {r}'s parameters");
+    }
+}
+
+#[test]
+fn gradient_buckets_sum_as_one_allreduce() {
+    // One allreduce after the backward pass, buckets of 4 KB (a few layers each) and the
+    // default 1 MB (all of this small network in one): element by element the same sums.
+    let whole = ranks(3, true, 0);
+    assert!(whole.iter().all(|a| a.allreduces == 1));
+    for (bytes, at_least) in [(4096, 4), (BUCKET_BYTES, 1)] {
+        let bucketed = ranks(3, true, bytes);
+        assert!(
+            bucketed.iter().all(|a| a.allreduces >= at_least),
+            "{bytes} B: {} allreduces",
+            bucketed[0].allreduces
+        );
+        for (r, (a, b)) in bucketed.iter().zip(&whole).enumerate() {
+            assert_eq!(
+                a.grads, b.grads,
+                "buckets of {bytes} B, rank {r}'s gradients"
+            );
+            assert_eq!(
+                a.params, b.params,
+                "buckets of {bytes} B, rank {r}'s parameters"
+            );
+        }
     }
 }

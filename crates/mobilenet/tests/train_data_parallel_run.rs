@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mobilenet::data::{Augment, Dataset};
-use mobilenet::train::dist::{Group, ThreadGroup};
+use mobilenet::train::dist::{Group, ThreadGroup, BUCKET_BYTES};
 use mobilenet::train::optim::{OptimizerKind, Schedule};
 use mobilenet::train::trainer::{EpochMetrics, Progress, RunEnd, TrainOptions, Trainer};
 use mobilenet::weights::ModelFile;
@@ -94,6 +94,7 @@ fn on_ranks<T: Send>(n: usize, f: impl Fn(Group) -> T + Sync) -> Vec<T> {
                     f(Group {
                         collective: Arc::new(g),
                         sync_bn: true,
+                        bucket_bytes: BUCKET_BYTES,
                     })
                 })
             })
@@ -305,6 +306,7 @@ fn a_global_batch_that_does_not_split_evenly_is_refused() {
     let group = Group {
         collective: Arc::new(g),
         sync_bn: true,
+        bucket_bytes: BUCKET_BYTES,
     };
     let mut o = options();
     o.batch_size = 16;

@@ -261,6 +261,10 @@ pub struct TrainArgs {
     /// job (a rank died or is stuck)
     #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
     mpi_timeout: f64,
+    /// Under mpirun: gradients are summed across ranks in buckets of this many MB, each sent
+    /// while the backward pass goes on below its layers; 0: in one allreduce after the pass
+    #[arg(long, default_value_t = mobilenet::train::dist::BUCKET_BYTES as f64 / 1e6, value_name = "MB")]
+    allreduce_bucket_mb: f64,
 }
 
 pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
@@ -268,6 +272,12 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
         anyhow::bail!(
             "--freeze backbone holds the backbone in every epoch, --freeze-epochs N in the first \
              N: give one (--freeze conv_K with --freeze-epochs N unfreezes the layers after conv_K)"
+        );
+    }
+    if !(args.allreduce_bucket_mb.is_finite() && args.allreduce_bucket_mb >= 0.0) {
+        anyhow::bail!(
+            "--allreduce-bucket-mb {} is out of range: it must be 0 or more megabytes",
+            args.allreduce_bucket_mb
         );
     }
     if !(args.mpi_timeout.is_finite() && args.mpi_timeout > 0.0) {
@@ -396,9 +406,17 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
     };
     if trainer.net.group().is_some() {
         let (grads, bn, calls) = trainer.net.allreduce_per_step();
+        let bucket = trainer.net.group().map_or(0, |g| g.bucket_bytes);
         println!(
-            "allreduce per step and rank: {:.2} MB of gradients{}",
+            "allreduce per step and rank: {:.2} MB of gradients {}{}",
             grads as f64 / 1e6,
+            match bucket {
+                0 => "in one allreduce after the backward pass".to_string(),
+                b => format!(
+                    "in buckets of {:.2} MB during the backward pass",
+                    b as f64 / 1e6
+                ),
+            },
             match calls {
                 0 => String::new(),
                 n => format!(

@@ -32,6 +32,37 @@ pub trait Collective: std::fmt::Debug + Send + Sync {
     fn sum_f32(&self, values: &mut [f32]);
     /// Rank 0's `values` on every rank.
     fn broadcast_f32(&self, values: &mut [f32]);
+    /// Starts summing `values` across ranks and returns while they travel, where the
+    /// transport can (MPI: a non-blocking allreduce); [`PendingSum::finish`] gives the sums.
+    /// Every rank starts the same sums in the same order, among its other collectives. By
+    /// default the sum is made here, whole.
+    fn start_sum_f32(&self, values: Vec<f32>) -> Box<dyn PendingSum + '_> {
+        let mut values = values;
+        self.sum_f32(&mut values);
+        Box::new(Summed(values))
+    }
+}
+
+/// A sum started by [`Collective::start_sum_f32`].
+pub trait PendingSum {
+    /// Lets the operation move on (MPI progresses inside its calls); whether it is done.
+    fn progress(&mut self) -> bool;
+    /// The sums, waiting for the other ranks' values if they have not all arrived (under the
+    /// collective's timeout).
+    fn finish(self: Box<Self>) -> Vec<f32>;
+}
+
+/// A sum already made.
+struct Summed(Vec<f32>);
+
+impl PendingSum for Summed {
+    fn progress(&mut self) -> bool {
+        true
+    }
+
+    fn finish(self: Box<Self>) -> Vec<f32> {
+        self.0
+    }
 }
 
 /// The group a [`super::net::TrainNet`] trains in.
@@ -42,7 +73,15 @@ pub struct Group {
     /// Batch statistics over the global batch (synchronised batch norm) rather than each
     /// rank's shard.
     pub sync_bn: bool,
+    /// Gradients are summed in buckets of about this many bytes, each sent as soon as the
+    /// backward pass has finished its layers, so the transfer overlaps the layers below; 0:
+    /// all of them in one allreduce after the backward pass.
+    pub bucket_bytes: usize,
 }
+
+/// The default [`Group::bucket_bytes`]: 1 MB. Each bucket is one more allreduce and its
+/// latency; PyTorch's DDP uses 25 MB, sized for networks a hundred times larger than these.
+pub const BUCKET_BYTES: usize = 1_000_000;
 
 /// Forward: the moments `(Σz, Σz²)` of every rank's shard, summed, times this rank's
 /// `share`: what this shard's sums would be if it had the global batch's statistics, so that
@@ -69,19 +108,94 @@ fn sum_pair(c: &dyn Collective, (a, b): &mut Moments, before: f64, after: f64) {
 }
 
 /// Gradients as one process on the global batch would have them: Σ_r share_r·g_r, in one
-/// allreduce of all of them. With equal shards, their mean.
-pub(crate) fn average(c: &dyn Collective, grads: &mut [Vec<f32>], share: f32) {
-    let total: usize = grads.iter().map(Vec::len).sum();
-    let mut flat = Vec::with_capacity(total);
-    for g in grads.iter() {
-        flat.extend(g.iter().map(|v| v * share));
+/// allreduce of all of them (1, the allreduces made). With equal shards, their mean.
+pub(crate) fn average(c: &dyn Collective, grads: &mut [Vec<f32>], share: f32) -> usize {
+    Buckets::new(c, share, 0, grads.len()).finish(grads)
+}
+
+/// The gradients of a step on their way to being averaged as [`average`] does, bucket by
+/// bucket while the backward pass goes on: parameters are handed over as their gradients are
+/// final ([`Buckets::ready`]), a bucket leaves when it holds [`Group::bucket_bytes`], and
+/// [`Buckets::finish`] sends whatever is left (the parameters the pass never reached too, as
+/// `average` would) and writes every sum back. Element by element the sums are those of one
+/// allreduce.
+pub(crate) struct Buckets<'c> {
+    c: &'c dyn Collective,
+    share: f32,
+    /// Values per bucket (at least one parameter's go in a bucket).
+    limit: usize,
+    sent: Vec<bool>,
+    open: Vec<usize>,
+    open_len: usize,
+    pending: Vec<(Vec<usize>, Box<dyn PendingSum + 'c>)>,
+}
+
+impl<'c> Buckets<'c> {
+    /// For `params` parameters, weighed by `share`, in buckets of `bytes`.
+    pub(crate) fn new(c: &'c dyn Collective, share: f32, bytes: usize, params: usize) -> Self {
+        Buckets {
+            c,
+            share,
+            limit: bytes / 4,
+            sent: vec![false; params],
+            open: Vec::new(),
+            open_len: 0,
+            pending: Vec::new(),
+        }
     }
-    c.sum_f32(&mut flat);
-    let mut at = 0;
-    for g in grads.iter_mut() {
-        let n = g.len();
-        g.copy_from_slice(&flat[at..at + n]);
-        at += n;
+
+    /// The gradients of `params` are final; a full bucket leaves. With buckets of 0 bytes
+    /// nothing leaves before [`Buckets::finish`].
+    pub(crate) fn ready(&mut self, grads: &[Vec<f32>], params: impl IntoIterator<Item = usize>) {
+        for p in params {
+            if !self.sent[p] {
+                self.sent[p] = true;
+                self.open.push(p);
+                self.open_len += grads[p].len();
+            }
+        }
+        if self.limit > 0 && self.open_len >= self.limit {
+            self.send(grads);
+        }
+        for (_, sum) in &mut self.pending {
+            sum.progress();
+        }
+    }
+
+    fn send(&mut self, grads: &[Vec<f32>]) {
+        if self.open.is_empty() {
+            return;
+        }
+        let mut flat = Vec::with_capacity(self.open_len);
+        for &p in &self.open {
+            flat.extend(grads[p].iter().map(|v| v * self.share));
+        }
+        let sum = self.c.start_sum_f32(flat);
+        self.pending.push((std::mem::take(&mut self.open), sum));
+        self.open_len = 0;
+    }
+
+    /// Sends the rest and writes every bucket's sums back into `grads`; the number of
+    /// allreduces the gradients took.
+    pub(crate) fn finish(mut self, grads: &mut [Vec<f32>]) -> usize {
+        let rest: Vec<usize> = (0..self.sent.len()).filter(|&p| !self.sent[p]).collect();
+        for p in rest {
+            self.sent[p] = true;
+            self.open.push(p);
+            self.open_len += grads[p].len();
+        }
+        self.send(grads);
+        let n = self.pending.len();
+        for (params, sum) in self.pending {
+            let flat = sum.finish();
+            let mut at = 0;
+            for p in params {
+                let len = grads[p].len();
+                grads[p].copy_from_slice(&flat[at..at + len]);
+                at += len;
+            }
+        }
+        n
     }
 }
 

@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::dist::Collective;
+use super::dist::{Collective, PendingSum};
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
@@ -99,26 +99,94 @@ impl Mpi {
                 Ok(_) => return,
                 Err(r) => request = r,
             }
-            if start.elapsed() > self.timeout {
-                eprintln!(
-                    "error: rank {} of {}: no answer from the other ranks for {:.0} s in {what} \
-                     ({bytes} bytes): a rank died or is stuck; ending the job \
-                     (--mpi-timeout sets the wait)",
-                    self.rank,
-                    self.size,
-                    self.timeout.as_secs_f64()
-                );
-                world.abort(3);
-            }
-            // Yield between polls for the first 50 ms (an allreduce on one machine takes
-            // microseconds to milliseconds, and yielding lets a rank sharing this core compute),
-            // then sleep so that a long wait does not take a core.
-            if start.elapsed() < Duration::from_millis(50) {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(200));
+            self.pause(world, start, what, bytes);
+        }
+    }
+
+    /// Between two polls of an operation started at `start`: past the timeout, says so and
+    /// aborts the job.
+    fn pause(&self, world: &SimpleCommunicator, start: Instant, what: &str, bytes: usize) {
+        if start.elapsed() > self.timeout {
+            eprintln!(
+                "error: rank {} of {}: no answer from the other ranks for {:.0} s in {what} \
+                 ({bytes} bytes): a rank died or is stuck; ending the job \
+                 (--mpi-timeout sets the wait)",
+                self.rank,
+                self.size,
+                self.timeout.as_secs_f64()
+            );
+            world.abort(3);
+        }
+        // Yield between polls for the first 50 ms (an allreduce on one machine takes
+        // microseconds to milliseconds, and yielding lets a rank sharing this core compute),
+        // then sleep so that a long wait does not take a core.
+        if start.elapsed() < Duration::from_millis(50) {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+/// A non-blocking allreduce in flight. Its buffers are the request's for as long as it runs:
+/// they are leaked into `'static` references when it starts and taken back once it completed.
+struct MpiSum<'m> {
+    mpi: &'m Mpi,
+    request: Option<mpi::request::Request<'static, [f32]>>,
+    /// The send and receive buffers (from `Box::into_raw`), until taken back.
+    buffers: Option<(*mut [f32], *mut [f32])>,
+    started: Instant,
+}
+
+impl MpiSum<'_> {
+    /// Tests the request once (a step of MPI's progress); whether it has completed.
+    fn test(&mut self) -> bool {
+        let Some(request) = self.request.take() else {
+            return true;
+        };
+        let _guard = self.mpi.universe.lock().unwrap_or_else(|e| e.into_inner());
+        match request.test() {
+            Ok(_) => true,
+            Err(r) => {
+                self.request = Some(r);
+                false
             }
         }
+    }
+
+    /// Waits for completion under the timeout, then takes the buffers back: the sums.
+    fn complete(&mut self) -> Option<Vec<f32>> {
+        let (send, recv) = self.buffers.take()?;
+        while !self.test() {
+            let bytes = 4 * recv.len();
+            self.mpi
+                .with_world(|world| self.mpi.pause(world, self.started, "an allreduce", bytes));
+        }
+        // Safety: the request has completed, so MPI no longer reads `send` or writes `recv`;
+        // both came from `Box::into_raw` in `start_sum_f32` and are taken back once (`buffers`
+        // is emptied above).
+        unsafe {
+            drop(Box::from_raw(send));
+            Some(Box::from_raw(recv).into_vec())
+        }
+    }
+}
+
+impl PendingSum for MpiSum<'_> {
+    fn progress(&mut self) -> bool {
+        self.test()
+    }
+
+    fn finish(mut self: Box<Self>) -> Vec<f32> {
+        self.complete().unwrap_or_default()
+    }
+}
+
+impl Drop for MpiSum<'_> {
+    fn drop(&mut self) {
+        // Dropped before `finish` (a panic on the way): the request completes before its
+        // buffers are freed.
+        self.complete();
     }
 }
 
@@ -137,6 +205,29 @@ impl Collective for Mpi {
 
     fn sum_f32(&self, values: &mut [f32]) {
         self.all_sum(values);
+    }
+
+    fn start_sum_f32(&self, values: Vec<f32>) -> Box<dyn PendingSum + '_> {
+        let send_ptr = Box::into_raw(values.into_boxed_slice());
+        let recv_ptr = Box::into_raw(vec![0.0f32; send_ptr.len()].into_boxed_slice());
+        // Safety: both buffers stay allocated, untouched by this rank, until the request has
+        // completed (`MpiSum::complete` frees them only then).
+        let (send, recv): (&'static [f32], &'static mut [f32]) =
+            unsafe { (&*send_ptr, &mut *recv_ptr) };
+        let guard = self.universe.lock().unwrap_or_else(|e| e.into_inner());
+        let request = guard.world().immediate_all_reduce_into(
+            mpi::request::StaticScope,
+            send,
+            recv,
+            SystemOperation::sum(),
+        );
+        drop(guard);
+        Box::new(MpiSum {
+            mpi: self,
+            request: Some(request),
+            buffers: Some((send_ptr, recv_ptr)),
+            started: Instant::now(),
+        })
     }
 
     fn broadcast_f32(&self, values: &mut [f32]) {

@@ -33,6 +33,8 @@ pub struct After {
     pub params: Vec<Vec<f32>>,
     pub buffers: Vec<Vec<f32>>,
     pub loss: f32,
+    /// Allreduces the gradients took.
+    pub allreduces: usize,
 }
 
 pub fn step(net: &mut TrainNet, images: &[f32], labels: &[usize]) -> After {
@@ -51,5 +53,6 @@ pub fn step(net: &mut TrainNet, images: &[f32], labels: &[usize]) -> After {
         params: net.params.iter().map(|p| p.value.clone()).collect(),
         buffers: net.buffers.values().cloned().collect(),
         loss: stats.loss,
+        allreduces: net.last_gradient_allreduces(),
     }
 }

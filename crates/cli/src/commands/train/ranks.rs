@@ -35,6 +35,7 @@ fn join_mpi(args: &TrainArgs) -> Result<Option<Group>> {
     Ok(Some(Group {
         collective: std::sync::Arc::new(mpi),
         sync_bn: !args.per_rank_bn,
+        bucket_bytes: (args.allreduce_bucket_mb * 1e6).round() as usize,
     }))
 }
 

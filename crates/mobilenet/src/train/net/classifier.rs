@@ -43,7 +43,7 @@ impl TrainNet {
         let (stats, _) = self.classifier_step(&mut st, labels, soft, rng, options, grads);
         self.record(TrainOp::Head, t);
         self.state = st;
-        self.group_finish(grads, stats, batch, false)
+        self.group_finish(grads, None, stats, batch, false)
     }
 
     /// How many convolution layers, from the input, a freeze through `name` holds fixed: a

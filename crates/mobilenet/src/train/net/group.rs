@@ -1,7 +1,9 @@
 //! [`TrainNet`] in a group of ranks (see [`crate::train::dist`]): the step's hooks.
 
 use super::super::bn::{bn_act_backward_sums, channel_moments, BnCache, Moments};
-use super::super::dist::{average, share, sync_backward_sums, sync_moments, Group};
+use super::super::dist::{
+    average, share, sync_backward_sums, sync_moments, Buckets, Collective, Group,
+};
 use super::{StepStats, TrainNet};
 use crate::train::profile::TrainOp;
 use crate::weights::{names, BnTensor};
@@ -21,6 +23,12 @@ impl TrainNet {
             Some(g) => share(&*g.collective, batch),
             None => (1.0, batch),
         };
+    }
+
+    /// Allreduces the last step's gradients took: one per bucket (see
+    /// [`Group::bucket_bytes`]); 0 outside a group.
+    pub fn last_gradient_allreduces(&self) -> usize {
+        self.gradient_allreduces
     }
 
     /// Images of the global batch of the last step (the step's alone outside a group).
@@ -107,12 +115,40 @@ impl TrainNet {
         Some(s)
     }
 
+    /// The gradient buckets of a step in `c` (the group's collective; `None` outside a group),
+    /// the classifier's gradients, final once the head's backward pass ran, handed over.
+    pub(super) fn group_buckets<'c>(
+        &mut self,
+        c: Option<&'c dyn Collective>,
+        grads: &[Vec<f32>],
+    ) -> Option<Buckets<'c>> {
+        let (c, g) = (c?, self.group.as_ref()?);
+        let mut b = Buckets::new(c, self.group_share.0 as f32, g.bucket_bytes, grads.len());
+        self.group_ready(Some(&mut b), grads, self.fc_param..grads.len());
+        Some(b)
+    }
+
+    /// Parameters whose gradients are final, handed to the step's buckets.
+    pub(super) fn group_ready(
+        &mut self,
+        buckets: Option<&mut Buckets<'_>>,
+        grads: &[Vec<f32>],
+        params: impl IntoIterator<Item = usize>,
+    ) {
+        if let Some(b) = buckets {
+            let t = self.clock();
+            b.ready(grads, params);
+            self.record(TrainOp::Collectives, t);
+        }
+    }
+
     /// After a step: gradients averaged over the group, the moving statistics too when each
     /// rank's batch norm had its own (with synchronised ones they are the same everywhere), and
     /// the loss and accuracy of the global batch.
     pub(super) fn group_finish(
         &mut self,
         grads: &mut [Vec<f32>],
+        buckets: Option<Buckets>,
         stats: StepStats,
         batch: usize,
         moved_bn: bool,
@@ -123,7 +159,10 @@ impl TrainNet {
         let c = &*g.collective;
         let (share, total) = self.group_share;
         let t = self.clock();
-        average(c, grads, share as f32);
+        self.gradient_allreduces = match buckets {
+            Some(b) => b.finish(grads),
+            None => average(c, grads, share as f32),
+        };
         if moved_bn && !g.sync_bn {
             let keys: Vec<String> = self
                 .layers

@@ -79,6 +79,8 @@ pub struct TrainNet {
     /// the global batch with the global batch's size.
     group: Option<super::dist::Group>,
     group_share: (f64, usize),
+    /// Allreduces the last step's gradients took in a group (0 outside one).
+    gradient_allreduces: usize,
 }
 
 /// Activations and caches of the last forward pass, reused between steps.
@@ -182,6 +184,7 @@ impl TrainNet {
             profile: None,
             group: None,
             group_share: (1.0, 0),
+            gradient_allreduces: 0,
         })
     }
 
@@ -447,6 +450,9 @@ impl TrainNet {
         st.pooled.resize(batch * fc, 0.0);
         head::avgpool_forward(&st.acts[convs.len()], batch, pixels, fc, &mut st.pooled);
         let (stats, dpooled) = self.classifier_step(&mut st, labels, soft, rng, options, grads);
+        // In a group, gradients leave in buckets as the backward pass finishes their layers.
+        let collective = self.group.as_ref().map(|g| g.collective.clone());
+        let mut buckets = self.group_buckets(collective.as_deref(), grads);
         let StepStats { loss, correct } = stats;
         // The gradient buffers only grow (every use overwrites the part it takes): resizing
         // them per layer zero-filled each growth, 1% of a step.
@@ -465,13 +471,14 @@ impl TrainNet {
             let need_dx = j > trained;
             let dab = (&mut da, &mut spare);
             sums = self.layer_backward(&st, (j, li, p), dab, (need_dx, sums.take()), grads);
+            self.group_ready(buckets.as_mut(), grads, [p.weight, p.gamma, p.beta]);
         }
         st.grad_a = da;
         st.grad_spare = spare;
         self.state = st;
         let stats = StepStats { loss, correct };
         let moved = options.update_bn_stats && !options.bn_frozen;
-        self.group_finish(grads, stats, batch, moved)
+        self.group_finish(grads, buckets, stats, batch, moved)
     }
 
     /// Batch norm's and the convolution's backward pass for conv layer `j` (`li` in the
