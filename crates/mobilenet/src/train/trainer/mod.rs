@@ -371,8 +371,10 @@ impl Trainer {
                 for e in &batch.skipped {
                     progress.skipped(&e.to_string());
                 }
-                self.state.partial.skipped += batch.skipped.len();
-                if ranks::any(g, batch.labels.is_empty()) {
+                let (empty, skipped) =
+                    ranks::shards_loaded(g, batch.labels.is_empty(), batch.skipped.len());
+                self.state.partial.skipped += skipped;
+                if empty {
                     // Every image of the batch was skipped (in a group: of some rank's shard,
                     // and every rank skips the batch with it, so that they step together).
                     self.state.batch = batch.index + 1;
@@ -497,9 +499,13 @@ impl Trainer {
             let model = self.net.to_model();
             let plan = InferenceModel::new(&model)?;
             let sizes = (o.batch_size.max(1), o.threads, o.loader_workers);
-            let report = match g {
+            let (report, val_skipped) = match g {
                 Some(g) => ranks::evaluate_shared(&plan, val, sizes, g)?,
-                None => evaluate(&plan, val, sizes.0, sizes.1, sizes.2)?,
+                None => {
+                    let report = evaluate(&plan, val, sizes.0, sizes.1, sizes.2)?;
+                    let skipped = report.skipped.len();
+                    (report, skipped)
+                }
             };
             self.profile(TrainOp::Evaluation, t);
             for e in &report.skipped {
@@ -516,7 +522,7 @@ impl Trainer {
                 lr: o.schedule.rate(o.lr, (epoch + 1) as f32, o.epochs as f32) * lr_scale,
                 images_per_second: (p.seen as f64 / p.step_seconds.max(1e-9)) as f32,
                 seconds: epoch_start.elapsed().as_secs_f32(),
-                skipped_images: p.skipped + report.skipped.len(),
+                skipped_images: p.skipped + val_skipped,
             };
             self.state.history.push(metrics.clone());
             self.state.epoch += 1;

@@ -51,18 +51,20 @@ pub(super) fn batches(len: usize, batch: usize, g: Option<&Group>) -> usize {
 }
 
 /// `val` evaluated with each rank taking every n-th image, the results added up on every rank:
-/// the same numbers as one process on the whole set (the per-class and confusion tables stay
-/// this rank's).
+/// the same numbers as one process on the whole set (the per-class and confusion tables, and
+/// the skipped images' messages, stay this rank's), and how many images every rank skipped.
 pub(super) fn evaluate_shared(
     plan: &InferenceModel,
     val: &Dataset,
     (batch, threads, workers): (usize, usize, usize),
     g: &Group,
-) -> Result<EvalReport, TrainFailure> {
+) -> Result<(EvalReport, usize), TrainFailure> {
     let (r, n) = (g.collective.rank(), g.collective.size());
     if val.len() < n {
         // Too few images to give every rank one: each evaluates them all.
-        return Ok(evaluate(plan, val, batch, threads, workers)?);
+        let report = evaluate(plan, val, batch, threads, workers)?;
+        let skipped = report.skipped.len();
+        return Ok((report, skipped));
     }
     let mine: Vec<usize> = (r..val.len()).step_by(n).collect();
     let mut report = evaluate(plan, &val.subset(&mine), batch, threads, workers)?;
@@ -80,7 +82,21 @@ pub(super) fn evaluate_shared(
     report.top1 = (sums[1] / total) as f32;
     report.top5 = (sums[2] / total) as f32;
     report.loss = (sums[3] / total) as f32;
-    Ok(report)
+    Ok((report, sums[4].round() as usize))
+}
+
+/// Before a step: whether any rank's shard came out empty (every image skipped: then every
+/// rank skips the batch, so that they step together), and the images every rank skipped, in
+/// one allreduce.
+pub(super) fn shards_loaded(g: Option<&Group>, empty: bool, skipped: usize) -> (bool, usize) {
+    match g {
+        Some(g) => {
+            let mut v = [f64::from(u8::from(empty)), skipped as f64];
+            g.collective.sum_f64(&mut v);
+            (v[0] > 0.0, v[1].round() as usize)
+        }
+        None => (empty, skipped),
+    }
 }
 
 /// Whether any rank asks to stop (every rank must stop at the same step).
