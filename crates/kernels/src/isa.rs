@@ -19,7 +19,7 @@ pub enum IsaKind {
     /// aarch64 Advanced SIMD, 4 f32 lanes (always present on aarch64).
     Neon,
     /// WebAssembly SIMD128, 4 f32 lanes: present when the module was built with `simd128`
-    /// (WebAssembly cannot test for it at run time; see [`crate::simd::Wasm128`]).
+    /// (WebAssembly cannot test for it at run time; see `simd::Wasm128`).
     Wasm128,
     /// x86-64 AVX2 with FMA3, 8 f32 lanes.
     Avx2Fma,
