@@ -185,6 +185,33 @@ impl Tile<'_, '_> {
     }
 }
 
+/// `$quad::<L, R>(&mut acc, &a, bp)` over every quad of the tile's K: four per group of 16
+/// bytes of A (lanes 0–3 of its registers), then the quads of the last partial group.
+macro_rules! quads {
+    ($quad:ident, $t:expr, $acc:ident, $r:ident) => {{
+        let (full, rest) = $t.groups();
+        for g in 0..full {
+            let a: [int8x16_t; $r] = std::array::from_fn(|r| $t.a16(r, g));
+            let bp = $t.bp.add(4 * g * NR * 4);
+            $quad::<0, $r>(&mut $acc, &a, bp);
+            $quad::<1, $r>(&mut $acc, &a, bp.add(NR * 4));
+            $quad::<2, $r>(&mut $acc, &a, bp.add(2 * NR * 4));
+            $quad::<3, $r>(&mut $acc, &a, bp.add(3 * NR * 4));
+        }
+        if rest > 0 {
+            let a: [int8x16_t; $r] = std::array::from_fn(|r| $t.a16(r, full));
+            let bp = $t.bp.add(4 * full * NR * 4);
+            $quad::<0, $r>(&mut $acc, &a, bp);
+            if rest > 1 {
+                $quad::<1, $r>(&mut $acc, &a, bp.add(NR * 4));
+            }
+            if rest > 2 {
+                $quad::<2, $r>(&mut $acc, &a, bp.add(2 * NR * 4));
+            }
+        }
+    }};
+}
+
 /// `sdot acc.4s, b.16b, a.4b[L]`.
 #[inline(always)]
 unsafe fn sdot<const L: i32>(acc: int32x4_t, b: int8x16_t, a: int8x16_t) -> int32x4_t {
@@ -223,29 +250,10 @@ unsafe fn dot_quad<const L: i32, const R: usize>(
 
 #[target_feature(enable = "dotprod")]
 unsafe fn dot_tile<const R: usize>(t: &Tile) {
-    let (full, rest) = t.groups();
     let mut acc = [t.xor_sums(); R];
     // Safety: quads below ⌈k/4⌉ are packed; rows of the tile exist.
     unsafe {
-        for g in 0..full {
-            let a: [int8x16_t; R] = std::array::from_fn(|r| t.a16(r, g));
-            let bp = t.bp.add(4 * g * NR * 4);
-            dot_quad::<0, R>(&mut acc, &a, bp);
-            dot_quad::<1, R>(&mut acc, &a, bp.add(NR * 4));
-            dot_quad::<2, R>(&mut acc, &a, bp.add(2 * NR * 4));
-            dot_quad::<3, R>(&mut acc, &a, bp.add(3 * NR * 4));
-        }
-        if rest > 0 {
-            let a: [int8x16_t; R] = std::array::from_fn(|r| t.a16(r, full));
-            let bp = t.bp.add(4 * full * NR * 4);
-            dot_quad::<0, R>(&mut acc, &a, bp);
-            if rest > 1 {
-                dot_quad::<1, R>(&mut acc, &a, bp.add(NR * 4));
-            }
-            if rest > 2 {
-                dot_quad::<2, R>(&mut acc, &a, bp.add(2 * NR * 4));
-            }
-        }
+        quads!(dot_quad, t, acc, R);
         for (r, acc) in acc.into_iter().enumerate() {
             t.store(r, acc);
         }
@@ -275,30 +283,11 @@ unsafe fn mull_quad<const L: i32, const R: usize>(
 }
 
 unsafe fn mull_tile<const R: usize>(t: &Tile) {
-    let (full, rest) = t.groups();
     // Safety: NEON is part of every aarch64 CPU; quads below ⌈k/4⌉ are packed; rows of the
     // tile exist.
     unsafe {
         let mut acc = [[vdupq_n_s32(0); 8]; R];
-        for g in 0..full {
-            let a: [int8x16_t; R] = std::array::from_fn(|r| t.a16(r, g));
-            let bp = t.bp.add(4 * g * NR * 4);
-            mull_quad::<0, R>(&mut acc, &a, bp);
-            mull_quad::<1, R>(&mut acc, &a, bp.add(NR * 4));
-            mull_quad::<2, R>(&mut acc, &a, bp.add(2 * NR * 4));
-            mull_quad::<3, R>(&mut acc, &a, bp.add(3 * NR * 4));
-        }
-        if rest > 0 {
-            let a: [int8x16_t; R] = std::array::from_fn(|r| t.a16(r, full));
-            let bp = t.bp.add(4 * full * NR * 4);
-            mull_quad::<0, R>(&mut acc, &a, bp);
-            if rest > 1 {
-                mull_quad::<1, R>(&mut acc, &a, bp.add(NR * 4));
-            }
-            if rest > 2 {
-                mull_quad::<2, R>(&mut acc, &a, bp.add(2 * NR * 4));
-            }
-        }
+        quads!(mull_quad, t, acc, R);
         let sums = t.xor_sums();
         for (r, acc) in acc.into_iter().enumerate() {
             let cols: [int32x4_t; 4] =
