@@ -1,6 +1,6 @@
 //! aarch64 u8 × s8 GEMMs on the quad-packed B of [`super::PackedQB`].
 //!
-//! Both forms multiply signed bytes, so A's bytes are flipped to `a − 128` (one `eor` per 16
+//! The dot and mull forms multiply signed bytes, so A's bytes are flipped to `a − 128` (one `eor` per 16
 //! bytes) and the accumulators start from `128·Σ_k B[k, j]` (packed with B), which restores
 //! `Σ a·b` exactly in wrapping i32 arithmetic.
 //!
@@ -52,9 +52,14 @@ pub(super) fn pack_octets(w: &[i8], k: usize, n: usize) -> Vec<i8> {
 ///
 /// # Safety
 ///
-/// As [`super::qgemm_ptr`]; for [`Form::Dot`] the CPU must have the dot-product extension.
+/// As [`super::qgemm_ptr`]; for [`Form::Dot`] the CPU must have the dot-product extension,
+/// for [`Form::Mmla`] i8mm.
 pub(super) unsafe fn gemm(job: Job, form: Form) {
     let b = job.b;
+    assert!(
+        form != Form::Mmla || b.octets.len() == b.panels() * b.k.div_ceil(8) * PAIRS * 16,
+        "B was not packed for i8mm"
+    );
     let rows_per_tile = match form {
         Form::Dot | Form::Mmla => 4,
         Form::Mull => 2,
