@@ -112,8 +112,9 @@ fn rank_step() {
     println!("rank {r}: same parameters as rank 0");
 }
 
-/// Rank 1 leaves (`stuck`: hangs for a minute); rank 0 waits in an allreduce, 3 s at most.
-fn rank_leaves(stuck: bool) {
+/// Rank 1 leaves (`stuck`: hangs for a minute); rank 0 waits in an allreduce, 3 s at most
+/// (`started`: in a gradient bucket's, started and then finished).
+fn rank_leaves(stuck: bool, started: bool) {
     let mpi = Mpi::init(Duration::from_secs(3)).expect("MPI starts");
     if mpi.rank() == 1 {
         if stuck {
@@ -121,8 +122,12 @@ fn rank_leaves(stuck: bool) {
         }
         std::process::exit(0);
     }
-    let mut v = [1.0f64];
-    mpi.sum_f64(&mut v);
+    if started {
+        let _ = mpi.start_sum_f32(vec![1.0; 1000]).finish();
+    } else {
+        let mut v = [1.0f64];
+        mpi.sum_f64(&mut v);
+    }
     unreachable!("the allreduce cannot complete without rank 1");
 }
 
@@ -155,8 +160,9 @@ fn two_mpi_ranks_step_as_one_process_with_the_same_bits() {
 fn a_rank_that_leaves_or_hangs_ends_the_job_with_a_message() {
     let name = "a_rank_that_leaves_or_hangs_ends_the_job_with_a_message";
     match std::env::var(CHILD).as_deref() {
-        Ok("leave") => return rank_leaves(false),
-        Ok("hang") => return rank_leaves(true),
+        Ok("leave") => return rank_leaves(false, false),
+        Ok("hang") => return rank_leaves(true, false),
+        Ok("hang-bucket") => return rank_leaves(true, true),
         Ok(_) => return,
         Err(_) => {}
     }
@@ -181,6 +187,15 @@ fn a_rank_that_leaves_or_hangs_ends_the_job_with_a_message() {
     );
     assert!(
         text.contains("rank 0 of 2: no answer from the other ranks for 3 s in an allreduce"),
+        "{text}"
+    );
+    // The same in a non-blocking allreduce (a gradient bucket's).
+    let Some((ok, text, took)) = mpirun(name, "hang-bucket") else {
+        return;
+    };
+    assert!(!ok && took < Duration::from_secs(30), "{took:?}: {text}");
+    assert!(
+        text.contains("no answer from the other ranks for 3 s in an allreduce (4000 bytes)"),
         "{text}"
     );
 }
