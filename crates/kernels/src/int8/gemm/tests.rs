@@ -1,0 +1,104 @@
+//! The integer GEMM against its definition on every instruction set this CPU runs.
+
+use super::*;
+
+fn noise(seed: u32, n: usize) -> Vec<u32> {
+    let mut s = seed.max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            s
+        })
+        .collect()
+}
+
+fn check(m: usize, k: usize, n: usize, row_coeff: i32) {
+    let a: Vec<u8> = noise(m as u32 * 7 + 1, m * (k + 3))
+        .iter()
+        .map(|&v| v as u8)
+        .collect();
+    let w: Vec<i8> = noise(k as u32 * 13 + n as u32, n * k)
+        .iter()
+        .map(|&v| v as i8)
+        .collect();
+    let b = PackedQB::new(&w, k, n);
+    let bias: Vec<i32> = noise(5, n)
+        .iter()
+        .map(|&v| (v % 20_000) as i32 - 10_000)
+        .collect();
+    let mult: Vec<i32> = noise(6, n)
+        .iter()
+        .map(|&v| (1 << 30) + (v >> 2) as i32)
+        .collect();
+    let shift: Vec<i32> = (0..n as i32).map(|j| -(j % 5) - 6).collect();
+    let rq = Requant::new(&bias, &mult, &shift, 11, 0, 255);
+    let lda = k + 3;
+    let mut want = vec![0u8; m * n];
+    qgemm_reference(m, &a, lda, &b, row_coeff, &rq, &mut want, n);
+    for isa in IntIsa::available() {
+        let mut got = vec![0u8; m * n];
+        qgemm(
+            isa,
+            m,
+            &a,
+            lda,
+            &b,
+            row_coeff,
+            &rq,
+            &mut got,
+            n,
+            0..b.panels(),
+        );
+        assert_eq!(got, want, "{isa} m {m} k {k} n {n} coeff {row_coeff}");
+        // The panels split across calls compose the whole.
+        let mut split = vec![0u8; m * n];
+        let half = b.panels() / 2;
+        qgemm(isa, m, &a, lda, &b, row_coeff, &rq, &mut split, n, 0..half);
+        qgemm(
+            isa,
+            m,
+            &a,
+            lda,
+            &b,
+            row_coeff,
+            &rq,
+            &mut split,
+            n,
+            half..b.panels(),
+        );
+        assert_eq!(split, want, "{isa} split m {m} k {k} n {n}");
+    }
+}
+
+#[test]
+fn every_isa_matches_reference_on_edge_sizes() {
+    for &(m, k, n) in &[
+        (1, 1, 1),
+        (13, 5, 33),
+        (12, 8, 32),
+        (25, 27, 8),
+        // AVX2's narrow tiles (n ≤ 8): 6 + 5 rows, 4, 2 + a 8-column half after 16.
+        (11, 9, 5),
+        (4, 16, 8),
+        (8, 12, 24),
+        (3, 70, 17),
+        (30, 128, 65),
+        // AMX: short depths (one chunk), ragged and whole 32-row blocks, several chunks.
+        (33, 28, 40),
+        (64, 32, 64),
+        (70, 192, 96),
+        (5, 64, 32),
+    ] {
+        check(m, k, n, 0);
+        check(m, k, n, 23);
+    }
+}
+
+#[test]
+fn mobilenet_shapes() {
+    check(49, 1024, 1024, 0);
+    check(196, 256, 512, -105);
+    check(1, 1024, 1001, 0);
+}
