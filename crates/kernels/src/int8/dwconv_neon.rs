@@ -26,15 +26,7 @@ pub(super) unsafe fn rows(
 ) {
     let c = w.c;
     let (inp, out) = (input.as_ptr(), output.as_mut_ptr());
-    // Output columns whose 3 taps all lie inside the image.
-    let first = g.pad_left.div_ceil(g.stride).min(g.out_w);
-    let cols = match g.in_w + g.pad_left >= 3 {
-        true => (
-            first,
-            ((g.in_w + g.pad_left - 3) / g.stride + 1).clamp(first, g.out_w),
-        ),
-        false => (first, first),
-    };
+    let cols = super::interior_columns(g);
     for ch in (0..c).step_by(8) {
         // Safety: weights, sums and constants are padded to cp ≥ ch + 8 channels; pixels are
         // read only inside the image, outputs written inside the band.
