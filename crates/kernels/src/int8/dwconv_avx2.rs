@@ -1,5 +1,5 @@
-//! AVX2 depthwise 3×3: 8 channels at a time: a channel block's nine filter vectors stay in registers while the
-//! block runs over the band's pixels. Each byte is zero-extended into an i32 lane whose
+//! AVX2 depthwise 3×3, 8 channels at a time: a channel block's nine filter vectors stay in
+//! registers while the block runs over the band's pixels. Each byte is zero-extended into an i32 lane whose
 //! high half is 0, so `vpmaddwd` against `w'` (its high half the sign) adds exactly `x·w'`;
 //! a tap outside the image reads the input's zero point, as TFLite's skipped tap. Pixels whose
 //! nine taps all lie inside the image skip the checks.
