@@ -147,18 +147,23 @@ impl<'c> Buckets<'c> {
     /// The gradients of `params` are final; a full bucket leaves. With buckets of 0 bytes
     /// nothing leaves before [`Buckets::finish`].
     pub(crate) fn ready(&mut self, grads: &[Vec<f32>], params: impl IntoIterator<Item = usize>) {
+        self.take(grads, params);
+        if self.limit > 0 && self.open_len >= self.limit {
+            self.send(grads);
+        }
+        for (_, sum) in &mut self.pending {
+            sum.progress();
+        }
+    }
+
+    /// Puts the parameters not sent yet into the open bucket.
+    fn take(&mut self, grads: &[Vec<f32>], params: impl IntoIterator<Item = usize>) {
         for p in params {
             if !self.sent[p] {
                 self.sent[p] = true;
                 self.open.push(p);
                 self.open_len += grads[p].len();
             }
-        }
-        if self.limit > 0 && self.open_len >= self.limit {
-            self.send(grads);
-        }
-        for (_, sum) in &mut self.pending {
-            sum.progress();
         }
     }
 
@@ -178,12 +183,7 @@ impl<'c> Buckets<'c> {
     /// Sends the rest and writes every bucket's sums back into `grads`; the number of
     /// allreduces the gradients took.
     pub(crate) fn finish(mut self, grads: &mut [Vec<f32>]) -> usize {
-        let rest: Vec<usize> = (0..self.sent.len()).filter(|&p| !self.sent[p]).collect();
-        for p in rest {
-            self.sent[p] = true;
-            self.open.push(p);
-            self.open_len += grads[p].len();
-        }
+        self.take(grads, 0..grads.len());
         self.send(grads);
         let n = self.pending.len();
         for (params, sum) in self.pending {
