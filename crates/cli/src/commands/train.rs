@@ -404,13 +404,12 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
             t
         }
     };
-    if trainer.net.group().is_some() {
+    if let Some(g) = trainer.net.group() {
         let (grads, bn, calls) = trainer.net.allreduce_per_step();
-        let bucket = trainer.net.group().map_or(0, |g| g.bucket_bytes);
         println!(
             "allreduce per step and rank: {:.2} MB of gradients {}{}",
             grads as f64 / 1e6,
-            match bucket {
+            match g.bucket_bytes {
                 0 => "in one allreduce after the backward pass".to_string(),
                 b => format!(
                     "in buckets of {:.2} MB during the backward pass",

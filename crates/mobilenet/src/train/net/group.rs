@@ -36,7 +36,8 @@ impl TrainNet {
         self.group_share.1
     }
 
-    /// What one step sends into collectives per rank: bytes of gradients (one allreduce),
+    /// What one step sends into collectives per rank: bytes of gradients (in buckets, see
+    /// [`Group::bucket_bytes`]),
     /// bytes of synchronised batch norm's sums and how many allreduces they take (two per
     /// convolution layer: forward and backward; none with per-rank batch norm).
     pub fn allreduce_per_step(&self) -> (usize, usize, usize) {
