@@ -35,7 +35,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(());
     }
-    let q = mobilenet::int8::QuantizedModel::load(Path::new(model))?;
+    let mut q = mobilenet::int8::QuantizedModel::load(Path::new(model))?;
+    // MOBILENET_REQUANT=xnnpack: XNNPACK's single-precision requantization.
+    if std::env::var("MOBILENET_REQUANT").as_deref() == Ok("xnnpack") {
+        q.set_requantization(mobilenet::int8::Requantization::Xnnpack)?;
+    }
     let n = q.engine().input_len();
     if raw.is_empty() || raw.len() % n != 0 {
         return Err(format!("{images}: not a whole number of {n}-byte images").into());

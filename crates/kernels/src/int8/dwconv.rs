@@ -479,6 +479,12 @@ mod tests {
     use super::*;
 
     fn check(in_hw: usize, c: usize, stride: usize, zp: u8) {
+        check_with(in_hw, c, stride, zp, false);
+        check_with(in_hw, c, stride, zp, true);
+    }
+
+    /// `fp32`: XNNPACK's requantization instead of TFLite's.
+    fn check_with(in_hw: usize, c: usize, stride: usize, zp: u8, fp32: bool) {
         let g = ConvGeometry::tf_same(in_hw, in_hw, 3, stride);
         let mut s = 0x9e37_79b9u32 ^ (c as u32 * 31 + in_hw as u32);
         let mut next = move || {
@@ -491,13 +497,22 @@ mod tests {
         let wts: Vec<i32> = (0..9 * c).map(|_| (next() % 511) as i32 - 255).collect();
         let w = QDwWeights::new(&wts, c, zp);
         let bias: Vec<i32> = (0..c).map(|_| (next() % 4000) as i32 - 2000).collect();
-        let rq = Requant::new(&bias, &[(1 << 30) + 12345], &[-8], 3, 0, 255);
+        let rq = match fp32 {
+            false => Requant::new(&bias, &[(1 << 30) + 12345], &[-8], 3, 0, 255),
+            true => {
+                let scale: Vec<f32> = (0..c).map(|j| 0.002 + j as f32 * 1e-4).collect();
+                Requant::fp32(&bias, &scale, 3, 0, 255)
+            }
+        };
         let mut want = vec![0u8; g.out_h * g.out_w * c];
         qdwconv3x3_reference(&g, &input, &w, &rq, &mut want);
         for isa in IntIsa::available() {
             let mut got = vec![0u8; want.len()];
             qdwconv3x3(isa, &g, &input, &w, &rq, &mut got, 0);
-            assert_eq!(got, want, "{isa} {in_hw}×{in_hw}×{c} stride {stride}");
+            assert_eq!(
+                got, want,
+                "{isa} {in_hw}×{in_hw}×{c} stride {stride} fp32 {fp32}"
+            );
             // Bands of rows compose the whole.
             let row = g.out_w * c;
             let mut bands = vec![0u8; want.len()];

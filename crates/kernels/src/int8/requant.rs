@@ -1,5 +1,6 @@
-//! Requantization with gemmlowp's fixed-point arithmetic: the scalar definition and the
-//! exact AVX-512 form, checked against each other.
+//! Requantization with gemmlowp's fixed-point arithmetic (TFLite's definition: the scalar form
+//! and the exact vector forms, checked against each other), or XNNPACK's single-precision form
+//! ([`Requant::fp32`]), the cheaper one an explicitly chosen fast mode uses.
 
 use super::IntIsa;
 
@@ -70,6 +71,10 @@ pub struct Requant {
     avx2_blocks: Vec<i64>,
     /// Whether `c` includes the zero point (every `e ≤ 20`, so that it cannot overflow).
     zp_folded: bool,
+    /// XNNPACK's form instead: `clamp(rne(min(f32(acc + bias)·scale, max − zp)) + zp, min,
+    /// max)` with these per-channel single-precision scales (the Q31 fields unused).
+    fp32: bool,
+    scale: Vec<f32>,
     zero_point: i32,
     min: i32,
     max: i32,
@@ -117,6 +122,8 @@ impl Requant {
             s_odd: vec![0; padded / 2],
             avx2_blocks: vec![0; padded / 8 * 24],
             zp_folded: false,
+            fp32: false,
+            scale: vec![0.0; padded],
             zero_point,
             min,
             max,
@@ -163,6 +170,41 @@ impl Requant {
         r
     }
 
+    /// XNNPACK's "fp32" requantization, for `bias.len()` channels with `scale` holding one
+    /// value per channel or one for all: the output byte is `clamp(rne(min(f32(acc + bias) ·
+    /// scale, max − zp)) + zp, min, max)`: the accumulator rounded to single precision,
+    /// multiplied in single precision, capped at the upper bound and rounded to the nearest
+    /// integer, ties to even. XNNPACK's x86 kernels compute exactly this (their narrowing
+    /// saturations only ever reach the bounds), so with its scales (`s_in·s_w / s_out` in
+    /// single precision) the bytes are its bytes; TFLite's own kernels round differently.
+    ///
+    /// # Panics
+    ///
+    /// If a scale is not in (0, 256) (XNNPACK's range), the lengths differ, or the bounds are
+    /// not bytes.
+    pub fn fp32(bias: &[i32], scale: &[f32], zero_point: i32, min: i32, max: i32) -> Requant {
+        let n = bias.len();
+        assert!(
+            scale.len() == n || scale.len() == 1,
+            "one scale or one per channel"
+        );
+        assert!(
+            scale.iter().all(|&s| s > 0.0 && s < 256.0),
+            "requantization scales must lie in (0, 256)"
+        );
+        let mut r = Requant::new(bias, &[0], &[0], zero_point, min, max);
+        for j in 0..n {
+            r.scale[j] = scale[if scale.len() == 1 { 0 } else { j }];
+        }
+        r.fp32 = true;
+        r
+    }
+
+    /// Whether this is XNNPACK's single-precision form ([`Requant::fp32`]).
+    pub fn is_fp32(&self) -> bool {
+        self.fp32
+    }
+
     /// Number of channels.
     pub fn len(&self) -> usize {
         self.n
@@ -177,6 +219,12 @@ impl Requant {
     #[inline]
     pub fn apply(&self, j: usize, acc: i32) -> u8 {
         let x = acc.wrapping_add(self.bias[j]);
+        if self.fp32 {
+            let f = (x as f32 * self.scale[j]).min((self.max - self.zero_point) as f32);
+            // `as` saturates: below −2^31 gives i32::MIN, as `cvtps2dq` does.
+            let v = f.round_ties_even() as i32;
+            return v.wrapping_add(self.zero_point).clamp(self.min, self.max) as u8;
+        }
         let v = rounding_divide_by_pot(
             saturating_rounding_doubling_high_mul(
                 x.wrapping_mul(1 << self.left[j]),
@@ -264,6 +312,10 @@ pub(crate) mod x86 {
         zp_folded: bool,
         /// Whether the upper bound is 255 (the narrowing store saturates there).
         top: bool,
+        /// XNNPACK's form: the scales and `max − zp` in single precision.
+        fp32: bool,
+        scale: __m512,
+        cap: __m512,
     }
 
     impl Rq16 {
@@ -295,6 +347,9 @@ pub(crate) mod x86 {
                     ),
                     zp_folded: rq.zp_folded,
                     top: rq.max == 255,
+                    fp32: rq.fp32,
+                    scale: _mm512_loadu_ps(rq.scale.as_ptr().add(j)),
+                    cap: _mm512_set1_ps((rq.max - rq.zero_point) as f32),
                 }
             }
         }
@@ -313,6 +368,12 @@ pub(crate) mod x86 {
         pub(crate) unsafe fn apply(&self, acc: __m512i) -> __m512i {
             unsafe {
                 let mut x = _mm512_add_epi32(acc, self.bias);
+                if self.fp32 {
+                    // Rounded to nearest, ties to even (MXCSR's default mode).
+                    let f = _mm512_mul_ps(_mm512_cvtepi32_ps(x), self.scale);
+                    let v = _mm512_cvtps_epi32(_mm512_min_ps(f, self.cap));
+                    return _mm512_max_epi32(_mm512_add_epi32(v, self.zp), self.lo);
+                }
                 if self.any_left {
                     x = _mm512_sllv_epi32(x, self.l);
                 }
@@ -496,5 +557,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// XNNPACK's form, written out in double precision: the product of two single-precision
+    /// values is exact there, so rounding it once to single precision is `f32`'s multiply.
+    fn fp32_definition(x: i32, scale: f32, zp: i32, lo: i32, hi: i32) -> u8 {
+        let f = ((x as f32 as f64) * scale as f64) as f32;
+        let f = (f as f64).min((hi - zp) as f64).round_ties_even();
+        (f.max(i32::MIN as f64) as i64 + zp as i64).clamp(lo as i64, hi as i64) as u8
+    }
+
+    #[test]
+    fn fp32_rows_equal_their_definition_on_every_isa() {
+        let mut values = hard_values();
+        // Ties: odd values times a half, which round to the even neighbour.
+        values.extend((-41..41).map(|v| 2 * v + 1));
+        let n = 37;
+        let bias: Vec<i32> = (0..n as i32).map(|i| i * 101 - 1_700).collect();
+        let mut scale: Vec<f32> = (0..n).map(|i| 0.5f32.powi(i as i32 % 9) * 0.75).collect();
+        scale[3] = 0.5;
+        scale[4] = 255.9;
+        scale[5] = 1e-9;
+        for (zp, lo, hi) in [(7, 3, 250), (128, 0, 255), (0, 0, 255)] {
+            let rq = Requant::fp32(&bias, &scale, zp, lo, hi);
+            assert!(rq.is_fp32());
+            for isa in IntIsa::available() {
+                for (row, chunk) in values.chunks(n).enumerate() {
+                    let chunk = &chunk[..chunk.len().min(n)];
+                    let add = row as i32 * 3 - 40;
+                    for j0 in [0, 5, 16] {
+                        if j0 >= chunk.len() {
+                            continue;
+                        }
+                        let mut got = vec![0u8; chunk.len() - j0];
+                        rq.row(isa, &chunk[j0..], add, j0, &mut got);
+                        for (i, (&acc, &g)) in chunk[j0..].iter().zip(&got).enumerate() {
+                            let j = j0 + i;
+                            let x = acc.wrapping_add(add).wrapping_add(bias[j]);
+                            let want = fp32_definition(x, scale[j], zp, lo, hi);
+                            assert_eq!(g, want, "{isa} acc {acc} ch {j} scale {}", scale[j]);
+                        }
+                    }
+                }
+            }
+        }
+        // A tie in the middle of the bytes: 5 · 0.5 = 2.5 → 2, 7 · 0.5 = 3.5 → 4.
+        let rq = Requant::fp32(&[0], &[0.5], 10, 0, 255);
+        assert_eq!((rq.apply(0, 5), rq.apply(0, 7)), (12, 14));
     }
 }

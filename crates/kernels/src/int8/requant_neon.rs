@@ -23,6 +23,10 @@ pub(crate) struct Rq4 {
     zp: int32x4_t,
     lo: int32x4_t,
     hi: int32x4_t,
+    /// XNNPACK's form: the scales and `max − zp` in single precision.
+    fp32: bool,
+    scale: float32x4_t,
+    cap: float32x4_t,
 }
 
 impl Rq4 {
@@ -44,6 +48,9 @@ impl Rq4 {
                 zp: vdupq_n_s32(rq.zero_point),
                 lo: vdupq_n_s32(rq.min),
                 hi: vdupq_n_s32(rq.max),
+                fp32: rq.fp32,
+                scale: vld1q_f32(rq.scale.as_ptr().add(j)),
+                cap: vdupq_n_f32((rq.max - rq.zero_point) as f32),
             }
         }
     }
@@ -53,6 +60,12 @@ impl Rq4 {
     pub(crate) fn apply(&self, acc: int32x4_t) -> int32x4_t {
         // Safety: NEON is part of every aarch64 CPU.
         unsafe {
+            if self.fp32 {
+                // `fcvtns`: nearest, ties to even, saturating — `cvtps2dq` in range.
+                let f = vmulq_f32(vcvtq_f32_s32(vaddq_s32(acc, self.bias)), self.scale);
+                let v = vaddq_s32(vcvtnq_s32_f32(vminq_f32(f, self.cap)), self.zp);
+                return vminq_s32(vmaxq_s32(v, self.lo), self.hi);
+            }
             let x = vshlq_s32(vaddq_s32(acc, self.bias), self.l);
             let x = vqrdmulhq_s32(x, self.m);
             // −1 for negative x where e > 0 (−e has its sign bit set exactly then).

@@ -17,6 +17,29 @@ use super::reference::softmax;
 use crate::exec::{for_each_part, for_each_part2, qgemm_split, resolve_threads, split, SpinPool};
 use crate::tflite::ElementType;
 
+/// How the convolutions' 32-bit sums become bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Requantization {
+    /// TFLite's fixed-point arithmetic (gemmlowp's double rounding): the bytes of TFLite's
+    /// reference kernels and of the reference interpreter, on every instruction set.
+    #[default]
+    Tflite,
+    /// XNNPACK's single-precision form ([`Requant::fp32`]): about a quarter of the work per
+    /// output, the bytes of TFLite running with its default XNNPACK delegate rather than of
+    /// TFLite's own kernels (outputs differ from those by a few steps).
+    Xnnpack,
+}
+
+impl Requantization {
+    /// The name the command line takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Requantization::Tflite => "tflite",
+            Requantization::Xnnpack => "xnnpack",
+        }
+    }
+}
+
 /// Why a quantized model cannot run on the fast engine (the reference interpreter still can).
 #[derive(Debug, thiserror::Error)]
 #[error("the integer engine cannot run this model: {0}")]
@@ -75,7 +98,12 @@ impl Step {
 
 /// Plans one convolution of the IR onto the kernels; `col_len` grows to the im2col buffer it
 /// needs.
-fn conv_step(conv: &QConv, offset: i32, col_len: &mut usize) -> Result<Step, Unsupported> {
+fn conv_step(
+    conv: &QConv,
+    offset: i32,
+    requantization: Requantization,
+    col_len: &mut usize,
+) -> Result<Step, Unsupported> {
     let byte = |v: i32, what: &str| -> Result<u8, Unsupported> {
         u8::try_from(v + offset).map_err(|_| Unsupported(format!("{what} {v} is not a byte")))
     };
@@ -95,6 +123,7 @@ fn conv_step(conv: &QConv, offset: i32, col_len: &mut usize) -> Result<Step, Uns
         out_hw,
         input_zp,
         multipliers,
+        scales,
         output_zp,
         act,
     } = conv;
@@ -115,14 +144,19 @@ fn conv_step(conv: &QConv, offset: i32, col_len: &mut usize) -> Result<Step, Uns
                 act.0, act.1
             )));
         }
-        Ok(Requant::new(
-            bias,
-            &m,
-            &s,
-            output_zp + offset,
-            act.0 + offset,
-            act.1 + offset,
-        ))
+        let (zp, lo, hi) = (output_zp + offset, act.0 + offset, act.1 + offset);
+        match requantization {
+            Requantization::Tflite => Ok(Requant::new(bias, &m, &s, zp, lo, hi)),
+            Requantization::Xnnpack => {
+                // XNNPACK refuses the same scales.
+                if scales.iter().any(|s| !(*s > 0.0 && *s < 256.0)) {
+                    return Err(Unsupported(
+                        "a requantization scale outside (0, 256) for XNNPACK's form".into(),
+                    ));
+                }
+                Ok(Requant::fp32(bias, scales, zp, lo, hi))
+            }
+        }
     };
     let g = ConvGeometry {
         in_h: in_hw.0,
@@ -209,6 +243,7 @@ fn conv_step(conv: &QConv, offset: i32, col_len: &mut usize) -> Result<Step, Uns
 #[derive(Debug)]
 pub struct QuantEngine {
     isa: IntIsa,
+    requantization: Requantization,
     steps: Vec<Step>,
     /// 1×1 convolutions reading step `.0`'s output (a detector's predictors).
     heads: Vec<(usize, Step)>,
@@ -230,6 +265,15 @@ impl QuantEngine {
 
     /// Plans `model` for `isa`'s kernels.
     pub fn with_isa(model: &QuantModel, isa: IntIsa) -> Result<QuantEngine, Unsupported> {
+        QuantEngine::planned(model, isa, Requantization::Tflite)
+    }
+
+    /// Plans `model` for `isa`'s kernels with the given requantization.
+    pub fn planned(
+        model: &QuantModel,
+        isa: IntIsa,
+        requantization: Requantization,
+    ) -> Result<QuantEngine, Unsupported> {
         let offset = if model.kind == ElementType::I8 {
             128
         } else {
@@ -243,7 +287,7 @@ impl QuantEngine {
         let mut last_c = 3;
         for op in &model.ops {
             let step = match op {
-                QOp::Conv(conv) => conv_step(conv, offset, &mut col_len)?,
+                QOp::Conv(conv) => conv_step(conv, offset, requantization, &mut col_len)?,
                 QOp::AvgPool { hw, c, act } => Step::Pool {
                     pixels: *hw,
                     c: *c,
@@ -270,10 +314,12 @@ impl QuantEngine {
         let heads = model
             .heads
             .iter()
-            .map(|h| match conv_step(&h.conv, offset, &mut col_len)? {
-                step @ Step::Gemm { .. } => Ok((h.after, step)),
-                _ => Err(Unsupported("a head that is not a 1×1 convolution".into())),
-            })
+            .map(
+                |h| match conv_step(&h.conv, offset, requantization, &mut col_len)? {
+                    step @ Step::Gemm { .. } => Ok((h.after, step)),
+                    _ => Err(Unsupported("a head that is not a 1×1 convolution".into())),
+                },
+            )
             .collect::<Result<Vec<_>, _>>()?;
         let max_len = steps
             .iter()
@@ -283,6 +329,7 @@ impl QuantEngine {
             .unwrap_or(0);
         Ok(QuantEngine {
             isa,
+            requantization,
             steps,
             heads,
             offset,
@@ -296,6 +343,11 @@ impl QuantEngine {
     /// The kernels' instruction set.
     pub fn isa(&self) -> IntIsa {
         self.isa
+    }
+
+    /// How sums become bytes.
+    pub fn requantization(&self) -> Requantization {
+        self.requantization
     }
 
     /// Bytes per input image.

@@ -43,6 +43,9 @@ pub(crate) struct QConv {
     pub out_hw: (usize, usize),
     pub input_zp: i32,
     pub multipliers: Vec<QuantizedMultiplier>,
+    /// The same scales as XNNPACK derives them, `s_in·s_w / s_out` in single precision, per
+    /// output channel: what its "fp32" requantization multiplies by.
+    pub scales: Vec<f32>,
     pub output_zp: i32,
     pub act: (i32, i32),
 }
@@ -284,6 +287,9 @@ impl<'g> Reader<'g> {
                 ))
             })
             .collect();
+        let scales = (0..cout)
+            .map(|ch| in_s[0] * w_s[if per_channel { ch } else { 0 }] / out_s[0])
+            .collect();
         let output_zp = out_z[0] as i32;
         let act = activation_range(activation, out_s[0], output_zp, qmin, qmax);
         let (pad_top, pad_left) = match (pad, padding) {
@@ -310,6 +316,7 @@ impl<'g> Reader<'g> {
             out_hw: (oh, ow),
             input_zp: in_z[0] as i32,
             multipliers,
+            scales,
             output_zp,
             act,
         })
@@ -397,6 +404,7 @@ impl QuantModel {
                         out_hw: (1, 1),
                         input_zp: in_z[0] as i32,
                         multipliers: vec![m; cout],
+                        scales: vec![in_s[0] * w_s[0] / out_s[0]; cout],
                         output_zp: out_z[0] as i32,
                         act: activation_range(activation, out_s[0], out_z[0] as i32, qmin, qmax),
                     }));

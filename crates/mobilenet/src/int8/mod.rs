@@ -26,7 +26,7 @@ mod runner;
 
 pub use calibrate::{Calibration, Calibrator};
 pub use chain::HeadSpec;
-pub use engine::{QuantEngine, QuantSession, Unsupported};
+pub use engine::{QuantEngine, QuantSession, Requantization, Unsupported};
 pub use ir::{QuantModel, QuantizedMultiplier};
 pub use model::QuantizedModel;
 pub(crate) use ptq::{fused, input_params, range_of, Builder};

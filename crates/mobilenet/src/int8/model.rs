@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::engine::{QuantEngine, QuantSession};
+use super::engine::{QuantEngine, QuantSession, Requantization};
 use super::ir::QuantModel;
 use super::ptq::PREPROCESSING_METADATA;
 use crate::classifier::ModelInfo;
@@ -115,6 +115,23 @@ impl QuantizedModel {
     /// Activation type: uint8 or int8.
     pub fn kind(&self) -> ElementType {
         self.model.kind
+    }
+
+    /// Replans the engine with another requantization (on the same instruction set).
+    ///
+    /// # Errors
+    ///
+    /// When a layer's scale is outside what that form takes.
+    pub fn set_requantization(&mut self, r: Requantization) -> Result<(), ModelError> {
+        if r != self.engine.requantization() {
+            self.engine = QuantEngine::planned(&self.model, self.engine.isa(), r).map_err(|e| {
+                ModelError::Metadata {
+                    path: "quantized model".into(),
+                    reason: e.to_string(),
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// The integer engine.

@@ -15,6 +15,12 @@ fn noise(seed: u32, n: usize) -> Vec<u32> {
 }
 
 fn check(m: usize, k: usize, n: usize, row_coeff: i32) {
+    check_with(m, k, n, row_coeff, false);
+    check_with(m, k, n, row_coeff, true);
+}
+
+/// `fp32`: XNNPACK's requantization, scales that put most outputs inside the bytes.
+fn check_with(m: usize, k: usize, n: usize, row_coeff: i32, fp32: bool) {
     let a: Vec<u8> = noise(m as u32 * 7 + 1, m * (k + 3))
         .iter()
         .map(|&v| v as u8)
@@ -33,7 +39,16 @@ fn check(m: usize, k: usize, n: usize, row_coeff: i32) {
         .map(|&v| (1 << 30) + (v >> 2) as i32)
         .collect();
     let shift: Vec<i32> = (0..n as i32).map(|j| -(j % 5) - 6).collect();
-    let rq = Requant::new(&bias, &mult, &shift, 11, 0, 255);
+    let rq = match fp32 {
+        false => Requant::new(&bias, &mult, &shift, 11, 0, 255),
+        true => {
+            let scale: Vec<f32> = mult
+                .iter()
+                .map(|&m| m as f32 / (1u64 << 45) as f32 / (k as f32).sqrt())
+                .collect();
+            Requant::fp32(&bias, &scale, 11, 0, 255)
+        }
+    };
     let lda = k + 3;
     let mut want = vec![0u8; m * n];
     qgemm_reference(m, &a, lda, &b, row_coeff, &rq, &mut want, n);
@@ -51,7 +66,10 @@ fn check(m: usize, k: usize, n: usize, row_coeff: i32) {
             n,
             0..b.panels(),
         );
-        assert_eq!(got, want, "{isa} m {m} k {k} n {n} coeff {row_coeff}");
+        assert_eq!(
+            got, want,
+            "{isa} m {m} k {k} n {n} coeff {row_coeff} fp32 {fp32}"
+        );
         // The panels split across calls compose the whole.
         let mut split = vec![0u8; m * n];
         let half = b.panels() / 2;
