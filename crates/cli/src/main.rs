@@ -173,6 +173,26 @@ pub(crate) fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y)
 }
 
+/// `--requant`: how a quantized model's integer engine turns its sums into bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RequantArg {
+    /// TFLite's fixed-point arithmetic: byte-exact with TFLite's reference kernels
+    #[default]
+    Tflite,
+    /// XNNPACK's single-precision form: faster, byte-exact with TFLite running its default
+    /// XNNPACK delegate
+    Xnnpack,
+}
+
+impl From<RequantArg> for mobilenet::int8::Requantization {
+    fn from(r: RequantArg) -> Self {
+        match r {
+            RequantArg::Tflite => mobilenet::int8::Requantization::Tflite,
+            RequantArg::Xnnpack => mobilenet::int8::Requantization::Xnnpack,
+        }
+    }
+}
+
 /// `--threads N` (0: all cores). More threads than cores are capped, with a note: the pool's
 /// workers spin between steps, and more of them than cores only contend (1,000 hung a run).
 pub(crate) fn threads_arg(s: &str) -> Result<usize, String> {

@@ -251,7 +251,8 @@ fn classify_with_crop_one_and_text_output() {
 
 /// `quantize` end to end on a tiny model and a folder of images, then the int8 file through
 /// `classify` (labels from its metadata), `bench` (int8 next to f32) and `eval`; and its bad
-/// inputs: a missing calibration folder, a folder without images, a truncated .tflite.
+/// inputs: a missing calibration folder, a folder without images, a truncated .tflite; XNNPACK's
+/// requantization is taken by the int8 file and refused by the float one.
 #[test]
 fn quantize_then_classify_bench_and_eval_the_int8_file() {
     let dir = TempDir::new("quantize");
@@ -341,6 +342,44 @@ fn quantize_then_classify_bench_and_eval_the_int8_file() {
     );
     let e: serde_json::Value = serde_json::from_slice(&out.stdout).expect("eval JSON");
     assert_eq!(e["images"], 12);
+    // XNNPACK's requantization: named in the bench's instruction set; the float model refuses it.
+    let out = mobilenet(&[
+        "bench",
+        "--model",
+        qs,
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+        "--requant",
+        "xnnpack",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench JSON");
+    let isa = b["isa"].as_str().expect("isa");
+    assert!(isa.ends_with(", xnnpack requantization"), "{isa}");
+    let out = mobilenet(&["eval", "--model", qs, "--data", i, "--requant", "xnnpack"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    one_error_line(
+        &mobilenet(&[
+            "classify",
+            "--model",
+            m,
+            "--requant",
+            "xnnpack",
+            photo.to_str().expect("utf-8"),
+        ]),
+        &["m.safetensors", "float model", "quantized .tflite"],
+    );
 
     let missing = dir.path("nowhere");
     one_error_line(

@@ -238,6 +238,31 @@ impl AnyModel {
         Ok(AnyModel::Float(model))
     }
 
+    /// Chooses the integer engine's requantization (quantized models; a float model takes
+    /// only the default).
+    ///
+    /// # Errors
+    ///
+    /// XNNPACK's form asked of a float model, or a layer scale it cannot take.
+    pub fn set_requantization(
+        &mut self,
+        r: crate::int8::Requantization,
+        path: &Path,
+    ) -> Result<(), ModelError> {
+        let bad = |reason: String| ModelError::Metadata {
+            path: path.to_path_buf(),
+            reason,
+        };
+        match self {
+            AnyModel::Quantized(q) => q.set_requantization(r).map_err(|e| bad(e.to_string())),
+            AnyModel::Float(_) if r == crate::int8::Requantization::Tflite => Ok(()),
+            AnyModel::Float(_) => Err(bad(format!(
+                "a float model: the {} requantization is for quantized .tflite files",
+                r.name()
+            ))),
+        }
+    }
+
     /// The model on its runtime: the f32 engine for the detected instruction set, or the
     /// integer engine.
     ///
@@ -259,4 +284,18 @@ impl AnyModel {
 /// As [`AnyModel::load`] and [`AnyModel::into_classifier`].
 pub fn load(path: &Path) -> Result<Box<dyn Classifier>, ModelError> {
     AnyModel::load(path)?.into_classifier()
+}
+
+/// [`load`] with the integer engine's requantization chosen.
+///
+/// # Errors
+///
+/// As [`load`] and [`AnyModel::set_requantization`].
+pub fn load_with(
+    path: &Path,
+    requantization: crate::int8::Requantization,
+) -> Result<Box<dyn Classifier>, ModelError> {
+    let mut model = AnyModel::load(path)?;
+    model.set_requantization(requantization, path)?;
+    model.into_classifier()
 }

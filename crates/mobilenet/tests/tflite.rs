@@ -1,6 +1,8 @@
 //! Reading `.tflite` MobileNets: the files in `../shared/data` are recognised with the right
 //! configuration; the float VWW detector reproduces LiteRT's float outputs; the uint8 ImageNet
-//! models, dequantized to float, give LiteRT's top-1; malformed files are clear errors.
+//! models, dequantized to float, give LiteRT's top-1; the integer engine gives the bytes of
+//! LiteRT's reference kernels and, with XNNPACK's requantization, of LiteRT's XNNPACK delegate;
+//! malformed files are clear errors.
 
 mod common;
 
@@ -8,7 +10,7 @@ use std::path::Path;
 
 use flatbuffers::FlatBufferBuilder;
 use mobilenet::import::{import, ImportOptions, SourceFormat};
-use mobilenet::int8::{QuantEngine, QuantModel};
+use mobilenet::int8::{QuantEngine, QuantModel, Requantization};
 use mobilenet::preprocess::load_image;
 use mobilenet::tflite::{read, MobileNetGraph};
 use mobilenet::{Activation, InferenceModel};
@@ -291,6 +293,80 @@ fn integer_engine_reproduces_litert_int8_vww() {
         checked += 1;
     }
     assert_eq!(checked, 8);
+}
+
+/// With XNNPACK's requantization the engine gives the bytes of LiteRT 2.3 with its XNNPACK
+/// delegate (`fixtures/xnnpack_outputs.json`, from `scripts/xnnpack_fixture.py`) on every
+/// instruction set and thread count; those bytes differ from the reference kernels' exactly as
+/// much as the shared reference file says LiteRT's XNNPACK run did.
+#[test]
+fn xnnpack_requantization_reproduces_litert_xnnpack_bytes() {
+    let Some(data) = common::shared_data("xnnpack_requantization_reproduces_litert_xnnpack_bytes")
+    else {
+        return;
+    };
+    let expected = common::expected(&data);
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/xnnpack_outputs.json"))
+            .expect("fixture parses");
+    let mut models = std::collections::HashMap::new();
+    let (mut checked, mut differing) = (0, 0);
+    for case in fixture["cases"].as_array().expect("cases") {
+        let file = case["model"].as_str().expect("model");
+        let model = models
+            .entry(file.to_string())
+            .or_insert_with(|| quant_model(&data.join(file)));
+        let offset = match model.kind {
+            mobilenet::tflite::ElementType::I8 => 128,
+            _ => 0,
+        };
+        let input = quant_input(&data, case, offset);
+        let want = ints(&case["output"]);
+        // The shared file's account of the XNNPACK run: its largest distance from the
+        // reference kernels' bytes.
+        if let Some(r) = expected["cases"]
+            .as_array()
+            .expect("cases")
+            .iter()
+            .find(|r| {
+                r["model"] == case["model"]
+                    && r["input"] == case["input"]
+                    && r.get("output_uint8").is_some()
+            })
+        {
+            let reference = ints(&r["output_uint8"]);
+            let max = want
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| (a - b).abs())
+                .max();
+            assert_eq!(
+                max,
+                r["xnnpack_max_abs_diff"].as_i64().map(|v| v as i32),
+                "{file} {}",
+                case["input"]
+            );
+            differing += usize::from(want != reference);
+        }
+        for isa in IntIsa::available() {
+            let engine = QuantEngine::planned(model, isa, Requantization::Xnnpack)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(engine.requantization(), Requantization::Xnnpack);
+            let bytes: Vec<u8> = input.iter().map(|&q| engine.to_byte(q)).collect();
+            for threads in [1, 2] {
+                let got = engine.session(threads).run(&bytes).to_vec();
+                let differ = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+                assert_eq!(
+                    (got.len(), differ),
+                    (want.len(), 0),
+                    "{file} {} ({isa}, {threads} threads): {differ} values differ from LiteRT + XNNPACK",
+                    case["input"]
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert_eq!((checked, differing), (32, 23));
 }
 
 /// A minimal TFLite flatbuffer: one operator of builtin code `op` on two float tensors of

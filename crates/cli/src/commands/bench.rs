@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// pipeline)
     #[arg(long, value_enum, default_value_t = FusionArg::Pipeline)]
     fusion: FusionArg,
+    /// For a quantized .tflite: tflite (TFLite's fixed-point requantization, the bytes of its
+    /// reference kernels) or xnnpack (XNNPACK's single-precision one: faster, the bytes of
+    /// TFLite with its default XNNPACK delegate)
+    #[arg(long, value_enum, default_value_t = crate::RequantArg::Tflite)]
+    requant: crate::RequantArg,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -117,7 +122,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let (file, name) = match (&args.model, args.preset) {
         (Some(path), _) => match AnyModel::load(path)? {
-            AnyModel::Quantized(q) => return run_quantized(args, path, *q),
+            AnyModel::Quantized(mut q) => {
+                q.set_requantization(args.requant.into())
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                return run_quantized(args, path, *q);
+            }
+            AnyModel::Float(_) if args.requant != crate::RequantArg::Tflite => {
+                anyhow::bail!(
+                    "--requant xnnpack: {} is a float model; the requantization is for quantized .tflite files",
+                    path.display()
+                )
+            }
             AnyModel::Float(file) => (file, path.display().to_string()),
         },
         (None, preset) => {

@@ -42,6 +42,11 @@ pub struct ClassifyArgs {
     /// each of the top classes)
     #[arg(long)]
     csv: bool,
+    /// For a quantized .tflite: tflite (TFLite's fixed-point requantization, the bytes of its
+    /// reference kernels) or xnnpack (XNNPACK's single-precision one: faster, the bytes of
+    /// TFLite with its default XNNPACK delegate)
+    #[arg(long, value_enum, default_value_t = crate::RequantArg::Tflite)]
+    requant: crate::RequantArg,
 }
 
 /// How the predictions are printed.
@@ -132,7 +137,7 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
         (_, true) => Format::Csv,
         _ => Format::Text,
     };
-    let mut model = mobilenet::classifier::load(&args.model)?;
+    let mut model = mobilenet::classifier::load_with(&args.model, args.requant.into())?;
     let Some(classes) = model.classes() else {
         bail!("{}: the model has no classifier head", args.model.display());
     };

@@ -37,6 +37,11 @@ pub struct EvalArgs {
     /// One JSON object on stdout
     #[arg(long)]
     json: bool,
+    /// For a quantized .tflite: tflite (TFLite's fixed-point requantization, the bytes of its
+    /// reference kernels) or xnnpack (XNNPACK's single-precision one: faster, the bytes of
+    /// TFLite with its default XNNPACK delegate)
+    #[arg(long, value_enum, default_value_t = crate::RequantArg::Tflite)]
+    requant: crate::RequantArg,
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
@@ -50,7 +55,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             }
         }
     };
-    let model = mobilenet::classifier::load(&args.model)?;
+    let model = mobilenet::classifier::load_with(&args.model, args.requant.into())?;
     if model.classes().is_none() {
         bail!("{}: the model has no classifier head", args.model.display());
     }

@@ -73,6 +73,11 @@ pub struct ServeArgs {
     /// /web/: a page that classifies with the served classifiers entirely in the browser
     #[arg(long, value_name = "DIR")]
     web: Option<PathBuf>,
+    /// For the quantized classifiers: tflite (TFLite's fixed-point requantization, the bytes
+    /// of its reference kernels) or xnnpack (XNNPACK's single-precision one: faster, the bytes
+    /// of TFLite with its default XNNPACK delegate); float models are not affected
+    #[arg(long, value_enum, default_value_t = crate::RequantArg::Tflite)]
+    requant: crate::RequantArg,
 }
 
 /// What a loaded model runs on.
@@ -257,7 +262,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             );
             (Kind::Detector(d), describe, q)
         } else {
-            let mut c = mobilenet::classifier::load(path)?;
+            let mut model = mobilenet::classifier::AnyModel::load(path)?;
+            if matches!(model, mobilenet::classifier::AnyModel::Quantized(_)) {
+                model.set_requantization(args.requant.into(), path)?;
+            }
+            let mut c = model.into_classifier()?;
             let Some(classes) = c.classes() else {
                 bail!("{}: the model has no classifier head", path.display());
             };

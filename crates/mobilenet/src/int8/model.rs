@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::engine::{QuantEngine, QuantSession, Requantization};
+use super::engine::{QuantEngine, QuantSession, Requantization, Unsupported};
 use super::ir::QuantModel;
 use super::ptq::PREPROCESSING_METADATA;
 use crate::classifier::ModelInfo;
@@ -122,14 +122,9 @@ impl QuantizedModel {
     /// # Errors
     ///
     /// When a layer's scale is outside what that form takes.
-    pub fn set_requantization(&mut self, r: Requantization) -> Result<(), ModelError> {
+    pub fn set_requantization(&mut self, r: Requantization) -> Result<(), Unsupported> {
         if r != self.engine.requantization() {
-            self.engine = QuantEngine::planned(&self.model, self.engine.isa(), r).map_err(|e| {
-                ModelError::Metadata {
-                    path: "quantized model".into(),
-                    reason: e.to_string(),
-                }
-            })?;
+            self.engine = QuantEngine::planned(&self.model, self.engine.isa(), r)?;
         }
         Ok(())
     }

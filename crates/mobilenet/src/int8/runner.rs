@@ -15,7 +15,10 @@ impl Classifier for QuantizedModel {
         }
     }
     fn isa(&self) -> String {
-        self.engine().isa().to_string()
+        match self.engine().requantization() {
+            super::Requantization::Tflite => self.engine().isa().to_string(),
+            r => format!("{}, {} requantization", self.engine().isa(), r.name()),
+        }
     }
     fn info(&self) -> &ModelInfo {
         &self.info
