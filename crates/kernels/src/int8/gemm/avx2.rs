@@ -1,22 +1,56 @@
 //! The AVX2 GEMM: `vpmaddwd` on 16-bit operands, exact in i32.
 //!
-//! A tile is up to 3 rows × 16 columns: A's rows are widened to i16 once per row tile (into a
-//! scratch buffer that stays in L1 for every panel of the range), so each quad of a row is one
-//! 8-byte broadcast; B's bytes are sign-extended as they are loaded (four columns' quads per
-//! register). Each `vpmaddwd` leaves two partial sums per column (k 0–1 and k 2–3 of a quad)
-//! in adjacent lanes; the tile adds them pairwise at the end, requantizes 8 columns per
-//! register (exact, [`Rq8`]) and stores bytes.
+//! B is widened once, on first use ([`Wide`]), to i16 with the call's row coefficient folded
+//! in: each weight becomes `w + row_coeff` (for a uint8 model, the weight minus its zero
+//! point, in −255..=255), so rows need no sums. Per group of 16 columns and pair of k, the 16
+//! columns' two values lie side by side: `vpmaddwd` of A's pair (one 32-bit broadcast) against
+//! one register gives 8 columns' sums of the pair in column order, so a tile ends without
+//! horizontal adds. A's rows are widened once per row tile into a scratch buffer that stays in
+//! L1 for every column group.
+//!
+//! Tiles: up to 6 rows × 16 columns (12 accumulators), or 8 rows × 8 columns when B has at
+//! most 8 (a thin network's stem and first pointwise layers).
 
 use std::arch::x86_64::*;
 
 use super::super::requant::x86_avx2::Rq8;
-use super::super::Requant;
-use super::{Job, NR};
+use super::{Job, PackedQB, NR};
 
-/// Rows per tile: 3 for 16 columns (12 accumulators), 6 when B has at most 8 columns (the
-/// stem of a thin network, its first pointwise layers).
-const MR: usize = 3;
-const MR_NARROW: usize = 6;
+/// Rows per tile for 16 columns, and for B of at most 8 columns.
+const MR: usize = 6;
+const MR_NARROW: usize = 8;
+
+/// Columns per group of [`Wide`].
+const G: usize = 16;
+
+/// B as i16 with a row coefficient folded in, in groups of 16 columns × pairs of k.
+#[derive(Clone, Debug)]
+pub(super) struct Wide {
+    /// The row coefficient added to every weight (0 when a call's would not fit i16).
+    coeff: i32,
+    pairs: usize,
+    data: Vec<i16>,
+}
+
+impl Wide {
+    /// `b` widened, with `coeff` folded in when every `w + coeff` fits 16 bits.
+    pub(super) fn new(b: &PackedQB, coeff: i32) -> Wide {
+        let coeff = if coeff.unsigned_abs() <= 32_000 {
+            coeff
+        } else {
+            0
+        };
+        let pairs = b.k.div_ceil(2);
+        let mut data = vec![0i16; b.n.div_ceil(G) * pairs * G * 2];
+        for col in 0..b.n {
+            for kk in 0..b.k {
+                data[((col / G * pairs + kk / 2) * G + col % G) * 2 + kk % 2] =
+                    (b.at(kk, col) + coeff) as i16;
+            }
+        }
+        Wide { coeff, pairs, data }
+    }
+}
 
 /// `C = requant(A·B + row_coeff·rowsum(A))` for rows `0..m` and the columns of `panels`.
 ///
@@ -27,57 +61,58 @@ const MR_NARROW: usize = 6;
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn gemm(job: Job) {
     let (m, b) = (job.m, job.b);
-    let quads = b.quads;
+    let wide = b.wide.get_or_init(|| Wide::new(b, job.row_coeff));
+    // What the folded coefficient leaves to per-row sums (0 for every call the engine makes).
+    let rest = job.row_coeff.wrapping_sub(wide.coeff);
+    let stride = wide.pairs * 2;
     let mr = if b.n <= 8 { MR_NARROW } else { MR };
-    let mut wide = vec![0i16; mr * quads * 4];
+    let mut scratch = vec![0i16; mr * stride];
     let mut i0 = 0;
     while i0 < m {
         let rows = (m - i0).min(mr);
         let mut add = [0i32; MR_NARROW];
-        for r in 0..rows {
-            // Safety: i0 + r < m.
-            let row = unsafe { job.a_row(i0 + r) };
-            let dst = &mut wide[r * quads * 4..][..quads * 4];
-            for (d, &x) in dst.iter_mut().zip(row) {
-                *d = x as i16;
+        for (r, add) in add.iter_mut().enumerate().take(rows) {
+            // Safety: i0 + r < m, so the row's k bytes exist; the scratch row holds
+            // stride ≥ k values.
+            unsafe {
+                let sum = widen_row(job.a_row(i0 + r), scratch.as_mut_ptr().add(r * stride));
+                *add = rest.wrapping_mul(sum);
             }
-            add[r] = job.row_term(row);
         }
-        let tile_rows = Rows {
-            wide: &wide,
-            quads,
+        let t = Rows {
+            a: scratch.as_ptr(),
+            stride,
+            pairs: wide.pairs,
             add,
-            rq: job.rq,
             ldc: job.ldc,
         };
         for p in job.panels.clone() {
-            let panel = &b.data[p * quads * NR * 4..][..quads * NR * 4];
-            for half in 0..NR / 16 {
-                let j = p * NR + half * 16;
-                if j >= b.n {
-                    break;
-                }
-                let cols = (b.n - j).min(16);
-                // Safety: AVX2 is present; the panel holds quads·128 bytes, `wide` rows·quads·4
-                // values; rows i0.. and columns j..j+cols of C are the caller's.
+            for g in p * NR / G..((p + 1) * NR / G).min(b.n.div_ceil(G)) {
+                let j = g * G;
+                let cols = (b.n - j).min(G);
+                // Safety: AVX2 is present; the requantization is padded to 16 channels past
+                // j; the group holds pairs·32 values, the scratch rows·stride; rows i0.. and
+                // columns j..j+cols of C are the caller's.
                 unsafe {
-                    let t = (
-                        &tile_rows,
-                        panel.as_ptr().add(half * 64),
-                        j,
-                        cols,
-                        job.c_at(i0, j),
-                    );
+                    let rq = [Rq8::load(job.rq, j), Rq8::load(job.rq, j + 8)];
+                    let bp = wide.data.as_ptr().add(g * wide.pairs * G * 2);
+                    let out = job.c_at(i0, j);
+                    let x = (&t, bp, &rq, cols, out);
                     match (rows, cols > 8) {
-                        (3, true) => tile::<3, 4>(t),
-                        (2, true) => tile::<2, 4>(t),
-                        (1, true) => tile::<1, 4>(t),
-                        (6, false) => tile::<6, 2>(t),
-                        (5, false) => tile::<5, 2>(t),
-                        (4, false) => tile::<4, 2>(t),
-                        (3, false) => tile::<3, 2>(t),
-                        (2, false) => tile::<2, 2>(t),
-                        _ => tile::<1, 2>(t),
+                        (6, true) => tile::<6, 2>(x),
+                        (5, true) => tile::<5, 2>(x),
+                        (4, true) => tile::<4, 2>(x),
+                        (3, true) => tile::<3, 2>(x),
+                        (2, true) => tile::<2, 2>(x),
+                        (1, true) => tile::<1, 2>(x),
+                        (8, false) => tile::<8, 1>(x),
+                        (7, false) => tile::<7, 1>(x),
+                        (6, false) => tile::<6, 1>(x),
+                        (5, false) => tile::<5, 1>(x),
+                        (4, false) => tile::<4, 1>(x),
+                        (3, false) => tile::<3, 1>(x),
+                        (2, false) => tile::<2, 1>(x),
+                        _ => tile::<1, 1>(x),
                     }
                 }
             }
@@ -86,65 +121,70 @@ pub(super) unsafe fn gemm(job: Job) {
     }
 }
 
-/// What the tiles of one row tile share: A's rows widened to i16 (`quads·4` values each),
-/// their `row_coeff·Σ` terms, the requantization and C's stride.
-struct Rows<'a> {
-    wide: &'a [i16],
-    quads: usize,
+/// Widens a row of bytes to i16 at `dst` (16 at a time) and returns its sum.
+///
+/// # Safety
+///
+/// AVX2 must be present; `dst` valid for `row.len()` writes.
+#[inline(always)]
+unsafe fn widen_row(row: &[u8], dst: *mut i16) -> i32 {
+    unsafe {
+        let mut sums = _mm_setzero_si128();
+        let mut i = 0;
+        while i + 16 <= row.len() {
+            let v = _mm_loadu_si128(row.as_ptr().add(i).cast());
+            _mm256_storeu_si256(dst.add(i).cast(), _mm256_cvtepu8_epi16(v));
+            sums = _mm_add_epi64(sums, _mm_sad_epu8(v, _mm_setzero_si128()));
+            i += 16;
+        }
+        let mut sum = (_mm_cvtsi128_si64(sums) + _mm_extract_epi64::<1>(sums)) as i32;
+        for (k, &x) in row.iter().enumerate().skip(i) {
+            *dst.add(k) = x as i16;
+            sum += x as i32;
+        }
+        sum
+    }
+}
+
+/// What the tiles of one row tile share: A's rows widened (`stride` values apart), the pairs
+/// of k, each row's remaining row term and C's stride.
+struct Rows {
+    a: *const i16,
+    stride: usize,
+    pairs: usize,
     add: [i32; MR_NARROW],
-    rq: &'a Requant,
     ldc: usize,
 }
 
-/// `R` rows × `4·V` columns (V = 4: 16 columns, V = 2: 8) from B's half panel at `bp`, for C's
-/// columns `j..j + cols` at `out`.
+/// `R` rows × `8·V` columns of one group of B at `bp`, requantized with `rq` (columns `j..`,
+/// `j + 8..`) into C at `out` (`cols` of them).
 #[inline(always)]
 unsafe fn tile<const R: usize, const V: usize>(
-    (rows, bp, j, cols, out): (&Rows, *const i8, usize, usize, *mut u8),
+    (t, bp, rq, cols, out): (&Rows, *const i16, &[Rq8; 2], usize, *mut u8),
 ) {
-    let Rows {
-        wide,
-        quads,
-        add,
-        rq,
-        ldc,
-    } = *rows;
     unsafe {
         let mut acc = [[_mm256_setzero_si256(); V]; R];
-        for q in 0..quads {
-            let mut av = [_mm256_setzero_si256(); R];
-            for (r, a) in av.iter_mut().enumerate() {
-                let p = wide.as_ptr().add(r * quads * 4 + q * 4);
-                *a = _mm256_set1_epi64x(std::ptr::read_unaligned(p.cast::<i64>()));
+        for p in 0..t.pairs {
+            let bq = bp.add(p * G * 2);
+            let mut bv = [_mm256_setzero_si256(); V];
+            for (v, b) in bv.iter_mut().enumerate() {
+                *b = _mm256_loadu_si256(bq.add(16 * v).cast());
             }
-            let bq = bp.add(q * NR * 4);
-            for v in 0..V {
-                let bw = _mm256_cvtepi8_epi16(_mm_loadu_si128(bq.add(16 * v).cast()));
-                for (row, a) in acc.iter_mut().zip(&av) {
-                    row[v] = _mm256_add_epi32(row[v], _mm256_madd_epi16(*a, bw));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av =
+                    _mm256_set1_epi32(t.a.add(r * t.stride + 2 * p).cast::<i32>().read_unaligned());
+                for (a, b) in row.iter_mut().zip(&bv) {
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(av, *b));
                 }
             }
         }
-        // Pairwise sums in column order: hadd gives (0 1 4 5 | 2 3 6 7), the permute fixes it.
-        let order = |x: __m256i, y: __m256i| {
-            _mm256_permute4x64_epi64(_mm256_hadd_epi32(x, y), 0b11_01_10_00)
-        };
-        let lo = Rq8::load(rq, j);
-        let hi = (V == 4).then(|| Rq8::load(rq, j + 8));
-        for r in 0..R {
-            let addv = _mm256_set1_epi32(add[r]);
-            let o = out.add(r * ldc);
-            lo.store(
-                _mm256_add_epi32(order(acc[r][0], acc[r][1]), addv),
-                cols.min(8),
-                o,
-            );
-            if let Some(hi) = &hi {
-                hi.store(
-                    _mm256_add_epi32(order(acc[r][V - 2], acc[r][V - 1]), addv),
-                    cols - 8,
-                    o.add(8),
-                );
+        for (r, row) in acc.iter().enumerate() {
+            let addv = _mm256_set1_epi32(t.add[r]);
+            let o = out.add(r * t.ldc);
+            for (v, a) in row.iter().enumerate() {
+                if cols > 8 * v {
+                    rq[v].store(_mm256_add_epi32(*a, addv), cols - 8 * v, o.add(8 * v));
+                }
             }
         }
     }

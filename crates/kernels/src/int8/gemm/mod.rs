@@ -30,7 +30,7 @@ pub const NR: usize = 32;
 const MR: usize = 12;
 
 /// B packed for [`qgemm`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct PackedQB {
     k: usize,
     n: usize,
@@ -44,6 +44,17 @@ pub struct PackedQB {
     /// column pairs of 16 bytes (each column's 8 bytes of the octet); empty elsewhere.
     #[cfg(target_arch = "aarch64")]
     octets: Vec<i8>,
+    /// For the AVX2 kernels: B widened to i16 with the first call's row coefficient folded
+    /// in, made by that call.
+    #[cfg(target_arch = "x86_64")]
+    wide: std::sync::OnceLock<avx2::Wide>,
+}
+
+/// Equal when the packed weights are (the AVX2 form is a cache made from them).
+impl PartialEq for PackedQB {
+    fn eq(&self, other: &PackedQB) -> bool {
+        (self.k, self.n, &self.data) == (other.k, other.n, &other.data)
+    }
 }
 
 impl PackedQB {
@@ -75,6 +86,8 @@ impl PackedQB {
                     false => 0,
                 })
                 .collect(),
+            #[cfg(target_arch = "x86_64")]
+            wide: std::sync::OnceLock::new(),
             #[cfg(target_arch = "aarch64")]
             octets: match super::IntIsaKind::NeonI8mm.is_supported() {
                 true => neon::pack_octets(w, k, n),

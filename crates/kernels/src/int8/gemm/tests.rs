@@ -120,3 +120,24 @@ fn mobilenet_shapes() {
     check(196, 256, 512, -105);
     check(1, 1024, 1001, 0);
 }
+
+/// The AVX2 kernels fold the first call's row coefficient into their copy of B; later calls
+/// with other coefficients (and one too large to fold) still give the definition.
+#[test]
+fn one_packed_b_serves_any_row_coefficient() {
+    let (m, k, n) = (13, 37, 24);
+    let a: Vec<u8> = noise(3, m * k).iter().map(|&v| v as u8).collect();
+    let w: Vec<i8> = noise(4, n * k).iter().map(|&v| v as i8).collect();
+    let bias: Vec<i32> = (0..n as i32).map(|j| j * 77 - 900).collect();
+    let rq = Requant::new(&bias, &[(1 << 30) + 4321], &[-9], 40, 0, 255);
+    for isa in IntIsa::available() {
+        let b = PackedQB::new(&w, k, n);
+        for coeff in [5, -105, 0, 40_000, 5] {
+            let mut want = vec![0u8; m * n];
+            qgemm_reference(m, &a, k, &b, coeff, &rq, &mut want, n);
+            let mut got = vec![0u8; m * n];
+            qgemm(isa, m, &a, k, &b, coeff, &rq, &mut got, n, 0..b.panels());
+            assert_eq!(got, want, "{isa} coeff {coeff}");
+        }
+    }
+}
