@@ -41,6 +41,32 @@ impl Rq8 {
     pub(crate) unsafe fn load(rq: &Requant, j: usize) -> Rq8 {
         unsafe {
             let v = |x: &[i32]| _mm256_loadu_si256(x.as_ptr().add(j).cast());
+            if rq.fp32 {
+                // XNNPACK's form reads only the bias, scales and bounds.
+                let z = _mm256_setzero_si256();
+                return Rq8 {
+                    bias: v(&rq.bias),
+                    m: z,
+                    m_odd: z,
+                    l: z,
+                    zp: _mm256_set1_epi32(rq.zero_point),
+                    lo: _mm256_set1_epi32(rq.min),
+                    hi: _mm256_set1_epi32(rq.max),
+                    any_left: false,
+                    zp_folded: false,
+                    c_even: z,
+                    c_odd: z,
+                    s_even: z,
+                    s_odd: z,
+                    k_even: z,
+                    k_odd: z,
+                    corr_even: z,
+                    corr_odd: z,
+                    fp32: true,
+                    scale: _mm256_loadu_ps(rq.scale.as_ptr().add(j)),
+                    cap: _mm256_set1_ps((rq.max - rq.zero_point) as f32),
+                };
+            }
             let w = |x: &[i64]| _mm256_loadu_si256(x.as_ptr().add(j / 2).cast());
             let b = rq.avx2_blocks.as_ptr().add(j / 8 * 24);
             let blk = |i: usize| _mm256_loadu_si256(b.add(4 * i).cast());

@@ -137,6 +137,19 @@ unsafe fn widen_row(row: &[u8], dst: *mut i16) -> i32 {
             sums = _mm_add_epi64(sums, _mm_sad_epu8(v, _mm_setzero_si128()));
             i += 16;
         }
+        // Tails of 8 and 4 bytes the same way (a stem's 27 or a first layer's 8 bytes).
+        if i + 8 <= row.len() {
+            let v = _mm_loadl_epi64(row.as_ptr().add(i).cast());
+            _mm_storeu_si128(dst.add(i).cast(), _mm_cvtepu8_epi16(v));
+            sums = _mm_add_epi64(sums, _mm_sad_epu8(v, _mm_setzero_si128()));
+            i += 8;
+        }
+        if i + 4 <= row.len() {
+            let v = _mm_cvtsi32_si128(row.as_ptr().add(i).cast::<i32>().read_unaligned());
+            _mm_storel_epi64(dst.add(i).cast(), _mm_cvtepu8_epi16(v));
+            sums = _mm_add_epi64(sums, _mm_sad_epu8(v, _mm_setzero_si128()));
+            i += 4;
+        }
         let mut sum = (_mm_cvtsi128_si64(sums) + _mm_extract_epi64::<1>(sums)) as i32;
         for (k, &x) in row.iter().enumerate().skip(i) {
             *dst.add(k) = x as i16;
