@@ -1,6 +1,7 @@
 //! The fast integer engine: a [`QuantModel`] planned onto the `int8` kernels (VNNI GEMM for
 //! the 1×1 layers and the im2col'd stem, vectorised depthwise, integer pool), giving the same
-//! bytes as the reference interpreter — and so as TFLite's reference kernels.
+//! bytes as the reference interpreter — and so as TFLite's reference kernels — or, planned with
+//! [`Requantization::Xnnpack`], those of TFLite with its XNNPACK delegate.
 //!
 //! Activations live as bytes: uint8 models as they are, int8 models shifted by 128. Weights are
 //! signed bytes: int8 as they are, uint8 as `w − 128`, with `(128 − w_zp)·Σx` added per pixel
