@@ -54,7 +54,16 @@ fn serve_classifies_like_classify_and_answers_bad_requests_in_json() {
     let graph = mobilenet::int8::quantize(&file, &cal.finish()).expect("should succeed");
     let int8 = dir.join("small_int8.tflite");
     std::fs::write(&int8, mobilenet::tflite::write(&graph)).expect("should succeed");
-    let mut server = Server::start(&["--model", s(&small), s(&int8), "--threads", "1"]);
+    // XNNPACK's requantization for the int8 one (the float one has none to choose).
+    let mut server = Server::start(&[
+        "--model",
+        s(&small),
+        s(&int8),
+        "--threads",
+        "1",
+        "--requant",
+        "xnnpack",
+    ]);
     let addr = server.addr.clone();
 
     // The same top-3 as `classify --json`.
@@ -99,6 +108,14 @@ fn serve_classifies_like_classify_and_answers_bad_requests_in_json() {
     assert_eq!(models["models"][0]["precision"], "f32");
     assert_eq!(models["models"][1]["name"], "small_int8");
     assert_eq!(models["models"][1]["precision"], "int8");
+    let isa = |i: usize| {
+        models["models"][i]["isa"]
+            .as_str()
+            .expect("isa")
+            .to_string()
+    };
+    assert!(!isa(0).contains("requantization"), "{}", isa(0));
+    assert!(isa(1).ends_with(", xnnpack requantization"), "{}", isa(1));
     let r = post(&addr, "/v1/classify?model=small_int8&top=5", &a);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let top = r.json()["top"].as_array().expect("top").clone();

@@ -157,6 +157,8 @@ fn describe_classifier(
         "kind": "classifier",
         "file": path.display().to_string(),
         "precision": c.precision(),
+        // The kernels, and for a quantized model served with XNNPACK's requantization, that.
+        "isa": c.isa(),
         "alpha": c.config().alpha(),
         "resolution": r,
         "input": [r, r, 3],
