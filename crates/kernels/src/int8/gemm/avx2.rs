@@ -70,12 +70,29 @@ pub(super) unsafe fn gemm(job: Job) {
     let mut i0 = 0;
     while i0 < m {
         let rows = (m - i0).min(mr);
+        // Safety: rows i0 .. i0 + rows of A exist (k bytes each, lda apart); the scratch
+        // holds rows·stride values, stride ≥ k.
+        unsafe {
+            if job.lda == stride {
+                // Rows as far apart as the scratch's (the engine's activations and im2col):
+                // one run of bytes.
+                let first = job.a_row(i0).as_ptr();
+                let len = (rows - 1) * stride + b.k;
+                widen(std::slice::from_raw_parts(first, len), scratch.as_mut_ptr());
+            } else {
+                for r in 0..rows {
+                    widen(job.a_row(i0 + r), scratch.as_mut_ptr().add(r * stride));
+                }
+            }
+        }
         let mut add = [0i32; MR_NARROW];
-        for (r, add) in add.iter_mut().enumerate().take(rows) {
-            // Safety: i0 + r < m, so the row's k bytes exist; the scratch row holds
-            // stride ≥ k values.
-            unsafe {
-                let sum = widen_row(job.a_row(i0 + r), scratch.as_mut_ptr().add(r * stride));
+        if rest != 0 {
+            for (r, add) in add.iter_mut().enumerate().take(rows) {
+                // Safety: i0 + r < m.
+                let sum = unsafe { job.a_row(i0 + r) }
+                    .iter()
+                    .map(|&x| x as i32)
+                    .sum::<i32>();
                 *add = rest.wrapping_mul(sum);
             }
         }
@@ -121,41 +138,34 @@ pub(super) unsafe fn gemm(job: Job) {
     }
 }
 
-/// Widens a row of bytes to i16 at `dst` (16 at a time) and returns its sum.
+/// Widens bytes to i16 at `dst`, 16, 8 and 4 at a time.
 ///
 /// # Safety
 ///
-/// AVX2 must be present; `dst` valid for `row.len()` writes.
+/// AVX2 must be present; `dst` valid for `src.len()` writes.
 #[inline(always)]
-unsafe fn widen_row(row: &[u8], dst: *mut i16) -> i32 {
+unsafe fn widen(src: &[u8], dst: *mut i16) {
     unsafe {
-        let mut sums = _mm_setzero_si128();
+        let p = src.as_ptr();
         let mut i = 0;
-        while i + 16 <= row.len() {
-            let v = _mm_loadu_si128(row.as_ptr().add(i).cast());
+        while i + 16 <= src.len() {
+            let v = _mm_loadu_si128(p.add(i).cast());
             _mm256_storeu_si256(dst.add(i).cast(), _mm256_cvtepu8_epi16(v));
-            sums = _mm_add_epi64(sums, _mm_sad_epu8(v, _mm_setzero_si128()));
             i += 16;
         }
-        // Tails of 8 and 4 bytes the same way (a stem's 27 or a first layer's 8 bytes).
-        if i + 8 <= row.len() {
-            let v = _mm_loadl_epi64(row.as_ptr().add(i).cast());
+        if i + 8 <= src.len() {
+            let v = _mm_loadl_epi64(p.add(i).cast());
             _mm_storeu_si128(dst.add(i).cast(), _mm_cvtepu8_epi16(v));
-            sums = _mm_add_epi64(sums, _mm_sad_epu8(v, _mm_setzero_si128()));
             i += 8;
         }
-        if i + 4 <= row.len() {
-            let v = _mm_cvtsi32_si128(row.as_ptr().add(i).cast::<i32>().read_unaligned());
+        if i + 4 <= src.len() {
+            let v = _mm_cvtsi32_si128(p.add(i).cast::<i32>().read_unaligned());
             _mm_storel_epi64(dst.add(i).cast(), _mm_cvtepu8_epi16(v));
-            sums = _mm_add_epi64(sums, _mm_sad_epu8(v, _mm_setzero_si128()));
             i += 4;
         }
-        let mut sum = (_mm_cvtsi128_si64(sums) + _mm_extract_epi64::<1>(sums)) as i32;
-        for (k, &x) in row.iter().enumerate().skip(i) {
+        for (k, &x) in src.iter().enumerate().skip(i) {
             *dst.add(k) = x as i16;
-            sum += x as i32;
         }
-        sum
     }
 }
 

@@ -1,0 +1,107 @@
+//! Times the int8 kernels on MobileNet shapes, one thread, for A/B comparisons of kernel
+//! changes on a noisy machine: the minimum of many repetitions of each call.
+//!
+//! `cargo run --release -p mobilenet-kernels --example int8_kernels [reps] [filter]` (only the
+//! cases whose line contains `filter`, e.g. `gemm 4096`)
+//! (`MOBILENET_INT_ISA` picks the instruction set, as everywhere).
+
+use std::time::{Duration, Instant};
+
+use mobilenet_kernels::int8::dwconv::{qdwconv3x3, QDwWeights};
+use mobilenet_kernels::int8::gemm::{qgemm, PackedQB};
+use mobilenet_kernels::int8::{IntIsa, Requant};
+use mobilenet_kernels::ConvGeometry;
+
+fn bytes(n: usize, seed: u32) -> Vec<u8> {
+    let mut s = seed.max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            s as u8
+        })
+        .collect()
+}
+
+/// The fastest of `reps` runs of `f`.
+fn fastest(reps: usize, mut f: impl FnMut()) -> Duration {
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+fn main() {
+    let reps: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(300);
+    let filter = std::env::args().nth(2).unwrap_or_default();
+    let isa = IntIsa::detect();
+    for fp32 in [false, true] {
+        let form = if fp32 { "xnnpack rq" } else { "tflite rq" };
+        let rq = |n: usize| {
+            let bias: Vec<i32> = (0..n as i32).map(|j| j * 37 - 500).collect();
+            match fp32 {
+                true => Requant::fp32(&bias, &[0.0007], 3, 0, 255),
+                false => Requant::new(&bias, &[(1 << 30) + 12345], &[-9], 3, 0, 255),
+            }
+        };
+        for (hw, c, stride) in [
+            (128, 8, 2),
+            (64, 8, 1),
+            (64, 32, 1),
+            (112, 32, 1),
+            (56, 128, 1),
+        ] {
+            let label = format!("{isa} {form} depthwise {hw}x{hw}x{c} s{stride}");
+            if !label.contains(&filter) {
+                continue;
+            }
+            let g = ConvGeometry::tf_same(hw, hw, 3, stride);
+            let input = bytes(hw * hw * c, 7);
+            let wts: Vec<i32> = bytes(9 * c, 9).iter().map(|&v| v as i32 - 128).collect();
+            let w = QDwWeights::new(&wts, c, 120);
+            let r = rq(c);
+            let mut out = vec![0u8; g.out_h * g.out_w * c];
+            let t = fastest(reps, || qdwconv3x3(isa, &g, &input, &w, &r, &mut out, 0));
+            let macs = (g.out_h * g.out_w * c * 9) as f64;
+            println!(
+                "{label}: {:.4} ms, {:.1} G multiply-adds/s",
+                t.as_secs_f64() * 1e3,
+                macs / t.as_secs_f64() / 1e9
+            );
+        }
+        for (m, k, n) in [
+            (4096, 28, 8),
+            (4096, 8, 16),
+            (12544, 32, 64),
+            (3136, 128, 128),
+            (196, 512, 512),
+        ] {
+            let label = format!("{isa} {form} gemm {m}x{k}->{n}");
+            if !label.contains(&filter) {
+                continue;
+            }
+            let a = bytes(m * k, 3);
+            let wts: Vec<i8> = bytes(n * k, 5).iter().map(|&v| v as i8).collect();
+            let b = PackedQB::new(&wts, k, n);
+            let r = rq(n);
+            let mut c = vec![0u8; m * n];
+            let t = fastest(reps, || {
+                qgemm(isa, m, &a, k, &b, -3, &r, &mut c, n, 0..b.panels())
+            });
+            let macs = (m * k * n) as f64;
+            println!(
+                "{label}: {:.4} ms, {:.1} G multiply-adds/s",
+                t.as_secs_f64() * 1e3,
+                macs / t.as_secs_f64() / 1e9
+            );
+        }
+    }
+}
