@@ -10,18 +10,12 @@ use std::time::{Duration, Instant};
 use mobilenet_kernels::int8::dwconv::{qdwconv3x3, QDwWeights};
 use mobilenet_kernels::int8::gemm::{qgemm, PackedQB};
 use mobilenet_kernels::int8::{IntIsa, Requant};
+use mobilenet_kernels::rng::Rng;
 use mobilenet_kernels::ConvGeometry;
 
-fn bytes(n: usize, seed: u32) -> Vec<u8> {
-    let mut s = seed.max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            s as u8
-        })
-        .collect()
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.next_u64() as u8).collect()
 }
 
 /// The fastest of `reps` runs of `f`.
