@@ -76,9 +76,9 @@ pub(super) unsafe fn gemm(job: Job) {
             if job.lda == stride {
                 // Rows as far apart as the scratch's (the engine's activations and im2col):
                 // one run of bytes.
-                let first = job.a_row(i0).as_ptr();
                 let len = (rows - 1) * stride + b.k;
-                widen(std::slice::from_raw_parts(first, len), scratch.as_mut_ptr());
+                let run = std::slice::from_raw_parts(job.a.add(i0 * job.lda), len);
+                widen(run, scratch.as_mut_ptr());
             } else {
                 for r in 0..rows {
                     widen(job.a_row(i0 + r), scratch.as_mut_ptr().add(r * stride));
