@@ -25,7 +25,7 @@ pub enum Requantization {
     /// reference kernels and of the reference interpreter, on every instruction set.
     #[default]
     Tflite,
-    /// XNNPACK's single-precision form ([`Requant::fp32`]): about a quarter of the work per
+    /// XNNPACK's single-precision form ([`Requant::fp32`]): about a third of the work per
     /// output, the bytes of TFLite running with its default XNNPACK delegate rather than of
     /// TFLite's own kernels (outputs differ from those by a few steps).
     Xnnpack,
