@@ -1,6 +1,6 @@
-//! AVX2 requantization, exact, as the AVX-512 one but without 64-bit arithmetic shifts:
-//! the 64-bit sums are offset by 2^63 (unsigned from then on), shifted logically, and the
-//! offset's `2^(63 − s)` taken off again.
+//! AVX2 requantization. TFLite's exact form as the AVX-512 one but without 64-bit arithmetic
+//! shifts: the 64-bit sums are offset by 2^63 (unsigned from then on), shifted logically, and
+//! the offset's `2^(63 − s)` taken off again. Or XNNPACK's single-precision form.
 
 use std::arch::x86_64::*;
 

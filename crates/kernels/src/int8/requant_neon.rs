@@ -1,4 +1,5 @@
-//! NEON requantization, exact, four channels to a vector.
+//! NEON requantization, four channels to a vector: TFLite's exact form, or XNNPACK's
+//! single-precision one (`fcvtns` rounds as `cvtps2dq` does).
 //!
 //! `sqrdmulh` is gemmlowp's `SaturatingRoundingDoublingHighMul` bit for bit: it rounds
 //! `(2ab + 2^31) >> 32`, i.e. `⌊(ab + 2^30) / 2^31⌋`, and for a negative product that floor

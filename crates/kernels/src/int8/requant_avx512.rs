@@ -1,0 +1,176 @@
+//! AVX-512 requantization. TFLite's exact form: the Q31 products are formed in 64-bit lanes
+//! (even and odd i32 lanes separately) and rounded to 32 bits, then divided by the power of
+//! two with gemmlowp's rounding. Or XNNPACK's single-precision form ([`Requant::fp32`]).
+
+use std::arch::x86_64::*;
+
+use super::Requant;
+
+/// The requantization constants of 16 channels, loaded once for many pixels.
+#[derive(Clone, Copy)]
+pub(crate) struct Rq16 {
+    bias: __m512i,
+    m: __m512i,
+    m_odd: __m512i,
+    l: __m512i,
+    zp: __m512i,
+    lo: __m512i,
+    hi: __m512i,
+    any_left: bool,
+    c_even: __m512i,
+    c_odd: __m512i,
+    s_even: __m512i,
+    s_odd: __m512i,
+    /// Lanes (even, odd) whose exponent is above 0: they take the negative correction.
+    k_even: __mmask8,
+    k_odd: __mmask8,
+    zp_folded: bool,
+    /// Whether the upper bound is 255 (the narrowing store saturates there).
+    top: bool,
+    /// XNNPACK's form: the scales and `max − zp` in single precision.
+    fp32: bool,
+    scale: __m512,
+    cap: __m512,
+}
+
+impl Rq16 {
+    /// Channels `j .. j + 16` of `rq` (padded past its end).
+    #[inline(always)]
+    pub(crate) unsafe fn load(rq: &Requant, j: usize) -> Rq16 {
+        let v = |x: &[i32]| unsafe { _mm512_loadu_si512(x.as_ptr().add(j).cast()) };
+        unsafe {
+            Rq16 {
+                bias: v(&rq.bias),
+                m: v(&rq.multiplier),
+                m_odd: v(&rq.mult_odd),
+                l: v(&rq.left),
+                zp: _mm512_set1_epi32(rq.zero_point),
+                lo: _mm512_set1_epi32(rq.min),
+                hi: _mm512_set1_epi32(rq.max),
+                any_left: rq.any_left,
+                c_even: _mm512_loadu_si512(rq.c_even.as_ptr().add(j / 2).cast()),
+                c_odd: _mm512_loadu_si512(rq.c_odd.as_ptr().add(j / 2).cast()),
+                s_even: _mm512_loadu_si512(rq.s_even.as_ptr().add(j / 2).cast()),
+                s_odd: _mm512_loadu_si512(rq.s_odd.as_ptr().add(j / 2).cast()),
+                k_even: _mm512_cmpgt_epi64_mask(
+                    _mm512_loadu_si512(rq.s_even.as_ptr().add(j / 2).cast()),
+                    _mm512_set1_epi64(31),
+                ),
+                k_odd: _mm512_cmpgt_epi64_mask(
+                    _mm512_loadu_si512(rq.s_odd.as_ptr().add(j / 2).cast()),
+                    _mm512_set1_epi64(31),
+                ),
+                zp_folded: rq.zp_folded,
+                top: rq.max == 255,
+                fp32: rq.fp32,
+                scale: _mm512_loadu_ps(rq.scale.as_ptr().add(j)),
+                cap: _mm512_set1_ps((rq.max - rq.zero_point) as f32),
+            }
+        }
+    }
+
+    /// `max(RoundingDivideByPOT(SRDHM((acc + bias) << l, m), e) + zp, min)` (the upper
+    /// bound is applied by [`Rq16::store`]).
+    ///
+    /// With `m` in `[2^30, 2^31)` the doubling high multiply's nudge-and-truncate equals
+    /// `q = floor((p + 2^30) / 2^31)` for the 64-bit product `p` (its saturating case
+    /// needs `m = −2^31`), and the divide by `2^e` rounding half away from zero is
+    /// `floor((q + 2^(e−1) − [q < 0]) / 2^e)`; nested floors of integer sums merge, so
+    /// `r = floor((p + 2^30 + 2^(30+e) − [p < −2^30]·2^31) / 2^(31+e))`: one add, one
+    /// masked correction and one shift per 64-bit lane (see [`Requant`]'s `c_even`). The
+    /// even lanes' results sit in the low halves, the odd lanes' are shifted up.
+    #[inline(always)]
+    pub(crate) unsafe fn apply(&self, acc: __m512i) -> __m512i {
+        unsafe {
+            let mut x = _mm512_add_epi32(acc, self.bias);
+            if self.fp32 {
+                // Rounded to nearest, ties to even (MXCSR's default mode).
+                let f = _mm512_mul_ps(_mm512_cvtepi32_ps(x), self.scale);
+                let v = _mm512_cvtps_epi32(_mm512_min_ps(f, self.cap));
+                return _mm512_max_epi32(_mm512_add_epi32(v, self.zp), self.lo);
+            }
+            if self.any_left {
+                x = _mm512_sllv_epi32(x, self.l);
+            }
+            let pe = _mm512_mul_epi32(x, self.m);
+            let po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), self.m_odd);
+            let thr = _mm512_set1_epi64(-(1 << 30));
+            let corr = _mm512_set1_epi64(1 << 31);
+            let te = _mm512_add_epi64(pe, self.c_even);
+            let te = _mm512_mask_sub_epi64(
+                te,
+                _mm512_mask_cmplt_epi64_mask(self.k_even, pe, thr),
+                te,
+                corr,
+            );
+            let to = _mm512_add_epi64(po, self.c_odd);
+            let to = _mm512_mask_sub_epi64(
+                to,
+                _mm512_mask_cmplt_epi64_mask(self.k_odd, po, thr),
+                to,
+                corr,
+            );
+            let re = _mm512_srav_epi64(te, self.s_even);
+            let ro = _mm512_srav_epi64(to, self.s_odd);
+            let mut v = _mm512_mask_blend_epi32(0xaaaa, re, _mm512_slli_epi64(ro, 32));
+            if !self.zp_folded {
+                v = _mm512_add_epi32(v, self.zp);
+            }
+            _mm512_max_epi32(v, self.lo)
+        }
+    }
+
+    /// [`Rq16::apply`] and the store of `n ≤ 16` bytes.
+    #[inline(always)]
+    pub(crate) unsafe fn store(&self, acc: __m512i, n: usize, out: *mut u8) {
+        unsafe {
+            // Clamped below by `apply`; above by the unsigned saturating narrow when the
+            // bound is 255 (ReLU and ReLU6 layers whose range fits the bytes).
+            let v = self.apply(acc);
+            let mask = ((1u32 << n) - 1) as u16;
+            match (self.top, n) {
+                (true, 16) => _mm_storeu_si128(out.cast(), _mm512_cvtusepi32_epi8(v)),
+                (true, _) => _mm512_mask_cvtusepi32_storeu_epi8(out.cast(), mask, v),
+                (false, 16) => _mm_storeu_si128(
+                    out.cast(),
+                    _mm512_cvtepi32_epi8(_mm512_min_epi32(v, self.hi)),
+                ),
+                (false, _) => {
+                    _mm512_mask_cvtepi32_storeu_epi8(out.cast(), mask, _mm512_min_epi32(v, self.hi))
+                }
+            }
+        }
+    }
+}
+
+/// Full requantization of 16 channels starting at `j` and the store of `n ≤ 16` bytes.
+#[inline(always)]
+pub(crate) unsafe fn finish16(rq: &Requant, acc: __m512i, j: usize, n: usize, out: *mut u8) {
+    unsafe { Rq16::load(rq, j).store(acc, n, out) }
+}
+
+/// [`Requant::row`] for AVX-512.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+pub(crate) unsafe fn requant_row(
+    rq: &Requant,
+    acc: *const i32,
+    n: usize,
+    add: i32,
+    j0: usize,
+    out: *mut u8,
+) {
+    unsafe {
+        let addv = _mm512_set1_epi32(add);
+        let mut j = 0;
+        while j < n {
+            let w = (n - j).min(16);
+            let a = if w == 16 {
+                _mm512_loadu_si512(acc.add(j).cast())
+            } else {
+                _mm512_maskz_loadu_epi32(((1u32 << w) - 1) as u16, acc.add(j).cast())
+            };
+            finish16(rq, _mm512_add_epi32(a, addv), j0 + j, w, out.add(j));
+            j += 16;
+        }
+    }
+}
