@@ -193,6 +193,26 @@ impl From<RequantArg> for mobilenet::int8::Requantization {
     }
 }
 
+/// `--precision`: the arithmetic of the f32 engine's GEMMs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PrecisionArg {
+    /// f32 throughout
+    #[default]
+    F32,
+    /// bf16 activations and weights in the 1×1 convolutions and classifier, summed in f32
+    /// (AVX512-BF16)
+    Bf16,
+}
+
+impl From<PrecisionArg> for mobilenet::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => mobilenet::Precision::F32,
+            PrecisionArg::Bf16 => mobilenet::Precision::Bf16,
+        }
+    }
+}
+
 /// `--threads N` (0: all cores). More threads than cores are capped, with a note: the pool's
 /// workers spin between steps, and more of them than cores only contend (1,000 hung a run).
 pub(crate) fn threads_arg(s: &str) -> Result<usize, String> {

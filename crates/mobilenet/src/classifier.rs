@@ -275,6 +275,37 @@ impl AnyModel {
             AnyModel::Quantized(q) => q,
         })
     }
+
+    /// [`AnyModel::into_classifier`] with the f32 engine's GEMMs at `precision` (`path` names
+    /// the file in errors).
+    ///
+    /// # Errors
+    ///
+    /// As [`AnyModel::into_classifier`]; bf16 for a quantized model or on a CPU without
+    /// AVX512-BF16.
+    pub fn into_classifier_at(
+        self,
+        precision: crate::Precision,
+        path: &Path,
+    ) -> Result<Box<dyn Classifier>, ModelError> {
+        let bad = |reason: String| ModelError::Metadata {
+            path: path.to_path_buf(),
+            reason,
+        };
+        match self {
+            AnyModel::Float(file) => {
+                let mut model = InferenceModel::new(&file)?;
+                model
+                    .set_precision(precision)
+                    .map_err(|e| bad(e.to_string()))?;
+                Ok(Box::new(model))
+            }
+            AnyModel::Quantized(q) if precision == crate::Precision::F32 => Ok(q),
+            AnyModel::Quantized(_) => Err(bad(format!(
+                "a quantized model runs in int8; --precision {precision} is for float models"
+            ))),
+        }
+    }
 }
 
 /// Loads any model file `classify`, `eval` and `bench` accept onto its runtime.
@@ -286,16 +317,17 @@ pub fn load(path: &Path) -> Result<Box<dyn Classifier>, ModelError> {
     AnyModel::load(path)?.into_classifier()
 }
 
-/// [`load`] with the integer engine's requantization chosen.
+/// [`load`] with the integer engine's requantization and the f32 engine's precision chosen.
 ///
 /// # Errors
 ///
-/// As [`load`] and [`AnyModel::set_requantization`].
+/// As [`load`], [`AnyModel::set_requantization`] and [`AnyModel::into_classifier_at`].
 pub fn load_with(
     path: &Path,
     requantization: crate::int8::Requantization,
+    precision: crate::Precision,
 ) -> Result<Box<dyn Classifier>, ModelError> {
     let mut model = AnyModel::load(path)?;
     model.set_requantization(requantization, path)?;
-    model.into_classifier()
+    model.into_classifier_at(precision, path)
 }

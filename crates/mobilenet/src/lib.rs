@@ -51,7 +51,7 @@ pub use config::{
 };
 pub use cost::{LayerCost, ModelCost};
 pub use error::{ConfigError, ImageError, ModelError};
-pub use infer::{Fusion, InferenceModel, Session};
+pub use infer::{Fusion, InferenceModel, Precision, Session};
 pub use layers::{
     conv_output_size, BlockKind, BlockSpec, Hwc, Layer, LayerKind, KERNEL, MOBILENET_V1_BODY,
     SHALLOW_REMOVED_BLOCKS,

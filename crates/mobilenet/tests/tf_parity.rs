@@ -198,3 +198,62 @@ fn layer_scope(name: &str) -> String {
         None => format!("Conv2d_{rest}"),
     }
 }
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f32 = e.iter().sum();
+    e.iter().map(|v| v / sum).collect()
+}
+
+/// bf16 GEMMs (8 significant bits) against TensorFlow's f32 logits: the same top-1 on every
+/// reference image, every fusion, batch 1 and a threaded batch, probabilities within 0.02 —
+/// and not the f32 numbers (the bf16 kernels did run: logits move by more than f32's 1e-3).
+#[test]
+fn bf16_keeps_tensorflows_top1() {
+    let Some(data) = common::shared_data("bf16_keeps_tensorflows_top1") else {
+        return;
+    };
+    if !mobilenet_kernels::gemm::bf16::bf16_supported() {
+        println!("skipped: this CPU has no AVX512-BF16");
+        return;
+    }
+    let expected = common::expected(&data);
+    let model = float_model(&data);
+    let cases = float_cases(&expected);
+    let inputs: Vec<f32> = cases
+        .iter()
+        .flat_map(|c| input(&data, c["input"].as_str().expect("input")))
+        .collect();
+    for fusion in [Fusion::None, Fusion::Separable, Fusion::Pipeline] {
+        let mut plan = InferenceModel::with_options(&model, Isa::detect(), fusion).expect("plan");
+        plan.set_precision(mobilenet::Precision::Bf16)
+            .expect("bf16 on a CPU with AVX512-BF16");
+        for (batch, threads) in [(1, 1), (cases.len(), 2)] {
+            let mut session = plan.session(batch, threads);
+            let mut got = Vec::new();
+            for x in inputs.chunks(batch * 224 * 224 * 3) {
+                got.extend_from_slice(session.run(x));
+            }
+            let (mut max_dp, mut max_dl) = (0.0f32, 0.0f32);
+            for (case, logits) in cases.iter().zip(got.chunks(1001)) {
+                let want = common::f32s(&case["logits"]);
+                let png = case["input"].as_str().expect("input");
+                assert_eq!(top5(logits)[0], top5(&want)[0], "{fusion:?} {png}: top-1");
+                let (p, q) = (softmax(logits), softmax(&want));
+                for (a, b) in p.iter().zip(&q) {
+                    max_dp = max_dp.max((a - b).abs());
+                }
+                for (a, b) in logits.iter().zip(&want) {
+                    max_dl = max_dl.max((a - b).abs());
+                }
+            }
+            println!("{fusion:?} batch {batch}: max |Δp| {max_dp:.4}, max |Δlogit| {max_dl:.3}");
+            assert!(
+                max_dp <= 0.02,
+                "{fusion:?} batch {batch}: max |Δp| {max_dp}"
+            );
+            assert!(max_dl > 10.0 * LOGIT_TOLERANCE, "bf16 gave f32's logits");
+        }
+    }
+}

@@ -58,6 +58,11 @@ pub struct BenchArgs {
     /// TFLite with its default XNNPACK delegate)
     #[arg(long, value_enum, default_value_t = crate::RequantArg::Tflite)]
     requant: crate::RequantArg,
+    /// For a float model: f32, or bf16 (the 1×1 convolutions and classifier with bf16
+    /// activations and weights summed in f32: about twice the multiply-adds per instruction,
+    /// 8 significant bits; needs AVX512-BF16)
+    #[arg(long, value_enum, default_value_t = crate::PrecisionArg::F32)]
+    precision: crate::PrecisionArg,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -122,6 +127,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let (file, name) = match (&args.model, args.preset) {
         (Some(path), _) => match AnyModel::load(path)? {
+            AnyModel::Quantized(_) if args.precision != crate::PrecisionArg::F32 => {
+                anyhow::bail!(
+                    "--precision {}: {} is a quantized model; it runs in int8",
+                    mobilenet::Precision::from(args.precision),
+                    path.display()
+                )
+            }
             AnyModel::Quantized(mut q) => {
                 q.set_requantization(args.requant.into())
                     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -152,7 +164,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         FusionArg::Separable => Fusion::Separable,
         FusionArg::Pipeline => Fusion::Pipeline,
     };
-    let model = InferenceModel::with_fusion(&file, fusion)?;
+    let mut model = InferenceModel::with_fusion(&file, fusion)?;
+    model.set_precision(args.precision.into())?;
     drop(file);
     let batch = args.batch.max(1);
     let timed = time_model(&model, batch, args)?;

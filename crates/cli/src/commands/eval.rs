@@ -42,6 +42,11 @@ pub struct EvalArgs {
     /// TFLite with its default XNNPACK delegate)
     #[arg(long, value_enum, default_value_t = crate::RequantArg::Tflite)]
     requant: crate::RequantArg,
+    /// For a float model: f32, or bf16 (the 1×1 convolutions and classifier with bf16
+    /// activations and weights summed in f32: about twice the multiply-adds per instruction,
+    /// 8 significant bits; needs AVX512-BF16)
+    #[arg(long, value_enum, default_value_t = crate::PrecisionArg::F32)]
+    precision: crate::PrecisionArg,
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
@@ -55,7 +60,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             }
         }
     };
-    let model = mobilenet::classifier::load_with(&args.model, args.requant.into())?;
+    let model =
+        mobilenet::classifier::load_with(&args.model, args.requant.into(), args.precision.into())?;
     if model.classes().is_none() {
         bail!("{}: the model has no classifier head", args.model.display());
     }

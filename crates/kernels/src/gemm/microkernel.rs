@@ -11,6 +11,11 @@ use crate::Isa;
 ///
 /// The pointers in `args` must cover the shapes it states.
 pub(super) unsafe fn dispatch(isa: Isa, args: &Args) {
+    if args.bf16 {
+        // Safety: bf16 packings exist only where the CPU runs them (PackedB::to_bf16), and
+        // gemm_transposed_a and gemm_moments refuse them.
+        return unsafe { super::bf16::gemm(args) };
+    }
     crate::simd_dispatch!(isa, (args: &Args) {
         avx512: gemm_any::<_, 12>,
         avx2: gemm_any::<_, 6>,
@@ -44,6 +49,8 @@ pub(super) struct Args {
     /// Null, or per-column running sums `[Σc, Σc²]` (f64, each `panels · nr` long, indexed by
     /// column) to which every tile adds its columns' sums over its rows.
     pub moments: *mut f64,
+    /// B holds bf16 pairs ([`super::bf16`]).
+    pub bf16: bool,
 }
 
 /// Bytes of packed B in one block of panels: the block stays in L2 while every row tile of A

@@ -11,6 +11,7 @@
 //! vector registers, so MR = 12 rows × 2 vectors = 24 accumulators + 2 B vectors + a broadcast;
 //! AVX2 and NEON (16/32 registers) use MR = 6 and 8.
 
+pub mod bf16;
 mod microkernel;
 
 use microkernel::{dispatch, Args};
@@ -25,6 +26,8 @@ pub struct PackedB {
     k: usize,
     n: usize,
     nr: usize,
+    /// The values are bf16 pairs of k (see [`bf16`]), not f32.
+    bf16: bool,
     data: AlignedVec,
 }
 
@@ -50,6 +53,7 @@ impl PackedB {
     /// If `b.len() != k · n`.
     pub fn repack(&mut self, b: &[f32], k: usize, n: usize) {
         assert_eq!(b.len(), k * n, "B must be k·n = {k}·{n} values");
+        assert!(!self.bf16, "repack is for f32 packings");
         self.fill(k, n, |kk, col, dst| {
             dst.copy_from_slice(&b[kk * n + col..][..dst.len()]);
         });
@@ -78,6 +82,7 @@ impl PackedB {
             k: 0,
             n: 0,
             nr: panel_width(isa),
+            bf16: false,
             data: AlignedVec::new(),
         };
         packed.fill(k, n, row);
@@ -117,6 +122,66 @@ impl PackedB {
     pub fn isa(&self) -> Isa {
         self.isa
     }
+
+    /// Whether the values are rounded to bf16 ([`PackedB::to_bf16`]).
+    pub fn is_bf16(&self) -> bool {
+        self.bf16
+    }
+
+    /// The value of B at `(kk, col)` as the GEMM multiplies it (rounded, for a bf16 packing).
+    pub fn at(&self, kk: usize, col: usize) -> f32 {
+        assert!(kk < self.k && col < self.n, "({kk}, {col}) outside B");
+        let (p, j) = (col / self.nr, col % self.nr);
+        if self.bf16 {
+            let bits = self.data[(p * self.k.div_ceil(2) + kk / 2) * self.nr + j].to_bits();
+            bf16::bf16_to_f32((bits >> (16 * (kk % 2))) as u16)
+        } else {
+            self.data[(p * self.k + kk) * self.nr + j]
+        }
+    }
+
+    /// This f32 packing with every value rounded to bf16 (to nearest, ties to even) and k
+    /// taken in pairs, for the bf16 GEMM ([`bf16`]): half the bytes, twice the multiply-adds
+    /// per instruction. `None` where that GEMM does not run: a CPU without AVX512-BF16
+    /// ([`bf16::bf16_supported`]) or a packing for another instruction set than AVX-512.
+    pub fn to_bf16(&self) -> Option<PackedB> {
+        if self.bf16 {
+            return Some(self.clone());
+        }
+        if !bf16::bf16_supported() || self.nr != bf16::NR {
+            return None;
+        }
+        let (k, nr, kp) = (self.k, self.nr, self.k.div_ceil(2));
+        let panels = self.n.div_ceil(nr);
+        let mut data = AlignedVec::zeros(panels * kp * nr);
+        for p in 0..panels {
+            for kk in 0..k {
+                let src = &self.data[(p * k + kk) * nr..][..nr];
+                let dst = &mut data[(p * kp + kk / 2) * nr..][..nr];
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    let half = (bf16::round_bf16(v) as u32) << (16 * (kk % 2));
+                    *d = f32::from_bits(d.to_bits() | half);
+                }
+            }
+        }
+        Some(PackedB {
+            bf16: true,
+            data,
+            ..self.clone_shape()
+        })
+    }
+
+    /// This packing's shape with no values.
+    fn clone_shape(&self) -> PackedB {
+        PackedB {
+            isa: self.isa,
+            k: self.k,
+            n: self.n,
+            nr: self.nr,
+            bf16: self.bf16,
+            data: AlignedVec::new(),
+        }
+    }
 }
 
 impl Args {
@@ -145,6 +210,7 @@ impl Args {
             max: epi.max,
             accumulate: epi.accumulate,
             moments: std::ptr::null_mut(),
+            bf16: b.bf16,
         }
     }
 }
@@ -190,6 +256,10 @@ pub fn gemm_transposed_a(
     epi: &Epilogue,
 ) {
     let (k, n) = (b.k, b.n);
+    assert!(
+        !b.bf16,
+        "the bf16 GEMM is for inference: A as given, no moments"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -228,6 +298,10 @@ pub fn gemm_moments(
     moments: &mut [f64],
 ) {
     let (k, n) = (b.k, b.n);
+    assert!(
+        !b.bf16,
+        "the bf16 GEMM is for inference: A as given, no moments"
+    );
     assert!(
         moments.len() >= 2 * b.padded_n(),
         "moments shorter than 2 · padded n"

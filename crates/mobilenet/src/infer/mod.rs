@@ -14,6 +14,7 @@
 //! | `fuse.rs` | fusion passes: depthwise + pointwise pairs, the row pipeline |
 //! | `pipeline.rs` | the row pipeline's execution |
 //! | `session.rs` | buffers, image-major prefix, profiling |
+//! | `precision.rs` | bf16 GEMMs |
 
 use mobilenet_kernels::aligned::AlignedVec;
 use mobilenet_kernels::conv::ConvShape;
@@ -30,10 +31,12 @@ use crate::weights::ModelFile;
 mod fuse;
 mod op;
 mod pipeline;
+mod precision;
 mod runner;
 mod session;
 
 pub use fuse::Fusion;
+pub use precision::{Precision, PrecisionUnsupported};
 pub use session::Session;
 
 use fuse::{fuse_pipeline, fuse_separable, PIPELINE_MIN_BYTES};
@@ -91,6 +94,7 @@ impl PlannedLayer {
 pub struct InferenceModel {
     info: ModelInfo,
     isa: Isa,
+    precision: Precision,
     layers: Vec<PlannedLayer>,
     heads: Vec<Head>,
 }
@@ -348,6 +352,7 @@ impl InferenceModel {
         Ok(InferenceModel {
             info,
             isa,
+            precision: Precision::F32,
             layers,
             heads,
         })

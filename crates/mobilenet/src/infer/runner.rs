@@ -8,10 +8,13 @@ use crate::classifier::{check_pixels, softmax_rows, Classifier, ModelInfo, Runne
 
 impl Classifier for InferenceModel {
     fn precision(&self) -> &'static str {
-        "f32"
+        InferenceModel::precision(self).name()
     }
     fn isa(&self) -> String {
-        InferenceModel::isa(self).to_string()
+        match InferenceModel::precision(self) {
+            super::Precision::F32 => InferenceModel::isa(self).to_string(),
+            p => format!("{}, {p} GEMMs", InferenceModel::isa(self)),
+        }
     }
     fn info(&self) -> &ModelInfo {
         &self.info
