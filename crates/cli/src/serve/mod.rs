@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// of TFLite with its default XNNPACK delegate); float models are not affected
     #[arg(long, value_enum, default_value_t = crate::RequantArg::Tflite)]
     requant: crate::RequantArg,
+    /// For the float classifiers: f32, or bf16 GEMMs (needs AVX512-BF16); quantized models
+    /// are not affected
+    #[arg(long, value_enum, default_value_t = crate::PrecisionArg::F32)]
+    precision: crate::PrecisionArg,
 }
 
 /// What a loaded model runs on.
@@ -265,10 +269,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             (Kind::Detector(d), describe, q)
         } else {
             let mut model = mobilenet::classifier::AnyModel::load(path)?;
-            if matches!(model, mobilenet::classifier::AnyModel::Quantized(_)) {
+            let mut c = if matches!(model, mobilenet::classifier::AnyModel::Quantized(_)) {
                 model.set_requantization(args.requant.into(), path)?;
-            }
-            let mut c = model.into_classifier()?;
+                model.into_classifier()?
+            } else {
+                model.into_classifier_at(args.precision.into(), path)?
+            };
             let Some(classes) = c.classes() else {
                 bail!("{}: the model has no classifier head", path.display());
             };

@@ -24,6 +24,14 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// Whether this CPU runs it (bf16: AVX512-BF16).
+    pub fn is_supported(self) -> bool {
+        match self {
+            Precision::F32 => true,
+            Precision::Bf16 => bf16_supported(),
+        }
+    }
+
     /// Short name for reports and flags.
     pub fn name(self) -> &'static str {
         match self {
@@ -68,11 +76,18 @@ impl InferenceModel {
             }
             _ => {}
         }
-        if !bf16_supported() || self.isa.kind() != IsaKind::Avx512 {
-            return Err(PrecisionUnsupported(format!(
+        if !bf16_supported() {
+            return Err(PrecisionUnsupported(
                 "bf16 inference needs AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake, \
-                 Sapphire Rapids and later); this CPU runs {} (use --precision f32, or an \
-                 int8 model for a faster one)",
+                 Sapphire Rapids and later), which this CPU lacks: use f32, or an int8 model \
+                 for a faster one"
+                    .into(),
+            ));
+        }
+        if self.isa.kind() != IsaKind::Avx512 {
+            return Err(PrecisionUnsupported(format!(
+                "bf16 runs with the AVX-512 kernels, and this model was planned for {} \
+                 (MOBILENET_ISA?)",
                 self.isa
             )));
         }
