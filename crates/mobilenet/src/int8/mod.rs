@@ -23,10 +23,12 @@ mod multiplier;
 mod ptq;
 mod reference;
 mod runner;
+mod session;
 
 pub use calibrate::{Calibration, Calibrator};
 pub use chain::HeadSpec;
-pub use engine::{QuantEngine, QuantSession, Requantization, Unsupported};
+pub use engine::{QuantEngine, Requantization, Unsupported};
+pub use session::QuantSession;
 pub use ir::{QuantModel, QuantizedMultiplier};
 pub use model::QuantizedModel;
 pub(crate) use ptq::{fused, input_params, range_of, Builder};

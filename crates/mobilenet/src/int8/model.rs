@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use super::engine::{QuantEngine, QuantSession, Requantization, Unsupported};
+use super::engine::{QuantEngine, Requantization, Unsupported};
+use super::session::QuantSession;
 use super::ir::QuantModel;
 use super::ptq::PREPROCESSING_METADATA;
 use crate::classifier::ModelInfo;
