@@ -68,18 +68,6 @@ pub(super) enum Step {
         w: QDwWeights,
         rq: Requant,
     },
-    /// A depthwise step and the 1×1 step after it, run band by band of output rows: each
-    /// band's depthwise output stays in cache for the GEMM instead of going through memory.
-    Separable {
-        g: ConvGeometry,
-        w: QDwWeights,
-        dw_rq: Requant,
-        b: PackedQB,
-        row_coeff: i32,
-        rq: Requant,
-        /// Output rows per band.
-        band_rows: usize,
-    },
     Pool {
         pixels: usize,
         c: usize,
@@ -100,70 +88,10 @@ impl Step {
             Step::Stem { g, b, .. } => g.out_h * g.out_w * b.n(),
             Step::Gemm { pixels, b, .. } => pixels * b.n(),
             Step::Depthwise { g, w, .. } => g.out_h * g.out_w * w.channels(),
-            Step::Separable { g, b, .. } => g.out_h * g.out_w * b.n(),
             Step::Pool { c, .. } => *c,
             Step::Softmax { table: _, .. } => 0,
         }
     }
-}
-
-/// Depthwise outputs from this size on are fused with the pointwise step after them (smaller
-/// ones stay in L2 between the two steps anyway, and their few rows split worse between
-/// threads in bands).
-const FUSE_MIN_BYTES: usize = 64 << 10;
-
-/// Bytes of depthwise output per band of a fused step (with the GEMM's panel, in L1/L2).
-const BAND_BYTES: usize = 32 << 10;
-
-/// Joins each large depthwise step with the 1×1 step reading it into one
-/// [`Step::Separable`], unless a head reads the depthwise output; renumbers the heads.
-fn fuse_separable(steps: Vec<Step>, heads: &mut [(usize, Step)]) -> Vec<Step> {
-    let mut fused = Vec::with_capacity(steps.len());
-    // new_index[old] = the fused step that computes old step's output.
-    let mut new_index = Vec::with_capacity(steps.len());
-    let mut steps = steps.into_iter().enumerate().peekable();
-    while let Some((i, step)) = steps.next() {
-        let joinable = match (&step, steps.peek()) {
-            (Step::Depthwise { g, w, .. }, Some((_, Step::Gemm { pixels, .. }))) => {
-                *pixels == g.out_h * g.out_w
-                    && *pixels * w.channels() >= FUSE_MIN_BYTES
-                    && heads.iter().all(|h| h.0 != i)
-            }
-            _ => false,
-        };
-        if !joinable {
-            new_index.push(fused.len());
-            fused.push(step);
-            continue;
-        }
-        let (
-            Step::Depthwise { g, w, rq: dw_rq },
-            Some((
-                _,
-                Step::Gemm {
-                    b, row_coeff, rq, ..
-                },
-            )),
-        ) = (step, steps.next())
-        else {
-            unreachable!("matched above");
-        };
-        let band_rows = (BAND_BYTES / (g.out_w * w.channels()).max(1)).max(1);
-        new_index.extend([fused.len(), fused.len()]);
-        fused.push(Step::Separable {
-            g,
-            w,
-            dw_rq,
-            b,
-            row_coeff,
-            rq,
-            band_rows,
-        });
-    }
-    for head in heads {
-        head.0 = new_index[head.0];
-    }
-    fused
 }
 
 /// Plans one convolution of the IR onto the kernels; `col_len` grows to the im2col buffer it
@@ -381,7 +309,7 @@ impl QuantEngine {
             }
             steps.push(step);
         }
-        let mut heads = model
+        let heads = model
             .heads
             .iter()
             .map(
@@ -391,7 +319,6 @@ impl QuantEngine {
                 },
             )
             .collect::<Result<Vec<_>, _>>()?;
-        let steps = fuse_separable(steps, &mut heads);
         let max_len = steps
             .iter()
             .map(Step::output_len)
@@ -446,14 +373,6 @@ impl QuantEngine {
                 Step::Depthwise { g, w, .. } => {
                     format!("dw s{} {}x{} {}", g.stride, g.out_h, g.out_w, w.channels())
                 }
-                Step::Separable { g, b, .. } => format!(
-                    "dw+pw s{} {}x{} {}->{}",
-                    g.stride,
-                    g.out_h,
-                    g.out_w,
-                    b.k(),
-                    b.n()
-                ),
                 Step::Pool { pixels, c, .. } => format!("avgpool {pixels}x{c}"),
                 Step::Softmax { .. } => "softmax".to_string(),
             })

@@ -10,11 +10,6 @@ use super::engine::{QuantEngine, Step};
 use super::reference::softmax;
 use crate::exec::{for_each_part, for_each_part2, qgemm_split, resolve_threads, split, SpinPool};
 
-thread_local! {
-    /// The depthwise output of one band of a fused step, per thread.
-    static BAND: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 impl QuantEngine {
     /// A runner with its own buffers and `threads` threads (0: all cores).
     pub fn session(&self, threads: usize) -> QuantSession<'_> {
@@ -140,36 +135,6 @@ impl QuantSession<'_> {
                     rq,
                 } => {
                     qgemm_split(pool, isa, *pixels, src, b, *row_coeff, rq, dst);
-                }
-                Step::Separable {
-                    g,
-                    w,
-                    dw_rq,
-                    b,
-                    row_coeff,
-                    rq,
-                    band_rows,
-                } => {
-                    let (c, n) = (w.channels(), b.n());
-                    let row = g.out_w * n;
-                    let ranges = split(g.out_h, pool.threads(), 1);
-                    for_each_part(
-                        pool,
-                        &mut dst[..g.out_h * row],
-                        &ranges,
-                        row,
-                        |_, r0, out| {
-                            BAND.with_borrow_mut(|tmp| {
-                                for (i, band) in out.chunks_mut(band_rows * row).enumerate() {
-                                    let pixels = band.len() / n;
-                                    tmp.resize(pixels * c, 0);
-                                    qdwconv3x3(isa, g, src, w, dw_rq, tmp, r0 + i * band_rows);
-                                    let panels = 0..b.panels();
-                                    qgemm(isa, pixels, tmp, c, b, *row_coeff, rq, band, n, panels);
-                                }
-                            });
-                        },
-                    );
                 }
                 Step::Depthwise { g, w, rq } => {
                     let row = g.out_w * w.channels();
