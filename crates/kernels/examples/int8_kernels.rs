@@ -97,5 +97,53 @@ fn main() {
                 macs / t.as_secs_f64() / 1e9
             );
         }
+        // A depthwise + pointwise pair as two whole-image steps, then band by band (as the
+        // engine's fused step), alternating, each the fastest of `reps`.
+        for (hw, c, n, stride, band_bytes) in [
+            (112, 32, 64, 1, 32 << 10),
+            (112, 32, 64, 1, 16 << 10),
+            (112, 32, 64, 1, 64 << 10),
+            (56, 128, 128, 1, 32 << 10),
+            (28, 256, 256, 1, 32 << 10),
+        ] {
+            let label = format!("{isa} {form} separable {hw}x{hw} {c}->{n} s{stride}");
+            if !label.contains(&filter) {
+                continue;
+            }
+            let g = ConvGeometry::tf_same(hw, hw, 3, stride);
+            let input = bytes(hw * hw * c, 7);
+            let dww: Vec<i32> = bytes(9 * c, 9).iter().map(|&v| v as i32 - 128).collect();
+            let dw = QDwWeights::new(&dww, c, 120);
+            let pww: Vec<i8> = bytes(n * c, 5).iter().map(|&v| v as i8).collect();
+            let b = PackedQB::new(&pww, c, n);
+            let (r_dw, r_pw) = (rq(c), rq(n));
+            let pixels = g.out_h * g.out_w;
+            let (mut mid, mut out) = (vec![0u8; pixels * c], vec![0u8; pixels * n]);
+            let (mut mid2, mut out2) = (mid.clone(), out.clone());
+            let mut whole = || {
+                qdwconv3x3(isa, &g, &input, &dw, &r_dw, &mut mid2, 0);
+                qgemm(isa, pixels, &mid2, c, &b, 0, &r_pw, &mut out2, n, 0..b.panels());
+            };
+            let band_rows = (band_bytes / (g.out_w * c)).max(1);
+            let mut banded = || {
+                for (i, band) in out.chunks_mut(band_rows * g.out_w * n).enumerate() {
+                    let px = band.len() / n;
+                    let tmp = &mut mid[..px * c];
+                    qdwconv3x3(isa, &g, &input, &dw, &r_dw, tmp, i * band_rows);
+                    qgemm(isa, px, tmp, c, &b, 0, &r_pw, band, n, 0..b.panels());
+                }
+            };
+            let (mut t_whole, mut t_band) = (Duration::MAX, Duration::MAX);
+            for _ in 0..10 {
+                t_whole = t_whole.min(fastest(reps / 10, &mut whole));
+                t_band = t_band.min(fastest(reps / 10, &mut banded));
+            }
+            println!(
+                "{label}: two steps {:.4} ms, bands of {} KB {:.4} ms",
+                t_whole.as_secs_f64() * 1e3,
+                band_bytes >> 10,
+                t_band.as_secs_f64() * 1e3
+            );
+        }
     }
 }
