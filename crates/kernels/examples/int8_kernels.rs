@@ -52,6 +52,9 @@ fn main() {
             (64, 32, 1),
             (112, 32, 1),
             (56, 128, 1),
+            (28, 256, 2),
+            (14, 512, 1),
+            (7, 1024, 1),
         ] {
             let label = format!("{isa} {form} depthwise {hw}x{hw}x{c} s{stride}");
             if !label.contains(&filter) {
@@ -122,7 +125,18 @@ fn main() {
             let (mut mid2, mut out2) = (mid.clone(), out.clone());
             let mut whole = || {
                 qdwconv3x3(isa, &g, &input, &dw, &r_dw, &mut mid2, 0);
-                qgemm(isa, pixels, &mid2, c, &b, 0, &r_pw, &mut out2, n, 0..b.panels());
+                qgemm(
+                    isa,
+                    pixels,
+                    &mid2,
+                    c,
+                    &b,
+                    0,
+                    &r_pw,
+                    &mut out2,
+                    n,
+                    0..b.panels(),
+                );
             };
             let band_rows = (band_bytes / (g.out_w * c)).max(1);
             let mut banded = || {

@@ -230,6 +230,11 @@ mod avx512 {
         // Bands of rows whose outputs fill about 32 KB; inside a band, channel block by
         // channel block, so the block's filter and constants are loaded once per band.
         let band = (32768 / (g.out_w * c).max(1)).clamp(1, rows.max(1));
+        // A row of input zero points stands in for the rows above and below the image: a tap
+        // there adds `x_zp·w'`, which is what TFLite's skipped tap comes to after `zsum`. So
+        // the first and last output rows run the interior loop too (on 7×7 layers they are
+        // 2 of 7 rows, and the per-pixel border path cost as much as the interior).
+        let zp_row = vec![w.input_zp as u8; g.in_w * c];
         // Safety: every load reads channels < c of a pixel inside the image (masked past c) or
         // the padded weight vectors; every store writes channels < c of an output pixel.
         unsafe {
@@ -241,21 +246,26 @@ mod avx512 {
                     for r in band_rows.clone() {
                         let oy = row0 + r;
                         let out_row = output.as_mut_ptr().add(r * g.out_w * c);
-                        let (ky0, ky1) = taps(oy, g.stride, g.pad_top, g.in_h);
-                        if ky0 != 0 || ky1 != 3 || blocks == 0 {
+                        if blocks == 0 {
                             border(g, input, w, &k, out_row, oy, 0..g.out_w);
                             continue;
                         }
                         border(g, input, w, &k, out_row, oy, 0..lo);
                         border(g, input, w, &k, out_row, oy, lo + blocks * PX..g.out_w);
-                        let iy = oy * g.stride - g.pad_top;
                         let ix = lo * g.stride - g.pad_left;
-                        let top = input.as_ptr().add((iy * g.in_w + ix) * c + b);
+                        let in_rows: [*const u8; 3] = std::array::from_fn(|ky| {
+                            let iy = (oy * g.stride + ky).wrapping_sub(g.pad_top);
+                            let row = match iy < g.in_h {
+                                true => input.as_ptr().add(iy * g.in_w * c),
+                                false => zp_row.as_ptr(),
+                            };
+                            row.add(ix * c + b)
+                        });
                         let out = out_row.add(lo * c + b);
                         if g.stride == 1 {
-                            interior::<1>(top, g.in_w * c, c, &k, out, blocks);
+                            interior::<1>(in_rows, c, &k, out, blocks);
                         } else {
-                            interior::<2>(top, g.in_w * c, c, &k, out, blocks);
+                            interior::<2>(in_rows, c, &k, out, blocks);
                         }
                     }
                     b += 16;
@@ -298,13 +308,14 @@ mod avx512 {
         }
     }
 
-    /// `blocks·PX` interior output pixels of one row, each channel block's nine filter vectors
-    /// and requantization constants held in registers; input columns shared by neighbouring
-    /// outputs are loaded once. `top` is the input pixel under the first output's top-left tap.
+    /// `blocks·PX` output pixels of one row whose taps lie inside the image's columns, each
+    /// channel block's nine filter vectors and requantization constants held in registers;
+    /// input columns shared by neighbouring outputs are loaded once. `rows[ky]` is the input
+    /// pixel under the first output's tap `(ky, 0)` (in the zero-point row above or below the
+    /// image).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,avx512vnni")]
     unsafe fn interior<const S: usize>(
-        top: *const u8,
-        in_row: usize,
+        rows: [*const u8; 3],
         c: usize,
         k: &Block,
         out: *mut u8,
@@ -313,7 +324,6 @@ mod avx512 {
         // Safety: the caller guarantees `blocks·PX` outputs whose taps are inside the image.
         unsafe {
             for blk in 0..blocks {
-                let base = top.add(blk * PX * S * c);
                 // Two accumulator sets (filter rows 0–1, row 2) halve the dependency chains:
                 // nine dependent multiply-adds per output would leave the 5-cycle latency
                 // exposed.
@@ -321,7 +331,7 @@ mod avx512 {
                 let mut acc2 = [_mm512_setzero_si512(); PX];
                 for ky in 0..3 {
                     let w3 = [k.wv[3 * ky], k.wv[3 * ky + 1], k.wv[3 * ky + 2]];
-                    let row = base.add(ky * in_row);
+                    let row = rows[ky].add(blk * PX * S * c);
                     let a = if ky < 2 { &mut acc } else { &mut acc2 };
                     filter_row::<S>(row, c, k.mask, w3, a);
                 }

@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use super::engine::{QuantEngine, Requantization, Unsupported};
-use super::session::QuantSession;
 use super::ir::QuantModel;
 use super::ptq::PREPROCESSING_METADATA;
+use super::session::QuantSession;
 use crate::classifier::ModelInfo;
 use crate::error::ModelError;
 use crate::preprocess::{PixelNorm, Preprocessing};
