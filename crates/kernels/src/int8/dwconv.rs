@@ -329,9 +329,9 @@ mod avx512 {
                 // exposed.
                 let mut acc = [k.zsum; PX];
                 let mut acc2 = [_mm512_setzero_si512(); PX];
-                for ky in 0..3 {
+                for (ky, row) in rows.iter().enumerate() {
                     let w3 = [k.wv[3 * ky], k.wv[3 * ky + 1], k.wv[3 * ky + 2]];
-                    let row = rows[ky].add(blk * PX * S * c);
+                    let row = row.add(blk * PX * S * c);
                     let a = if ky < 2 { &mut acc } else { &mut acc2 };
                     filter_row::<S>(row, c, k.mask, w3, a);
                 }
