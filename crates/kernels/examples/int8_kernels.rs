@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mobilenet_kernels::int8::dwconv::{qdwconv3x3, QDwWeights};
 use mobilenet_kernels::int8::gemm::{qgemm, PackedQB};
-use mobilenet_kernels::int8::{IntIsa, Requant};
+use mobilenet_kernels::int8::{im2col3x3, IntIsa, Requant};
 use mobilenet_kernels::rng::Rng;
 use mobilenet_kernels::ConvGeometry;
 
@@ -73,6 +73,17 @@ fn main() {
                 t.as_secs_f64() * 1e3,
                 macs / t.as_secs_f64() / 1e9
             );
+        }
+        for (hw, stride) in [(128, 2), (224, 2)] {
+            let label = format!("{isa} {form} im2col {hw}x{hw}x3 s{stride}");
+            if fp32 || !label.contains(&filter) {
+                continue;
+            }
+            let g = ConvGeometry::tf_same(hw, hw, 3, stride);
+            let input = bytes(hw * hw * 3, 7);
+            let mut col = vec![0u8; g.out_h * g.out_w * 28];
+            let t = fastest(reps, || im2col3x3(&g, 3, &input, 9, 0..g.out_h, 28, &mut col));
+            println!("{label}: {:.4} ms", t.as_secs_f64() * 1e3);
         }
         for (m, k, n) in [
             (4096, 28, 8),
