@@ -82,7 +82,9 @@ fn main() {
             let g = ConvGeometry::tf_same(hw, hw, 3, stride);
             let input = bytes(hw * hw * 3, 7);
             let mut col = vec![0u8; g.out_h * g.out_w * 28];
-            let t = fastest(reps, || im2col3x3(&g, 3, &input, 9, 0..g.out_h, 28, &mut col));
+            let t = fastest(reps, || {
+                im2col3x3(&g, 3, &input, 9, 0..g.out_h, 28, &mut col)
+            });
             println!("{label}: {:.4} ms", t.as_secs_f64() * 1e3);
         }
         for (m, k, n) in [

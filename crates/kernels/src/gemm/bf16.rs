@@ -98,7 +98,7 @@ pub(super) unsafe fn gemm(_: &super::microkernel::Args) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::microkernel::Args;
+    use super::super::microkernel::{tile_rows, Args};
     use super::{B_BLOCK_BYTES, MR, NR};
 
     /// Rounds `m` rows of `k` f32 (stride `lda`) to bf16 pairs at `out` (`k.div_ceil(2)` u32
@@ -152,12 +152,7 @@ mod avx512 {
                 let p_end = (p_start + block).min(panels);
                 let mut i = 0;
                 while i < x.m {
-                    let left = x.m - i;
-                    let rows = if left > MR && left < MR + 4 {
-                        left.div_ceil(2)
-                    } else {
-                        left.min(MR)
-                    };
+                    let rows = tile_rows(x.m - i, MR);
                     for p in p_start..p_end {
                         let t = Tile {
                             a: pairs.add(i * kp),

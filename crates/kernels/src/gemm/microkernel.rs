@@ -91,16 +91,7 @@ unsafe fn gemm_panels<S: SimdF32, const MR: usize, const TA: bool>(s: S, x: &Arg
             let p_end = (p_start + block).min(panels);
             let mut i = 0;
             while i < x.m {
-                // A last tile of 1–3 rows has too few accumulator chains to cover the FMA
-                // latency: the last MR + 1..3 rows go as two halves instead (M = 49: …, 7, 6
-                // rather than …, 12, 1; 7×7 layers 6–7% faster). Balancing every tile (11-row
-                // tiles) made the 14×14 layers slower.
-                let left = x.m - i;
-                let rows = if left > MR && left < MR + 4 {
-                    left.div_ceil(2)
-                } else {
-                    left.min(MR)
-                };
+                let rows = tile_rows(x.m - i, MR);
                 let a = if TA { x.a.add(i) } else { x.a.add(i * x.lda) };
                 for p in p_start..p_end {
                     let cols = (x.n - p * nr).min(nr);
@@ -135,6 +126,18 @@ unsafe fn gemm_panels<S: SimdF32, const MR: usize, const TA: bool>(s: S, x: &Arg
             }
             p_start = p_end;
         }
+    }
+}
+
+/// Rows of the next tile when `left` rows remain, at most `mr`. A last tile of 1–3 rows has too
+/// few accumulator chains to cover the FMA latency: the last MR + 1..3 rows go as two halves
+/// instead (M = 49: …, 7, 6 rather than …, 12, 1; 7×7 layers 6–7% faster). Balancing every
+/// tile (11-row tiles) made the 14×14 layers slower.
+pub(super) fn tile_rows(left: usize, mr: usize) -> usize {
+    if left > mr && left < mr + 4 {
+        left.div_ceil(2)
+    } else {
+        left.min(mr)
     }
 }
 
