@@ -94,6 +94,27 @@ fn import_then_detect_faces() {
     for (got, want) in b.iter().zip([171.2, 121.6, 180.6, 206.1]) {
         assert!((got - want).abs() <= 1.0, "{b:?}");
     }
+    // The same faces with bf16 GEMMs, where the CPU has them.
+    if mobilenet::Precision::Bf16.is_supported() {
+        let out = mobilenet()
+            .args([
+                "detect",
+                "--model",
+                s(&model),
+                "--json",
+                "--precision",
+                "bf16",
+            ])
+            .args([s(&face), s(&grace), s(&cat)])
+            .output()
+            .expect("should succeed");
+        let lines = json_lines(out);
+        assert_eq!(counts(&lines), [4, 1, 0]);
+        let b = bbox(&lines[1]["detections"][0]);
+        for (got, want) in b.iter().zip([171.2, 121.6, 180.6, 206.1]) {
+            assert!((got - want).abs() <= 1.5, "bf16: {b:?}");
+        }
+    }
     // --min-score above every face's score leaves none.
     let out = mobilenet()
         .args([
@@ -230,6 +251,23 @@ fn quantize_then_detect_faces_in_int8() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("mobilenet detect"),
+        "{err}"
+    );
+    // bf16 is for float detectors; the int8 one refuses it by name.
+    let out = mobilenet()
+        .args([
+            "detect",
+            "--model",
+            s(&int8),
+            "--precision",
+            "bf16",
+            s(&face),
+        ])
+        .output()
+        .expect("should succeed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("face.tflite") && err.contains("int8 detector"),
         "{err}"
     );
     std::fs::remove_dir_all(&root).ok();

@@ -110,3 +110,42 @@ fn face_api_anchors_are_the_generators() {
         }
     }
 }
+
+/// The detector with bf16 GEMMs (8 significant bits) finds face-api's faces: the same count,
+/// boxes within 1 pixel, scores within 0.01 (measured: 0.25 px, 0.0027; the f32 engine is held
+/// to 1 pixel and 1e-3).
+#[test]
+fn face_api_detections_hold_in_bf16() {
+    let Some(data) = common::shared_data("face_api_detections_hold_in_bf16") else {
+        return;
+    };
+    if !mobilenet::Precision::Bf16.is_supported() {
+        println!("skipped: this CPU has no AVX512-BF16");
+        return;
+    }
+    let mut detector = Detector::new(&import(&data)).expect("plan");
+    detector
+        .set_precision(mobilenet::Precision::Bf16)
+        .expect("bf16 where the CPU has it");
+    let text = std::fs::read_to_string(face_dir(&data).join("reference_detections.json"))
+        .expect("reference detections");
+    let reference: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let mut session = detector.session(2);
+    let (mut worst_score, mut worst_px) = (0.0f32, 0.0f64);
+    for (image, want) in reference["images"].as_object().expect("images") {
+        let img = load_image(&data.join(image)).expect("image");
+        let (found, frame) = session.detect(&img, None);
+        let want = want.as_array().expect("detections");
+        assert_eq!(found.len(), want.len(), "{image}: {found:?}");
+        for (d, w) in found.iter().zip(want) {
+            let score = w["score"].as_f64().expect("score") as f32;
+            worst_score = worst_score.max((d.score - score).abs());
+            let got = frame.to_pixels(d.bbox);
+            for (k, v) in w["box"].as_array().expect("box").iter().enumerate() {
+                worst_px = worst_px.max((got[k] - v.as_f64().expect("coordinate")).abs());
+            }
+        }
+    }
+    println!("bf16: max |Δscore| {worst_score:.4}, max |Δbox| {worst_px:.2} px");
+    assert!(worst_score <= 0.01 && worst_px <= 1.0);
+}

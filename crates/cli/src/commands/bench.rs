@@ -1,6 +1,6 @@
 //! `mobilenet bench`: latency, throughput and memory of the f32 engine.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -116,12 +116,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(name) = &args.detector {
         let config = super::arch_detector::named(name)?;
         let file = DetectorFile::random(config, 20170417)?;
-        let detector = AnyDetector::Float(Detector::new(&file)?);
+        let mut detector = AnyDetector::Float(Detector::new(&file)?);
+        detector.set_precision(args.precision.into(), Path::new(name.as_str()))?;
         return super::bench_detector::run(args, &detector, &format!("{name} (random weights)"));
     }
     if let Some(path) = &args.model {
         if mobilenet::detect::is_detector_file(path) {
-            let file = super::detect::load_detector(path)?;
+            let file = super::detect::load_detector(path, args.precision)?;
             return super::bench_detector::run(args, &file, &path.display().to_string());
         }
     }

@@ -39,6 +39,9 @@ pub struct DetectArgs {
     /// Worker threads (default: all cores)
     #[arg(long, default_value_t = 0, value_parser = crate::threads_arg)]
     threads: usize,
+    /// For a float detector: f32, or bf16 GEMMs (needs AVX512-BF16)
+    #[arg(long, value_enum, default_value_t = crate::PrecisionArg::F32)]
+    precision: crate::PrecisionArg,
 }
 
 #[derive(Serialize)]
@@ -69,13 +72,16 @@ fn nms_config(args: &DetectArgs, defaults: NmsConfig) -> Result<NmsConfig> {
     Ok(config)
 }
 
-/// Loads a detector: a detector file, or an int8 `.tflite` from `mobilenet quantize`.
-pub(crate) fn load_detector(path: &Path) -> Result<AnyDetector> {
-    Ok(AnyDetector::load(path)?)
+/// Loads a detector: a detector file, or an int8 `.tflite` from `mobilenet quantize`; a float
+/// one with its GEMMs at `precision`.
+pub(crate) fn load_detector(path: &Path, precision: crate::PrecisionArg) -> Result<AnyDetector> {
+    let mut detector = AnyDetector::load(path)?;
+    detector.set_precision(precision.into(), path)?;
+    Ok(detector)
 }
 
 pub fn run(args: &DetectArgs) -> Result<()> {
-    let detector = load_detector(&args.model)?;
+    let detector = load_detector(&args.model, args.precision)?;
     let nms = nms_config(args, detector.config().nms)?;
     let images = super::classify::expand(&args.images)?;
     if let Some(dir) = &args.draw {

@@ -31,6 +31,9 @@ pub struct EvalDetectArgs {
     /// Compute threads (default: all cores)
     #[arg(long, default_value_t = 0, value_parser = crate::threads_arg)]
     threads: usize,
+    /// For a float detector: f32, or bf16 GEMMs (needs AVX512-BF16)
+    #[arg(long, value_enum, default_value_t = crate::PrecisionArg::F32)]
+    precision: crate::PrecisionArg,
     /// One JSON object on stdout instead of the summary
     #[arg(long)]
     json: bool,
@@ -71,7 +74,7 @@ pub(crate) fn summary(stats: &CocoStats) -> String {
 }
 
 pub fn run(args: &EvalDetectArgs) -> Result<()> {
-    let detector = super::detect::load_detector(&args.model)?;
+    let detector = super::detect::load_detector(&args.model, args.precision)?;
     let nms = NmsConfig {
         min_score: args.min_score,
         max_detections: args.max_detections,

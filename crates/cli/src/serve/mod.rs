@@ -78,8 +78,8 @@ pub struct ServeArgs {
     /// of TFLite with its default XNNPACK delegate); float models are not affected
     #[arg(long, value_enum, default_value_t = crate::RequantArg::Tflite)]
     requant: crate::RequantArg,
-    /// For the float classifiers: f32, or bf16 GEMMs (needs AVX512-BF16); quantized models
-    /// are not affected
+    /// For the float classifiers and detectors: f32, or bf16 GEMMs (needs AVX512-BF16);
+    /// quantized models are not affected
     #[arg(long, value_enum, default_value_t = crate::PrecisionArg::F32)]
     precision: crate::PrecisionArg,
 }
@@ -258,7 +258,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let mut workers = Vec::new();
     for (path, name) in args.model.iter().zip(names(&args.model)) {
         let (kind, describe, (queue, worker)) = if is_detector_file(path) {
-            let d = Arc::new(AnyDetector::load(path)?);
+            let mut d = AnyDetector::load(path)?;
+            if matches!(d, AnyDetector::Float(_)) {
+                d.set_precision(args.precision.into(), path)?;
+            }
+            let d = Arc::new(d);
             let describe = describe_detector(&name, path, &d);
             let q = batch::detector(
                 Arc::clone(&d),

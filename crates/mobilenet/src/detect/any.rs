@@ -95,11 +95,34 @@ impl AnyDetector {
         }
     }
 
-    /// `"f32"` or `"int8"`.
+    /// `"f32"`, `"bf16"` (a float detector's GEMMs) or `"int8"`.
     pub fn precision(&self) -> &'static str {
         match self {
-            AnyDetector::Float(_) => "f32",
+            AnyDetector::Float(d) => d.plan().precision().name(),
             AnyDetector::Int8(_) => "int8",
+        }
+    }
+
+    /// Runs a float detector's GEMMs at `precision` (`path` names the file in errors).
+    ///
+    /// # Errors
+    ///
+    /// bf16 on a CPU without AVX512-BF16, or for an int8 detector.
+    pub fn set_precision(
+        &mut self,
+        precision: crate::Precision,
+        path: &Path,
+    ) -> Result<(), ModelError> {
+        let bad = |reason: String| ModelError::Metadata {
+            path: path.to_path_buf(),
+            reason,
+        };
+        match self {
+            AnyDetector::Float(d) => d.set_precision(precision).map_err(|e| bad(e.to_string())),
+            AnyDetector::Int8(_) if precision == crate::Precision::F32 => Ok(()),
+            AnyDetector::Int8(_) => Err(bad(format!(
+                "an int8 detector; --precision {precision} is for float models"
+            ))),
         }
     }
 

@@ -47,6 +47,19 @@ impl Detector {
         })
     }
 
+    /// Runs the backbone's and predictors' GEMMs at `precision` (see
+    /// [`InferenceModel::set_precision`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`InferenceModel::set_precision`]; the detector is unchanged then.
+    pub fn set_precision(
+        &mut self,
+        precision: crate::Precision,
+    ) -> Result<(), crate::infer::PrecisionUnsupported> {
+        self.plan.set_precision(precision)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &DetectorConfig {
         &self.config
