@@ -107,7 +107,7 @@ pub fn run(args: &BenchArgs, detector: &AnyDetector, name: &str) -> Result<()> {
                         .collect();
                 }
             }
-            (format!("{:?}", d.plan().isa()), threads, timed)
+            (mobilenet::Classifier::isa(d.plan()), threads, timed)
         }
         AnyDetector::Int8(d) => {
             let mut session = d.session(args.threads);
@@ -128,7 +128,7 @@ pub fn run(args: &BenchArgs, detector: &AnyDetector, name: &str) -> Result<()> {
                         .collect();
                 }
             }
-            (format!("{:?}", d.engine().isa()), threads, timed)
+            (d.engine().isa().to_string(), threads, timed)
         }
     };
     let (_, total) = config.cost()?;
