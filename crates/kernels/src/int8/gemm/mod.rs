@@ -369,18 +369,18 @@ mod vnni {
                         rq,
                     };
                     match rows {
-                        12 => tile::<12>(&t, bp, p * NR, cols),
-                        11 => tile::<11>(&t, bp, p * NR, cols),
-                        10 => tile::<10>(&t, bp, p * NR, cols),
-                        9 => tile::<9>(&t, bp, p * NR, cols),
-                        8 => tile::<8>(&t, bp, p * NR, cols),
-                        7 => tile::<7>(&t, bp, p * NR, cols),
-                        6 => tile::<6>(&t, bp, p * NR, cols),
-                        5 => tile::<5>(&t, bp, p * NR, cols),
-                        4 => tile::<4>(&t, bp, p * NR, cols),
-                        3 => tile::<3>(&t, bp, p * NR, cols),
-                        2 => tile::<2>(&t, bp, p * NR, cols),
-                        _ => tile::<1>(&t, bp, p * NR, cols),
+                        12 => halves::<12>(&t, bp, p * NR, cols),
+                        11 => halves::<11>(&t, bp, p * NR, cols),
+                        10 => halves::<10>(&t, bp, p * NR, cols),
+                        9 => halves::<9>(&t, bp, p * NR, cols),
+                        8 => halves::<8>(&t, bp, p * NR, cols),
+                        7 => halves::<7>(&t, bp, p * NR, cols),
+                        6 => halves::<6>(&t, bp, p * NR, cols),
+                        5 => halves::<5>(&t, bp, p * NR, cols),
+                        4 => halves::<4>(&t, bp, p * NR, cols),
+                        3 => halves::<3>(&t, bp, p * NR, cols),
+                        2 => halves::<2>(&t, bp, p * NR, cols),
+                        _ => halves::<1>(&t, bp, p * NR, cols),
                     }
                     i += rows;
                 }
@@ -465,31 +465,60 @@ mod vnni {
         }
     }
 
-    /// An R × 32 tile: all of K in registers, then requantized and stored.
+    /// [`tile`] over both vectors of the panel, or only the first where the panel has at most
+    /// 16 columns (the first layers' 8 and 16 outputs: half the multiply-adds).
     #[inline(always)]
-    unsafe fn tile<const R: usize>(t: &Tile, bp: *const i8, j0: usize, cols: usize) {
+    unsafe fn halves<const R: usize>(t: &Tile, bp: *const i8, j0: usize, cols: usize) {
+        // Safety: forwarded.
+        unsafe {
+            if cols > 16 {
+                tile::<R, 2>(t, bp, j0, cols)
+            } else {
+                tile::<R, 1>(t, bp, j0, cols)
+            }
+        }
+    }
+
+    /// An R × 16·H tile: all of K in registers, then requantized and stored.
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const H: usize>(
+        t: &Tile,
+        bp: *const i8,
+        j0: usize,
+        cols: usize,
+    ) {
         unsafe {
             let mut acc0 = [_mm512_setzero_si512(); R];
             let mut acc1 = [_mm512_setzero_si512(); R];
             let full = t.k / 4;
             for q in 0..full {
                 let b0 = _mm512_loadu_si512(bp.add(q * NR * 4).cast());
-                let b1 = _mm512_loadu_si512(bp.add(q * NR * 4 + 64).cast());
+                let b1 = match H {
+                    2 => _mm512_loadu_si512(bp.add(q * NR * 4 + 64).cast()),
+                    _ => b0,
+                };
                 for i in 0..R {
                     let av = _mm512_set1_epi32(
                         t.a.add(i * t.lda + 4 * q).cast::<i32>().read_unaligned(),
                     );
                     acc0[i] = _mm512_dpbusd_epi32(acc0[i], av, b0);
-                    acc1[i] = _mm512_dpbusd_epi32(acc1[i], av, b1);
+                    if H == 2 {
+                        acc1[i] = _mm512_dpbusd_epi32(acc1[i], av, b1);
+                    }
                 }
             }
             if !t.k.is_multiple_of(4) {
                 let b0 = _mm512_loadu_si512(bp.add(full * NR * 4).cast());
-                let b1 = _mm512_loadu_si512(bp.add(full * NR * 4 + 64).cast());
+                let b1 = match H {
+                    2 => _mm512_loadu_si512(bp.add(full * NR * 4 + 64).cast()),
+                    _ => b0,
+                };
                 for i in 0..R {
                     let av = quad(t, i, full);
                     acc0[i] = _mm512_dpbusd_epi32(acc0[i], av, b0);
-                    acc1[i] = _mm512_dpbusd_epi32(acc1[i], av, b1);
+                    if H == 2 {
+                        acc1[i] = _mm512_dpbusd_epi32(acc1[i], av, b1);
+                    }
                 }
             }
             let r0 = Rq16::load(t.rq, j0);
