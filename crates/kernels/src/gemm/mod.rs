@@ -129,7 +129,8 @@ impl PackedB {
     }
 
     /// The value of B at `(kk, col)` as the GEMM multiplies it (rounded, for a bf16 packing).
-    pub fn at(&self, kk: usize, col: usize) -> f32 {
+    #[cfg(test)]
+    pub(crate) fn at(&self, kk: usize, col: usize) -> f32 {
         assert!(kk < self.k && col < self.n, "({kk}, {col}) outside B");
         let (p, j) = (col / self.nr, col % self.nr);
         if self.bf16 {
@@ -165,22 +166,13 @@ impl PackedB {
             }
         }
         Some(PackedB {
+            isa: self.isa,
+            k,
+            n: self.n,
+            nr,
             bf16: true,
             data,
-            ..self.clone_shape()
         })
-    }
-
-    /// This packing's shape with no values.
-    fn clone_shape(&self) -> PackedB {
-        PackedB {
-            isa: self.isa,
-            k: self.k,
-            n: self.n,
-            nr: self.nr,
-            bf16: self.bf16,
-            data: AlignedVec::new(),
-        }
     }
 }
 
