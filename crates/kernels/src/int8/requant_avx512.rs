@@ -94,24 +94,8 @@ impl Rq16 {
             }
             let pe = _mm512_mul_epi32(x, self.m);
             let po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), self.m_odd);
-            let thr = _mm512_set1_epi64(-(1 << 30));
-            let corr = _mm512_set1_epi64(1 << 31);
-            let te = _mm512_add_epi64(pe, self.c_even);
-            let te = _mm512_mask_sub_epi64(
-                te,
-                _mm512_mask_cmplt_epi64_mask(self.k_even, pe, thr),
-                te,
-                corr,
-            );
-            let to = _mm512_add_epi64(po, self.c_odd);
-            let to = _mm512_mask_sub_epi64(
-                to,
-                _mm512_mask_cmplt_epi64_mask(self.k_odd, po, thr),
-                to,
-                corr,
-            );
-            let re = _mm512_srav_epi64(te, self.s_even);
-            let ro = _mm512_srav_epi64(to, self.s_odd);
+            let re = round_shift(pe, self.c_even, self.k_even, self.s_even);
+            let ro = round_shift(po, self.c_odd, self.k_odd, self.s_odd);
             let mut v = _mm512_mask_blend_epi32(0xaaaa, re, _mm512_slli_epi64(ro, 32));
             if !self.zp_folded {
                 v = _mm512_add_epi32(v, self.zp);
@@ -140,6 +124,21 @@ impl Rq16 {
                 }
             }
         }
+    }
+}
+
+/// One 64-bit half of [`Rq16::apply`]'s rounding: `(p + c − [p < −2^30]·2^31) >> s` per
+/// lane, the correction only in the lanes of `k` (those with `e > 0`).
+#[inline(always)]
+unsafe fn round_shift(p: __m512i, c: __m512i, k: __mmask8, s: __m512i) -> __m512i {
+    // Safety: the caller runs with AVX-512 F.
+    unsafe {
+        let t = _mm512_add_epi64(p, c);
+        let negative = _mm512_mask_cmplt_epi64_mask(k, p, _mm512_set1_epi64(-(1 << 30)));
+        _mm512_srav_epi64(
+            _mm512_mask_sub_epi64(t, negative, t, _mm512_set1_epi64(1 << 31)),
+            s,
+        )
     }
 }
 

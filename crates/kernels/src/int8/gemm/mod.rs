@@ -522,12 +522,17 @@ mod vnni {
                 }
             }
             let r0 = Rq16::load(t.rq, j0);
-            let r1 = Rq16::load(t.rq, j0 + 16);
+            // Not `then(|| …)`: a closure would not inherit the caller's target features.
+            let r1 = if H == 2 {
+                Some(Rq16::load(t.rq, j0 + 16))
+            } else {
+                None
+            };
             for i in 0..R {
                 let add = _mm512_set1_epi32(t.add[i]);
                 let row = t.c.add(i * t.ldc + j0);
                 r0.store(_mm512_add_epi32(acc0[i], add), cols.min(16), row);
-                if cols > 16 {
+                if let Some(r1) = &r1 {
                     r1.store(_mm512_add_epi32(acc1[i], add), cols - 16, row.add(16));
                 }
             }
