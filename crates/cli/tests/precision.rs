@@ -1,5 +1,5 @@
-//! `--precision bf16` as a user meets it: on `bench`, `classify` and `eval` it runs where the
-//! CPU has AVX512-BF16 (probabilities close to f32's, the instruction set saying so) and is one
+//! `--precision bf16` as a user meets it: on `bench` and `classify` it runs where the
+//! CPU has AVX512-BF16 (probabilities within 0.001 of f32's, the instruction set saying so) and is one
 //! clear error line elsewhere, on a quantized model, and with the AVX-512 kernels forced off.
 
 use std::path::{Path, PathBuf};
@@ -107,7 +107,9 @@ fn bf16_runs_where_the_cpu_has_it_and_is_a_clear_error_elsewhere() {
             .zip(&b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f64::max);
-        assert!(most < 0.02 && f != b, "bf16 {b:?} against f32 {f:?}");
+        // Measured on Zen 5: 0.00013 (random weights give near-uniform probabilities, so this
+        // checks the plumbing; tf_parity.rs checks the accuracy on Google's weights).
+        assert!(most < 0.001 && f != b, "bf16 {b:?} against f32 {f:?}");
         // The AVX-512 kernels forced off: bf16 has no kernel to run with.
         let forced = mobilenet()
             .env("MOBILENET_ISA", "avx2fma")
