@@ -23,6 +23,7 @@ pub mod conv;
 pub mod dwconv;
 mod epilogue;
 pub mod gemm;
+pub mod hugepages;
 pub mod int8;
 mod isa;
 pub mod pool;

@@ -56,6 +56,7 @@ pub use layers::{
     conv_output_size, BlockKind, BlockSpec, Hwc, Layer, LayerKind, KERNEL, MOBILENET_V1_BODY,
     SHALLOW_REMOVED_BLOCKS,
 };
+pub use mobilenet_kernels::hugepages::HugePages;
 pub use mobilenet_kernels::rng::Rng;
 pub use weights::{ModelFile, WeightInit};
 
