@@ -12,8 +12,8 @@ use crate::Isa;
 /// The pointers in `args` must cover the shapes it states.
 pub(super) unsafe fn dispatch(isa: Isa, args: &Args) {
     if args.bf16 {
-        // Safety: bf16 packings exist only where the CPU runs them (PackedB::to_bf16), and
-        // gemm_transposed_a and gemm_moments refuse them.
+        // Safety: bf16 packings exist only where the CPU runs them (PackedB::to_bf16,
+        // PackedB::new_bf16).
         return unsafe { super::bf16::gemm(args) };
     }
     crate::simd_dispatch!(isa, (args: &Args) {

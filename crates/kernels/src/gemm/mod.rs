@@ -46,17 +46,48 @@ impl PackedB {
 
     /// Packs row-major `b` (`[k, n]`) into this buffer, reusing its memory: for a B that changes
     /// with every call (the weight gradient's blocks of dZ), without allocating and zeroing a
-    /// new buffer each time.
+    /// new buffer each time. A bf16 packing stays one (rounded as [`PackedB::new_bf16`]).
     ///
     /// # Panics
     ///
     /// If `b.len() != k · n`.
     pub fn repack(&mut self, b: &[f32], k: usize, n: usize) {
         assert_eq!(b.len(), k * n, "B must be k·n = {k}·{n} values");
-        assert!(!self.bf16, "repack is for f32 packings");
+        if self.bf16 {
+            let words = n.div_ceil(self.nr) * k.div_ceil(2) * self.nr;
+            self.data.set_len(words);
+            // Safety: a bf16 packing exists only where the CPU has AVX512-BF16 (new_bf16,
+            // to_bf16); b holds k rows of n, the data the panels of pairs.
+            unsafe { bf16::pack_pairs(b.as_ptr(), n, k, n, self.data.as_mut_ptr().cast()) };
+            (self.k, self.n) = (k, n);
+            return;
+        }
         self.fill(k, n, |kk, col, dst| {
             dst.copy_from_slice(&b[kk * n + col..][..dst.len()]);
         });
+    }
+
+    /// Packs row-major `b` (`[k, n]`) rounded to bf16 pairs for the bf16 GEMM, as
+    /// `PackedB::new(isa, b, k, n).to_bf16()` makes it but in one pass (for a B that changes
+    /// every call: training's weights and dZ). `None` where [`PackedB::to_bf16`] gives none.
+    ///
+    /// # Panics
+    ///
+    /// If `b.len() != k · n`.
+    pub fn new_bf16(isa: Isa, b: &[f32], k: usize, n: usize) -> Option<PackedB> {
+        if !bf16::bf16_supported() || panel_width(isa) != bf16::NR {
+            return None;
+        }
+        let mut packed = PackedB {
+            isa,
+            k: 0,
+            n: 0,
+            nr: bf16::NR,
+            bf16: true,
+            data: AlignedVec::new(),
+        };
+        packed.repack(b, k, n);
+        Some(packed)
     }
 
     /// Packs `B = btᵀ` for `isa`, where `bt` is `[n, k]` row-major (so B is `[k, n]`): the
@@ -248,10 +279,6 @@ pub fn gemm_transposed_a(
     epi: &Epilogue,
 ) {
     let (k, n) = (b.k, b.n);
-    assert!(
-        !b.bf16,
-        "the bf16 GEMM is for inference: A as given, no moments"
-    );
     if m == 0 || n == 0 {
         return;
     }
@@ -290,10 +317,6 @@ pub fn gemm_moments(
     moments: &mut [f64],
 ) {
     let (k, n) = (b.k, b.n);
-    assert!(
-        !b.bf16,
-        "the bf16 GEMM is for inference: A as given, no moments"
-    );
     assert!(
         moments.len() >= 2 * b.padded_n(),
         "moments shorter than 2 · padded n"

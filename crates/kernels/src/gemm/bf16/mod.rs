@@ -1,5 +1,5 @@
-//! bf16 GEMM for inference: `C = epilogue(A · B)` with A and B rounded to bfloat16 and the
-//! products summed in f32, on AVX512-BF16 (`vdpbf16ps`: 32 bf16 products per instruction, two
+//! bf16 GEMM: `C = epilogue(A · B)` with A and B rounded to bfloat16 and the products summed
+//! in f32, on AVX512-BF16 (`vdpbf16ps`: 32 bf16 products per instruction, two
 //! per f32 lane, at the issue rate of an f32 FMA — twice its multiply-adds; Zen 4/5, Cooper
 //! Lake, Sapphire Rapids).
 //!
@@ -9,6 +9,13 @@
 //! of pairs is two vectors. A stays f32 in memory; each call first rounds its rows to bf16
 //! pairs in a per-thread buffer (one pass over A against `n / 32` passes of multiply-adds),
 //! and the microkernel broadcasts a row's pair from there against B's two vectors.
+//!
+//! Training uses the GEMM's other two forms too: column moments (batch norm's statistics of
+//! the forward output, summed as the f32 kernel sums them) and A given transposed (the weight
+//! gradient `Xᵀ · dZ`, whose pairs of k are two rows of X: rounded into a buffer of `k/2` rows
+//! of `m` pairs, the layout the tile then reads with other strides). A B that changes every
+//! call (the weight gradient's dZ) is packed into pairs directly from rows of f32
+//! ([`super::PackedB::new_bf16`], [`super::PackedB::repack`]).
 //!
 //! Rounding is to nearest, ties to even, as `vcvtne2ps2bf16` does; [`round_bf16`] is the same
 //! rounding in portable Rust (the tests' reference and B's packing).
@@ -63,7 +70,7 @@ const B_BLOCK_BYTES: usize = 256 << 10;
 
 #[cfg(target_arch = "x86_64")]
 thread_local! {
-    /// A's rows rounded to bf16 pairs, per thread.
+    /// One row tile of A rounded to bf16 pairs, per thread.
     static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -71,26 +78,44 @@ thread_local! {
 ///
 /// # Safety
 ///
-/// The pointers in `args` cover the shapes it states; A is not transposed and no column
-/// moments are asked for; the CPU has AVX512-BF16 (checked when B was packed).
+/// The pointers in `args` cover the shapes it states; the CPU has AVX512-BF16 (checked when
+/// B was packed).
 #[cfg(target_arch = "x86_64")]
 pub(super) unsafe fn gemm(x: &super::microkernel::Args) {
-    debug_assert!(!x.a_trans && x.moments.is_null());
     let kp = x.k.div_ceil(2);
     PAIRS.with_borrow_mut(|pairs| {
-        if pairs.len() < x.m * kp {
-            pairs.resize(x.m * kp, 0);
+        if pairs.len() < MR * kp {
+            pairs.resize(MR * kp, 0);
         }
-        // Safety: as the caller's; the buffer holds m rows of kp pairs.
-        unsafe {
-            avx512::round_rows(x.a, x.lda, x.m, x.k, pairs.as_mut_ptr());
-            avx512::gemm(x, pairs.as_ptr(), kp);
-        }
+        // Safety: as the caller's; the buffer holds a tile's MR rows of kp pairs.
+        unsafe { avx512::gemm(x, pairs.as_mut_ptr(), kp) }
     });
+}
+
+/// Packs `k × n` f32 (rows `ldb` apart) into panels of [`NR`] columns of bf16 pairs at `out`
+/// (`n.div_ceil(NR)` panels of `k.div_ceil(2) · NR` u32, zero past `n`), as
+/// [`super::PackedB::to_bf16`] lays them out.
+///
+/// # Safety
+///
+/// `b` holds k rows of n values at stride ldb, `out` the panels; the CPU has AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn pack_pairs(b: *const f32, ldb: usize, k: usize, n: usize, out: *mut u32) {
+    let kp = k.div_ceil(2);
+    for p in 0..n.div_ceil(NR) {
+        let cols = (n - p * NR).min(NR);
+        // Safety: as the caller's; panel p starts at p·kp·NR.
+        unsafe { avx512::interleave(b.add(p * NR), ldb, k, cols, NR, out.add(p * kp * NR), NR) };
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 pub(super) unsafe fn gemm(_: &super::microkernel::Args) {
+    unreachable!("bf16 packings are only made where bf16_supported()");
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn pack_pairs(_: *const f32, _: usize, _: usize, _: usize, _: *mut u32) {
     unreachable!("bf16 packings are only made where bf16_supported()");
 }
 
@@ -130,6 +155,76 @@ mod avx512 {
         }
     }
 
+    /// Pairs rows `2q` and `2q + 1` of `k` rows of f32 (stride `ld`): row q of `out` (stride
+    /// `ld_out` u32) gets `width` pairs `(src[2q][j], src[2q + 1][j])` (low, high half), zero
+    /// for `j ≥ cols` and in the high half of an odd k's last pair.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn interleave(
+        src: *const f32,
+        ld: usize,
+        k: usize,
+        cols: usize,
+        width: usize,
+        out: *mut u32,
+        ld_out: usize,
+    ) {
+        // Word t of (hi, lo) converted is lo[t] for t < 16, hi[t − 16] after: pick them
+        // alternately so each 32-bit lane holds (lo[j], hi[j]).
+        let order = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+            4, 19, 3, 18, 2, 17, 1, 16, 0,
+        );
+        // Safety: rows 2q and 2q + 1 < k hold `cols` values; out rows hold `width`.
+        unsafe {
+            for q in 0..k.div_ceil(2) {
+                let r0 = src.add(2 * q * ld);
+                let has_r1 = 2 * q + 1 < k;
+                let dst = out.add(q * ld_out);
+                for j in (0..width).step_by(16) {
+                    // Whole vectors without masks where they can (masked stores cost more).
+                    let (lo, hi) = if j + 16 <= cols {
+                        let lo = _mm512_loadu_ps(r0.add(j));
+                        let hi = match has_r1 {
+                            true => _mm512_loadu_ps(r0.add(ld + j)),
+                            false => _mm512_setzero_ps(),
+                        };
+                        (lo, hi)
+                    } else {
+                        let live = mask(cols.saturating_sub(j).min(16));
+                        let lo = _mm512_maskz_loadu_ps(live, r0.add(j));
+                        let hi = match has_r1 {
+                            true => _mm512_maskz_loadu_ps(live, r0.add(ld + j)),
+                            false => _mm512_setzero_ps(),
+                        };
+                        (lo, hi)
+                    };
+                    let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                    let v = _mm512_permutexvar_epi16(order, v);
+                    if j + 16 <= width {
+                        _mm512_storeu_si512(dst.add(j).cast(), v);
+                    } else {
+                        _mm512_mask_storeu_epi32(dst.add(j).cast(), mask(width - j), v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds the 16 lanes of `v` to 16 f64 at `dst`.
+    #[inline(always)]
+    unsafe fn add_to_f64(v: __m512, dst: *mut f64) {
+        // Safety: dst holds 16 values (the caller's).
+        unsafe {
+            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+            let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                _mm512_castps_pd(v),
+            )));
+            _mm512_storeu_pd(dst, _mm512_add_pd(_mm512_loadu_pd(dst), lo));
+            _mm512_storeu_pd(dst.add(8), _mm512_add_pd(_mm512_loadu_pd(dst.add(8)), hi));
+        }
+    }
+
     /// The low `n ≤ 16` lanes.
     #[inline(always)]
     fn mask(n: usize) -> __mmask16 {
@@ -139,11 +234,12 @@ mod avx512 {
     /// Blocks of panels that fit in L2 → tiles of MR rows → panels of the block, as the f32
     /// microkernel's loops (with its split of a short last tile into two halves).
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn gemm(x: &Args, pairs: *const u32, kp: usize) {
+    pub(super) unsafe fn gemm(x: &Args, pairs: *mut u32, kp: usize) {
         let panels = x.n.div_ceil(NR);
         let block = (B_BLOCK_BYTES / (kp * NR * 4).max(1)).max(1);
         let b = x.b.cast::<u32>();
-        // Safety: tiles stay inside C's m × n and the m × kp pairs; panel p starts at p·kp·NR.
+        // Safety: tiles stay inside C's m × n and A's m × k; the pairs hold MR × kp; panel p
+        // starts at p·kp·NR.
         unsafe {
             let mut p_start = x.p0;
             while p_start < panels {
@@ -151,9 +247,22 @@ mod avx512 {
                 let mut i = 0;
                 while i < x.m {
                     let rows = tile_rows(x.m - i, MR);
+                    // The tile's rows of A rounded while they are in cache (rounding all of A
+                    // first wrote and read back half its size: the large layers of training
+                    // lost a third to it). Pair q of tile row r at `r·row + q·step`.
+                    let (row, step) = if x.a_trans {
+                        // Aᵀ's rows 2q and 2q + 1, the tile's columns of them, make row q.
+                        interleave(x.a.add(i), x.lda, x.k, rows, rows, pairs, rows);
+                        (1, rows)
+                    } else {
+                        round_rows(x.a.add(i * x.lda), x.lda, rows, x.k, pairs);
+                        (kp, 1)
+                    };
                     for p in p_start..p_end {
                         let t = Tile {
-                            a: pairs.add(i * kp),
+                            a: pairs,
+                            row,
+                            step,
                             kp,
                             bp: b.add(p * kp * NR),
                             c: x.c.add(i * x.ldc + (p - x.p0) * NR),
@@ -167,6 +276,12 @@ mod avx512 {
                             min: x.min,
                             max: x.max,
                             accumulate: x.accumulate,
+                            moments: if x.moments.is_null() {
+                                x.moments
+                            } else {
+                                x.moments.add(p * NR)
+                            },
+                            squares: panels * NR,
                         };
                         match rows {
                             12 => tile::<12>(&t),
@@ -191,8 +306,10 @@ mod avx512 {
     }
 
     struct Tile {
-        /// The tile's first row of pairs (rows `kp` apart).
+        /// The tile's first row of pairs: pair q of its row i at `a + i·row + q·step`.
         a: *const u32,
+        row: usize,
+        step: usize,
         kp: usize,
         bp: *const u32,
         c: *mut f32,
@@ -202,6 +319,9 @@ mod avx512 {
         min: f32,
         max: f32,
         accumulate: bool,
+        /// This panel's column sums (null: none); the sums of squares follow `squares` later.
+        moments: *mut f64,
+        squares: usize,
     }
 
     /// One `R × 32` tile: every pair of K in registers, then bias, clamp, store.
@@ -219,8 +339,9 @@ mod avx512 {
                 let b1: __m512bh =
                     std::mem::transmute(_mm512_loadu_si512(t.bp.add(q * NR + 16).cast()));
                 for i in 0..R {
-                    let av: __m512bh =
-                        std::mem::transmute(_mm512_set1_epi32(*t.a.add(i * t.kp + q) as i32));
+                    let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(
+                        *t.a.add(i * t.row + q * t.step) as i32,
+                    ));
                     acc0[i] = _mm512_dpbf16_ps(acc0[i], av, b0);
                     acc1[i] = _mm512_dpbf16_ps(acc1[i], av, b1);
                 }
@@ -237,6 +358,8 @@ mod avx512 {
                 )
             };
             let (lo, hi) = (_mm512_set1_ps(t.min), _mm512_set1_ps(t.max));
+            let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let (mut q0, mut q1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
             for i in 0..R {
                 let row = t.c.add(i * t.ldc);
                 let (mut a0, mut a1) = (acc0[i], acc1[i]);
@@ -246,197 +369,31 @@ mod avx512 {
                 }
                 let v0 = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(a0, bias0), lo), hi);
                 let v1 = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(a1, bias1), lo), hi);
-                _mm512_mask_storeu_ps(row, m0, v0);
-                _mm512_mask_storeu_ps(row.add(16), m1, v1);
+                if !t.moments.is_null() {
+                    (s0, s1) = (_mm512_add_ps(s0, v0), _mm512_add_ps(s1, v1));
+                    (q0, q1) = (_mm512_fmadd_ps(v0, v0, q0), _mm512_fmadd_ps(v1, v1, q1));
+                }
+                if t.cols == NR {
+                    // Plain stores where the panel is whole: masked ones cost more (Zen 5,
+                    // C streaming to memory).
+                    _mm512_storeu_ps(row, v0);
+                    _mm512_storeu_ps(row.add(16), v1);
+                } else {
+                    _mm512_mask_storeu_ps(row, m0, v0);
+                    _mm512_mask_storeu_ps(row.add(16), m1, v1);
+                }
+            }
+            if !t.moments.is_null() {
+                // The padding columns of a last panel are zero (B is zero there, no bias).
+                let (sum, sq) = (t.moments, t.moments.add(t.squares));
+                add_to_f64(s0, sum);
+                add_to_f64(s1, sum.add(16));
+                add_to_f64(q0, sq);
+                add_to_f64(q1, sq.add(16));
             }
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::{gemm, gemm_cols, gemm_reference, PackedB};
-    use super::*;
-    use crate::testing::Rng;
-    use crate::{Epilogue, Isa, IsaKind};
-
-    /// The AVX-512 packing rounded to bf16, or `None` (with the reason printed) where the CPU
-    /// has no AVX512-BF16.
-    fn packed(b: &[f32], k: usize, n: usize) -> Option<PackedB> {
-        let Some(isa) = Isa::of_kind(IsaKind::Avx512).filter(|_| bf16_supported()) else {
-            println!("skipped: this CPU has no AVX512-BF16");
-            return None;
-        };
-        let p = PackedB::new(isa, b, k, n).to_bf16();
-        assert!(p.is_some(), "AVX512-BF16 is here, the packing must be made");
-        p
-    }
-
-    fn rounded(v: &[f32]) -> Vec<f32> {
-        v.iter().map(|&x| bf16_to_f32(round_bf16(x))).collect()
-    }
-
-    #[test]
-    fn rounding_is_to_nearest_even() {
-        // 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷: ties go to the even (1); a hair above
-        // goes up; the odd neighbour's tie goes up to even.
-        assert_eq!(bf16_to_f32(round_bf16(1.0 + 1.0 / 256.0)), 1.0);
-        assert_eq!(
-            bf16_to_f32(round_bf16(f32::from_bits(
-                (1.0f32 + 1.0 / 256.0).to_bits() + 1
-            ))),
-            1.0 + 1.0 / 128.0
-        );
-        assert_eq!(
-            bf16_to_f32(round_bf16(1.0 + 3.0 / 256.0)),
-            1.0 + 2.0 / 128.0
-        );
-        assert_eq!(bf16_to_f32(round_bf16(-2.5)), -2.5);
-        assert_eq!(bf16_to_f32(round_bf16(f32::MAX)), f32::INFINITY);
-        assert_eq!(
-            bf16_to_f32(round_bf16(f32::NEG_INFINITY)),
-            f32::NEG_INFINITY
-        );
-        assert!(bf16_to_f32(round_bf16(f32::NAN)).is_nan());
-    }
-
-    /// The portable rounding is the hardware's (`vcvtne2ps2bf16`), value for value, on
-    /// random bit patterns and the edges (ties, denormals, the largest values, NaN).
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn portable_rounding_is_the_hardware_conversion() {
-        if !bf16_supported() {
-            println!("skipped: this CPU has no AVX512-BF16");
-            return;
-        }
-        let mut rng = Rng::new(11);
-        let mut values: Vec<f32> = (0..4096)
-            .map(|_| f32::from_bits(rng.next_u64() as u32))
-            .collect();
-        values.extend([
-            0.0,
-            -0.0,
-            1.0,
-            1.0 + 1.0 / 256.0,
-            1.0 + 3.0 / 256.0,
-            f32::MAX,
-            f32::MIN,
-            f32::MIN_POSITIVE,
-            1e-40,
-            -1e-40,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-        ]);
-        values.resize(values.len().div_ceil(32) * 32, 0.5);
-        let mut hw = vec![0u32; values.len() / 2];
-        // Safety: AVX512-BF16 is present; one row of values.len() values into len/2 pairs.
-        unsafe { avx512::round_rows(values.as_ptr(), 0, 1, values.len(), hw.as_mut_ptr()) };
-        for (i, &v) in values.iter().enumerate() {
-            let h = (hw[i / 2] >> (16 * (i % 2))) as u16;
-            let (ours, theirs) = (bf16_to_f32(round_bf16(v)), bf16_to_f32(h));
-            let same = ours.to_bits() == theirs.to_bits() || (ours.is_nan() && theirs.is_nan());
-            assert!(
-                same,
-                "{v:e} ({:#010x}): ours {ours:e}, hardware {theirs:e}",
-                v.to_bits()
-            );
-        }
-    }
-
-    /// `Σ |a|·|b|` of each output, the scale of f32 accumulation error.
-    fn magnitudes(m: usize, k: usize, n: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
-        let (a, b): (Vec<f32>, Vec<f32>) = (
-            a.iter().map(|x| x.abs()).collect(),
-            b.iter().map(|x| x.abs()).collect(),
-        );
-        gemm_reference(m, k, n, &a, &b, &Epilogue::linear())
-    }
-
-    /// The GEMM against the definition on the bf16-rounded operands, summed in f32: equal
-    /// to f32 rounding of the sums (the products of two bf16 are exact in f32).
-    fn check(m: usize, k: usize, n: usize) {
-        let mut rng = Rng::new((m * 131 + k * 7 + n) as u64);
-        let (a, b, bias) = (
-            rng.signed_vec(m * k),
-            rng.signed_vec(k * n),
-            rng.signed_vec(n),
-        );
-        let Some(pb) = packed(&b, k, n) else { return };
-        for kk in 0..k {
-            for j in 0..n {
-                assert_eq!(pb.at(kk, j), bf16_to_f32(round_bf16(b[kk * n + j])));
-            }
-        }
-        let epi = Epilogue::new(Some(&bias), -1.0, 2.0);
-        let want = gemm_reference(m, k, n, &rounded(&a), &rounded(&b), &epi);
-        let scale = magnitudes(m, k, n, &a, &b);
-        let mut c = vec![f32::NAN; m * n];
-        gemm(m, &a, k, &pb, &mut c, n, &epi);
-        for (i, ((&got, &w), &s)) in c.iter().zip(&want).zip(&scale).enumerate() {
-            // Both sum in f32, in different orders (pairs, then the accumulator); the worst
-            // case differs by k·ε·Σ|a·b|, these sizes by at most 0.6·ε·(Σ|a·b| + 1) (measured
-            // over this test's cases, K up to 1024).
-            let tol = 4.0 * f32::EPSILON * (s + 1.0);
-            assert!(
-                (got - w).abs() <= tol,
-                "m{m} k{k} n{n}: [{}, {}] is {got}, expected {w}",
-                i / n,
-                i % n
-            );
-        }
-        // And it is the rounding of the f32 GEMM, not something else: each operand is within
-        // 2⁻⁹ of its f32 value, so each product within about 2⁻⁸ and the sum within
-        // Σ|a·b|/256 (measured: 0.68 of that at most); twice that bounds it.
-        let f32_c = gemm_reference(m, k, n, &a, &b, &epi);
-        for (&got, (&f, &s)) in c.iter().zip(f32_c.iter().zip(&scale)) {
-            assert!((got - f).abs() <= 2.0 * (s + 1.0) / 256.0);
-        }
-    }
-
-    #[test]
-    fn matches_the_rounded_definition_on_edge_sizes() {
-        for m in [1, 2, 5, 12, 13, 14, 15, 16, 25, 49] {
-            for n in [1, 2, 15, 16, 17, 31, 32, 33, 65] {
-                for k in [1, 2, 3, 8, 17, 31, 32, 33, 64, 70] {
-                    check(m, k, n);
-                }
-            }
-        }
-        check(49, 1024, 1024);
-        check(1, 1024, 1001);
-        check(196, 27, 32); // the stem as im2col: odd K
-    }
-
-    #[test]
-    fn column_ranges_and_accumulation() {
-        let (m, k, n) = (13, 45, 100);
-        let mut rng = Rng::new(3);
-        let (a, b) = (rng.signed_vec(m * k), rng.signed_vec(k * n));
-        let Some(pb) = packed(&b, k, n) else { return };
-        let mut whole = vec![0.0; m * n];
-        gemm(m, &a, k, &pb, &mut whole, n, &Epilogue::linear());
-        // Columns 32..100 alone, into a buffer of their own width.
-        let mut part = vec![f32::NAN; m * 68];
-        gemm_cols(m, &a, k, &pb, 32..100, &mut part, 68, &Epilogue::linear());
-        for i in 0..m {
-            assert_eq!(&part[i * 68..][..68], &whole[i * n + 32..][..68]);
-        }
-        // Accumulating adds to what C holds.
-        let mut twice = whole.clone();
-        gemm(m, &a, k, &pb, &mut twice, n, &Epilogue::accumulating());
-        for (t, w) in twice.iter().zip(&whole) {
-            assert_eq!(*t, 2.0 * w);
-        }
-    }
-
-    #[test]
-    fn only_avx512_packings_become_bf16() {
-        let b = vec![1.0; 8 * 40];
-        for isa in Isa::available() {
-            let p = PackedB::new(isa, &b, 8, 40).to_bf16();
-            let expected = isa.kind() == IsaKind::Avx512 && bf16_supported();
-            assert_eq!(p.is_some(), expected, "{isa}");
-        }
-    }
-}
+mod tests;
