@@ -21,8 +21,13 @@ The paper network's throughput and memory (issue 13), next to `mobilenet train -
 32`. Above 64 pixels the augmentation is `mobilenet train`'s there: a random crop of 35-100% of
 the area (aspect 3/4-4/3) resized to the resolution, and a flip. The JSON line then also gives
 the peak resident memory of the training process (`peak_rss_mb`; the loader processes apart).
+
+Mixed precision, next to `mobilenet train --precision bf16`: `--precision bf16` runs the forward
+pass and the loss under `torch.autocast("cpu", dtype=torch.bfloat16)` (PyTorch's CPU recipe:
+convolutions in bf16 through oneDNN, batch norm and the loss in f32, f32 master weights).
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -170,6 +175,9 @@ def main():
     ap.add_argument("--resolution", type=int, default=32)
     ap.add_argument("--stem", choices=["small-input", "standard"], default="small-input")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                    help="bf16: the forward pass and loss under torch.autocast (CPU, bfloat16), "
+                         "next to `mobilenet train --precision bf16`")
     ap.add_argument("--optimizer-loop", action="store_true",
                     help="update parameter by parameter (the first version of this script)")
     a = ap.parse_args()
@@ -191,6 +199,12 @@ def main():
                                        batch_size=256 if a.resolution <= 64 else 32,
                                        num_workers=a.workers)
     steps = len(train)
+
+    def autocast():
+        if a.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     for epoch in range(a.epochs):
         model.train()
         seen, correct, loss_sum, busy, opt_time = 0, 0, 0.0, 0.0, 0.0
@@ -200,8 +214,9 @@ def main():
             lr = a.lr * e if e < 1 else a.lr * 0.5 * (1 + math.cos(math.pi * (e - 1) / max(a.epochs - 1, 1)))
             for g in opt.param_groups:
                 g["lr"] = lr
-            out = model(x.contiguous(memory_format=torch.channels_last))
-            loss = F.cross_entropy(out, y)
+            with autocast():
+                out = model(x.contiguous(memory_format=torch.channels_last))
+                loss = F.cross_entropy(out.float(), y)
             opt.zero_grad()
             loss.backward()
             t_opt = time.perf_counter()
@@ -215,13 +230,14 @@ def main():
         right = total = 0
         with torch.no_grad():
             for x, y in test:
-                right += (model(x).argmax(1) == y).sum().item()
+                with autocast():
+                    right += (model(x).argmax(1) == y).sum().item()
                 total += len(y)
         print(json.dumps({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                           "test_accuracy": right / total, "images_per_second": seen / busy,
                           "optimizer_share": opt_time / busy,
                           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                          "torch": torch.__version__}), flush=True)
+                          "precision": a.precision, "torch": torch.__version__}), flush=True)
 
 
 if __name__ == "__main__":

@@ -218,6 +218,7 @@ fn checkpoint_seed(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Erro
         freeze_epochs: 0,
         head_lr: None,
         freeze_through: None,
+        precision: mobilenet::Precision::F32,
         unfreeze_lr_scale: 1.0,
         patience: None,
         freeze_bn: false,

@@ -70,6 +70,7 @@ fn options() -> TrainOptions {
         distill: None,
         head_lr: None,
         freeze_through: None,
+        precision: mobilenet::Precision::F32,
     }
 }
 

@@ -54,6 +54,7 @@ fn options(epochs: usize) -> TrainOptions {
         distill: None,
         head_lr: None,
         freeze_through: None,
+        precision: mobilenet::Precision::F32,
     }
 }
 

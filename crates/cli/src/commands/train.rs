@@ -253,6 +253,11 @@ pub struct TrainArgs {
     /// Time every operation of the training steps and print where the time went
     #[arg(long)]
     profile: bool,
+    /// The 1×1 convolutions' GEMMs (forward, weight and input gradients) in f32, or in bf16
+    /// with f32 sums (needs AVX512-BF16); weights, their updates, batch norm and the other
+    /// layers stay f32
+    #[arg(long, value_enum, default_value_t = crate::PrecisionArg::F32)]
+    precision: crate::PrecisionArg,
     /// Under mpirun: batch norm with each rank's own batch statistics instead of the global
     /// batch's (synchronised batch norm, the default)
     #[arg(long)]

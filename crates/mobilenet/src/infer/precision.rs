@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use mobilenet_kernels::gemm::bf16::bf16_supported;
 use mobilenet_kernels::gemm::PackedB;
 use mobilenet_kernels::IsaKind;
@@ -10,7 +12,8 @@ use super::op::Op;
 use super::InferenceModel;
 
 /// The arithmetic of the f32 engine's GEMMs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Every operation in f32.
     #[default]

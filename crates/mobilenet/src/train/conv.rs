@@ -31,6 +31,8 @@ pub(crate) struct ConvLayer {
     out_len: usize,
     /// Output pixels per image.
     pixels: usize,
+    /// The pointwise GEMMs (forward, weight and input gradients) in bf16.
+    bf16: bool,
 }
 
 /// Rows of the pointwise weight gradient per block: Xᵀ and dZ of a block stay small.
@@ -64,7 +66,38 @@ impl ConvLayer {
             in_len: layer.input.iter().product(),
             out_len: layer.output.iter().product(),
             pixels: layer.output[0] * layer.output[1],
+            bf16: false,
         }
+    }
+
+    /// Runs the pointwise GEMMs in bf16 (operands rounded, products summed in f32) or f32.
+    /// The caller checks that the CPU has AVX512-BF16.
+    pub fn set_bf16(&mut self, on: bool) {
+        self.bf16 = on;
+    }
+
+    /// Row-major `b` (`[k, n]`) packed for this layer's GEMMs: rounded to bf16 pairs when
+    /// the layer runs in bf16.
+    fn pack(&self, isa: Isa, b: &[f32], k: usize, n: usize) -> PackedB {
+        if !self.bf16 {
+            return PackedB::new(isa, b, k, n);
+        }
+        PackedB::new_bf16(isa, b, k, n)
+            .expect("bf16 training needs AVX512-BF16 and the AVX-512 instruction set")
+    }
+
+    /// `B = btᵀ` (`bt` is `[n, k]`) packed as [`ConvLayer::pack`] packs.
+    fn pack_transposed(&self, isa: Isa, bt: &[f32], k: usize, n: usize) -> PackedB {
+        if !self.bf16 {
+            return PackedB::from_transposed(isa, bt, k, n);
+        }
+        let mut b = vec![0.0f32; k * n];
+        for (j, row) in bt.chunks_exact(k).enumerate() {
+            for (kk, &v) in row.iter().enumerate() {
+                b[kk * n + j] = v;
+            }
+        }
+        self.pack(isa, &b, k, n)
     }
 
     /// Whether this is a full convolution run through im2col and the GEMM: all but the
@@ -96,7 +129,7 @@ impl ConvLayer {
         let linear = Epilogue::linear();
         let (cin, cout) = (shape.cin, shape.cout);
         if self.kind == LayerKind::Pointwise {
-            let packed = PackedB::new(isa, w, cin, cout);
+            let packed = self.pack(isa, w, cin, cout);
             let m = batch * self.pixels;
             if moments {
                 return Some(par_gemm_moments(pool, m, (x, cin), &packed, (z, cout)));
@@ -178,7 +211,7 @@ impl ConvLayer {
             let (cin, m) = (self.shape.cin, batch * self.pixels);
             let wt = dx
                 .is_some()
-                .then(|| PackedB::from_transposed(isa, w, self.shape.cout, cin));
+                .then(|| self.pack_transposed(isa, w, self.shape.cout, cin));
             let ranges = split(m, threads, 1);
             let wt = wt.as_ref();
             match dx {
@@ -247,7 +280,7 @@ impl ConvLayer {
             .clamp(64, WGRAD_BLOCK_ROWS);
         let (mut acc, mut sums) = (vec![0.0f32; cin * cout], None);
         let mut dz = vec![0.0f32; block.min(rows.len()) * cout];
-        let mut b = PackedB::new(isa, &[], 0, cout);
+        let mut b = self.pack(isa, &[], 0, cout);
         let mut r = rows.start;
         while r < rows.end {
             let n = (rows.end - r).min(block);

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::optim::{OptimizerKind, Schedule};
 use crate::data::Augment;
+use crate::infer::Precision;
 
 /// Everything that defines a training run besides the model and the data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,6 +61,10 @@ pub struct TrainOptions {
     /// the input through this layer or block (`conv_7`; Keras's `fine_tune_at`).
     #[serde(default)]
     pub freeze_through: Option<String>,
+    /// The arithmetic of the pointwise layers' GEMMs (bf16: see
+    /// [`crate::train::TrainNet::set_precision`]).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// Knowledge distillation from a teacher (any model file `classifier::load` reads: f32 or a

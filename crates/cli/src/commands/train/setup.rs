@@ -180,5 +180,6 @@ pub(super) fn options(
             weight: args.distill_weight,
             temperature: args.temperature,
         }),
+        precision: args.precision.into(),
     }
 }

@@ -13,6 +13,7 @@ use mobilenet_kernels::Isa;
 
 mod classifier;
 mod group;
+mod precision;
 
 use super::bn::{bn_act_backward_sums, bn_act_backward_sums_all, bn_act_forward, Moments};
 use super::bn::{bn_act_forward_fixed, BnCache};
@@ -23,6 +24,7 @@ pub use super::step::{Distill, StepOptions, StepStats};
 use super::Rng;
 use crate::config::{MobileNetConfig, Variant};
 use crate::exec::{resolve_threads, SpinPool};
+use crate::infer::Precision;
 use crate::layers::{Layer, LayerKind};
 use crate::weights::{names, BnTensor, ModelFile, Tensor};
 
@@ -38,6 +40,9 @@ pub enum TrainError {
     /// A weight the layer table needs is missing or of the wrong size.
     #[error("{0}")]
     Weights(String),
+    /// The CPU cannot train at the precision asked for.
+    #[error("{0}")]
+    Precision(String),
 }
 
 /// One trainable parameter tensor.
@@ -71,6 +76,8 @@ pub struct TrainNet {
     fc_param: usize,
     template: ModelFile,
     isa: Isa,
+    /// The arithmetic of the pointwise GEMMs ([`TrainNet::set_precision`]).
+    precision: Precision,
     pool: SpinPool,
     state: StepState,
     /// Seconds per operation, when asked for.
@@ -179,6 +186,7 @@ impl TrainNet {
             fc_param,
             template: model.without_tensors(),
             isa: Isa::detect(),
+            precision: Precision::F32,
             pool: SpinPool::new(resolve_threads(threads)),
             state: StepState::default(),
             profile: None,

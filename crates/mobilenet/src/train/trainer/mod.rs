@@ -168,6 +168,7 @@ impl Trainer {
             None => None,
         };
         let mut net = TrainNet::from_model(model, options.threads)?;
+        net.set_precision(options.precision)?;
         if let Some(name) = &options.freeze_through {
             net.layers_through(name).map_err(TrainFailure::Options)?;
         }

@@ -62,6 +62,7 @@ impl Trainer {
             super::ranks::check_batch(state.options.batch_size, g)?;
         }
         let mut net = TrainNet::from_model(&model, state.options.threads)?;
+        net.set_precision(state.options.precision)?;
         net.set_group(group);
         let mut optimizer = Optimizer::new(
             optimizer_meta.kind,
