@@ -1,12 +1,13 @@
 //! `--precision bf16` as a user meets it: on `bench` and `classify` it runs where the
 //! CPU has AVX512-BF16 (probabilities within 0.001 of f32's, the instruction set saying so) and is one
-//! clear error line elsewhere, on a quantized model, and with the AVX-512 kernels forced off.
+//! clear error line elsewhere, on a quantized model, and with the AVX-512 kernels forced off;
+//! `train --precision bf16` says so, keeps it through `--resume`, and is refused the same way.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
-use common::{json_stdout, mobilenet};
+use common::{json_stdout, mobilenet, small_fashion_mnist};
 
 #[path = "../../mobilenet/tests/common/mod.rs"]
 mod shared;
@@ -131,4 +132,69 @@ fn bf16_runs_where_the_cpu_has_it_and_is_a_clear_error_elsewhere() {
         }
         error_line(&run(&args), &["quantized", "int8"]);
     }
+}
+
+#[test]
+fn train_in_bf16_says_so_resumes_in_bf16_and_is_refused_where_it_cannot_run() {
+    let root = std::env::temp_dir().join(format!("mobilenet-train-bf16-{}", std::process::id()));
+    let data = root.join("data");
+    small_fashion_mnist(&data, 200);
+    let out = root.join("run");
+    let train = |epochs: &str| {
+        let mut args = vec!["train", "--epochs", epochs, "--show", "0"];
+        if epochs == "1" {
+            args.extend(["--data", s(&data), "--holdout", "50", "--batch-size", "16"]);
+            args.extend(["--precision", "bf16", "--out", s(&out)]);
+        } else {
+            args.extend(["--resume", s(&out)]);
+        }
+        run(&args)
+    };
+    if !Precision::Bf16.is_supported() {
+        error_line(&train("1"), &["bf16 training", "AVX512-BF16"]);
+        let _ = std::fs::remove_dir_all(&root);
+        return;
+    }
+    let first = train("1");
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        stdout.contains("precision: bf16 pointwise GEMMs"),
+        "{stdout}"
+    );
+    // The checkpoint keeps the precision: the resumed epoch runs in bf16 too.
+    let resumed = train("2");
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(
+        stdout.contains("precision: bf16 pointwise GEMMs"),
+        "{stdout}"
+    );
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    assert_eq!(metrics.lines().count(), 2);
+    // With the AVX-512 kernels forced off there is no bf16 kernel to train with.
+    let forced = mobilenet()
+        .env("MOBILENET_ISA", "avx2fma")
+        .args([
+            "train",
+            "--data",
+            s(&data),
+            "--epochs",
+            "1",
+            "--precision",
+            "bf16",
+        ])
+        .args(["--out", s(&root.join("forced"))])
+        .output()
+        .expect("run");
+    error_line(&forced, &["bf16 training", "AVX-512", "avx2fma"]);
+    let _ = std::fs::remove_dir_all(&root);
 }

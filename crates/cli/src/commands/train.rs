@@ -370,6 +370,7 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
             if let Some(lr) = opts.head_lr {
                 println!("classifier: learning rate {lr} (same schedule)");
             }
+
             if let Some(d) = &opts.distill {
                 println!(
                     "distilling from {}: weight {} on its soft targets at temperature {}",
@@ -435,8 +436,19 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
         Some(g) => format!(", {} ranks", g.collective.size()),
         None => String::new(),
     };
+    // A new run's and a resumed one's (the checkpoint keeps it).
+    let precision = match trainer.net.precision() {
+        mobilenet::Precision::F32 => "",
+        mobilenet::Precision::Bf16 => {
+            println!(
+                "precision: bf16 pointwise GEMMs (forward, weight and input gradients), f32 \
+                 weights, batch norm and sums"
+            );
+            ", bf16"
+        }
+    };
     let title = format!(
-        "MobileNet v1 {} on {}{ranks}",
+        "MobileNet v1 {} on {}{ranks}{precision}",
         trainer.net.config().preset(),
         described
     );
