@@ -83,14 +83,25 @@ thread_local! {
 #[cfg(target_arch = "x86_64")]
 pub(super) unsafe fn gemm(x: &super::microkernel::Args) {
     let kp = x.k.div_ceil(2);
+    // A's rows are rounded all at once into a buffer when that stays in L2 (the tiles may
+    // pass over B in several blocks, and a small tile's call costs more than its rounding:
+    // 1.0-224 and 0.5-160 at batch 1 ran 3–5% slower rounded per tile), else one tile at a
+    // time while in cache (rounding a large A first wrote and read back half its size: the
+    // large layers of training lost a third to it).
+    let whole = x.m * kp * 4 <= WHOLE_A_BYTES;
+    let len = if whole { x.m * kp } else { MR * kp };
     PAIRS.with_borrow_mut(|pairs| {
-        if pairs.len() < MR * kp {
-            pairs.resize(MR * kp, 0);
+        if pairs.len() < len {
+            pairs.resize(len, 0);
         }
-        // Safety: as the caller's; the buffer holds a tile's MR rows of kp pairs.
-        unsafe { avx512::gemm(x, pairs.as_mut_ptr(), kp) }
+        // Safety: as the caller's; the buffer holds all of A's pairs or a tile's MR rows.
+        unsafe { avx512::gemm(x, pairs.as_mut_ptr(), kp, whole) }
     });
 }
+
+/// The most bytes of A's pairs rounded in one pass before the tiles (see `gemm`).
+#[cfg(target_arch = "x86_64")]
+const WHOLE_A_BYTES: usize = 1 << 20;
 
 /// Packs `k × n` f32 (rows `ldb` apart) into panels of [`NR`] columns of bf16 pairs at `out`
 /// (`n.div_ceil(NR)` panels of `k.div_ceil(2) · NR` u32, zero past `n`), as
@@ -232,35 +243,45 @@ mod avx512 {
     }
 
     /// Blocks of panels that fit in L2 → tiles of MR rows → panels of the block, as the f32
-    /// microkernel's loops (with its split of a short last tile into two halves).
+    /// microkernel's loops (with its split of a short last tile into two halves); A's rows
+    /// rounded into `pairs` all at once (`whole`: m rows) or one tile at a time (MR rows).
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn gemm(x: &Args, pairs: *mut u32, kp: usize) {
+    pub(super) unsafe fn gemm(x: &Args, pairs: *mut u32, kp: usize, whole: bool) {
         let panels = x.n.div_ceil(NR);
         let block = (B_BLOCK_BYTES / (kp * NR * 4).max(1)).max(1);
         let b = x.b.cast::<u32>();
-        // Safety: tiles stay inside C's m × n and A's m × k; the pairs hold MR × kp; panel p
-        // starts at p·kp·NR.
+        // Safety: tiles stay inside C's m × n and A's m × k; the pairs hold m × kp (whole) or
+        // MR × kp; panel p starts at p·kp·NR.
         unsafe {
+            if whole {
+                match x.a_trans {
+                    true => interleave(x.a, x.lda, x.k, x.m, x.m, pairs, x.m),
+                    false => round_rows(x.a, x.lda, x.m, x.k, pairs),
+                }
+            }
             let mut p_start = x.p0;
             while p_start < panels {
                 let p_end = (p_start + block).min(panels);
                 let mut i = 0;
                 while i < x.m {
                     let rows = tile_rows(x.m - i, MR);
-                    // The tile's rows of A rounded while they are in cache (rounding all of A
-                    // first wrote and read back half its size: the large layers of training
-                    // lost a third to it). Pair q of tile row r at `r·row + q·step`.
-                    let (row, step) = if x.a_trans {
-                        // Aᵀ's rows 2q and 2q + 1, the tile's columns of them, make row q.
-                        interleave(x.a.add(i), x.lda, x.k, rows, rows, pairs, rows);
-                        (1, rows)
-                    } else {
-                        round_rows(x.a.add(i * x.lda), x.lda, rows, x.k, pairs);
-                        (kp, 1)
+                    // Pair q of the tile's row r at `a + r·row + q·step`.
+                    let (a, row, step) = match (whole, x.a_trans) {
+                        (true, true) => (pairs.add(i), 1, x.m),
+                        (true, false) => (pairs.add(i * kp), kp, 1),
+                        (false, true) => {
+                            // Aᵀ's rows 2q and 2q + 1, the tile's columns of them, make row q.
+                            interleave(x.a.add(i), x.lda, x.k, rows, rows, pairs, rows);
+                            (pairs, 1, rows)
+                        }
+                        (false, false) => {
+                            round_rows(x.a.add(i * x.lda), x.lda, rows, x.k, pairs);
+                            (pairs, kp, 1)
+                        }
                     };
                     for p in p_start..p_end {
                         let t = Tile {
-                            a: pairs,
+                            a,
                             row,
                             step,
                             kp,
@@ -283,20 +304,7 @@ mod avx512 {
                             },
                             squares: panels * NR,
                         };
-                        match rows {
-                            12 => tile::<12>(&t),
-                            11 => tile::<11>(&t),
-                            10 => tile::<10>(&t),
-                            9 => tile::<9>(&t),
-                            8 => tile::<8>(&t),
-                            7 => tile::<7>(&t),
-                            6 => tile::<6>(&t),
-                            5 => tile::<5>(&t),
-                            4 => tile::<4>(&t),
-                            3 => tile::<3>(&t),
-                            2 => tile::<2>(&t),
-                            _ => tile::<1>(&t),
-                        }
+                        tiles(rows, &t);
                     }
                     i += rows;
                 }
@@ -322,6 +330,28 @@ mod avx512 {
         /// This panel's column sums (null: none); the sums of squares follow `squares` later.
         moments: *mut f64,
         squares: usize,
+    }
+
+    /// The tile of `rows` rows.
+    #[inline(always)]
+    unsafe fn tiles(rows: usize, t: &Tile) {
+        // Safety: forwarded.
+        unsafe {
+            match rows {
+                12 => tile::<12>(t),
+                11 => tile::<11>(t),
+                10 => tile::<10>(t),
+                9 => tile::<9>(t),
+                8 => tile::<8>(t),
+                7 => tile::<7>(t),
+                6 => tile::<6>(t),
+                5 => tile::<5>(t),
+                4 => tile::<4>(t),
+                3 => tile::<3>(t),
+                2 => tile::<2>(t),
+                _ => tile::<1>(t),
+            }
+        }
     }
 
     /// One `R × 32` tile: every pair of K in registers, then bias, clamp, store.
@@ -358,8 +388,6 @@ mod avx512 {
                 )
             };
             let (lo, hi) = (_mm512_set1_ps(t.min), _mm512_set1_ps(t.max));
-            let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-            let (mut q0, mut q1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
             for i in 0..R {
                 let row = t.c.add(i * t.ldc);
                 let (mut a0, mut a1) = (acc0[i], acc1[i]);
@@ -369,10 +397,6 @@ mod avx512 {
                 }
                 let v0 = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(a0, bias0), lo), hi);
                 let v1 = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(a1, bias1), lo), hi);
-                if !t.moments.is_null() {
-                    (s0, s1) = (_mm512_add_ps(s0, v0), _mm512_add_ps(s1, v1));
-                    (q0, q1) = (_mm512_fmadd_ps(v0, v0, q0), _mm512_fmadd_ps(v1, v1, q1));
-                }
                 if t.cols == NR {
                     // Plain stores where the panel is whole: masked ones cost more (Zen 5,
                     // C streaming to memory).
@@ -384,7 +408,18 @@ mod avx512 {
                 }
             }
             if !t.moments.is_null() {
-                // The padding columns of a last panel are zero (B is zero there, no bias).
+                // The tile's rows again, from L1 (summed beside the stores above they held
+                // four more registers through every tile: inference lost 2–4%). The padding
+                // columns of a last panel are zero (B is zero there, no bias).
+                let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+                let (mut q0, mut q1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+                for i in 0..R {
+                    let row = t.c.add(i * t.ldc);
+                    let v0 = _mm512_maskz_loadu_ps(m0, row);
+                    let v1 = _mm512_maskz_loadu_ps(m1, row.add(16));
+                    (s0, s1) = (_mm512_add_ps(s0, v0), _mm512_add_ps(s1, v1));
+                    (q0, q1) = (_mm512_fmadd_ps(v0, v0, q0), _mm512_fmadd_ps(v1, v1, q1));
+                }
                 let (sum, sq) = (t.moments, t.moments.add(t.squares));
                 add_to_f64(s0, sum);
                 add_to_f64(s1, sum.add(16));
