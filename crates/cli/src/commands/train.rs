@@ -370,7 +370,6 @@ pub fn run(args: &TrainArgs, matches: Option<&ArgMatches>) -> Result<()> {
             if let Some(lr) = opts.head_lr {
                 println!("classifier: learning rate {lr} (same schedule)");
             }
-
             if let Some(d) = &opts.distill {
                 println!(
                     "distilling from {}: weight {} on its soft targets at temperature {}",

@@ -242,7 +242,8 @@ impl TrainNet {
         }
     }
 
-    /// Uses another instruction set of this CPU (tests compare them).
+    /// Uses another instruction set of this CPU (tests compare them). In bf16
+    /// ([`TrainNet::set_precision`]) it must stay AVX-512: the next step panics otherwise.
     pub fn set_isa(&mut self, isa: Isa) {
         self.isa = isa;
     }
