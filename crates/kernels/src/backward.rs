@@ -132,6 +132,32 @@ fn run(isa: Isa, job: &mut Job<'_>) {
     crate::simd_dispatch!(isa, (job: &mut Job<'_>) => run_generic)
 }
 
+/// The first `n ≤ LANES` values at `p` (a whole vector without a mask when `n` is all of it).
+/// A function inlined into the kernels, not a closure: closures do not inherit the caller's
+/// target features, and the intrinsics in one would become calls.
+#[inline(always)]
+unsafe fn load_n<S: SimdF32>(s: S, n: usize, p: *const f32) -> S::V {
+    // Safety: the caller guarantees n values at p.
+    unsafe {
+        match n == S::LANES {
+            true => s.load(p),
+            false => s.load_partial(p, n),
+        }
+    }
+}
+
+/// Stores the first `n ≤ LANES` lanes of `v` at `p`, as [`load_n`] loads them.
+#[inline(always)]
+unsafe fn store_n<S: SimdF32>(s: S, n: usize, p: *mut f32, v: S::V) {
+    // Safety: the caller guarantees n writable values at p.
+    unsafe {
+        match n == S::LANES {
+            true => s.store(p, v),
+            false => s.store_partial(p, v, n),
+        }
+    }
+}
+
 /// `acc[0..n] += alpha · b[0..n]`.
 #[inline(always)]
 unsafe fn axpy<S: SimdF32>(s: S, acc: *mut f32, alpha: f32, b: *const f32, n: usize) {
@@ -190,19 +216,9 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
                     let rows = [0, 1, 2].map(|ky| source(iy, ky, g.pad_top, g.out_h));
                     for c0 in (0..c).step_by(S::LANES) {
                         let n = (c - c0).min(S::LANES);
-                        // A macro, not a closure: closures do not inherit the caller's target
-                        // features, and the intrinsics in one would become calls.
-                        macro_rules! load {
-                            ($p:expr) => {
-                                match n == S::LANES {
-                                    true => s.load($p),
-                                    false => s.load_partial($p, n),
-                                }
-                            };
-                        }
                         let mut taps = [s.zero(); K * K];
                         for (t, v) in taps.iter_mut().enumerate() {
-                            *v = load!(w.as_ptr().add(t * c + c0));
+                            *v = load_n(s, n, w.as_ptr().add(t * c + c0));
                         }
                         for (ix, from) in cols.iter().enumerate() {
                             // Written out with constant indices, so that the taps and the
@@ -211,7 +227,7 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
                             macro_rules! tap {
                                 ($base:expr, $acc:expr, $ky:expr, $kx:expr) => {
                                     if let Some(ox) = from[$kx] {
-                                        let d = load!($base.add(ox * c));
+                                        let d = load_n(s, n, $base.add(ox * c));
                                         $acc = s.fma(d, taps[$ky * K + $kx], $acc);
                                     }
                                 };
@@ -231,10 +247,7 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
                             let (r0, r1, r2) = (row!(0), row!(1), row!(2));
                             let v = s.add(s.add(r0, r1), r2);
                             let dst = dx.as_mut_ptr().add((iy * g.in_w + ix) * c + c0);
-                            match n == S::LANES {
-                                true => s.store(dst, v),
-                                false => s.store_partial(dst, v, n),
-                            }
+                            store_n(s, n, dst, v);
                         }
                     }
                 }
@@ -247,28 +260,19 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
                 let c = *c;
                 for c0 in (0..c).step_by(S::LANES) {
                     let n = (c - c0).min(S::LANES);
-                    // A macro, not a closure: closures do not inherit the caller's target
-                    // features, and the intrinsics in one would become calls.
-                    macro_rules! load {
-                        ($p:expr) => {
-                            match n == S::LANES {
-                                true => s.load($p),
-                                false => s.load_partial($p, n),
-                            }
-                        };
-                    }
                     let mut acc = [s.zero(); K * K];
                     for oy in 0..g.out_h {
                         let rows = [0, 1, 2].map(|ky| tap(oy, ky, g.stride, g.pad_top, g.in_h));
                         for ox in 0..g.out_w {
-                            let d = load!(dy.as_ptr().add((oy * g.out_w + ox) * c + c0));
+                            let d = load_n(s, n, dy.as_ptr().add((oy * g.out_w + ox) * c + c0));
                             for (ky, iy) in rows.iter().enumerate() {
                                 let Some(iy) = *iy else { continue };
                                 for kx in 0..K {
                                     let Some(ix) = tap(ox, kx, g.stride, g.pad_left, g.in_w) else {
                                         continue;
                                     };
-                                    let xi = load!(x.as_ptr().add((iy * g.in_w + ix) * c + c0));
+                                    let xi =
+                                        load_n(s, n, x.as_ptr().add((iy * g.in_w + ix) * c + c0));
                                     acc[ky * K + kx] = s.fma(d, xi, acc[ky * K + kx]);
                                 }
                             }
@@ -276,10 +280,7 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
                     }
                     for (t, a) in acc.iter().enumerate() {
                         let dst = dw.as_mut_ptr().add(t * c + c0);
-                        match n == S::LANES {
-                            true => s.store(dst, s.add(s.load(dst), *a)),
-                            false => s.store_partial(dst, s.add(s.load_partial(dst, n), *a), n),
-                        }
+                        store_n(s, n, dst, s.add(load_n(s, n, dst), *a));
                     }
                 }
             }
