@@ -198,6 +198,9 @@ fn a_bf16_run_learns_what_the_f32_run_learns() {
         "held-out accuracy: f32 {:.4}, bf16 {:.4}",
         accuracy[0], accuracy[1]
     );
+    // Measured on Zen 5: f32 0.766, bf16 0.771. The f32 run must learn (6× chance); the two
+    // may differ by 30 of the 1,000 held-out images: ±2.3 standard errors of an accuracy
+    // near 0.77 measured on 1,000 images (√(0.77·0.23/1000) = 0.013).
     assert!(accuracy[0] > 0.6, "the f32 run learns: {}", accuracy[0]);
     assert!(
         (accuracy[1] - accuracy[0]).abs() <= 0.03,

@@ -105,6 +105,24 @@ impl PackedB {
         })
     }
 
+    /// [`PackedB::from_transposed`] rounded to bf16 pairs, as `from_transposed(..).to_bf16()`
+    /// makes it but with one transposing pass and a vectorised packing (training packs its
+    /// transposed weights every step). `None` where [`PackedB::new_bf16`] gives none.
+    ///
+    /// # Panics
+    ///
+    /// If `bt.len() != k · n`.
+    pub fn from_transposed_bf16(isa: Isa, bt: &[f32], k: usize, n: usize) -> Option<PackedB> {
+        assert_eq!(bt.len(), k * n, "Bᵀ must be n·k = {n}·{k} values");
+        let mut b = vec![0.0f32; k * n];
+        for (j, row) in bt.chunks_exact(k.max(1)).enumerate() {
+            for (kk, &v) in row.iter().enumerate() {
+                b[kk * n + j] = v;
+            }
+        }
+        PackedB::new_bf16(isa, &b, k, n)
+    }
+
     /// Panels of `nr` columns, each `k` rows of `nr` values (zero padded on the right), filled
     /// by `row(kk, first column, destination)` with row `kk` of B from that column on.
     fn pack(isa: Isa, k: usize, n: usize, row: impl Fn(usize, usize, &mut [f32])) -> PackedB {

@@ -91,13 +91,8 @@ impl ConvLayer {
         if !self.bf16 {
             return PackedB::from_transposed(isa, bt, k, n);
         }
-        let mut b = vec![0.0f32; k * n];
-        for (j, row) in bt.chunks_exact(k).enumerate() {
-            for (kk, &v) in row.iter().enumerate() {
-                b[kk * n + j] = v;
-            }
-        }
-        self.pack(isa, &b, k, n)
+        PackedB::from_transposed_bf16(isa, bt, k, n)
+            .expect("bf16 training needs AVX512-BF16 and the AVX-512 instruction set")
     }
 
     /// Whether this is a full convolution run through im2col and the GEMM: all but the

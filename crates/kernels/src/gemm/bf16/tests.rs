@@ -186,7 +186,7 @@ fn only_avx512_packings_become_bf16() {
 }
 
 /// Packing rows straight into pairs gives `to_bf16`'s packing, value for value, and a repack
-/// to other sizes is the packing of those.
+/// to other sizes is the packing of those; so does packing a transposed B straight into pairs.
 #[test]
 fn direct_packing_is_to_bf16s() {
     let Some(isa) = Isa::of_kind(IsaKind::Avx512).filter(|_| bf16_supported()) else {
@@ -216,6 +216,16 @@ fn direct_packing_is_to_bf16s() {
         );
         reused.repack(&b, k, n);
         assert_eq!(reused, want, "repacked to k{k} n{n}");
+        // The same B given transposed (`[n, k]`).
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let want_t = PackedB::from_transposed(isa, &bt, k, n).to_bf16();
+        assert_eq!(want_t.as_ref(), Some(&want), "k{k} n{n}: transposed");
+        let direct = PackedB::from_transposed_bf16(isa, &bt, k, n);
+        assert_eq!(
+            direct.as_ref(),
+            Some(&want),
+            "k{k} n{n}: transposed, direct"
+        );
     }
 }
 
