@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use mobilenet_kernels::int8::dwconv::{qdwconv3x3, QDwWeights};
+use mobilenet_kernels::int8::gemm::stem::{qstem, qstem_supported, QStemWeights};
 use mobilenet_kernels::int8::gemm::{qgemm, PackedQB};
 use mobilenet_kernels::int8::{im2col3x3, IntIsa, Requant};
 use mobilenet_kernels::rng::Rng;
@@ -30,6 +31,7 @@ fn fastest(reps: usize, mut f: impl FnMut()) -> Duration {
         .unwrap_or_default()
 }
 
+const COEFF: i32 = -3;
 fn main() {
     let reps: usize = std::env::args()
         .nth(1)
@@ -86,6 +88,52 @@ fn main() {
                 im2col3x3(&g, 3, &input, 9, 0..g.out_h, 28, &mut col)
             });
             println!("{label}: {:.4} ms", t.as_secs_f64() * 1e3);
+        }
+        // The stem: im2col + GEMM against the direct kernel (uint8 row sums on).
+        for (hw, n) in [(128, 8), (160, 16), (224, 32)] {
+            let label = format!("{isa} {form} stem {hw}x{hw}x3 s2 ->{n}");
+            if !label.contains(&filter) {
+                continue;
+            }
+            let g = ConvGeometry::tf_same(hw, hw, 3, 2);
+            let input = bytes(hw * hw * 3, 7);
+            let wts: Vec<i8> = bytes(n * 27, 5).iter().map(|&v| v as i8).collect();
+            let mut padded = vec![0i8; n * 28];
+            for j in 0..n {
+                padded[j * 28..][..27].copy_from_slice(&wts[j * 27..][..27]);
+            }
+            let b = PackedQB::new(&padded, 28, n);
+            let sw = QStemWeights::new(&wts, 3, n).expect("three channels");
+            let r = rq(n);
+            let pixels = g.out_h * g.out_w;
+            let (mut col, mut out) = (vec![0u8; pixels * 28], vec![0u8; pixels * n]);
+            let t_im2col = fastest(reps, || {
+                im2col3x3(&g, 3, &input, 9, 0..g.out_h, 28, &mut col);
+                qgemm(
+                    isa,
+                    pixels,
+                    &col,
+                    28,
+                    &b,
+                    -3,
+                    &r,
+                    &mut out,
+                    n,
+                    0..b.panels(),
+                );
+            });
+            let direct = qstem_supported(isa, &g, &sw, COEFF);
+            let t_direct = fastest(if direct { reps } else { 0 }, || {
+                qstem(isa, &g, &input, 9, &sw, COEFF, &r, &mut out, 0)
+            });
+            println!(
+                "{label}: im2col + gemm {:.4} ms, direct {}",
+                t_im2col.as_secs_f64() * 1e3,
+                match direct {
+                    true => format!("{:.4} ms", t_direct.as_secs_f64() * 1e3),
+                    false => "not on this CPU".into(),
+                }
+            );
         }
         for (m, k, n) in [
             (4096, 28, 8),

@@ -8,6 +8,7 @@
 //! (the GEMM's row-sum term) and `−x_zp·Σ_k w'` folded into the bias.
 
 use mobilenet_kernels::int8::dwconv::QDwWeights;
+use mobilenet_kernels::int8::gemm::stem::QStemWeights;
 use mobilenet_kernels::int8::gemm::PackedQB;
 use mobilenet_kernels::int8::{IntIsa, Requant};
 use mobilenet_kernels::ConvGeometry;
@@ -53,6 +54,8 @@ pub(super) enum Step {
         kp: usize,
         pad: u8,
         b: PackedQB,
+        /// The same weights for the direct kernel, where it applies (few input channels).
+        direct: Option<QStemWeights>,
         row_coeff: i32,
         rq: Requant,
     },
@@ -228,6 +231,7 @@ fn conv_step(
                 kp,
                 pad: zp,
                 b: PackedQB::new(&padded, kp, *cout),
+                direct: QStemWeights::new(&w8, *cin, *cout),
                 row_coeff: coeff,
                 rq,
             })

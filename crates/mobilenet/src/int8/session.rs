@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use mobilenet_kernels::int8::dwconv::qdwconv3x3;
 use mobilenet_kernels::int8::gemm::qgemm;
+use mobilenet_kernels::int8::gemm::stem::{qstem, qstem_supported};
 use mobilenet_kernels::int8::{avg_pool, im2col3x3};
 
 use super::engine::{QuantEngine, Step};
@@ -99,34 +100,48 @@ impl QuantSession<'_> {
                     kp,
                     pad,
                     b,
+                    direct,
                     row_coeff,
                     rq,
                 } => {
                     let n = b.n();
-                    let col = &mut self.col[..g.out_h * g.out_w * kp];
                     let out = &mut dst[..g.out_h * g.out_w * n];
-                    // im2col and GEMM on each thread's band of output rows.
+                    // Each thread's band of output rows: the direct kernel where it runs, else
+                    // im2col and the GEMM.
                     let ranges = split(g.out_h, pool.threads(), 1);
-                    let (cols, outs) = ((col, g.out_w * kp), (out, g.out_w * n));
-                    for_each_part2(pool, cols, outs, &ranges, |t, _, colt, out| {
-                        let r = &ranges[t];
-                        if r.is_empty() {
-                            return;
+                    match direct
+                        .as_ref()
+                        .filter(|w| qstem_supported(isa, g, w, *row_coeff))
+                    {
+                        Some(w) => for_each_part(pool, out, &ranges, g.out_w * n, |_, r0, out| {
+                            if !out.is_empty() {
+                                qstem(isa, g, src, *pad, w, *row_coeff, rq, out, r0);
+                            }
+                        }),
+                        None => {
+                            let col = &mut self.col[..g.out_h * g.out_w * kp];
+                            let (cols, outs) = ((col, g.out_w * kp), (out, g.out_w * n));
+                            for_each_part2(pool, cols, outs, &ranges, |t, _, colt, out| {
+                                let r = &ranges[t];
+                                if r.is_empty() {
+                                    return;
+                                }
+                                im2col3x3(g, *cin, src, *pad, r.clone(), *kp, colt);
+                                qgemm(
+                                    isa,
+                                    r.len() * g.out_w,
+                                    colt,
+                                    *kp,
+                                    b,
+                                    *row_coeff,
+                                    rq,
+                                    out,
+                                    n,
+                                    0..b.panels(),
+                                );
+                            });
                         }
-                        im2col3x3(g, *cin, src, *pad, r.clone(), *kp, colt);
-                        qgemm(
-                            isa,
-                            r.len() * g.out_w,
-                            colt,
-                            *kp,
-                            b,
-                            *row_coeff,
-                            rq,
-                            out,
-                            n,
-                            0..b.panels(),
-                        );
-                    });
+                    }
                 }
                 Step::Gemm {
                     pixels,

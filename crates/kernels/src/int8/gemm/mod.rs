@@ -17,6 +17,7 @@ use std::ops::Range;
 mod avx2;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+pub mod stem;
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use super::IntIsaKind;
