@@ -408,10 +408,50 @@ mod vnni {
         // A plain loop, not an iterator's closure: a closure would not inherit this
         // function's target features, and the intrinsics in it became calls (80% of a
         // 4096×28 GEMM's time went to them).
-        let mut terms = Vec::with_capacity(m);
-        for r in 0..m {
+        let mut terms = vec![0i32; m];
+        let mut r = 0;
+        if lda == k && k.is_multiple_of(8) && k <= 64 {
+            // Contiguous short rows (the first layers' 8, 16 or 32 bytes), 64/k of them per
+            // vector: one byte-sum gives eight 8-byte groups' sums, added up per row in
+            // registers. A row's own horizontal sum cost more than its share of the GEMM.
+            let per = 64 / k;
+            let step = (k / 8) as i64;
+            // Safety: rows r .. r + per are 64 contiguous bytes of A; `terms` has m slots.
+            unsafe {
+                let pick = _mm512_setr_epi64(
+                    0,
+                    step,
+                    2 * step,
+                    3 * step,
+                    4 * step,
+                    5 * step,
+                    6 * step,
+                    7 * step,
+                );
+                let coeff = _mm256_set1_epi32(row_coeff);
+                let keep = ((1u32 << per) - 1) as u8;
+                while r + per <= m {
+                    let v = _mm512_loadu_si512(a.add(r * k).cast());
+                    let mut g = _mm512_sad_epu8(v, _mm512_setzero_si512());
+                    if k >= 16 {
+                        g = _mm512_add_epi64(g, _mm512_bsrli_epi128::<8>(g));
+                    }
+                    if k >= 32 {
+                        g = _mm512_add_epi64(g, _mm512_shuffle_i64x2::<0b11_11_01_01>(g, g));
+                    }
+                    if k == 64 {
+                        g = _mm512_add_epi64(g, _mm512_shuffle_i64x2::<0b10_10_10_10>(g, g));
+                    }
+                    let sums = _mm512_cvtepi64_epi32(_mm512_permutexvar_epi64(pick, g));
+                    let t = _mm256_mullo_epi32(sums, coeff);
+                    _mm256_mask_storeu_epi32(terms.as_mut_ptr().add(r).cast(), keep, t);
+                    r += per;
+                }
+            }
+        }
+        for (r, t) in terms.iter_mut().enumerate().skip(r) {
             // Safety: as the caller's.
-            terms.push(row_coeff.wrapping_mul(unsafe { row_sum(a.add(r * lda), k) }));
+            *t = row_coeff.wrapping_mul(unsafe { row_sum(a.add(r * lda), k) });
         }
         terms
     }

@@ -15,12 +15,15 @@ fn noise(seed: u32, n: usize) -> Vec<u32> {
 }
 
 fn check(m: usize, k: usize, n: usize, row_coeff: i32) {
-    check_with(m, k, n, row_coeff, false);
-    check_with(m, k, n, row_coeff, true);
+    for lda in [k + 3, k] {
+        check_with(m, k, n, row_coeff, false, lda);
+        check_with(m, k, n, row_coeff, true, lda);
+    }
 }
 
-/// `fp32`: XNNPACK's requantization, scales that put most outputs inside the bytes.
-fn check_with(m: usize, k: usize, n: usize, row_coeff: i32, fp32: bool) {
+/// `fp32`: XNNPACK's requantization, scales that put most outputs inside the bytes. `lda`:
+/// A's row stride (`k`: contiguous rows, which short rows' sums take together).
+fn check_with(m: usize, k: usize, n: usize, row_coeff: i32, fp32: bool, lda: usize) {
     let a: Vec<u8> = noise(m as u32 * 7 + 1, m * (k + 3))
         .iter()
         .map(|&v| v as u8)
@@ -49,7 +52,6 @@ fn check_with(m: usize, k: usize, n: usize, row_coeff: i32, fp32: bool) {
             Requant::fp32(&bias, &scale, 11, 0, 255)
         }
     };
-    let lda = k + 3;
     let mut want = vec![0u8; m * n];
     qgemm_reference(m, &a, lda, &b, row_coeff, &rq, &mut want, n);
     for isa in IntIsa::available() {
@@ -108,6 +110,11 @@ fn every_isa_matches_reference_on_edge_sizes() {
         (64, 32, 64),
         (70, 192, 96),
         (5, 64, 32),
+        // Contiguous short rows summed 64 bytes at a time, and the rows left over.
+        (37, 8, 16),
+        (29, 16, 16),
+        (19, 32, 64),
+        (9, 64, 8),
     ] {
         check(m, k, n, 0);
         check(m, k, n, 23);
