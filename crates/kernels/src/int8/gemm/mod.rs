@@ -410,10 +410,11 @@ mod vnni {
         // 4096×28 GEMM's time went to them).
         let mut terms = vec![0i32; m];
         let mut r = 0;
-        if lda == k && k.is_multiple_of(8) && k <= 64 {
+        if lda == k && matches!(k, 8 | 16 | 32 | 64) {
             // Contiguous short rows (the first layers' 8, 16 or 32 bytes), 64/k of them per
             // vector: one byte-sum gives eight 8-byte groups' sums, added up per row in
-            // registers. A row's own horizontal sum cost more than its share of the GEMM.
+            // registers (pairs, then halves of 256 bits: k a power of two). A row's own
+            // horizontal sum cost more than its share of the GEMM.
             let per = 64 / k;
             let step = (k / 8) as i64;
             // Safety: rows r .. r + per are 64 contiguous bytes of A; `terms` has m slots.

@@ -115,6 +115,9 @@ fn every_isa_matches_reference_on_edge_sizes() {
         (29, 16, 16),
         (19, 32, 64),
         (9, 64, 8),
+        // Contiguous rows of 24 and 40 bytes: not summed in groups (0.75's first layers).
+        (11, 24, 48),
+        (7, 40, 16),
     ] {
         check(m, k, n, 0);
         check(m, k, n, 23);
