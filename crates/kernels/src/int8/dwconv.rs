@@ -226,7 +226,22 @@ mod avx512 {
         } else {
             lo
         };
-        let blocks = (hi - lo) / PX;
+        // Eight channels at stride 1: a vector holds two neighbouring pixels (its 16 bytes
+        // are both pixels' channels), so half the lanes do not idle. The interior runs four
+        // vectors (8 pixels) at a time, then single vectors; the border path takes the rest.
+        let paired = c == 8 && g.stride == 1;
+        let blocks = match paired {
+            true => (hi - lo) / (2 * PX),
+            false => (hi - lo) / PX,
+        };
+        let pairs = match paired {
+            true => (hi - lo - 2 * PX * blocks) / 2,
+            false => 0,
+        };
+        let done = match paired {
+            true => lo + 2 * PX * blocks + 2 * pairs,
+            false => lo + blocks * PX,
+        };
         // Bands of rows whose outputs fill about 32 KB; inside a band, channel block by
         // channel block, so the block's filter and constants are loaded once per band.
         let band = (32768 / (g.out_w * c).max(1)).clamp(1, rows.max(1));
@@ -243,15 +258,19 @@ mod avx512 {
                 let mut b = 0;
                 while b < c {
                     let k = Block::load(w, rq, b);
+                    let kp = match paired {
+                        true => Some(k.low_half_twice()),
+                        false => None,
+                    };
                     for r in band_rows.clone() {
                         let oy = row0 + r;
                         let out_row = output.as_mut_ptr().add(r * g.out_w * c);
-                        if blocks == 0 {
+                        if done == lo {
                             border(g, input, w, &k, out_row, oy, 0..g.out_w);
                             continue;
                         }
                         border(g, input, w, &k, out_row, oy, 0..lo);
-                        border(g, input, w, &k, out_row, oy, lo + blocks * PX..g.out_w);
+                        border(g, input, w, &k, out_row, oy, done..g.out_w);
                         let ix = lo * g.stride - g.pad_left;
                         let in_rows: [*const u8; 3] = std::array::from_fn(|ky| {
                             let iy = (oy * g.stride + ky).wrapping_sub(g.pad_top);
@@ -262,10 +281,17 @@ mod avx512 {
                             row.add(ix * c + b)
                         });
                         let out = out_row.add(lo * c + b);
-                        if g.stride == 1 {
-                            interior::<1>(in_rows, c, &k, out, blocks);
+                        if let Some(kp) = &kp {
+                            // Output vector p is pixels 2p and 2p + 1: input pixels two
+                            // apart, 16 bytes out.
+                            interior::<2, PX>(in_rows, c, 2 * c, kp, out, blocks);
+                            let skip = 2 * PX * blocks * c;
+                            let rest = in_rows.map(|p| p.add(skip));
+                            interior::<2, 1>(rest, c, 2 * c, kp, out.add(skip), pairs);
+                        } else if g.stride == 1 {
+                            interior::<1, PX>(in_rows, c, c, &k, out, blocks);
                         } else {
-                            interior::<2>(in_rows, c, &k, out, blocks);
+                            interior::<2, PX>(in_rows, c, c, &k, out, blocks);
                         }
                     }
                     b += 16;
@@ -308,15 +334,42 @@ mod avx512 {
         }
     }
 
+    impl Block {
+        /// An 8-channel block's filter and constants in both halves of the vectors, for
+        /// vectors that hold two pixels.
+        #[inline(always)]
+        unsafe fn low_half_twice(&self) -> Block {
+            // Safety: the caller runs with AVX-512 F.
+            unsafe {
+                let mut wv = self.wv;
+                for v in &mut wv {
+                    *v = _mm512_shuffle_i64x2::<0b01_00_01_00>(*v, *v);
+                }
+                Block {
+                    n: 16,
+                    mask: u16::MAX,
+                    wv,
+                    zsum: _mm512_shuffle_i64x2::<0b01_00_01_00>(self.zsum, self.zsum),
+                    r16: self.r16.low_half_twice(),
+                    ..*self
+                }
+            }
+        }
+    }
+
     /// `blocks·PX` output pixels of one row whose taps lie inside the image's columns, each
     /// channel block's nine filter vectors and requantization constants held in registers;
     /// input columns shared by neighbouring outputs are loaded once. `rows[ky]` is the input
     /// pixel under the first output's tap `(ky, 0)` (in the zero-point row above or below the
     /// image).
+    ///
+    /// Output vectors are `c_out` bytes apart (`c`, or `2c` where a vector holds two pixels
+    /// and `S` is then the two pixels' step).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,avx512vnni")]
-    unsafe fn interior<const S: usize>(
+    unsafe fn interior<const S: usize, const PX: usize>(
         rows: [*const u8; 3],
         c: usize,
+        c_out: usize,
         k: &Block,
         out: *mut u8,
         blocks: usize,
@@ -333,13 +386,13 @@ mod avx512 {
                     let w3 = [k.wv[3 * ky], k.wv[3 * ky + 1], k.wv[3 * ky + 2]];
                     let row = row.add(blk * PX * S * c);
                     let a = if ky < 2 { &mut acc } else { &mut acc2 };
-                    filter_row::<S>(row, c, k.mask, w3, a);
+                    filter_row::<S, PX>(row, c, k.mask, w3, a);
                 }
                 for p in 0..PX {
                     k.r16.store(
                         _mm512_add_epi32(acc[p], acc2[p]),
                         k.n,
-                        out.add((blk * PX + p) * c),
+                        out.add((blk * PX + p) * c_out),
                     );
                 }
             }
@@ -385,7 +438,7 @@ mod avx512 {
     /// (six at stride 1, nine at stride 2), each loaded once.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,avx512vnni")]
     #[inline]
-    unsafe fn filter_row<const S: usize>(
+    unsafe fn filter_row<const S: usize, const PX: usize>(
         row: *const u8,
         c: usize,
         mask: u16,
@@ -508,7 +561,12 @@ mod tests {
         let w = QDwWeights::new(&wts, c, zp);
         let bias: Vec<i32> = (0..c).map(|_| (next() % 4000) as i32 - 2000).collect();
         let rq = match fp32 {
-            false => Requant::new(&bias, &[(1 << 30) + 12345], &[-8], 3, 0, 255),
+            false => {
+                // Per-channel multipliers and shifts: every lane's constants matter.
+                let mult: Vec<i32> = (0..c as i32).map(|j| (1 << 30) + 12345 * j).collect();
+                let shift: Vec<i32> = (0..c as i32).map(|j| -8 + j % 3).collect();
+                Requant::new(&bias, &mult, &shift, 3, 0, 255)
+            }
             true => {
                 let scale: Vec<f32> = (0..c).map(|j| 0.002 + j as f32 * 1e-4).collect();
                 Requant::fp32(&bias, &scale, 3, 0, 255)
@@ -547,6 +605,14 @@ mod tests {
             (20, 40, 2),
             (21, 8, 2),
             (23, 32, 1),
+            // Eight channels at stride 1, two pixels a vector: 8-pixel blocks, single
+            // pairs, an odd pixel left to the border path.
+            (3, 8, 1),
+            (4, 8, 1),
+            (11, 8, 1),
+            (12, 8, 1),
+            (19, 8, 1),
+            (33, 8, 1),
         ] {
             check(hw, c, s, 0);
             check(hw, c, s, 128);

@@ -69,6 +69,29 @@ impl Rq16 {
         }
     }
 
+    /// Channels 0–7's constants in both halves: for kernels that hold two pixels of an
+    /// 8-channel layer in one vector.
+    #[inline(always)]
+    pub(crate) unsafe fn low_half_twice(self) -> Rq16 {
+        unsafe {
+            let (s_even, s_odd) = (dup(self.s_even), dup(self.s_odd));
+            Rq16 {
+                bias: dup(self.bias),
+                m: dup(self.m),
+                m_odd: dup(self.m_odd),
+                l: dup(self.l),
+                c_even: dup(self.c_even),
+                c_odd: dup(self.c_odd),
+                s_even,
+                s_odd,
+                k_even: _mm512_cmpgt_epi64_mask(s_even, _mm512_set1_epi64(31)),
+                k_odd: _mm512_cmpgt_epi64_mask(s_odd, _mm512_set1_epi64(31)),
+                scale: _mm512_castsi512_ps(dup(_mm512_castps_si512(self.scale))),
+                ..self
+            }
+        }
+    }
+
     /// `max(RoundingDivideByPOT(SRDHM((acc + bias) << l, m), e) + zp, min)` (the upper
     /// bound is applied by [`Rq16::store`]).
     ///
@@ -125,6 +148,13 @@ impl Rq16 {
             }
         }
     }
+}
+
+/// The low 256 bits of `v` in both halves (a function, not a closure: a closure would not
+/// inherit the caller's target features).
+#[inline(always)]
+unsafe fn dup(v: __m512i) -> __m512i {
+    unsafe { _mm512_shuffle_i64x2::<0b01_00_01_00>(v, v) }
 }
 
 /// One 64-bit half of [`Rq16::apply`]'s rounding: `(p + c − [p < −2^30]·2^31) >> s` per
