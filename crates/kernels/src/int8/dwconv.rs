@@ -201,7 +201,7 @@ mod avx2;
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::requant::x86::Rq16;
+    use super::super::requant::x86::{Rq16, EXACT_RELU, FP32, GENERAL};
     use super::{taps, QDwWeights, Requant};
     use crate::ConvGeometry;
 
@@ -281,17 +281,38 @@ mod avx512 {
                             row.add(ix * c + b)
                         });
                         let out = out_row.add(lo * c + b);
-                        if let Some(kp) = &kp {
-                            // Output vector p is pixels 2p and 2p + 1: input pixels two
-                            // apart, 16 bytes out.
-                            interior::<2, PX>(in_rows, c, 2 * c, kp, out, blocks);
-                            let skip = 2 * PX * blocks * c;
-                            let rest = in_rows.map(|p| p.add(skip));
-                            interior::<2, 1>(rest, c, 2 * c, kp, out.add(skip), pairs);
-                        } else if g.stride == 1 {
-                            interior::<1, PX>(in_rows, c, c, &k, out, blocks);
-                        } else {
-                            interior::<2, PX>(in_rows, c, c, &k, out, blocks);
+                        // The requantization's form chosen once per row, not per store.
+                        match k.r16.mode() {
+                            FP32 => row_interior::<FP32>(
+                                in_rows,
+                                c,
+                                g.stride,
+                                &k,
+                                kp.as_ref(),
+                                out,
+                                blocks,
+                                pairs,
+                            ),
+                            EXACT_RELU => row_interior::<EXACT_RELU>(
+                                in_rows,
+                                c,
+                                g.stride,
+                                &k,
+                                kp.as_ref(),
+                                out,
+                                blocks,
+                                pairs,
+                            ),
+                            _ => row_interior::<GENERAL>(
+                                in_rows,
+                                c,
+                                g.stride,
+                                &k,
+                                kp.as_ref(),
+                                out,
+                                blocks,
+                                pairs,
+                            ),
                         }
                     }
                     b += 16;
@@ -357,6 +378,37 @@ mod avx512 {
         }
     }
 
+    /// A row's interior in requantization form `M`: `blocks` of PX outputs, or with `kp`
+    /// (eight channels, two pixels a vector) `blocks` of 2·PX pixels and `pairs` more pairs.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn row_interior<const M: u8>(
+        in_rows: [*const u8; 3],
+        c: usize,
+        stride: usize,
+        k: &Block,
+        kp: Option<&Block>,
+        out: *mut u8,
+        blocks: usize,
+        pairs: usize,
+    ) {
+        // Safety: forwarded from `rows`.
+        unsafe {
+            if let Some(kp) = kp {
+                // Output vector p is pixels 2p and 2p + 1: input pixels two apart, 16 bytes
+                // out.
+                interior::<2, PX, M>(in_rows, c, 2 * c, kp, out, blocks);
+                let skip = 2 * PX * blocks * c;
+                let rest = in_rows.map(|p| p.add(skip));
+                interior::<2, 1, M>(rest, c, 2 * c, kp, out.add(skip), pairs);
+            } else if stride == 1 {
+                interior::<1, PX, M>(in_rows, c, c, k, out, blocks);
+            } else {
+                interior::<2, PX, M>(in_rows, c, c, k, out, blocks);
+            }
+        }
+    }
+
     /// `blocks·PX` output pixels of one row whose taps lie inside the image's columns, each
     /// channel block's nine filter vectors and requantization constants held in registers;
     /// input columns shared by neighbouring outputs are loaded once. `rows[ky]` is the input
@@ -366,7 +418,7 @@ mod avx512 {
     /// Output vectors are `c_out` bytes apart (`c`, or `2c` where a vector holds two pixels
     /// and `S` is then the two pixels' step).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,avx512vnni")]
-    unsafe fn interior<const S: usize, const PX: usize>(
+    unsafe fn interior<const S: usize, const PX: usize, const M: u8>(
         rows: [*const u8; 3],
         c: usize,
         c_out: usize,
@@ -389,7 +441,7 @@ mod avx512 {
                     filter_row::<S, PX>(row, c, k.mask, w3, a);
                 }
                 for p in 0..PX {
-                    k.r16.store(
+                    k.r16.store_as::<M>(
                         _mm512_add_epi32(acc[p], acc2[p]),
                         k.n,
                         out.add((blk * PX + p) * c_out),
@@ -542,12 +594,16 @@ mod tests {
     use super::*;
 
     fn check(in_hw: usize, c: usize, stride: usize, zp: u8) {
-        check_with(in_hw, c, stride, zp, false);
-        check_with(in_hw, c, stride, zp, true);
+        // Lower bound 0, and at the output's zero point 3 (ReLU: the exact form's cheaper
+        // variant).
+        for lo in [0, 3] {
+            check_with(in_hw, c, stride, zp, false, lo);
+            check_with(in_hw, c, stride, zp, true, lo);
+        }
     }
 
     /// `fp32`: XNNPACK's requantization instead of TFLite's.
-    fn check_with(in_hw: usize, c: usize, stride: usize, zp: u8, fp32: bool) {
+    fn check_with(in_hw: usize, c: usize, stride: usize, zp: u8, fp32: bool, lo: i32) {
         let g = ConvGeometry::tf_same(in_hw, in_hw, 3, stride);
         let mut s = 0x9e37_79b9u32 ^ (c as u32 * 31 + in_hw as u32);
         let mut next = move || {
@@ -565,11 +621,11 @@ mod tests {
                 // Per-channel multipliers and shifts: every lane's constants matter.
                 let mult: Vec<i32> = (0..c as i32).map(|j| (1 << 30) + 12345 * j).collect();
                 let shift: Vec<i32> = (0..c as i32).map(|j| -8 + j % 3).collect();
-                Requant::new(&bias, &mult, &shift, 3, 0, 255)
+                Requant::new(&bias, &mult, &shift, 3, lo, 255)
             }
             true => {
                 let scale: Vec<f32> = (0..c).map(|j| 0.002 + j as f32 * 1e-4).collect();
-                Requant::fp32(&bias, &scale, 3, 0, 255)
+                Requant::fp32(&bias, &scale, 3, lo, 255)
             }
         };
         let mut want = vec![0u8; g.out_h * g.out_w * c];

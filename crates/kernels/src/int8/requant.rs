@@ -71,6 +71,9 @@ pub struct Requant {
     avx2_blocks: Vec<i64>,
     /// Whether `c` includes the zero point (every `e ≤ 20`, so that it cannot overflow).
     zp_folded: bool,
+    /// Whether every channel shifts right (`e ≥ 1`): the vector forms then shift the odd
+    /// channels' 64-bit lanes straight into their high halves.
+    all_right: bool,
     /// XNNPACK's form instead: `clamp(rne(min(f32(acc + bias)·scale, max − zp)) + zp, min,
     /// max)` with these per-channel single-precision scales (the Q31 fields unused).
     fp32: bool,
@@ -122,6 +125,7 @@ impl Requant {
             s_odd: vec![0; padded / 2],
             avx2_blocks: vec![0; padded / 8 * 24],
             zp_folded: false,
+            all_right: false,
             fp32: false,
             scale: vec![0.0; padded],
             zero_point,
@@ -147,6 +151,7 @@ impl Requant {
         }
         r.any_left = r.left.iter().any(|&l| l > 0);
         r.zp_folded = r.right.iter().all(|&e| e <= 20);
+        r.all_right = r.right[..n].iter().all(|&e| e >= 1);
         for j in 0..padded {
             let e = r.right[j] as i64;
             let mut c = (1i64 << 30) + if e > 0 { 1i64 << (30 + e) } else { 0 };
@@ -350,14 +355,22 @@ mod tests {
         let mults: Vec<i32> = (0..n as i32).map(|i| (1 << 30) + i * 19_999_999).collect();
         // Exponents 0..=11 with left shifts, and 15..=31 (no zero-point folding), then
         // uint8's middle zero point with small exponents, where negative results are kept
-        // and their rounding (ties away from zero) shows.
-        for (shifts, zp) in [
-            ((0..n as i32).map(|i| (i % 14) - 11).collect::<Vec<_>>(), 7),
-            ((0..n as i32).map(|i| -15 - i % 17).collect(), 7),
-            ((0..n as i32).map(|i| -1 - i % 8).collect(), 128),
+        // and their rounding (ties away from zero) shows. Then the same with a lower bound
+        // at or above the zero point (ReLU), where the vector forms skip the negative
+        // rounding correction: whatever it would change ends at the bound.
+        let left = (0..n as i32).map(|i| (i % 14) - 11).collect::<Vec<_>>();
+        let large = (0..n as i32).map(|i| -15 - i % 17).collect::<Vec<_>>();
+        let small = (0..n as i32).map(|i| -1 - i % 8).collect::<Vec<_>>();
+        for (shifts, zp, lo, hi) in [
+            (&left, 7, 3, 250),
+            (&large, 7, 3, 250),
+            (&small, 128, 0, 255),
+            (&left, 7, 7, 250),
+            (&large, 7, 9, 255),
+            (&small, 128, 128, 255),
+            (&small, 3, 3, 100),
         ] {
-            let (lo, hi) = if zp == 7 { (3, 250) } else { (0, 255) };
-            let rq = Requant::new(&bias, &mults, &shifts, zp, lo, hi);
+            let rq = Requant::new(&bias, &mults, shifts, zp, lo, hi);
             for isa in IntIsa::available() {
                 for (row, chunk) in values.chunks(n).enumerate() {
                     if chunk.len() < n {
@@ -375,6 +388,30 @@ mod tests {
                                 (requantize(x, mults[j], shifts[j]) + zp).clamp(lo, hi) as u8;
                             assert_eq!(g, want, "{isa} acc {acc} ch {j} shift {}", shifts[j]);
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Exact ties of the power-of-two divide on both sides of zero, near the lower bound:
+    /// below the zero point a negative tie's rounding (away from zero) shows in the byte;
+    /// with the bound at the zero point (ReLU) it must not, which the vector forms exploit.
+    #[test]
+    fn negative_ties_round_away_from_zero_on_every_isa() {
+        let n = 32;
+        // ×0.5 exactly, then 2^−e: (2k + 1)·2^e ends at k + ½ after both steps.
+        let shifts: Vec<i32> = (0..n as i32).map(|j| -1 - j % 8).collect();
+        for (zp, lo) in [(7, 3), (7, 6), (7, 7), (128, 0), (128, 128), (0, 0)] {
+            let rq = Requant::new(&[0; 32], &[1 << 30; 32], &shifts, zp, lo, 255);
+            for isa in IntIsa::available() {
+                for k in -12..12 {
+                    let acc: Vec<i32> = (0..n).map(|j| (2 * k + 1) << (1 + j % 8)).collect();
+                    let mut got = vec![0u8; n];
+                    rq.row(isa, &acc, 0, 0, &mut got);
+                    for (j, (&a, &g)) in acc.iter().zip(&got).enumerate() {
+                        let want = (requantize(a, 1 << 30, shifts[j]) + zp).clamp(lo, 255);
+                        assert_eq!(g as i32, want, "{isa} zp {zp} lo {lo} acc {a} ch {j}");
                     }
                 }
             }

@@ -6,6 +6,13 @@ use std::arch::x86_64::*;
 
 use super::Requant;
 
+/// [`Rq16::mode`]: TFLite's arithmetic, any constants.
+pub(crate) const GENERAL: u8 = 0;
+/// [`Rq16::mode`]: XNNPACK's single-precision form.
+pub(crate) const FP32: u8 = 1;
+/// [`Rq16::mode`]: TFLite's arithmetic for ReLU layers that shift right.
+pub(crate) const EXACT_RELU: u8 = 2;
+
 /// The requantization constants of 16 channels, loaded once for many pixels.
 #[derive(Clone, Copy)]
 pub(crate) struct Rq16 {
@@ -25,6 +32,14 @@ pub(crate) struct Rq16 {
     k_even: __mmask8,
     k_odd: __mmask8,
     zp_folded: bool,
+    /// Whether the lower bound is at or above the zero point (ReLU, ReLU6): a negative
+    /// product then ends at the bound whichever way its tie rounds, so the correction of
+    /// [`round_shift`] is skipped.
+    floor: bool,
+    /// Every channel shifts right: the odd lanes shift by `s − 32` (`s_odd_hi`), which
+    /// leaves the result in their high halves, where the blend takes it.
+    odd_hi: bool,
+    s_odd_hi: __m512i,
     /// Whether the upper bound is 255 (the narrowing store saturates there).
     top: bool,
     /// XNNPACK's form: the scales and `max − zp` in single precision.
@@ -61,6 +76,12 @@ impl Rq16 {
                     _mm512_set1_epi64(31),
                 ),
                 zp_folded: rq.zp_folded,
+                floor: rq.min >= rq.zero_point,
+                odd_hi: rq.all_right,
+                s_odd_hi: _mm512_sub_epi64(
+                    _mm512_loadu_si512(rq.s_odd.as_ptr().add(j / 2).cast()),
+                    _mm512_set1_epi64(32),
+                ),
                 top: rq.max == 255,
                 fp32: rq.fp32,
                 scale: _mm512_loadu_ps(rq.scale.as_ptr().add(j)),
@@ -84,6 +105,7 @@ impl Rq16 {
                 c_odd: dup(self.c_odd),
                 s_even,
                 s_odd,
+                s_odd_hi: dup(self.s_odd_hi),
                 k_even: _mm512_cmpgt_epi64_mask(s_even, _mm512_set1_epi64(31)),
                 k_odd: _mm512_cmpgt_epi64_mask(s_odd, _mm512_set1_epi64(31)),
                 scale: _mm512_castsi512_ps(dup(_mm512_castps_si512(self.scale))),
@@ -117,9 +139,22 @@ impl Rq16 {
             }
             let pe = _mm512_mul_epi32(x, self.m);
             let po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), self.m_odd);
-            let re = round_shift(pe, self.c_even, self.k_even, self.s_even);
-            let ro = round_shift(po, self.c_odd, self.k_odd, self.s_odd);
-            let mut v = _mm512_mask_blend_epi32(0xaaaa, re, _mm512_slli_epi64(ro, 32));
+            // No negative correction where the lower bound swallows it (see `floor`).
+            let (k_even, k_odd) = match self.floor {
+                true => (0, 0),
+                false => (self.k_even, self.k_odd),
+            };
+            let re = round_shift(pe, self.c_even, k_even, self.s_even);
+            let mut v = match self.odd_hi {
+                true => {
+                    let ro = round_shift(po, self.c_odd, k_odd, self.s_odd_hi);
+                    _mm512_mask_blend_epi32(0xaaaa, re, ro)
+                }
+                false => {
+                    let ro = round_shift(po, self.c_odd, k_odd, self.s_odd);
+                    _mm512_mask_blend_epi32(0xaaaa, re, _mm512_slli_epi64(ro, 32))
+                }
+            };
             if !self.zp_folded {
                 v = _mm512_add_epi32(v, self.zp);
             }
@@ -127,13 +162,57 @@ impl Rq16 {
         }
     }
 
+    /// Which of [`Rq16::store_as`]'s forms these constants take: [`FP32`], [`EXACT_RELU`]
+    /// (TFLite's arithmetic with every channel shifting right, the zero point folded, no
+    /// left shift and a lower bound at or above the zero point: a MobileNet's ReLU6
+    /// layers) or [`GENERAL`]. Kernels choose once per tile, outside their store loops, so
+    /// the loops carry no branches.
+    #[inline(always)]
+    pub(crate) fn mode(&self) -> u8 {
+        match self.fp32 {
+            true => FP32,
+            false if self.floor && self.odd_hi && self.zp_folded && !self.any_left => EXACT_RELU,
+            false => GENERAL,
+        }
+    }
+
+    /// [`Rq16::store`] for constants of mode `M` ([`Rq16::mode`]).
+    #[inline(always)]
+    pub(crate) unsafe fn store_as<const M: u8>(&self, acc: __m512i, n: usize, out: *mut u8) {
+        unsafe {
+            let v = match M {
+                FP32 => {
+                    let x = _mm512_add_epi32(acc, self.bias);
+                    let f = _mm512_mul_ps(_mm512_cvtepi32_ps(x), self.scale);
+                    let v = _mm512_cvtps_epi32(_mm512_min_ps(f, self.cap));
+                    _mm512_max_epi32(_mm512_add_epi32(v, self.zp), self.lo)
+                }
+                EXACT_RELU => {
+                    let x = _mm512_add_epi32(acc, self.bias);
+                    let pe = _mm512_mul_epi32(x, self.m);
+                    let po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), self.m_odd);
+                    let re = _mm512_srav_epi64(_mm512_add_epi64(pe, self.c_even), self.s_even);
+                    let ro = _mm512_srav_epi64(_mm512_add_epi64(po, self.c_odd), self.s_odd_hi);
+                    _mm512_max_epi32(_mm512_mask_blend_epi32(0xaaaa, re, ro), self.lo)
+                }
+                _ => self.apply(acc),
+            };
+            self.narrow(v, n, out)
+        }
+    }
+
     /// [`Rq16::apply`] and the store of `n ≤ 16` bytes.
     #[inline(always)]
     pub(crate) unsafe fn store(&self, acc: __m512i, n: usize, out: *mut u8) {
+        unsafe { self.narrow(self.apply(acc), n, out) }
+    }
+
+    /// The store of `n ≤ 16` requantized values as bytes.
+    #[inline(always)]
+    unsafe fn narrow(&self, v: __m512i, n: usize, out: *mut u8) {
         unsafe {
             // Clamped below by `apply`; above by the unsigned saturating narrow when the
             // bound is 255 (ReLU and ReLU6 layers whose range fits the bytes).
-            let v = self.apply(acc);
             let mask = ((1u32 << n) - 1) as u16;
             match (self.top, n) {
                 (true, 16) => _mm_storeu_si128(out.cast(), _mm512_cvtusepi32_epi8(v)),
@@ -164,6 +243,9 @@ unsafe fn round_shift(p: __m512i, c: __m512i, k: __mmask8, s: __m512i) -> __m512
     // Safety: the caller runs with AVX-512 F.
     unsafe {
         let t = _mm512_add_epi64(p, c);
+        if k == 0 {
+            return _mm512_srav_epi64(t, s);
+        }
         let negative = _mm512_mask_cmplt_epi64_mask(k, p, _mm512_set1_epi64(-(1 << 30)));
         _mm512_srav_epi64(
             _mm512_mask_sub_epi64(t, negative, t, _mm512_set1_epi64(1 << 31)),

@@ -326,7 +326,7 @@ fn scalar_tile(row: &[u8], panel: &[i8], acc: &mut [i32; NR]) {
 mod vnni {
     use std::arch::x86_64::*;
 
-    use super::super::requant::x86::Rq16;
+    use super::super::requant::x86::{Rq16, EXACT_RELU, FP32, GENERAL};
     use super::super::Requant;
     use super::{Job, MR, NR};
 
@@ -570,12 +570,36 @@ mod vnni {
             } else {
                 None
             };
+            // The requantization's form chosen once: the store loops carry no branches.
+            match r0.mode() {
+                FP32 => store_tile::<R, H, FP32>(t, &acc0, &acc1, &r0, r1.as_ref(), j0, cols),
+                EXACT_RELU => {
+                    store_tile::<R, H, EXACT_RELU>(t, &acc0, &acc1, &r0, r1.as_ref(), j0, cols)
+                }
+                _ => store_tile::<R, H, GENERAL>(t, &acc0, &acc1, &r0, r1.as_ref(), j0, cols),
+            }
+        }
+    }
+
+    /// The tile's rows requantized in form `M` and stored.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn store_tile<const R: usize, const H: usize, const M: u8>(
+        t: &Tile,
+        acc0: &[__m512i; R],
+        acc1: &[__m512i; R],
+        r0: &Rq16,
+        r1: Option<&Rq16>,
+        j0: usize,
+        cols: usize,
+    ) {
+        unsafe {
             for i in 0..R {
                 let add = _mm512_set1_epi32(t.add[i]);
                 let row = t.c.add(i * t.ldc + j0);
-                r0.store(_mm512_add_epi32(acc0[i], add), cols.min(16), row);
-                if let Some(r1) = &r1 {
-                    r1.store(_mm512_add_epi32(acc1[i], add), cols - 16, row.add(16));
+                r0.store_as::<M>(_mm512_add_epi32(acc0[i], add), cols.min(16), row);
+                if let (2, Some(r1)) = (H, r1) {
+                    r1.store_as::<M>(_mm512_add_epi32(acc1[i], add), cols - 16, row.add(16));
                 }
             }
         }

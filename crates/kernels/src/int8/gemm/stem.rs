@@ -129,7 +129,7 @@ pub fn qstem(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::super::requant::x86::Rq16;
+    use super::super::super::requant::x86::{Rq16, EXACT_RELU, FP32, GENERAL};
     use super::super::NR;
     use super::{block_bytes, QStemWeights, Requant};
     use crate::ConvGeometry;
@@ -370,13 +370,35 @@ mod x86 {
                 None
             };
             // All R pixels (a partial block's tile writes to a scratch tile): a loop over a
-            // run-time count kept the accumulators in memory.
+            // run-time count kept the accumulators in memory. The requantization's form is
+            // chosen once, outside the loop.
+            match r0.mode() {
+                FP32 => store::<H, FP32>(t, &acc0, &acc1, &r0, r1.as_ref(), j0, cols),
+                EXACT_RELU => store::<H, EXACT_RELU>(t, &acc0, &acc1, &r0, r1.as_ref(), j0, cols),
+                _ => store::<H, GENERAL>(t, &acc0, &acc1, &r0, r1.as_ref(), j0, cols),
+            }
+        }
+    }
+
+    /// The tile's pixels requantized in form `M` and stored.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn store<const H: usize, const M: u8>(
+        t: &Tile,
+        acc0: &[__m512i; R],
+        acc1: &[__m512i; R],
+        r0: &Rq16,
+        r1: Option<&Rq16>,
+        j0: usize,
+        cols: usize,
+    ) {
+        unsafe {
             for i in 0..R {
                 let add = _mm512_set1_epi32(t.add[i]);
                 let px = t.out.add(i * t.ldc + j0);
-                r0.store(_mm512_add_epi32(acc0[i], add), cols.min(16), px);
-                if let Some(r1) = &r1 {
-                    r1.store(_mm512_add_epi32(acc1[i], add), cols - 16, px.add(16));
+                r0.store_as::<M>(_mm512_add_epi32(acc0[i], add), cols.min(16), px);
+                if let (2, Some(r1)) = (H, r1) {
+                    r1.store_as::<M>(_mm512_add_epi32(acc1[i], add), cols - 16, px.add(16));
                 }
             }
         }
@@ -403,6 +425,23 @@ mod tests {
 
     /// The direct stem against im2col and the GEMM's definition, whole and in bands of rows.
     fn check(h: usize, w_: usize, cin: usize, stride: usize, n: usize, row_coeff: i32, fp32: bool) {
+        // Lower bound 0, and at the zero point 5 (ReLU: the exact form's cheaper variant).
+        for lo in [0, 5] {
+            check_lo(h, w_, cin, stride, n, row_coeff, fp32, lo);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_lo(
+        h: usize,
+        w_: usize,
+        cin: usize,
+        stride: usize,
+        n: usize,
+        row_coeff: i32,
+        fp32: bool,
+        lo: i32,
+    ) {
         let g = ConvGeometry::tf_same(h, w_, 3, stride);
         let seed = (h * 131 + w_ * 17 + cin * 5 + stride + n * 3) as u32;
         let input: Vec<u8> = noise(seed, h * w_ * cin).iter().map(|&v| v as u8).collect();
@@ -415,10 +454,15 @@ mod tests {
             .map(|&v| (v % 20_000) as i32 - 10_000)
             .collect();
         let rq = match fp32 {
-            false => Requant::new(&bias, &[(1 << 30) + 4321], &[-7], 5, 0, 255),
+            false => {
+                // Per-channel multipliers and shifts: every lane's constants matter.
+                let mult: Vec<i32> = (0..n as i32).map(|j| (1 << 30) + 4321 * j).collect();
+                let shift: Vec<i32> = (0..n as i32).map(|j| -7 + j % 3).collect();
+                Requant::new(&bias, &mult, &shift, 5, lo, 255)
+            }
             true => {
                 let scale: Vec<f32> = (0..n).map(|j| 0.004 + j as f32 * 1e-4).collect();
-                Requant::fp32(&bias, &scale, 5, 0, 255)
+                Requant::fp32(&bias, &scale, 5, lo, 255)
             }
         };
         let pad = 77;

@@ -16,14 +16,18 @@ fn noise(seed: u32, n: usize) -> Vec<u32> {
 
 fn check(m: usize, k: usize, n: usize, row_coeff: i32) {
     for lda in [k + 3, k] {
-        check_with(m, k, n, row_coeff, false, lda);
-        check_with(m, k, n, row_coeff, true, lda);
+        // Lower bound 0, and at the zero point (ReLU: the exact form's cheaper variant).
+        for lo in [0, 11] {
+            check_with(m, k, n, row_coeff, false, lda, lo);
+            check_with(m, k, n, row_coeff, true, lda, lo);
+        }
     }
 }
 
 /// `fp32`: XNNPACK's requantization, scales that put most outputs inside the bytes. `lda`:
-/// A's row stride (`k`: contiguous rows, which short rows' sums take together).
-fn check_with(m: usize, k: usize, n: usize, row_coeff: i32, fp32: bool, lda: usize) {
+/// A's row stride (`k`: contiguous rows, which short rows' sums take together). `lo`: the
+/// lower bound (the zero point is 11).
+fn check_with(m: usize, k: usize, n: usize, row_coeff: i32, fp32: bool, lda: usize, lo: i32) {
     let a: Vec<u8> = noise(m as u32 * 7 + 1, m * (k + 3))
         .iter()
         .map(|&v| v as u8)
@@ -43,13 +47,13 @@ fn check_with(m: usize, k: usize, n: usize, row_coeff: i32, fp32: bool, lda: usi
         .collect();
     let shift: Vec<i32> = (0..n as i32).map(|j| -(j % 5) - 6).collect();
     let rq = match fp32 {
-        false => Requant::new(&bias, &mult, &shift, 11, 0, 255),
+        false => Requant::new(&bias, &mult, &shift, 11, lo, 255),
         true => {
             let scale: Vec<f32> = mult
                 .iter()
                 .map(|&m| m as f32 / (1u64 << 45) as f32 / (k as f32).sqrt())
                 .collect();
-            Requant::fp32(&bias, &scale, 11, 0, 255)
+            Requant::fp32(&bias, &scale, 11, lo, 255)
         }
     };
     let mut want = vec![0u8; m * n];
