@@ -90,6 +90,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| unreachable!("train parses"))
         }
     };
+    // Train and eval can leave out the images that do not decode; their error says so.
+    let skips_bad_images = matches!(command, Command::Train(_) | Command::Eval(_));
     let result = match command {
         Command::Arch(args) => commands::arch::run(&args),
         Command::Import(args) => commands::import::run(&args),
@@ -119,10 +121,35 @@ fn main() -> ExitCode {
                     line.push_str(&cause);
                 }
             }
+            if skips_bad_images && undecodable_image(&err) {
+                line.push_str(" (--skip-bad-images leaves out the files that do not decode)");
+            }
             eprintln!("error: {line}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `err` is an image that does not decode, as the data pipeline, evaluation or
+/// training report it.
+fn undecodable_image(err: &anyhow::Error) -> bool {
+    use mobilenet::data::DataError;
+    use mobilenet::train::trainer::TrainFailure;
+    use mobilenet::ImageError;
+    err.chain().any(|cause| {
+        let data =
+            cause
+                .downcast_ref::<DataError>()
+                .or(match cause.downcast_ref::<TrainFailure>() {
+                    Some(TrainFailure::Data(d)) => Some(d),
+                    _ => None,
+                });
+        let image = cause.downcast_ref::<ImageError>().or(match data {
+            Some(DataError::Image(i)) => Some(i),
+            _ => None,
+        });
+        matches!(image, Some(ImageError::Decode { .. }))
+    })
 }
 
 /// Help and version go to stdout as clap renders them; real usage errors are cut to their

@@ -334,7 +334,7 @@ fn a_bad_image_stops_the_run_unless_bad_images_are_skipped() {
     let out = train_folder(&data, &root.path("a"), &["--epochs", "1"])
         .output()
         .expect("run");
-    fails_with(&out, &["broken.jpg"]);
+    fails_with(&out, &["broken.jpg", "cannot decode", "--skip-bad-images"]);
 
     let run = root.path("b");
     let out = train_folder(&data, &run, &["--epochs", "2", "--skip-bad-images"])
@@ -363,8 +363,13 @@ fn a_bad_image_stops_the_run_unless_bad_images_are_skipped() {
         &["--skip-bad-images", "started without it"],
     );
 
-    // eval names it and counts it.
+    // eval stops at it, naming the flag; with the flag it names it and counts it.
     let model = run.join("model-best.safetensors");
+    let out = mobilenet()
+        .args(["eval", "--model", s(&model), "--data", s(&data)])
+        .output()
+        .expect("eval");
+    fails_with(&out, &["broken.jpg", "cannot decode", "--skip-bad-images"]);
     let out = mobilenet()
         .args([
             "eval",
