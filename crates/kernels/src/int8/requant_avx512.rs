@@ -40,6 +40,8 @@ pub(crate) struct Rq16 {
     /// leaves the result in their high halves, where the blend takes it.
     odd_hi: bool,
     s_odd_hi: __m512i,
+    /// The zero point where `c` does not hold it, else 0 ([`EXACT_RELU`] adds it always).
+    zp_add: __m512i,
     /// Whether the upper bound is 255 (the narrowing store saturates there).
     top: bool,
     /// XNNPACK's form: the scales and `max − zp` in single precision.
@@ -78,6 +80,10 @@ impl Rq16 {
                 zp_folded: rq.zp_folded,
                 floor: rq.min >= rq.zero_point,
                 odd_hi: rq.all_right,
+                zp_add: _mm512_set1_epi32(match rq.zp_folded {
+                    true => 0,
+                    false => rq.zero_point,
+                }),
                 s_odd_hi: _mm512_sub_epi64(
                     _mm512_loadu_si512(rq.s_odd.as_ptr().add(j / 2).cast()),
                     _mm512_set1_epi64(32),
@@ -163,15 +169,14 @@ impl Rq16 {
     }
 
     /// Which of [`Rq16::store_as`]'s forms these constants take: [`FP32`], [`EXACT_RELU`]
-    /// (TFLite's arithmetic with every channel shifting right, the zero point folded, no
-    /// left shift and a lower bound at or above the zero point: a MobileNet's ReLU6
-    /// layers) or [`GENERAL`]. Kernels choose once per tile, outside their store loops, so
+    /// (TFLite's arithmetic with every channel shifting right, no left shift and a lower
+    /// bound at or above the zero point: a MobileNet's ReLU6 layers) or [`GENERAL`]. Kernels choose once per tile, outside their store loops, so
     /// the loops carry no branches.
     #[inline(always)]
     pub(crate) fn mode(&self) -> u8 {
         match self.fp32 {
             true => FP32,
-            false if self.floor && self.odd_hi && self.zp_folded && !self.any_left => EXACT_RELU,
+            false if self.floor && self.odd_hi && !self.any_left => EXACT_RELU,
             false => GENERAL,
         }
     }
@@ -193,7 +198,8 @@ impl Rq16 {
                     let po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), self.m_odd);
                     let re = _mm512_srav_epi64(_mm512_add_epi64(pe, self.c_even), self.s_even);
                     let ro = _mm512_srav_epi64(_mm512_add_epi64(po, self.c_odd), self.s_odd_hi);
-                    _mm512_max_epi32(_mm512_mask_blend_epi32(0xaaaa, re, ro), self.lo)
+                    let v = _mm512_mask_blend_epi32(0xaaaa, re, ro);
+                    _mm512_max_epi32(_mm512_add_epi32(v, self.zp_add), self.lo)
                 }
                 _ => self.apply(acc),
             };
