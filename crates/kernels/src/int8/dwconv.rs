@@ -142,7 +142,7 @@ pub fn qdwconv3x3(
             unsafe { avx512::rows(g, input, w, rq, output, row0, rows) }
         }
         #[cfg(target_arch = "x86_64")]
-        _ if isa.kind() == super::IntIsaKind::Avx2 && c.is_multiple_of(8) => {
+        _ if isa.avx2() && c.is_multiple_of(8) => {
             // Safety: AVX2 is present; shapes checked above.
             unsafe { avx2::rows(g, input, w, rq, output, row0, rows) }
         }

@@ -10,6 +10,9 @@ pub enum IntIsaKind {
     Scalar,
     /// x86-64 AVX2: 16-bit multiply-adds (`vpmaddwd`), 8 i32 lanes.
     Avx2,
+    /// x86-64 AVX-VNNI without AVX-512 (Intel's client cores from Alder Lake on): the
+    /// 256-bit `vpdpbusd`, 8 lanes, for the GEMMs; the other kernels are AVX2's.
+    AvxVnni,
     /// x86-64 AVX-512 with VNNI: `vpdpbusd` (four u8·s8 products per i32 lane), 16 lanes.
     Avx512Vnni,
     /// AVX-512 VNNI plus AMX tiles (`tdpbusd`: a 16×64 by 64×16 byte product per
@@ -35,6 +38,11 @@ impl IntIsaKind {
             #[cfg(target_arch = "x86_64")]
             IntIsaKind::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
             #[cfg(target_arch = "x86_64")]
+            IntIsaKind::AvxVnni => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("avxvnni")
+            }
+            #[cfg(target_arch = "x86_64")]
             IntIsaKind::Avx512Vnni => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("avx512f")
@@ -45,7 +53,9 @@ impl IntIsaKind {
             #[cfg(target_arch = "x86_64")]
             IntIsaKind::Amx => IntIsaKind::Avx512Vnni.is_supported() && amx_granted(),
             #[cfg(not(target_arch = "x86_64"))]
-            IntIsaKind::Avx2 | IntIsaKind::Avx512Vnni | IntIsaKind::Amx => false,
+            IntIsaKind::Avx2 | IntIsaKind::AvxVnni | IntIsaKind::Avx512Vnni | IntIsaKind::Amx => {
+                false
+            }
             IntIsaKind::Neon => cfg!(target_arch = "aarch64"),
             #[cfg(target_arch = "aarch64")]
             IntIsaKind::NeonDot => std::arch::is_aarch64_feature_detected!("dotprod"),
@@ -73,7 +83,7 @@ impl IntIsa {
     pub const SCALAR: IntIsa = IntIsa(IntIsaKind::Scalar);
 
     /// The best variant this CPU runs, detected once. `MOBILENET_INT_ISA=<name>` (`scalar`,
-    /// `avx2`, `avx512vnni`, `amx`, `neon`, `neondot`, `i8mm`) forces another it has — a machine with AMX can measure its
+    /// `avx2`, `avxvnni`, `avx512vnni`, `amx`, `neon`, `neondot`, `i8mm`) forces another it has — a machine with AMX can measure its
     /// VNNI path; a name it lacks is reported on stderr and the best is used.
     pub fn detect() -> IntIsa {
         static BEST: OnceLock<IntIsa> = OnceLock::new();
@@ -89,6 +99,7 @@ impl IntIsa {
         [
             IntIsaKind::Scalar,
             IntIsaKind::Avx2,
+            IntIsaKind::AvxVnni,
             IntIsaKind::Avx512Vnni,
             IntIsaKind::Amx,
             IntIsaKind::Neon,
@@ -104,6 +115,12 @@ impl IntIsa {
     /// Which instruction set this is.
     pub fn kind(self) -> IntIsaKind {
         self.0
+    }
+
+    /// Whether the AVX2 kernels run (on their own, or beside AVX-VNNI's GEMM).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn avx2(self) -> bool {
+        matches!(self.0, IntIsaKind::Avx2 | IntIsaKind::AvxVnni)
     }
 
     /// Whether the AVX-512 kernels (VNNI, or AMX's companions) run.
@@ -126,6 +143,7 @@ impl IntIsa {
         match self.0 {
             IntIsaKind::Scalar => "scalar",
             IntIsaKind::Avx2 => "avx2",
+            IntIsaKind::AvxVnni => "avxvnni",
             IntIsaKind::Avx512Vnni => "avx512vnni",
             IntIsaKind::Amx => "amx",
             IntIsaKind::Neon => "neon",

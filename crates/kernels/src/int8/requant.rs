@@ -259,7 +259,7 @@ impl Requant {
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            _ if isa.kind() == super::IntIsaKind::Avx2 => {
+            _ if isa.avx2() => {
                 // Safety: AVX2 is present; the slices cover `acc.len()` values from j0.
                 unsafe {
                     x86_avx2::requant_row_avx2(

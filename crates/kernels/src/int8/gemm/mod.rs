@@ -15,6 +15,8 @@ use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avxvnni;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 pub mod stem;
@@ -222,6 +224,11 @@ pub unsafe fn qgemm_ptr(
         _ if isa.avx512() => {
             // Safety: the CPU has AVX-512 VNNI; A checked above, C by the caller.
             unsafe { vnni::gemm(job) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        IntIsaKind::AvxVnni => {
+            // Safety: the CPU has AVX2 and AVX-VNNI; A checked above, C by the caller.
+            unsafe { avxvnni::gemm(job) }
         }
         #[cfg(target_arch = "x86_64")]
         IntIsaKind::Avx2 => {
