@@ -18,6 +18,9 @@ pub(crate) struct Rq8 {
     hi: __m256i,
     any_left: bool,
     zp_folded: bool,
+    /// The lower bound is at or above the zero point (ReLU): no negative correction (see
+    /// [`super::x86::Rq16`]'s `floor`).
+    floor: bool,
     /// `c + 2^63` of the even and odd channels (64-bit lanes).
     c_even: __m256i,
     c_odd: __m256i,
@@ -54,6 +57,7 @@ impl Rq8 {
                     hi: _mm256_set1_epi32(rq.max),
                     any_left: false,
                     zp_folded: false,
+                    floor: false,
                     c_even: z,
                     c_odd: z,
                     s_even: z,
@@ -80,6 +84,7 @@ impl Rq8 {
                 hi: _mm256_set1_epi32(rq.max),
                 any_left: rq.any_left,
                 zp_folded: rq.zp_folded,
+                floor: rq.min >= rq.zero_point,
                 c_even: blk(0),
                 c_odd: blk(1),
                 s_even: w(&rq.s_even),
@@ -112,9 +117,12 @@ impl Rq8 {
                 x = _mm256_sllv_epi32(x, self.l);
             }
             let thr = _mm256_set1_epi64x(-(1 << 30));
+            let floor = self.floor;
             let round = |p: __m256i, c, corr, s, k| {
-                let t = _mm256_add_epi64(p, c);
-                let t = _mm256_sub_epi64(t, _mm256_and_si256(_mm256_cmpgt_epi64(thr, p), corr));
+                let mut t = _mm256_add_epi64(p, c);
+                if !floor {
+                    t = _mm256_sub_epi64(t, _mm256_and_si256(_mm256_cmpgt_epi64(thr, p), corr));
+                }
                 _mm256_sub_epi64(_mm256_srlv_epi64(t, s), k)
             };
             let pe = _mm256_mul_epi32(x, self.m);
