@@ -235,6 +235,71 @@ impl Rq16 {
     }
 }
 
+/// A register tile's `R` rows of one or two halves of 16 columns (`H`): `acc0[i]` (and
+/// `acc1[i]`) plus `add[i]`, requantized with the constants of columns `j0 ..` and stored at
+/// `out + i·ldc` (`cols` bytes). The form is chosen once ([`Rq16::mode`]), outside the loop,
+/// which then carries no branches.
+///
+/// # Safety
+///
+/// AVX-512 F/BW/VL; `add` holds R values; the rows' `cols` bytes are the caller's to write.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn store_rows<const R: usize, const H: usize>(
+    rq: &Requant,
+    j0: usize,
+    acc0: &[__m512i; R],
+    acc1: &[__m512i; R],
+    add: &[i32],
+    out: *mut u8,
+    ldc: usize,
+    cols: usize,
+) {
+    unsafe {
+        let r0 = Rq16::load(rq, j0);
+        // Not `then(|| …)`: a closure would not inherit the caller's target features.
+        let r1 = if H == 2 {
+            Some(Rq16::load(rq, j0 + 16))
+        } else {
+            None
+        };
+        let r1 = r1.as_ref();
+        let t = (acc0, acc1, add, out, ldc, cols);
+        match r0.mode() {
+            FP32 => rows_as::<R, H, FP32>(&r0, r1, t),
+            EXACT_RELU => rows_as::<R, H, EXACT_RELU>(&r0, r1, t),
+            _ => rows_as::<R, H, GENERAL>(&r0, r1, t),
+        }
+    }
+}
+
+/// [`store_rows`] in form `M`.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+unsafe fn rows_as<const R: usize, const H: usize, const M: u8>(
+    r0: &Rq16,
+    r1: Option<&Rq16>,
+    (acc0, acc1, add, out, ldc, cols): (
+        &[__m512i; R],
+        &[__m512i; R],
+        &[i32],
+        *mut u8,
+        usize,
+        usize,
+    ),
+) {
+    unsafe {
+        for i in 0..R {
+            let a = _mm512_set1_epi32(add[i]);
+            let row = out.add(i * ldc);
+            r0.store_as::<M>(_mm512_add_epi32(acc0[i], a), cols.min(16), row);
+            if let (2, Some(r1)) = (H, r1) {
+                r1.store_as::<M>(_mm512_add_epi32(acc1[i], a), cols - 16, row.add(16));
+            }
+        }
+    }
+}
+
 /// The low 256 bits of `v` in both halves (a function, not a closure: a closure would not
 /// inherit the caller's target features).
 #[inline(always)]

@@ -333,7 +333,7 @@ fn scalar_tile(row: &[u8], panel: &[i8], acc: &mut [i32; NR]) {
 mod vnni {
     use std::arch::x86_64::*;
 
-    use super::super::requant::x86::{Rq16, EXACT_RELU, FP32, GENERAL};
+    use super::super::requant::x86::store_rows;
     use super::super::Requant;
     use super::{Job, MR, NR};
 
@@ -570,45 +570,8 @@ mod vnni {
                     }
                 }
             }
-            let r0 = Rq16::load(t.rq, j0);
-            // Not `then(|| …)`: a closure would not inherit the caller's target features.
-            let r1 = if H == 2 {
-                Some(Rq16::load(t.rq, j0 + 16))
-            } else {
-                None
-            };
-            // The requantization's form chosen once: the store loops carry no branches.
-            match r0.mode() {
-                FP32 => store_tile::<R, H, FP32>(t, &acc0, &acc1, &r0, r1.as_ref(), j0, cols),
-                EXACT_RELU => {
-                    store_tile::<R, H, EXACT_RELU>(t, &acc0, &acc1, &r0, r1.as_ref(), j0, cols)
-                }
-                _ => store_tile::<R, H, GENERAL>(t, &acc0, &acc1, &r0, r1.as_ref(), j0, cols),
-            }
-        }
-    }
-
-    /// The tile's rows requantized in form `M` and stored.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn store_tile<const R: usize, const H: usize, const M: u8>(
-        t: &Tile,
-        acc0: &[__m512i; R],
-        acc1: &[__m512i; R],
-        r0: &Rq16,
-        r1: Option<&Rq16>,
-        j0: usize,
-        cols: usize,
-    ) {
-        unsafe {
-            for i in 0..R {
-                let add = _mm512_set1_epi32(t.add[i]);
-                let row = t.c.add(i * t.ldc + j0);
-                r0.store_as::<M>(_mm512_add_epi32(acc0[i], add), cols.min(16), row);
-                if let (2, Some(r1)) = (H, r1) {
-                    r1.store_as::<M>(_mm512_add_epi32(acc1[i], add), cols - 16, row.add(16));
-                }
-            }
+            let out = t.c.add(j0);
+            store_rows::<R, H>(t.rq, j0, &acc0, &acc1, t.add, out, t.ldc, cols);
         }
     }
 }

@@ -13,6 +13,7 @@ use super::{IntIsa, PackedQB, Requant};
 use crate::ConvGeometry;
 
 /// Bytes a block of 16 outputs reads from its first window's start (at most 128: two vectors).
+#[cfg(target_arch = "x86_64")]
 fn block_bytes(span: usize, qr: usize) -> usize {
     15 * span + 4 * qr
 }
@@ -123,13 +124,15 @@ pub fn qstem(
     unsafe {
         x86::rows(g, input, pad, w, row_coeff, rq, output, row0)
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = pad;
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::super::requant::x86::{Rq16, EXACT_RELU, FP32, GENERAL};
+    use super::super::super::requant::x86::store_rows;
     use super::super::NR;
     use super::{block_bytes, QStemWeights, Requant};
     use crate::ConvGeometry;
@@ -332,7 +335,8 @@ mod x86 {
     }
 
     /// R pixels × 16·H columns of a panel: the three rows' `QR` quads each, requantized and
-    /// stored for `t.count` pixels.
+    /// stored (a partial block's tile goes to a scratch tile, whose existing pixels the caller
+    /// copies out: a loop over a run-time count kept the accumulators in memory).
     #[inline(always)]
     unsafe fn tile<const H: usize, const QR: usize>(
         t: &Tile,
@@ -362,45 +366,8 @@ mod x86 {
                     }
                 }
             }
-            let r0 = Rq16::load(t.rq, j0);
-            // Not `then(|| …)`: a closure would not inherit the caller's target features.
-            let r1 = if H == 2 {
-                Some(Rq16::load(t.rq, j0 + 16))
-            } else {
-                None
-            };
-            // All R pixels (a partial block's tile writes to a scratch tile): a loop over a
-            // run-time count kept the accumulators in memory. The requantization's form is
-            // chosen once, outside the loop.
-            match r0.mode() {
-                FP32 => store::<H, FP32>(t, &acc0, &acc1, &r0, r1.as_ref(), j0, cols),
-                EXACT_RELU => store::<H, EXACT_RELU>(t, &acc0, &acc1, &r0, r1.as_ref(), j0, cols),
-                _ => store::<H, GENERAL>(t, &acc0, &acc1, &r0, r1.as_ref(), j0, cols),
-            }
-        }
-    }
-
-    /// The tile's pixels requantized in form `M` and stored.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn store<const H: usize, const M: u8>(
-        t: &Tile,
-        acc0: &[__m512i; R],
-        acc1: &[__m512i; R],
-        r0: &Rq16,
-        r1: Option<&Rq16>,
-        j0: usize,
-        cols: usize,
-    ) {
-        unsafe {
-            for i in 0..R {
-                let add = _mm512_set1_epi32(t.add[i]);
-                let px = t.out.add(i * t.ldc + j0);
-                r0.store_as::<M>(_mm512_add_epi32(acc0[i], add), cols.min(16), px);
-                if let (2, Some(r1)) = (H, r1) {
-                    r1.store_as::<M>(_mm512_add_epi32(acc1[i], add), cols - 16, px.add(16));
-                }
-            }
+            let out = t.out.add(j0);
+            store_rows::<R, H>(t.rq, j0, &acc0, &acc1, t.add, out, t.ldc, cols);
         }
     }
 }
@@ -408,20 +375,9 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::super::qgemm_reference;
+    use super::super::tests::noise;
     use super::*;
     use crate::int8::im2col3x3;
-
-    fn noise(seed: u32, n: usize) -> Vec<u32> {
-        let mut s = seed.max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                s
-            })
-            .collect()
-    }
 
     /// The direct stem against im2col and the GEMM's definition, whole and in bands of rows.
     fn check(h: usize, w_: usize, cin: usize, stride: usize, n: usize, row_coeff: i32, fp32: bool) {

@@ -2,7 +2,8 @@
 
 use super::*;
 
-fn noise(seed: u32, n: usize) -> Vec<u32> {
+/// xorshift32 values (the stem's tests use them too).
+pub(super) fn noise(seed: u32, n: usize) -> Vec<u32> {
     let mut s = seed.max(1);
     (0..n)
         .map(|_| {
