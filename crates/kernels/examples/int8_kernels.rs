@@ -58,6 +58,11 @@ fn main() {
             (28, 256, 2),
             (14, 512, 1),
             (7, 1024, 1),
+            (14, 512, 2),
+            (8, 128, 1),
+            (4, 256, 1),
+            (16, 64, 1),
+            (32, 32, 2),
         ] {
             let label = format!("{isa} {form} depthwise {hw}x{hw}x{c} s{stride}");
             if !label.contains(&filter) {
