@@ -258,13 +258,15 @@ mod avx512 {
             true => (hi - lo) / (2 * PX),
             false => (hi - lo) / PX,
         };
-        let pairs = match paired {
+        // What the blocks leave of the interior: single pairs, or single pixels (one vector
+        // each, still with the filter in registers, rather than the border path).
+        let rest = match paired {
             true => (hi - lo - 2 * PX * blocks) / 2,
-            false => 0,
+            false => hi - lo - PX * blocks,
         };
         let done = match paired {
-            true => lo + 2 * PX * blocks + 2 * pairs,
-            false => lo + blocks * PX,
+            true => lo + 2 * PX * blocks + 2 * rest,
+            false => hi,
         };
         // Bands of rows whose outputs fill about 32 KB; inside a band, channel block by
         // channel block, so the block's filter and constants are loaded once per band.
@@ -315,7 +317,7 @@ mod avx512 {
                                 kp.as_ref(),
                                 out,
                                 blocks,
-                                pairs,
+                                rest,
                             ),
                             EXACT_RELU => row_interior::<EXACT_RELU>(
                                 in_rows,
@@ -325,7 +327,7 @@ mod avx512 {
                                 kp.as_ref(),
                                 out,
                                 blocks,
-                                pairs,
+                                rest,
                             ),
                             _ => row_interior::<GENERAL>(
                                 in_rows,
@@ -335,7 +337,7 @@ mod avx512 {
                                 kp.as_ref(),
                                 out,
                                 blocks,
-                                pairs,
+                                rest,
                             ),
                         }
                     }
@@ -402,8 +404,9 @@ mod avx512 {
         }
     }
 
-    /// A row's interior in requantization form `M`: `blocks` of PX outputs, or with `kp`
-    /// (eight channels, two pixels a vector) `blocks` of 2·PX pixels and `pairs` more pairs.
+    /// A row's interior in requantization form `M`: `blocks` of PX outputs and `rest` single
+    /// outputs, or with `kp` (eight channels, two pixels a vector) `blocks` of 2·PX pixels and
+    /// `rest` single pairs.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn row_interior<const M: u8>(
@@ -414,7 +417,7 @@ mod avx512 {
         kp: Option<&Block>,
         out: *mut u8,
         blocks: usize,
-        pairs: usize,
+        rest: usize,
     ) {
         // Safety: forwarded from `rows`.
         unsafe {
@@ -423,12 +426,18 @@ mod avx512 {
                 // out.
                 interior::<2, PX, M>(in_rows, c, 2 * c, kp, out, blocks);
                 let skip = 2 * PX * blocks * c;
-                let rest = in_rows.map(|p| p.add(skip));
-                interior::<2, 1, M>(rest, c, 2 * c, kp, out.add(skip), pairs);
+                let after = in_rows.map(|p| p.add(skip));
+                interior::<2, 1, M>(after, c, 2 * c, kp, out.add(skip), rest);
             } else if stride == 1 {
                 interior::<1, PX, M>(in_rows, c, c, k, out, blocks);
+                let skip = PX * blocks * c;
+                let after = in_rows.map(|p| p.add(skip));
+                interior::<1, 1, M>(after, c, c, k, out.add(skip), rest);
             } else {
                 interior::<2, PX, M>(in_rows, c, c, k, out, blocks);
+                let skip = PX * blocks * c;
+                let after = in_rows.map(|p| p.add(2 * skip));
+                interior::<2, 1, M>(after, c, c, k, out.add(skip), rest);
             }
         }
     }
@@ -693,6 +702,9 @@ mod tests {
             (12, 8, 1),
             (19, 8, 1),
             (33, 8, 1),
+            // Wider than 16 outputs at stride 2 (no padded copy): blocks, then single pixels.
+            (40, 16, 2),
+            (34, 24, 2),
         ] {
             check(hw, c, s, 0);
             check(hw, c, s, 128);
