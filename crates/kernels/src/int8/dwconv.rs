@@ -230,8 +230,8 @@ mod avx512 {
         // are both pixels' channels), so half the lanes do not idle. The interior runs four
         // vectors (8 pixels) at a time, then single vectors; the border path takes the rest.
         let paired = c == 8 && g.stride == 1;
-        // Narrow images (the 8×8, 7×7 and 4×4 layers): a quarter to a half of the pixels
-        // would take the per-pixel border path. A copy of the input with its zero point in
+        // Narrow images (the 16×16, 8×8, 5×5 and 4×4 layers of the thinner models): a quarter
+        // to a half of the pixels would take the per-pixel border path. A copy of the input with its zero point in
         // the padding columns makes every column interior (taps there add `x_zp·w'`, as the
         // rows above and below do, see `zp_row`).
         let right = ((g.out_w - 1) * g.stride + 3).saturating_sub(g.pad_left + g.in_w);
