@@ -9,6 +9,9 @@ use crate::conv::ConvShape;
 use crate::simd::SimdF32;
 use crate::{ConvGeometry, Isa};
 
+mod dw_input;
+mod stem;
+
 /// Kernel size of the depthwise convolution.
 const K: usize = 3;
 
@@ -182,6 +185,16 @@ unsafe fn axpy<S: SimdF32>(s: S, acc: *mut f32, alpha: f32, b: *const f32, n: us
     }
 }
 
+/// The output columns `lo..hi` whose three taps all lie inside the image's columns.
+fn inside_cols(g: &ConvGeometry) -> (usize, usize) {
+    let lo = g.pad_left.div_ceil(g.stride).min(g.out_w);
+    let hi = match (g.in_w + g.pad_left).checked_sub(K) {
+        Some(last) => (last / g.stride + 1).clamp(lo, g.out_w),
+        None => lo,
+    };
+    (lo, hi)
+}
+
 /// The input row and column a tap reads for output `(o, k)`, if inside the image.
 #[inline(always)]
 fn tap(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
@@ -195,84 +208,50 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
     // inside rows of c (or cin/cout) values; slice lengths were checked by the callers.
     unsafe {
         match job {
-            Job::DwInput { g, c, dy, w, dx } => {
-                // Gathered, one vector of channels at a time: each input pixel sums the
-                // outputs that read it (three partial sums, one per filter row) with the nine
-                // taps in registers, and is stored once. Scattering each output to its nine
-                // inputs was a load and a store of dx per multiply-add.
-                let c = *c;
-                // The output (row or column) that reads input i through tap k, if any.
-                let source = |i: usize, k: usize, pad: usize, size: usize| {
-                    let t = (i + pad).checked_sub(k)?;
-                    (t % g.stride == 0 && t / g.stride < size).then_some(t / g.stride)
-                };
-                let cols: Vec<[Option<usize>; K]> = (0..g.in_w)
-                    .map(|ix| [0, 1, 2].map(|kx| source(ix, kx, g.pad_left, g.out_w)))
-                    .collect();
-                // Rows outside, channels inside: the three rows of dy an input row reads stay
-                // in cache while every vector of channels passes over them (channels outside
-                // streamed the image once per vector: slower at 14×14×512).
-                for iy in 0..g.in_h {
-                    let rows = [0, 1, 2].map(|ky| source(iy, ky, g.pad_top, g.out_h));
-                    for c0 in (0..c).step_by(S::LANES) {
-                        let n = (c - c0).min(S::LANES);
-                        let mut taps = [s.zero(); K * K];
-                        for (t, v) in taps.iter_mut().enumerate() {
-                            *v = load_n(s, n, w.as_ptr().add(t * c + c0));
-                        }
-                        for (ix, from) in cols.iter().enumerate() {
-                            // Written out with constant indices, so that the taps and the
-                            // three sums stay in registers (indexed by loop counters they
-                            // went through the stack).
-                            macro_rules! tap {
-                                ($base:expr, $acc:expr, $ky:expr, $kx:expr) => {
-                                    if let Some(ox) = from[$kx] {
-                                        let d = load_n(s, n, $base.add(ox * c));
-                                        $acc = s.fma(d, taps[$ky * K + $kx], $acc);
-                                    }
-                                };
-                            }
-                            macro_rules! row {
-                                ($ky:expr) => {{
-                                    let mut acc = s.zero();
-                                    if let Some(oy) = rows[$ky] {
-                                        let base = dy.as_ptr().add(oy * g.out_w * c + c0);
-                                        tap!(base, acc, $ky, 0);
-                                        tap!(base, acc, $ky, 1);
-                                        tap!(base, acc, $ky, 2);
-                                    }
-                                    acc
-                                }};
-                            }
-                            let (r0, r1, r2) = (row!(0), row!(1), row!(2));
-                            let v = s.add(s.add(r0, r1), r2);
-                            let dst = dx.as_mut_ptr().add((iy * g.in_w + ix) * c + c0);
-                            store_n(s, n, dst, v);
-                        }
-                    }
-                }
-            }
+            Job::DwInput { g, c, dy, w, dx } => match g.stride {
+                1 => dw_input::input::<S, 1>(s, g, *c, dy, w, dx),
+                2 => dw_input::input::<S, 2>(s, g, *c, dy, w, dx),
+                _ => dw_input::input::<S, 0>(s, g, *c, dy, w, dx),
+            },
             Job::DwWeights { g, c, x, dy, dw } => {
                 // One vector of channels at a time, its nine taps' sums in registers over the
                 // whole image, added to dw once: summing into dw in memory per pixel and tap
                 // was a load and a store per multiply-add (CIFAR's depthwise backward: 25% of
-                // a training step).
+                // a training step). Rows above and below the image read a row of zeros, and
+                // the columns whose taps all lie inside (all but one or two) take no checks.
                 let c = *c;
+                let zeros = vec![0.0f32; g.in_w * c];
+                let (lo, hi) = inside_cols(g);
                 for c0 in (0..c).step_by(S::LANES) {
                     let n = (c - c0).min(S::LANES);
                     let mut acc = [s.zero(); K * K];
                     for oy in 0..g.out_h {
-                        let rows = [0, 1, 2].map(|ky| tap(oy, ky, g.stride, g.pad_top, g.in_h));
-                        for ox in 0..g.out_w {
-                            let d = load_n(s, n, dy.as_ptr().add((oy * g.out_w + ox) * c + c0));
-                            for (ky, iy) in rows.iter().enumerate() {
-                                let Some(iy) = *iy else { continue };
+                        let rows = [0, 1, 2].map(|ky| {
+                            let row = match tap(oy, ky, g.stride, g.pad_top, g.in_h) {
+                                Some(iy) => x.as_ptr().add(iy * g.in_w * c),
+                                None => zeros.as_ptr(),
+                            };
+                            row.add(c0)
+                        });
+                        let d_row = dy.as_ptr().add(oy * g.out_w * c + c0);
+                        for ox in (0..lo).chain(hi..g.out_w) {
+                            let d = load_n(s, n, d_row.add(ox * c));
+                            for (ky, row) in rows.iter().enumerate() {
                                 for kx in 0..K {
                                     let Some(ix) = tap(ox, kx, g.stride, g.pad_left, g.in_w) else {
                                         continue;
                                     };
-                                    let xi =
-                                        load_n(s, n, x.as_ptr().add((iy * g.in_w + ix) * c + c0));
+                                    let xi = load_n(s, n, row.add(ix * c));
+                                    acc[ky * K + kx] = s.fma(d, xi, acc[ky * K + kx]);
+                                }
+                            }
+                        }
+                        for ox in lo..hi {
+                            let d = load_n(s, n, d_row.add(ox * c));
+                            let at = (ox * g.stride - g.pad_left) * c;
+                            for (ky, row) in rows.iter().enumerate() {
+                                for kx in 0..K {
+                                    let xi = load_n(s, n, row.add(at + kx * c));
                                     acc[ky * K + kx] = s.fma(d, xi, acc[ky * K + kx]);
                                 }
                             }
@@ -291,6 +270,10 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
                 dy,
                 dw,
             } => {
+                if stem::supported(*shape) {
+                    stem::weights(s, g, *shape, x, dy, dw);
+                    return;
+                }
                 let ConvShape { k, cin, cout } = *shape;
                 for oy in 0..g.out_h {
                     for ky in 0..k {
@@ -479,17 +462,30 @@ mod tests {
 
     #[test]
     fn conv_weight_gradient_matches_reference_for_every_isa() {
+        // 3×3 on three and one input channels (the stem's register kernel), 2×2 on two (the
+        // general path); the gradient adds to what dw holds.
+        let mut shapes = vec![(3, 1, 4), (3, 3, 24), (2, 2, 5)];
+        shapes.extend([1, 8, 17, 32].map(|cout| (3, 3, cout)));
         for g in geometries() {
-            for cout in [1, 8, 17, 32] {
-                let shape = ConvShape { k: 3, cin: 3, cout };
+            for &(k, cin, cout) in &shapes {
+                let shape = ConvShape { k, cin, cout };
+                let g = match k {
+                    3 => g,
+                    _ => ConvGeometry::tf_same(g.in_h, g.in_w, k, g.stride),
+                };
                 let mut rng = Rng::new((g.in_w * 7 + cout) as u64);
-                let x = rng.signed_vec(g.in_h * g.in_w * 3);
+                let x = rng.signed_vec(g.in_h * g.in_w * cin);
                 let dy = rng.signed_vec(g.out_h * g.out_w * cout);
-                let want = conv2d_backward_weights_reference(&g, shape, &x, &dy);
+                let before = rng.signed_vec(k * k * cin * cout);
+                let mut want = conv2d_backward_weights_reference(&g, shape, &x, &dy);
+                for (w, b) in want.iter_mut().zip(&before) {
+                    *w += b;
+                }
                 for isa in Isa::available() {
-                    let mut dw = vec![0.0; want.len()];
+                    let mut dw = before.clone();
                     conv2d_backward_weights(isa, &g, shape, &x, &dy, &mut dw);
-                    assert_close(&dw, &want, 1e-5, &format!("{isa} {g:?} cout{cout}"));
+                    let what = format!("{isa} {g:?} {k}x{k}x{cin}->{cout}");
+                    assert_close(&dw, &want, 1e-5, &what);
                 }
             }
         }
