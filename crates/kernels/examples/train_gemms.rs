@@ -3,7 +3,8 @@
 //! gradient `dZ·Wᵀ`) in f32 and bf16, one thread, on 1.0-224's shapes: the minimum of `reps`
 //! runs of each.
 //!
-//! `cargo run --release -p mobilenet-kernels --example train_gemms [images] [reps]`
+//! `cargo run --release -p mobilenet-kernels --example train_gemms [images] [reps] [cifar]`
+//! (`cifar`: the CIFAR recipe's layers, α 0.5 at 32×32, instead of 1.0-224's)
 
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,20 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(3);
     let isa = Isa::detect();
-    let shapes = [
+    // The CIFAR recipe's layers (α 0.5, 32×32, small-input stem), or 1.0-224's.
+    let cifar = std::env::args().nth(3).as_deref() == Some("cifar");
+    let cifar_shapes = [
+        (1024, 16, 32),
+        (256, 32, 64),
+        (256, 64, 64),
+        (64, 64, 128),
+        (64, 128, 128),
+        (16, 128, 256),
+        (16, 256, 256),
+        (4, 256, 512),
+        (4, 512, 512),
+    ];
+    let paper_shapes = [
         (12544, 32, 64),
         (3136, 64, 128),
         (3136, 128, 128),
@@ -56,6 +70,7 @@ fn main() {
         (49, 512, 1024),
         (49, 1024, 1024),
     ];
+    let shapes = if cifar { cifar_shapes } else { paper_shapes };
     println!("{images} images, one thread, ms (minimum of {reps}); f32 / bf16");
     for (pixels, cin, cout) in shapes {
         let m = pixels * images;

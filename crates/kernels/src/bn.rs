@@ -73,6 +73,12 @@ enum Job<'a> {
 /// the channel blocks within it, so the rows it revisits for the next block are still in L1.
 /// (Walking all rows once per block of channels read 32-channel layers twice from memory.)
 const TILE_VALUES: usize = 2048;
+/// How far ahead (in values, 8 KB) the passes prefetch what they read. A training step's
+/// activations come from memory (CIFAR's batch of 64 holds 4–8 MB a layer), and on Zen 5 the
+/// hardware prefetcher alone left the backward passes waiting on loads: the sums over
+/// 65536×16 values from memory took 222–386 µs, 149–184 with the prefetch; the apply 246–535,
+/// 191–241 (`examples/bn_passes`, two runs each).
+const PF: usize = 2048;
 
 /// Adds each channel's sum and sum of squares over the rows of `x` to `sum` and `sq`.
 pub fn channel_moments(isa: Isa, x: &[f32], c: usize, sum: &mut [f32], sq: &mut [f32]) {
@@ -273,6 +279,7 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
                         ld!(sq.as_ptr().add(cb), full, n),
                     );
                     for r in r0..r1 {
+                        s.prefetch(x.as_ptr().wrapping_add(r * c + cb + PF));
                         let v = ld!(x.as_ptr().add(r * c + cb), full, n);
                         a = s.add(a, v);
                         b = s.fma(v, v, b);
@@ -299,6 +306,7 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
                     );
                     for r in r0..r1 {
                         let o = r * c + cb;
+                        s.prefetch(x.as_ptr().wrapping_add(o + PF));
                         let v = s.fma(ld!(x.as_ptr().add(o), full, n), m, t);
                         st!(y.as_mut_ptr().add(o), s.min(s.max(v, lo), hi), full, n);
                     }
@@ -322,6 +330,8 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
                     );
                     for r in r0..r1 {
                         let o = r * c + cb;
+                        s.prefetch(z.as_ptr().wrapping_add(o + PF));
+                        s.prefetch(da.as_ptr().wrapping_add(o + PF));
                         let at = (z.as_ptr().add(o), da.as_ptr().add(o), n);
                         let (dv, xhat) = dy_xhat(s, at, (neg_mu, is, m, t), (lo, hi));
                         sd = s.add(sd, dv);
@@ -351,6 +361,8 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
                     let neg_mdx = s.mul(ld!(mean_dyx.as_ptr().add(cb), full, n), neg);
                     for r in r0..r1 {
                         let o = r * c + cb;
+                        s.prefetch(z.as_ptr().wrapping_add(o + PF));
+                        s.prefetch(da.as_ptr().wrapping_add(o + PF));
                         let at = (z.as_ptr().add(o), da.as_ptr().add(o), n);
                         let (dv, xhat) = dy_xhat(s, at, (neg_mu, is, m, t), (lo, hi));
                         let v = s.fma(xhat, neg_mdx, s.add(dv, neg_md));
