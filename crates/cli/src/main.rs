@@ -67,6 +67,18 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // glibc gives blocks from 128 KB up their own mappings and returns freed memory to the
+    // kernel; a training step allocates and frees such blocks by the dozen (packed weights,
+    // gradient parts, dZ blocks), and every page of each came back as a fault and a zeroed
+    // page: 1,850 faults a CIFAR step, 7% of its time. Kept in the process instead, freed
+    // blocks are reused (231k → 29k faults an epoch of the 8,000-image subset; peak memory
+    // unchanged). Blocks of 64 MB and more (whole activations) keep their own mappings.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // Safety: mallopt only sets two of the allocator's thresholds, before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
     let matches = match Cli::command().try_get_matches() {
         Ok(m) => m,
         Err(err) => return usage_error(err),
