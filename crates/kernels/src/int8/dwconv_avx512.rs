@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::super::requant::x86::{Rq16, EXACT_RELU, FP32, GENERAL};
+use super::super::requant::x86::{Rq16, EXACT_RELU, EXACT_RELU_FOLDED, FP32, GENERAL};
 use super::{taps, QDwWeights, Requant};
 use crate::ConvGeometry;
 
@@ -134,6 +134,8 @@ struct Block {
     mask: u16,
     wv: [__m512i; 9],
     zsum: __m512i,
+    /// `zsum` plus the bias: where the interior's sums start (its stores add no bias).
+    zsum_bias: __m512i,
     r16: Rq16,
 }
 
@@ -155,6 +157,10 @@ impl Block {
                     _mm512_loadu_si512(w.w.as_ptr().add(t * w.cp + b).cast())
                 }),
                 zsum: _mm512_loadu_si512(w.zsum.as_ptr().add(b).cast()),
+                zsum_bias: _mm512_add_epi32(
+                    _mm512_loadu_si512(w.zsum.as_ptr().add(b).cast()),
+                    Rq16::load(rq, b).bias(),
+                ),
                 r16: Rq16::load(rq, b),
             }
         }
@@ -177,6 +183,7 @@ impl Block {
                 mask: u16::MAX,
                 wv,
                 zsum: _mm512_shuffle_i64x2::<0b01_00_01_00>(self.zsum, self.zsum),
+                zsum_bias: _mm512_shuffle_i64x2::<0b01_00_01_00>(self.zsum_bias, self.zsum_bias),
                 r16: self.r16.low_half_twice(),
                 ..*self
             }
@@ -206,6 +213,7 @@ unsafe fn row_interior(r: &Interior) {
     unsafe {
         match r.k.r16.mode() {
             FP32 => row_interior_as::<FP32>(r),
+            EXACT_RELU_FOLDED => row_interior_as::<EXACT_RELU_FOLDED>(r),
             EXACT_RELU => row_interior_as::<EXACT_RELU>(r),
             _ => row_interior_as::<GENERAL>(r),
         }
@@ -271,7 +279,7 @@ unsafe fn interior<const S: usize, const PX: usize, const M: u8>(
             // Two accumulator sets (filter rows 0–1, row 2) halve the dependency chains:
             // nine dependent multiply-adds per output would leave the 5-cycle latency
             // exposed.
-            let mut acc = [k.zsum; PX];
+            let mut acc = [k.zsum_bias; PX];
             let mut acc2 = [_mm512_setzero_si512(); PX];
             for (ky, row) in rows.iter().enumerate() {
                 let w3 = [k.wv[3 * ky], k.wv[3 * ky + 1], k.wv[3 * ky + 2]];
@@ -280,7 +288,7 @@ unsafe fn interior<const S: usize, const PX: usize, const M: u8>(
                 filter_row::<S, PX>(row, c, k.mask, w3, a);
             }
             for p in 0..PX {
-                k.r16.store_as::<M>(
+                k.r16.store_biased::<M>(
                     _mm512_add_epi32(acc[p], acc2[p]),
                     k.n,
                     out.add((blk * PX + p) * c_out),

@@ -12,6 +12,9 @@ pub(crate) const GENERAL: u8 = 0;
 pub(crate) const FP32: u8 = 1;
 /// [`Rq16::mode`]: TFLite's arithmetic for ReLU layers that shift right.
 pub(crate) const EXACT_RELU: u8 = 2;
+/// [`Rq16::mode`]: [`EXACT_RELU`] with the zero point folded into the rounding constants
+/// (all but the layers whose shifts are too large to hold it): one add less.
+pub(crate) const EXACT_RELU_FOLDED: u8 = 3;
 
 /// The requantization constants of 16 channels, loaded once for many pixels.
 #[derive(Clone, Copy)]
@@ -96,6 +99,12 @@ impl Rq16 {
         }
     }
 
+    /// The 16 channels' biases.
+    #[inline(always)]
+    pub(crate) fn bias(&self) -> __m512i {
+        self.bias
+    }
+
     /// Channels 0–7's constants in both halves: for kernels that hold two pixels of an
     /// 8-channel layer in one vector.
     #[inline(always)]
@@ -132,8 +141,14 @@ impl Rq16 {
     /// even lanes' results sit in the low halves, the odd lanes' are shifted up.
     #[inline(always)]
     pub(crate) unsafe fn apply(&self, acc: __m512i) -> __m512i {
+        unsafe { self.apply_biased(_mm512_add_epi32(acc, self.bias)) }
+    }
+
+    /// [`Rq16::apply`] of a sum that already holds the bias.
+    #[inline(always)]
+    unsafe fn apply_biased(&self, x: __m512i) -> __m512i {
         unsafe {
-            let mut x = _mm512_add_epi32(acc, self.bias);
+            let mut x = x;
             if self.fp32 {
                 // Rounded to nearest, ties to even (MXCSR's default mode).
                 let f = _mm512_mul_ps(_mm512_cvtepi32_ps(x), self.scale);
@@ -168,7 +183,7 @@ impl Rq16 {
         }
     }
 
-    /// Which of [`Rq16::store_as`]'s forms these constants take: [`FP32`], [`EXACT_RELU`]
+    /// Which of [`Rq16::store_biased`]'s forms these constants take: [`FP32`], [`EXACT_RELU`]
     /// (TFLite's arithmetic with every channel shifting right, no left shift and a lower
     /// bound at or above the zero point: a MobileNet's ReLU6 layers) or [`GENERAL`]. Kernels choose once per tile, outside their store loops, so
     /// the loops carry no branches.
@@ -176,32 +191,38 @@ impl Rq16 {
     pub(crate) fn mode(&self) -> u8 {
         match self.fp32 {
             true => FP32,
+            false if self.floor && self.odd_hi && !self.any_left && self.zp_folded => {
+                EXACT_RELU_FOLDED
+            }
             false if self.floor && self.odd_hi && !self.any_left => EXACT_RELU,
             false => GENERAL,
         }
     }
 
-    /// [`Rq16::store`] for constants of mode `M` ([`Rq16::mode`]).
+    /// [`Rq16::store`] for constants of mode `M` ([`Rq16::mode`]), of a sum that already
+    /// holds the bias (kernels start their accumulators from it: one add less per vector).
     #[inline(always)]
-    pub(crate) unsafe fn store_as<const M: u8>(&self, acc: __m512i, n: usize, out: *mut u8) {
+    pub(crate) unsafe fn store_biased<const M: u8>(&self, x: __m512i, n: usize, out: *mut u8) {
         unsafe {
             let v = match M {
                 FP32 => {
-                    let x = _mm512_add_epi32(acc, self.bias);
                     let f = _mm512_mul_ps(_mm512_cvtepi32_ps(x), self.scale);
                     let v = _mm512_cvtps_epi32(_mm512_min_ps(f, self.cap));
                     _mm512_max_epi32(_mm512_add_epi32(v, self.zp), self.lo)
                 }
-                EXACT_RELU => {
-                    let x = _mm512_add_epi32(acc, self.bias);
+                EXACT_RELU | EXACT_RELU_FOLDED => {
                     let pe = _mm512_mul_epi32(x, self.m);
                     let po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), self.m_odd);
                     let re = _mm512_srav_epi64(_mm512_add_epi64(pe, self.c_even), self.s_even);
                     let ro = _mm512_srav_epi64(_mm512_add_epi64(po, self.c_odd), self.s_odd_hi);
                     let v = _mm512_mask_blend_epi32(0xaaaa, re, ro);
-                    _mm512_max_epi32(_mm512_add_epi32(v, self.zp_add), self.lo)
+                    let v = match M {
+                        EXACT_RELU => _mm512_add_epi32(v, self.zp_add),
+                        _ => v,
+                    };
+                    _mm512_max_epi32(v, self.lo)
                 }
-                _ => self.apply(acc),
+                _ => self.apply_biased(x),
             };
             self.narrow(v, n, out)
         }
@@ -240,6 +261,9 @@ impl Rq16 {
 /// `out + i·ldc` (`cols` bytes). The form is chosen once ([`Rq16::mode`]), outside the loop,
 /// which then carries no branches.
 ///
+/// (Starting the accumulators from the bias and the row term instead, to save the two adds
+/// here, made the 12544×32→64 GEMM 5% slower: measured, not understood.)
+///
 /// # Safety
 ///
 /// AVX-512 F/BW/VL; `add` holds R values; the rows' `cols` bytes are the caller's to write.
@@ -267,6 +291,7 @@ pub(crate) unsafe fn store_rows<const R: usize, const H: usize>(
         let t = (acc0, acc1, add, out, ldc, cols);
         match r0.mode() {
             FP32 => rows_as::<R, H, FP32>(&r0, r1, t),
+            EXACT_RELU_FOLDED => rows_as::<R, H, EXACT_RELU_FOLDED>(&r0, r1, t),
             EXACT_RELU => rows_as::<R, H, EXACT_RELU>(&r0, r1, t),
             _ => rows_as::<R, H, GENERAL>(&r0, r1, t),
         }
@@ -292,9 +317,11 @@ unsafe fn rows_as<const R: usize, const H: usize, const M: u8>(
         for i in 0..R {
             let a = _mm512_set1_epi32(add[i]);
             let row = out.add(i * ldc);
-            r0.store_as::<M>(_mm512_add_epi32(acc0[i], a), cols.min(16), row);
+            let x = _mm512_add_epi32(_mm512_add_epi32(acc0[i], a), r0.bias);
+            r0.store_biased::<M>(x, cols.min(16), row);
             if let (2, Some(r1)) = (H, r1) {
-                r1.store_as::<M>(_mm512_add_epi32(acc1[i], a), cols - 16, row.add(16));
+                let x = _mm512_add_epi32(_mm512_add_epi32(acc1[i], a), r1.bias);
+                r1.store_biased::<M>(x, cols - 16, row.add(16));
             }
         }
     }
