@@ -114,23 +114,36 @@ pub(crate) fn softmax(
     signed: bool,
     x: &[i32],
 ) -> Vec<i32> {
-    let max = *x.iter().max().unwrap_or(&0);
+    let mut out = vec![0; x.len()];
+    softmax_into(table, (output_scale, output_zp, signed), |i| x[i], &mut out);
+    out
+}
+
+/// [`softmax`] of the `out.len()` values `x(0), x(1), …`, written to `out` (the integer
+/// engine's last step: no allocation, its bytes read in place).
+pub(crate) fn softmax_into(
+    table: &[f32],
+    (output_scale, output_zp, signed): (f32, i32, bool),
+    x: impl Fn(usize) -> i32,
+    out: &mut [i32],
+) {
+    let n = out.len();
+    let max = (0..n).map(&x).max().unwrap_or(0);
     let at = |v: i32| table[(255 + v - max).clamp(0, 255) as usize];
+    // In order, as TFLite sums (f32 addition is not associative).
     let mut sum = 0.0f32;
-    for &v in x {
-        sum += at(v);
+    for i in 0..n {
+        sum += at(x(i));
     }
     let inv = 1.0 / (sum * output_scale);
     let (lo, hi) = if signed { (-128, 127) } else { (0, 255) };
-    x.iter()
-        .map(|&v| {
-            let p = at(v) * inv;
-            let q = if signed {
-                p.round() as i32 + output_zp
-            } else {
-                (p + 0.5) as i32
-            };
-            q.clamp(lo, hi)
-        })
-        .collect()
+    for (i, o) in out.iter_mut().enumerate() {
+        let p = at(x(i)) * inv;
+        let q = if signed {
+            p.round() as i32 + output_zp
+        } else {
+            (p + 0.5) as i32
+        };
+        *o = q.clamp(lo, hi);
+    }
 }

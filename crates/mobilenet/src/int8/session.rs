@@ -8,7 +8,7 @@ use mobilenet_kernels::int8::gemm::stem::{qstem, qstem_supported};
 use mobilenet_kernels::int8::{avg_pool, im2col3x3};
 
 use super::engine::{QuantEngine, Step};
-use super::reference::softmax;
+use super::reference::softmax_into;
 use crate::exec::{for_each_part, for_each_part2, qgemm_split, resolve_threads, split, SpinPool};
 
 impl QuantEngine {
@@ -88,7 +88,8 @@ impl QuantSession<'_> {
         let isa = e.isa();
         self.a[..input.len()].copy_from_slice(input);
         let mut len = input.len();
-        let mut native: Option<Vec<i32>> = None;
+        // Whether the last step (a softmax) wrote the outputs itself.
+        let mut probabilities = false;
         for (i, step) in e.steps.iter().enumerate() {
             let started = self.profile.as_ref().map(|_| Instant::now());
             let (src, dst) = (&self.a[..len], &mut self.b[..]);
@@ -180,8 +181,10 @@ impl QuantSession<'_> {
                     output_zp,
                     signed,
                 } => {
-                    let x: Vec<i32> = src.iter().map(|&v| v as i32 - e.offset).collect();
-                    native = Some(softmax(table, *output_scale, *output_zp, *signed, &x));
+                    let out = &mut self.out[..src.len()];
+                    let params = (*output_scale, *output_zp, *signed);
+                    softmax_into(table, params, |i| src[i] as i32 - e.offset, out);
+                    probabilities = true;
                     if let (Some(p), Some(t)) = (&mut self.profile, started) {
                         p[i] += t.elapsed();
                     }
@@ -214,12 +217,9 @@ impl QuantSession<'_> {
             }
             std::mem::swap(&mut self.a, &mut self.b);
         }
-        match native {
-            Some(v) => self.out.copy_from_slice(&v),
-            None => {
-                for (o, &v) in self.out.iter_mut().zip(&self.a[..len]) {
-                    *o = v as i32 - e.offset;
-                }
+        if !probabilities {
+            for (o, &v) in self.out.iter_mut().zip(&self.a[..len]) {
+                *o = v as i32 - e.offset;
             }
         }
         &self.out
