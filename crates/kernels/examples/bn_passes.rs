@@ -37,7 +37,13 @@ fn main() {
     println!("µs, minimum of {reps}, in cache / from memory; {isa}");
     println!("rows×c          moments        affine         bwd sums       bwd apply");
     // 64 images of 32×32×16, 32×32×32, 16×16×64, 8×8×128.
-    for (rows, c) in [(65536, 16), (65536, 32), (16384, 64), (4096, 128)] {
+    let paper = std::env::args().nth(2).as_deref() == Some("paper");
+    let shapes = match paper {
+        // 1.0-224 at batch 32: 112×112×64, 56×56×128, 14×14×512.
+        true => [(401408, 64), (100352, 128), (6272, 512), (100352, 64)],
+        false => [(65536, 16), (65536, 32), (16384, 64), (4096, 128)],
+    };
+    for (rows, c) in shapes {
         let n = rows * c;
         let z: Vec<f32> = (0..n)
             .map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0)

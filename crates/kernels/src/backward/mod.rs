@@ -10,6 +10,7 @@ use crate::simd::SimdF32;
 use crate::{ConvGeometry, Isa};
 
 mod dw_input;
+mod dw_weights;
 mod stem;
 
 /// Kernel size of the depthwise convolution.
@@ -185,19 +186,9 @@ unsafe fn axpy<S: SimdF32>(s: S, acc: *mut f32, alpha: f32, b: *const f32, n: us
     }
 }
 
-/// The output columns `lo..hi` whose three taps all lie inside the image's columns.
-fn inside_cols(g: &ConvGeometry) -> (usize, usize) {
-    let lo = g.pad_left.div_ceil(g.stride).min(g.out_w);
-    let hi = match (g.in_w + g.pad_left).checked_sub(K) {
-        Some(last) => (last / g.stride + 1).clamp(lo, g.out_w),
-        None => lo,
-    };
-    (lo, hi)
-}
-
 /// The input row and column a tap reads for output `(o, k)`, if inside the image.
 #[inline(always)]
-fn tap(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
+pub(super) fn tap(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
     let i = (o * stride + k).checked_sub(pad)?;
     (i < size).then_some(i)
 }
@@ -213,56 +204,11 @@ unsafe fn run_generic<S: SimdF32>(s: S, job: &mut Job<'_>) {
                 2 => dw_input::input::<S, 2>(s, g, *c, dy, w, dx),
                 _ => dw_input::input::<S, 0>(s, g, *c, dy, w, dx),
             },
-            Job::DwWeights { g, c, x, dy, dw } => {
-                // One vector of channels at a time, its nine taps' sums in registers over the
-                // whole image, added to dw once: summing into dw in memory per pixel and tap
-                // was a load and a store per multiply-add (CIFAR's depthwise backward: 25% of
-                // a training step). Rows above and below the image read a row of zeros, and
-                // the columns whose taps all lie inside (all but one or two) take no checks.
-                let c = *c;
-                let zeros = vec![0.0f32; g.in_w * c];
-                let (lo, hi) = inside_cols(g);
-                for c0 in (0..c).step_by(S::LANES) {
-                    let n = (c - c0).min(S::LANES);
-                    let mut acc = [s.zero(); K * K];
-                    for oy in 0..g.out_h {
-                        let rows = [0, 1, 2].map(|ky| {
-                            let row = match tap(oy, ky, g.stride, g.pad_top, g.in_h) {
-                                Some(iy) => x.as_ptr().add(iy * g.in_w * c),
-                                None => zeros.as_ptr(),
-                            };
-                            row.add(c0)
-                        });
-                        let d_row = dy.as_ptr().add(oy * g.out_w * c + c0);
-                        for ox in (0..lo).chain(hi..g.out_w) {
-                            let d = load_n(s, n, d_row.add(ox * c));
-                            for (ky, row) in rows.iter().enumerate() {
-                                for kx in 0..K {
-                                    let Some(ix) = tap(ox, kx, g.stride, g.pad_left, g.in_w) else {
-                                        continue;
-                                    };
-                                    let xi = load_n(s, n, row.add(ix * c));
-                                    acc[ky * K + kx] = s.fma(d, xi, acc[ky * K + kx]);
-                                }
-                            }
-                        }
-                        for ox in lo..hi {
-                            let d = load_n(s, n, d_row.add(ox * c));
-                            let at = (ox * g.stride - g.pad_left) * c;
-                            for (ky, row) in rows.iter().enumerate() {
-                                for kx in 0..K {
-                                    let xi = load_n(s, n, row.add(at + kx * c));
-                                    acc[ky * K + kx] = s.fma(d, xi, acc[ky * K + kx]);
-                                }
-                            }
-                        }
-                    }
-                    for (t, a) in acc.iter().enumerate() {
-                        let dst = dw.as_mut_ptr().add(t * c + c0);
-                        store_n(s, n, dst, s.add(load_n(s, n, dst), *a));
-                    }
-                }
-            }
+            Job::DwWeights { g, c, x, dy, dw } => match g.stride {
+                1 => dw_weights::weights::<S, 1>(s, g, *c, x, dy, dw),
+                2 => dw_weights::weights::<S, 2>(s, g, *c, x, dy, dw),
+                _ => dw_weights::weights::<S, 0>(s, g, *c, x, dy, dw),
+            },
             Job::ConvWeights {
                 g,
                 shape,
