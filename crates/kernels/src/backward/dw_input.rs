@@ -37,10 +37,20 @@ pub(super) unsafe fn input<S: SimdF32, const ST: usize>(
     };
     let zeros = vec![0.0f32; g.out_w * c];
     // Stride 1: input column ix reads output columns ix + pad − 2 ..= ix + pad.
+    // Stride 2: columns 2o − pad and 2o − pad + 1 read output column o (taps 0 and 1), the
+    // first also o − 1 (tap 2); a..b holds the pairs whose o − 1 and o are both outputs.
     let (a, b) = match stride {
         1 => {
             let a = 2usize.saturating_sub(g.pad_left).min(g.in_w);
             (a, g.out_w.saturating_sub(g.pad_left).clamp(a, g.in_w))
+        }
+        2 if g.in_w + g.pad_left >= 2 => {
+            let o_lo = g.pad_left.div_ceil(2).max(1);
+            let o_end = g.out_w.min((g.in_w + g.pad_left - 2) / 2 + 1);
+            match o_end > o_lo {
+                true => (2 * o_lo - g.pad_left, 2 * o_end - g.pad_left),
+                false => (0, 0),
+            }
         }
         _ => (0, 0),
     };
@@ -83,13 +93,48 @@ pub(super) unsafe fn input<S: SimdF32, const ST: usize>(
                         s.add(s.add(r[0], r[1]), r[2]),
                     );
                 }
+                if stride == 2 {
+                    // Pairs of columns; `prev[ky]` is output column o − 1 of filter row ky.
+                    let mut prev = [s.zero(); K];
+                    if a < b {
+                        let o = (a + g.pad_left) / 2;
+                        for (ky, row) in rows.iter().enumerate() {
+                            prev[ky] = load_n(s, n, row.add((o - 1) * c));
+                        }
+                    }
+                    for ix in (a..b).step_by(2) {
+                        let o = (ix + g.pad_left) / 2;
+                        let (mut even, mut odd) = ([s.zero(); K], [s.zero(); K]);
+                        for (ky, row) in rows.iter().enumerate() {
+                            let cur = load_n(s, n, row.add(o * c));
+                            even[ky] = s.fma(cur, taps[ky * K], even[ky]);
+                            even[ky] = s.fma(prev[ky], taps[ky * K + 2], even[ky]);
+                            odd[ky] = s.fma(cur, taps[ky * K + 1], odd[ky]);
+                            prev[ky] = cur;
+                        }
+                        let sum = |r: [S::V; K]| s.add(s.add(r[0], r[1]), r[2]);
+                        store_n(s, n, out_row.add(ix * c + c0), sum(even));
+                        store_n(s, n, out_row.add((ix + 1) * c + c0), sum(odd));
+                    }
+                    continue;
+                }
+                // A window of the three dy columns each filter row reads, sliding by one:
+                // each column loaded once (win[ky][j] is column ix + pad − 2 + j).
+                let mut win = [[s.zero(); K]; K];
+                if a < b {
+                    let first = (a + g.pad_left - 2) * c;
+                    for (ky, row) in rows.iter().enumerate() {
+                        win[ky][1] = load_n(s, n, row.add(first));
+                        win[ky][2] = load_n(s, n, row.add(first + c));
+                    }
+                }
                 for ix in a..b {
-                    let at = (ix + g.pad_left - 2) * c;
+                    let at = (ix + g.pad_left) * c;
                     let mut r = [s.zero(); K];
                     for (ky, row) in rows.iter().enumerate() {
+                        win[ky] = [win[ky][1], win[ky][2], load_n(s, n, row.add(at))];
                         for kx in 0..K {
-                            let d = load_n(s, n, row.add(at + (2 - kx) * c));
-                            r[ky] = s.fma(d, taps[ky * K + kx], r[ky]);
+                            r[ky] = s.fma(win[ky][2 - kx], taps[ky * K + kx], r[ky]);
                         }
                     }
                     store_n(
