@@ -9,7 +9,7 @@
 //! (high half 0) against `w'` (high half its sign) adds exactly `x·w'`. Interior pixels go four
 //! at a time with the filter in registers.
 
-use super::{IntIsa, Requant};
+use super::{IntIsa, IntIsaKind, Requant};
 use crate::ConvGeometry;
 
 /// Depthwise weights prepared for [`qdwconv3x3`].
@@ -140,6 +140,11 @@ pub fn qdwconv3x3(
         _ if isa.avx512() => {
             // Safety: AVX-512 is present; shapes checked above.
             unsafe { avx512::rows(g, input, w, rq, output, row0, rows) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        _ if isa.kind() == IntIsaKind::AvxVnni && c.is_multiple_of(8) => {
+            // Safety: AVX2 and AVX-VNNI are present; shapes checked above.
+            unsafe { avx2::rows_vnni(g, input, w, rq, output, row0, rows) }
         }
         #[cfg(target_arch = "x86_64")]
         _ if isa.avx2() && c.is_multiple_of(8) => {

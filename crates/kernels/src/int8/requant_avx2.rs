@@ -36,7 +36,22 @@ pub(crate) struct Rq8 {
     /// `2^31` in lanes whose exponent is above 0 (they take the negative correction).
     corr_even: __m256i,
     corr_odd: __m256i,
+    /// [`EXACT_RELU`]'s constants: `c` without the offset, and `s − 32` per channel in
+    /// channel order.
+    exact: bool,
+    c_even_plain: __m256i,
+    c_odd_plain: __m256i,
+    s32: __m256i,
 }
+
+/// [`Rq8::mode`]: TFLite's arithmetic, any constants.
+pub(crate) const GENERAL: u8 = 0;
+/// [`Rq8::mode`]: TFLite's arithmetic where every channel shifts right by at least 32 in all
+/// (`e ≥ 1`), none left, and the lower bound is at or above the zero point (a MobileNet's
+/// ReLU6 layers): the high halves of the rounded 64-bit sums, shifted arithmetically as 32-bit
+/// lanes (`⌊t / 2^s⌋ = ⌊⌊t / 2^32⌋ / 2^(s−32)⌋`), replace the offset logical shifts; no
+/// negative correction (see [`super::x86::Rq16`]'s `floor`).
+pub(crate) const EXACT_RELU: u8 = 2;
 
 impl Rq8 {
     /// Channels `j .. j + 8` of `rq` (padded past its end; `j` a multiple of 8).
@@ -66,6 +81,10 @@ impl Rq8 {
                     k_odd: z,
                     corr_even: z,
                     corr_odd: z,
+                    exact: false,
+                    c_even_plain: z,
+                    c_odd_plain: z,
+                    s32: z,
                     fp32: true,
                     scale: _mm256_loadu_ps(rq.scale.as_ptr().add(j)),
                     cap: _mm256_set1_ps((rq.max - rq.zero_point) as f32),
@@ -93,6 +112,17 @@ impl Rq8 {
                 k_odd: blk(3),
                 corr_even: blk(4),
                 corr_odd: blk(5),
+                exact: rq.min >= rq.zero_point && rq.all_right && !rq.any_left,
+                c_even_plain: w(&rq.c_even),
+                c_odd_plain: w(&rq.c_odd),
+                s32: _mm256_sub_epi32(
+                    _mm256_blend_epi32(
+                        w(&rq.s_even),
+                        _mm256_slli_epi64(w(&rq.s_odd), 32),
+                        0b1010_1010,
+                    ),
+                    _mm256_set1_epi32(32),
+                ),
                 fp32: rq.fp32,
                 scale: _mm256_loadu_ps(rq.scale.as_ptr().add(j)),
                 cap: _mm256_set1_ps((rq.max - rq.zero_point) as f32),
@@ -137,11 +167,53 @@ impl Rq8 {
         }
     }
 
+    /// Which of [`Rq8::store_as`]'s forms these constants take ([`EXACT_RELU`] or
+    /// [`GENERAL`]); kernels choose once, outside their store loops.
+    #[inline(always)]
+    pub(crate) fn mode(&self) -> u8 {
+        match self.exact && !self.fp32 {
+            true => EXACT_RELU,
+            false => GENERAL,
+        }
+    }
+
+    /// [`Rq8::apply`] for constants of mode `M`.
+    #[inline(always)]
+    pub(crate) unsafe fn apply_as<const M: u8>(&self, acc: __m256i) -> __m256i {
+        unsafe {
+            if M != EXACT_RELU {
+                return self.apply(acc);
+            }
+            let x = _mm256_add_epi32(acc, self.bias);
+            let pe = _mm256_mul_epi32(x, self.m);
+            let po = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), self.m_odd);
+            let te = _mm256_add_epi64(pe, self.c_even_plain);
+            let to = _mm256_add_epi64(po, self.c_odd_plain);
+            let hi = _mm256_blend_epi32(_mm256_srli_epi64(te, 32), to, 0b1010_1010);
+            let mut v = _mm256_srav_epi32(hi, self.s32);
+            if !self.zp_folded {
+                v = _mm256_add_epi32(v, self.zp);
+            }
+            _mm256_min_epi32(_mm256_max_epi32(v, self.lo), self.hi)
+        }
+    }
+
+    /// [`Rq8::store`] for constants of mode `M` ([`Rq8::mode`]).
+    #[inline(always)]
+    pub(crate) unsafe fn store_as<const M: u8>(&self, acc: __m256i, n: usize, out: *mut u8) {
+        unsafe { self.narrow(self.apply_as::<M>(acc), n, out) }
+    }
+
     /// [`Rq8::apply`] and the store of the first `n ≤ 8` bytes.
     #[inline(always)]
     pub(crate) unsafe fn store(&self, acc: __m256i, n: usize, out: *mut u8) {
+        unsafe { self.narrow(self.apply(acc), n, out) }
+    }
+
+    /// The store of the first `n ≤ 8` of the values `v` (bytes already).
+    #[inline(always)]
+    unsafe fn narrow(&self, v: __m256i, n: usize, out: *mut u8) {
         unsafe {
-            let v = self.apply(acc);
             // Values are bytes already: the saturating packs only narrow them.
             let w = _mm256_packus_epi32(v, v);
             let b = _mm256_packus_epi16(w, w);
