@@ -10,11 +10,13 @@ use crate::ConvGeometry;
 ///
 /// Rows outside, channels inside: the three rows of dy an input row reads stay in cache while
 /// every vector of channels passes over them (channels outside streamed the image once per
-/// vector: slower at 14×14×512). Output rows above and below dy read a row of zeros, and at
-/// stride 1 the input columns all of whose taps read an output (all but one or two a row) take
-/// no checks. (Scattering each output to its nine inputs was a load and a store of dx per
-/// multiply-add; a table of each column's sources, read per pixel and tap, cost a third of
-/// the time on CIFAR's layers.)
+/// vector: slower at 14×14×512). Output rows above and below dy read a row of zeros. The
+/// interior columns load each dy column once: at stride 1 a window of three columns per filter
+/// row slides along the row, at stride 2 pairs of input columns share output columns o − 1 and
+/// o; only the one or two edge columns a row look their sources up in a table. (Scattering each
+/// output to its nine inputs was a load and a store of dx per multiply-add; the table read
+/// for every column and tap took 40% more time on CIFAR's stride-1 layers, twice as much at
+/// stride 2.)
 ///
 /// # Safety
 ///
@@ -112,9 +114,11 @@ pub(super) unsafe fn input<S: SimdF32, const ST: usize>(
                             odd[ky] = s.fma(cur, taps[ky * K + 1], odd[ky]);
                             prev[ky] = cur;
                         }
-                        let sum = |r: [S::V; K]| s.add(s.add(r[0], r[1]), r[2]);
-                        store_n(s, n, out_row.add(ix * c + c0), sum(even));
-                        store_n(s, n, out_row.add((ix + 1) * c + c0), sum(odd));
+                        // (Not a closure: it would not inherit the caller's target features.)
+                        let even = s.add(s.add(even[0], even[1]), even[2]);
+                        let odd = s.add(s.add(odd[0], odd[1]), odd[2]);
+                        store_n(s, n, out_row.add(ix * c + c0), even);
+                        store_n(s, n, out_row.add((ix + 1) * c + c0), odd);
                     }
                     continue;
                 }
