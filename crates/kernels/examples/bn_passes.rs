@@ -2,25 +2,16 @@
 //! the backward apply) on the CIFAR recipe's largest shapes, once with the operands in cache
 //! and once read from memory (a 64 MB buffer walked before each run): µs, minimum of `reps`.
 //!
-//! `cargo run --release -p mobilenet-kernels --example bn_passes [reps]`
+//! `cargo run --release -p mobilenet-kernels --example bn_passes [reps] [paper]` (`paper`:
+//! 1.0-224 at batch 32 instead)
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mobilenet_kernels::bn::{affine_clamp, backward_apply, backward_sums, channel_moments, BnAct};
 use mobilenet_kernels::Isa;
 
-/// The fastest of `reps` runs of `f`, each after `before`.
-fn fastest(reps: usize, mut before: impl FnMut(), mut f: impl FnMut()) -> Duration {
-    (0..reps)
-        .map(|_| {
-            before();
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .min()
-        .unwrap_or_default()
-}
+mod common;
+use common::fastest_after;
 
 fn main() {
     let reps: usize = std::env::args()
@@ -69,8 +60,8 @@ fn main() {
                 2 => backward_sums(isa, (&z, &da), c, &bn, &mut s1, &mut s2),
                 _ => backward_apply(isa, (&z, &da), c, &bn, (&one, &zero, &zero), &mut out),
             };
-            let hot = fastest(reps, || {}, &mut run);
-            let cold = fastest(reps, &mut evict, &mut run);
+            let hot = fastest_after(reps, || {}, &mut run);
+            let cold = fastest_after(reps, &mut evict, &mut run);
             let us = |d: Duration| d.as_secs_f64() * 1e6;
             line += &format!("  {:5.0} / {:5.0}", us(hot), us(cold));
         }

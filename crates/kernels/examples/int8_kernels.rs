@@ -5,31 +5,16 @@
 //! cases whose line contains `filter`, e.g. `gemm 4096`)
 //! (`MOBILENET_INT_ISA` picks the instruction set, as everywhere).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mobilenet_kernels::int8::dwconv::{qdwconv3x3, QDwWeights};
 use mobilenet_kernels::int8::gemm::stem::{qstem, qstem_supported, QStemWeights};
 use mobilenet_kernels::int8::gemm::{qgemm, PackedQB};
 use mobilenet_kernels::int8::{im2col3x3, IntIsa, Requant};
-use mobilenet_kernels::rng::Rng;
 use mobilenet_kernels::ConvGeometry;
 
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| rng.next_u64() as u8).collect()
-}
-
-/// The fastest of `reps` runs of `f`.
-fn fastest(reps: usize, mut f: impl FnMut()) -> Duration {
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .min()
-        .unwrap_or_default()
-}
+mod common;
+use common::{bytes, fastest};
 
 const COEFF: i32 = -3;
 fn main() {

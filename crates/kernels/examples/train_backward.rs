@@ -5,33 +5,16 @@
 //!
 //! `cargo run --release -p mobilenet-kernels --example train_backward [reps]`
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mobilenet_kernels::backward::{
     conv2d_backward_weights, dwconv3x3_backward_input, dwconv3x3_backward_weights,
 };
 use mobilenet_kernels::conv::ConvShape;
-use mobilenet_kernels::rng::Rng;
 use mobilenet_kernels::{ConvGeometry, Isa};
 
-/// The fastest of `reps` runs of `f`.
-fn fastest(reps: usize, mut f: impl FnMut()) -> Duration {
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .min()
-        .unwrap_or_default()
-}
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n)
-        .map(|_| rng.next_u64() as u32 as f32 / 4e9 - 0.5)
-        .collect()
-}
+mod common;
+use common::{fastest, values};
 
 /// A 3×3 geometry padded by one on every side (TF's SAME at stride 1, symmetric at 2).
 fn geometry(hw: usize, stride: usize) -> ConvGeometry {

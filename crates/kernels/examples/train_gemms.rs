@@ -6,30 +6,13 @@
 //! `cargo run --release -p mobilenet-kernels --example train_gemms [images] [reps] [cifar]`
 //! (`cifar`: the CIFAR recipe's layers, α 0.5 at 32×32, instead of 1.0-224's)
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mobilenet_kernels::gemm::{gemm, gemm_moments, gemm_transposed_a, PackedB};
-use mobilenet_kernels::rng::Rng;
 use mobilenet_kernels::{Epilogue, Isa};
 
-/// The fastest of `reps` runs of `f`.
-fn fastest(reps: usize, mut f: impl FnMut()) -> Duration {
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .min()
-        .unwrap_or_default()
-}
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n)
-        .map(|_| rng.next_u64() as u32 as f32 / 4e9 - 0.5)
-        .collect()
-}
+mod common;
+use common::{fastest, values};
 
 /// Rows of dZ per weight-gradient block, as the trainer takes them.
 fn block_rows(cin: usize, cout: usize) -> usize {
